@@ -1,0 +1,84 @@
+"""One error tree for FluxGate.
+
+Client-facing errors carry the HTTP status and the stable snake_case code of DESIGN §4;
+only ``fluxgate.proxy.responses`` turns them into bytes.
+"""
+
+from __future__ import annotations
+
+
+class FluxGateError(Exception):
+    """Base of every error FluxGate raises on purpose."""
+
+
+class ConfigError(FluxGateError):
+    """The configuration is invalid; the message names the key path (and line when known)."""
+
+    def __init__(self, message: str, path: str = "", line: int | None = None) -> None:
+        self.path = path
+        self.line = line
+        where = path
+        if line is not None:
+            where = f"{path} (line {line})" if path else f"line {line}"
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class ClientError(FluxGateError):
+    """An error answered to the client with a local reply (JSON body, DESIGN §4)."""
+
+    status = 400
+    code = "bad_request"
+    close_connection = False
+
+    def __init__(self, description: str = "", *, headers: tuple[tuple[bytes, bytes], ...] = ()):
+        self.description = description or self.__class__.__doc__ or self.code
+        self.headers = headers
+        super().__init__(self.description)
+
+
+class BadRequest(ClientError):
+    """Malformed or ambiguous request."""
+
+    status, code, close_connection = 400, "bad_request", True
+
+
+class NoRoute(ClientError):
+    """No route matches this path."""
+
+    status, code = 404, "no_route"
+
+
+class MethodNotAllowed(ClientError):
+    """This route does not accept this method."""
+
+    status, code = 405, "method_not_allowed"
+
+
+class IpNotAllowed(ClientError):
+    """The client address is not in this route's allowlist."""
+
+    status, code = 403, "ip_not_allowed"
+
+
+class BodyTooLarge(ClientError):
+    """The request body exceeds limits.max_body_bytes."""
+
+    status, code, close_connection = 413, "body_too_large", True
+
+
+class HeadersTooLarge(ClientError):
+    """The request headers exceed limits.max_header_bytes."""
+
+    status, code, close_connection = 431, "headers_too_large", True
+
+
+class UpstreamUnavailable(ClientError):
+    """The upstream could not be reached."""
+
+    status, code = 502, "upstream_unavailable"
+
+
+class UpstreamTimeout(ClientError):
+    """The upstream did not answer in time."""
+
+    status, code = 504, "upstream_timeout"
