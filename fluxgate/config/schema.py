@@ -13,9 +13,14 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-Duration = Annotated[float, Meta(ge=0)]
-Size = Annotated[int, Meta(ge=0)]
+# ``extra["unit"]`` tells the loader which fields take "60s" / "10MiB" spellings; a new
+# duration or size field needs nothing else.
+Duration = Annotated[float, Meta(ge=0, extra={"unit": "duration"})]
+Timeout = Annotated[float, Meta(gt=0, extra={"unit": "duration"})]  # 0 would fail every call
+Size = Annotated[int, Meta(ge=0, extra={"unit": "size"})]
 PositiveInt = Annotated[int, Meta(ge=1)]
+HeaderBytes = Annotated[int, Meta(ge=1024, le=1024 * 1024, extra={"unit": "size"})]
+Workers = Annotated[int, Meta(ge=1, le=256)]
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT")
 
@@ -25,9 +30,9 @@ class Base(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
 
 
 class Limits(Base):
-    max_header_bytes: PositiveInt = 16384
+    max_header_bytes: HeaderBytes = 16384
     max_body_bytes: Size = 10 * 1024 * 1024
-    header_timeout: Duration = 10.0
+    header_timeout: Timeout = 10.0
     idle_timeout: Duration = 60.0
     drain_timeout: Duration = 30.0
 
@@ -46,8 +51,8 @@ class ApiKeys(Base):
 
 class Upstream(Base):
     targets: Annotated[list[str], Meta(min_length=1)]
-    connect_timeout: Duration = 2.0
-    read_timeout: Duration = 30.0
+    connect_timeout: Timeout = 2.0
+    read_timeout: Timeout = 30.0
     pool_size: PositiveInt = 64  # max connections per target
     pool_idle_timeout: Duration = 30.0
 
@@ -76,7 +81,7 @@ class Route(Base):
 
 class Config(Base):
     listen: str = "127.0.0.1:8080"
-    workers: int | Literal["auto"] = "auto"
+    workers: Workers | Literal["auto"] = "auto"
     state_dir: str = "./.fluxgate"
     store: str = "sqlite"
     admin: Admin = msgspec.field(default_factory=Admin)
@@ -86,3 +91,5 @@ class Config(Base):
     upstreams: dict[str, Upstream] = {}
     routes: list[Route] = []
     scope_map: dict[str, list[str]] = {}
+    # "-" = stderr, a path = append to that file, null = off. Never logs query strings.
+    access_log: str | None = "-"

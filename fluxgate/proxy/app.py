@@ -1,0 +1,171 @@
+"""The worker's compiled view of the config: routes, chains, upstream pools, counters.
+
+Everything expensive happens here, once per worker boot: route table, middleware chains,
+allowed-method sets, pools. The per-request code in `protocol.py` only reads it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+from fluxgate.config import schema
+from fluxgate.config.resolve import resolve_upstream
+from fluxgate.middleware import compile_middleware
+from fluxgate.proxy import headers as hdr
+from fluxgate.proxy.forwarded import ClientAddressResolver
+from fluxgate.proxy.router import Router
+from fluxgate.proxy.upstream import UpstreamGroup
+
+if TYPE_CHECKING:
+    from fluxgate.proxy.protocol import ClientConnection, RequestState
+
+# How often deadlines (header, idle, upstream read) are checked. Deadlines are plain
+# floats on the connection, so a request costs no timer handle of its own.
+SWEEP_INTERVAL = 0.25
+# During a drain, an idle keep-alive connection is closed after this long without a request.
+DRAIN_IDLE_GRACE = 1.0
+
+
+class CompiledRoute:
+    """One route, ready for the hot path."""
+
+    __slots__ = (
+        "index", "prefix", "methods", "allow_header", "chain", "group", "slot",
+        "strip_prefix", "websocket", "drop_headers", "label",
+    )  # fmt: skip
+
+    def __init__(self, index: int, route: schema.Route, group: UpstreamGroup, slot: int) -> None:
+        self.index = index
+        self.label = route.route
+        prefix = route.route.encode()
+        self.prefix = prefix.rstrip(b"/") if len(prefix) > 1 else b""
+        self.methods = (
+            frozenset(m.upper().encode() for m in route.methods) if route.methods else None
+        )
+        if self.methods is not None and b"GET" in self.methods:
+            self.methods = self.methods | {b"HEAD"}  # RFC 9110 §9.3.2: HEAD goes with GET
+        self.allow_header = b", ".join(sorted(self.methods)) if self.methods else b""
+        self.chain = tuple(compile_middleware(m) for m in route.middleware)
+        self.group = group
+        self.slot = slot
+        self.strip_prefix = route.strip_prefix
+        self.websocket = route.websocket
+        self.drop_headers: frozenset[bytes] = frozenset()
+
+
+class AccessLog:
+    """Buffered access log: one line per request, flushed by the sweep, never a query string.
+
+    Query strings can carry credentials (`?api_key=`), so only the path is written.
+    """
+
+    def __init__(self, target: str | None) -> None:
+        self.lines: list[str] = []
+        self.stream: Any = None
+        if target == "-":
+            self.stream = sys.stderr
+        elif target:
+            self.stream = open(target, "a", buffering=1 << 16)  # noqa: SIM115 - lives with the worker
+
+    def add(self, line: str) -> None:
+        self.lines.append(line)
+        if len(self.lines) >= 512:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.lines and self.stream is not None:
+            self.stream.write("".join(self.lines))
+            self.stream.flush()
+        self.lines = []
+
+
+class Gateway:
+    """Per-worker runtime shared by every connection of the worker."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        config: schema.Config,
+        *,
+        metrics: Any = None,
+        route_slots: tuple[int, ...] = (),
+        worker_id: int = 0,
+    ) -> None:
+        self.loop = loop
+        self.config = config
+        self.limits = config.limits
+        self.metrics = metrics
+        self.worker_id = worker_id
+        self.resolver = ClientAddressResolver(config.trusted_proxies)
+        self.groups: dict[str, UpstreamGroup] = {}
+        routes = []
+        for index, route in enumerate(config.routes):
+            spec = resolve_upstream(config, route)
+            group = self.groups.get(spec.name)
+            if group is None:
+                group = self.groups[spec.name] = UpstreamGroup(loop, spec)
+            slot = route_slots[index] if index < len(route_slots) else index + 1
+            routes.append(CompiledRoute(index, route, group, slot))
+        self.routes = routes
+        self.router: Router[CompiledRoute] = Router((r.label, r) for r in routes)
+        self.connections: set[ClientConnection] = set()
+        self.draining = False
+        self.drain_deadline = float("inf")
+        self.drain_idle_grace = DRAIN_IDLE_GRACE
+        self.access_log = AccessLog(config.access_log)
+        self._request_prefix = os.urandom(6).hex().encode() + b"-"
+        self._request_counter = 0
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        """Begin the periodic deadline sweep."""
+        self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    def request_id(self, client_value: bytes | None) -> bytes:
+        """Keep a well-formed client X-Request-Id, else mint a unique one."""
+        if client_value is not None and hdr.acceptable_request_id(client_value):
+            return client_value
+        self._request_counter += 1
+        return self._request_prefix + b"%x" % self._request_counter
+
+    def record(self, slot: int, req: RequestState, seconds: float) -> None:
+        """Count a finished request in the shared metrics and the access log."""
+        if self.metrics is not None:
+            self.metrics.record(slot, req.status, seconds)
+        if self.access_log.stream is not None:
+            self.access_log.add(
+                "%s %s %s %d %.1fms %s\n"
+                % (
+                    req.client_ip or "-",
+                    req.method.decode("latin-1") or "-",
+                    (req.path or b"-").decode("latin-1"),
+                    req.status,
+                    seconds * 1000.0,
+                    req.request_id.decode("latin-1") or "-",
+                )
+            )
+
+    def _sweep(self) -> None:
+        now = self.loop.time()
+        for conn in list(self.connections):
+            conn.check_timeouts(now)
+        self.access_log.flush()
+        self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    def begin_drain(self, timeout: float) -> None:
+        """Stop keep-alive; idle connections close after a short grace."""
+        self.draining = True
+        self.drain_deadline = self.loop.time() + timeout
+        for conn in list(self.connections):
+            conn.begin_drain()
+
+    def close(self) -> None:
+        """Release pools and timers (worker exit)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for group in self.groups.values():
+            group.close()
+        self.access_log.flush()

@@ -1,0 +1,304 @@
+"""One request proxied to one upstream connection, streaming both ways.
+
+The exchange is the terminal stage of the chain (Envoy's router filter): it takes a pooled
+connection, sends the rewritten head and then the body as the client sends it, and streams
+the response back as it arrives. Neither body is ever buffered whole: when one side's write
+buffer is full, reading from the other side pauses (back-pressure, as aiohttp does).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from fluxgate.errors import ClientError, UpstreamTimeout, UpstreamUnavailable
+from fluxgate.proxy import headers as hdr
+from fluxgate.proxy.responses import status_line
+
+if TYPE_CHECKING:
+    from fluxgate.proxy.protocol import ClientConnection, RequestState
+    from fluxgate.proxy.upstream import UpstreamConnection, UpstreamGroup
+
+log = logging.getLogger("fluxgate.proxy")
+
+# RFC 9110 §9.2.2: a request may be retried on a fresh connection only if idempotent.
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+# Bytes of request body kept while no upstream connection is writable yet.
+PENDING_BODY_LIMIT = 256 * 1024
+
+_FRAME_NONE, _FRAME_LENGTH, _FRAME_CHUNKED, _FRAME_CLOSE = 0, 1, 2, 3
+
+
+class Exchange:
+    """Proxies `req` from `client` through `group`."""
+
+    __slots__ = (
+        "client",
+        "req",
+        "group",
+        "conn",
+        "head",
+        "pending",
+        "pending_bytes",
+        "body_done",
+        "request_chunked",
+        "response_started",
+        "response_frame",
+        "client_chunked",
+        "finished",
+        "attempts",
+        "deadline",
+        "read_timeout",
+        "loop_time",
+        "upstream_writable",
+    )
+
+    def __init__(self, client: ClientConnection, req: RequestState, group: UpstreamGroup, head: bytes):
+        self.client = client
+        self.req = req
+        self.group = group
+        self.head = head
+        self.conn: UpstreamConnection | None = None
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
+        self.body_done = False
+        self.request_chunked = req.chunked
+        self.response_started = False
+        self.response_frame = _FRAME_NONE
+        self.client_chunked = False
+        self.finished = False
+        self.attempts = 0
+        self.read_timeout = group.read_timeout
+        self.loop_time = client.loop.time
+        self.deadline = self.loop_time() + group.connect_timeout + self.read_timeout
+        self.upstream_writable = True
+
+    # -- start / body from the client ---------------------------------------------------
+    def start(self) -> None:
+        """Acquire a connection (possibly at once) and send the head."""
+        self.attempts += 1
+        self.group.pick().acquire(self._on_connection)
+
+    def _on_connection(self, conn: UpstreamConnection | None, exc: BaseException | None) -> None:
+        if self.finished:
+            if conn is not None:
+                conn.pool.release(conn)
+            return
+        if conn is None:
+            if self.attempts < len(self.group.pools):
+                # Another target may be up: try each once before answering 502.
+                self.start()
+                return
+            self.finish_with_error(UpstreamUnavailable(f"upstream {self.group.name} unreachable"))
+            return
+        self.conn = conn
+        conn.begin(self, self.req.method == b"HEAD")
+        self.touch()
+        conn.write(self.head)
+        if self.pending:
+            conn.write(b"".join(self.pending))
+            self.pending = []
+            self.pending_bytes = 0
+            self.client.resume_reading(self.client.PAUSE_CONNECTING)
+        if self.body_done and self.request_chunked:
+            conn.write(b"0\r\n\r\n")
+
+    def send_body(self, chunk: bytes) -> None:
+        """A piece of the request body arrived from the client."""
+        if self.finished:
+            return  # the upstream already answered; the rest of the body is discarded
+        if self.request_chunked:
+            chunk = b"%x\r\n%s\r\n" % (len(chunk), chunk)
+        conn = self.conn
+        if conn is not None:
+            self.touch()
+            conn.write(chunk)
+            return
+        self.pending.append(chunk)
+        self.pending_bytes += len(chunk)
+        if self.pending_bytes > PENDING_BODY_LIMIT:
+            self.client.pause_reading(self.client.PAUSE_CONNECTING)
+
+    def end_body(self) -> None:
+        """The client's request message is complete."""
+        self.body_done = True
+        if self.request_chunked and self.conn is not None and not self.finished:
+            self.conn.write(b"0\r\n\r\n")
+
+    # -- flow control ---------------------------------------------------------------------
+    def upstream_pause_writing(self) -> None:
+        self.client.pause_reading(self.client.PAUSE_UPSTREAM_FULL)
+
+    def upstream_resume_writing(self) -> None:
+        self.client.resume_reading(self.client.PAUSE_UPSTREAM_FULL)
+
+    def client_pause_writing(self) -> None:
+        if self.conn is not None:
+            self.conn.pause_reading()
+
+    def client_resume_writing(self) -> None:
+        if self.conn is not None:
+            self.conn.resume_reading()
+
+    def touch(self) -> None:
+        """Progress was made: push the read deadline out."""
+        self.deadline = self.loop_time() + self.read_timeout
+
+    # -- response from the upstream -------------------------------------------------------
+    def upstream_headers(self, conn: UpstreamConnection, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        req = self.req
+        client = self.client
+        drop = hdr.HOP_BY_HOP
+        content_length: bytes | None = None
+        upstream_chunked = False
+        for name, value in headers:
+            lname = name.lower()
+            if lname == b"connection":
+                drop = drop | hdr.connection_tokens(value)
+            elif lname == b"content-length":
+                content_length = value
+            elif lname == b"transfer-encoding":
+                upstream_chunked = True
+        no_body = req.method == b"HEAD" or status in (204, 304) or status == 101
+        keep_alive = client.can_keep_alive(req)
+        lines = [status_line(status)]
+        lines.extend(hdr.response_headers(headers, drop))
+        lines.append(b"X-Request-Id: %s\r\n" % req.request_id)
+        for name, value in req.response_headers:
+            lines.append(b"%s: %s\r\n" % (name, value))
+        if status == 101:
+            self.response_frame = _FRAME_NONE
+            lines.append(b"Connection: Upgrade\r\nUpgrade: %s\r\n" % (req.upgrade or b"websocket"))
+        elif no_body:
+            self.response_frame = _FRAME_NONE
+            if content_length is not None and status != 204:
+                lines.append(b"Content-Length: %s\r\n" % content_length)
+        elif upstream_chunked:
+            self.response_frame = _FRAME_CHUNKED
+        elif content_length is not None:
+            self.response_frame = _FRAME_LENGTH
+            lines.append(b"Content-Length: %s\r\n" % content_length)
+        else:
+            self.response_frame = _FRAME_CLOSE
+        if self.response_frame in (_FRAME_CHUNKED, _FRAME_CLOSE):
+            if req.http_minor >= 1 and keep_alive:
+                self.client_chunked = True
+                lines.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                keep_alive = False
+        if not keep_alive and status != 101:
+            lines.append(b"Connection: close\r\n")
+            req.close_after = True
+        lines.append(b"\r\n")
+        self.response_started = True
+        req.status = status
+        client.write(b"".join(lines))
+
+    def upstream_body(self, chunk: bytes) -> None:
+        if self.client_chunked:
+            self.client.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        else:
+            self.client.write(chunk)
+
+    def upstream_complete(self, conn: UpstreamConnection, reusable: bool) -> None:
+        if self.client_chunked:
+            self.client.write(b"0\r\n\r\n")
+        self.conn = None
+        conn.resume_reading()
+        if reusable and self.body_done and not self.finished:
+            conn.pool.release(conn)
+        else:
+            # The upstream answered before reading the whole request body (or asked to
+            # close): the connection is not at a message boundary, so it cannot be reused.
+            conn.close()
+        self._finish()
+
+    def upstream_upgraded(self, conn: UpstreamConnection, rest: bytes) -> None:
+        """101 Switching Protocols: from now on bytes flow unchanged both ways."""
+        self.conn = conn
+        conn.pool.forget(conn)  # a tunnel never returns to the pool
+        self.client.start_tunnel(self, rest)
+
+    def tunnel_from_upstream(self, data: bytes) -> None:
+        self.client.write(data)
+
+    def tunnel_from_client(self, data: bytes) -> None:
+        if self.conn is not None:
+            self.conn.write(data)
+
+    def upstream_lost(self, conn: UpstreamConnection, exc: BaseException | None) -> None:
+        self.conn = None
+        if self.finished:
+            return
+        if conn.tunnel:
+            self.finished = True
+            self.client.abort()
+            return
+        if not self.response_started:
+            retriable = (
+                conn.requests_served > 0
+                and not conn.got_bytes
+                and self.attempts < 2
+                and self.req.method in IDEMPOTENT
+                and not self.req.has_body
+            )
+            if retriable:
+                # A pooled connection the upstream closed while idle (RFC 9112 §9.3.1):
+                # safe to replay once because nothing was consumed.
+                self.start()
+                return
+            self.finish_with_error(UpstreamUnavailable(f"upstream {self.group.name} closed the connection"))
+            return
+        if self.response_frame == _FRAME_CLOSE:
+            # A close-delimited response ends when the upstream closes (RFC 9112 §6.3).
+            if self.client_chunked:
+                self.client.write(b"0\r\n\r\n")
+            self._finish()
+            return
+        # The response was cut short: the client must see the cut, not a short body.
+        self.finished = True
+        self.client.abort()
+
+    # -- endings ----------------------------------------------------------------------------
+    def check_timeout(self, now: float) -> None:
+        """Called by the worker's timer sweep."""
+        if self.finished or now < self.deadline:
+            return
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            conn.owner = None
+            conn.abort()
+        if not self.response_started:
+            self.finish_with_error(UpstreamTimeout(f"upstream {self.group.name} did not answer in time"))
+        else:
+            self.finished = True
+            self.client.abort()
+
+    def finish_with_error(self, error: ClientError) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            conn.owner = None
+            conn.abort()
+        self.client.exchange_failed(self.req, error)
+
+    def cancel(self) -> None:
+        """The client went away: drop the upstream side without answering anyone."""
+        if self.finished:
+            return
+        self.finished = True
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            conn.owner = None
+            conn.abort()
+
+    def _finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.client.exchange_done(self.req)

@@ -1,0 +1,606 @@
+"""The client side of the proxy: one asyncio protocol per accepted connection.
+
+The protocol feeds llhttp (through httptools) and never lets a parse error escape: malformed
+input becomes a 400 and the connection is closed (aiohttp's web_protocol does the same).
+Requests are answered strictly in order; a pipelined request waits in a queue (reading
+pauses meanwhile, so a pipelining client cannot make the queue grow without bound).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from time import perf_counter
+from typing import TYPE_CHECKING
+
+import httptools
+
+from fluxgate._core import PathError, normalize_path
+from fluxgate.errors import (
+    BadRequest,
+    BodyTooLarge,
+    ClientError,
+    HeadersTooLarge,
+    MethodNotAllowed,
+    NoRoute,
+)
+from fluxgate.proxy import headers as hdr
+from fluxgate.proxy.exchange import Exchange
+from fluxgate.proxy.responses import CONTINUE_100, error_response
+
+if TYPE_CHECKING:
+    from fluxgate.proxy.app import CompiledRoute, Gateway
+
+log = logging.getLogger("fluxgate.proxy")
+
+_DEADLINE_NONE, _DEADLINE_HEADERS, _DEADLINE_IDLE = 0, 1, 2
+# Status recorded when the client disconnects before its response was sent (nginx's 499).
+CLIENT_CLOSED = 499
+
+
+class RequestState:
+    """Everything about one request: the per-request context every stage reads and writes."""
+
+    __slots__ = (
+        "method", "url", "headers", "header_bytes", "http_minor", "keep_alive", "upgrade",
+        "reparse", "chunked", "content_length", "has_body", "body_bytes", "message_complete",
+        "response_done", "exchange", "body_buffer", "close_after", "status", "request_id",
+        "route", "path", "query", "client_ip", "peer_trusted", "response_headers",
+        "upstream_headers", "principal", "started", "expect_continue", "host",
+        "forwarded_for", "forwarded_proto", "client_request_id", "connection", "finished",
+    )  # fmt: skip
+
+    def __init__(self, started: float) -> None:
+        self.method = b""
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.header_bytes = 0
+        self.http_minor = 1
+        self.keep_alive = True
+        self.upgrade: bytes | None = None
+        self.reparse = False
+        self.chunked = False
+        self.content_length = 0
+        self.has_body = False
+        self.body_bytes = 0
+        self.message_complete = False
+        self.response_done = False
+        self.exchange: Exchange | None = None
+        self.body_buffer: list[bytes] = []
+        self.close_after = False
+        self.status = 0
+        self.request_id = b""
+        self.route: CompiledRoute | None = None
+        self.path = b""
+        self.query = b""
+        self.client_ip = ""
+        self.peer_trusted = False
+        self.response_headers: list[tuple[bytes, bytes]] = []
+        self.upstream_headers: list[tuple[bytes, bytes]] = []
+        self.principal: object | None = None
+        self.started = started
+        self.expect_continue = False
+        self.host: bytes | None = None
+        self.forwarded_for: bytes | None = None
+        self.forwarded_proto: bytes | None = None
+        self.client_request_id: bytes | None = None
+        self.connection: bytes | None = None
+        self.finished = False
+
+
+class ClientConnection(asyncio.Protocol):
+    """One downstream HTTP/1.1 connection."""
+
+    PAUSE_CONNECTING = 1
+    PAUSE_UPSTREAM_FULL = 2
+    PAUSE_PIPELINE = 4
+    PAUSE_UPGRADE = 8
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+        self.loop = gateway.loop
+        limits = gateway.limits
+        self.max_header_bytes = limits.max_header_bytes
+        self.max_body_bytes = limits.max_body_bytes
+        self.header_timeout = limits.header_timeout
+        self.idle_timeout = limits.idle_timeout
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.parsing: RequestState | None = None
+        self.active: RequestState | None = None
+        self.queue: deque[RequestState] = deque()
+        self.paused = 0
+        self.closing = False
+        self.closed = False
+        self.fatal: ClientError | None = None
+        self.tunnel: Exchange | None = None
+        self.tunnel_pending: list[bytes] = []
+        self.upgrading = False
+        self.advancing = False
+        self.peer = ""
+        self.deadline = 0.0
+        self.deadline_kind = _DEADLINE_NONE
+        self.headers_chunk_bytes = 0
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if peer else ""
+        self.gw.connections.add(self)
+        self._set_deadline(_DEADLINE_HEADERS, self.header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.gw.connections.discard(self)
+        if self.tunnel is not None:
+            tunnel, self.tunnel = self.tunnel, None
+            tunnel.cancel()
+        for req in (self.active, *self.queue):
+            if req is not None and not req.finished:
+                if req.exchange is not None:
+                    req.exchange.cancel()
+                if not req.response_done:
+                    req.status = CLIENT_CLOSED
+                self._record(req)
+        self.active = None
+        self.queue.clear()
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.tunnel_from_client(data)
+            return
+        if self.upgrading:
+            self.tunnel_pending.append(data)
+            return
+        if self.closing:
+            return
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        parsing_before = self.parsing
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._on_parser_upgrade(data[upgrade.args[0]:])
+            return
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, ClientError):
+                self._reject(cause)
+            else:
+                log.error("request callback failed", exc_info=cause)
+                self._reject(BadRequest("request could not be processed"))
+            return
+        except httptools.HttpParserError as exc:
+            self._reject(BadRequest(f"malformed request: {exc}"))
+            return
+        # A chunk that began and ended inside one request's header section is all header
+        # bytes: count it, so a header that never ends cannot grow without bound.
+        if parsing_before is not None and self.parsing is parsing_before and not parsing_before.method:
+            parsing_before.header_bytes += len(data)
+            if parsing_before.header_bytes > self.max_header_bytes * 2:
+                self._reject(HeadersTooLarge())
+
+    def pause_writing(self) -> None:
+        req = self.active
+        exchange = self.tunnel or (req.exchange if req is not None else None)
+        if exchange is not None:
+            exchange.client_pause_writing()
+
+    def resume_writing(self) -> None:
+        req = self.active
+        exchange = self.tunnel or (req.exchange if req is not None else None)
+        if exchange is not None:
+            exchange.client_resume_writing()
+
+    # -- httptools callbacks -----------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self.parsing = RequestState(perf_counter())
+        if self.active is None:
+            self._set_deadline(_DEADLINE_HEADERS, self.header_timeout)
+
+    def on_url(self, piece: bytes) -> None:
+        req = self.parsing
+        assert req is not None
+        req.url += piece
+        req.header_bytes += len(piece)
+        if req.header_bytes > self.max_header_bytes:
+            raise HeadersTooLarge()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        req = self.parsing
+        assert req is not None
+        req.header_bytes += len(name) + len(value) + 4
+        if req.header_bytes > self.max_header_bytes:
+            raise HeadersTooLarge()
+        req.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        req = self.parsing
+        assert req is not None
+        parser = self.parser
+        version = parser.get_http_version()
+        if version == "1.1":
+            req.http_minor = 1
+        elif version == "1.0":
+            req.http_minor = 0
+        else:
+            raise BadRequest("unsupported HTTP version")
+        req.method = parser.get_method()
+        if req.method == b"CONNECT":
+            raise BadRequest("CONNECT is not supported")
+        req.keep_alive = parser.should_keep_alive()
+        hosts = 0
+        upgrade_token: bytes | None = None
+        transfer_encoding: bytes | None = None
+        for name, value in req.headers:
+            lname = name.lower()
+            if lname == b"host":
+                hosts += 1
+                req.host = value
+            elif lname == b"content-length":
+                req.content_length = int(value)  # llhttp accepted only digits, at most once
+            elif lname == b"transfer-encoding":
+                transfer_encoding = value
+            elif lname == b"expect":
+                if value.lower() != b"100-continue":
+                    raise _ExpectationFailed()
+                req.expect_continue = True
+            elif lname == b"x-forwarded-for":
+                req.forwarded_for = value if req.forwarded_for is None else req.forwarded_for + b", " + value
+            elif lname == b"x-forwarded-proto":
+                req.forwarded_proto = value
+            elif lname == b"x-request-id":
+                req.client_request_id = value
+            elif lname == b"connection":
+                req.connection = value if req.connection is None else req.connection + b", " + value
+            elif lname == b"upgrade":
+                upgrade_token = value
+        # RFC 9112 §3.2: a 1.1 request without exactly one Host, or with several, is a 400.
+        if hosts > 1 or (hosts == 0 and req.http_minor == 1):
+            raise BadRequest("exactly one Host header is required")
+        if transfer_encoding is not None:
+            # RFC 9112 §6.1: TE in a 1.0 request is faulty framing; only plain "chunked" is
+            # forwarded, so codings the upstream might read differently never pass.
+            if req.http_minor == 0 or transfer_encoding.strip().lower() != b"chunked":
+                raise BadRequest("unsupported Transfer-Encoding")
+            req.chunked = True
+        req.has_body = req.chunked or req.content_length > 0
+        if req.content_length > self.max_body_bytes:
+            raise BodyTooLarge()
+        if parser.should_upgrade():
+            if upgrade_token is not None and upgrade_token.strip().lower() == b"websocket":
+                req.upgrade = b"websocket"
+            else:
+                # Only WebSocket is tunnelled: an h2c tunnel would carry later requests
+                # past the gateway's checks. The request is served as plain HTTP/1.1.
+                req.reparse = True
+        self._clear_deadline()
+        self.queue.append(req)
+        if self.active is None:
+            self._advance()
+        else:
+            self.pause_reading(self.PAUSE_PIPELINE)
+
+    def on_body(self, chunk: bytes) -> None:
+        req = self.parsing
+        assert req is not None
+        req.body_bytes += len(chunk)
+        if req.body_bytes > self.max_body_bytes:
+            raise BodyTooLarge()
+        exchange = req.exchange
+        if exchange is not None:
+            exchange.send_body(chunk)
+        elif not req.response_done:
+            req.body_buffer.append(chunk)
+
+    def on_message_complete(self) -> None:
+        req = self.parsing
+        assert req is not None
+        self.parsing = None
+        req.message_complete = True
+        exchange = req.exchange
+        if exchange is not None and not exchange.finished:
+            exchange.end_body()
+        if req.response_done and req is self.active:
+            self._finish_request(req)
+
+    def _on_parser_upgrade(self, rest: bytes) -> None:
+        req = self.queue[-1] if self.queue else self.active
+        if req is not None and req.reparse:
+            # Not a tunnel: keep parsing what follows as ordinary requests.
+            self.parser = httptools.HttpRequestParser(self)
+            if rest:
+                self._feed(rest)
+            return
+        self.upgrading = True
+        if rest:
+            self.tunnel_pending.append(rest)
+
+    # -- the request path --------------------------------------------------------------------
+    def _advance(self) -> None:
+        """Start queued requests, in order, while nothing is in flight."""
+        if self.advancing:
+            return
+        self.advancing = True
+        try:
+            while self.active is None and self.queue and not self.closing:
+                req = self.queue.popleft()
+                if len(self.queue) < 2:
+                    self.resume_reading(self.PAUSE_PIPELINE)
+                self._start(req)
+        finally:
+            self.advancing = False
+        if self.active is None and self.parsing is None and not self.closing:
+            if self.gw.draining:
+                self._set_deadline(_DEADLINE_IDLE, self.gw.drain_idle_grace)
+            else:
+                self._set_deadline(_DEADLINE_IDLE, self.idle_timeout)
+
+    def _start(self, req: RequestState) -> None:
+        self.active = req
+        gw = self.gw
+        req.request_id = gw.request_id(req.client_request_id)
+        req.client_ip, req.peer_trusted = gw.resolver.resolve(self.peer, req.forwarded_for)
+        try:
+            route = self._route(req)
+            for middleware in route.chain:
+                refusal = middleware(req)
+                if refusal is not None:
+                    raise refusal
+            head = self._upstream_head(req, route)
+        except ClientError as err:
+            self._local_reply(req, err)
+            return
+        exchange = Exchange(self, req, route.group, head)
+        req.exchange = exchange
+        if req.expect_continue and not req.message_complete:
+            # RFC 9110 §10.1.1: the client waits for this before sending the body; it is
+            # only sent once the request is known to be authorized.
+            self.write(CONTINUE_100)
+        exchange.start()
+        if req.body_buffer:
+            for chunk in req.body_buffer:
+                exchange.send_body(chunk)
+            req.body_buffer = []
+        if req.message_complete and not exchange.finished:
+            exchange.end_body()
+
+    def _route(self, req: RequestState) -> CompiledRoute:
+        url = req.url
+        if url[:1] != b"/":
+            url = _origin_form(url)
+        path, _, query = url.partition(b"?")
+        req.query = query
+        try:
+            req.path = normalize_path(path)
+        except PathError as exc:
+            raise BadRequest(f"ambiguous or malformed path: {exc}") from None
+        route = self.gw.router.match(req.path)
+        if route is None:
+            raise NoRoute()
+        req.route = route
+        if route.methods is not None and req.method not in route.methods:
+            raise MethodNotAllowed(headers=((b"Allow", route.allow_header),))
+        if req.upgrade is not None and not route.websocket:
+            raise BadRequest("WebSocket is not enabled on this route")
+        return route
+
+    def _upstream_head(self, req: RequestState, route: CompiledRoute) -> bytes:
+        drop = hdr.connection_tokens(req.connection) | route.drop_headers
+        path = req.path
+        if route.strip_prefix:
+            path = path[len(route.prefix):] or b"/"
+            if path[:1] != b"/":
+                path = b"/" + path
+        target = path + b"?" + req.query if req.query else path
+        peer = self.peer.encode()
+        if req.peer_trusted and req.forwarded_for:
+            forwarded_for = req.forwarded_for + b", " + peer
+            proto = req.forwarded_proto or b"http"
+        else:
+            forwarded_for = peer
+            proto = b"http"
+        if req.chunked:
+            framing = b"Transfer-Encoding: chunked\r\n"
+        elif req.has_body or req.method in (b"POST", b"PUT", b"PATCH"):
+            framing = b"Content-Length: %d\r\n" % req.content_length
+        else:
+            framing = b""
+        return hdr.build_request_head(
+            req.method,
+            target,
+            req.headers,
+            drop=drop,
+            forwarded_for=forwarded_for,
+            forwarded_proto=proto,
+            forwarded_host=req.host,
+            request_id=req.request_id,
+            framing=framing,
+            extra=req.upstream_headers,
+            upgrade=req.upgrade,
+        )
+
+    # -- endings -----------------------------------------------------------------------------
+    def can_keep_alive(self, req: RequestState) -> bool:
+        """May this connection carry another request after `req`'s response?"""
+        return req.keep_alive and req.upgrade is None and not self.gw.draining and not self.closing
+
+    def _local_reply(self, req: RequestState, err: ClientError) -> None:
+        req.status = err.status
+        req.response_done = True
+        body_pending = req.has_body and not req.message_complete
+        close = err.close_connection or body_pending or not self.can_keep_alive(req)
+        if req.request_id == b"":
+            req.request_id = self.gw.request_id(None)
+        self.write(
+            error_response(
+                err,
+                req.request_id.decode(),
+                close=close,
+                head_only=req.method == b"HEAD",
+                extra_headers=req.response_headers,
+            )
+        )
+        if close:
+            req.close_after = True
+            self.closing = True
+            self._finish_request(req)
+        elif req.message_complete:
+            self._finish_request(req)
+
+    def exchange_failed(self, req: RequestState, err: ClientError) -> None:
+        """The exchange ended before any response byte was sent: answer locally."""
+        if not self.closed:
+            self._local_reply(req, err)
+
+    def exchange_done(self, req: RequestState) -> None:
+        """The upstream's response was fully relayed."""
+        req.response_done = True
+        if req.message_complete:
+            self._finish_request(req)
+
+    def _finish_request(self, req: RequestState) -> None:
+        if req.finished:
+            return
+        req.finished = True
+        self._record(req)
+        if self.active is req:
+            self.active = None
+        req.exchange = None
+        if self.fatal is not None and self.active is None:
+            fatal, self.fatal = self.fatal, None
+            self._write_fatal(fatal)
+            return
+        if req.close_after or self.closing or not req.keep_alive:
+            self._close_soon()
+            return
+        self._advance()
+
+    def _record(self, req: RequestState) -> None:
+        route = req.route
+        self.gw.record(route.slot if route is not None else 0, req, perf_counter() - req.started)
+
+    def _reject(self, err: ClientError) -> None:
+        """A protocol-level error: answer it in turn, then close."""
+        self.closing = True
+        self.pause_reading(self.PAUSE_PIPELINE)
+        active = self.active
+        if active is not None:
+            exchange = active.exchange
+            if active is self.parsing or active.message_complete is False:
+                # The error is in the message being proxied right now.
+                if exchange is not None and exchange.response_started:
+                    exchange.cancel()
+                    self.abort()
+                    return
+                if exchange is not None:
+                    exchange.cancel()
+                active.exchange = None
+                self._local_reply(active, err)
+                return
+            self.fatal = err  # answered after the in-flight response, in order
+            return
+        self._write_fatal(err)
+
+    def _write_fatal(self, err: ClientError) -> None:
+        req = self.parsing or RequestState(perf_counter())
+        req.request_id = self.gw.request_id(None)
+        req.status = err.status
+        req.finished = True
+        self._record(req)
+        self.write(error_response(err, req.request_id.decode(), close=True))
+        self._close_soon()
+
+    def start_tunnel(self, exchange: Exchange, upstream_rest: bytes) -> None:
+        """101 from the upstream: switch this connection to a raw byte tunnel."""
+        self.tunnel = exchange
+        self.upgrading = False
+        self._clear_deadline()
+        req = self.active
+        if req is not None:
+            req.response_done = True
+        if upstream_rest:
+            self.write(upstream_rest)
+        pending, self.tunnel_pending = self.tunnel_pending, []
+        for data in pending:
+            exchange.tunnel_from_client(data)
+
+    # -- transport helpers ---------------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is not None and not self.closed:
+            transport.write(data)
+
+    def pause_reading(self, reason: int) -> None:
+        if not self.paused and self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+        self.paused |= reason
+
+    def resume_reading(self, reason: int) -> None:
+        if not self.paused & reason:
+            return
+        self.paused &= ~reason
+        if not self.paused and self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def abort(self) -> None:
+        """Cut the connection (a response already started cannot be turned into an error)."""
+        self.closing = True
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+
+    def _close_soon(self) -> None:
+        """Close once everything written so far has been flushed."""
+        self.closing = True
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+
+    def _set_deadline(self, kind: int, seconds: float) -> None:
+        self.deadline_kind = kind
+        self.deadline = self.loop.time() + seconds
+
+    def _clear_deadline(self) -> None:
+        self.deadline_kind = _DEADLINE_NONE
+
+    def check_timeouts(self, now: float) -> None:
+        """Called by the worker's sweep a few times a second."""
+        if self.deadline_kind != _DEADLINE_NONE and now >= self.deadline:
+            # Slowloris or idle keep-alive: RFC 9112 §9.8 lets us just close.
+            self._clear_deadline()
+            if self.active is None:
+                self._close_soon()
+                return
+        req = self.active
+        if req is not None and req.exchange is not None:
+            req.exchange.check_timeout(now)
+        elif self.tunnel is not None and self.gw.draining and now >= self.gw.drain_deadline:
+            self.abort()
+
+    def begin_drain(self) -> None:
+        """Stop taking new requests on this connection once the current one is answered."""
+        if self.active is None and self.parsing is None and self.tunnel is None:
+            self._set_deadline(_DEADLINE_IDLE, self.gw.drain_idle_grace)
+
+
+class _ExpectationFailed(ClientError):
+    """Only `Expect: 100-continue` is understood (RFC 9110 §10.1.1)."""
+
+    status, code, close_connection = 417, "expectation_failed", True
+
+
+def _origin_form(url: bytes) -> bytes:
+    """absolute-form (RFC 9112 §3.2.2) → origin-form; anything else is a 400."""
+    lowered = url[:8].lower()
+    if lowered.startswith(b"http://"):
+        rest = url[7:]
+    elif lowered.startswith(b"https://"):
+        rest = url[8:]
+    else:
+        raise BadRequest("request target must be origin-form or absolute-form")
+    slash = rest.find(b"/")
+    if slash < 0:
+        return b"/"
+    return rest[slash:]

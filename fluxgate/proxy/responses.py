@@ -1,0 +1,59 @@
+"""Local replies: the only place where an error becomes bytes on the wire (DESIGN §4)."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+import orjson
+
+from fluxgate.errors import ClientError
+
+_REASONS: dict[int, bytes] = {s.value: s.phrase.encode() for s in HTTPStatus}
+
+
+def reason(status: int) -> bytes:
+    """The reason phrase for a status code (empty for unknown codes, as RFC 9112 §4 allows)."""
+    return _REASONS.get(status, b"")
+
+
+def status_line(status: int) -> bytes:
+    """`HTTP/1.1 200 OK\\r\\n` for a status code."""
+    return b"HTTP/1.1 %d %s\r\n" % (status, reason(status))
+
+
+def error_response(
+    error: ClientError,
+    request_id: str,
+    *,
+    close: bool,
+    head_only: bool = False,
+    extra_headers: list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...] = (),
+) -> bytes:
+    """Serialize a ClientError as a JSON local reply.
+
+    The body is `{"error", "error_description", "request_id"}`; `close` adds
+    `Connection: close` (the caller then closes once the bytes are written).
+    """
+    body = orjson.dumps(
+        {"error": error.code, "error_description": error.description, "request_id": request_id}
+    )
+    parts = [
+        status_line(error.status),
+        b"Content-Type: application/json\r\n",
+        b"Content-Length: %d\r\n" % len(body),
+        b"X-Request-Id: %s\r\n" % request_id.encode(),
+        b"Cache-Control: no-store\r\n",
+    ]
+    for name, value in error.headers:
+        parts.append(b"%s: %s\r\n" % (name, value))
+    for name, value in extra_headers:
+        parts.append(b"%s: %s\r\n" % (name, value))
+    if close:
+        parts.append(b"Connection: close\r\n")
+    parts.append(b"\r\n")
+    if not head_only:
+        parts.append(body)
+    return b"".join(parts)
+
+
+CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"

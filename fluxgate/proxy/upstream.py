@@ -1,0 +1,327 @@
+"""Upstream side: one HTTP/1.1 client connection protocol and keep-alive pools per target.
+
+A pool is keyed by target (host, port), bounded in size, hands out the most recently used
+idle connection first (warm, least likely to have been closed by the upstream), and closes
+connections idle longer than `pool_idle_timeout`. An upstream group round-robins over its
+targets. Events of the response are delivered to the connection's `owner` (an Exchange).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import httptools
+
+if TYPE_CHECKING:
+    from fluxgate.proxy.exchange import Exchange
+
+log = logging.getLogger("fluxgate.upstream")
+
+AcquireCallback = Callable[["UpstreamConnection | None", "BaseException | None"], None]
+
+
+class _HeadResponseDone(Exception):
+    """Raised from on_headers_complete to stop llhttp expecting a body after HEAD.
+
+    httptools gives no way to tell llhttp that a response answers a HEAD request
+    (RFC 9110 §9.3.2: no body even with Content-Length); stopping the parse and starting a
+    fresh parser for the next response is the documented way out of a callback.
+    """
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One keep-alive connection to one upstream target."""
+
+    def __init__(self, pool: TargetPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.owner: Exchange | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.requests_served = 0
+        self.got_bytes = False
+        self.head_request = False
+        self.skip_interim = False
+        self.tunnel = False
+        self.closed = False
+        self.paused_by_owner = False
+        self.keep_alive = False
+        self.idle_since = 0.0
+
+    # -- asyncio.Protocol --------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        owner = self.owner
+        if self.tunnel:
+            if owner is not None:
+                owner.tunnel_from_upstream(data)
+            return
+        if owner is None:
+            # Bytes on an idle connection are a protocol violation: never hand it out again.
+            self.close()
+            return
+        self.got_bytes = True
+        owner.touch()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            offset = upgrade.args[0]
+            self.tunnel = True
+            owner.upstream_upgraded(self, data[offset:])
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _HeadResponseDone):
+                self.parser = httptools.HttpResponseParser(self)
+                self.on_message_complete()
+            else:
+                log.warning("upstream %s: callback failed: %r", self.pool.name, exc.__context__)
+                self._fail(exc)
+        except httptools.HttpParserError as exc:
+            log.warning("upstream %s sent a malformed response: %s", self.pool.name, exc)
+            self._fail(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.forget(self)
+        owner = self.owner
+        if owner is not None:
+            self.owner = None
+            owner.upstream_lost(self, exc)
+
+    def pause_writing(self) -> None:
+        if self.owner is not None:
+            self.owner.upstream_pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.owner is not None:
+            self.owner.upstream_resume_writing()
+
+    # -- httptools callbacks -----------------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            # Interim responses (100 Continue, 103 Early Hints) are not forwarded: the
+            # gateway answered Expect itself, and a client never asked for them.
+            self.skip_interim = True
+            self.headers = []
+            return
+        headers, self.headers = self.headers, []
+        self.keep_alive = self.parser.should_keep_alive()
+        owner = self.owner
+        if owner is not None:
+            owner.upstream_headers(self, status, headers)
+        if self.head_request:
+            raise _HeadResponseDone()
+
+    def on_body(self, chunk: bytes) -> None:
+        owner = self.owner
+        if owner is not None:
+            owner.upstream_body(chunk)
+
+    def on_message_complete(self) -> None:
+        if self.skip_interim:
+            self.skip_interim = False
+            return
+        owner = self.owner
+        if owner is not None:
+            self.owner = None
+            self.requests_served += 1
+            owner.upstream_complete(self, self.keep_alive)
+
+    # -- used by the exchange ----------------------------------------------------------
+    def begin(self, owner: Exchange, head_request: bool) -> None:
+        """Attach the connection to one request/response exchange."""
+        self.owner = owner
+        self.head_request = head_request
+        self.got_bytes = False
+        self.skip_interim = False
+        self.headers = []
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.closed and not self.paused_by_owner:
+            self.paused_by_owner = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closed and self.paused_by_owner:
+            self.paused_by_owner = False
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        """Close for good (never returns to the pool)."""
+        if not self.closed:
+            self.closed = True
+            self.pool.forget(self)
+            if self.transport is not None:
+                self.transport.close()
+
+    def abort(self) -> None:
+        """Drop the connection at once (mid-message: the upstream must see the cut)."""
+        if self.transport is not None:
+            self.transport.abort()
+        self.close()
+
+    def _fail(self, exc: BaseException) -> None:
+        owner = self.owner
+        self.owner = None
+        self.abort()
+        if owner is not None:
+            owner.upstream_lost(self, exc)
+
+
+class TargetPool:
+    """Keep-alive connections to one (host, port), bounded by `max_size`."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        host: str,
+        port: int,
+        *,
+        max_size: int,
+        connect_timeout: float,
+        idle_timeout: float,
+    ) -> None:
+        self.loop = loop
+        self.host = host
+        self.port = port
+        self.name = f"{host}:{port}"
+        self.max_size = max_size
+        self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
+        self.idle: list[UpstreamConnection] = []
+        self.open_count = 0
+        self.waiters: deque[AcquireCallback] = deque()
+        self.connects = 0
+        self.reuses = 0
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._members: set[UpstreamConnection] = set()
+
+    def acquire(self, callback: AcquireCallback) -> None:
+        """Give `callback` a connection: idle at once, else a new one, else when one frees."""
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                self.reuses += 1
+                callback(conn, None)
+                return
+        if self.open_count < self.max_size:
+            self.open_count += 1
+            self.loop.create_task(self._connect(callback))
+            return
+        self.waiters.append(callback)
+        self.loop.call_later(self.connect_timeout, self._expire_waiter, callback)
+
+    def _expire_waiter(self, callback: AcquireCallback) -> None:
+        try:
+            self.waiters.remove(callback)
+        except ValueError:
+            return
+        callback(None, TimeoutError(f"no free connection to {self.name}"))
+
+    async def _connect(self, callback: AcquireCallback) -> None:
+        try:
+            _, conn = await asyncio.wait_for(
+                self.loop.create_connection(lambda: UpstreamConnection(self), self.host, self.port),
+                self.connect_timeout,
+            )
+        except (TimeoutError, OSError) as exc:
+            self.open_count -= 1
+            callback(None, exc)
+            self._serve_waiter()
+            return
+        self.connects += 1
+        self._members.add(conn)
+        callback(conn, None)
+
+    def _serve_waiter(self) -> None:
+        if self.waiters and self.open_count < self.max_size:
+            self.acquire(self.waiters.popleft())
+
+    def release(self, conn: UpstreamConnection) -> None:
+        """Return a healthy connection after a complete exchange."""
+        if conn.closed:
+            return
+        if self.waiters:
+            self.waiters.popleft()(conn, None)
+            return
+        conn.idle_since = self.loop.time()
+        self.idle.append(conn)
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_later(1.0, self._sweep)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        """A connection closed: free its slot."""
+        if conn in self._members:
+            self._members.discard(conn)
+            self.open_count -= 1
+            self._serve_waiter()
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        deadline = self.loop.time() - self.idle_timeout
+        keep = []
+        for conn in self.idle:
+            if conn.closed:
+                continue
+            if conn.idle_since < deadline:
+                conn.close()
+            else:
+                keep.append(conn)
+        self.idle = keep
+        if keep:
+            self._sweeper = self.loop.call_later(1.0, self._sweep)
+
+    def close(self) -> None:
+        """Close every idle connection (worker shutdown)."""
+        for conn in self.idle:
+            conn.close()
+        self.idle = []
+        for callback in list(self.waiters):
+            callback(None, ConnectionError("gateway is shutting down"))
+        self.waiters.clear()
+
+
+class UpstreamGroup:
+    """A named upstream: round-robin over target pools."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, spec: Any) -> None:
+        self.name: str = spec.name
+        self.read_timeout: float = spec.read_timeout
+        self.connect_timeout: float = spec.connect_timeout
+        self.pools = [
+            TargetPool(
+                loop,
+                host,
+                port,
+                max_size=spec.pool_size,
+                connect_timeout=spec.connect_timeout,
+                idle_timeout=spec.pool_idle_timeout,
+            )
+            for host, port in spec.targets
+        ]
+        self._next = 0
+
+    def pick(self) -> TargetPool:
+        """The next target in round-robin order."""
+        pools = self.pools
+        pool = pools[self._next % len(pools)]
+        self._next += 1
+        return pool
+
+    def close(self) -> None:
+        for pool in self.pools:
+            pool.close()

@@ -1,0 +1,125 @@
+"""One worker process: a fresh uvloop loop serving the inherited listening socket.
+
+Forked by the master (fluxgate/master/arbiter.py). SIGTERM/SIGINT drain: stop accepting,
+answer what is in flight with `Connection: close`, exit when the last connection is gone
+or `limits.drain_timeout` passes. SIGQUIT exits at once. A worker whose master died exits
+too, so no orphan keeps serving a stale config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import uvloop
+
+from fluxgate.config.schema import Config
+from fluxgate.proxy.app import Gateway
+from fluxgate.proxy.protocol import ClientConnection
+
+log = logging.getLogger("fluxgate.worker")
+
+EXIT_OK = 0
+EXIT_BOOT_ERROR = 3  # reserved: the master must not respawn such a worker forever
+
+_PARENT_CHECK_INTERVAL = 1.0
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What the master hands a worker at fork time."""
+
+    worker_id: int
+    config: Config
+    listen_socket: socket.socket
+    metrics: Any
+    route_slots: tuple[int, ...]
+    ready_fd: int
+
+
+def run_worker(spec: WorkerSpec) -> int:
+    """Serve until told to stop; returns the process exit code."""
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        try:
+            gateway = Gateway(
+                loop,
+                spec.config,
+                metrics=spec.metrics,
+                route_slots=spec.route_slots,
+                worker_id=spec.worker_id,
+            )
+            server = loop.run_until_complete(
+                loop.create_server(
+                    lambda: ClientConnection(gateway),
+                    sock=spec.listen_socket,
+                    backlog=2048,
+                )
+            )
+        except Exception:
+            log.exception("worker %d could not boot", spec.worker_id)
+            return EXIT_BOOT_ERROR
+        return loop.run_until_complete(_serve(loop, spec, gateway, server))
+    finally:
+        try:
+            loop.close()
+        except Exception:  # noqa: BLE001 - exiting anyway; never mask the exit code
+            pass
+
+
+async def _serve(loop: asyncio.AbstractEventLoop, spec: WorkerSpec, gateway: Gateway, server: Any) -> int:
+    stop = asyncio.Event()
+    graceful = True
+
+    def request_stop(is_graceful: bool) -> None:
+        nonlocal graceful
+        graceful = graceful and is_graceful
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGTERM, request_stop, True)
+    loop.add_signal_handler(signal.SIGINT, request_stop, True)
+    loop.add_signal_handler(signal.SIGQUIT, request_stop, False)
+    loop.add_signal_handler(signal.SIGHUP, lambda: None)  # the master reloads, not us
+    gateway.start()
+    parent = os.getppid()
+    watcher = loop.create_task(_watch_parent(parent, request_stop))
+    _signal_ready(spec.ready_fd)
+    await stop.wait()
+    watcher.cancel()
+    server.close()
+    if graceful:
+        timeout = spec.config.limits.drain_timeout
+        gateway.begin_drain(timeout)
+        deadline = loop.time() + timeout
+        while gateway.connections and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+    for conn in list(gateway.connections):
+        conn.abort()
+    gateway.close()
+    return EXIT_OK
+
+
+async def _watch_parent(parent: int, request_stop: Any) -> None:
+    while True:
+        await asyncio.sleep(_PARENT_CHECK_INTERVAL)
+        if os.getppid() != parent:
+            log.warning("master %d is gone; worker exiting", parent)
+            request_stop(True)
+            return
+
+
+def _signal_ready(fd: int) -> None:
+    if fd < 0:
+        return
+    try:
+        os.write(fd, b"1")
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
