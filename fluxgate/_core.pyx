@@ -1,2 +1,430 @@
 # cython: language_level=3
-"""FluxGate hot path (see _core.pxd for the contract)."""
+"""FluxGate hot path: the C-level work done on every request.
+
+Contract for Cython callers: ``_core.pxd``; for Python: ``_core.pyi``. Bytes and ints
+in, small values out; no I/O, asyncio or logging here. Errors are defined in
+``fluxgate.errors`` and raised by the thin Python wrappers; the C functions return -1
+and a reason code.
+
+Request paths -- ``normalize_path(raw)`` (DESIGN §4)
+----------------------------------------------------
+Input is the request-target path, already split at the first ``?``. The result is what
+routes are matched on and what the upstream receives. ``PathError`` (400 bad_request)
+is raised for:
+
+* empty input, or a first byte other than ``/`` (origin-form, RFC 9112 §3.2.1);
+* a raw byte < 0x21 (controls, space), 0x7F or >= 0x80 (UTF-8 must arrive
+  percent-encoded), a raw ``\\`` or ``#``. Other printable ASCII passes unchanged;
+* ``%`` not followed by two hex digits (``%``, ``%4``, ``%G1``);
+* encoded forms that would change the route if a later hop decoded them: ``%2F``
+  (``/``), ``%5C`` (``\\``), ``%00``-``%1F`` and ``%7F`` (controls), in either case;
+* an *encoded dot segment*: a segment that decodes to exactly ``.`` or ``..`` and
+  spells at least one of its dots as ``%2E``/``%2e``: ``%2e``, ``%2E%2E``, ``.%2e``,
+  ``%2e.``. Dots inside a longer segment are plain name characters and are decoded:
+  ``/%2e.txt`` -> ``/..txt``, ``/a%2Eb`` -> ``/a.b``, ``/%2e%2e%2e`` -> ``/...``;
+* a dot segment with servlet path parameters, ``.;…`` or ``..;…`` (a literal ``;``):
+  Tomcat and Jetty upstreams resolve ``/a/..;/b`` to ``/b``;
+* a ``..`` segment with no segment left to remove (above the root; never clamped).
+
+Otherwise, in one pass (RFC 3986 §6.2.2):
+
+* ``%XX`` of an unreserved character (ALPHA / DIGIT / ``-`` ``.`` ``_`` ``~``, §2.3)
+  is decoded (§6.2.2.2); any other ``%XX`` is kept with upper-case hex (§6.2.2.1):
+  ``%3a`` -> ``%3A``, ``%c3%a9`` -> ``%C3%A9``;
+* empty segments are dropped first (``//`` -> ``/``), then ``.`` and ``..`` segments
+  are removed as in §5.2.4 (so ``/a//../b`` -> ``/b``);
+* a trailing slash is kept, and a final dot segment leaves one: ``/a/`` -> ``/a/``,
+  ``/a/.`` -> ``/a/``, ``/a/b/..`` -> ``/a/``, ``/a/..`` -> ``/``.
+
+The result is idempotent; when nothing changes, the input object itself is returned.
+
+base64url -- RFC 4648 §5
+------------------------
+Strict and canonical: only ``A-Z a-z 0-9 - _``; no ``=`` padding, whitespace, ``+`` or
+``/``; a length with ``n % 4 == 1`` is refused, and so are non-zero unused bits in the
+last character (RFC 4648 §3.5: ``QQ`` is ``b"A"``, ``QR`` is refused). Errors raise
+``B64Error``.
+
+Counters
+--------
+``Counters(buffer)`` views a writable, 8-byte aligned buffer (a ``MAP_SHARED`` mmap)
+as native-endian uint64 slots updated with ``__atomic`` builtins, so forked workers
+share exact counts. The buffer export is held until ``release()``: the mapping cannot
+be closed or resized under it. Memory orders are documented in ``_core.pxd``.
+"""
+
+from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytes cimport (
+    PyBytes_AS_STRING,
+    PyBytes_FromStringAndSize,
+    PyBytes_GET_SIZE,
+)
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from libc.stdint cimport uint32_t, uint64_t, uintptr_t
+from libc.string cimport memcmp
+
+from fluxgate.errors import B64Error, PathError
+
+__all__ = (
+    "B64Error",
+    "Counters",
+    "PathError",
+    "b64url_decode",
+    "b64url_encode",
+    "normalize_path",
+)
+
+
+# ---- lookup tables, filled once at import --------------------------------------------
+
+cdef enum:
+    # Classes in _PCHAR / _PCT_CLASS beyond the PathReason codes (all reasons are < 32).
+    _COPY = 0       # _PCHAR: copy the byte;  _PCT_CLASS: keep "%XX", upper-cased
+    _DECODE = 0xFE  # _PCT_CLASS: decode to the literal (unreserved) character
+    _PCT = 0xFF     # _PCHAR: start of a percent-escape
+    _B64_BAD = 0xFF  # _B64_DEC: not in the URL alphabet (any of the top two bits set)
+
+cdef unsigned char _PCHAR[256]       # raw byte -> _COPY / _PCT / PathReason
+cdef unsigned char _PCT_CLASS[256]   # decoded %XX value -> _COPY / _DECODE / PathReason
+cdef unsigned char _HEXVAL[256]      # hex digit -> 0..15, else 0xFF
+cdef unsigned char _B64_DEC[256]     # URL alphabet -> 0..63, else _B64_BAD
+cdef const unsigned char* _HEX = b"0123456789ABCDEF"
+cdef const unsigned char* _B64_ENC = (
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+)
+
+cdef tuple _PATH_REASONS = (
+    "ok",
+    "empty path",
+    "path must start with '/'",
+    "control, space or non-ASCII byte in path",
+    "backslash in path",
+    "'#' in path",
+    "invalid percent-escape",
+    "encoded '/' (%2F) in path",
+    "encoded '\\' (%5C) in path",
+    "encoded control character in path",
+    "dot segment spelled with %2E",
+    "dot segment with ';' parameters",
+    "'..' climbs above the root",
+)
+
+
+cdef int _init_tables() except -1:
+    cdef int c
+    cdef bytes unreserved = (
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
+    )
+    for c in range(256):
+        _HEXVAL[c] = 0xFF
+        _B64_DEC[c] = _B64_BAD
+        _PCT_CLASS[c] = _COPY
+        if c < 0x21 or c >= 0x7F:
+            _PCHAR[c] = FG_PATH_BAD_BYTE
+        else:
+            _PCHAR[c] = _COPY
+        if c < 0x20 or c == 0x7F:
+            _PCT_CLASS[c] = FG_PATH_ENCODED_CONTROL
+    _PCHAR[ord("%")] = _PCT
+    _PCHAR[ord("\\")] = FG_PATH_BACKSLASH
+    _PCHAR[ord("#")] = FG_PATH_FRAGMENT
+    # "/" never reaches _PCHAR: the segment loop stops on it.
+    for c in unreserved:
+        _PCT_CLASS[c] = _DECODE
+    _PCT_CLASS[ord("/")] = FG_PATH_ENCODED_SLASH
+    _PCT_CLASS[ord("\\")] = FG_PATH_ENCODED_BACKSLASH
+    for c in range(16):
+        _HEXVAL[_HEX[c]] = c
+        if c >= 10:
+            _HEXVAL[_HEX[c] | 0x20] = c  # lower-case a-f
+    for c in range(64):
+        _B64_DEC[_B64_ENC[c]] = c
+    return 0
+
+
+_init_tables()
+
+
+# ---- request paths -------------------------------------------------------------------
+
+cdef Py_ssize_t normalize_path_into(const unsigned char* src, Py_ssize_t n,
+                                    unsigned char* dst, int* reason) noexcept nogil:
+    # Invariant: dst[0:o] is "/" then finished "segment/" groups, and o <= i, so dst
+    # never needs more than n bytes.
+    cdef Py_ssize_t i = 1, o = 1, seg, seglen
+    cdef unsigned char c, k, hi, lo
+    cdef bint encoded_dot
+
+    if n == 0:
+        reason[0] = FG_PATH_EMPTY
+        return -1
+    if src[0] != b"/":
+        reason[0] = FG_PATH_NOT_ABSOLUTE
+        return -1
+    dst[0] = b"/"
+
+    while i < n:
+        # Copy one segment, up to the next "/" or the end, decoding as we go.
+        seg = o
+        encoded_dot = False
+        while i < n:
+            c = src[i]
+            if c == b"/":
+                break
+            k = _PCHAR[c]
+            if k == _COPY:
+                dst[o] = c
+                o += 1
+                i += 1
+                continue
+            if k != _PCT:
+                reason[0] = k
+                return -1
+            if i + 2 >= n:
+                reason[0] = FG_PATH_BAD_ESCAPE
+                return -1
+            hi = _HEXVAL[src[i + 1]]
+            lo = _HEXVAL[src[i + 2]]
+            if (hi | lo) & 0xF0:
+                reason[0] = FG_PATH_BAD_ESCAPE
+                return -1
+            c = (hi << 4) | lo
+            k = _PCT_CLASS[c]
+            if k == _DECODE:
+                dst[o] = c
+                o += 1
+                if c == b".":
+                    encoded_dot = True
+            elif k == _COPY:
+                dst[o] = b"%"
+                dst[o + 1] = _HEX[hi]
+                dst[o + 2] = _HEX[lo]
+                o += 3
+            else:
+                reason[0] = k
+                return -1
+            i += 3
+
+        # Here i == n, or src[i] is the "/" that ends the segment.
+        seglen = o - seg
+        if seglen == 0:
+            # "//" collapses; a trailing "/" is already in dst.
+            i += 1
+            continue
+        if dst[seg] == b".":
+            if seglen == 1 or (seglen == 2 and dst[seg + 1] == b"."):
+                if encoded_dot:
+                    reason[0] = FG_PATH_ENCODED_DOT_SEGMENT
+                    return -1
+                if seglen == 1:
+                    o = seg
+                elif seg == 1:
+                    reason[0] = FG_PATH_ABOVE_ROOT
+                    return -1
+                else:
+                    # RFC 3986 §5.2.4 2C: drop the last segment, keep its "/".
+                    o = seg - 1
+                    while dst[o - 1] != b"/":
+                        o -= 1
+                i += 1
+                continue
+            if dst[seg + 1] == b";" or (
+                    seglen > 2 and dst[seg + 1] == b"." and dst[seg + 2] == b";"):
+                reason[0] = FG_PATH_DOT_PARAMS
+                return -1
+        if i < n:
+            dst[o] = b"/"
+            o += 1
+            i += 1
+    return o
+
+
+def normalize_path(bytes raw not None, /):
+    """Normalize a request path for route matching; PathError if ambiguous."""
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(raw)
+    cdef const unsigned char* src = <const unsigned char*>PyBytes_AS_STRING(raw)
+    cdef unsigned char stack_buf[FG_PATH_STACK_BUF]
+    cdef unsigned char* buf = stack_buf
+    cdef Py_ssize_t m
+    cdef int reason = FG_PATH_OK
+
+    if n > FG_PATH_STACK_BUF:
+        buf = <unsigned char*>PyMem_Malloc(n)
+        if buf == NULL:
+            raise MemoryError()
+    try:
+        m = normalize_path_into(src, n, buf, &reason)
+        if m < 0:
+            raise PathError(_PATH_REASONS[reason])
+        if m == n and memcmp(buf, src, n) == 0:
+            return raw
+        return PyBytes_FromStringAndSize(<char*>buf, m)
+    finally:
+        if buf != stack_buf:
+            PyMem_Free(buf)
+
+
+# ---- base64url -----------------------------------------------------------------------
+
+cdef Py_ssize_t b64url_decode_into(const unsigned char* src, Py_ssize_t n,
+                                   unsigned char* dst) noexcept nogil:
+    cdef Py_ssize_t quads = n >> 2, rem = n & 3, _q
+    cdef uint32_t a, b, c, d, v
+    cdef unsigned char* out = dst
+
+    if rem == 1:
+        return -1
+    for _q in range(quads):
+        a = _B64_DEC[src[0]]
+        b = _B64_DEC[src[1]]
+        c = _B64_DEC[src[2]]
+        d = _B64_DEC[src[3]]
+        if (a | b | c | d) & 0xC0:
+            return -1
+        v = (a << 18) | (b << 12) | (c << 6) | d
+        out[0] = <unsigned char>(v >> 16)
+        out[1] = <unsigned char>(v >> 8)
+        out[2] = <unsigned char>v
+        src += 4
+        out += 3
+    if rem == 2:
+        a = _B64_DEC[src[0]]
+        b = _B64_DEC[src[1]]
+        # RFC 4648 §3.5: the last character's 4 unused bits must be zero.
+        if (a | b) & 0xC0 or b & 0x0F:
+            return -1
+        out[0] = <unsigned char>((a << 2) | (b >> 4))
+        out += 1
+    elif rem == 3:
+        a = _B64_DEC[src[0]]
+        b = _B64_DEC[src[1]]
+        c = _B64_DEC[src[2]]
+        if (a | b | c) & 0xC0 or c & 0x03:
+            return -1
+        out[0] = <unsigned char>((a << 2) | (b >> 4))
+        out[1] = <unsigned char>((b << 4) | (c >> 2))
+        out += 2
+    return out - dst
+
+
+cdef Py_ssize_t b64url_encode_into(const unsigned char* src, Py_ssize_t n,
+                                   unsigned char* dst) noexcept nogil:
+    cdef Py_ssize_t rest = n % 3, _t
+    cdef uint32_t v
+    cdef unsigned char* out = dst
+
+    for _t in range(n // 3):
+        v = (<uint32_t>src[0] << 16) | (<uint32_t>src[1] << 8) | src[2]
+        out[0] = _B64_ENC[v >> 18]
+        out[1] = _B64_ENC[(v >> 12) & 63]
+        out[2] = _B64_ENC[(v >> 6) & 63]
+        out[3] = _B64_ENC[v & 63]
+        src += 3
+        out += 4
+    if rest == 1:
+        v = <uint32_t>src[0] << 16
+        out[0] = _B64_ENC[v >> 18]
+        out[1] = _B64_ENC[(v >> 12) & 63]
+        out += 2
+    elif rest == 2:
+        v = (<uint32_t>src[0] << 16) | (<uint32_t>src[1] << 8)
+        out[0] = _B64_ENC[v >> 18]
+        out[1] = _B64_ENC[(v >> 12) & 63]
+        out[2] = _B64_ENC[(v >> 6) & 63]
+        out += 3
+    return out - dst
+
+
+cdef str _b64_reason(const unsigned char* src, Py_ssize_t n):
+    # Cold path: say why b64url_decode_into refused src.
+    cdef Py_ssize_t i
+    if n & 3 == 1:
+        return "base64url length % 4 == 1"
+    for i in range(n):
+        if _B64_DEC[src[i]] == _B64_BAD:
+            return f"invalid base64url character at offset {i}"
+    return "non-canonical base64url (unused trailing bits set)"
+
+
+def b64url_decode(bytes data not None, /):
+    """Decode strict, unpadded, canonical base64url (RFC 4648 §5); raise B64Error."""
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    cdef const unsigned char* src = <const unsigned char*>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t m = b64url_decoded_len(n)
+    if m < 0:
+        raise B64Error(_b64_reason(src, n))
+    out = PyBytes_FromStringAndSize(NULL, m)
+    if b64url_decode_into(src, n, <unsigned char*>PyBytes_AS_STRING(out)) < 0:
+        raise B64Error(_b64_reason(src, n))
+    return out
+
+
+def b64url_encode(bytes data not None, /):
+    """Encode as base64url without padding (RFC 4648 §5, §3.2)."""
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    out = PyBytes_FromStringAndSize(NULL, b64url_encoded_len(n))
+    b64url_encode_into(<const unsigned char*>PyBytes_AS_STRING(data), n,
+                       <unsigned char*>PyBytes_AS_STRING(out))
+    return out
+
+
+# ---- shared counters -----------------------------------------------------------------
+
+cdef inline uint64_t* _slot_ptr(Counters self, Py_ssize_t slot) except NULL:
+    if slot < 0 or slot >= self._nslots:
+        raise IndexError(f"counter slot {slot} out of range ({self._nslots} slots)")
+    return &self._slots[slot]
+
+
+cdef class Counters:
+    """uint64 counters in a writable, 8-byte aligned buffer, updated atomically.
+
+    Construct from a ``mmap.mmap`` of a file (MAP_SHARED) before forking, and every
+    worker sees the same counts. Slots are native-endian uint64; arithmetic wraps
+    modulo 2**64, and ``add`` takes only non-negative deltas (OverflowError otherwise).
+    """
+
+    def __cinit__(self, buffer, /):
+        # BufferError if the buffer is read-only.
+        PyObject_GetBuffer(buffer, &self._view, PyBUF_WRITABLE)
+        if self._view.len == 0 or self._view.len & 7:
+            n = self._view.len
+            PyBuffer_Release(&self._view)
+            raise ValueError(f"counter buffer size {n} is not a positive multiple of 8")
+        if (<uintptr_t>self._view.buf) & 7:
+            PyBuffer_Release(&self._view)
+            raise ValueError("counter buffer is not 8-byte aligned")
+        self._slots = <uint64_t*>self._view.buf
+        self._nslots = self._view.len >> 3
+
+    def __dealloc__(self):
+        if self._slots != NULL:
+            self._slots = NULL
+            self._nslots = 0
+            PyBuffer_Release(&self._view)
+
+    def __len__(self):
+        return self._nslots
+
+    def add(self, Py_ssize_t slot, uint64_t delta=1):
+        """Atomically add delta (>= 0) to a slot; return the new value."""
+        return fg_atomic_add(_slot_ptr(self, slot), delta)
+
+    def load(self, Py_ssize_t slot):
+        """Atomically read a slot."""
+        return fg_atomic_load(_slot_ptr(self, slot))
+
+    def store(self, Py_ssize_t slot, uint64_t value):
+        """Atomically overwrite a slot."""
+        fg_atomic_store(_slot_ptr(self, slot), value)
+
+    def compare_exchange(self, Py_ssize_t slot, uint64_t expected, uint64_t new):
+        """Set the slot to new if it holds expected; return whether it did."""
+        return fg_atomic_cas(_slot_ptr(self, slot), expected, new)
+
+    def release(self):
+        """Drop the buffer export so the mmap may close; every slot becomes invalid."""
+        if self._slots != NULL:
+            self._slots = NULL
+            self._nslots = 0
+            PyBuffer_Release(&self._view)

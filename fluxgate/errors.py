@@ -82,3 +82,19 @@ class UpstreamTimeout(ClientError):
     """The upstream did not answer in time."""
 
     status, code = 504, "upstream_timeout"
+
+
+class PathError(BadRequest, ValueError):
+    """Malformed or ambiguous request path (DESIGN §4); raised by ``_core.normalize_path``.
+
+    The message framing is intact, so the connection may stay open.
+    """
+
+    close_connection = False
+
+
+class B64Error(FluxGateError, ValueError):
+    """Not strict, canonical, unpadded base64url (RFC 4648 §5); raised by ``_core``.
+
+    Not client-facing by itself: the caller decides (a JWT segment → 401 invalid_token).
+    """

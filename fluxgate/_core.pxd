@@ -1,0 +1,110 @@
+# cython: language_level=3
+# The C-level contract of fluxgate._core: what other Cython modules may `cimport`.
+# Python sees fluxgate/_core.pyi; the implementation is fluxgate/_core.pyx.
+#
+# Conventions: every cdef function here takes pointers + lengths, never raises and
+# never touches Python objects (noexcept nogil); failure is a -1 return (plus a reason
+# code where there are several), which the Python wrappers in _core.pyx turn into
+# PathError / B64Error.
+
+from libc.stdint cimport uint64_t
+
+
+# ---- tunables ------------------------------------------------------------------------
+
+cdef enum:
+    # Paths up to this many bytes are normalized in a stack buffer (no heap allocation).
+    FG_PATH_STACK_BUF = 2048
+
+
+# ---- atomics (GCC/Clang __atomic builtins on a shared mapping) -----------------------
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    /* Memory orders: add is RELAXED (a counter's own value is exact under any
+       order and nothing else is published through it); load ACQUIRE, store RELEASE
+       and compare-exchange ACQ_REL, so one slot may publish others (a quota window
+       id written after its count is reset). */
+    static inline uint64_t fg_atomic_add(uint64_t *p, uint64_t d) {
+        return __atomic_add_fetch(p, d, __ATOMIC_RELAXED);
+    }
+    static inline uint64_t fg_atomic_load(uint64_t *p) {
+        return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+    }
+    static inline void fg_atomic_store(uint64_t *p, uint64_t v) {
+        __atomic_store_n(p, v, __ATOMIC_RELEASE);
+    }
+    static inline int fg_atomic_cas(uint64_t *p, uint64_t expected, uint64_t desired) {
+        return __atomic_compare_exchange_n(p, &expected, desired, 0,
+                                           __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+    }
+    """
+    uint64_t fg_atomic_add(uint64_t* p, uint64_t d) noexcept nogil
+    uint64_t fg_atomic_load(uint64_t* p) noexcept nogil
+    void fg_atomic_store(uint64_t* p, uint64_t v) noexcept nogil
+    bint fg_atomic_cas(uint64_t* p, uint64_t expected, uint64_t desired) noexcept nogil
+
+
+# ---- request paths (DESIGN §4; rules in the _core.pyx docstring) -------------------
+
+cdef enum PathReason:
+    # Index into _core._PATH_REASONS (the PathError message). 0 means success.
+    FG_PATH_OK = 0
+    FG_PATH_EMPTY
+    FG_PATH_NOT_ABSOLUTE
+    FG_PATH_BAD_BYTE            # < 0x21, 0x7F, >= 0x80
+    FG_PATH_BACKSLASH
+    FG_PATH_FRAGMENT
+    FG_PATH_BAD_ESCAPE          # '%' not followed by two hex digits
+    FG_PATH_ENCODED_SLASH       # %2F
+    FG_PATH_ENCODED_BACKSLASH   # %5C
+    FG_PATH_ENCODED_CONTROL     # %00-%1F, %7F
+    FG_PATH_ENCODED_DOT_SEGMENT  # '.' or '..' segment spelled with %2E
+    FG_PATH_DOT_PARAMS          # '.;…' or '..;…' segment (servlet path parameters)
+    FG_PATH_ABOVE_ROOT          # '..' with nothing left to remove
+
+# Writes the normalized form of src[0:n] into dst (capacity >= n: the output is never
+# longer) and returns its length; on error returns -1 and sets reason[0] (PathReason).
+cdef Py_ssize_t normalize_path_into(const unsigned char* src, Py_ssize_t n,
+                                    unsigned char* dst, int* reason) noexcept nogil
+
+
+# ---- base64url (RFC 4648 §5, no padding, canonical) ---------------------------------
+
+# Decoded size of n encoded characters, or -1 when n % 4 == 1 (never a valid length).
+cdef inline Py_ssize_t b64url_decoded_len(Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t rem = n & 3
+    if rem == 1:
+        return -1
+    return (n >> 2) * 3 + (rem - 1 if rem else 0)
+
+# Encoded size (no padding) of n bytes.
+cdef inline Py_ssize_t b64url_encoded_len(Py_ssize_t n) noexcept nogil:
+    return (n // 3) * 4 + (n % 3 + 1 if n % 3 else 0)
+
+# Decodes src[0:n] into dst (capacity >= b64url_decoded_len(n)); returns the number of
+# bytes written, or -1 on a character outside the URL alphabet, a bad length, or
+# non-zero unused trailing bits. dst may hold partial output after a failure.
+cdef Py_ssize_t b64url_decode_into(const unsigned char* src, Py_ssize_t n,
+                                   unsigned char* dst) noexcept nogil
+
+# Encodes src[0:n] into dst (capacity >= b64url_encoded_len(n)); returns the length.
+cdef Py_ssize_t b64url_encode_into(const unsigned char* src, Py_ssize_t n,
+                                   unsigned char* dst) noexcept nogil
+
+
+# ---- shared counters (uint64 slots in a writable buffer, e.g. a MAP_SHARED mmap) -----
+
+cdef class Counters:
+    cdef Py_buffer _view        # held until release()/dealloc: pins the mapping
+    cdef uint64_t* _slots       # NULL after release()
+    cdef Py_ssize_t _nslots     # 0 after release(), so every bounds check fails
+
+# Unchecked fast path for Cython callers: the caller guarantees 0 <= slot < c._nslots.
+cdef inline uint64_t counters_add(Counters c, Py_ssize_t slot,
+                                  uint64_t delta) noexcept nogil:
+    return fg_atomic_add(&c._slots[slot], delta)
+
+cdef inline uint64_t counters_load(Counters c, Py_ssize_t slot) noexcept nogil:
+    return fg_atomic_load(&c._slots[slot])
