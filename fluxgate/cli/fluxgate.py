@@ -1,0 +1,92 @@
+"""The ``fluxgate`` command (DESIGN §6): ``run`` and ``check``.
+
+The config is found as fluxctl finds it: ``--config``, else ``$FLUXGATE_CONFIG``, else
+``./fluxgate.yaml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from fluxgate.config import load_config
+from fluxgate.errors import ConfigError
+
+DEFAULT_CONFIG = "fluxgate.yaml"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
+
+
+def resolve_config_path(arg: str | None) -> str:
+    """``--config`` if given, else ``$FLUXGATE_CONFIG``, else ``./fluxgate.yaml``."""
+    return arg or os.environ.get("FLUXGATE_CONFIG") or DEFAULT_CONFIG
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """One line per event on stderr, with the process id (master and workers share stderr)."""
+    logging.basicConfig(stream=sys.stderr, level=level, format=LOG_FORMAT)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Start the master, which forks the workers; returns when the gateway has stopped."""
+    from fluxgate.master.arbiter import Arbiter
+
+    path = resolve_config_path(args.config)
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"{path}: {exc}", file=sys.stderr)
+        return 1
+    return Arbiter(config, path, workers_override=args.workers).run()
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate the config with the same code ``run`` uses; exit 1 on any error."""
+    path = resolve_config_path(args.config)
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"{path}: {exc}", file=sys.stderr)
+        return 1
+    n = len(config.routes)
+    print(f"config OK: {n} route{'' if n == 1 else 's'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser: one sub-parser per subcommand, each bound to its ``cmd_*``."""
+    parser = argparse.ArgumentParser(prog="fluxgate", description="FluxGate API gateway")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the gateway (master + workers)")
+    run.add_argument("--config", help="config file (default: $FLUXGATE_CONFIG or ./fluxgate.yaml)")
+    run.add_argument("--workers", type=_positive_int, help="number of workers (overrides config)")
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check", help="validate the config and exit")
+    check.add_argument("--config", help="config file (default: $FLUXGATE_CONFIG or ./fluxgate.yaml)")
+    check.set_defaults(func=cmd_check)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fluxgate`` script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

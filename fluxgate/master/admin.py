@@ -1,0 +1,518 @@
+"""The admin API: a small, strict HTTP/1.1 server on the master's event loop (DESIGN §7).
+
+Endpoints (more register on the same router as they land: /admin/keys, /admin/routes, …):
+
+* ``GET /healthz`` - 200 while the master runs. Unauthenticated.
+* ``GET /readyz`` - 200 when every worker of the current generation is ready, else 503.
+  Unauthenticated: like Envoy's ``/ready`` it is meant for load balancers and orchestrators,
+  which do not hold secrets, and it reveals nothing but "up / not up".
+* ``GET /metrics`` - Prometheus text. Bearer token.
+* ``POST /admin/reload`` - the same reload as SIGHUP; answers with its outcome. Bearer token.
+
+The listener only binds loopback (``sockets.bind_admin``). The token is ``admin.token`` from
+the config, or one generated once into ``state_dir/admin.token`` (mode 0600) and reused on
+later starts; it is compared in constant time and never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hmac
+import logging
+import os
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import httptools
+import orjson
+
+from fluxgate.errors import (
+    BadRequest,
+    BodyTooLarge,
+    ClientError,
+    HeadersTooLarge,
+    MethodNotAllowed,
+    NoRoute,
+)
+from fluxgate.proxy.responses import error_response, status_line
+
+log = logging.getLogger("fluxgate.master")
+
+MAX_HEADER_BYTES = 16 * 1024  # request line + headers; admin requests are tiny
+MAX_BODY_BYTES = 64 * 1024
+MAX_PIPELINED = 16  # parsed requests waiting for a response before reading pauses
+REQUEST_TIMEOUT = 10.0  # from the first byte of a request to its last
+IDLE_TIMEOUT = 60.0
+TOKEN_FILE = "admin.token"
+
+_REALM = b'Bearer realm="fluxgate"'
+
+
+class MissingCredentials(ClientError):
+    """This endpoint requires an admin bearer token."""
+
+    status, code = 401, "missing_credentials"
+
+    def __init__(self, description: str = "") -> None:
+        # RFC 6750 §3.1: a request without credentials gets the challenge but no error code.
+        super().__init__(description, headers=((b"WWW-Authenticate", _REALM),))
+
+
+class InvalidAdminToken(ClientError):
+    """The admin bearer token is not valid."""
+
+    status, code = 401, "invalid_token"
+
+    def __init__(self, description: str = "") -> None:
+        super().__init__(
+            description,
+            headers=((b"WWW-Authenticate", _REALM + b', error="invalid_token"'),),
+        )
+
+
+class AdminInternalError(ClientError):
+    """The admin request failed inside the master."""
+
+    status, code = 500, "internal_error"
+
+
+# ---- what the admin API needs from the master -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    """Outcome of one reload (SIGHUP or POST /admin/reload)."""
+
+    ok: bool
+    generation: int
+    workers: int
+    routes: int
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        """The JSON body of POST /admin/reload."""
+        if self.ok:
+            return {"status": "reloaded", "generation": self.generation,
+                    "workers": self.workers, "routes": self.routes}
+        return {"error": "reload_failed", "error_description": self.error,
+                "generation": self.generation}
+
+
+class AdminBackend(Protocol):
+    """The master as the admin API sees it."""
+
+    def readiness(self) -> tuple[bool, dict[str, object]]:
+        """(ready, details) for /readyz."""
+
+    def metrics_text(self) -> str:
+        """The Prometheus exposition for /metrics."""
+
+    async def reload(self) -> ReloadResult:
+        """Re-read the config and replace the workers (same as SIGHUP)."""
+
+
+# ---- requests, responses, routing ------------------------------------------------------------
+
+
+@dataclass
+class AdminRequest:
+    """One parsed admin request."""
+
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+    request_id: str
+    keep_alive: bool
+
+
+@dataclass
+class AdminResponse:
+    """A successful (non-error) admin reply; errors are ClientErrors."""
+
+    status: int
+    body: bytes
+    content_type: bytes = b"application/json"
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+    @classmethod
+    def json(cls, status: int, payload: object) -> AdminResponse:
+        """A JSON reply."""
+        return cls(status, orjson.dumps(payload))
+
+
+Handler = Callable[[AdminRequest], Awaitable[AdminResponse]]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    handler: Handler
+    auth: bool
+
+
+@dataclass
+class AdminRouter:
+    """Exact-path routes; each path maps methods to endpoints (HEAD follows GET)."""
+
+    _routes: dict[str, dict[str, Endpoint]] = field(default_factory=dict)
+
+    def add(self, method: str, path: str, handler: Handler, *, auth: bool = True) -> None:
+        """Register ``handler`` for ``method path``; ``auth=False`` only for endpoints that
+        reveal nothing (health checks)."""
+        self._routes.setdefault(path, {})[method.upper()] = Endpoint(handler, auth)
+
+    def requires_auth(self, path: str) -> bool:
+        """True when every endpoint on ``path`` needs the token: a caller without it is then
+        answered 401 before any 405, so it learns nothing about the methods."""
+        methods = self._routes.get(path)
+        return bool(methods) and all(e.auth for e in methods.values())
+
+    def resolve(self, method: str, path: str) -> Endpoint:
+        """The endpoint for ``method path``; raises NoRoute (404) or MethodNotAllowed (405)."""
+        methods = self._routes.get(path)
+        if methods is None:
+            raise NoRoute(f"no admin endpoint {path}")
+        endpoint = methods.get("GET" if method == "HEAD" else method)
+        if endpoint is None:
+            allow = sorted(set(methods) | ({"HEAD"} if "GET" in methods else set()))
+            raise MethodNotAllowed(
+                f"{method} is not allowed on {path}",
+                headers=((b"Allow", ", ".join(allow).encode()),),
+            )
+        return endpoint
+
+
+def build_router(backend: AdminBackend) -> AdminRouter:
+    """The admin routes of DESIGN §7 that exist today, bound to ``backend``."""
+    router = AdminRouter()
+
+    async def healthz(req: AdminRequest) -> AdminResponse:
+        return AdminResponse.json(200, {"status": "ok"})
+
+    async def readyz(req: AdminRequest) -> AdminResponse:
+        ready, details = backend.readiness()
+        body = {"status": "ready" if ready else "not_ready", **details}
+        return AdminResponse.json(200 if ready else 503, body)
+
+    async def metrics(req: AdminRequest) -> AdminResponse:
+        return AdminResponse(
+            200, backend.metrics_text().encode(), content_type=b"text/plain; version=0.0.4"
+        )
+
+    async def reload(req: AdminRequest) -> AdminResponse:
+        result = await backend.reload()
+        # 409: the request was well-formed but the new config (or its workers) was refused;
+        # the old config keeps serving.
+        return AdminResponse.json(200 if result.ok else 409, result.as_dict())
+
+    router.add("GET", "/healthz", healthz, auth=False)
+    router.add("GET", "/readyz", readyz, auth=False)
+    router.add("GET", "/metrics", metrics)
+    router.add("POST", "/admin/reload", reload)
+    return router
+
+
+# ---- the token ------------------------------------------------------------------------------
+
+
+def resolve_admin_token(config_token: str | None, state_dir: str) -> tuple[str, str | None]:
+    """The admin token and the file it lives in (None when it comes from the config).
+
+    Without ``admin.token`` a random token is generated once into ``state_dir/admin.token``
+    (mode 0600) and reused by later starts, so scripts and fluxctl keep working across
+    restarts.
+    """
+    if config_token:
+        return config_token, None
+    path = os.path.join(state_dir, TOKEN_FILE)
+    for _ in range(2):  # a second pass only if another process created the file meanwhile
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            token = secrets.token_urlsafe(32)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            except FileExistsError:
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(token + "\n")
+            return token, path
+        with os.fdopen(fd) as f:
+            if os.fstat(f.fileno()).st_mode & 0o077:
+                os.fchmod(f.fileno(), 0o600)
+                log.warning("%s was readable by others; its mode is now 0600", path)
+            token = f.read().strip()
+        if len(token) < 16:
+            raise OSError(f"{path} holds no usable admin token; delete it to generate one")
+        return token, path
+    raise OSError(f"cannot create or read {path}")
+
+
+# ---- the server -----------------------------------------------------------------------------
+
+
+class AdminServer:
+    """Serves ``router`` on a bound loopback socket with bearer-token checks."""
+
+    def __init__(self, router: AdminRouter, token: str) -> None:
+        self.router = router
+        self._token = token.encode()
+        self._server: asyncio.AbstractServer | None = None
+        self._sock = None
+        self._connections: set[_AdminConnection] = set()
+
+    def set_token(self, token: str) -> None:
+        """Replace the token (a reload changed admin.token)."""
+        self._token = token.encode()
+
+    def check_token(self, authorization: str | None) -> ClientError | None:
+        """None when ``authorization`` carries the admin token, else the 401 to answer."""
+        if authorization is None:
+            return MissingCredentials()
+        scheme, _, credentials = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not credentials.strip():
+            return InvalidAdminToken("expected: Authorization: Bearer <admin token>")
+        if not hmac.compare_digest(credentials.strip().encode(), self._token):
+            return InvalidAdminToken("the admin token is not valid")
+        return None
+
+    async def start(self, sock) -> None:
+        """Start serving on the already bound and listening ``sock``."""
+        loop = asyncio.get_running_loop()
+        self._sock = sock
+        self._server = await loop.create_server(lambda: _AdminConnection(self), sock=sock)
+
+    def master_only_fds(self) -> list[int]:
+        """Descriptors a forked worker must drop: the listener and open admin connections."""
+        fds = [self._sock.fileno()] if self._sock is not None else []
+        for conn in self._connections:
+            fd = conn.fileno()
+            if fd >= 0:
+                fds.append(fd)
+        return [fd for fd in fds if fd >= 0]
+
+    async def close(self) -> None:
+        """Stop listening and close every admin connection."""
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self._connections):
+            conn.abort()
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+
+def _headers_too_large() -> HeadersTooLarge:
+    return HeadersTooLarge(f"admin request headers are limited to {MAX_HEADER_BYTES} bytes")
+
+
+class _AdminConnection(asyncio.Protocol):
+    """One admin client connection: httptools parsing, in-order (pipelined) responses."""
+
+    def __init__(self, server: AdminServer) -> None:
+        self._server = server
+        self._transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        self._pending: collections.deque[AdminRequest | ClientError] = collections.deque()
+        self._worker: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._broken = False  # a parse error was queued: ignore the rest of the stream
+        self._paused = False
+        self._in_head = True  # between requests or inside a request line/headers
+        self._head_bytes = 0
+        self._reset_message()
+
+    # -- transport events --
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]  # uvloop's TCPTransport
+        self._server._connections.add(self)
+        self._arm_timer(REQUEST_TIMEOUT)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server._connections.discard(self)
+        self._cancel_timer()
+        if self._worker is not None:
+            self._worker.cancel()
+        self._transport = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._broken:
+            return
+        if self._in_head:
+            # httptools buffers a header line until it ends, so the callbacks alone cannot
+            # bound a never-ending line: count the raw bytes that arrive before the headers
+            # complete as well.
+            self._head_bytes += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(BadRequest("protocol upgrade is not supported on the admin API"))
+        except httptools.HttpParserError as exc:
+            # Our callbacks raise ClientErrors (size limits); httptools chains them here.
+            cause = exc.__context__
+            self._fail(cause if isinstance(cause, ClientError) else BadRequest("malformed HTTP"))
+            return
+        if self._in_head and self._head_bytes > MAX_HEADER_BYTES:
+            self._fail(_headers_too_large())
+
+    def fileno(self) -> int:
+        sock = self._transport.get_extra_info("socket") if self._transport else None
+        return sock.fileno() if sock is not None else -1
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    # -- httptools callbacks --
+
+    def _reset_message(self) -> None:
+        self._url = b""
+        self._headers: dict[str, str] = {}
+        self._head_size = 0
+        self._body = bytearray()
+        self._duplicate_auth = False
+
+    def on_message_begin(self) -> None:
+        self._reset_message()
+        self._arm_timer(REQUEST_TIMEOUT)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._grow_head(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._grow_head(len(name) + len(value) + 4)
+        key = name.decode("latin-1").lower()
+        if key == "authorization" and key in self._headers:
+            self._duplicate_auth = True
+        self._headers[key] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_bytes = 0
+        if self._parser.should_upgrade():
+            # Checked here: llhttp would otherwise complete the message before reporting it.
+            raise BadRequest("protocol upgrade is not supported on the admin API")
+        if self._headers.get("expect", "").lower() == "100-continue" and self._transport:
+            self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        if len(self._body) + len(body) > MAX_BODY_BYTES:
+            raise BodyTooLarge(f"admin request bodies are limited to {MAX_BODY_BYTES} bytes")
+        self._body += body
+
+    def on_message_complete(self) -> None:
+        self._cancel_timer()
+        self._in_head = True
+        try:
+            url = httptools.parse_url(self._url)
+        except httptools.HttpParserInvalidURLError as exc:
+            raise BadRequest("malformed request target") from exc
+        if self._duplicate_auth:
+            raise BadRequest("more than one Authorization header")
+        self._pending.append(
+            AdminRequest(
+                method=self._parser.get_method().decode("ascii"),
+                path=(url.path or b"").decode("latin-1"),
+                query=(url.query or b"").decode("latin-1"),
+                headers=self._headers,
+                body=bytes(self._body),
+                request_id=secrets.token_hex(8),
+                keep_alive=self._parser.should_keep_alive(),
+            )
+        )
+        self._kick()
+
+    # -- internals --
+
+    def _grow_head(self, n: int) -> None:
+        self._head_size += n
+        if self._head_size > MAX_HEADER_BYTES:
+            raise _headers_too_large()
+
+    def _fail(self, error: ClientError) -> None:
+        self._broken = True
+        self._cancel_timer()
+        self._pending.append(error)
+        self._kick()
+
+    def _kick(self) -> None:
+        if len(self._pending) >= MAX_PIPELINED and self._transport and not self._paused:
+            self._transport.pause_reading()  # a pipelining client waits for us, not memory
+            self._paused = True
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(self._respond_all())
+
+    async def _respond_all(self) -> None:
+        while self._pending and self._transport is not None:
+            item = self._pending.popleft()
+            if isinstance(item, ClientError):
+                self._transport.write(error_response(item, secrets.token_hex(8), close=True))
+                self._transport.close()
+                return
+            data, keep_alive = await self._dispatch(item)
+            if self._transport is None:
+                return
+            self._transport.write(data)
+            if not keep_alive:
+                self._transport.close()
+                return
+            if self._paused and len(self._pending) < MAX_PIPELINED // 2:
+                self._transport.resume_reading()
+                self._paused = False
+        if self._transport is not None and not self._broken:
+            self._arm_timer(IDLE_TIMEOUT)
+
+    async def _dispatch(self, req: AdminRequest) -> tuple[bytes, bool]:
+        server = self._server
+        head = req.method == "HEAD"
+        auth_error = server.check_token(req.headers.get("authorization"))
+        try:
+            if auth_error is not None and server.router.requires_auth(req.path):
+                raise auth_error
+            endpoint = server.router.resolve(req.method, req.path)
+            if endpoint.auth and auth_error is not None:
+                raise auth_error
+            resp = await endpoint.handler(req)
+        except ClientError as exc:
+            close = not req.keep_alive or exc.close_connection
+            return error_response(exc, req.request_id, close=close, head_only=head), not close
+        except Exception:
+            log.exception("admin %s %s failed (request %s)", req.method, req.path, req.request_id)
+            exc500 = AdminInternalError()
+            return error_response(exc500, req.request_id, close=True, head_only=head), False
+        parts = [
+            status_line(resp.status),
+            b"Content-Type: %s\r\n" % resp.content_type,
+            b"Content-Length: %d\r\n" % len(resp.body),
+            b"X-Request-Id: %s\r\n" % req.request_id.encode(),
+            b"Cache-Control: no-store\r\n",
+        ]
+        parts += [b"%s: %s\r\n" % (name, value) for name, value in resp.headers]
+        if not req.keep_alive:
+            parts.append(b"Connection: close\r\n")
+        parts.append(b"\r\n")
+        if not head:
+            parts.append(resp.body)
+        return b"".join(parts), req.keep_alive
+
+    def _arm_timer(self, delay: float) -> None:
+        self._cancel_timer()
+        self._timer = asyncio.get_running_loop().call_later(delay, self._on_timeout)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timeout(self) -> None:
+        # Request timeout or idle keep-alive: close quietly, like every HTTP server, unless a
+        # response is still being produced (a reload can take longer than the timeout).
+        busy = self._pending or (self._worker is not None and not self._worker.done())
+        if self._transport is not None and not busy:
+            self._transport.close()
