@@ -50,6 +50,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.paused_by_owner = False
         self.keep_alive = False
+        self.switching = False
         self.idle_since = 0.0
 
     # -- asyncio.Protocol --------------------------------------------------------------
@@ -115,6 +116,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         headers, self.headers = self.headers, []
         self.keep_alive = self.parser.should_keep_alive()
+        self.switching = status == 101
         owner = self.owner
         if owner is not None:
             owner.upstream_headers(self, status, headers)
@@ -130,6 +132,8 @@ class UpstreamConnection(asyncio.Protocol):
         if self.skip_interim:
             self.skip_interim = False
             return
+        if self.switching:
+            return  # the tunnel starts when llhttp reports the upgrade
         owner = self.owner
         if owner is not None:
             self.owner = None

@@ -1,0 +1,35 @@
+"""Shared fixtures: a recording upstream and real gateway processes on 127.0.0.1:0."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.gateway import GatewayProcess
+from tests.support.upstream import RecordingUpstream
+
+
+@pytest.fixture
+def upstream():
+    server = RecordingUpstream().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def gateway_factory(tmp_path):
+    started: list[GatewayProcess] = []
+
+    def start(config_text: str, workers: int = 1, name: str = "gw", **kwargs) -> GatewayProcess:
+        directory = tmp_path / name
+        directory.mkdir(exist_ok=True)
+        gw = GatewayProcess(directory, config_text, workers=workers, **kwargs)
+        started.append(gw)
+        return gw.start()
+
+    try:
+        yield start
+    finally:
+        for gw in started:
+            gw.stop()

@@ -1,0 +1,195 @@
+"""A recording upstream for tests: runs its own uvloop loop in a thread on 127.0.0.1:0.
+
+Every request it receives is recorded (method, target, headers, body size, raw head), so a
+test can assert what reached the upstream — and that a hostile request never did.
+Behaviour is chosen by path:
+  /slow/<ms>        answer after <ms> milliseconds
+  /chunked/<n>      chunked response of n chunks
+  /close/<bytes>    close-delimited response of <bytes> bytes
+  /big/<bytes>      Content-Length response of <bytes> bytes
+  /status/<code>    empty response with that status
+  /ws               WebSocket-style upgrade: 101, then echoes bytes back
+  /drop             closes the connection without answering
+  anything else     200 JSON echo of what was received
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+from dataclasses import dataclass, field
+
+import httptools
+
+
+@dataclass
+class Received:
+    method: str
+    target: str
+    headers: list[tuple[str, str]]
+    body_bytes: int = 0
+    complete: bool = False
+
+    def header(self, name: str) -> str | None:
+        for key, value in self.headers:
+            if key.lower() == name.lower():
+                return value
+        return None
+
+    def header_names(self) -> set[str]:
+        return {k.lower() for k, _ in self.headers}
+
+
+@dataclass
+class RecordingUpstream:
+    port: int = 0
+    requests: list[Received] = field(default_factory=list)
+    connections: int = 0
+    raw_bytes: int = 0
+
+    def start(self) -> RecordingUpstream:
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        self._ready.wait(5)
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _run(self) -> None:
+        import uvloop
+
+        self.loop = uvloop.new_event_loop()
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1024)
+        self.port = sock.getsockname()[1]
+        self.server = self.loop.run_until_complete(
+            self.loop.create_server(lambda: _UpstreamProtocol(self), sock=sock)
+        )
+        self._ready.set()
+        self.loop.run_forever()
+
+    def stop(self) -> None:
+        def _stop() -> None:
+            self.server.close()
+            self.loop.stop()
+
+        self.loop.call_soon_threadsafe(_stop)
+        self._thread.join(5)
+
+
+_KINDS = {"slow", "chunked", "close", "big", "status", "drop"}
+
+
+class _UpstreamProtocol(asyncio.Protocol):
+    def __init__(self, owner: RecordingUpstream) -> None:
+        self.owner = owner
+        self.parser = httptools.HttpRequestParser(self)
+        self.tunnel = False
+        self.current: Received | None = None
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.owner.connections += 1
+
+    def data_received(self, data: bytes) -> None:
+        self.owner.raw_bytes += len(data)
+        if self.tunnel:
+            self.transport.write(data)
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self.tunnel = True
+            rest = data[exc.args[0]:]
+            if rest:
+                self.transport.write(rest)
+        except httptools.HttpParserError:
+            self.transport.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+            self.transport.close()
+
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.headers = []
+
+    def on_url(self, piece: bytes) -> None:
+        self.url += piece
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.current = Received(
+            method=self.parser.get_method().decode(),
+            target=self.url.decode("latin-1"),
+            headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in self.headers],
+        )
+        self.owner.requests.append(self.current)
+        if self.current.target.startswith("/ws"):
+            self.transport.write(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+            )
+
+    def on_body(self, chunk: bytes) -> None:
+        assert self.current is not None
+        self.current.body_bytes += len(chunk)
+
+    def on_message_complete(self) -> None:
+        req = self.current
+        assert req is not None
+        req.complete = True
+        if req.target.startswith("/ws"):
+            return
+        parts = req.target.split("?")[0].strip("/").split("/")
+        kind, arg = "", ""
+        for i, part in enumerate(parts):
+            if part in _KINDS:
+                kind, arg = part, (parts[i + 1] if i + 1 < len(parts) else "")
+                break
+        head = req.method == "HEAD"
+        if kind == "slow":
+            asyncio.get_running_loop().call_later(int(arg) / 1000, self._echo, req, head)
+        elif kind == "chunked" and head:
+            self.transport.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        elif kind == "chunked":
+            self.transport.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for i in range(int(arg or 3)):
+                piece = b"chunk-%d;" % i
+                self.transport.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.transport.write(b"0\r\n\r\n")
+        elif kind == "close":
+            self.transport.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b"x" * int(arg or 10))
+            self.transport.close()
+        elif kind == "big":
+            size = int(arg)
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+            if not head:
+                block = b"y" * 65536
+                sent = 0
+                while sent < size:
+                    n = min(len(block), size - sent)
+                    self.transport.write(block[:n])
+                    sent += n
+        elif kind == "status":
+            self.transport.write(b"HTTP/1.1 %s X\r\nContent-Length: 0\r\n\r\n" % arg.encode())
+        elif kind == "drop":
+            self.transport.close()
+        else:
+            self._echo(req, head)
+
+    def _echo(self, req: Received, head: bool) -> None:
+        body = json.dumps(
+            {"method": req.method, "target": req.target, "headers": req.headers, "body_bytes": req.body_bytes}
+        ).encode()
+        self.transport.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(body), b"" if head else body)
+        )
