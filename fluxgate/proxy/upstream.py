@@ -69,6 +69,14 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.got_bytes = True
         owner.touch()
+        client = owner.client
+        client.cork()
+        try:
+            self._feed(owner, data)
+        finally:
+            client.uncork()
+
+    def _feed(self, owner: Exchange, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
