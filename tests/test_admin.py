@@ -256,6 +256,18 @@ def test_http10_closes(admin):
         assert_closed(s)
 
 
+def test_slow_and_idle_connections_are_closed(admin, monkeypatch):
+    monkeypatch.setattr(admin_mod, "REQUEST_TIMEOUT", 0.2)
+    monkeypatch.setattr(admin_mod, "IDLE_TIMEOUT", 0.2)
+    with admin.connect() as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: a\r\n")  # never finished
+        assert_closed(s)
+    with admin.connect() as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert read_response(s)[0] == 200
+        assert_closed(s)  # keep-alive, then idle
+
+
 def test_post_reload(admin):
     status, _, body = request(admin, "POST", "/admin/reload")
     assert status == 401 and admin.backend.reloads == 0

@@ -98,7 +98,7 @@ def fake_run_worker(spec) -> int:
 
 
 CONFIG = """\
-listen: 127.0.0.1:0
+listen: {listen}
 state_dir: {state}
 admin: {{listen: '127.0.0.1:0', token: {token}}}
 limits: {{drain_timeout: {drain}}}
@@ -106,11 +106,15 @@ routes:
 {routes}"""
 
 
-def write_config(path: Path, state: Path, routes=("/a",), drain="0.5s") -> None:
+def write_config(
+    path: Path, state: Path, routes=("/a",), drain="0.5s", listen="127.0.0.1:0"
+) -> None:
     lines = "".join(
         f"  - route: {r}\n    upstream: http://127.0.0.1:9\n    public: true\n" for r in routes
     )
-    path.write_text(CONFIG.format(state=state, token=TOKEN, drain=drain, routes=lines))
+    path.write_text(
+        CONFIG.format(listen=listen, state=state, token=TOKEN, drain=drain, routes=lines)
+    )
 
 
 class Master:
@@ -322,6 +326,51 @@ def test_sighup_reload_replaces_workers(master_factory):
     status, body = m.admin("GET", "/metrics")
     assert b'route="/b"' in body and b"fluxgate_worker_restarts_total 0" in body
     assert "reloaded: generation 2" in m.log()
+
+
+def test_reload_rebinds_when_listen_changes(master_factory):
+    m = master_factory()
+    old = m.wait_ready(2)
+    old_listen = m.info()["listen"]
+    with socket.socket() as probe:  # a free port for the new listen address
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    write_config(m.config, m.state, listen=f"127.0.0.1:{port}")
+    status, body = m.admin("POST", "/admin/reload")
+    assert status == 200, body
+    assert m.info()["listen"] == ["127.0.0.1", port]
+    new = m.wait(lambda: (c := m.children()) and not (c & old) and len(c) == 2 and c,
+                 what="old generation gone")
+    assert all(report(m, p)["listen"] == ["127.0.0.1", port] for p in new)
+    # The old port is closed once its workers are gone: nobody else holds the socket.
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(tuple(old_listen), timeout=2).close()
+    with socket.create_connection(("127.0.0.1", port), timeout=2):
+        pass  # the kernel queues it on the new socket
+
+
+def test_cli_check(tmp_path, capsys):
+    from fluxgate.cli.fluxgate import main, resolve_config_path
+
+    cfg = tmp_path / "fluxgate.yaml"
+    write_config(cfg, tmp_path / "state", routes=("/a", "/b"))
+    assert main(["check", "--config", str(cfg)]) == 0
+    assert capsys.readouterr().out == "config OK: 2 routes\n"
+    cfg.write_text(cfg.read_text() + "nope: 1\n")
+    assert main(["check", "--config", str(cfg)]) == 1
+    assert "nope" in capsys.readouterr().err
+    assert main(["check", "--config", str(tmp_path / "missing.yaml")]) == 1
+    assert resolve_config_path("x.yaml") == "x.yaml"
+
+
+def test_cli_config_lookup_order(monkeypatch):
+    from fluxgate.cli.fluxgate import resolve_config_path
+
+    monkeypatch.setenv("FLUXGATE_CONFIG", "/etc/fg.yaml")
+    assert resolve_config_path(None) == "/etc/fg.yaml"
+    assert resolve_config_path("cli.yaml") == "cli.yaml"
+    monkeypatch.delenv("FLUXGATE_CONFIG")
+    assert resolve_config_path(None) == "fluxgate.yaml"
 
 
 def test_invalid_config_on_sighup_keeps_serving(master_factory):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import fcntl
 import hmac
 import logging
 import os
@@ -250,6 +251,52 @@ def resolve_admin_token(config_token: str | None, state_dir: str) -> tuple[str, 
             raise OSError(f"{path} holds no usable admin token; delete it to generate one")
         return token, path
     raise OSError(f"cannot create or read {path}")
+
+
+# ---- state_dir: one master, and how tools find it -------------------------------------------
+
+STATE_FILE = "gateway.json"
+LOCK_FILE = "gateway.lock"
+
+
+def lock_state_dir(state_dir: str) -> int:
+    """Take the exclusive lock of ``state_dir`` (held while the returned fd stays open).
+
+    Two masters on one state_dir would overwrite each other's gateway.json and metrics; a
+    flock, unlike a pid file, cannot go stale when a master is killed.
+    """
+    fd = os.open(os.path.join(state_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise OSError(f"another gateway is running with state_dir {state_dir}") from None
+    return fd
+
+
+def write_gateway_json(
+    state_dir: str, *, listen: tuple[str, int], admin: tuple[str, int], workers: int,
+    generation: int,
+) -> None:
+    """Publish the actual addresses (port 0 resolved) in ``state_dir/gateway.json``, mode
+    0600, replaced atomically: fluxctl and tests find the admin API through it."""
+    data = orjson.dumps({"pid": os.getpid(), "listen": list(listen), "admin": list(admin),
+                         "workers": workers, "generation": generation})
+    path = os.path.join(state_dir, STATE_FILE)
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def remove_state_files(state_dir: str, *others: str) -> None:
+    """Remove gateway.json (and ``others``) at exit; the token and the lock file stay."""
+    for name in (STATE_FILE, *others):
+        try:
+            os.unlink(os.path.join(state_dir, name))
+        except FileNotFoundError:
+            pass
 
 
 # ---- the server -----------------------------------------------------------------------------

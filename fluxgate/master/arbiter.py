@@ -16,7 +16,6 @@ an invalid config nor a worker that cannot boot with a valid one interrupts traf
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
 import os
 import signal
@@ -26,7 +25,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import orjson
 import uvloop
 
 from fluxgate.config import load_config, worker_count
@@ -36,7 +34,10 @@ from fluxgate.master.admin import (
     AdminServer,
     ReloadResult,
     build_router,
+    lock_state_dir,
+    remove_state_files,
     resolve_admin_token,
+    write_gateway_json,
 )
 from fluxgate.master.sockets import bind_admin, bind_listen, sock_address
 from fluxgate.metrics import MetricsTable, ProcessMetric, RouteSlots
@@ -59,9 +60,14 @@ EXIT_OK = 0
 EXIT_STARTUP_ERROR = 1
 EXIT_WORKER_BOOT_FAILED = 3  # as gunicorn's halt on WORKER_BOOT_ERROR
 
-STATE_FILE = "gateway.json"
-LOCK_FILE = "gateway.lock"
 METRICS_FILE = "metrics.bin"
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass  # already dead, not yet reaped
 
 
 def respawn_delay(failures: int) -> float:
@@ -124,10 +130,11 @@ class Arbiter:
         self._stopping = False
         self._stop_task: asyncio.Task[None] | None = None
         self._exit_code: int | None = None
-        self._changed: asyncio.Event | None = None  # set on any worker state change
-        self._signals: asyncio.Queue[int] | None = None
+        # Event, Queue and Lock bind to the running loop on first use (3.10+).
+        self._changed = asyncio.Event()  # set on any worker state change
+        self._signals: asyncio.Queue[int] = asyncio.Queue(maxsize=64)
+        self._reload_lock = asyncio.Lock()
         self._done: asyncio.Future[int] | None = None
-        self._reload_lock: asyncio.Lock | None = None
         self._tasks: set[asyncio.Task[object]] = set()
 
     # ---- main -------------------------------------------------------------------------------
@@ -144,14 +151,13 @@ class Arbiter:
 
     async def _serve(self) -> int:
         self.loop = asyncio.get_running_loop()
-        self._changed = asyncio.Event()
-        self._signals = asyncio.Queue(maxsize=64)
         self._done = self.loop.create_future()
-        self._reload_lock = asyncio.Lock()
         try:
             await self._start()
         except (ConfigError, OSError) as exc:
             log.error("cannot start: %s", exc)
+            if self.workers:  # a fork failed midway: do not leave the others orphaned
+                await self.stop(graceful=False)
             await self._cleanup()
             return EXIT_STARTUP_ERROR
         try:
@@ -162,25 +168,21 @@ class Arbiter:
     async def _start(self) -> None:
         cfg = self.config
         os.makedirs(self._state_dir, mode=0o700, exist_ok=True)
-        self._lock_state_dir()
+        self._lock_fd = lock_state_dir(self._state_dir)
         listen_sock = bind_listen(cfg.listen)
         self._listen_sockets.append(listen_sock)
         self._admin_sock = bind_admin(cfg.admin.listen)
         self.metrics = MetricsTable.create(os.path.join(self._state_dir, METRICS_FILE))
         self.route_slots = RouteSlots(self.metrics)
         token, token_file = resolve_admin_token(cfg.admin.token, self._state_dir)
-        if token_file:
-            log.info("admin token in %s", token_file)
-        else:
-            log.info("admin token from admin.token in the config")
+        log.info("admin token in %s", token_file or "the config (admin.token)")
         self.admin = AdminServer(build_router(self), token)
         await self.admin.start(self._admin_sock)
         for sig in HANDLED_SIGNALS:
             if sig == signal.SIGCHLD:
-                # uvloop refuses add_signal_handler(SIGCHLD) (it reserves it for its own
-                # subprocesses, which the master never starts). A plain handler still runs off
-                # uvloop's wakeup fd; it only hands the number to the loop, thread-safe style,
-                # because it may run between any two bytecodes of the main thread.
+                # uvloop reserves SIGCHLD for its subprocesses (the master starts none); a plain
+                # handler still wakes the loop through uvloop's wakeup fd, and only hands the
+                # number over, thread-safe style, as it may run between any two bytecodes.
                 signal.signal(sig, self._on_sigchld)
             else:
                 self.loop.add_signal_handler(sig, self._enqueue_signal, sig)
@@ -190,24 +192,10 @@ class Arbiter:
         size = worker_count(cfg, self.workers_override)
         slots = self.route_slots.assign([r.route for r in cfg.routes])
         self.current = self._new_generation(cfg, listen_sock, slots, size)
-        self.spawn_workers(self.current)
         self._write_state()
-        host, port = sock_address(listen_sock)
-        ahost, aport = sock_address(self._admin_sock)
-        log.info(
-            "master %s: listening on %s:%s, admin on %s:%s, %s workers",
-            os.getpid(), host, port, ahost, aport, size,
-        )
-
-    def _lock_state_dir(self) -> None:
-        path = os.path.join(self._state_dir, LOCK_FILE)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise OSError(f"another gateway is running with state_dir {self._state_dir}") from None
-        self._lock_fd = fd
+        self.spawn_workers(self.current)
+        log.info("master %s: listening on %s:%s, admin on %s:%s, %s workers", os.getpid(),
+                 *sock_address(listen_sock), *sock_address(self._admin_sock), size)
 
     async def _cleanup(self) -> None:
         if self.loop is not None:
@@ -231,12 +219,8 @@ class Arbiter:
             self._close_ready_pipe(w)
         if self.metrics is not None:
             self.metrics.close()
-        if self._lock_fd >= 0:
-            for name in (STATE_FILE, METRICS_FILE):
-                try:
-                    os.unlink(os.path.join(self._state_dir, name))
-                except FileNotFoundError:
-                    pass
+        if self._lock_fd >= 0:  # only the lock holder owns the state files
+            remove_state_files(self._state_dir, METRICS_FILE)
             os.close(self._lock_fd)  # releases the flock; the lock file itself stays
             self._lock_fd = -1
 
@@ -247,19 +231,10 @@ class Arbiter:
         return task
 
     def _write_state(self) -> None:
-        """Write state_dir/gateway.json (mode 0600) atomically: tests and tools read it."""
-        host, port = sock_address(self.current.listen_socket)
-        ahost, aport = sock_address(self._admin_sock)
-        data = orjson.dumps({
-            "pid": os.getpid(), "listen": [host, port], "admin": [ahost, aport],
-            "workers": self.current.size, "generation": self.current.number,
-        })
-        path = os.path.join(self._state_dir, STATE_FILE)
-        tmp = path + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        gen = self.current
+        write_gateway_json(self._state_dir, listen=sock_address(gen.listen_socket),
+                           admin=sock_address(self._admin_sock), workers=gen.size,
+                           generation=gen.number)
 
     # ---- signals ----------------------------------------------------------------------------
 
@@ -351,6 +326,10 @@ class Arbiter:
             pid = os.fork()
             if pid == 0:
                 self._child_main(spec, master_fds, old_mask)
+        except OSError:  # EAGAIN/ENOMEM: no child, so no pipe either
+            os.close(ready_r)
+            os.close(ready_w)
+            raise
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         os.close(ready_w)
@@ -404,8 +383,6 @@ class Arbiter:
             data = os.read(w.ready_fd, 64)
         except BlockingIOError:
             return
-        except OSError:
-            data = b""
         if b"1" in data and not w.ready:
             w.ready = True
             self._boot_failures = 0
@@ -421,10 +398,7 @@ class Arbiter:
             w.ready_fd = -1
 
     def _stop_worker(self, w: WorkerProcess, sig: int, deadline: float) -> None:
-        try:
-            os.kill(w.pid, sig)
-        except ProcessLookupError:
-            pass  # already dead, not yet reaped
+        _kill(w.pid, sig)
         w.kill_at = deadline if w.kill_at is None else min(w.kill_at, deadline)
 
     def reap_workers(self) -> None:
@@ -480,10 +454,7 @@ class Arbiter:
             if w.kill_at is not None and now >= w.kill_at and not w.killed:
                 log.warning("worker %s (pid %s) did not exit in time: SIGKILL", w.worker_id, w.pid)
                 w.killed = True
-                try:
-                    os.kill(w.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                _kill(w.pid, signal.SIGKILL)
 
     def manage_workers(self) -> None:
         """Keep the current generation at its size, respecting the respawn backoff."""
@@ -494,11 +465,17 @@ class Arbiter:
         if alive >= self.current.size:
             return
         delay = self._next_spawn_at - time.monotonic()
-        if delay > 0:
-            if self._respawn_timer is None:
-                self._respawn_timer = self.loop.call_later(delay, self._respawn_due)
-            return
-        self.spawn_workers(self.current)
+        if delay <= 0:
+            try:
+                self.spawn_workers(self.current)
+                return
+            except OSError as exc:
+                self._failures += 1
+                delay = respawn_delay(self._failures)
+                self._next_spawn_at = time.monotonic() + delay
+                log.error("cannot fork a worker: %s (retrying in %.1fs)", exc, delay)
+        if self._respawn_timer is None:
+            self._respawn_timer = self.loop.call_later(delay, self._respawn_due)
 
     def _respawn_due(self) -> None:
         self._respawn_timer = None
@@ -571,12 +548,16 @@ class Arbiter:
             self._listen_sockets.append(sock)
         gen = self._new_generation(config, sock, slots, size)
         self._pending = gen
-        self.spawn_workers(gen)
-        ready = await self._wait_until(
-            lambda: gen.failure is not None or self._stopping or self._ready_count(gen) >= size,
-            time.monotonic() + READY_TIMEOUT,
-        )
-        self._pending = None
+        try:
+            self.spawn_workers(gen)
+            ready = await self._wait_until(
+                lambda: gen.failure is not None or self._stopping or self._ready_count(gen) >= size,
+                time.monotonic() + READY_TIMEOUT,
+            )
+        except OSError as exc:
+            gen.failure, ready = f"cannot fork a worker: {exc}", False
+        finally:
+            self._pending = None
         if not ready or gen.failure or self._stopping:
             why = gen.failure or ("the gateway is stopping" if self._stopping else
                                   f"new workers not ready within {READY_TIMEOUT:.0f}s")
@@ -647,7 +628,7 @@ class Arbiter:
             self._stop_worker(w, sig, deadline)
         # Murder happens at each worker's kill_at; the extra second is for reaping the killed.
         await self._wait_until(lambda: not self.workers, deadline + KILL_GRACE)
-        for w in list(self.workers.values()):  # unkillable in time: should not happen
+        for w in self.workers.values():  # not even reaped after SIGKILL: should not happen
             log.error("worker %s (pid %s) still running at exit", w.worker_id, w.pid)
         log.info("master %s exiting (%s)", os.getpid(), self._exit_code)
         if not self._done.done():
@@ -670,15 +651,13 @@ class Arbiter:
 
     def metrics_text(self) -> str:
         """Request metrics from shared memory plus the master's worker gauges."""
-        gen = self.current
-        process = [
+        ready = self._ready_count(self.current) if self.current else 0
+        return self.metrics.render(self.route_slots.labels(), [
             ProcessMetric("fluxgate_workers", "gauge",
-                          "Worker processes alive, including old ones still draining.",
+                          "Worker processes alive, old ones still draining included.",
                           len(self.workers)),
             ProcessMetric("fluxgate_workers_ready", "gauge",
-                          "Ready workers of the current generation.",
-                          self._ready_count(gen) if gen else 0),
+                          "Ready workers of the current generation.", ready),
             ProcessMetric("fluxgate_worker_restarts_total", "counter",
                           "Workers respawned after dying unexpectedly.", self.restarts),
-        ]
-        return self.metrics.render(self.route_slots.labels(), process)
+        ])
