@@ -418,3 +418,54 @@ def _peak_kib(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
     raise AssertionError("no VmHWM")
+
+
+def test_stale_pooled_connection_retried_once_for_idempotent(gw, upstream):
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=3) as sock:
+        sock.sendall(b"GET /api/dropreused HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert status_of(read_response(sock)) == 200
+        sock.sendall(b"GET /api/dropreused HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert status_of(read_response(sock)) == 200  # replayed on a fresh connection
+        sock.sendall(b"POST /api/dropreused HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi")
+        assert status_of(read_response(sock)) == 502  # never replayed: not idempotent
+    assert upstream.connections == 2  # the replay and the POST shared the fresh one
+    assert [r.method for r in upstream.requests] == ["GET", "GET", "GET", "POST"]
+
+
+def test_round_robin_over_targets(gateway_factory):
+    from tests.support.upstream import RecordingUpstream
+
+    first, second = RecordingUpstream().start(), RecordingUpstream().start()
+    try:
+        gw = gateway_factory(
+            f"""
+upstreams:
+  app: {{targets: ["{first.url}", "{second.url}"]}}
+routes:
+  - route: /
+    upstream: app
+    public: true
+"""
+        )
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=3) as sock:
+            for _ in range(10):
+                sock.sendall(b"GET /rr HTTP/1.1\r\nHost: a\r\n\r\n")
+                assert status_of(read_response(sock)) == 200
+        assert len(first.requests) == 5 and len(second.requests) == 5
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_pool_size_bounds_upstream_connections(gateway_factory, upstream):
+    gw = gateway_factory(routes(upstream.url).replace("pool_size: 8", "pool_size: 2"))
+    socks = [socket.create_connection(("127.0.0.1", gw.port), timeout=5) for _ in range(6)]
+    try:
+        for sock in socks:
+            sock.sendall(b"GET /api/slow/200 HTTP/1.1\r\nHost: a\r\n\r\n")
+        statuses = [status_of(read_response(sock)) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+    assert statuses == [200] * 6
+    assert upstream.connections == 2

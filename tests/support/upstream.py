@@ -10,6 +10,7 @@ Behaviour is chosen by path:
   /status/<code>    empty response with that status
   /ws               WebSocket-style upgrade: 101, then echoes bytes back
   /drop             closes the connection without answering
+  /dropreused       answers on a fresh connection, closes a reused one without answering
   anything else     200 JSON echo of what was received
 """
 
@@ -84,7 +85,7 @@ class RecordingUpstream:
         self._thread.join(5)
 
 
-_KINDS = {"slow", "chunked", "close", "big", "status", "drop"}
+_KINDS = {"slow", "chunked", "close", "big", "status", "drop", "dropreused"}
 
 
 class _UpstreamProtocol(asyncio.Protocol):
@@ -92,6 +93,7 @@ class _UpstreamProtocol(asyncio.Protocol):
         self.owner = owner
         self.parser = httptools.HttpRequestParser(self)
         self.tunnel = False
+        self.served = 0
         self.current: Received | None = None
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
@@ -155,6 +157,8 @@ class _UpstreamProtocol(asyncio.Protocol):
                 kind, arg = part, (parts[i + 1] if i + 1 < len(parts) else "")
                 break
         head = req.method == "HEAD"
+        reused = self.served > 0
+        self.served += 1
         if kind == "slow":
             asyncio.get_running_loop().call_later(int(arg) / 1000, self._echo, req, head)
         elif kind == "chunked" and head:
@@ -180,7 +184,7 @@ class _UpstreamProtocol(asyncio.Protocol):
                     sent += n
         elif kind == "status":
             self.transport.write(b"HTTP/1.1 %s X\r\nContent-Length: 0\r\n\r\n" % arg.encode())
-        elif kind == "drop":
+        elif kind == "drop" or (kind == "dropreused" and reused):
             self.transport.close()
         else:
             self._echo(req, head)
