@@ -48,7 +48,9 @@ _BUCKETS_OFFSET = N_STATUSES
 _SUM_OFFSET = _BUCKETS_OFFSET + N_BUCKETS
 BLOCK_SLOTS = _SUM_OFFSET + 1
 
-DEFAULT_CAPACITY = 256  # route slots, slot 0 included: ~1 MiB, and sparse until written
+# Route slots, slot 0 included. 4 KiB each, but the file is sparse: a slot costs memory only
+# once a route records into it, and a scrape reads only the slots in use.
+DEFAULT_CAPACITY = 1024
 
 NO_ROUTE_SLOT = 0
 

@@ -437,6 +437,20 @@ def test_sigquit_is_fast(master_factory):
     assert not any(alive(p) for p in pids)
 
 
+def test_sigquit_cuts_a_graceful_stop_short(master_factory):
+    m = master_factory(mode="stuck", drain="30s")
+    pids = m.wait_ready(2)
+    m.proc.send_signal(signal.SIGTERM)
+    m.wait(lambda: "graceful stop" in m.log(), what="the graceful stop")
+    time.sleep(0.2)
+    assert all(alive(p) for p in pids)  # draining (forever, were it not for SIGQUIT)
+    t0 = time.monotonic()
+    m.proc.send_signal(signal.SIGQUIT)
+    assert m.exit_code() == 0
+    assert time.monotonic() - t0 < 5
+    assert not any(alive(p) for p in pids)
+
+
 def test_second_master_on_same_state_dir_is_refused(master_factory, tmp_path):
     m = master_factory()
     m.wait_ready(2)

@@ -23,6 +23,7 @@ import hmac
 import logging
 import os
 import secrets
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -309,7 +310,7 @@ class AdminServer:
         self.router = router
         self._token = token.encode()
         self._server: asyncio.AbstractServer | None = None
-        self._sock = None
+        self._sock: socket.socket | None = None
         self._connections: set[_AdminConnection] = set()
 
     def set_token(self, token: str) -> None:
@@ -327,7 +328,7 @@ class AdminServer:
             return InvalidAdminToken("the admin token is not valid")
         return None
 
-    async def start(self, sock) -> None:
+    async def start(self, sock: socket.socket) -> None:
         """Start serving on the already bound and listening ``sock``."""
         loop = asyncio.get_running_loop()
         self._sock = sock

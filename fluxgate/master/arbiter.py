@@ -22,7 +22,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 
 import uvloop
@@ -128,7 +128,7 @@ class Arbiter:
         self._next_spawn_at = 0.0
         self._respawn_timer: asyncio.TimerHandle | None = None
         self._stopping = False
-        self._stop_task: asyncio.Task[None] | None = None
+        self._stop_task: asyncio.Task[object] | None = None
         self._exit_code: int | None = None
         # Event, Queue and Lock bind to the running loop on first use (3.10+).
         self._changed = asyncio.Event()  # set on any worker state change
@@ -224,7 +224,7 @@ class Arbiter:
             os.close(self._lock_fd)  # releases the flock; the lock file itself stays
             self._lock_fd = -1
 
-    def _spawn_task(self, coro) -> asyncio.Task:
+    def _spawn_task(self, coro: Coroutine[object, object, object]) -> asyncio.Task[object]:
         task = self.loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -347,7 +347,7 @@ class Arbiter:
         fds += [w.ready_fd for w in self.workers.values()]
         return [fd for fd in fds if fd >= 0]
 
-    def _child_main(self, spec: WorkerSpec, master_fds: list[int], mask) -> None:
+    def _child_main(self, spec: WorkerSpec, master_fds: list[int], mask: set[int]) -> None:
         code = EXIT_BOOT_ERROR
         try:
             # The master's loop must not be touched: its epoll fd is shared with the master.
