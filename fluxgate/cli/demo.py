@@ -11,7 +11,6 @@ import argparse
 import os
 import signal
 import socket
-import sys
 import textwrap
 
 from fluxgate import echo

@@ -1,4 +1,4 @@
-"""The ``fluxgate`` command (DESIGN §6): ``run`` and ``check``.
+"""The ``fluxgate`` command (DESIGN §6): ``run``, ``check`` and ``demo``.
 
 The config is found as fluxctl finds it: ``--config``, else ``$FLUXGATE_CONFIG``, else
 ``./fluxgate.yaml``.
@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate the config and exit")
     check.add_argument("--config", help="config file (default: $FLUXGATE_CONFIG or ./fluxgate.yaml)")
     check.set_defaults(func=cmd_check)
+
+    from fluxgate.cli.demo import add_parser as add_demo_parser
+
+    add_demo_parser(sub)
     return parser
 
 
