@@ -5,7 +5,7 @@ PY      = $(VENV)/bin/python
 
 .PHONY: setup demo test bench lint clean
 
-$(VENV)/.installed: pyproject.toml setup.py fluxgate/_core.pyx
+$(VENV)/.installed: pyproject.toml setup.py fluxgate/_core.pyx $(wildcard fluxgate/*.pxi fluxgate/*.pxd)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'

@@ -98,3 +98,67 @@ class B64Error(FluxGateError, ValueError):
 
     Not client-facing by itself: the caller decides (a JWT segment → 401 invalid_token).
     """
+
+
+def _bearer_challenge(error: str, description: str = "") -> tuple[tuple[bytes, bytes], ...]:
+    """RFC 6750 §3: the WWW-Authenticate challenge of a 401/403 bearer error."""
+    value = f'Bearer realm="fluxgate", error="{error}"'
+    if description:
+        value += f', error_description="{description}"'
+    return ((b"WWW-Authenticate", value.encode()),)
+
+
+class MissingCredentials(ClientError):
+    """This route requires credentials and the request carries none."""
+
+    status, code = 401, "missing_credentials"
+
+    def __init__(self, description: str = "") -> None:
+        super().__init__(description, headers=((b"WWW-Authenticate", b'Bearer realm="fluxgate"'),))
+
+
+class InvalidToken(ClientError):
+    """The bearer token is invalid, expired or not meant for this route."""
+
+    status, code = 401, "invalid_token"
+
+    def __init__(self, description: str = "", *, reason: str = "invalid") -> None:
+        # `reason` is the stable machine code for logs and metrics; the client sees only a
+        # generic description so a probe learns nothing about which check failed.
+        self.reason = reason
+        super().__init__(description, headers=_bearer_challenge("invalid_token"))
+
+
+class InvalidKey(ClientError):
+    """The API key is invalid, expired or revoked."""
+
+    status, code = 401, "invalid_key"
+
+    def __init__(self, description: str = "", *, reason: str = "invalid") -> None:
+        self.reason = reason
+        super().__init__(description, headers=_bearer_challenge("invalid_token"))
+
+
+class InsufficientScope(ClientError):
+    """The credential lacks a scope this route requires."""
+
+    status, code = 403, "insufficient_scope"
+
+    def __init__(self, description: str = "", *, scope: str = "") -> None:
+        headers = _bearer_challenge("insufficient_scope")
+        if scope:
+            headers = ((b"WWW-Authenticate",
+                        f'Bearer realm="fluxgate", error="insufficient_scope", scope="{scope}"'.encode()),)
+        super().__init__(description, headers=headers)
+
+
+class QuotaExceeded(ClientError):
+    """The quota for this window is used up."""
+
+    status, code = 429, "quota_exceeded"
+
+
+class AuthServerUnavailable(ClientError):
+    """The authorization server could not be reached; the gateway fails closed."""
+
+    status, code = 503, "auth_server_unavailable"

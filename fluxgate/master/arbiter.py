@@ -39,6 +39,7 @@ from fluxgate.master.admin import (
     resolve_admin_token,
     write_gateway_json,
 )
+from fluxgate.master.services import SERVICES, MasterService
 from fluxgate.master.sockets import bind_admin, bind_listen, sock_address
 from fluxgate.metrics import MetricsTable, ProcessMetric, RouteSlots
 from fluxgate.worker import worker as worker_module
@@ -136,6 +137,12 @@ class Arbiter:
         self._reload_lock = asyncio.Lock()
         self._done: asyncio.Future[int] | None = None
         self._tasks: set[asyncio.Task[object]] = set()
+        self.services: list[MasterService] = []
+
+    @property
+    def state_dir(self) -> str:
+        """Where keys.db, shared tables and counters live (fixed for the master's lifetime)."""
+        return self._state_dir
 
     # ---- main -------------------------------------------------------------------------------
 
@@ -176,7 +183,12 @@ class Arbiter:
         self.route_slots = RouteSlots(self.metrics)
         token, token_file = resolve_admin_token(cfg.admin.token, self._state_dir)
         log.info("admin token in %s", token_file or "the config (admin.token)")
-        self.admin = AdminServer(build_router(self), token)
+        router = build_router(self)
+        self.services = [factory(self) for factory in SERVICES]
+        for service in self.services:
+            service.admin_routes(router)
+            await service.start(cfg)
+        self.admin = AdminServer(router, token)
         await self.admin.start(self._admin_sock)
         for sig in HANDLED_SIGNALS:
             if sig == signal.SIGCHLD:
@@ -208,6 +220,11 @@ class Arbiter:
             task.cancel()
         if self._respawn_timer is not None:
             self._respawn_timer.cancel()
+        for service in reversed(self.services):
+            try:
+                await service.stop()
+            except Exception:
+                log.exception("service %s failed to stop", service.name)
         if self.admin is not None:
             await self.admin.close()
         elif self._admin_sock is not None:
@@ -527,6 +544,8 @@ class Arbiter:
         try:
             config = load_config(self.config_path)
             size = worker_count(config, self.workers_override)
+            for service in self.services:
+                await service.reload(config)
             slots = self.route_slots.assign([r.route for r in config.routes])
         except (ConfigError, OSError) as exc:
             log.error("reload rejected, the running config stays in force: %s", exc)
@@ -660,4 +679,5 @@ class Arbiter:
                           "Ready workers of the current generation.", ready),
             ProcessMetric("fluxgate_worker_restarts_total", "counter",
                           "Workers respawned after dying unexpectedly.", self.restarts),
+            *(m for service in self.services for m in service.metrics()),
         ])

@@ -12,10 +12,16 @@ REGISTRY: dict[type, Any] = {
 }
 
 
-def compile_middleware(config: Any) -> Any:
-    """Build the per-request callable for one middleware entry of a route."""
+def compile_middleware(config: Any, gateway: Any, route: Any) -> Any:
+    """Build the per-request callable for one middleware entry of a route.
+
+    `from_config(config, gateway, route)` runs once per worker boot: all expensive
+    preparation (parsing CIDRs, mapping shared tables, building verifiers) happens there.
+    `gateway` is the worker's runtime (loop, config, state_dir, shared tables); `route` is
+    the route's schema entry.
+    """
     try:
         factory = REGISTRY[type(config)]
     except KeyError:
         raise ValueError(f"no middleware implementation for {type(config).__name__}") from None
-    return factory.from_config(config)
+    return factory.from_config(config, gateway, route)

@@ -29,7 +29,7 @@ class IpAllowMiddleware:
         self._verdicts: dict[str, bool] = {}
 
     @classmethod
-    def from_config(cls, config: IpAllow) -> IpAllowMiddleware:
+    def from_config(cls, config: IpAllow, gateway: object = None, route: object = None) -> IpAllowMiddleware:
         """Parse the CIDR list once."""
         return cls(parse_networks(config.cidrs))
 

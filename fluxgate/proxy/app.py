@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fluxgate.config import schema
@@ -37,7 +38,9 @@ class CompiledRoute:
         "strip_prefix", "websocket", "drop_headers", "label",
     )  # fmt: skip
 
-    def __init__(self, index: int, route: schema.Route, group: UpstreamGroup, slot: int) -> None:
+    def __init__(
+        self, index: int, route: schema.Route, group: UpstreamGroup, slot: int, gateway: Gateway
+    ) -> None:
         self.index = index
         self.label = route.route
         prefix = route.route.encode()
@@ -48,7 +51,7 @@ class CompiledRoute:
         if self.methods is not None and b"GET" in self.methods:
             self.methods = self.methods | {b"HEAD"}  # RFC 9110 §9.3.2: HEAD goes with GET
         self.allow_header = b", ".join(sorted(self.methods)) if self.methods else b""
-        self.chain = tuple(compile_middleware(m) for m in route.middleware)
+        self.chain = tuple(compile_middleware(m, gateway, route) for m in route.middleware)
         self.group = group
         self.slot = slot
         self.strip_prefix = route.strip_prefix
@@ -97,9 +100,13 @@ class Gateway:
         self.loop = loop
         self.config = config
         self.limits = config.limits
+        self.state_dir = config.state_dir
         self.metrics = metrics
         self.worker_id = worker_id
         self.resolver = ClientAddressResolver(config.trusted_proxies)
+        # Callbacks run by the sweep a few times a second, e.g. to pick up a new generation
+        # of a shared table; middleware registers them in from_config().
+        self.periodic: list[Callable[[float], None]] = []
         self.groups: dict[str, UpstreamGroup] = {}
         routes = []
         for index, route in enumerate(config.routes):
@@ -108,7 +115,7 @@ class Gateway:
             if group is None:
                 group = self.groups[spec.name] = UpstreamGroup(loop, spec)
             slot = route_slots[index] if index < len(route_slots) else index + 1
-            routes.append(CompiledRoute(index, route, group, slot))
+            routes.append(CompiledRoute(index, route, group, slot, self))
         self.routes = routes
         self.router: Router[CompiledRoute] = Router((r.label, r) for r in routes)
         self.connections: set[ClientConnection] = set()
@@ -152,6 +159,8 @@ class Gateway:
         now = self.loop.time()
         for conn in list(self.connections):
             conn.check_timeouts(now)
+        for callback in self.periodic:
+            callback(now)
         self.access_log.flush()
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
 

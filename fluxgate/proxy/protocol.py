@@ -30,6 +30,7 @@ from fluxgate.proxy.exchange import Exchange
 from fluxgate.proxy.responses import CONTINUE_100, error_response
 
 if TYPE_CHECKING:
+    from fluxgate.auth.principal import Principal
     from fluxgate.proxy.app import CompiledRoute, Gateway
 
 log = logging.getLogger("fluxgate.proxy")
@@ -66,7 +67,7 @@ class RequestState:
     query = b""
     client_ip = ""
     peer_trusted = False
-    principal: object | None = None
+    principal: Principal | None = None
     expect_continue = False
     host: bytes | None = None
     forwarded_for: bytes | None = None
@@ -355,6 +356,9 @@ class ClientConnection(asyncio.Protocol):
                 refusal = middleware(req)
                 if refusal is not None:
                     raise refusal
+            principal = req.principal
+            if principal is not None:
+                req.upstream_headers.extend(principal.upstream_headers())
             head = self._upstream_head(req, route)
         except ClientError as err:
             self._local_reply(req, err)

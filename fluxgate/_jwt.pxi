@@ -1,0 +1,1 @@
+# Included into _core.pyx: JWT verification (issue: JWT authentication).

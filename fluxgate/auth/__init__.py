@@ -1,0 +1,1 @@
+"""Identity: principals, key store, shared tables, token verification helpers."""

@@ -1,0 +1,35 @@
+"""The principal: who a request is, whatever method proved it (DESIGN §3).
+
+Quotas, logs, metrics and the upstream headers all read this one object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated caller."""
+
+    id: str  # stable identity for quotas: "jwt:<iss>|<sub>", "key:<name>", ...
+    method: str  # "jwt", "oauth2" or "api_key" (the X-FluxGate-Auth value)
+    subject: str  # sub claim or key name (the X-FluxGate-Subject value)
+    scopes: frozenset[str] = field(default_factory=frozenset)
+    key_name: str | None = None
+    claims_headers: tuple[tuple[bytes, bytes], ...] = ()  # forward_claims, already encoded
+
+    def upstream_headers(self) -> list[tuple[bytes, bytes]]:
+        """The X-FluxGate-* headers the upstream receives (DESIGN §4)."""
+        headers = [
+            (b"X-FluxGate-Auth", self.method.encode()),
+            (b"X-FluxGate-Subject", _header_safe(self.subject)),
+            (b"X-FluxGate-Scopes", _header_safe(" ".join(sorted(self.scopes)))),
+        ]
+        headers.extend(self.claims_headers)
+        return headers
+
+
+def _header_safe(text: str) -> bytes:
+    """A header value that cannot split the head: controls and non-ASCII dropped."""
+    return "".join(ch for ch in text if 0x20 <= ord(ch) < 0x7F).encode()

@@ -1,0 +1,52 @@
+"""Background services of the master: the hook later features plug into.
+
+A service lives in the master (one per gateway, never per worker): the JWKS poller, the key
+store that compiles the shared key table, ... Each is created once at start from the
+`SERVICES` registry and follows the master's lifecycle:
+
+  start(config)   before the first workers fork, so shared tables exist when they map them
+  reload(config)  before a new generation forks; raising ConfigError refuses the reload and
+                  the old config keeps serving
+  stop()          when the master exits
+  admin_routes()  adds endpoints to the admin API (DESIGN §7)
+  metrics()       extra Prometheus series for /metrics
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from fluxgate.config.schema import Config
+    from fluxgate.master.admin import AdminRouter
+    from fluxgate.metrics import ProcessMetric
+
+
+class MasterService(Protocol):
+    """What the arbiter expects of a background service."""
+
+    name: str
+
+    async def start(self, config: Config) -> None: ...
+
+    async def reload(self, config: Config) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def admin_routes(self, router: AdminRouter) -> None: ...
+
+    def metrics(self) -> list[ProcessMetric]: ...
+
+
+class ServiceContext(Protocol):
+    """What a service may know of the master."""
+
+    loop: object
+
+    @property
+    def state_dir(self) -> str: ...
+
+
+# Factories, in start order. Each takes the master (a ServiceContext) and returns a service.
+SERVICES: list[Callable[[ServiceContext], MasterService]] = []
