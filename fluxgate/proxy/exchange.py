@@ -264,35 +264,25 @@ class Exchange:
         """Called by the worker's timer sweep."""
         if self.finished or now < self.deadline:
             return
-        conn = self.conn
-        self.conn = None
-        if conn is not None:
-            conn.owner = None
-            conn.abort()
         if not self.response_started:
             self.finish_with_error(UpstreamTimeout(f"upstream {self.group.name} did not answer in time"))
         else:
-            self.finished = True
+            self.cancel()
             self.client.abort()
 
     def finish_with_error(self, error: ClientError) -> None:
+        """End before any response byte was sent: the client gets a local reply."""
         if self.finished:
             return
-        self.finished = True
-        conn = self.conn
-        self.conn = None
-        if conn is not None:
-            conn.owner = None
-            conn.abort()
+        self.cancel()
         self.client.exchange_failed(self.req, error)
 
     def cancel(self) -> None:
-        """The client went away: drop the upstream side without answering anyone."""
+        """Drop the upstream side (mid-message, so never back to the pool)."""
         if self.finished:
             return
         self.finished = True
-        conn = self.conn
-        self.conn = None
+        conn, self.conn = self.conn, None
         if conn is not None:
             conn.owner = None
             conn.abort()
