@@ -34,3 +34,39 @@ def pytest_terminal_summary(terminalreporter):
                     f"{group}: {impl} {median * 1e9:,.0f} ns / fluxgate {ours * 1e9:,.0f} ns"
                     f" = {median / ours:.1f}x"
                 )
+
+
+# ---- end-to-end runs (bench_e2e.py) -----------------------------------------------------
+# The repository root goes on sys.path so bench files can import tools.loadgen, bench.support
+# and tests.support however pytest is started (``pytest bench/`` puts only bench/ there).
+
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+_REPO = str(Path(__file__).resolve().parents[1])
+if _REPO not in sys.path:
+    sys.path.insert(0, _REPO)
+
+_E2E_RUNS: list[str] = []
+
+
+class _E2ESummary:
+    """Prints the e2e tables after pytest-benchmark's own (whose time for them is moot)."""
+
+    def pytest_terminal_summary(self, terminalreporter):
+        if _E2E_RUNS:
+            terminalreporter.section("end-to-end runs (also in bench/RESULTS.md)")
+            for text in _E2E_RUNS:
+                for line in text.splitlines():
+                    terminalreporter.write_line(line)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "e2e: end-to-end load runs; skip with -m 'not e2e'")
+    if not config.pluginmanager.has_plugin("fluxgate-bench-e2e-summary"):
+        config.pluginmanager.register(_E2ESummary(), "fluxgate-bench-e2e-summary")
+
+
+@pytest.fixture
+def e2e_summary():
+    return _E2E_RUNS.append

@@ -1,0 +1,197 @@
+"""End to end, one run, same machine, same load: loadgen → upstream directly, → FluxGate
+(1 worker, public route, no access log), → HAProxy (``nbthread 1``), → nginx
+(``worker_processes 1``, when it can be installed).
+
+``pytest bench/`` runs it; ``pytest bench/ -m "not e2e"`` skips it. HAProxy and nginx are
+installed with apt when missing (the test skips if HAProxy cannot be). Method:
+
+* The upstream is bench/support/upstream.py (a fixed ~110-byte 200, keep-alive) in its own
+  process. tools.loadgen drives a closed loop: 50 connections, one loadgen process.
+* On a machine with 2+ usable CPUs the proxy under test is pinned to the last CPU, loadgen and
+  upstream to the first (so a proxy gets one core, as the target is per core).
+* Every target first gets a 1 s warm-up, then its measured time in two halves, interleaved
+  A B C D D C B A, so slow drifts of a shared machine hit every target alike.
+* Besides req/s and latency, each row reports the proxy's CPU use (cores) and req/s per proxy
+  core; when the client core saturates first (a fast proxy), only the per-core figure
+  compares proxies. "others' CPU" is what processes outside the run used meanwhile.
+
+The table goes to the terminal summary and, newest first, to bench/RESULTS.md. The test
+asserts that every run (warm-ups included) had no error and only 200s; the ratios are
+reported, not asserted (see RESULTS.md for the target).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.support import cpu, peers
+from bench.support.measure import Measurement, Target, combine, measure
+from bench.support.results import ratios, table, update_results
+from bench.support.upstream import start_upstream
+from tests.support.gateway import GatewayProcess
+
+pytestmark = pytest.mark.e2e
+
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS = BENCH_DIR / "RESULTS.md"
+
+SECONDS = float(os.environ.get("FLUXGATE_BENCH_E2E_SECONDS", "8"))  # measured, per target
+WARMUP_SECONDS = 1.0
+CONNECTIONS = 50
+PATH = "/bench/hello"
+
+FLUXGATE_CONFIG = """\
+workers: 1
+access_log: null
+routes:
+  - route: /bench
+    upstream: http://127.0.0.1:{port}
+    public: true
+"""
+
+SECTION_HEADER = """\
+## End-to-end: public route — FluxGate vs HAProxy vs nginx (bench/bench_e2e.py)
+
+Closed loop through each target to the same fixed-response upstream
+(bench/support/upstream.py); see the docstring of bench/bench_e2e.py for the method.
+Columns: req/s over the measured time; p50 is the request-weighted mean of the two halves'
+p50, p99 the worse half's; proxy CPU in cores (CPU seconds per second, master + workers);
+req/s per proxy core = req/s ÷ proxy CPU; others' CPU = cores used meanwhile by processes
+outside the run (other users of the machine).
+"""
+
+
+def _cpu_plan() -> tuple[set[int] | None, set[int] | None, str]:
+    usable = sorted(cpu.usable_cpus())
+    if len(usable) < 2:
+        return None, None, f"no pinning (only CPU {usable} usable)"
+    client, proxy = {usable[0]}, {usable[-1]}
+    return client, proxy, (
+        f"proxy pinned to CPU {usable[-1]}; loadgen and upstream pinned to CPU {usable[0]}"
+    )
+
+
+def _command(config: pytest.Config) -> str:
+    python = os.path.relpath(sys.executable, config.rootpath)
+    if python.startswith(".."):
+        python = sys.executable
+    return shlex.join([python, "-m", "pytest", *config.invocation_params.args])
+
+
+def _run_text(config, facts, plan, versions, rows, ratio_lines, skipped) -> str:
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        f"### Run {now}",
+        "",
+        f"- command: `{_command(config)}` (from the repository root)",
+        f"- machine: nproc {facts['nproc']} ({facts['cpu_count']} CPUs), {facts['model']}, "
+        f"Linux {facts['kernel']}",
+        f"- software: Python {platform.python_version()}; {'; '.join(versions)}",
+        f"- load: closed loop, {CONNECTIONS} connections, 1 loadgen process, "
+        f"{WARMUP_SECONDS:g} s warm-up then 2 × {SECONDS / 2:g} s interleaved per target; {plan}",
+        "",
+        *table(list(rows.values())),
+        "",
+        *(f"- {line}" for line in ratio_lines),
+        *(f"- {note}" for note in skipped),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def test_e2e_public_route(benchmark, tmp_path, request, e2e_summary):
+    benchmark.group = "e2e: public route"
+    try:
+        haproxy_bin = peers.ensure_installed("haproxy")
+    except peers.PeerUnavailable as exc:
+        pytest.skip(f"HAProxy peer unavailable: {exc}")
+    skipped: list[str] = []
+    try:
+        nginx_bin: str | None = peers.ensure_installed("nginx")
+    except peers.PeerUnavailable as exc:
+        nginx_bin = None
+        skipped.append(f"nginx not measured: {exc}")
+    versions = [peers.version(haproxy_bin)] + ([peers.version(nginx_bin)] if nginx_bin else [])
+    client_cpus, proxy_cpus, plan = _cpu_plan()
+    facts = cpu.machine_facts()
+
+    with contextlib.ExitStack() as stack:
+        if client_cpus:
+            # Children inherit it: the upstream, and the loadgen process run_load spawns.
+            own = os.sched_getaffinity(0)
+            os.sched_setaffinity(0, client_cpus)
+            stack.callback(os.sched_setaffinity, 0, own)
+        upstream = start_upstream()
+        stack.callback(upstream.stop)
+
+        def proxied(name: str, pid: int, url: str) -> Target:
+            if proxy_cpus:
+                cpu.pin_tree(pid, proxy_cpus)
+            return Target(name, url, cpu.tree(pid))
+
+        targets = [Target("direct", upstream.url)]
+        (tmp_path / "fluxgate").mkdir()
+        gateway = GatewayProcess(
+            tmp_path / "fluxgate", FLUXGATE_CONFIG.format(port=upstream.port), workers=1
+        )
+        stack.callback(gateway.stop)
+        gateway.start()
+        assert gateway.proc is not None
+        fluxgate = proxied("fluxgate", gateway.proc.pid, gateway.url)
+        assert len(fluxgate.proxy_pids) == 2, f"expected master + 1 worker: {fluxgate.proxy_pids}"
+        targets.append(fluxgate)
+        haproxy = peers.haproxy(haproxy_bin, tmp_path / "haproxy", upstream.port)
+        stack.callback(haproxy.stop)
+        targets.append(proxied("haproxy", haproxy.start().pid, haproxy.url))
+        if nginx_bin:
+            nginx = peers.nginx(nginx_bin, tmp_path / "nginx", upstream.port)
+            stack.callback(nginx.stop)
+            nginx.start()
+            targets.append(proxied("nginx", nginx.pid, nginx.url))
+
+        def run() -> tuple[list[Measurement], dict[str, Measurement]]:
+            def one(target: Target, seconds: float) -> Measurement:
+                return measure(
+                    target, path=PATH, seconds=seconds, connections=CONNECTIONS,
+                    upstream_pid=upstream.pid,
+                )
+
+            warmups = [one(t, WARMUP_SECONDS) for t in targets]
+            halves: dict[str, list[Measurement]] = {t.name: [] for t in targets}
+            for t in targets + targets[::-1]:
+                halves[t.name].append(one(t, SECONDS / 2))
+            return warmups, {name: combine(parts) for name, parts in halves.items()}
+
+        warmups, rows = benchmark.pedantic(run, rounds=1, iterations=1)
+
+    ratio_lines = ratios(rows)
+    run_text = _run_text(request.config, facts, plan, versions, rows, ratio_lines, skipped)
+    update_results(RESULTS, run_text, SECTION_HEADER)
+    e2e_summary(run_text)
+    benchmark.extra_info.update(
+        {
+            "plan": plan,
+            "rows": {
+                name: {
+                    "rps": round(m.rps), "p50_us": m.p50_us, "p99_us": m.p99_us,
+                    "errors": m.error_count, "non_200": m.non_200,
+                    "proxy_cores": round(m.proxy_cores, 3), "others_cores": round(m.others_cores, 3),
+                }
+                for name, m in rows.items()
+            },
+            "ratios": ratio_lines,
+        }
+    )
+
+    for m in warmups + list(rows.values()):
+        assert m.requests > 0, f"{m.target}: no response at all"
+        assert m.error_count == 0, f"{m.target}: errors {m.errors}"
+        assert set(m.status) == {"200"}, f"{m.target}: statuses {m.status}"

@@ -1,0 +1,65 @@
+"""The e2e table (terminal and Markdown) and the update of bench/RESULTS.md."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from .measure import Measurement
+
+BEGIN = "<!-- e2e-runs:begin (written by bench/bench_e2e.py; newest first) -->"
+END = "<!-- e2e-runs:end -->"
+KEEP_RUNS = 6
+
+
+def _per_core(m: Measurement) -> str:
+    value = m.rps_per_proxy_core
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def table(rows: list[Measurement]) -> list[str]:
+    """Markdown table lines, one row per target."""
+    out = [
+        "| target | req/s | p50 µs | p99 µs | errors | non-200 | proxy CPU (cores) "
+        "| req/s per proxy core | others' CPU (cores) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for m in rows:
+        proxy_cpu = "-" if m.target == "direct" else f"{m.proxy_cores:.2f}"
+        out.append(
+            f"| {m.target} | {m.rps:,.0f} | {m.p50_us:,} | {m.p99_us:,} | {m.error_count} "
+            f"| {m.non_200} | {proxy_cpu} | {_per_core(m)} | {m.others_cores:.2f} |"
+        )
+    return out
+
+
+def ratios(rows: dict[str, Measurement]) -> list[str]:
+    """FluxGate over each peer (and over direct), raw req/s and req/s per proxy core."""
+    ours = rows.get("fluxgate")
+    if ours is None:
+        return []
+    out = []
+    for name in ("haproxy", "nginx"):
+        peer = rows.get(name)
+        if peer is None:
+            continue
+        line = f"fluxgate/{name}: req/s {ours.rps / peer.rps:.2f}x"
+        if ours.rps_per_proxy_core and peer.rps_per_proxy_core:
+            line += f", req/s per proxy core {ours.rps_per_proxy_core / peer.rps_per_proxy_core:.2f}x"
+        out.append(line)
+    if "direct" in rows:
+        out.append(f"fluxgate/direct: req/s {ours.rps / rows['direct'].rps:.2f}x")
+    return out
+
+
+def update_results(path: Path, run_text: str, header: str) -> None:
+    """Insert ``run_text`` as the newest run of the e2e section, keep the last KEEP_RUNS."""
+    text = path.read_text() if path.exists() else "# FluxGate benchmark results\n"
+    if BEGIN not in text:
+        text = text.rstrip("\n") + "\n\n" + header.rstrip("\n") + f"\n\n{BEGIN}\n{END}\n"
+    before, rest = text.split(BEGIN, 1)
+    runs_text, after = rest.split(END, 1)
+    runs = [r for r in re.split(r"(?m)^(?=### Run )", runs_text.strip("\n")) if r.strip()]
+    runs = [run_text.strip("\n") + "\n"] + [r.rstrip("\n") + "\n" for r in runs]
+    body = "\n".join(runs[:KEEP_RUNS])
+    path.write_text(f"{before}{BEGIN}\n{body}{END}{after}")

@@ -1,0 +1,153 @@
+"""A minimal fixed-response HTTP/1.1 upstream for end-to-end benchmarks.
+
+Every request gets the same ~100-byte ``200 OK`` (keep-alive unless the client asks to
+close), so the upstream costs as little CPU as possible and every proxy under test forwards
+the same bytes. httptools (llhttp) frames requests, so bodies and pipelining are handled;
+only ``on_message_complete`` is defined, the callbacks for URL and headers are never made.
+
+Run as its own process (it must not share a core-time slice with the load generator inside
+one interpreter): ``python -m bench.support.upstream [--port N]`` prints
+``listening 127.0.0.1:PORT`` once ready. ``start_upstream()`` does that and returns a handle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import selectors
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httptools
+
+REPO = Path(__file__).resolve().parents[2]
+
+BODY = b"fixed response body\n"
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\n"
+    b"Content-Type: text/plain\r\n"
+    b"Content-Length: %d\r\n"
+    b"Server: bench-upstream\r\n"
+    b"\r\n%s" % (len(BODY), BODY)
+)
+CLOSE_RESPONSE = RESPONSE.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
+BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
+class FixedResponse(asyncio.Protocol):
+    """Answers every complete request with RESPONSE; one write per read."""
+
+    __slots__ = ("transport", "parser", "done", "close")
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.done = 0
+        self.close = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def on_message_complete(self) -> None:
+        self.done += 1
+        if not self.parser.should_keep_alive():
+            self.close = True
+
+    def data_received(self, data: bytes) -> None:
+        transport = self.transport
+        assert transport is not None
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            transport.write(BAD_REQUEST)
+            transport.close()
+            return
+        n, self.done = self.done, 0
+        if self.close:
+            transport.write(RESPONSE * (n - 1) + CLOSE_RESPONSE)
+            transport.close()
+        elif n:
+            transport.write(RESPONSE * n if n > 1 else RESPONSE)
+
+
+def serve(port: int) -> None:
+    import uvloop
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(4096)
+
+    async def main() -> None:
+        server = await asyncio.get_running_loop().create_server(FixedResponse, sock=sock)
+        host, bound = sock.getsockname()[:2]
+        print(f"listening {host}:{bound}", flush=True)
+        async with server:
+            await server.serve_forever()
+
+    uvloop.run(main())
+
+
+class UpstreamProcess:
+    """The upstream as a child process; ``stop()`` ends it by pid."""
+
+    def __init__(self, proc: subprocess.Popen, port: int) -> None:
+        self.proc = proc
+        self.port = port
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def start_upstream(timeout: float = 10.0) -> UpstreamProcess:
+    """Start ``python -m bench.support.upstream`` on 127.0.0.1:0 and wait for its port.
+
+    The child inherits the caller's CPU affinity (the e2e bench pins itself first)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.support.upstream"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    handle = UpstreamProcess(proc, 0)
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            while time.monotonic() < deadline:
+                if sel.select(max(0.0, deadline - time.monotonic())):
+                    line = proc.stdout.readline().decode().strip()
+                    if not line.startswith("listening "):
+                        raise RuntimeError(f"upstream said {line!r} (exit {proc.poll()})")
+                    handle.port = int(line.rsplit(":", 1)[1])
+                    return handle
+        raise RuntimeError("upstream did not start in time")
+    except BaseException:
+        handle.stop()
+        raise
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=0)
+    serve(parser.parse_args().port)
