@@ -12,7 +12,6 @@ import logging
 from typing import TYPE_CHECKING
 
 from fluxgate.errors import ClientError, UpstreamTimeout, UpstreamUnavailable
-from fluxgate.proxy import headers as hdr
 from fluxgate.proxy.responses import status_line
 
 if TYPE_CHECKING:
@@ -145,25 +144,22 @@ class Exchange:
         self.deadline = self.loop_time() + self.read_timeout
 
     # -- response from the upstream -------------------------------------------------------
-    def upstream_headers(self, conn: UpstreamConnection, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+    def upstream_headers(
+        self,
+        conn: UpstreamConnection,
+        status: int,
+        header_lines: list[bytes],
+        content_length: bytes | None,
+        upstream_chunked: bool,
+    ) -> None:
+        """The response head arrived: frame it for the client and send it on."""
         req = self.req
         client = self.client
-        drop = hdr.HOP_BY_HOP
-        content_length: bytes | None = None
-        upstream_chunked = False
-        for name, value in headers:
-            lname = name.lower()
-            if lname == b"connection":
-                drop = drop | hdr.connection_tokens(value)
-            elif lname == b"content-length":
-                content_length = value
-            elif lname == b"transfer-encoding":
-                upstream_chunked = True
         no_body = req.method == b"HEAD" or status in (204, 304) or status == 101
         keep_alive = client.can_keep_alive(req)
         lines = [status_line(status)]
-        lines.extend(hdr.response_headers(headers, drop))
-        lines.append(b"X-Request-Id: %s\r\n" % req.request_id)
+        lines.extend(header_lines)
+        lines.append(b"X-Request-Id: " + req.request_id + b"\r\n")
         for name, value in req.response_headers:
             lines.append(b"%s: %s\r\n" % (name, value))
         if status == 101:

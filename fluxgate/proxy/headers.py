@@ -33,7 +33,6 @@ _REQUEST_OWNED: frozenset[bytes] = HOP_BY_HOP | {
     b"x-forwarded-host",
     b"x-request-id",
 }
-_RESPONSE_OWNED: frozenset[bytes] = HOP_BY_HOP | {b"content-length"}
 
 FLUXGATE_PREFIX = b"x-fluxgate-"
 _REQUEST_ID_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
@@ -91,15 +90,3 @@ def build_request_head(
     append(framing)
     append(b"\r\n")
     return b"".join(out)
-
-
-def response_headers(
-    headers: list[tuple[bytes, bytes]], drop: frozenset[bytes]
-) -> list[bytes]:
-    """The upstream's response header lines that may be forwarded to the client."""
-    owned = _RESPONSE_OWNED
-    return [
-        b"%s: %s\r\n" % (name, value)
-        for name, value in headers
-        if (lname := name.lower()) not in owned and lname not in drop
-    ]

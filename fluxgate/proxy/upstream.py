@@ -16,10 +16,22 @@ from typing import TYPE_CHECKING, Any
 
 import httptools
 
+from fluxgate.proxy import headers as hdr
+
 if TYPE_CHECKING:
     from fluxgate.proxy.exchange import Exchange
 
 log = logging.getLogger("fluxgate.upstream")
+
+_CONTENT_LENGTH, _TRANSFER_ENCODING, _CONNECTION, _HOP = 1, 2, 3, 4
+_RESPONSE_SPECIAL: dict[bytes, int] = {
+    **{name: _HOP for name in hdr.HOP_BY_HOP},
+    b"content-length": _CONTENT_LENGTH,
+    b"transfer-encoding": _TRANSFER_ENCODING,
+    b"connection": _CONNECTION,
+}
+# Connection options that are not header names (RFC 9112 §9.3, §9.6).
+_CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})
 
 AcquireCallback = Callable[["UpstreamConnection | None", "BaseException | None"], None]
 
@@ -41,7 +53,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.owner: Exchange | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self.headers: list[tuple[bytes, bytes]] = []
+        self._reset_head()
         self.requests_served = 0
         self.got_bytes = False
         self.head_request = False
@@ -112,7 +124,17 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- httptools callbacks -----------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        # One pass: forwardable lines are formatted as they arrive, framing and hop-by-hop
+        # headers are set aside (RFC 9110 §7.6.1), so the response head is a join away.
+        kind = _RESPONSE_SPECIAL.get(name.lower())
+        if kind is None:
+            self.lines.append(name + b": " + value + b"\r\n")
+        elif kind == _CONTENT_LENGTH:
+            self.content_length = value
+        elif kind == _TRANSFER_ENCODING:
+            self.chunked = True
+        elif kind == _CONNECTION:
+            self.connection = value if self.connection is None else self.connection + b"," + value
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -120,14 +142,18 @@ class UpstreamConnection(asyncio.Protocol):
             # Interim responses (100 Continue, 103 Early Hints) are not forwarded: the
             # gateway answered Expect itself, and a client never asked for them.
             self.skip_interim = True
-            self.headers = []
+            self._reset_head()
             return
-        headers, self.headers = self.headers, []
         self.keep_alive = self.parser.should_keep_alive()
         self.switching = status == 101
         owner = self.owner
         if owner is not None:
-            owner.upstream_headers(self, status, headers)
+            lines = self.lines
+            if self.connection is not None:
+                named = hdr.connection_tokens(self.connection) - _CONNECTION_OPTIONS
+                if named:  # rare: headers the upstream declared hop-by-hop by name
+                    lines = [ln for ln in lines if ln.split(b":", 1)[0].lower() not in named]
+            owner.upstream_headers(self, status, lines, self.content_length, self.chunked)
         if self.head_request:
             raise _HeadResponseDone()
 
@@ -155,7 +181,13 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_request = head_request
         self.got_bytes = False
         self.skip_interim = False
-        self.headers = []
+        self._reset_head()
+
+    def _reset_head(self) -> None:
+        self.lines: list[bytes] = []
+        self.content_length: bytes | None = None
+        self.chunked = False
+        self.connection: bytes | None = None
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
