@@ -100,6 +100,21 @@ class B64Error(FluxGateError, ValueError):
     """
 
 
+class TokenError(FluxGateError, ValueError):
+    """A JWT failed verification; raised by ``_core.JwtVerifier`` (issue: JWT authentication).
+
+    ``reason`` is a stable snake_case code for logs and metrics (``malformed``,
+    ``alg_not_allowed``, ``unknown_kid``, ``bad_signature``, ``expired``, ...); ``kid`` is the
+    token's key id when the reason is ``unknown_kid``. Not client-facing by itself: the jwt
+    middleware answers 401 invalid_token (or 503 when no keys could ever be fetched).
+    """
+
+    def __init__(self, reason: str, kid: str | None = None) -> None:
+        self.reason = reason
+        self.kid = kid
+        super().__init__(reason)
+
+
 def _bearer_challenge(error: str, description: str = "") -> tuple[tuple[bytes, bytes], ...]:
     """RFC 6750 §3: the WWW-Authenticate challenge of a 401/403 bearer error."""
     value = f'Bearer realm="fluxgate", error="{error}"'

@@ -81,6 +81,9 @@ class ProcessMetric:
     kind: str  # "gauge" | "counter"
     help: str
     value: float
+    # Label pairs, e.g. (("provider", "https://idp/jwks"), ("result", "ok")). Metrics that share
+    # a name are rendered as one family (HELP/TYPE once), so keep them adjacent.
+    labels: tuple[tuple[str, str], ...] = ()
 
 
 class MetricsTable:
@@ -227,9 +230,14 @@ class MetricsTable:
             lines.append(f'{name}_bucket{{route="{route}",le="+Inf"}} {st.count}')
             lines.append(f'{name}_sum{{route="{route}"}} {st.sum_us / 1_000_000}')
             lines.append(f'{name}_count{{route="{route}"}} {st.count}')
+        family = None
         for m in process_metrics:
             value = int(m.value) if float(m.value).is_integer() else m.value
-            lines += [f"# HELP {m.name} {m.help}", f"# TYPE {m.name} {m.kind}", f"{m.name} {value}"]
+            if m.name != family:
+                family = m.name
+                lines += [f"# HELP {m.name} {m.help}", f"# TYPE {m.name} {m.kind}"]
+            labels = ",".join(f'{k}="{_escape(v)}"' for k, v in m.labels)
+            lines.append(f"{m.name}{{{labels}}} {value}" if labels else f"{m.name} {value}")
         return "\n".join(lines) + "\n"
 
 

@@ -56,7 +56,11 @@ class CompiledRoute:
         self.slot = slot
         self.strip_prefix = route.strip_prefix
         self.websocket = route.websocket
-        self.drop_headers: frozenset[bytes] = frozenset()
+        # Request headers (lower-case names) that a middleware owns and the upstream must
+        # never see from the client: forward_claims targets, the API key header, ...
+        self.drop_headers: frozenset[bytes] = frozenset().union(
+            *(getattr(m, "drop_headers", ()) for m in self.chain)
+        )
 
 
 class AccessLog:
