@@ -23,15 +23,26 @@ HOP_BY_HOP: frozenset[bytes] = frozenset(
     }
 )
 
-# Headers the gateway sets itself on the way up; client values are replaced, not merged,
-# except X-Forwarded-* from a trusted proxy, which are extended.
-_REQUEST_OWNED: frozenset[bytes] = HOP_BY_HOP | {
-    b"content-length",
-    b"expect",
-    b"x-forwarded-for",
-    b"x-forwarded-proto",
-    b"x-forwarded-host",
-    b"x-request-id",
+# Request headers the gateway reads or sets itself, by kind. Everything else is forwarded
+# as the client wrote it, formatted once when the parser reports it (proxy/protocol.py
+# on_header). Client values of X-Forwarded-* and X-Request-Id are replaced, or extended
+# when they come from a trusted proxy.
+(
+    H_HOST, H_CONTENT_LENGTH, H_TRANSFER_ENCODING, H_EXPECT, H_FORWARDED_FOR,
+    H_FORWARDED_PROTO, H_REQUEST_ID, H_CONNECTION, H_UPGRADE, H_DROP,
+) = range(1, 11)  # fmt: skip
+REQUEST_SPECIAL: dict[bytes, int] = {
+    **{name: H_DROP for name in HOP_BY_HOP},
+    b"host": H_HOST,
+    b"content-length": H_CONTENT_LENGTH,
+    b"transfer-encoding": H_TRANSFER_ENCODING,
+    b"expect": H_EXPECT,
+    b"x-forwarded-for": H_FORWARDED_FOR,
+    b"x-forwarded-proto": H_FORWARDED_PROTO,
+    b"x-forwarded-host": H_DROP,
+    b"x-request-id": H_REQUEST_ID,
+    b"connection": H_CONNECTION,
+    b"upgrade": H_UPGRADE,
 }
 
 FLUXGATE_PREFIX = b"x-fluxgate-"
@@ -50,10 +61,21 @@ def acceptable_request_id(value: bytes | None) -> bool:
     return bool(value) and len(value) <= 128 and all(c in _REQUEST_ID_CHARS for c in value)  # type: ignore[arg-type]
 
 
+def forwardable_lines(headers: list[tuple[bytes, bytes]]) -> list[bytes]:
+    """The header lines forwarded as written: what ClientConnection.on_header keeps."""
+    lines = []
+    for name, value in headers:
+        lname = name.lower()
+        kind = REQUEST_SPECIAL.get(lname)
+        if (kind is None and not lname.startswith(FLUXGATE_PREFIX)) or kind == H_HOST:
+            lines.append(name + b": " + value + b"\r\n")
+    return lines
+
+
 def build_request_head(
     method: bytes,
     target: bytes,
-    headers: list[tuple[bytes, bytes]],
+    lines: list[bytes],
     *,
     drop: frozenset[bytes],
     forwarded_for: bytes,
@@ -66,27 +88,23 @@ def build_request_head(
 ) -> bytes:
     """Serialize the request head sent upstream.
 
-    `drop` holds the lower-cased names to remove (Connection-listed ones, the API key
-    header...); `framing` is the already-formatted Content-Length/Transfer-Encoding line(s).
+    `lines` are the client's forwardable header lines, already formatted; `drop` holds
+    lower-cased names to remove on top (Connection-listed ones, the API key header...);
+    `framing` is the already-formatted Content-Length/Transfer-Encoding line.
     """
-    out = [b"%s %s HTTP/1.1\r\n" % (method, target)]
+    if drop:
+        lines = [ln for ln in lines if ln.split(b":", 1)[0].lower() not in drop]
+    out = [method + b" " + target + b" HTTP/1.1\r\n", *lines]
     append = out.append
-    owned = _REQUEST_OWNED
-    for name, value in headers:
-        lname = name.lower()
-        if lname in owned or lname in drop or lname.startswith(FLUXGATE_PREFIX):
-            continue
-        append(b"%s: %s\r\n" % (name, value))
-    append(b"X-Forwarded-For: %s\r\n" % forwarded_for)
-    append(b"X-Forwarded-Proto: %s\r\n" % forwarded_proto)
+    append(b"X-Forwarded-For: " + forwarded_for + b"\r\nX-Forwarded-Proto: " + forwarded_proto + b"\r\n")
     if forwarded_host is not None:
-        append(b"X-Forwarded-Host: %s\r\n" % forwarded_host)
-    append(b"X-Request-Id: %s\r\n" % request_id)
+        append(b"X-Forwarded-Host: " + forwarded_host + b"\r\n")
+    append(b"X-Request-Id: " + request_id + b"\r\n")
     if extra:
         for name, value in extra:
-            append(b"%s: %s\r\n" % (name, value))
+            append(name + b": " + value + b"\r\n")
     if upgrade is not None:
-        append(b"Connection: Upgrade\r\nUpgrade: %s\r\n" % upgrade)
+        append(b"Connection: Upgrade\r\nUpgrade: " + upgrade + b"\r\n")
     append(framing)
     append(b"\r\n")
     return b"".join(out)

@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("fluxgate.proxy")
 
 _DEADLINE_NONE, _DEADLINE_HEADERS, _DEADLINE_IDLE = 0, 1, 2
+_REQUEST_SPECIAL = hdr.REQUEST_SPECIAL
+# Connection options that are not header names (RFC 9112 §9.3, §9.6).
+_CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})
 # Status recorded when the client disconnects before its response was sent (nginx's 499).
 CLIENT_CLOSED = 499
 
@@ -74,6 +77,9 @@ class RequestState:
     forwarded_proto: bytes | None = None
     client_request_id: bytes | None = None
     connection: bytes | None = None
+    hosts = 0
+    transfer_encoding: bytes | None = None
+    upgrade_token: bytes | None = None
     finished = False
 
     def __init__(self, started: float) -> None:
@@ -81,6 +87,7 @@ class RequestState:
         self.url = b""
         self.header_bytes = 0
         self.headers: list[tuple[bytes, bytes]] = []
+        self.lines: list[bytes] = []  # forwardable header lines, formatted as they arrive
         self.body_buffer: list[bytes] = []
         self.response_headers: list[tuple[bytes, bytes]] = []
         self.upstream_headers: list[tuple[bytes, bytes]] = []
@@ -116,6 +123,7 @@ class ClientConnection(asyncio.Protocol):
         self.upgrading = False
         self.advancing = False
         self.peer = ""
+        self.peer_bytes = b""
         self.deadline = 0.0
         self.deadline_kind = _DEADLINE_NONE
         self.headers_chunk_bytes = 0
@@ -127,6 +135,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else ""
+        self.peer_bytes = self.peer.encode()
         self.gw.connections.add(self)
         self._set_deadline(_DEADLINE_HEADERS, self.header_timeout)
 
@@ -222,6 +231,33 @@ class ClientConnection(asyncio.Protocol):
         if req.header_bytes > self.max_header_bytes:
             raise HeadersTooLarge()
         req.headers.append((name, value))
+        lname = name.lower()
+        kind = _REQUEST_SPECIAL.get(lname)
+        if kind is None:
+            if not lname.startswith(hdr.FLUXGATE_PREFIX):
+                req.lines.append(name + b": " + value + b"\r\n")
+        elif kind == hdr.H_HOST:
+            req.hosts += 1
+            req.host = value
+            req.lines.append(name + b": " + value + b"\r\n")
+        elif kind == hdr.H_CONTENT_LENGTH:
+            req.content_length = int(value)  # llhttp accepted only digits, at most once
+        elif kind == hdr.H_TRANSFER_ENCODING:
+            req.transfer_encoding = value
+        elif kind == hdr.H_EXPECT:
+            if value.lower() != b"100-continue":
+                raise _ExpectationFailed()
+            req.expect_continue = True
+        elif kind == hdr.H_FORWARDED_FOR:
+            req.forwarded_for = value if req.forwarded_for is None else req.forwarded_for + b", " + value
+        elif kind == hdr.H_FORWARDED_PROTO:
+            req.forwarded_proto = value
+        elif kind == hdr.H_REQUEST_ID:
+            req.client_request_id = value
+        elif kind == hdr.H_CONNECTION:
+            req.connection = value if req.connection is None else req.connection + b", " + value
+        elif kind == hdr.H_UPGRADE:
+            req.upgrade_token = value
 
     def on_headers_complete(self) -> None:
         req = self.parsing
@@ -238,32 +274,9 @@ class ClientConnection(asyncio.Protocol):
         if req.method == b"CONNECT":
             raise BadRequest("CONNECT is not supported")
         req.keep_alive = parser.should_keep_alive()
-        hosts = 0
-        upgrade_token: bytes | None = None
-        transfer_encoding: bytes | None = None
-        for name, value in req.headers:
-            lname = name.lower()
-            if lname == b"host":
-                hosts += 1
-                req.host = value
-            elif lname == b"content-length":
-                req.content_length = int(value)  # llhttp accepted only digits, at most once
-            elif lname == b"transfer-encoding":
-                transfer_encoding = value
-            elif lname == b"expect":
-                if value.lower() != b"100-continue":
-                    raise _ExpectationFailed()
-                req.expect_continue = True
-            elif lname == b"x-forwarded-for":
-                req.forwarded_for = value if req.forwarded_for is None else req.forwarded_for + b", " + value
-            elif lname == b"x-forwarded-proto":
-                req.forwarded_proto = value
-            elif lname == b"x-request-id":
-                req.client_request_id = value
-            elif lname == b"connection":
-                req.connection = value if req.connection is None else req.connection + b", " + value
-            elif lname == b"upgrade":
-                upgrade_token = value
+        hosts = req.hosts
+        upgrade_token = req.upgrade_token
+        transfer_encoding = req.transfer_encoding
         # RFC 9112 §3.2: a 1.1 request without exactly one Host, or with several, is a 400.
         if hosts > 1 or (hosts == 0 and req.http_minor == 1):
             raise BadRequest("exactly one Host header is required")
@@ -398,14 +411,16 @@ class ClientConnection(asyncio.Protocol):
         return route
 
     def _upstream_head(self, req: RequestState, route: CompiledRoute) -> bytes:
-        drop = hdr.connection_tokens(req.connection) | route.drop_headers
+        drop = route.drop_headers
+        if req.connection is not None:
+            drop = drop | (hdr.connection_tokens(req.connection) - _CONNECTION_OPTIONS)
         path = req.path
         if route.strip_prefix:
             path = path[len(route.prefix):] or b"/"
             if path[:1] != b"/":
                 path = b"/" + path
         target = path + b"?" + req.query if req.query else path
-        peer = self.peer.encode()
+        peer = self.peer_bytes
         if req.peer_trusted and req.forwarded_for:
             forwarded_for = req.forwarded_for + b", " + peer
             proto = req.forwarded_proto or b"http"
@@ -421,7 +436,7 @@ class ClientConnection(asyncio.Protocol):
         return hdr.build_request_head(
             req.method,
             target,
-            req.headers,
+            req.lines,
             drop=drop,
             forwarded_for=forwarded_for,
             forwarded_proto=proto,
