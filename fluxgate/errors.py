@@ -72,6 +72,12 @@ class HeadersTooLarge(ClientError):
     status, code, close_connection = 431, "headers_too_large", True
 
 
+class InternalError(ClientError):
+    """The gateway failed to process this request; it was not forwarded."""
+
+    status, code, close_connection = 500, "internal_error", True
+
+
 class UpstreamUnavailable(ClientError):
     """The upstream could not be reached."""
 

@@ -469,3 +469,48 @@ def test_pool_size_bounds_upstream_connections(gateway_factory, upstream):
             sock.close()
     assert statuses == [200] * 6
     assert upstream.connections == 2
+
+
+def test_crashing_middleware_fails_closed(monkeypatch, upstream):
+    """A bug in a chain stage answers 500, never forwards the request, never hangs."""
+    import asyncio
+
+    import uvloop
+
+    from fluxgate.config.loader import load_config_text
+    from fluxgate.proxy.app import Gateway
+    from fluxgate.proxy.protocol import ClientConnection
+
+    loop = uvloop.new_event_loop()
+    config = load_config_text(
+        f"access_log: null\nroutes:\n  - route: /\n    upstream: {upstream.url}\n    public: true\n"
+    )
+    gateway = Gateway(loop, config)
+
+    def broken(req):
+        raise RuntimeError("boom")
+
+    gateway.routes[0].chain = (broken,)
+
+    class Transport(asyncio.Transport):
+        def __init__(self):
+            super().__init__()
+            self.out = b""
+
+        def write(self, data):
+            self.out += data
+
+        def get_extra_info(self, name, default=None):
+            return ("127.0.0.1", 1) if name == "peername" else default
+
+        def close(self):
+            pass
+
+    transport = Transport()
+    conn = ClientConnection(gateway)
+    conn.connection_made(transport)
+    conn.data_received(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+    loop.close()
+    assert transport.out.startswith(b"HTTP/1.1 500 ")
+    assert b'"error":"internal_error"' in transport.out
+    assert upstream.requests == []

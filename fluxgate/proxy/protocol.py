@@ -22,6 +22,7 @@ from fluxgate.errors import (
     BodyTooLarge,
     ClientError,
     HeadersTooLarge,
+    InternalError,
     MethodNotAllowed,
     NoRoute,
 )
@@ -375,6 +376,12 @@ class ClientConnection(asyncio.Protocol):
             head = self._upstream_head(req, route)
         except ClientError as err:
             self._local_reply(req, err)
+            return
+        except Exception:
+            # A bug in a stage must not leave the client hanging nor let the request through:
+            # fail closed with a 500 and the traceback in the log.
+            log.exception("request %s: the middleware chain failed", req.request_id.decode())
+            self._local_reply(req, InternalError())
             return
         exchange = Exchange(self, req, route.group, head)
         req.exchange = exchange
