@@ -8,6 +8,10 @@ extensions = [
         "fluxgate._core",
         ["fluxgate/_core.pyx"],
         extra_compile_args=["-O2"],
+        # JWT signature math (fluxgate/_jwt.pxi) calls libcrypto directly: OpenSSL >= 3.0
+        # headers at build time (Debian: libssl-dev), measured faster than going through
+        # `cryptography` (bench/RESULTS.md, "JWT core").
+        libraries=["crypto"],
     )
 ]
 

@@ -2,15 +2,25 @@
 
 from typing_extensions import Buffer  # collections.abc.Buffer from 3.12
 
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
 from fluxgate.errors import B64Error as B64Error
 from fluxgate.errors import PathError as PathError
+from fluxgate.errors import TokenError as TokenError
 
 __all__ = (
     "B64Error",
     "Counters",
+    "JwtKey",
+    "JwtKeySet",
+    "JwtVerifier",
     "PathError",
+    "TokenError",
     "b64url_decode",
     "b64url_encode",
+    "jwt_alg_mask",
+    "jwt_alg_names",
     "normalize_path",
 )
 
@@ -33,3 +43,57 @@ class Counters:
     def store(self, slot: int, value: int) -> None: ...
     def compare_exchange(self, slot: int, expected: int, new: int) -> bool: ...
     def release(self) -> None: ...
+
+# ---- JWT verification (rules in fluxgate/_jwt.pxi) ---------------------------------------
+
+def jwt_alg_mask(names: Iterable[str], /) -> int:
+    """Bit mask of JWS algorithm names (RS256 ... EdDSA, HS*); ValueError for others."""
+
+def jwt_alg_names(mask: int, /) -> tuple[str, ...]:
+    """The algorithm names in a mask."""
+
+class JwtKey:
+    """One public key (DER SubjectPublicKeyInfo) prepared for the algorithms in ``algs``."""
+
+    kid: str | None
+    algs: int
+
+    def __init__(self, kid: str | None, algs: int, spki_der: bytes) -> None: ...
+    def verify_signature(self, alg: str, signing_input: bytes, signature: bytes, /) -> bool:
+        """Bare libcrypto verification, no JWT parsing (the benchmark floor)."""
+
+class JwtKeySet:
+    """The keys of one JWKS generation, by kid."""
+
+    generation: int
+    kids: frozenset[str]
+
+    def __init__(self, keys: Iterable[JwtKey] = (), generation: int = 0) -> None: ...
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[JwtKey]: ...
+    def __contains__(self, kid: object) -> bool: ...
+
+class JwtVerifier:
+    """Verifies tokens for one jwt middleware config; raises TokenError(reason)."""
+
+    keys: JwtKeySet | None
+    algorithms: tuple[str, ...]
+    cached: int
+
+    def __init__(
+        self,
+        *,
+        algorithms: Iterable[str],
+        issuer: str | None = None,
+        audiences: Iterable[str] | None = None,
+        leeway: float = 60.0,
+        require_exp: bool = True,
+        max_token_bytes: int = 8192,
+        cache_size: int = 16384,
+        secret: bytes | None = None,
+        prepare: Callable[[dict[str, Any]], Any] | None = None,
+    ) -> None: ...
+    def set_keys(self, keys: JwtKeySet | None) -> None: ...
+    def flush(self) -> None: ...
+    def verify(self, token: bytes, now: float) -> dict[str, Any]: ...
+    def authenticate(self, token: bytes, now: float) -> Any: ...

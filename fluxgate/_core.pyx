@@ -68,9 +68,15 @@ from fluxgate.errors import B64Error, PathError
 __all__ = (
     "B64Error",
     "Counters",
+    "JwtKey",
+    "JwtKeySet",
+    "JwtVerifier",
     "PathError",
+    "TokenError",
     "b64url_decode",
     "b64url_encode",
+    "jwt_alg_mask",
+    "jwt_alg_names",
     "normalize_path",
 )
 

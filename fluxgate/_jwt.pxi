@@ -1,1 +1,848 @@
 # Included into _core.pyx: JWT verification (issue: JWT authentication).
+#
+# JWS compact serialization (RFC 7515 §7.1) of a JWT (RFC 7519), verified against
+# public keys prepared once per JWKS generation, with the signature math in OpenSSL's
+# libcrypto (linked directly: EVP_PKEY_verify on a context set up once per key and
+# algorithm; bench/RESULTS.md has the comparison with the `cryptography` package).
+#
+# Order of checks in JwtVerifier.verify (each failure raises TokenError(reason)):
+#
+# 1. size (max_token_bytes); exactly two '.', header and payload non-empty;
+# 2. the verified-token cache, keyed by the whole token; a hit re-does the time checks;
+# 3. header: strict base64url (RFC 4648 §5: canonical, no padding) of a JSON object;
+#    `alg` a string in the allowlist ("none", in any casing, never is; HS* only with a
+#    configured secret); `crit` refused (no extension is understood, RFC 7515
+#    §4.1.11); `b64` other than true refused (RFC 7797); `kid` a short printable
+#    string; `jku`, `x5u`, `jwk`, `x5c` are never read, so a token cannot bring its
+#    own key (RFC 8725 §3.10);
+# 4. key: by `kid`; the key's type/curve/`alg`/`use` must allow the token's `alg`, so
+#    an RSA key never verifies an HS256 token and a P-256 key never an ES384 one.
+#    Without a `kid`: the one compatible key of the set, if there is exactly one. An
+#    unknown `kid` is reported only after the payload's `iss` and time claims pass, so
+#    the caller may ask the master for a refresh without letting junk tokens do it;
+# 5. signature: RSA PKCS#1 v1.5 (RS*); RSA-PSS, MGF1 with the same hash, any salt
+#    length (PS*); ECDSA as the JWS raw r||s of exactly twice the coordinate size, r
+#    and s in [1, n-1] (ES*; DER is refused); Ed25519/Ed448 (EdDSA); HMAC compared in
+#    constant time (HS*);
+# 6. claims: a JSON object; `exp` required (unless configured off), `nbf`, `iat`, each
+#    a JSON number (not a string or boolean) in [0, 253402300799], checked with the
+#    leeway; `iss` exact; `aud` a string or an array of strings holding a configured
+#    audience; `sub`, when present, a string.
+
+from cpython.dict cimport PyDict_GetItem
+from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_CheckExact
+from cpython.long cimport PyLong_CheckExact
+from cpython.object cimport PyObject
+from libc.math cimport INFINITY
+from libc.string cimport memchr, memcpy
+
+import orjson
+
+from fluxgate.errors import TokenError
+
+cdef object _json_loads = orjson.loads
+cdef object _JSONDecodeError = orjson.JSONDecodeError
+
+
+cdef extern from "openssl/evp.h" nogil:
+    ctypedef struct EVP_PKEY
+    ctypedef struct EVP_PKEY_CTX
+    ctypedef struct EVP_MD
+    ctypedef struct EVP_MD_CTX
+    ctypedef struct OSSL_LIB_CTX
+    ctypedef struct ENGINE
+    cdef enum:
+        EVP_PKEY_RSA
+        EVP_PKEY_EC
+        EVP_PKEY_ED25519
+        EVP_PKEY_ED448
+        EVP_MAX_MD_SIZE
+    EVP_MD* EVP_MD_fetch(OSSL_LIB_CTX* ctx, const char* algorithm,
+                         const char* properties)
+    int EVP_Digest(const void* data, size_t count, unsigned char* md,
+                   unsigned int* size, const EVP_MD* type, ENGINE* impl)
+    EVP_MD_CTX* EVP_MD_CTX_new()
+    void EVP_MD_CTX_free(EVP_MD_CTX* ctx)
+    int EVP_DigestVerifyInit(EVP_MD_CTX* ctx, EVP_PKEY_CTX** pctx, const EVP_MD* type,
+                             ENGINE* e, EVP_PKEY* pkey)
+    int EVP_DigestVerify(EVP_MD_CTX* ctx, const unsigned char* sig, size_t siglen,
+                         const unsigned char* tbs, size_t tbslen)
+    EVP_PKEY_CTX* EVP_PKEY_CTX_new(EVP_PKEY* pkey, ENGINE* e)
+    void EVP_PKEY_CTX_free(EVP_PKEY_CTX* ctx)
+    int EVP_PKEY_verify_init(EVP_PKEY_CTX* ctx)
+    int EVP_PKEY_verify(EVP_PKEY_CTX* ctx, const unsigned char* sig, size_t siglen,
+                        const unsigned char* tbs, size_t tbslen)
+    int EVP_PKEY_CTX_set_signature_md(EVP_PKEY_CTX* ctx, const EVP_MD* md)
+    void EVP_PKEY_free(EVP_PKEY* pkey)
+    int EVP_PKEY_get_base_id(const EVP_PKEY* pkey)
+    int EVP_PKEY_get_bits(const EVP_PKEY* pkey)
+    int EVP_PKEY_get_size(const EVP_PKEY* pkey)
+    int EVP_PKEY_get_group_name(const EVP_PKEY* pkey, char* name, size_t name_sz,
+                                size_t* gname_len)
+
+cdef extern from "openssl/rsa.h" nogil:
+    cdef enum:
+        RSA_PKCS1_PADDING
+        RSA_PKCS1_PSS_PADDING
+        RSA_PSS_SALTLEN_AUTO
+    int EVP_PKEY_CTX_set_rsa_padding(EVP_PKEY_CTX* ctx, int pad_mode)
+    int EVP_PKEY_CTX_set_rsa_pss_saltlen(EVP_PKEY_CTX* ctx, int saltlen)
+    int EVP_PKEY_CTX_set_rsa_mgf1_md(EVP_PKEY_CTX* ctx, const EVP_MD* md)
+
+cdef extern from "openssl/x509.h" nogil:
+    EVP_PKEY* d2i_PUBKEY(EVP_PKEY** a, const unsigned char** pp, long length)
+
+cdef extern from "openssl/hmac.h" nogil:
+    unsigned char* HMAC(const EVP_MD* evp_md, const void* key, int key_len,
+                        const unsigned char* data, size_t data_len, unsigned char* md,
+                        unsigned int* md_len)
+
+cdef extern from "openssl/crypto.h" nogil:
+    int CRYPTO_memcmp(const void* a, const void* b, size_t len)
+
+cdef extern from "openssl/err.h" nogil:
+    void ERR_clear_error()
+
+cdef extern from *:
+    """
+    static inline int fg_ctz32(unsigned int x) { return __builtin_ctz(x); }
+    """
+    int fg_ctz32(unsigned int x) noexcept nogil
+
+
+# ---- tables --------------------------------------------------------------------------
+
+cdef tuple _JWT_REASONS = (
+    "ok",
+    "malformed",
+    "token_too_large",
+    "alg_not_allowed",
+    "crit_unsupported",
+    "unknown_kid",
+    "key_alg_mismatch",
+    "jwks_unavailable",
+    "bad_signature",
+    "expired",
+    "not_yet_valid",
+    "issued_in_future",
+    "missing_claim",
+    "invalid_claim",
+    "wrong_issuer",
+    "wrong_audience",
+)
+
+# Case-sensitive, as RFC 7515 §4.1.1 says: "none", "None", "rs256" are simply unknown.
+cdef dict _ALG_BITS = {
+    "RS256": FG_JWT_RS256, "RS384": FG_JWT_RS384, "RS512": FG_JWT_RS512,
+    "PS256": FG_JWT_PS256, "PS384": FG_JWT_PS384, "PS512": FG_JWT_PS512,
+    "ES256": FG_JWT_ES256, "ES384": FG_JWT_ES384, "EdDSA": FG_JWT_EDDSA,
+    "HS256": FG_JWT_HS256, "HS384": FG_JWT_HS384, "HS512": FG_JWT_HS512,
+}
+
+cdef enum:
+    _RSA_ALGS = (FG_JWT_RS256 | FG_JWT_RS384 | FG_JWT_RS512
+                 | FG_JWT_PS256 | FG_JWT_PS384 | FG_JWT_PS512)
+    _PSS_ALGS = FG_JWT_PS256 | FG_JWT_PS384 | FG_JWT_PS512
+    _SHA256_ALGS = FG_JWT_RS256 | FG_JWT_PS256 | FG_JWT_ES256 | FG_JWT_HS256
+    _SHA384_ALGS = FG_JWT_RS384 | FG_JWT_PS384 | FG_JWT_ES384 | FG_JWT_HS384
+    _SHA512_ALGS = FG_JWT_RS512 | FG_JWT_PS512 | FG_JWT_HS512
+    _MIN_RSA_BITS = 2048          # RFC 7518 §3.3: "2048 bits or larger MUST be used"
+    _MAX_RSA_BITS = 16384
+    _EC_MAX_COORD = 48            # P-384
+
+# Key kinds (what a public key is, whatever the JWK said).
+cdef enum:
+    _K_RSA = 1
+    _K_P256 = 2
+    _K_P384 = 3
+    _K_ED25519 = 4
+    _K_ED448 = 5
+
+# Group orders n (SEC 2 §2.4.2, §2.5.1), big-endian: r and s must lie in [1, n-1].
+cdef const unsigned char* _P256_ORDER = <const unsigned char*>(
+    b"\xff\xff\xff\xff\x00\x00\x00\x00\xff\xff\xff\xff\xff\xff\xff\xff"
+    b"\xbc\xe6\xfa\xad\xa7\x17\x9e\x84\xf3\xb9\xca\xc2\xfc\x63\x25\x51"
+)
+cdef const unsigned char* _P384_ORDER = <const unsigned char*>(
+    b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff"
+    b"\xff\xff\xff\xff\xff\xff\xff\xff\xc7\x63\x4d\x81\xf4\x37\x2d\xdf"
+    b"\x58\x1a\x0d\xb2\x48\xb0\xa7\x7a\xec\xec\x19\x6a\xcc\xc5\x29\x73"
+)
+
+cdef const EVP_MD* _SHA256 = NULL
+cdef const EVP_MD* _SHA384 = NULL
+cdef const EVP_MD* _SHA512 = NULL
+
+
+cdef int _init_digests() except -1:
+    # Fetched once: the implicit fetch of EVP_sha256() would repeat on every operation.
+    global _SHA256, _SHA384, _SHA512
+    _SHA256 = EVP_MD_fetch(NULL, b"SHA256", NULL)
+    _SHA384 = EVP_MD_fetch(NULL, b"SHA384", NULL)
+    _SHA512 = EVP_MD_fetch(NULL, b"SHA512", NULL)
+    if _SHA256 == NULL or _SHA384 == NULL or _SHA512 == NULL:
+        raise ImportError("libcrypto has no SHA-2 digests")
+    return 0
+
+
+_init_digests()
+
+
+cdef inline const EVP_MD* _digest_of(unsigned int alg) noexcept nogil:
+    if alg & _SHA256_ALGS:
+        return _SHA256
+    if alg & _SHA384_ALGS:
+        return _SHA384
+    if alg & _SHA512_ALGS:
+        return _SHA512
+    return NULL
+
+
+def jwt_alg_mask(names, /):
+    """The JwtAlg bit mask of JWS algorithm names; ValueError names an unknown one."""
+    cdef unsigned int mask = 0
+    for name in names:
+        bit = _ALG_BITS.get(name) if isinstance(name, str) else None
+        if bit is None:
+            raise ValueError(f"unsupported JWS algorithm {name!r}")
+        mask |= <unsigned int>bit
+    return mask
+
+
+def jwt_alg_names(unsigned int mask, /):
+    """The algorithm names in a JwtAlg mask, in a fixed order."""
+    return tuple(name for name, bit in _ALG_BITS.items() if mask & <unsigned int>bit)
+
+
+# ---- keys ----------------------------------------------------------------------------
+
+cdef inline bint _all_zero(const unsigned char* p, Py_ssize_t n) noexcept nogil:
+    cdef unsigned char acc = 0
+    cdef Py_ssize_t i
+    for i in range(n):
+        acc |= p[i]
+    return acc == 0
+
+
+cdef Py_ssize_t _der_integer(const unsigned char* v, Py_ssize_t n,
+                             unsigned char* out) noexcept nogil:
+    # X.690 §8.3: minimal two's-complement INTEGER of unsigned big-endian v[0:n].
+    cdef Py_ssize_t i = 0, body
+    cdef int pad
+    while i < n - 1 and v[i] == 0:
+        i += 1
+    pad = 1 if v[i] & 0x80 else 0
+    body = n - i + pad
+    out[0] = 0x02
+    out[1] = <unsigned char>body
+    if pad:
+        out[2] = 0
+    memcpy(out + 2 + pad, v + i, n - i)
+    return 2 + body
+
+
+cdef class JwtKey:
+    """One public key, parsed and prepared for the algorithms it may verify.
+
+    ``JwtKey(kid, algs, spki_der)``: ``kid`` a str or None, ``algs`` a JwtAlg mask
+    (the algorithms the JWK allows, see fluxgate/auth/jwk.py), ``spki_der`` the DER
+    SubjectPublicKeyInfo. The mask must fit the key: RSA (>= 2048 bits) for RS*/PS*,
+    a P-256 key for ES256 only, P-384 for ES384 only, Ed25519/Ed448 for EdDSA only;
+    anything else is a ValueError. One verification context per algorithm is set up
+    here, once.
+    """
+
+    cdef EVP_PKEY* _pkey
+    cdef EVP_PKEY_CTX* _ctx[FG_JWT_N_ASYMMETRIC]
+    cdef EVP_MD_CTX* _md_ctx
+    cdef readonly object kid
+    cdef readonly unsigned int algs
+    cdef int _kind
+    cdef Py_ssize_t _sig_len       # signature size (RSA: the modulus bytes)
+    cdef Py_ssize_t _coord         # EC coordinate (and r, s) size
+    cdef const unsigned char* _order
+
+    def __cinit__(self, kid, unsigned int algs, bytes spki_der not None):
+        cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(spki_der)
+        cdef char group[32]
+        cdef size_t glen = 0
+        cdef int base, bits, i
+        cdef unsigned int bit, compatible
+        cdef EVP_PKEY_CTX* ctx
+        cdef const EVP_MD* md
+
+        if kid is not None and not isinstance(kid, str):
+            raise TypeError("kid must be a str or None")
+        self.kid = kid
+        self._pkey = d2i_PUBKEY(NULL, &p, PyBytes_GET_SIZE(spki_der))
+        if self._pkey == NULL or p != (<const unsigned char*>PyBytes_AS_STRING(spki_der)
+                                       + PyBytes_GET_SIZE(spki_der)):
+            ERR_clear_error()
+            raise ValueError("not a DER SubjectPublicKeyInfo public key")
+        base = EVP_PKEY_get_base_id(self._pkey)
+        bits = EVP_PKEY_get_bits(self._pkey)
+        if base == EVP_PKEY_RSA:
+            if not _MIN_RSA_BITS <= bits <= _MAX_RSA_BITS:
+                raise ValueError(f"RSA key of {bits} bits (2048 to 16384 are accepted)")
+            self._kind = _K_RSA
+            self._sig_len = EVP_PKEY_get_size(self._pkey)
+            compatible = _RSA_ALGS
+        elif base == EVP_PKEY_EC:
+            if EVP_PKEY_get_group_name(self._pkey, group, sizeof(group), &glen) != 1:
+                ERR_clear_error()
+                raise ValueError("EC key without a named curve")
+            name = group[:glen].decode("ascii", "replace")
+            if name in ("prime256v1", "P-256", "secp256r1"):
+                self._kind = _K_P256
+                self._coord = 32
+                self._order = _P256_ORDER
+                compatible = FG_JWT_ES256
+            elif name in ("secp384r1", "P-384"):
+                self._kind = _K_P384
+                self._coord = 48
+                self._order = _P384_ORDER
+                compatible = FG_JWT_ES384
+            else:
+                raise ValueError(f"EC curve {name} is not supported (P-256, P-384)")
+            self._sig_len = 2 * self._coord
+        elif base == EVP_PKEY_ED25519:
+            self._kind = _K_ED25519
+            self._sig_len = 64
+            compatible = FG_JWT_EDDSA
+        elif base == EVP_PKEY_ED448:
+            self._kind = _K_ED448
+            self._sig_len = 114
+            compatible = FG_JWT_EDDSA
+        else:
+            raise ValueError("unsupported public key type")
+        if algs == 0 or algs & ~compatible:
+            bad = ", ".join(jwt_alg_names(algs & ~compatible)) or "nothing"
+            raise ValueError(f"key cannot verify {bad}")
+        self.algs = algs
+        if self._kind >= _K_ED25519:
+            self._md_ctx = EVP_MD_CTX_new()
+            if self._md_ctx == NULL:
+                raise MemoryError()
+            return
+        for i in range(FG_JWT_N_ASYMMETRIC):
+            bit = (<unsigned int>1) << i
+            if not algs & bit:
+                continue
+            md = _digest_of(bit)
+            ctx = EVP_PKEY_CTX_new(self._pkey, NULL)
+            if ctx == NULL:
+                raise MemoryError()
+            self._ctx[i] = ctx
+            if (EVP_PKEY_verify_init(ctx) != 1
+                    or EVP_PKEY_CTX_set_signature_md(ctx, md) != 1):
+                ERR_clear_error()
+                raise ValueError("libcrypto refused the key")
+            if bit & _RSA_ALGS:
+                if bit & _PSS_ALGS:
+                    # RFC 7518 §3.5: MGF1 with the same hash. The RFC's signers use a
+                    # salt of hLen; any length verifies (PyJWT signs with the maximum).
+                    if (EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PSS_PADDING) != 1
+                            or EVP_PKEY_CTX_set_rsa_mgf1_md(ctx, md) != 1
+                            or EVP_PKEY_CTX_set_rsa_pss_saltlen(
+                                ctx, RSA_PSS_SALTLEN_AUTO) != 1):
+                        ERR_clear_error()
+                        raise ValueError("libcrypto refused RSA-PSS parameters")
+                elif EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING) != 1:
+                    ERR_clear_error()
+                    raise ValueError("libcrypto refused PKCS#1 v1.5 padding")
+
+    def __dealloc__(self):
+        cdef int i
+        for i in range(FG_JWT_N_ASYMMETRIC):
+            if self._ctx[i] != NULL:
+                EVP_PKEY_CTX_free(self._ctx[i])
+                self._ctx[i] = NULL
+        if self._md_ctx != NULL:
+            EVP_MD_CTX_free(self._md_ctx)
+            self._md_ctx = NULL
+        if self._pkey != NULL:
+            EVP_PKEY_free(self._pkey)
+            self._pkey = NULL
+
+    def __repr__(self):
+        return f"<JwtKey kid={self.kid!r} algs={'/'.join(jwt_alg_names(self.algs))}>"
+
+    cdef bint _verify(self, unsigned int alg, const unsigned char* msg, Py_ssize_t mlen,
+                      const unsigned char* sig, Py_ssize_t slen) noexcept nogil:
+        # True only for a valid signature; the caller checked that alg is in self.algs.
+        cdef unsigned char digest[EVP_MAX_MD_SIZE]
+        cdef unsigned char der[2 * (2 + 1 + _EC_MAX_COORD) + 2]
+        cdef unsigned int dlen = 0
+        cdef Py_ssize_t n, c
+        cdef const unsigned char* s
+        cdef int rc
+
+        if self._kind >= _K_ED25519:
+            # RFC 8037 §3.1: PureEdDSA over the signing input itself, no pre-hash.
+            if slen != self._sig_len:
+                return False
+            rc = EVP_DigestVerifyInit(self._md_ctx, NULL, NULL, NULL, self._pkey)
+            if rc == 1:
+                rc = EVP_DigestVerify(self._md_ctx, sig, slen, msg, mlen)
+            if rc != 1:
+                ERR_clear_error()
+            return rc == 1
+        if EVP_Digest(msg, mlen, digest, &dlen, _digest_of(alg), NULL) != 1:
+            ERR_clear_error()
+            return False
+        if self._kind == _K_RSA:
+            # RFC 8017 §8.2.2 step 1: the signature is exactly as long as the modulus.
+            if slen != self._sig_len:
+                return False
+            rc = EVP_PKEY_verify(self._ctx[fg_ctz32(alg)], sig, slen, digest, dlen)
+        else:
+            # RFC 7518 §3.4: R and S as fixed-length big-endian octets, concatenated;
+            # a DER ECDSA-Sig-Value is not a JWS signature. r, s in [1, n-1] (SEC 1
+            # §4.1.4 step 1).
+            c = self._coord
+            if slen != 2 * c:
+                return False
+            s = sig + c
+            if (_all_zero(sig, c) or _all_zero(s, c)
+                    or memcmp(sig, self._order, c) >= 0
+                    or memcmp(s, self._order, c) >= 0):
+                return False
+            n = _der_integer(sig, c, der + 2)
+            n += _der_integer(s, c, der + 2 + n)
+            der[0] = 0x30
+            der[1] = <unsigned char>n
+            rc = EVP_PKEY_verify(self._ctx[fg_ctz32(alg)], der, n + 2, digest, dlen)
+        if rc != 1:
+            ERR_clear_error()
+        return rc == 1
+
+    def verify_signature(self, str alg not None, bytes signing_input not None,
+                         bytes signature not None, /):
+        """Bare signature check of ``signature`` over ``signing_input`` with ``alg``.
+
+        No JWT parsing: the same libcrypto call that JwtVerifier makes (the floor it is
+        benchmarked against). ValueError when the key may not be used with ``alg``.
+        """
+        bit = _ALG_BITS.get(alg)
+        if bit is None or not self.algs & <unsigned int>bit:
+            raise ValueError(f"this key does not verify {alg}")
+        return self._verify(<unsigned int>bit,
+                            <const unsigned char*>PyBytes_AS_STRING(signing_input),
+                            PyBytes_GET_SIZE(signing_input),
+                            <const unsigned char*>PyBytes_AS_STRING(signature),
+                            PyBytes_GET_SIZE(signature))
+
+
+cdef class JwtKeySet:
+    """The keys of one JWKS generation, by ``kid``.
+
+    ``JwtKeySet(keys, generation=0)``. Several keys may share a ``kid`` (one per key
+    type); the one usable with the token's ``alg`` is chosen.
+    """
+
+    cdef dict _by_kid            # kid -> tuple of JwtKey
+    cdef tuple _keys
+    cdef readonly unsigned long long generation
+
+    def __cinit__(self, keys=(), unsigned long long generation=0):
+        cdef JwtKey key
+        self._keys = tuple(keys)
+        self._by_kid = {}
+        self.generation = generation
+        for key in self._keys:
+            if key.kid is not None:
+                self._by_kid[key.kid] = self._by_kid.get(key.kid, ()) + (key,)
+
+    def __len__(self):
+        return len(self._keys)
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    @property
+    def kids(self):
+        """The key ids in this set."""
+        return frozenset(self._by_kid)
+
+    def __contains__(self, kid):
+        return kid in self._by_kid
+
+    def __repr__(self):
+        return f"<JwtKeySet generation={self.generation} keys={len(self._keys)}>"
+
+    cdef JwtKey _select(self, object kid, unsigned int alg, int* reason):
+        # The key for (kid, alg), or None with reason UNKNOWN_KID / KEY_ALG_MISMATCH.
+        cdef JwtKey key, found = None
+        cdef PyObject* hit
+        cdef int compatible = 0
+        if kid is None:
+            # No kid: only unambiguous when exactly one key of the set fits alg.
+            for key in self._keys:
+                if key.algs & alg:
+                    compatible += 1
+                    found = key
+            if compatible == 1:
+                return found
+            reason[0] = FG_JWT_UNKNOWN_KID
+            return None
+        hit = PyDict_GetItem(self._by_kid, kid)
+        if hit == NULL:
+            reason[0] = FG_JWT_UNKNOWN_KID
+            return None
+        for key in <tuple>hit:
+            if key.algs & alg:
+                return key
+        reason[0] = FG_JWT_KEY_ALG_MISMATCH
+        return None
+
+
+# ---- the verifier --------------------------------------------------------------------
+
+cdef class _Entry:
+    # One verified token: what verify()/authenticate() return, and until when.
+    cdef object claims
+    cdef object prepared
+    cdef double cache_until      # exp + leeway, or insertion + FG_JWT_CACHE_NO_EXP_TTL
+    cdef double nbf_deadline     # nbf - leeway (or -inf)
+    cdef double iat_deadline     # iat - leeway (or -inf)
+
+
+cdef object _MISSING = object()
+cdef double _MAX_NUMERIC_DATE = 253402300799.0  # 9999-12-31T23:59:59Z
+cdef object _MAX_NUMERIC_DATE_INT = 253402300799
+
+
+cdef int _numeric_date(object value, double* out) noexcept:
+    # RFC 7519 §2 NumericDate: a JSON number. bool is not one (it subclasses int), nor
+    # a string; NaN/inf cannot come out of orjson; absurd values are refused by range.
+    cdef double d
+    if PyFloat_CheckExact(value):
+        d = PyFloat_AS_DOUBLE(value)
+    elif PyLong_CheckExact(value):
+        if value < 0 or value > _MAX_NUMERIC_DATE_INT:
+            return -1
+        d = <double><long long>value
+    else:
+        return -1
+    if not (0.0 <= d <= _MAX_NUMERIC_DATE):  # NaN fails this too
+        return -1
+    out[0] = d
+    return 0
+
+
+cdef class JwtVerifier:
+    """Verifies JWTs for one jwt middleware configuration.
+
+    ``JwtVerifier(*, algorithms, issuer=None, audiences=None, leeway=60.0,
+    require_exp=True, max_token_bytes=8192, cache_size=16384, secret=None,
+    prepare=None)``
+
+    * ``algorithms``: the allowlist (JWS names); HS* only with ``secret`` (bytes).
+    * ``audiences``: accepted ``aud`` values, or None to leave ``aud`` unchecked.
+    * ``prepare(claims)``: run once per newly verified token; ``authenticate``
+      returns (and caches) its result, e.g. the request's Principal. It may raise
+      TokenError.
+
+    ``verify(token, now)`` returns the claims dict (shared with the cache: do not
+    mutate it) or raises TokenError. ``set_keys(keyset)`` installs a new JWKS
+    generation and empties the cache. Single-threaded: one verifier per worker, like
+    everything else on the hot path.
+    """
+
+    cdef unsigned int _algs
+    cdef object _issuer
+    cdef frozenset _audiences
+    cdef double _leeway
+    cdef bint _require_exp
+    cdef Py_ssize_t _max_bytes
+    cdef bytes _secret
+    cdef JwtKeySet _keys
+    cdef object _prepare
+    cdef dict _young
+    cdef dict _old
+    cdef Py_ssize_t _half
+    cdef unsigned char* _scratch
+
+    def __cinit__(self, *, algorithms, issuer=None, audiences=None, double leeway=60.0,
+                  bint require_exp=True, Py_ssize_t max_token_bytes=FG_JWT_MAX_TOKEN,
+                  Py_ssize_t cache_size=FG_JWT_CACHE_SIZE, bytes secret=None,
+                  prepare=None):
+        self._algs = jwt_alg_mask(algorithms)
+        if self._algs == 0:
+            raise ValueError("algorithms must not be empty")
+        if self._algs & FG_JWT_HMAC_ALGS and not secret:
+            raise ValueError("HS* algorithms need a shared secret")
+        if secret is not None and not self._algs & FG_JWT_HMAC_ALGS:
+            raise ValueError("a shared secret is only used with HS* algorithms")
+        if issuer is not None and not isinstance(issuer, str):
+            raise TypeError("issuer must be a str or None")
+        if not 64 <= max_token_bytes <= FG_JWT_MAX_TOKEN_CEILING:
+            raise ValueError(f"max_token_bytes must be 64..{FG_JWT_MAX_TOKEN_CEILING}")
+        if cache_size < 0 or not leeway >= 0.0:
+            raise ValueError("cache_size and leeway must not be negative")
+        self._issuer = issuer
+        self._audiences = None if audiences is None else frozenset(audiences)
+        if self._audiences is not None:
+            if not all(isinstance(a, str) for a in self._audiences):
+                raise TypeError("audiences must be strings")
+        self._leeway = leeway
+        self._require_exp = require_exp
+        self._max_bytes = max_token_bytes
+        self._secret = secret
+        self._prepare = prepare
+        self._young = {}
+        self._old = {}
+        self._half = (cache_size + 1) // 2
+        self._keys = None
+        self._scratch = <unsigned char*>PyMem_Malloc(max_token_bytes)
+        if self._scratch == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        if self._scratch != NULL:
+            PyMem_Free(self._scratch)
+            self._scratch = NULL
+
+    def __repr__(self):
+        # Never the secret.
+        return (f"<JwtVerifier algorithms={'/'.join(jwt_alg_names(self._algs))} "
+                f"issuer={self._issuer!r} keys={self._keys!r}>")
+
+    @property
+    def keys(self):
+        """The installed JwtKeySet (None before the first one)."""
+        return self._keys
+
+    @property
+    def algorithms(self):
+        return jwt_alg_names(self._algs)
+
+    @property
+    def cached(self):
+        """Number of tokens in the verified-token cache."""
+        return len(self._young) + len(self._old)
+
+    def set_keys(self, JwtKeySet keys):
+        """Install a key set (a new JWKS generation); flushes the token cache."""
+        self._keys = keys
+        self.flush()
+
+    def flush(self):
+        """Forget every cached verification."""
+        self._young = {}
+        self._old = {}
+
+    def verify(self, bytes token not None, double now):
+        """The claims of a valid token, or TokenError(reason)."""
+        return self._entry(token, now).claims
+
+    def authenticate(self, bytes token not None, double now):
+        """``prepare(claims)`` of a valid token (cached with it), or TokenError."""
+        return self._entry(token, now).prepared
+
+    # -- internals ---------------------------------------------------------------
+
+    cdef _Entry _entry(self, bytes token, double now):
+        cdef PyObject* hit = PyDict_GetItem(self._young, token)
+        cdef _Entry entry
+        if hit == NULL and self._half:
+            hit = PyDict_GetItem(self._old, token)
+            if hit != NULL:
+                self._remember(token, <_Entry>hit)  # still in use: keep it young
+        if hit != NULL:
+            entry = <_Entry>hit
+            if now < entry.cache_until:
+                if now < entry.nbf_deadline:
+                    raise TokenError(_JWT_REASONS[FG_JWT_NOT_YET_VALID])
+                if now < entry.iat_deadline:
+                    raise TokenError(_JWT_REASONS[FG_JWT_ISSUED_IN_FUTURE])
+                return entry
+            # Past exp (or the no-exp TTL): never served from the cache again.
+            self._young.pop(token, None)
+            self._old.pop(token, None)
+        entry = self._verify_full(token, now)
+        if self._half:
+            self._remember(token, entry)
+        return entry
+
+    cdef void _remember(self, bytes token, _Entry entry):
+        # Two generations: when the young dict is full it becomes the old one and the
+        # old one is dropped, so at most cache_size tokens stay, the recently used.
+        if len(self._young) >= self._half:
+            self._old = self._young
+            self._young = {}
+        self._young[token] = entry
+
+    cdef object _json_part(self, const unsigned char* src, Py_ssize_t n):
+        # A JSON object from one base64url part, or None when it is not one.
+        cdef Py_ssize_t m = b64url_decode_into(src, n, self._scratch)
+        if m < 0:
+            return None
+        try:
+            value = _json_loads(PyBytes_FromStringAndSize(<char*>self._scratch, m))
+        except _JSONDecodeError:
+            return None
+        return value if type(value) is dict else None
+
+    cdef _Entry _verify_full(self, bytes token, double now):
+        cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(token)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(token)
+        cdef const unsigned char* dot1
+        cdef const unsigned char* dot2
+        cdef Py_ssize_t hlen, plen, slen, m
+        cdef unsigned int alg
+        cdef int reason = FG_JWT_OK
+        cdef JwtKey key = None
+        cdef _Entry entry
+        cdef unsigned char mac[EVP_MAX_MD_SIZE]
+        cdef unsigned int maclen = 0
+        cdef bint ok
+
+        if n > self._max_bytes:
+            raise TokenError(_JWT_REASONS[FG_JWT_TOO_LARGE])
+        dot1 = <const unsigned char*>memchr(p, b".", n)
+        if dot1 == NULL:
+            raise TokenError(_JWT_REASONS[FG_JWT_MALFORMED])
+        dot2 = <const unsigned char*>memchr(dot1 + 1, b".", n - (dot1 + 1 - p))
+        if dot2 == NULL or memchr(dot2 + 1, b".", n - (dot2 + 1 - p)) != NULL:
+            raise TokenError(_JWT_REASONS[FG_JWT_MALFORMED])
+        hlen = dot1 - p
+        plen = dot2 - dot1 - 1
+        slen = n - (dot2 + 1 - p)
+        if hlen == 0 or plen == 0:
+            raise TokenError(_JWT_REASONS[FG_JWT_MALFORMED])
+
+        # -- header (RFC 7515 §4) --
+        header = self._json_part(p, hlen)
+        if header is None:
+            raise TokenError(_JWT_REASONS[FG_JWT_MALFORMED])
+        name = header.get("alg")
+        bit = _ALG_BITS.get(name) if type(name) is str else None
+        if bit is None or not self._algs & <unsigned int>bit:
+            raise TokenError(_JWT_REASONS[FG_JWT_ALG_NOT_ALLOWED])
+        alg = <unsigned int>bit
+        if "crit" in header:
+            raise TokenError(_JWT_REASONS[FG_JWT_CRIT_UNSUPPORTED])
+        if header.get("b64", True) is not True:
+            raise TokenError(_JWT_REASONS[FG_JWT_MALFORMED])
+        kid = header.get("kid")
+        if kid is not None and not _kid_ok(kid):
+            raise TokenError(_JWT_REASONS[FG_JWT_MALFORMED])
+
+        # -- key --
+        if not alg & FG_JWT_HMAC_ALGS:
+            if self._keys is None or len(self._keys) == 0:
+                raise TokenError(_JWT_REASONS[FG_JWT_NO_KEYS])
+            key = self._keys._select(kid, alg, &reason)
+            if key is None:
+                if reason == FG_JWT_UNKNOWN_KID:
+                    # Only a token that would otherwise pass may ask for a refresh.
+                    self._check_claims(dot1 + 1, plen, now, None)
+                    raise TokenError(_JWT_REASONS[FG_JWT_UNKNOWN_KID], kid)
+                raise TokenError(_JWT_REASONS[reason])
+
+        # -- signature over ASCII(header) || '.' || ASCII(payload) (RFC 7515 §5.2) --
+        m = b64url_decode_into(dot2 + 1, slen, self._scratch)
+        if m <= 0:
+            reason = FG_JWT_MALFORMED if m < 0 else FG_JWT_BAD_SIGNATURE
+            raise TokenError(_JWT_REASONS[reason])
+        if key is not None:
+            ok = key._verify(alg, p, dot2 - p, self._scratch, m)
+        else:
+            ok = (HMAC(_digest_of(alg), PyBytes_AS_STRING(self._secret),
+                       <int>PyBytes_GET_SIZE(self._secret), p, dot2 - p,
+                       mac, &maclen) != NULL
+                  and m == maclen
+                  and CRYPTO_memcmp(mac, self._scratch, maclen) == 0)
+        if not ok:
+            raise TokenError(_JWT_REASONS[FG_JWT_BAD_SIGNATURE])
+
+        # -- claims (RFC 7519 §4.1) --
+        entry = _Entry.__new__(_Entry)
+        entry.claims = self._check_claims(dot1 + 1, plen, now, entry)
+        if self._prepare is not None:
+            entry.prepared = self._prepare(entry.claims)
+        else:
+            entry.prepared = entry.claims
+        return entry
+
+    cdef object _check_claims(self, const unsigned char* src, Py_ssize_t n, double now,
+                              _Entry entry):
+        # The claims dict, or TokenError; fills entry's deadlines when given.
+        cdef double exp_deadline = INFINITY, nbf_deadline = -INFINITY
+        cdef double iat_deadline = -INFINITY, d = 0.0
+        claims = self._json_part(src, n)
+        if claims is None:
+            raise TokenError(_JWT_REASONS[FG_JWT_MALFORMED])
+        value = claims.get("exp", _MISSING)
+        if value is _MISSING:
+            if self._require_exp:
+                raise TokenError(_JWT_REASONS[FG_JWT_MISSING_CLAIM])
+        elif _numeric_date(value, &d) < 0:
+            raise TokenError(_JWT_REASONS[FG_JWT_INVALID_CLAIM])
+        else:
+            exp_deadline = d + self._leeway
+        value = claims.get("nbf", _MISSING)
+        if value is not _MISSING:
+            if _numeric_date(value, &d) < 0:
+                raise TokenError(_JWT_REASONS[FG_JWT_INVALID_CLAIM])
+            nbf_deadline = d - self._leeway
+        value = claims.get("iat", _MISSING)
+        if value is not _MISSING:
+            if _numeric_date(value, &d) < 0:
+                raise TokenError(_JWT_REASONS[FG_JWT_INVALID_CLAIM])
+            iat_deadline = d - self._leeway
+        value = claims.get("sub", _MISSING)
+        if value is not _MISSING and type(value) is not str:
+            raise TokenError(_JWT_REASONS[FG_JWT_INVALID_CLAIM])
+        if self._issuer is not None:
+            value = claims.get("iss")
+            if type(value) is not str or value != self._issuer:
+                raise TokenError(_JWT_REASONS[FG_JWT_WRONG_ISSUER])
+        if self._audiences is not None:
+            _check_audience(claims.get("aud", _MISSING), self._audiences)
+        if now >= exp_deadline:
+            raise TokenError(_JWT_REASONS[FG_JWT_EXPIRED])
+        if now < nbf_deadline:
+            raise TokenError(_JWT_REASONS[FG_JWT_NOT_YET_VALID])
+        if now < iat_deadline:
+            raise TokenError(_JWT_REASONS[FG_JWT_ISSUED_IN_FUTURE])
+        if entry is not None:
+            entry.cache_until = (exp_deadline if exp_deadline != INFINITY
+                                 else now + FG_JWT_CACHE_NO_EXP_TTL)
+            entry.nbf_deadline = nbf_deadline
+            entry.iat_deadline = iat_deadline
+        return claims
+
+
+cdef bint _kid_ok(object kid):
+    # A kid is looked up, never used as a path or URL; still, only short printable ASCII
+    # passes, so junk never reaches the refresh channel or a log line.
+    if type(kid) is not str:
+        return False
+    cdef Py_ssize_t n = len(<str>kid)
+    if n == 0 or n > FG_JWT_MAX_KID:
+        return False
+    for ch in <str>kid:
+        if not 0x21 <= ord(ch) <= 0x7E:
+            return False
+    return True
+
+
+cdef int _check_audience(object aud, frozenset audiences) except -1:
+    # RFC 7519 §4.1.3: a StringOrURI or an array of them; one must be ours.
+    if type(aud) is str:
+        if aud in audiences:
+            return 0
+    elif type(aud) is list:
+        found = False
+        for item in <list>aud:
+            if type(item) is not str:
+                raise TokenError(_JWT_REASONS[FG_JWT_INVALID_CLAIM])
+            if item in audiences:
+                found = True
+        if found:
+            return 0
+    elif aud is not _MISSING:
+        raise TokenError(_JWT_REASONS[FG_JWT_INVALID_CLAIM])
+    raise TokenError(_JWT_REASONS[FG_JWT_WRONG_AUDIENCE])
