@@ -51,12 +51,17 @@ class MiddlewareForm(NamedTuple):
 
     struct: type[msgspec.Struct]
     shorthand: str | None = None
+    # The shorthand list holds middleware entries of its own (``- any: [jwt: {...}, ...]``),
+    # rewritten the same way; only authentication kinds may appear there.
+    nested: bool = False
 
 
 # A new kind plugs in by adding its Struct to schema.Middleware, its name to
 # schema.AVAILABLE_KINDS and a line here.
 MIDDLEWARE_FORMS: dict[str, MiddlewareForm] = {
     "ip_allow": MiddlewareForm(schema.IpAllow, shorthand="cidrs"),
+    "jwt": MiddlewareForm(schema.Jwt),
+    "any": MiddlewareForm(schema.AnyOf, shorthand="methods", nested=True),
 }
 
 
@@ -346,7 +351,7 @@ def _rewrite_entry(entry: object, path: Path, doc: _Document) -> object:
             f"a middleware entry has exactly one key, got {len(entry)} ({', '.join(entry)}){hint}",
         )
     ((kind, value),) = entry.items()
-    kind_path = (*path, kind)
+    kind_path = (*doc.user_path(path), kind)  # an `any` member: routes[i]...any[k].jwt
     if kind not in schema.KNOWN_KINDS:
         raise doc.error(
             kind_path,
@@ -362,6 +367,9 @@ def _rewrite_entry(entry: object, path: Path, doc: _Document) -> object:
     if isinstance(value, dict):
         if tag_field in value:
             raise doc.error((*path, tag_field), "unknown key")
+        if form.nested and form.shorthand in value:
+            members = value[form.shorthand]
+            value = {**value, form.shorthand: _rewrite_members(members, (*path, form.shorthand), doc)}
         return {tag_field: kind, **value}
     if form.shorthand is None:
         raise doc.error(kind_path, f"middleware {kind!r} takes a mapping of options")
@@ -369,7 +377,27 @@ def _rewrite_entry(entry: object, path: Path, doc: _Document) -> object:
     if isinstance(value, str) and typing.get_origin(_bare(field_type)) is list:
         value = [value]
     doc.moves[(*path, form.shorthand)] = kind_path
+    if form.nested:
+        value = _rewrite_members(value, (*path, form.shorthand), doc)
     return {tag_field: kind, form.shorthand: value}
+
+
+def _rewrite_members(members: object, path: Path, doc: _Document) -> object:
+    """The entries of ``- any: [...]``: each an authentication method's one-key mapping."""
+    if not isinstance(members, list):
+        return members  # msgspec reports the wrong type
+    out = []
+    for k, member in enumerate(members):
+        if isinstance(member, dict) and len(member) == 1:
+            (kind,) = member
+            if kind in schema.KNOWN_KINDS and (kind not in schema.AUTH_KINDS or kind == "any"):
+                raise doc.error(
+                    (*path, k, kind),
+                    f"'any' combines authentication methods "
+                    f"({', '.join(sorted(schema.AUTH_KINDS - {'any'}))}); {kind!r} is not one",
+                )
+        out.append(_rewrite_entry(member, (*path, k), doc))
+    return out
 
 
 class _Prepare:

@@ -155,6 +155,31 @@ def parse_scope_rule(value: str) -> tuple[str, str]:
     return method.upper(), pattern
 
 
+def parse_key_url(value: str) -> str:
+    """Check a URL keys are fetched from (jwks_uri, or an issuer for OIDC discovery).
+
+    https, or plain http only to a loopback host (an identity provider on the same machine):
+    keys fetched in clear text could be swapped by anyone on the path. No user info or
+    fragment. Returns the URL; raises ``ValueError``.
+    """
+    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+        raise ValueError(f"invalid URL {value!r}: contains whitespace")
+    parts = urlsplit(value)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError(f"invalid URL {value!r}: expected https://host/path")
+    if "@" in parts.netloc or parts.fragment:
+        raise ValueError(f"URL {value!r}: user info and fragments are not allowed")
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        raise ValueError(f"invalid port in {value!r}") from None
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
+        raise ValueError(
+            f"URL {value!r}: keys must be fetched over https (plain http only on loopback)"
+        )
+    return value
+
+
 def is_loopback(host: str) -> bool:
     """True for ``localhost``, 127.0.0.0/8, ``::1`` (and ``::ffff:127.x.x.x``)."""
     if host.lower() == "localhost":
@@ -218,6 +243,19 @@ def worker_count(config: schema.Config, override: int | None = None) -> int:
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _UPSTREAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _STORE = re.compile(r"sqlite|rediss?://[^/?#\s]+(/[0-9]*)?")
+
+JWT_ALGORITHMS = (
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+    "HS256", "HS384", "HS512",
+)  # fmt: skip
+JWKS_MIN_REFRESH = 30.0
+# Upstream request headers a forward_claims entry may not write: framing, hop-by-hop, and
+# those the gateway itself sets (X-Forwarded-*, X-Request-Id, X-FluxGate-*).
+RESERVED_CLAIM_HEADERS = frozenset({
+    "host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade",
+    "te", "trailer", "proxy-authorization", "proxy-connection", "authorization", "cookie",
+    "expect", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id",
+})  # fmt: skip
 
 
 def check_config(config: schema.Config, fail: Fail | None = None) -> schema.Config:
@@ -360,9 +398,7 @@ class _Checker:
             seen[prefix] = i
             self.route_upstream(config, route.upstream, ("routes", i, "upstream"))
             for j, middleware in enumerate(route.middleware):
-                if isinstance(middleware, schema.IpAllow):
-                    for k, cidr in enumerate(middleware.cidrs):
-                        self.parse(parse_network, cidr, ("routes", i, "middleware", j, "cidrs", k))
+                self.middleware(middleware, ("routes", i, "middleware", j))
             # Zero trust (DESIGN §3): no authentication only when said out loud. ip_allow is
             # not authentication: an address is not an identity.
             kinds = {type(m).__struct_config__.tag for m in route.middleware}
@@ -380,6 +416,109 @@ class _Checker:
                 methods = list(dict.fromkeys(parsed))  # "GET, get" is one method
             routes.append(msgspec.structs.replace(route, methods=methods))
         return routes
+
+    def middleware(self, middleware: object, path: Path) -> None:
+        """Per-kind checks of one middleware entry (``path`` is its Struct path)."""
+        if isinstance(middleware, schema.IpAllow):
+            for k, cidr in enumerate(middleware.cidrs):
+                self.parse(parse_network, cidr, (*path, "cidrs", k))
+        elif isinstance(middleware, schema.Jwt):
+            self.jwt(middleware, path)
+        elif isinstance(middleware, schema.AnyOf):
+            for k, method in enumerate(middleware.methods):
+                self.middleware(method, (*path, "methods", k))
+
+    def jwt(self, jwt: schema.Jwt, path: Path) -> None:
+        """DESIGN §5: algorithms, where keys come from, claims forwarded, token sources."""
+        for k, alg in enumerate(jwt.algorithms):
+            self.check(
+                alg.lower() != "none",
+                (*path, "algorithms", k),
+                "alg 'none' is never accepted (an unsigned token proves nothing)",
+            )
+            self.check(
+                alg in JWT_ALGORITHMS,
+                (*path, "algorithms", k),
+                f"unsupported algorithm {alg!r}{did_you_mean(alg, JWT_ALGORITHMS)}; "
+                f"supported: {', '.join(JWT_ALGORITHMS)}",
+            )
+        self.check(bool(jwt.algorithms), (*path, "algorithms"), "must not be empty")
+        hmac_algs = [a for a in jwt.algorithms if a.startswith("HS")]
+        if hmac_algs:
+            self.check(
+                jwt.secret is not None,
+                (*path, "secret"),
+                f"{', '.join(hmac_algs)} needs a shared secret (secret: ${{JWT_SECRET}})",
+            )
+            need = max(int(a[2:]) // 8 for a in hmac_algs)
+            # RFC 7518 §3.2: a key at least as long as the hash output. The value is not
+            # echoed: it is a secret.
+            self.check(
+                jwt.secret is None or len(jwt.secret.encode()) >= need,
+                (*path, "secret"),
+                f"must be at least {need} bytes for {', '.join(hmac_algs)} (RFC 7518 §3.2)",
+            )
+        else:
+            self.check(
+                jwt.secret is None,
+                (*path, "secret"),
+                "a shared secret is only used with HS256/HS384/HS512 in algorithms",
+            )
+        if len(hmac_algs) < len(jwt.algorithms):
+            self.check(
+                jwt.jwks_uri is not None or jwt.issuer is not None,
+                path,
+                "needs jwks_uri, or issuer for OIDC discovery, to find the signing keys",
+            )
+        if jwt.jwks_uri is not None:
+            self.parse(parse_key_url, jwt.jwks_uri, (*path, "jwks_uri"))
+        elif jwt.issuer is not None and len(hmac_algs) < len(jwt.algorithms):
+            self.parse(parse_key_url, jwt.issuer, (*path, "issuer"))
+        self.check(
+            jwt.issuer is None or bool(jwt.issuer.strip()), (*path, "issuer"), "must not be empty"
+        )
+        audiences = [jwt.audience] if isinstance(jwt.audience, str) else jwt.audience
+        if audiences is not None:
+            self.check(bool(audiences), (*path, "audience"), "must not be empty")
+            for k, aud in enumerate(audiences):
+                self.check(bool(aud), (*path, "audience", k), "must not be empty")
+        self.check(
+            jwt.jwks_max_stale >= jwt.jwks_refresh,
+            (*path, "jwks_max_stale"),
+            "must be at least jwks_refresh (keys would expire between two polls)",
+        )
+        self.check(
+            jwt.jwks_refresh >= JWKS_MIN_REFRESH,
+            (*path, "jwks_refresh"),
+            f"must be at least {JWKS_MIN_REFRESH:g}s (do not hammer the identity provider)",
+        )
+        seen: dict[str, str] = {}
+        for claim, header in jwt.forward_claims.items():
+            where = (*path, "forward_claims", claim)
+            self.check(bool(claim), where, "a claim name must not be empty")
+            self.check(bool(_TOKEN.fullmatch(header)), where, f"invalid header name {header!r}")
+            lower = header.lower()
+            self.check(
+                lower not in RESERVED_CLAIM_HEADERS and not lower.startswith("x-fluxgate-"),
+                where,
+                f"{header} is set by the gateway or by HTTP itself; choose another name",
+            )
+            self.check(lower not in seen, where, f"{header} is already the target of {seen.get(lower)!r}")
+            seen[lower] = claim
+        for k, scope in enumerate(jwt.scopes):
+            self.check(
+                bool(scope) and not any(c.isspace() for c in scope),
+                (*path, "scopes", k),
+                "a scope is a non-empty word without spaces",
+            )
+        if jwt.cookie is not None:
+            self.check(bool(_TOKEN.fullmatch(jwt.cookie)), (*path, "cookie"), "invalid cookie name")
+        if jwt.query is not None:
+            self.check(
+                bool(re.fullmatch(r"[A-Za-z0-9._~-]+", jwt.query)),
+                (*path, "query"),
+                f"invalid query parameter name {jwt.query!r}",
+            )
 
     def route_upstream(self, config: schema.Config, value: str, path: Path) -> None:
         if "://" in value:

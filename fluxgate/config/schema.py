@@ -61,12 +61,43 @@ class IpAllow(Base, tag="ip_allow", tag_field="kind"):
     cidrs: Annotated[list[str], Meta(min_length=1)]
 
 
+class Jwt(Base, tag="jwt", tag_field="kind"):
+    """Bearer JWTs verified against a JWKS (or an HS* shared secret), DESIGN §5."""
+
+    issuer: str | None = None  # exact `iss`; also the OIDC discovery base without jwks_uri
+    audience: str | list[str] | None = None  # one of these must be in `aud`
+    jwks_uri: str | None = None  # https (http only on loopback)
+    clockSkewTolerance: Duration = 60.0  # leeway for exp, nbf, iat
+    algorithms: list[str] = msgspec.field(default_factory=lambda: ["RS256", "ES256"])
+    forward_claims: dict[str, str] = {}  # claim -> upstream header
+    scopes: list[str] = []  # every one required (from `scope` / `scp`)
+    secret: str | None = None  # HS* shared secret; only with HS* in algorithms
+    require_exp: bool = True
+    jwks_refresh: Timeout = 300.0  # poll period (Cache-Control max-age may shorten it)
+    jwks_max_stale: Timeout = 86400.0  # last good keys are kept this long while fetches fail
+    cache_size: Annotated[int, Meta(ge=0, le=1_000_000)] = 16384  # verified tokens cached
+    max_token_bytes: Annotated[int, Meta(ge=256, le=65536, extra={"unit": "size"})] = 8192
+    cookie: str | None = None  # also take the token from this cookie
+    query: str | None = None  # also from this query parameter (off unless named)
+
+
+# Authentication methods `any` can combine (the API-key and OAuth2 kinds add theirs).
+AuthMethod = Jwt
+
+
+class AnyOf(Base, tag="any", tag_field="kind"):
+    """`- any: [jwt: {...}, api_key: {...}]`: the first method whose credential the request
+    carries decides; a present but invalid credential is a 401, not a fall-through."""
+
+    methods: Annotated[list[AuthMethod], Meta(min_length=1)]
+
+
 # Kinds that later work adds go into this union; the loader refuses the others by name.
-Middleware = IpAllow
+Middleware = IpAllow | Jwt | AnyOf
 
 AUTH_KINDS: frozenset[str] = frozenset({"jwt", "oauth2", "api_key", "any"})
 KNOWN_KINDS: frozenset[str] = frozenset({"ip_allow", "jwt", "oauth2", "api_key", "quota", "any"})
-AVAILABLE_KINDS: frozenset[str] = frozenset({"ip_allow"})
+AVAILABLE_KINDS: frozenset[str] = frozenset({"ip_allow", "jwt", "any"})
 
 
 class Route(Base):
