@@ -48,5 +48,11 @@ class ServiceContext(Protocol):
     def state_dir(self) -> str: ...
 
 
+from fluxgate.master.auth_metrics import AuthMetricsService  # noqa: E402
+from fluxgate.master.jwks import JwksService  # noqa: E402
+
 # Factories, in start order. Each takes the master (a ServiceContext) and returns a service.
-SERVICES: list[Callable[[ServiceContext], MasterService]] = []
+SERVICES: list[Callable[[ServiceContext], MasterService]] = [
+    AuthMetricsService,  # auth failure counters (every auth method)
+    JwksService,  # JWT signing keys
+]

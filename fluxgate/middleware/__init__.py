@@ -5,10 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from fluxgate.config import schema
+from fluxgate.middleware.any import AnyMiddleware
 from fluxgate.middleware.ip_allow import IpAllowMiddleware
+from fluxgate.middleware.jwt import JwtMiddleware
 
 REGISTRY: dict[type, Any] = {
     schema.IpAllow: IpAllowMiddleware,
+    schema.Jwt: JwtMiddleware,
+    schema.AnyOf: AnyMiddleware,
 }
 
 

@@ -1,0 +1,248 @@
+"""jwt: bearer JWTs verified in the Cython core against keys the master fetched (DESIGN §5).
+
+Per request: take the token (``Authorization: Bearer``; the configured cookie or query
+parameter only when named), verify it (``_core.JwtVerifier``, cached), check the route's
+``scopes`` and the ``scope_map``, set ``req.principal``. Refusals:
+
+* no token: 401 missing_credentials (``WWW-Authenticate: Bearer realm="fluxgate"``);
+* an invalid token, or two Authorization headers: 401 invalid_token with the RFC 6750
+  challenge; the stable reason (``expired``, ``bad_signature``, ...) goes to the metrics
+  (``fluxgate_auth_failures_total``) and the debug log, never to the client;
+* no key set at all (the provider was never reachable, or its keys outlived
+  ``jwks_max_stale``): 503 auth_server_unavailable (fail closed);
+* a valid token without the scopes: 403 insufficient_scope.
+
+An unknown ``kid`` also asks the master for a JWKS refresh (``auth/jwks.py``). Nothing the
+token says can make this middleware raise: an unexpected error is logged and answered 401.
+
+Upstream, the request carries the principal's ``X-FluxGate-*`` headers and the
+``forward_claims`` headers; client-sent headers with those names are dropped. The
+``Authorization`` header itself is forwarded unchanged (services behind a JWT gateway
+commonly read the token again); a token taken from the query string is removed from it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_to_bytes
+
+import orjson
+
+from fluxgate._core import JwtVerifier, TokenError
+from fluxgate.auth.failures import AuthFailures
+from fluxgate.auth.jwks import KeySource, provider_source
+from fluxgate.auth.principal import Principal
+from fluxgate.auth.scopes import ScopePolicy, token_scopes
+from fluxgate.config.schema import Jwt
+from fluxgate.errors import (
+    AuthServerUnavailable,
+    ClientError,
+    InvalidToken,
+    MissingCredentials,
+)
+
+if TYPE_CHECKING:
+    from fluxgate.proxy.protocol import RequestState
+
+log = logging.getLogger("fluxgate.auth")
+
+MAX_CLAIM_HEADER = 4096  # a forwarded claim longer than this (encoded) is left out
+_AMBIGUOUS: Any = object()  # sentinel: several Authorization headers
+_now = time.time
+
+
+def claim_header_value(value: Any) -> bytes | None:
+    """A claim as an HTTP field value: strings as UTF-8, numbers and booleans as JSON,
+    arrays of those comma-joined, objects as compact JSON; control characters removed, so
+    a claim can never split the request head. None when it cannot be (or is too long)."""
+    if isinstance(value, str):
+        raw = value.encode("utf-8", "replace")
+    elif isinstance(value, bool | int | float) or value is None:
+        raw = orjson.dumps(value)
+    elif isinstance(value, list) and all(
+        isinstance(v, str | bool | int | float) for v in value
+    ):
+        raw = b", ".join(v.encode("utf-8", "replace") if isinstance(v, str) else orjson.dumps(v)
+                         for v in value)
+    else:
+        try:
+            raw = orjson.dumps(value)
+        except TypeError:
+            return None
+    raw = bytes(b for b in raw if b >= 0x20 and b != 0x7F).strip()
+    if not raw or len(raw) > MAX_CLAIM_HEADER:
+        return None
+    return raw
+
+
+class JwtMiddleware:
+    """One route's jwt entry, compiled once per worker."""
+
+    __slots__ = (
+        "verifier", "keys", "cookie", "query", "drop_headers", "scopes", "failures",
+    )  # fmt: skip
+
+    method = "jwt"
+
+    def __init__(
+        self,
+        verifier: JwtVerifier,
+        keys: KeySource | None,
+        scopes: ScopePolicy,
+        *,
+        cookie: bytes | None = None,
+        query: bytes | None = None,
+        drop_headers: frozenset[bytes] = frozenset(),
+        failures: AuthFailures | None = None,
+    ) -> None:
+        self.verifier = verifier
+        self.keys = keys
+        self.scopes = scopes
+        self.cookie = cookie
+        self.query = query
+        self.drop_headers = drop_headers
+        self.failures = failures
+
+    @classmethod
+    def from_config(cls, config: Jwt, gateway: Any, route: Any = None) -> JwtMiddleware:
+        """Build the verifier, attach it to its provider's keys, compile the scope rules."""
+        forward = tuple((claim, header.encode()) for claim, header in config.forward_claims.items())
+
+        def prepare(claims: dict[str, Any]) -> Principal:
+            # Once per newly verified token; the result is cached with it.
+            subject = claims.get("sub") or ""
+            headers = []
+            for claim, header in forward:
+                if claim in claims:
+                    value = claim_header_value(claims[claim])
+                    if value is not None:
+                        headers.append((header, value))
+            return Principal(
+                id=f"jwt:{claims.get('iss') or ''}|{subject}",
+                method="jwt",
+                subject=subject,
+                scopes=token_scopes(claims),
+                claims_headers=tuple(headers),
+            )
+
+        audiences = config.audience
+        if isinstance(audiences, str):
+            audiences = [audiences]
+        verifier = JwtVerifier(
+            algorithms=config.algorithms,
+            issuer=config.issuer,
+            audiences=audiences,
+            leeway=config.clockSkewTolerance,
+            require_exp=config.require_exp,
+            max_token_bytes=config.max_token_bytes,
+            cache_size=config.cache_size,
+            secret=config.secret.encode() if config.secret is not None else None,
+            prepare=prepare,
+        )
+        source = provider_source(config)
+        keys = None
+        if source is not None:
+            keys = KeySource.for_gateway(gateway, source)
+            keys.attach(verifier)
+        scope_map = gateway.config.scope_map if gateway is not None else {}
+        return cls(
+            verifier,
+            keys,
+            ScopePolicy(config.scopes, scope_map),
+            cookie=config.cookie.encode() if config.cookie else None,
+            query=config.query.encode() if config.query else None,
+            drop_headers=frozenset(h.lower() for _, h in forward),
+            failures=AuthFailures.for_gateway(gateway) if gateway is not None else None,
+        )
+
+    # -- the credential ------------------------------------------------------------------
+
+    def token(self, req: RequestState) -> bytes | None:
+        """The bearer token the request carries (``b""`` for an empty one, ``_AMBIGUOUS``
+        for two Authorization headers), or None."""
+        found = None
+        for name, value in req.headers:
+            if len(name) == 13 and name.lower() == b"authorization":
+                if found is not None:
+                    return _AMBIGUOUS
+                found = value
+        # RFC 6750 §2.1: "Bearer" (any case, RFC 9110 §11.1) 1*SP b64token.
+        if found is not None and found[:6].lower() == b"bearer" and found[6:7] in (b"", b" "):
+            return found[7:].strip(b" ")
+        if self.cookie is not None:
+            token = self._from_cookie(req)
+            if token is not None:
+                return token
+        if self.query is not None and req.query:
+            return self._from_query(req)
+        return None
+
+    def carries(self, req: RequestState) -> bool:
+        """Does the request present this method's credential at all? (for ``any``)"""
+        return self.token(req) is not None
+
+    def _from_cookie(self, req: RequestState) -> bytes | None:
+        for name, value in req.headers:
+            if len(name) == 6 and name.lower() == b"cookie":
+                for pair in value.split(b";"):
+                    key, sep, token = pair.strip().partition(b"=")
+                    if sep and key == self.cookie:
+                        return token.strip(b'"')
+        return None
+
+    def _from_query(self, req: RequestState) -> bytes | None:
+        kept, token = [], None
+        for pair in req.query.split(b"&"):
+            key, sep, value = pair.partition(b"=")
+            if sep and token is None and unquote_to_bytes(key) == self.query:
+                token = unquote_to_bytes(value)
+            else:
+                kept.append(pair)
+        if token is not None:
+            req.query = b"&".join(kept)  # the upstream never sees the token in its URL
+        return token
+
+    # -- per request ---------------------------------------------------------------------
+
+    def __call__(self, req: RequestState) -> ClientError | None:
+        token = self.token(req)
+        if token is None:
+            self._count("missing_credentials")
+            return MissingCredentials()
+        if token is _AMBIGUOUS or not token:
+            self._count("ambiguous_credentials" if token is _AMBIGUOUS else "malformed")
+            return InvalidToken(reason="ambiguous_credentials" if token is _AMBIGUOUS else "malformed")
+        try:
+            principal = self.verifier.authenticate(token, _now())
+        except TokenError as err:
+            return self._refuse(err)
+        except Exception:  # never a 500 for what a client sent
+            log.exception("jwt verification failed unexpectedly; answered 401")
+            self._count("other")
+            return InvalidToken(reason="other")
+        refusal = self.scopes.check(principal.scopes, req.method, req.path)
+        if refusal is not None:
+            self._count("insufficient_scope")
+            return refusal
+        req.principal = principal
+        return None
+
+    def _refuse(self, err: TokenError) -> ClientError:
+        reason = err.reason
+        self._count(reason)
+        if reason == "unknown_kid" and self.keys is not None:
+            asked = self.keys.request_refresh(err.kid)
+            log.debug("jwt refused: unknown kid %r (refresh %s)", err.kid,
+                      "requested" if asked else "already requested")
+        else:
+            log.debug("jwt refused: %s", reason)
+        if reason == "jwks_unavailable":
+            return AuthServerUnavailable("the signing keys of this route's identity provider "
+                                         "are unavailable")
+        return InvalidToken(reason=reason)
+
+    def _count(self, reason: str) -> None:
+        if self.failures is not None:
+            self.failures.count("jwt", reason)
