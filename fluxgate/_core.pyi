@@ -1,9 +1,9 @@
 """What Python sees of fluxgate._core (the Cython hot path; rules in its module docstring)."""
 
-from typing_extensions import Buffer  # collections.abc.Buffer from 3.12
-
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+
+from typing_extensions import Buffer  # collections.abc.Buffer from 3.12
 
 from fluxgate.errors import B64Error as B64Error
 from fluxgate.errors import PathError as PathError
