@@ -120,11 +120,11 @@ cdef enum:
     FG_JWT_MAX_KID = 256
     # Verified tokens cached per verifier, unless configured (0 disables the cache).
     FG_JWT_CACHE_SIZE = 16384
-    # A cached token without `exp` (require_exp off) is re-verified after this many seconds.
+    # A cached token without `exp` (require_exp off) is verified again after this (s).
     FG_JWT_CACHE_NO_EXP_TTL = 300
 
-# One bit per JWS `alg` (RFC 7518 §3.1, RFC 8037 §3.1); a verifier's allowlist and a key's
-# usable algorithms are masks of these.
+# One bit per JWS `alg` (RFC 7518 §3.1, RFC 8037 §3.1); a verifier's allowlist and a
+# key's usable algorithms are masks of these.
 cdef enum JwtAlg:
     FG_JWT_RS256 = 1 << 0
     FG_JWT_RS384 = 1 << 1
@@ -141,17 +141,17 @@ cdef enum JwtAlg:
     FG_JWT_HMAC_ALGS = FG_JWT_HS256 | FG_JWT_HS384 | FG_JWT_HS512
 
 cdef enum:
-    FG_JWT_N_ASYMMETRIC = 9     # JwtAlg bits 0-8 verify with a public key, 9-11 with a secret
+    FG_JWT_N_ASYMMETRIC = 9     # JwtAlg bits 0-8 take a public key, 9-11 a secret
 
 # Why a token was refused: index into _core._JWT_REASONS, the stable codes of
 # TokenError.reason (logs, metrics). 0 means success.
 cdef enum JwtReason:
     FG_JWT_OK = 0
-    FG_JWT_MALFORMED             # not 3 base64url parts of JSON objects, bad header member
+    FG_JWT_MALFORMED             # not 3 base64url parts of JSON objects; bad member
     FG_JWT_TOO_LARGE             # longer than max_token_bytes
     FG_JWT_ALG_NOT_ALLOWED       # `alg` not in the allowlist ("none" never is)
-    FG_JWT_CRIT_UNSUPPORTED      # `crit` present: no extension is understood (RFC 7515 §4.1.11)
-    FG_JWT_UNKNOWN_KID           # no key with this `kid` (the caller may ask for a refresh)
+    FG_JWT_CRIT_UNSUPPORTED      # `crit` present: no extension is understood (§4.1.11)
+    FG_JWT_UNKNOWN_KID           # no key with this `kid` (the caller may ask a refresh)
     FG_JWT_KEY_ALG_MISMATCH      # the key exists but is not usable with this `alg`
     FG_JWT_NO_KEYS               # no key set at all (JWKS never fetched, or expired)
     FG_JWT_BAD_SIGNATURE
@@ -163,6 +163,6 @@ cdef enum JwtReason:
     FG_JWT_WRONG_ISSUER          # `iss` is not exactly the configured issuer (§4.1.1)
     FG_JWT_WRONG_AUDIENCE        # no configured audience in `aud` (§4.1.3)
 
-# Python-facing classes (fluxgate/_core.pyi): JwtKey (one prepared public key), JwtKeySet
-# (one JWKS generation), JwtVerifier (one jwt middleware config: allowlist, claims rules,
-# verified-token cache). They are private to _core at the C level.
+# Python-facing classes (fluxgate/_core.pyi): JwtKey (one prepared public key),
+# JwtKeySet (one JWKS generation), JwtVerifier (one jwt middleware config: allowlist,
+# claims rules, verified-token cache). They are private to _core at the C level.

@@ -23,6 +23,8 @@ from fluxgate._core import (
     jwt_alg_names,
 )
 from fluxgate.auth.jwk import build_keyset, parse_jwk
+from fluxgate.auth.scopes import token_scopes
+from tests.support import hostile
 from tests.support.tokens import SigningKey, b64, b64json, compact
 
 VECTORS = json.loads((Path(__file__).parent / "data" / "jwt" / "vectors.json").read_text())
@@ -572,3 +574,35 @@ def test_differential_against_pyjwt(keys, keyset):
         assert theirs and not ours and not _canonical(token), (token, ours, theirs)
     # Both outcomes are well represented, and disagreements are rare and explained.
     assert compared == 240 and agreed >= 220 and 40 <= accepted <= 200, (agreed, accepted)
+
+
+# ---- the hostile-token suite (tests/data/jwt/hostile), reason by reason -------------------
+
+
+@pytest.fixture(scope="module")
+def hostile_world():
+    from tests.support.idp import AUDIENCE, IdentityProvider
+
+    idp = IdentityProvider()  # not started: only its keys and claims are used
+    v = JwtVerifier(algorithms=["RS256", "ES256"], issuer=idp.issuer, audiences=[AUDIENCE],
+                    prepare=token_scopes)
+    v.set_keys(build_keyset(idp.jwks()["keys"], 1))
+    return idp, v
+
+
+@pytest.mark.parametrize("name,case", hostile.cases(), ids=[n for n, _ in hostile.cases()])
+def test_hostile_token_reason(hostile_world, name, case):
+    idp, v = hostile_world
+    token = hostile.build(case, idp)
+    with pytest.raises(TokenError) as info:
+        v.authenticate(token.encode(), time.time())
+    assert info.value.reason == case["reason"], case["description"]
+
+
+def test_hostile_builder_controls(hostile_world):
+    # The recipes' baseline (a real key, valid claims) verifies: every refusal above comes
+    # from what the case changes, not from a broken builder.
+    idp, v = hostile_world
+    for sign, alg, kid in (("rsa", "RS256", "$rsa"), ("ec", "ES256", "$ec")):
+        token = hostile.build({"header": {"alg": alg, "kid": kid}, "sign": sign}, idp)
+        assert v.verify(token.encode(), time.time())["sub"] == "user-42"

@@ -67,6 +67,8 @@ def parse_jwk(jwk: object) -> tuple[str | None, int, bytes]:
         or any(not 0x21 <= ord(c) <= 0x7E for c in kid)
     ):
         raise JwkError("kid is not a short printable string")
+    if jwk.get("kty") == "oct":
+        raise JwkError("symmetric (oct) keys are never taken from a JWKS")
     if _PRIVATE & jwk.keys():
         raise JwkError("the JWK holds private key members")
     use = jwk.get("use")
@@ -116,8 +118,6 @@ def parse_jwk(jwk: object) -> tuple[str | None, int, bytes]:
         except ValueError:
             raise JwkError(f"invalid {crv} public key") from None
         allowed = ("EdDSA",)
-    elif kty == "oct":
-        raise JwkError("symmetric (oct) keys are never taken from a JWKS")
     else:
         raise JwkError(f"kty {kty!r} is not supported")
     alg = jwk.get("alg")
