@@ -18,16 +18,23 @@ class Principal:
     scopes: frozenset[str] = field(default_factory=frozenset)
     key_name: str | None = None
     claims_headers: tuple[tuple[bytes, bytes], ...] = ()  # forward_claims, already encoded
+    # Encoded once: a principal is reused for every request of a cached credential.
+    _headers: tuple[tuple[bytes, bytes], ...] = field(
+        default=(), init=False, repr=False, compare=False
+    )
 
-    def upstream_headers(self) -> list[tuple[bytes, bytes]]:
-        """The X-FluxGate-* headers the upstream receives (DESIGN §4)."""
-        headers = [
+    def __post_init__(self) -> None:
+        headers = (
             (b"X-FluxGate-Auth", self.method.encode()),
             (b"X-FluxGate-Subject", _header_safe(self.subject)),
             (b"X-FluxGate-Scopes", _header_safe(" ".join(sorted(self.scopes)))),
-        ]
-        headers.extend(self.claims_headers)
-        return headers
+            *self.claims_headers,
+        )
+        object.__setattr__(self, "_headers", headers)  # frozen: set once, here
+
+    def upstream_headers(self) -> list[tuple[bytes, bytes]]:
+        """The X-FluxGate-* headers the upstream receives (DESIGN §4)."""
+        return list(self._headers)
 
 
 def _header_safe(text: str) -> bytes:
