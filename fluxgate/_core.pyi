@@ -10,6 +10,10 @@ from fluxgate.errors import PathError as PathError
 from fluxgate.errors import TokenError as TokenError
 
 __all__ = (
+    "KeyTable",
+    "QuotaCounters",
+    "extract_api_key",
+    "strip_query_param",
     "B64Error",
     "Counters",
     "JwtKey",
@@ -19,6 +23,7 @@ __all__ = (
     "TokenError",
     "b64url_decode",
     "b64url_encode",
+    "bearer_token",
     "jwt_alg_mask",
     "jwt_alg_names",
     "normalize_path",
@@ -45,6 +50,9 @@ class Counters:
     def release(self) -> None: ...
 
 # ---- JWT verification (rules in fluxgate/_jwt.pxi) ---------------------------------------
+
+def bearer_token(headers: list[tuple[bytes, bytes]], /) -> bytes | None | bool:
+    """The Authorization: Bearer token (b"" if empty); None: none; False: several headers."""
 
 def jwt_alg_mask(names: Iterable[str], /) -> int:
     """Bit mask of JWS algorithm names (RS256 ... EdDSA, HS*); ValueError for others."""
@@ -97,3 +105,66 @@ class JwtVerifier:
     def flush(self) -> None: ...
     def verify(self, token: bytes, now: float) -> dict[str, Any]: ...
     def authenticate(self, token: bytes, now: float) -> Any: ...
+
+
+# ---- API keys and quota counters (fluxgate/_keys.pxi) ---------------------------------
+
+KEY_FORMAT: dict[str, Any]
+"""prefix, mac_domain, id/secret/tag/digest byte counts, text_len, reasons (by KeyCode)."""
+KEY_LAYOUT: dict[str, int]
+"""Magics, versions and struct sizes of keys.table, keys.usage and quotas.bin."""
+
+class QuotaCounters:
+    """Quota buckets over a writable mapping of the quota file (fluxgate/auth/quotas.py)."""
+
+    capacity: int
+
+    def __init__(self, buffer: Buffer, /) -> None: ...
+    def tag(self, identity: bytes, /) -> int:
+        """Keyed 64-bit hash of whose quota it is (never 0)."""
+    def consume(self, tag: int, limit: int, period: int, now: float, /) -> tuple[int, int, int]:
+        """(code 0 counted | 1 exceeded | 2 table full, remaining, window_end)."""
+    def peek(self, tag: int, period: int, now: float, /) -> tuple[int, int]:
+        """(spent in the current window, window_end), counting nothing."""
+    def release(self) -> None: ...
+
+class KeyTable:
+    """One generation of the shared key table (layout: fluxgate/auth/keytable.py)."""
+
+    generation: int
+
+    def __init__(
+        self,
+        table: Buffer,
+        signing_key: bytes,
+        usage: Buffer | None = None,
+        quotas: QuotaCounters | None = None,
+        /,
+    ) -> None: ...
+    def __len__(self) -> int: ...
+    def check(
+        self,
+        key: bytes,
+        now: float,
+        path: bytes,
+        scopes: tuple[bytes, ...],
+        any_scopes: tuple[bytes, ...] | None,
+        ip: str,
+        /,
+    ) -> tuple[int, int, int, int, int]:
+        """(code, entry index, quota limit, remaining, window_end); code indexes
+        KEY_FORMAT["reasons"], 0 = accepted."""
+    def verify(self, key: bytes, now: float, /) -> tuple[int, int]:
+        """(code, entry index) for the credential alone: no usage stamp, no quota."""
+    def find(self, key_id: str, /) -> int: ...
+    def entry(self, index: int, /) -> dict[str, Any]: ...
+    def release(self) -> None: ...
+
+def extract_api_key(
+    headers: list[tuple[bytes, bytes]], lname: bytes, query: bytes, qname: bytes, /
+) -> tuple[int, bytes | None]:
+    """(0, None) none | (1, key) one | (2, None) several: from header ``lname`` or query
+    parameter ``qname`` (names percent-decoded)."""
+
+def strip_query_param(query: bytes, name: bytes, /) -> bytes:
+    """``query`` without every ``name`` parameter (the same object when there is none)."""

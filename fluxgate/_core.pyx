@@ -75,6 +75,7 @@ __all__ = (
     "TokenError",
     "b64url_decode",
     "b64url_encode",
+    "bearer_token",
     "jwt_alg_mask",
     "jwt_alg_names",
     "normalize_path",

@@ -846,3 +846,57 @@ cdef int _check_audience(object aud, frozenset audiences) except -1:
     elif aud is not _MISSING:
         raise TokenError(_JWT_REASONS[FG_JWT_INVALID_CLAIM])
     raise TokenError(_JWT_REASONS[FG_JWT_WRONG_AUDIENCE])
+
+
+# ---- the bearer credential of a request ----------------------------------------------
+
+cdef inline bint _lower_eq(const unsigned char* p, const char* lower,
+                           Py_ssize_t n) noexcept nogil:
+    # ASCII case-insensitive compare against a lower-case, letters-only word: c | 0x20
+    # maps only A-Z onto a-z, so no other byte can pass for a letter.
+    cdef Py_ssize_t i
+    for i in range(n):
+        if (p[i] | 0x20) != <unsigned char>lower[i]:
+            return False
+    return True
+
+
+def bearer_token(list headers not None, /):
+    """The token of the request's ``Authorization: Bearer`` header (RFC 6750 §2.1).
+
+    ``headers`` is the request's list of (name, value) bytes pairs. Returns the token
+    bytes (``b""`` for a bare "Bearer"), None without an Authorization header or with
+    another scheme, and False when there are several Authorization headers (ambiguous:
+    the caller refuses rather than picking one).
+    """
+    cdef object found = None
+    cdef bytes name, value
+    cdef const unsigned char* p
+    cdef Py_ssize_t n, start, end
+    for item in headers:
+        name = <bytes>(<tuple>item)[0]
+        if PyBytes_GET_SIZE(name) != 13 or not _lower_eq(
+                <const unsigned char*>PyBytes_AS_STRING(name), b"authorization", 13):
+            continue
+        if found is not None:
+            return False
+        found = (<tuple>item)[1]
+    if found is None:
+        return None
+    value = <bytes>found
+    p = <const unsigned char*>PyBytes_AS_STRING(value)
+    n = PyBytes_GET_SIZE(value)
+    # RFC 9110 §11.1: the scheme is case-insensitive; one or more SP before the token.
+    if n < 6 or not _lower_eq(p, b"bearer", 6):
+        return None
+    if n == 6:
+        return b""
+    if p[6] != b" ":
+        return None
+    start = 7
+    end = n
+    while start < end and p[start] == b" ":
+        start += 1
+    while end > start and p[end - 1] == b" ":
+        end -= 1
+    return PyBytes_FromStringAndSize(<const char*>p + start, end - start)

@@ -19,6 +19,7 @@ from fluxgate._core import (
     JwtVerifier,
     TokenError,
     b64url_decode,
+    bearer_token,
     jwt_alg_mask,
     jwt_alg_names,
 )
@@ -606,3 +607,29 @@ def test_hostile_builder_controls(hostile_world):
     for sign, alg, kid in (("rsa", "RS256", "$rsa"), ("ec", "ES256", "$ec")):
         token = hostile.build({"header": {"alg": alg, "kid": kid}, "sign": sign}, idp)
         assert v.verify(token.encode(), time.time())["sub"] == "user-42"
+
+
+# ---- bearer_token (RFC 6750 §2.1) --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers,expected",
+    [
+        ([(b"Authorization", b"Bearer abc.def.ghi")], b"abc.def.ghi"),
+        ([(b"Host", b"x"), (b"AUTHORIZATION", b"bEaReR   abc  ")], b"abc"),
+        ([(b"authorization", b"Bearer")], b""),
+        ([(b"authorization", b"Bearer    ")], b""),
+        ([(b"Authorization", b"Basic dXNlcjpwdw==")], None),
+        ([(b"Authorization", b"Bearerabc")], None),
+        ([(b"Authorization", b"Bear")], None),
+        ([(b"Authorizatio\xce", b"Bearer a")], None),
+        ([(b"Authorization-X", b"Bearer a")], None),
+        ([(b"Proxy-Authorization", b"Bearer a")], None),
+        ([], None),
+        ([(b"Authorization", b"Bearer a"), (b"authorization", b"Bearer b")], False),
+        ([(b"Authorization", b"Bearer a"), (b"Authorization", b"Basic b")], False),
+        ([(b"Authorization", b"\x00earer a")], None),
+    ],
+)
+def test_bearer_token(headers, expected):
+    assert bearer_token(headers) == expected and type(bearer_token(headers)) is type(expected)

@@ -30,7 +30,7 @@ from urllib.parse import unquote_to_bytes
 
 import orjson
 
-from fluxgate._core import JwtVerifier, TokenError
+from fluxgate._core import JwtVerifier, TokenError, bearer_token
 from fluxgate.auth.failures import AuthFailures
 from fluxgate.auth.jwks import KeySource, provider_source
 from fluxgate.auth.principal import Principal
@@ -162,15 +162,9 @@ class JwtMiddleware:
     def token(self, req: RequestState) -> bytes | None:
         """The bearer token the request carries (``b""`` for an empty one, ``_AMBIGUOUS``
         for two Authorization headers), or None."""
-        found = None
-        for name, value in req.headers:
-            if len(name) == 13 and name.lower() == b"authorization":
-                if found is not None:
-                    return _AMBIGUOUS
-                found = value
-        # RFC 6750 §2.1: "Bearer" (any case, RFC 9110 §11.1) 1*SP b64token.
-        if found is not None and found[:6].lower() == b"bearer" and found[6:7] in (b"", b" "):
-            return found[7:].strip(b" ")
+        found = bearer_token(req.headers)  # RFC 6750 §2.1, in _core
+        if found is not None:
+            return _AMBIGUOUS if found is False else found
         if self.cookie is not None:
             token = self._from_cookie(req)
             if token is not None:
