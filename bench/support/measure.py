@@ -82,8 +82,10 @@ def measure(
     connections: int,
     upstream_pid: int,
     timeout: float = 5.0,
+    load: dict | None = None,
 ) -> Measurement:
-    """Closed-loop load on ``target`` for ``seconds`` (one loadgen process)."""
+    """Closed-loop load on ``target`` for ``seconds`` (one loadgen process); ``load`` adds
+    ``run_load`` options (headers, a rotating header: ``header_name`` + ``header_values``)."""
     proxy_before = cpu_seconds(target.proxy_pids)
     upstream_before = cpu_seconds([upstream_pid])
     loadgen_before = _children_seconds() + _self_seconds()  # the loadgen process is joined
@@ -95,6 +97,7 @@ def measure(
         duration=seconds,
         processes=1,
         timeout=timeout,
+        **(load or {}),
     )
     wall = time.monotonic() - wall_before
     busy = _busy_seconds() - busy_before
