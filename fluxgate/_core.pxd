@@ -166,3 +166,53 @@ cdef enum JwtReason:
 # Python-facing classes (fluxgate/_core.pyi): JwtKey (one prepared public key),
 # JwtKeySet (one JWKS generation), JwtVerifier (one jwt middleware config: allowlist,
 # claims rules, verified-token cache). They are private to _core at the C level.
+
+
+# ---- API keys and quota counters (fluxgate/_keys.pxi; DESIGN §5 "API keys") ---------
+
+cdef enum:
+    # Key text: "fg_" + base64url(id || secret || tag), 3 + 60 bytes. Each part is a
+    # whole number of base64 quanta, so the id's 12 characters are text[3:15].
+    FG_KEY_ID_BYTES = 9
+    FG_KEY_SECRET_BYTES = 24
+    FG_KEY_TAG_BYTES = 12      # truncated HMAC-SHA256 (96 bits), checked before lookup
+    FG_KEY_RAW_BYTES = 45      # id + secret + tag
+    FG_KEY_TEXT_LEN = 63
+    FG_KEY_DIGEST_BYTES = 32   # the full HMAC-SHA256: the only form stored
+    # last-used stamps: a key's usage slot is rewritten at most once per this many ms.
+    FG_KEY_STAMP_MS = 1000
+    # Quota table: buckets probed from a tag's home bucket before the table counts as
+    # full, and how long past its window's end a bucket must be before another tag may
+    # take it.
+    FG_QUOTA_MAX_PROBE = 32
+    FG_QUOTA_RECLAIM_AFTER = 2
+    # Spins on a bucket that another process is re-assigning, before giving up on it; a
+    # reservation older than this many seconds was abandoned (its taker died).
+    FG_QUOTA_RESERVED_SPINS = 4096
+    FG_QUOTA_RESERVED_TIMEOUT = 60
+
+# The outcome of KeyTable.check: index into _core._KEY_REASONS (the stable reason codes
+# of InvalidKey.reason and of the auth-failure metrics). 0 means the request may pass.
+cdef enum KeyCode:
+    FG_KEY_OK = 0
+    FG_KEY_MALFORMED        # not "fg_" + 60 base64url characters
+    FG_KEY_BAD_TAG          # the HMAC tag does not match: forged or mistyped
+    FG_KEY_UNKNOWN          # signed, but no such id in the table (deleted)
+    FG_KEY_BAD_SECRET       # the id exists but the secret's digest differs
+    FG_KEY_REVOKED
+    FG_KEY_EXPIRED          # past its expiry, or its rotation grace period has ended
+    FG_KEY_ROUTE_DENIED     # the key is limited to other paths (--route)
+    FG_KEY_SCOPE_DENIED     # a scope the route requires is missing
+    FG_KEY_IP_DENIED        # the client address is outside the key's allowlist
+    FG_KEY_QUOTA_EXCEEDED   # the key's quota for this window is used up
+    FG_KEY_QUOTA_FULL       # no quota bucket could be found or taken (fails closed)
+
+# The outcome of QuotaCounters consumption.
+cdef enum QuotaCode:
+    FG_QUOTA_OK = 0
+    FG_QUOTA_EXCEEDED
+    FG_QUOTA_FULL
+
+# Python-facing classes (fluxgate/_core.pyi): KeyTable (one generation of the shared
+# key table; file layout in fluxgate/auth/keytable.py) and QuotaCounters (the quota
+# buckets of fluxgate/auth/quotas.py). They are private to _core at the C level.

@@ -1,1 +1,1052 @@
-# Included into _core.pyx: API keys and quota counters (issue: API keys).
+# Included into _core.pyx: API keys and quota counters (issue: API keys, DESIGN §5).
+#
+# API keys
+# --------
+# Key text: ``fg_`` + base64url(id[9] || secret[24] || tag[12]), 63 bytes. The mac of
+# a key is HMAC-SHA256(signing key, "fgk1" || id || secret) (RFC 2104); the tag is its
+# first 12 bytes and the digest stored at rest (keys.db, the shared table) is all 32.
+# A key that is not 63 bytes of the right alphabet, or whose tag does not match, is
+# refused here before any table lookup, so a forged or mistyped key costs one HMAC and
+# touches no shared memory; tags and digests are compared in constant time
+# (CRYPTO_memcmp).
+#
+# ``KeyTable(table, signing_key, usage, quotas)`` views one generation of the shared
+# key table (a read-only mapping written by the master; layout in
+# fluxgate/auth/keytable.py), the writable usage slots (last use, request count) and the
+# quota buckets. ``check`` runs the whole pipeline for one request: parse -> tag ->
+# lookup -> digest -> revoked / expiry -> route -> scopes -> IP allowlist -> quota.
+# Every offset of the table is validated once, when it is mapped; ``check`` trusts it.
+#
+# Quotas
+# ------
+# ``QuotaCounters(buffer)`` views the quota file (layout in fluxgate/auth/quotas.py):
+# an open-addressing table of 16-byte buckets {tag, state}. ``tag`` is a keyed 64-bit
+# hash of whose quota it is (never 0, which marks an empty bucket); ``state`` packs the
+# end of the current fixed UTC window (unix seconds, high 32 bits) with the count spent
+# in it (low 32 bits), so one compare-exchange starts a new window and counts a request
+# atomically: exact across every process that maps the file. A bucket whose window
+# ended FG_QUOTA_RECLAIM_AFTER seconds ago may be taken by another tag: the taker first
+# swaps its state to RESERVED (count 0xFFFFFFFF), then writes the tag, then a zero
+# state. Readers load the state before re-checking the tag (both acquire, the writer's
+# stores release), so a bucket re-assigned under them is noticed; a spent or reserved
+# state is never restored, so a stale compare-exchange cannot succeed.
+
+from cpython.buffer cimport PyBUF_SIMPLE
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize
+from libc.stdint cimport int64_t, uint8_t, uint16_t
+from libc.string cimport memchr, memcpy, memset
+
+cdef extern from *:
+    """
+    #include <string.h>
+    #include <arpa/inet.h>
+    #include <sys/socket.h>
+    #include <openssl/crypto.h>
+    #include <openssl/evp.h>
+
+    /* HMAC-SHA256 (RFC 2104) with the padded-key blocks absorbed once: a MAC of a short
+       message then costs two SHA-256 compressions and two context copies. */
+    typedef struct {
+        EVP_MD_CTX *inner;  /* after H(K ^ ipad) */
+        EVP_MD_CTX *outer;  /* after H(K ^ opad) */
+        EVP_MD_CTX *work;
+    } fg_hmac_t;
+
+    static void fg_hmac_free(fg_hmac_t *h) {
+        EVP_MD_CTX_free(h->inner);
+        EVP_MD_CTX_free(h->outer);
+        EVP_MD_CTX_free(h->work);
+        h->inner = h->outer = h->work = NULL;
+    }
+
+    static int fg_hmac_init(fg_hmac_t *h, const unsigned char *key, size_t n) {
+        unsigned char block[64], pad[64];
+        unsigned int len = 0;
+        const EVP_MD *md = EVP_sha256();
+        size_t i;
+        int ok = 0;
+        h->inner = EVP_MD_CTX_new();
+        h->outer = EVP_MD_CTX_new();
+        h->work = EVP_MD_CTX_new();
+        memset(block, 0, sizeof block);
+        if (h->inner && h->outer && h->work) {
+            if (n > 64)  /* RFC 2104 §2: longer keys are hashed first */
+                ok = EVP_Digest(key, n, block, &len, md, NULL);
+            else {
+                if (n) memcpy(block, key, n);
+                ok = 1;
+            }
+            for (i = 0; i < 64; i++) pad[i] = block[i] ^ 0x36;
+            ok = ok && EVP_DigestInit_ex(h->inner, md, NULL)
+                    && EVP_DigestUpdate(h->inner, pad, 64);
+            for (i = 0; i < 64; i++) pad[i] = block[i] ^ 0x5c;
+            ok = ok && EVP_DigestInit_ex(h->outer, md, NULL)
+                    && EVP_DigestUpdate(h->outer, pad, 64);
+        }
+        OPENSSL_cleanse(block, sizeof block);
+        OPENSSL_cleanse(pad, sizeof pad);
+        if (!ok) fg_hmac_free(h);
+        return ok ? 0 : -1;
+    }
+
+    static int fg_hmac_sha256(fg_hmac_t *h, const unsigned char *m, size_t n,
+                              unsigned char *out) {
+        unsigned int len;
+        if (!EVP_MD_CTX_copy_ex(h->work, h->inner) || !EVP_DigestUpdate(h->work, m, n)
+                || !EVP_DigestFinal_ex(h->work, out, &len))
+            return -1;
+        if (!EVP_MD_CTX_copy_ex(h->work, h->outer)
+                || !EVP_DigestUpdate(h->work, out, 32)
+                || !EVP_DigestFinal_ex(h->work, out, &len))
+            return -1;
+        return 0;
+    }
+
+    static int fg_ct_equal(const void *a, const void *b, size_t n) {
+        return CRYPTO_memcmp(a, b, n) == 0;
+    }
+
+    /* An address as 16 bytes, IPv4 as IPv4-mapped IPv6 (RFC 4291 §2.5.5.2). */
+    static int fg_ip16(const char *text, unsigned char *out) {
+        if (inet_pton(AF_INET, text, out + 12) == 1) {
+            memset(out, 0, 10);
+            out[10] = out[11] = 0xff;
+            return 1;
+        }
+        return inet_pton(AF_INET6, text, out) == 1;
+    }
+
+    /* The shared key table (writer: fluxgate/auth/keytable.py). Native byte order: the
+       table is written and read on one machine. */
+    #define FG_KEYTAB_MAGIC 0x3142544B59454B46ULL  /* "FKEYKTB1" little-endian */
+    #define FG_KEYTAB_VERSION 1
+    typedef struct {
+        uint64_t magic;
+        uint32_t version;
+        uint32_t entry_size;
+        uint64_t generation;
+        uint32_t n_entries;
+        uint32_t n_buckets;     /* power of two > n_entries */
+        uint64_t buckets_off;   /* n_buckets x uint32: entry index + 1, 0 = empty */
+        uint64_t entries_off;   /* n_entries x fg_key_entry, 8-aligned */
+        uint64_t pool_off;      /* names, scope and route lists, CIDRs */
+        uint64_t pool_len;
+        uint64_t usage_slots;   /* the usage file holds at least this many slots */
+        uint64_t reserved[3];
+    } fg_keytab_header;
+
+    #define FG_KEYF_REVOKED 1u
+
+    typedef struct {
+        uint8_t id[16];         /* FG_KEY_ID_BYTES used, the rest zero */
+        uint8_t digest[32];
+        int64_t expires_at;     /* unix seconds; grace end included */
+        int64_t sunset_at;      /* end of the rotation grace period, 0: not rotated */
+        int64_t deprecated_at;  /* when the key was rotated, 0 when not rotated */
+        uint64_t quota_tag;     /* QuotaCounters tag of the key's name, 0: no quota */
+        uint32_t quota_limit;
+        uint32_t quota_period;  /* window length in seconds */
+        uint32_t usage_slot;
+        uint32_t flags;         /* FG_KEYF_* */
+        uint32_t name_off, name_len;
+        uint32_t scopes_off, n_scopes;   /* n x (uint16 length, bytes), in the pool */
+        uint32_t routes_off, n_routes;   /* same encoding: normalized path prefixes */
+        uint32_t cidrs_off, n_cidrs;     /* n x fg_cidr, 8-aligned, in the pool */
+    } fg_key_entry;
+
+    typedef struct {
+        uint8_t addr[16];       /* IPv4 as IPv4-mapped IPv6 */
+        uint32_t prefix;        /* 0..128 (an IPv4 /n is stored as /n+96) */
+        uint32_t reserved;
+    } fg_cidr;
+
+    /* A usage slot: 4 x uint64 {last use in unix ms, address (2 words), requests}. */
+    #define FG_USAGE_WORDS 4
+
+    /* The quota file (writer: fluxgate/auth/quotas.py). */
+    #define FG_QUOTA_MAGIC 0x31415451584C4646ULL  /* "FFLXQTA1" little-endian */
+    #define FG_QUOTA_VERSION 1
+    typedef struct {
+        uint64_t magic;
+        uint32_t version;
+        uint32_t reserved0;
+        uint64_t capacity;      /* buckets, a power of two */
+        uint8_t salt[32];       /* key of the tag hash */
+        uint64_t reserved1;
+    } fg_quota_header;
+    #define FG_QUOTA_RESERVED_COUNT 0xFFFFFFFFu
+
+    _Static_assert(sizeof(fg_keytab_header) == 96, "fg_keytab_header layout");
+    _Static_assert(sizeof(fg_key_entry) == 128, "fg_key_entry layout");
+    _Static_assert(sizeof(fg_cidr) == 24, "fg_cidr layout");
+    _Static_assert(sizeof(fg_quota_header) == 64, "fg_quota_header layout");
+    """
+    ctypedef struct fg_hmac_t:
+        pass
+    void fg_hmac_free(fg_hmac_t* h) noexcept nogil
+    int fg_hmac_init(fg_hmac_t* h, const unsigned char* key, size_t n) noexcept nogil
+    int fg_hmac_sha256(fg_hmac_t* h, const unsigned char* m, size_t n,
+                       unsigned char* out) noexcept nogil
+    bint fg_ct_equal(const void* a, const void* b, size_t n) noexcept nogil
+    bint fg_ip16(const char* text, unsigned char* out) noexcept nogil
+
+    uint64_t FG_KEYTAB_MAGIC
+    uint32_t FG_KEYTAB_VERSION
+    uint32_t FG_KEYF_REVOKED
+    int FG_USAGE_WORDS
+    uint64_t FG_QUOTA_MAGIC
+    uint32_t FG_QUOTA_VERSION
+    uint32_t FG_QUOTA_RESERVED_COUNT
+
+    ctypedef struct fg_keytab_header:
+        uint64_t magic
+        uint32_t version
+        uint32_t entry_size
+        uint64_t generation
+        uint32_t n_entries
+        uint32_t n_buckets
+        uint64_t buckets_off
+        uint64_t entries_off
+        uint64_t pool_off
+        uint64_t pool_len
+        uint64_t usage_slots
+
+    ctypedef struct fg_key_entry:
+        uint8_t id[16]
+        uint8_t digest[32]
+        int64_t expires_at
+        int64_t sunset_at
+        int64_t deprecated_at
+        uint64_t quota_tag
+        uint32_t quota_limit
+        uint32_t quota_period
+        uint32_t usage_slot
+        uint32_t flags
+        uint32_t name_off
+        uint32_t name_len
+        uint32_t scopes_off
+        uint32_t n_scopes
+        uint32_t routes_off
+        uint32_t n_routes
+        uint32_t cidrs_off
+        uint32_t n_cidrs
+
+    ctypedef struct fg_cidr:
+        uint8_t addr[16]
+        uint32_t prefix
+
+    ctypedef struct fg_quota_header:
+        uint64_t magic
+        uint32_t version
+        uint64_t capacity
+        uint8_t salt[32]
+
+
+__all__ += (
+    "KeyTable",
+    "QuotaCounters",
+    "extract_api_key",
+    "strip_query_param",
+)
+
+cdef tuple _KEY_REASONS = (
+    "ok",
+    "malformed",
+    "bad_tag",
+    "unknown_key",
+    "bad_secret",
+    "revoked",
+    "expired",
+    "route_not_allowed",
+    "insufficient_scope",
+    "ip_not_allowed",
+    "quota_exceeded",
+    "quota_table_full",
+)
+
+# What fluxgate/auth (mint, table and file writers) must agree on with this file.
+KEY_FORMAT = {
+    "prefix": b"fg_",
+    "mac_domain": b"fgk1",
+    "id_bytes": FG_KEY_ID_BYTES,
+    "secret_bytes": FG_KEY_SECRET_BYTES,
+    "tag_bytes": FG_KEY_TAG_BYTES,
+    "text_len": FG_KEY_TEXT_LEN,
+    "digest_bytes": FG_KEY_DIGEST_BYTES,
+    "reasons": _KEY_REASONS,
+}
+KEY_LAYOUT = {
+    "keytab_magic": FG_KEYTAB_MAGIC,
+    "keytab_version": FG_KEYTAB_VERSION,
+    "keytab_header_size": sizeof(fg_keytab_header),
+    "key_entry_size": sizeof(fg_key_entry),
+    "cidr_size": sizeof(fg_cidr),
+    "flag_revoked": FG_KEYF_REVOKED,
+    "usage_slot_size": FG_USAGE_WORDS * 8,
+    "quota_magic": FG_QUOTA_MAGIC,
+    "quota_version": FG_QUOTA_VERSION,
+    "quota_header_size": sizeof(fg_quota_header),
+    "quota_bucket_size": 16,
+}
+
+cdef const unsigned char* _MAC_DOMAIN = b"fgk1"
+
+
+# ---- quota counters ------------------------------------------------------------------
+
+cdef inline uint64_t _state(uint64_t end, uint64_t count) noexcept nogil:
+    return (end << 32) | count
+
+
+cdef class QuotaCounters:
+    """The shared quota buckets over a writable mapping of the quota file."""
+
+    cdef Py_buffer _view
+    cdef uint64_t* _buckets      # 2 words per bucket: tag, state; NULL after release()
+    cdef uint64_t _mask
+    cdef fg_hmac_t _mac
+    cdef bint _have_mac
+
+    def __cinit__(self, buffer, /):
+        cdef const fg_quota_header* hdr
+        cdef uint64_t capacity
+        PyObject_GetBuffer(buffer, &self._view, PyBUF_WRITABLE)
+        try:
+            if (<uintptr_t>self._view.buf) & 7:
+                raise ValueError("quota buffer is not 8-byte aligned")
+            if self._view.len < <Py_ssize_t>sizeof(fg_quota_header):
+                raise ValueError("quota buffer is shorter than its header")
+            hdr = <const fg_quota_header*>self._view.buf
+            if hdr.magic != FG_QUOTA_MAGIC or hdr.version != FG_QUOTA_VERSION:
+                raise ValueError("not a FluxGate quota file (magic/version)")
+            capacity = hdr.capacity
+            if capacity == 0 or capacity & (capacity - 1) or capacity > (1ULL << 32):
+                raise ValueError("quota capacity is not a power of two")
+            if <uint64_t>self._view.len < sizeof(fg_quota_header) + capacity * 16:
+                raise ValueError("quota buffer is shorter than its capacity")
+            if fg_hmac_init(&self._mac, hdr.salt, 32) != 0:
+                raise MemoryError("HMAC context")
+            self._have_mac = True
+        except BaseException:
+            PyBuffer_Release(&self._view)
+            raise
+        self._buckets = <uint64_t*>(<char*>self._view.buf + sizeof(fg_quota_header))
+        self._mask = capacity - 1
+
+    def __dealloc__(self):
+        self._drop()
+
+    cdef void _drop(self) noexcept:
+        if self._have_mac:
+            fg_hmac_free(&self._mac)
+            self._have_mac = False
+        if self._buckets != NULL:
+            self._buckets = NULL
+            PyBuffer_Release(&self._view)
+
+    def release(self):
+        """Drop the buffer export so the mapping may close; unusable after."""
+        self._drop()
+
+    @property
+    def capacity(self):
+        return self._mask + 1 if self._buckets != NULL else 0
+
+    def tag(self, bytes identity not None, /):
+        """The bucket tag of an identity (a keyed 64-bit hash; never 0)."""
+        cdef unsigned char mac[32]
+        cdef uint64_t t
+        self._check_open()
+        if fg_hmac_sha256(&self._mac, <const unsigned char*>PyBytes_AS_STRING(identity),
+                          PyBytes_GET_SIZE(identity), mac) != 0:
+            raise MemoryError("HMAC failed")
+        memcpy(&t, mac, 8)
+        return t if t != 0 else 1
+
+    def consume(self, uint64_t tag, uint32_t limit, uint32_t period, double now, /):
+        """Count one request against ``limit`` per ``period`` seconds (fixed windows
+        aligned on the unix epoch, so days are UTC days). Returns (code, remaining,
+        window_end): code 0 counted, 1 exceeded, 2 table full (nothing counted)."""
+        cdef uint64_t remaining = 0, end = 0
+        cdef int code
+        self._check_args(tag, limit, period, now)
+        code = quota_consume(self, tag, limit, period, <uint64_t>now, &remaining, &end)
+        return code, remaining, end
+
+    def peek(self, uint64_t tag, uint32_t period, double now, /):
+        """(spent in the current window, window_end) without counting; (0, end) when the
+        tag has no bucket."""
+        cdef uint64_t now_s, cur_end, s, t
+        cdef int i
+        self._check_args(tag, 1, period, now)
+        now_s = <uint64_t>now
+        cur_end = (now_s // period + 1) * period
+        for i in range(FG_QUOTA_MAX_PROBE):
+            t = fg_atomic_load(&self._buckets[((tag + i) & self._mask) * 2])
+            if t == 0:
+                break
+            if t != tag:
+                continue
+            s = fg_atomic_load(&self._buckets[((tag + i) & self._mask) * 2 + 1])
+            if (<uint32_t>s) == FG_QUOTA_RESERVED_COUNT or (s >> 32) <= now_s:
+                return 0, cur_end
+            return <uint32_t>s, s >> 32
+        return 0, cur_end
+
+    cdef int _check_open(self) except -1:
+        if self._buckets == NULL:
+            raise ValueError("quota counters released")
+        return 0
+
+    cdef int _check_args(self, uint64_t tag, uint32_t limit, uint32_t period,
+                         double now) except -1:
+        self._check_open()
+        if tag == 0:
+            raise ValueError("tag 0 marks an empty bucket")
+        if limit == 0 or limit >= FG_QUOTA_RESERVED_COUNT:
+            raise ValueError("limit must be between 1 and 2**32 - 2")
+        if period == 0:
+            raise ValueError("period must be at least 1 second")
+        if not (0 <= now < 4294967296.0 - 86400 * 366):
+            raise ValueError("now is outside the 32-bit unix time range")
+        return 0
+
+
+cdef bint _reserved(uint64_t* b, uint64_t now_s) noexcept nogil:
+    # Wait (bounded) while another process re-assigns bucket b; True if it was reserved.
+    cdef uint64_t s = fg_atomic_load(&b[1])
+    cdef int spins = 0
+    if (<uint32_t>s) != FG_QUOTA_RESERVED_COUNT \
+            or (s >> 32) + FG_QUOTA_RESERVED_TIMEOUT <= now_s:
+        return False
+    while spins < FG_QUOTA_RESERVED_SPINS:
+        spins += 1
+        s = fg_atomic_load(&b[1])
+        if (<uint32_t>s) != FG_QUOTA_RESERVED_COUNT:
+            break
+    return True
+
+
+cdef int _quota_at(uint64_t* b, uint64_t tag, uint32_t limit, uint64_t now_s,
+                   uint64_t cur_end, uint64_t* remaining,
+                   uint64_t* end_out) noexcept nogil:
+    # Count in bucket b, which held `tag` when the caller looked. Returns a QuotaCode,
+    # or -1 when the bucket no longer belongs to `tag` (the caller keeps probing).
+    cdef uint64_t s, end, count
+    cdef int spins = 0
+    while True:
+        s = fg_atomic_load(&b[1])
+        if (<uint32_t>s) == FG_QUOTA_RESERVED_COUNT:
+            spins += 1
+            if spins > FG_QUOTA_RESERVED_SPINS:
+                return -1  # its taker stalled; a reserved bucket holds no live window
+            continue
+        if fg_atomic_load(&b[0]) != tag:
+            return -1
+        end = s >> 32
+        count = <uint32_t>s
+        if end <= now_s:
+            end = cur_end  # the window has ended: a new one starts with this request
+            count = 0
+        if count >= limit:
+            remaining[0] = 0
+            end_out[0] = end
+            return FG_QUOTA_EXCEEDED
+        if fg_atomic_cas(&b[1], s, _state(end, count + 1)):
+            remaining[0] = limit - count - 1
+            end_out[0] = end
+            return FG_QUOTA_OK
+
+
+cdef int quota_consume(QuotaCounters q, uint64_t tag, uint32_t limit, uint32_t period,
+                       uint64_t now_s, uint64_t* remaining,
+                       uint64_t* end_out) noexcept nogil:
+    cdef uint64_t* buckets = q._buckets
+    cdef uint64_t mask = q._mask
+    cdef uint64_t cur_end = (now_s // period + 1) * period
+    cdef uint64_t t, s
+    cdef int i
+    cdef uint64_t* b
+    cdef int r, attempt
+    for attempt in range(2):
+        # Pass 1: the tag's bucket, or the first empty one in its probe sequence.
+        # Buckets never become empty again, so the tag cannot live past an empty one.
+        for i in range(FG_QUOTA_MAX_PROBE):
+            b = &buckets[((tag + i) & mask) * 2]
+            t = fg_atomic_load(&b[0])
+            if t == 0:
+                if fg_atomic_cas(&b[0], 0, tag):
+                    t = tag
+                else:
+                    t = fg_atomic_load(&b[0])
+            elif t != tag and _reserved(b, now_s):
+                t = fg_atomic_load(&b[0])  # it may have been re-assigned to this tag
+            if t == tag:
+                r = _quota_at(b, tag, limit, now_s, cur_end, remaining, end_out)
+                if r >= 0:
+                    return r
+        # Pass 2: the probe sequence is full of other tags; take the first bucket whose
+        # window ended a while ago (every process picks the same one), then count there.
+        for i in range(FG_QUOTA_MAX_PROBE):
+            b = &buckets[((tag + i) & mask) * 2]
+            s = fg_atomic_load(&b[1])
+            if (<uint32_t>s) == FG_QUOTA_RESERVED_COUNT:
+                if (s >> 32) + FG_QUOTA_RESERVED_TIMEOUT > now_s:
+                    break  # being re-assigned right now: look again from the start
+            elif s == 0 or (s >> 32) + FG_QUOTA_RECLAIM_AFTER > now_s:
+                continue   # fresh (just taken) or still counting a live window
+            if fg_atomic_cas(&b[1], s, _state(now_s, FG_QUOTA_RESERVED_COUNT)):
+                fg_atomic_store(&b[0], tag)
+                fg_atomic_store(&b[1], 0)
+                r = _quota_at(b, tag, limit, now_s, cur_end, remaining, end_out)
+                if r >= 0:
+                    return r
+            break
+    remaining[0] = 0
+    end_out[0] = cur_end
+    return FG_QUOTA_FULL
+
+
+# ---- the key table -------------------------------------------------------------------
+
+cdef inline uint16_t _u16(const unsigned char* p) noexcept nogil:
+    cdef uint16_t v
+    memcpy(&v, p, 2)
+    return v
+
+
+cdef bint _strings_ok(const unsigned char* pool, uint64_t pool_len, uint32_t off,
+                      uint32_t n) noexcept nogil:
+    # n x (uint16 length, bytes) fits in the pool.
+    cdef uint64_t p = off
+    cdef uint32_t k
+    for k in range(n):
+        if p + 2 > pool_len:
+            return False
+        p += 2 + _u16(pool + p)
+        if p > pool_len:
+            return False
+    return True
+
+
+cdef bint _has_string(const unsigned char* p, uint32_t n, const char* s,
+                      Py_ssize_t slen) noexcept nogil:
+    cdef uint32_t k
+    cdef uint16_t ln
+    for k in range(n):
+        ln = _u16(p)
+        if ln == slen and memcmp(p + 2, s, slen) == 0:
+            return True
+        p += 2 + ln
+    return False
+
+
+cdef bint _route_ok(const unsigned char* p, uint32_t n, const char* path,
+                    Py_ssize_t plen) noexcept nogil:
+    # Prefixes are normalized route paths ("/a/b", or "/"): segment-wise prefix match.
+    cdef uint32_t k
+    cdef uint16_t ln
+    if n == 0:
+        return True
+    for k in range(n):
+        ln = _u16(p)
+        if ln == 1 and p[2] == b"/":
+            return True
+        if ln <= plen and memcmp(p + 2, path, ln) == 0 \
+                and (ln == plen or path[ln] == b"/"):
+            return True
+        p += 2 + ln
+    return False
+
+
+cdef bint _cidr_match(const unsigned char* addr, const fg_cidr* c) noexcept nogil:
+    cdef uint32_t full = c.prefix >> 3, rem = c.prefix & 7
+    cdef unsigned char mask
+    if full and memcmp(addr, c.addr, full) != 0:
+        return False
+    if rem == 0:
+        return True
+    mask = <unsigned char>(0xFF << (8 - rem))
+    return (addr[full] & mask) == (c.addr[full] & mask)
+
+
+cdef class KeyTable:
+    """One generation of the shared key table, with usage slots and quota buckets."""
+
+    cdef Py_buffer _view
+    cdef bint _have_view
+    cdef const fg_keytab_header* _hdr
+    cdef const fg_key_entry* _entries
+    cdef const uint32_t* _buckets
+    cdef const unsigned char* _pool
+    cdef uint32_t _mask
+    cdef uint32_t _n
+    cdef fg_hmac_t _mac
+    cdef bint _have_mac
+    cdef Py_buffer _usage_view
+    cdef uint64_t* _usage         # FG_USAGE_WORDS per slot; NULL without a usage buffer
+    cdef uint64_t _usage_slots
+    cdef QuotaCounters _quotas
+
+    def __cinit__(self, table, bytes signing_key not None, usage=None,
+                  QuotaCounters quotas=None, /):
+        PyObject_GetBuffer(table, &self._view, PyBUF_SIMPLE)
+        self._have_view = True
+        self._validate()
+        if usage is not None:
+            PyObject_GetBuffer(usage, &self._usage_view, PyBUF_WRITABLE)
+            if (<uintptr_t>self._usage_view.buf) & 7:
+                PyBuffer_Release(&self._usage_view)
+                raise ValueError("usage buffer is not 8-byte aligned")
+            self._usage = <uint64_t*>self._usage_view.buf
+            self._usage_slots = self._usage_view.len // (FG_USAGE_WORDS * 8)
+            if self._usage_slots < self._hdr.usage_slots:
+                raise ValueError(
+                    f"usage buffer has {self._usage_slots} slots, the table needs "
+                    f"{self._hdr.usage_slots}")
+        self._quotas = quotas
+        if fg_hmac_init(&self._mac,
+                        <const unsigned char*>PyBytes_AS_STRING(signing_key),
+                        PyBytes_GET_SIZE(signing_key)) != 0:
+            raise MemoryError("HMAC context")
+        self._have_mac = True
+
+    cdef int _validate(self) except -1:
+        cdef const unsigned char* base = <const unsigned char*>self._view.buf
+        cdef uint64_t size = self._view.len
+        cdef const fg_keytab_header* hdr
+        cdef const fg_key_entry* e
+        cdef const unsigned char* pool
+        cdef uint64_t pool_len
+        cdef uint32_t i, v
+        if (<uintptr_t>base) & 7 or size < sizeof(fg_keytab_header):
+            raise ValueError("key table: too short or misaligned")
+        hdr = <const fg_keytab_header*>base
+        if hdr.magic != FG_KEYTAB_MAGIC or hdr.version != FG_KEYTAB_VERSION:
+            raise ValueError("key table: bad magic or version")
+        if hdr.entry_size != sizeof(fg_key_entry):
+            raise ValueError("key table: entry size differs from this build")
+        if hdr.n_buckets == 0 or hdr.n_buckets & (hdr.n_buckets - 1) \
+                or hdr.n_buckets <= hdr.n_entries:
+            raise ValueError("key table: bucket count")
+        if (hdr.buckets_off & 3 or hdr.buckets_off > size
+                or <uint64_t>hdr.n_buckets * 4 > size - hdr.buckets_off):
+            raise ValueError("key table: buckets out of bounds")
+        if (hdr.entries_off & 7 or hdr.entries_off > size
+                or <uint64_t>hdr.n_entries * sizeof(fg_key_entry)
+                > size - hdr.entries_off):
+            raise ValueError("key table: entries out of bounds")
+        if hdr.pool_off > size or hdr.pool_len > size - hdr.pool_off \
+                or hdr.pool_off & 7:
+            raise ValueError("key table: pool out of bounds")
+        self._hdr = hdr
+        self._buckets = <const uint32_t*>(base + hdr.buckets_off)
+        self._entries = <const fg_key_entry*>(base + hdr.entries_off)
+        self._pool = base + hdr.pool_off
+        self._mask = hdr.n_buckets - 1
+        self._n = hdr.n_entries
+        pool = self._pool
+        pool_len = hdr.pool_len
+        for i in range(hdr.n_buckets):
+            v = self._buckets[i]
+            if v > hdr.n_entries:
+                raise ValueError("key table: bucket points past the entries")
+        for i in range(hdr.n_entries):
+            e = &self._entries[i]
+            if (<uint64_t>e.name_off + e.name_len > pool_len
+                    or not _strings_ok(pool, pool_len, e.scopes_off, e.n_scopes)
+                    or not _strings_ok(pool, pool_len, e.routes_off, e.n_routes)
+                    or e.cidrs_off & 7
+                    or <uint64_t>e.cidrs_off + <uint64_t>e.n_cidrs * sizeof(fg_cidr)
+                    > pool_len
+                    or e.usage_slot >= hdr.usage_slots
+                    or (e.quota_tag != 0
+                        and (e.quota_limit == 0 or e.quota_period == 0
+                             or e.quota_limit >= FG_QUOTA_RESERVED_COUNT))):
+                raise ValueError(f"key table: entry {i} is inconsistent")
+        return 0
+
+    def __dealloc__(self):
+        self._drop()
+
+    cdef void _drop(self) noexcept:
+        if self._have_mac:
+            fg_hmac_free(&self._mac)
+            self._have_mac = False
+        if self._usage != NULL:
+            self._usage = NULL
+            self._usage_slots = 0
+            PyBuffer_Release(&self._usage_view)
+        if self._have_view:
+            self._have_view = False
+            self._hdr = NULL
+            self._n = 0
+            PyBuffer_Release(&self._view)
+
+    def release(self):
+        """Drop the buffer exports so the mappings may close; unusable after."""
+        self._drop()
+        self._quotas = None
+
+    def __len__(self):
+        return self._n
+
+    @property
+    def generation(self):
+        if self._hdr == NULL:
+            raise ValueError("key table released")
+        return self._hdr.generation
+
+    cdef int _verify(self, const unsigned char* text, Py_ssize_t n, int64_t now,
+                     uint32_t* index) noexcept nogil:
+        # parse -> tag -> lookup -> digest -> revoked / expired
+        cdef unsigned char raw[FG_KEY_RAW_BYTES]
+        cdef unsigned char msg[4 + FG_KEY_ID_BYTES + FG_KEY_SECRET_BYTES]
+        cdef unsigned char mac[32]
+        cdef uint32_t h, slot, v
+        cdef const fg_key_entry* e
+        if self._hdr == NULL:
+            return FG_KEY_UNKNOWN
+        if (n != FG_KEY_TEXT_LEN or text[0] != b"f" or text[1] != b"g"
+                or text[2] != b"_"
+                or b64url_decode_into(text + 3, FG_KEY_TEXT_LEN - 3, raw)
+                != FG_KEY_RAW_BYTES):
+            return FG_KEY_MALFORMED
+        memcpy(msg, _MAC_DOMAIN, 4)
+        memcpy(msg + 4, raw, FG_KEY_ID_BYTES + FG_KEY_SECRET_BYTES)
+        if fg_hmac_sha256(&self._mac, msg, sizeof(msg), mac) != 0:
+            return FG_KEY_BAD_TAG
+        if not fg_ct_equal(mac, raw + FG_KEY_ID_BYTES + FG_KEY_SECRET_BYTES,
+                           FG_KEY_TAG_BYTES):
+            return FG_KEY_BAD_TAG
+        memcpy(&h, raw, 4)  # ids are random: their first bytes are the hash
+        slot = h & self._mask
+        while True:
+            v = self._buckets[slot]
+            if v == 0:
+                return FG_KEY_UNKNOWN
+            e = &self._entries[v - 1]
+            if memcmp(e.id, raw, FG_KEY_ID_BYTES) == 0:
+                break
+            slot = (slot + 1) & self._mask
+        if not fg_ct_equal(mac, e.digest, FG_KEY_DIGEST_BYTES):
+            return FG_KEY_BAD_SECRET
+        index[0] = v - 1
+        if e.flags & FG_KEYF_REVOKED:
+            return FG_KEY_REVOKED
+        if now >= e.expires_at:
+            return FG_KEY_EXPIRED
+        return FG_KEY_OK
+
+    cdef int _stamp(self, const fg_key_entry* e, double now, str ip) except -1:
+        # Last use (at most once per FG_KEY_STAMP_MS per key, by whoever wins the
+        # compare-exchange) and the request count, in the key's usage slot.
+        cdef uint64_t* slot
+        cdef uint64_t now_ms = <uint64_t>(now * 1000.0), last
+        cdef unsigned char addr[16]
+        cdef uint64_t words[2]
+        cdef const char* text
+        if self._usage == NULL:
+            return 0
+        slot = &self._usage[<uint64_t>e.usage_slot * FG_USAGE_WORDS]
+        fg_atomic_add(&slot[3], 1)
+        last = fg_atomic_load(&slot[0])
+        if now_ms < last + FG_KEY_STAMP_MS or not fg_atomic_cas(&slot[0], last, now_ms):
+            return 0
+        text = PyUnicode_AsUTF8AndSize(ip, NULL)
+        if not fg_ip16(text, addr):
+            memset(addr, 0, 16)
+        memcpy(words, addr, 16)
+        fg_atomic_store(&slot[1], words[0])
+        fg_atomic_store(&slot[2], words[1])
+        return 0
+
+    def check(self, bytes key not None, double now, bytes path not None,
+              tuple scopes not None, tuple any_scopes, str ip not None, /):
+        """Authenticate and authorize one request with API key ``key``.
+
+        ``path`` is the normalized request path (checked against the key's routes);
+        ``scopes`` are the scopes the route requires, all of which the key must hold;
+        ``any_scopes``, when not None, are scopes of which the key must hold at least
+        one (a scope_map rule covering the request); ``ip`` is the resolved client
+        address. Returns (code, index, limit, remaining, window_end): code is a KeyCode
+        (index into KEY_FORMAT["reasons"]); index is the key's entry (-1 until the
+        secret is proven); the last three describe the key's quota (limit 0: none)
+        once it was consulted.
+        """
+        cdef uint32_t index = 0
+        cdef const fg_key_entry* e
+        cdef const unsigned char* pool
+        cdef int code
+        cdef Py_ssize_t i, n
+        cdef uint64_t remaining = 0, end = 0
+        cdef unsigned char addr[16]
+        cdef const char* text
+        cdef bytes scope
+        cdef bint any_ok
+        cdef uint32_t k
+        cdef const fg_cidr* cidr
+        code = self._verify(<const unsigned char*>PyBytes_AS_STRING(key),
+                            PyBytes_GET_SIZE(key), <int64_t>now, &index)
+        if code == FG_KEY_MALFORMED or code == FG_KEY_BAD_TAG \
+                or code == FG_KEY_UNKNOWN or code == FG_KEY_BAD_SECRET:
+            return code, -1, 0, 0, 0
+        if code != FG_KEY_OK:
+            return code, index, 0, 0, 0
+        e = &self._entries[index]
+        pool = self._pool
+        self._stamp(e, now, ip)
+        if not _route_ok(pool + e.routes_off, e.n_routes, PyBytes_AS_STRING(path),
+                         PyBytes_GET_SIZE(path)):
+            return FG_KEY_ROUTE_DENIED, index, 0, 0, 0
+        n = len(scopes)
+        for i in range(n):
+            scope = scopes[i]
+            if not _has_string(pool + e.scopes_off, e.n_scopes,
+                               PyBytes_AS_STRING(scope), PyBytes_GET_SIZE(scope)):
+                return FG_KEY_SCOPE_DENIED, index, 0, 0, 0
+        if any_scopes is not None:
+            any_ok = False
+            for scope in any_scopes:
+                if _has_string(pool + e.scopes_off, e.n_scopes,
+                               PyBytes_AS_STRING(scope), PyBytes_GET_SIZE(scope)):
+                    any_ok = True
+                    break
+            if not any_ok:
+                return FG_KEY_SCOPE_DENIED, index, 0, 0, 0
+        if e.n_cidrs:
+            text = PyUnicode_AsUTF8AndSize(ip, NULL)
+            if text == NULL or not fg_ip16(text, addr):
+                return FG_KEY_IP_DENIED, index, 0, 0, 0
+            cidr = <const fg_cidr*>(pool + e.cidrs_off)
+            for k in range(e.n_cidrs):
+                if _cidr_match(addr, &cidr[k]):
+                    break
+            else:
+                return FG_KEY_IP_DENIED, index, 0, 0, 0
+        if e.quota_tag == 0 or self._quotas is None:
+            return FG_KEY_OK, index, 0, 0, 0
+        if not (0 <= now < 4294967296.0 - 86400 * 366):
+            return FG_KEY_QUOTA_FULL, index, e.quota_limit, 0, 0
+        code = quota_consume(self._quotas, e.quota_tag, e.quota_limit, e.quota_period,
+                             <uint64_t>now, &remaining, &end)
+        if code == FG_QUOTA_OK:
+            return FG_KEY_OK, index, e.quota_limit, remaining, end
+        if code == FG_QUOTA_EXCEEDED:
+            return FG_KEY_QUOTA_EXCEEDED, index, e.quota_limit, 0, end
+        return FG_KEY_QUOTA_FULL, index, e.quota_limit, 0, end
+
+    def verify(self, bytes key not None, double now, /):
+        """Only the credential: (code, index) after parse, tag, lookup, digest, revoked
+        and expiry checks; no usage stamp, no quota."""
+        cdef uint32_t index = 0
+        cdef int code = self._verify(<const unsigned char*>PyBytes_AS_STRING(key),
+                                     PyBytes_GET_SIZE(key), <int64_t>now, &index)
+        if code == FG_KEY_OK or code == FG_KEY_REVOKED or code == FG_KEY_EXPIRED:
+            return code, index
+        return code, -1
+
+    def find(self, str key_id not None, /):
+        """The entry index of a key id (its 12 base64url characters), or -1."""
+        cdef bytes text = key_id.encode("ascii", "replace")
+        cdef unsigned char raw[12]
+        cdef uint32_t h, slot, v
+        if self._hdr == NULL or len(text) != 12 or b64url_decode_into(
+                <const unsigned char*>PyBytes_AS_STRING(text), 12, raw) != 9:
+            return -1
+        memcpy(&h, raw, 4)
+        slot = h & self._mask
+        while True:
+            v = self._buckets[slot]
+            if v == 0:
+                return -1
+            if memcmp(self._entries[v - 1].id, raw, FG_KEY_ID_BYTES) == 0:
+                return v - 1
+            slot = (slot + 1) & self._mask
+
+    def entry(self, Py_ssize_t index, /):
+        """A dict describing entry ``index`` (for principals, headers and tools)."""
+        cdef const fg_key_entry* e
+        cdef const unsigned char* p
+        cdef uint32_t k
+        cdef uint16_t ln
+        cdef const fg_cidr* c
+        if self._hdr == NULL or not 0 <= index < self._n:
+            raise IndexError(index)
+        e = &self._entries[index]
+        scopes = []
+        p = self._pool + e.scopes_off
+        for k in range(e.n_scopes):
+            ln = _u16(p)
+            scopes.append(PyBytes_FromStringAndSize(<const char*>p + 2, ln).decode())
+            p += 2 + ln
+        routes = []
+        p = self._pool + e.routes_off
+        for k in range(e.n_routes):
+            ln = _u16(p)
+            routes.append(PyBytes_FromStringAndSize(<const char*>p + 2, ln).decode())
+            p += 2 + ln
+        cidrs = []
+        c = <const fg_cidr*>(self._pool + e.cidrs_off)
+        for k in range(e.n_cidrs):
+            cidrs.append((PyBytes_FromStringAndSize(<const char*>c[k].addr, 16),
+                          c[k].prefix))
+        return {
+            "key_id": b64url_encode(
+                PyBytes_FromStringAndSize(<const char*>e.id, FG_KEY_ID_BYTES)).decode(),
+            "name": PyBytes_FromStringAndSize(<const char*>self._pool + e.name_off,
+                                              e.name_len).decode(),
+            "scopes": tuple(scopes),
+            "routes": tuple(routes),
+            "cidrs": tuple(cidrs),
+            "expires_at": e.expires_at,
+            "sunset_at": e.sunset_at,
+            "deprecated_at": e.deprecated_at,
+            "quota_tag": e.quota_tag,
+            "quota_limit": e.quota_limit,
+            "quota_period": e.quota_period,
+            "usage_slot": e.usage_slot,
+            "revoked": bool(e.flags & FG_KEYF_REVOKED),
+        }
+
+
+# ---- request helpers -----------------------------------------------------------------
+
+cdef inline unsigned char _lower(unsigned char c) noexcept nogil:
+    return c | 0x20 if b"A" <= c <= b"Z" else c
+
+
+cdef bint _name_is(const unsigned char* a, Py_ssize_t n, const unsigned char* lname,
+                   Py_ssize_t ln) noexcept nogil:
+    cdef Py_ssize_t i
+    if n != ln:
+        return False
+    for i in range(n):
+        if _lower(a[i]) != lname[i]:
+            return False
+    return True
+
+
+cdef Py_ssize_t _pct_decode(const unsigned char* s, Py_ssize_t n, unsigned char* out,
+                            Py_ssize_t cap) noexcept nogil:
+    # application/x-www-form-urlencoded: %XX and "+" (space). -1 if longer than cap or a
+    # malformed escape.
+    cdef Py_ssize_t i = 0, o = 0
+    cdef unsigned char hi, lo
+    while i < n:
+        if o >= cap:
+            return -1
+        if s[i] == b"%":
+            if i + 2 >= n:
+                return -1
+            hi = _HEXVAL[s[i + 1]]
+            lo = _HEXVAL[s[i + 2]]
+            if (hi | lo) & 0xF0:
+                return -1
+            out[o] = (hi << 4) | lo
+            i += 3
+        elif s[i] == b"+":
+            out[o] = b" "
+            i += 1
+        else:
+            out[o] = s[i]
+            i += 1
+        o += 1
+    return o
+
+
+cdef bint _param_is(const unsigned char* s, Py_ssize_t n, const unsigned char* name,
+                    Py_ssize_t ln) noexcept nogil:
+    # Is the (possibly percent-encoded) parameter name s[0:n] equal to name?
+    cdef unsigned char buf[128]
+    cdef Py_ssize_t m
+    if n == ln and memcmp(s, name, n) == 0:
+        return True
+    if n < ln or memchr(s, b"%", n) == NULL:
+        return False
+    m = _pct_decode(s, n, buf, sizeof(buf))
+    return m == ln and memcmp(buf, name, ln) == 0
+
+
+def extract_api_key(list headers not None, bytes lname not None, bytes query not None,
+                    bytes qname not None, /):
+    """Find the API key of a request: header ``lname`` (lower-case) in ``headers``
+    (a list of (name, value)) and parameter ``qname`` in the raw ``query``.
+
+    Returns (count, value): count 0 (no key), 1 (value is the key, the query form
+    percent-decoded) or 2 (more than one: an ambiguous request, value None).
+    """
+    cdef Py_ssize_t count = 0, i, start, end, eq, n, m
+    cdef const unsigned char* q
+    cdef const unsigned char* ln = <const unsigned char*>PyBytes_AS_STRING(lname)
+    cdef Py_ssize_t lnn = PyBytes_GET_SIZE(lname)
+    cdef const unsigned char* qn = <const unsigned char*>PyBytes_AS_STRING(qname)
+    cdef Py_ssize_t qnn = PyBytes_GET_SIZE(qname)
+    cdef unsigned char buf[256]
+    cdef bytes name
+    value = None
+    for item in headers:
+        name = item[0]
+        if _name_is(<const unsigned char*>PyBytes_AS_STRING(name),
+                    PyBytes_GET_SIZE(name), ln, lnn):
+            count += 1
+            value = item[1]
+    n = PyBytes_GET_SIZE(query)
+    if n and qnn:
+        q = <const unsigned char*>PyBytes_AS_STRING(query)
+        start = 0
+        while start <= n:
+            end = start
+            while end < n and q[end] != b"&":
+                end += 1
+            eq = start
+            while eq < end and q[eq] != b"=":
+                eq += 1
+            if end > start and _param_is(q + start, eq - start, qn, qnn):
+                count += 1
+                if eq < end:
+                    m = _pct_decode(q + eq + 1, end - eq - 1, buf, sizeof(buf))
+                    # An undecodable or oversized value is kept raw (malformed).
+                    value = (PyBytes_FromStringAndSize(<const char*>buf, m) if m >= 0
+                             else PyBytes_FromStringAndSize(<const char*>q + eq + 1,
+                                                            end - eq - 1))
+                else:
+                    value = b""
+            start = end + 1
+    if count > 1:
+        return 2, None
+    return count, value
+
+
+def strip_query_param(bytes query not None, bytes name not None, /):
+    """``query`` without every ``name`` parameter (matched as extract_api_key does);
+    the same object when there is none."""
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(query), start = 0, end, eq, o = 0
+    cdef const unsigned char* q = <const unsigned char*>PyBytes_AS_STRING(query)
+    cdef const unsigned char* nm = <const unsigned char*>PyBytes_AS_STRING(name)
+    cdef Py_ssize_t nn = PyBytes_GET_SIZE(name)
+    cdef bint found = False
+    cdef unsigned char* out
+    if n == 0 or nn == 0:
+        return query
+    result = PyBytes_FromStringAndSize(NULL, n)
+    out = <unsigned char*>PyBytes_AS_STRING(result)
+    while start <= n:
+        end = start
+        while end < n and q[end] != b"&":
+            end += 1
+        eq = start
+        while eq < end and q[eq] != b"=":
+            eq += 1
+        if end > start and _param_is(q + start, eq - start, nm, nn):
+            found = True
+        elif end > start:
+            if o:
+                out[o] = b"&"
+                o += 1
+            memcpy(out + o, q + start, end - start)
+            o += end - start
+        start = end + 1
+    if not found:
+        return query
+    return result[:o]

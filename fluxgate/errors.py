@@ -121,6 +121,11 @@ class TokenError(FluxGateError, ValueError):
         super().__init__(reason)
 
 
+class KeyStoreError(FluxGateError):
+    """An API key operation was refused (unknown name, duplicate, bad value); the message
+    is meant for the operator (fluxctl, the admin API)."""
+
+
 def _bearer_challenge(error: str, description: str = "") -> tuple[tuple[bytes, bytes], ...]:
     """RFC 6750 §3: the WWW-Authenticate challenge of a 401/403 bearer error."""
     value = f'Bearer realm="fluxgate", error="{error}"'

@@ -113,3 +113,35 @@ def _kind(value: object) -> str:
     if isinstance(value, dict):
         return "a mapping"
     return type(value).__name__
+
+
+# Quota rates: "<count>/<window>", fixed UTC windows of one second, minute, hour or day.
+RATE_WINDOWS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_RATE_LIMIT = 2**32 - 2  # the quota counters' 32-bit count (one value is reserved)
+_RATE = re.compile(r"([0-9]+)\s*/\s*([smhd])")
+
+
+def parse_rate(value: object) -> tuple[int, int]:
+    """Return ``(limit, window_seconds)`` for a quota such as ``"1000/m"`` or ``"50000/d"``.
+
+    The window is one of ``s``, ``m``, ``h``, ``d`` (fixed UTC windows: a day quota resets at
+    00:00 UTC); the limit is a whole number from 1 to 4294967294. Raises ``ValueError``.
+    """
+    if not isinstance(value, str):
+        raise ValueError(f"expected a quota such as 1000/m, got {_kind(value)}")
+    match = _RATE.fullmatch(value.strip())
+    if match is None:
+        raise ValueError(
+            f"invalid quota {value!r}: use <count>/<window> with a window of s, m, h or d, "
+            "e.g. 1000/m or 50000/d"
+        )
+    limit = int(match.group(1))
+    if not 1 <= limit <= MAX_RATE_LIMIT:
+        raise ValueError(f"invalid quota {value!r}: the count must be between 1 and {MAX_RATE_LIMIT}")
+    return limit, RATE_WINDOWS[match.group(2)]
+
+
+def format_rate(limit: int, window: int) -> str:
+    """``(1000, 60)`` → ``"1000/m"`` (the inverse of ``parse_rate``)."""
+    unit = next((u for u, s in RATE_WINDOWS.items() if s == window), None)
+    return f"{limit}/{unit}" if unit else f"{limit}/{window}s"

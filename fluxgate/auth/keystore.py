@@ -1,0 +1,484 @@
+"""The API key store: SQLite in ``state_dir/keys.db`` (DESIGN §5, issue: API keys).
+
+One row per key, never deleted: a revoked or expired key keeps its row (and its last use)
+for the record. Only the HMAC-SHA256 digest of a key is stored; the key itself is returned
+once by ``generate``/``rotate`` and never written anywhere.
+
+The database is shared by the gateway's master (which compiles the live keys into the shared
+table and records last use) and by ``fluxctl`` (which may write while the gateway runs):
+WAL mode, a busy timeout, and every change in one ``BEGIN IMMEDIATE`` transaction. The master
+notices other writers through ``PRAGMA data_version``. The schema is versioned with
+``PRAGMA user_version``; ``MIGRATIONS[i]`` takes version i to i+1, applied in order at open.
+
+Times are unix seconds (UTC). A key's *name* is its consumer: quotas belong to the name, so
+``rotate`` (a new key for the same name, the old one kept for a grace period) keeps the
+count. Statuses: ``active``, ``grace`` (rotated, still accepted until ``grace_until``),
+``expired``, ``revoked``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from fluxgate.auth.keys import MintedKey, check_name, check_scope, is_key_id, mint_key
+from fluxgate.config.resolve import did_you_mean, parse_network, parse_route_path
+from fluxgate.config.units import MAX_RATE_LIMIT
+from fluxgate.errors import KeyStoreError
+
+DB_FILE = "keys.db"
+BUSY_TIMEOUT_MS = 5000
+MAX_KEY_ROUTES = 64
+MAX_KEY_CIDRS = 64
+MAX_KEY_SCOPES = 64
+
+MIGRATIONS: tuple[str, ...] = (
+    # 0 -> 1: keys, and a small key/value table (the signing secret's fingerprint).
+    """
+    CREATE TABLE keys (
+        slot INTEGER PRIMARY KEY,            -- also the key's usage slot in keys.usage
+        key_id TEXT NOT NULL UNIQUE,         -- 12 base64url characters, part of the key
+        name TEXT NOT NULL,
+        digest BLOB NOT NULL,                -- HMAC-SHA256 of the key (never the key)
+        scopes TEXT NOT NULL DEFAULT '[]',   -- JSON arrays
+        routes TEXT NOT NULL DEFAULT '[]',
+        allow_ips TEXT NOT NULL DEFAULT '[]',
+        quota_limit INTEGER,                 -- NULL: no quota
+        quota_window INTEGER,                -- seconds: 1, 60, 3600 or 86400
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        revoked_at INTEGER,
+        rotated_at INTEGER,                  -- set on the old key by rotate
+        grace_until INTEGER,                 -- the old key works until then
+        successor TEXT,                      -- key_id of the key that replaced it
+        last_used_at INTEGER,
+        last_used_from TEXT,
+        requests INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX keys_by_name ON keys(name);
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
+)
+
+_COLUMNS = (
+    "slot, key_id, name, digest, scopes, routes, allow_ips, quota_limit, quota_window, "
+    "created_at, expires_at, revoked_at, rotated_at, grace_until, successor, "
+    "last_used_at, last_used_from, requests"
+)
+
+
+class UnknownKey(KeyStoreError):
+    """No key has that name (or id)."""
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """One row of the keys table."""
+
+    slot: int
+    key_id: str
+    name: str
+    digest: bytes
+    scopes: tuple[str, ...]
+    routes: tuple[str, ...]
+    allow_ips: tuple[str, ...]
+    quota_limit: int | None
+    quota_window: int | None
+    created_at: int
+    expires_at: int
+    revoked_at: int | None
+    rotated_at: int | None
+    grace_until: int | None
+    successor: str | None
+    last_used_at: int | None
+    last_used_from: str | None
+    requests: int
+
+    @property
+    def valid_until(self) -> int:
+        """When the key stops working: its expiry, or the end of its rotation grace."""
+        if self.grace_until is not None:
+            return min(self.expires_at, self.grace_until)
+        return self.expires_at
+
+    def status(self, now: float) -> str:
+        """``revoked``, ``expired``, ``grace`` or ``active``."""
+        if self.revoked_at is not None:
+            return "revoked"
+        if now >= self.valid_until:
+            return "expired"
+        return "grace" if self.grace_until is not None else "active"
+
+    def public(self, now: float) -> dict[str, object]:
+        """Everything about the key but its digest: what ``fluxctl`` and the admin API show."""
+        return {
+            "name": self.name,
+            "key_id": self.key_id,
+            "status": self.status(now),
+            "scopes": list(self.scopes),
+            "routes": list(self.routes),
+            "allow_ips": list(self.allow_ips),
+            "quota": (
+                {"limit": self.quota_limit, "window_s": self.quota_window}
+                if self.quota_limit is not None
+                else None
+            ),
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+            "valid_until": self.valid_until,
+            "revoked_at": self.revoked_at,
+            "rotated_at": self.rotated_at,
+            "grace_until": self.grace_until,
+            "successor": self.successor,
+            "last_used_at": self.last_used_at,
+            "last_used_from": self.last_used_from,
+            "requests": self.requests,
+        }
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """What a new key may do (checked by ``KeySpec.build``)."""
+
+    scopes: tuple[str, ...] = ()
+    routes: tuple[str, ...] = ()
+    allow_ips: tuple[str, ...] = ()
+    quota: tuple[int, int] | None = None  # (limit, window seconds)
+
+    @classmethod
+    def build(
+        cls,
+        scopes: Iterable[str] = (),
+        routes: Iterable[str] = (),
+        allow_ips: Iterable[str] = (),
+        quota: tuple[int, int] | None = None,
+    ) -> KeySpec:
+        """Validate and normalize (routes as the router matches them, CIDRs canonical);
+        raises KeyStoreError naming the bad value."""
+        try:
+            scope_list = tuple(dict.fromkeys(check_scope(s) for s in scopes))
+            route_list = tuple(dict.fromkeys(parse_route_path(r) for r in routes))
+            cidr_list = tuple(dict.fromkeys(str(parse_network(c.strip())) for c in allow_ips))
+        except ValueError as exc:
+            raise KeyStoreError(str(exc)) from None
+        for what, items, cap in (
+            ("scopes", scope_list, MAX_KEY_SCOPES),
+            ("routes", route_list, MAX_KEY_ROUTES),
+            ("allowed networks", cidr_list, MAX_KEY_CIDRS),
+        ):
+            if len(items) > cap:
+                raise KeyStoreError(f"too many {what}: at most {cap} per key")
+        if quota is not None and not (1 <= quota[0] <= MAX_RATE_LIMIT and quota[1] >= 1):
+            raise KeyStoreError(f"invalid quota {quota}")
+        return cls(scope_list, route_list, cidr_list, quota)
+
+
+class KeyStore:
+    """keys.db. Not thread-safe: one connection, used by one thread."""
+
+    def __init__(self, path: str, *, clock=time.time) -> None:
+        self.path = path
+        self.clock = clock
+        directory = os.path.dirname(path) or "."
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        # Created 0600 before SQLite opens it: the -wal and -shm files SQLite adds take the
+        # database file's permissions.
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            os.close(fd)
+        except FileExistsError:
+            if os.stat(path).st_mode & 0o077:
+                os.chmod(path, 0o600)
+        self.db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        mode = self.db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise KeyStoreError(f"{path}: cannot switch to WAL mode (got {mode})")
+        self.db.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; WAL-safe
+        self._migrate()
+
+    @classmethod
+    def open(cls, state_dir: str, **kwargs) -> KeyStore:
+        """The store of ``state_dir`` (created when missing)."""
+        return cls(os.path.join(state_dir, DB_FILE), **kwargs)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> KeyStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- schema -----------------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise KeyStoreError(
+                f"{self.path} has schema version {version}, newer than this FluxGate "
+                f"({len(MIGRATIONS)}); upgrade FluxGate"
+            )
+        if version == len(MIGRATIONS):
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]  # after the lock
+            for number in range(version, len(MIGRATIONS)):
+                for statement in MIGRATIONS[number].split(";"):
+                    if statement.strip():
+                        self.db.execute(statement)
+                self.db.execute(f"PRAGMA user_version = {number + 1}")
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    @property
+    def schema_version(self) -> int:
+        return self.db.execute("PRAGMA user_version").fetchone()[0]
+
+    def data_version(self) -> int:
+        """Changes whenever another connection commits (PRAGMA data_version)."""
+        return self.db.execute("PRAGMA data_version").fetchone()[0]
+
+    # ---- the signing secret's fingerprint ---------------------------------------------------
+
+    def check_signing_key(self, signing_key: bytes) -> None:
+        """Bind the store to a signing key: the first call records its fingerprint; later
+        calls raise KeyStoreError when the key differs, since every stored digest (and so
+        every key) would then be refused."""
+        fingerprint = hmac.new(signing_key, b"fluxgate keys.db fingerprint", hashlib.sha256)
+        value = fingerprint.hexdigest()[:16]
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            row = self.db.execute("SELECT value FROM meta WHERE key = 'secret'").fetchone()
+            if row is None:
+                self.db.execute("INSERT INTO meta VALUES ('secret', ?)", (value,))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        if row is not None and not hmac.compare_digest(row[0], value):
+            raise KeyStoreError(
+                f"the API key signing secret differs from the one the keys in {self.path} "
+                "were issued under: every key would be refused. Restore state_dir/keys.secret "
+                "(or api_keys.signing_secret) from a backup"
+            )
+
+    # ---- reads ------------------------------------------------------------------------------
+
+    def _select(self, where: str = "", params: Sequence[object] = ()) -> list[KeyRecord]:
+        rows = self.db.execute(f"SELECT {_COLUMNS} FROM keys {where} ORDER BY slot", params)
+        return [_record(row) for row in rows]
+
+    def all(self) -> list[KeyRecord]:
+        """Every key, oldest first."""
+        return self._select()
+
+    def by_name(self, name: str) -> list[KeyRecord]:
+        """Every key of a name, oldest first (empty when the name is unknown)."""
+        return self._select("WHERE name = ?", (name,))
+
+    def by_id(self, key_id: str) -> KeyRecord | None:
+        rows = self._select("WHERE key_id = ?", (key_id,))
+        return rows[0] if rows else None
+
+    def names(self) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT DISTINCT name FROM keys ORDER BY name")]
+
+    def for_table(self, now: float, keep_dead: float) -> list[KeyRecord]:
+        """Keys the shared table should hold: the valid ones, plus those revoked or expired
+        less than ``keep_dead`` seconds ago (so refusals can say why)."""
+        cutoff = int(now - keep_dead)
+        return self._select(
+            "WHERE (revoked_at IS NULL OR revoked_at >= ?) "
+            "AND MIN(expires_at, COALESCE(grace_until, expires_at)) >= ?",
+            (cutoff, cutoff),
+        )
+
+    def max_slot(self) -> int:
+        return self.db.execute("SELECT COALESCE(MAX(slot), 0) FROM keys").fetchone()[0]
+
+    # ---- changes ----------------------------------------------------------------------------
+
+    def _write(self, fn, *args):
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(*args)
+            self.db.execute("COMMIT")
+            return result
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def generate(
+        self, name: str, spec: KeySpec, *, expires_in: float, signing_key: bytes
+    ) -> tuple[KeyRecord, str]:
+        """A new key for a new name. Returns (its record, the key: show it once)."""
+        try:
+            check_name(name)
+        except ValueError as exc:
+            raise KeyStoreError(str(exc)) from None
+        _check_expiry(expires_in)
+
+        def insert() -> tuple[KeyRecord, str]:
+            if self._live(name, self.clock()):
+                raise KeyStoreError(
+                    f"a key named {name!r} already exists; use `fluxctl keys rotate {name}` "
+                    "for a new key, or choose another name"
+                )
+            minted = mint_key(signing_key)
+            return self._insert(name, minted, spec, int(self.clock()), expires_in), minted.text
+
+        return self._write(insert)
+
+    def rotate(
+        self, name: str, *, grace: float, expires_in: float | None, signing_key: bytes
+    ) -> tuple[KeyRecord, str, list[KeyRecord]]:
+        """A new key for ``name`` with the current key's rights and, unless ``expires_in``
+        says otherwise, its lifetime; the current key keeps working for ``grace`` seconds.
+        Returns (new record, the new key, [the old record])."""
+        if grace < 0:
+            raise KeyStoreError("the grace period must not be negative")
+        if expires_in is not None:
+            _check_expiry(expires_in)
+
+        def swap() -> tuple[KeyRecord, str, list[KeyRecord]]:
+            now = int(self.clock())
+            current = self._current(name, now)
+            lifetime = expires_in
+            if lifetime is None:
+                lifetime = max(current.expires_at - current.created_at, 1)
+            spec = KeySpec(
+                current.scopes, current.routes, current.allow_ips,
+                (current.quota_limit, current.quota_window)
+                if current.quota_limit is not None else None,
+            )
+            minted = mint_key(signing_key)
+            new = self._insert(name, minted, spec, now, lifetime)
+            self.db.execute(
+                "UPDATE keys SET rotated_at = ?, grace_until = ?, successor = ? WHERE slot = ?",
+                (now, now + int(grace), new.key_id, current.slot),
+            )
+            return new, minted.text, [self._one(current.slot)]
+
+        return self._write(swap)
+
+    def renew(self, name: str, *, expires_in: float) -> KeyRecord:
+        """Push the expiry of ``name``'s current key to now + ``expires_in`` (an expired key
+        comes back; a revoked one does not)."""
+        _check_expiry(expires_in)
+
+        def extend() -> KeyRecord:
+            now = int(self.clock())
+            rows = [r for r in self.by_name(name) if r.revoked_at is None and r.grace_until is None]
+            if not rows:
+                raise self.unknown(name)
+            current = rows[-1]
+            self.db.execute(
+                "UPDATE keys SET expires_at = ? WHERE slot = ?",
+                (now + int(expires_in), current.slot),
+            )
+            return self._one(current.slot)
+
+        return self._write(extend)
+
+    def revoke(self, name_or_id: str) -> list[KeyRecord]:
+        """Revoke every unrevoked key of a name, or the one key with that id. Returns them."""
+
+        def revoke() -> list[KeyRecord]:
+            now = int(self.clock())
+            rows = [r for r in self.by_name(name_or_id) if r.revoked_at is None]
+            if not rows and is_key_id(name_or_id):
+                by_id = self.by_id(name_or_id)
+                if by_id is not None:
+                    if by_id.revoked_at is not None:
+                        raise KeyStoreError(f"key {name_or_id} is already revoked")
+                    rows = [by_id]
+            if not rows:
+                if self.by_name(name_or_id):
+                    raise KeyStoreError(f"every key of {name_or_id!r} is already revoked")
+                raise self.unknown(name_or_id)
+            for r in rows:
+                self.db.execute("UPDATE keys SET revoked_at = ? WHERE slot = ?", (now, r.slot))
+            return [self._one(r.slot) for r in rows]
+
+        return self._write(revoke)
+
+    def record_usage(self, updates: Iterable[tuple[int, int | None, str | None, int]]) -> None:
+        """Store (slot, last_used_at, last_used_from, requests) rows from the usage file."""
+        rows = list(updates)
+        if rows:
+            self._write(lambda: self.db.executemany(
+                "UPDATE keys SET last_used_at = COALESCE(?, last_used_at), "
+                "last_used_from = COALESCE(?, last_used_from), requests = MAX(requests, ?) "
+                "WHERE slot = ?",
+                [(at, ip, n, slot) for slot, at, ip, n in rows],
+            ))
+
+    # ---- internals --------------------------------------------------------------------------
+
+    def _one(self, slot: int) -> KeyRecord:
+        return self._select("WHERE slot = ?", (slot,))[0]
+
+    def _live(self, name: str, now: float) -> list[KeyRecord]:
+        return [r for r in self.by_name(name) if r.status(now) in ("active", "grace")]
+
+    def _current(self, name: str, now: float) -> KeyRecord:
+        rows = self.by_name(name)
+        if not rows:
+            raise self.unknown(name)
+        current = [r for r in rows if r.revoked_at is None and r.grace_until is None]
+        if not current or current[-1].status(now) != "active":
+            raise KeyStoreError(
+                f"{name!r} has no active key to rotate (revoked or expired); "
+                f"`fluxctl keys renew {name}` brings an expired key back"
+            )
+        return current[-1]
+
+    def unknown(self, name: str) -> UnknownKey:
+        """The error for a name (or id) that has no key, with a did-you-mean hint."""
+        known = self.names()
+        hint = did_you_mean(name, known)
+        return UnknownKey(f"no key named {name!r}{hint}" + ("" if known else " (no keys yet)"))
+
+    def _insert(
+        self, name: str, minted: MintedKey, spec: KeySpec, now: int, expires_in: float
+    ) -> KeyRecord:
+        limit, window = spec.quota if spec.quota is not None else (None, None)
+        cursor = self.db.execute(
+            "INSERT INTO keys (key_id, name, digest, scopes, routes, allow_ips, quota_limit, "
+            "quota_window, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                minted.key_id, name, minted.digest, json.dumps(list(spec.scopes)),
+                json.dumps(list(spec.routes)), json.dumps(list(spec.allow_ips)), limit, window,
+                now, now + int(expires_in),
+            ),
+        )
+        return self._one(cursor.lastrowid)
+
+
+def _check_expiry(seconds: float) -> None:
+    if not seconds >= 1:
+        raise KeyStoreError("the expiry must be at least 1 second")
+    if seconds > 10 * 366 * 86400:
+        raise KeyStoreError("the expiry must be at most 10 years")
+
+
+def _record(row: tuple) -> KeyRecord:
+    (slot, key_id, name, digest, scopes, routes, allow_ips, quota_limit, quota_window,
+     created_at, expires_at, revoked_at, rotated_at, grace_until, successor,
+     last_used_at, last_used_from, requests) = row
+    return KeyRecord(
+        slot, key_id, name, bytes(digest), tuple(json.loads(scopes)), tuple(json.loads(routes)),
+        tuple(json.loads(allow_ips)), quota_limit, quota_window, created_at, expires_at,
+        revoked_at, rotated_at, grace_until, successor, last_used_at, last_used_from, requests,
+    )

@@ -1,0 +1,417 @@
+"""The shared key table and the usage file (DESIGN §1 "Shared tables", §5).
+
+The master compiles the keys of keys.db into ``state_dir/keys.table`` and replaces the file
+atomically (write, fsync, rename) whenever keys.db changes: a copy-on-write snapshot with a
+generation number. Each worker maps the current file read-only, so N workers share one copy
+in the page cache, and notices a new one by ``stat`` on every sweep (4 times a second): a
+revoked key is refused everywhere within a second, without restarting anything.
+
+``keys.table`` layout (native byte order; sizes in ``_core.KEY_LAYOUT``; the reader is
+``_core.KeyTable``, which validates every offset when it maps a generation)::
+
+    header, 96 bytes: magic u64 | version u32 | entry size u32 | generation u64 |
+        entries u32 | buckets u32 (power of two > entries) | buckets offset u64 |
+        entries offset u64 | pool offset u64 | pool length u64 | usage slots u64 | 24 zero bytes
+    buckets: u32 each, entry index + 1 (0: empty); a key's home bucket is the first 4 bytes of
+        its id (random) masked, then linear probing
+    entries, 128 bytes each: id (9 bytes, zero-padded to 16) | digest (32) | expires_at i64 |
+        sunset_at i64 | deprecated_at i64 | quota tag u64 | quota limit u32 | quota window u32 |
+        usage slot u32 | flags u32 (1: revoked) | (offset u32, length u32) of the name, and
+        (offset u32, count u32) of the scopes, routes and CIDRs in the pool
+    pool: names; scope and route lists as (u16 length, bytes)...; CIDRs as 24-byte records
+        {address 16 bytes (IPv4 mapped into IPv6), prefix u32 (+96 for IPv4), 0 u32}, 8-aligned
+
+``keys.usage`` (created once, mode 0600, grown but never recreated): 32-byte slots of four u64
+{last use in unix ms, client address (16 bytes), requests}. Workers stamp a key's slot when
+they accept it (the address at most once a second, by compare-exchange); the master copies
+the slots into keys.db every few seconds, so last use costs no database write per request.
+The first ``RESERVED_SLOTS`` slots hold counters for metrics (``STAT_*`` word indexes: quota
+refusals, which outlive a master as the counts do); a key's slot is ``RESERVED_SLOTS`` + its
+row id.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import mmap
+import os
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from email.utils import formatdate
+from typing import TYPE_CHECKING, Any
+
+from fluxgate._core import KEY_FORMAT, KEY_LAYOUT, Counters, KeyTable, b64url_decode
+from fluxgate.auth.keys import load_signing_key
+from fluxgate.auth.principal import Principal
+from fluxgate.auth.quotas import QUOTA_FILE, key_identity, open_quota_file
+from fluxgate.auth.runtime import worker_shared
+
+if TYPE_CHECKING:
+    from fluxgate.auth.keystore import KeyRecord
+
+log = logging.getLogger("fluxgate.keys")
+
+TABLE_FILE = "keys.table"
+USAGE_FILE = "keys.usage"
+RESERVED_SLOTS = 16
+USAGE_GROWTH = 4096  # slots added at a time
+SLOT_SIZE = KEY_LAYOUT["usage_slot_size"]
+WORDS = SLOT_SIZE // 8
+REASONS: tuple[str, ...] = KEY_FORMAT["reasons"]
+# Counter words in the reserved slots.
+STAT_KEY_QUOTA = 0        # refused: the key's own quota is spent
+STAT_KEY_QUOTA_FULL = 1   # refused: no quota bucket free for the key
+STAT_RULE_REJECTED = 2    # refused by a `quota` middleware rule
+STAT_RULE_FULL = 3        # refused by a `quota` rule: no bucket free
+
+_HEADER = struct.Struct("=QIIQIIQQQQQ24x")
+_ENTRY = struct.Struct("=16s32sqqqQIIIIIIIIIIII")
+_CIDR = struct.Struct("=16sII")
+_U16 = struct.Struct("=H")
+_U32 = struct.Struct("=I")
+assert _HEADER.size == KEY_LAYOUT["keytab_header_size"]
+assert _ENTRY.size == KEY_LAYOUT["key_entry_size"]
+assert _CIDR.size == KEY_LAYOUT["cidr_size"]
+
+
+def usage_slot(record: KeyRecord) -> int:
+    return RESERVED_SLOTS + record.slot
+
+
+# ---- building a generation (master) ---------------------------------------------------------
+
+
+def _align(n: int, to: int) -> int:
+    return (n + to - 1) // to * to
+
+
+def _cidr_record(text: str) -> bytes:
+    net = ipaddress.ip_network(text, strict=True)
+    if net.version == 4:
+        packed = b"\0" * 10 + b"\xff\xff" + net.network_address.packed
+        return _CIDR.pack(packed, net.prefixlen + 96, 0)
+    return _CIDR.pack(net.network_address.packed, net.prefixlen, 0)
+
+
+def build_table(
+    records: Sequence[KeyRecord],
+    *,
+    generation: int,
+    usage_slots: int,
+    quota_tag: Callable[[bytes], int] | None,
+) -> bytes:
+    """The bytes of one table generation holding ``records``. ``quota_tag`` maps a quota
+    identity to its bucket tag (``QuotaCounters.tag``); without it no key has a quota."""
+    n = len(records)
+    n_buckets = 8
+    while n_buckets < 2 * n + 1:
+        n_buckets *= 2
+    buckets_off = _HEADER.size
+    entries_off = _align(buckets_off + 4 * n_buckets, 8)
+    pool_off = entries_off + n * _ENTRY.size
+    pool = bytearray()
+    entries = []
+    buckets = [0] * n_buckets
+    mask = n_buckets - 1
+    for index, r in enumerate(records):
+        raw_id = b64url_decode(r.key_id.encode())
+        name = r.name.encode()
+        name_off = len(pool)
+        pool += name
+        scopes_off = len(pool)
+        for s in r.scopes:
+            pool += _U16.pack(len(s.encode())) + s.encode()
+        routes_off = len(pool)
+        for p in r.routes:
+            pool += _U16.pack(len(p.encode())) + p.encode()
+        pool += b"\0" * (_align(len(pool), 8) - len(pool))
+        cidrs_off = len(pool)
+        for c in r.allow_ips:
+            pool += _cidr_record(c)
+        tag = 0
+        if r.quota_limit is not None and quota_tag is not None:
+            tag = quota_tag(key_identity(r.name, r.quota_window))
+        slot = usage_slot(r)
+        if slot >= usage_slots:
+            raise ValueError(f"usage slot {slot} is beyond the usage file ({usage_slots})")
+        entries.append(_ENTRY.pack(
+            raw_id, r.digest, r.valid_until, r.valid_until if r.grace_until is not None else 0,
+            r.rotated_at or 0, tag, r.quota_limit or 0, r.quota_window or 0, slot,
+            KEY_LAYOUT["flag_revoked"] if r.revoked_at is not None else 0,
+            name_off, len(name), scopes_off, len(r.scopes), routes_off, len(r.routes),
+            cidrs_off, len(r.allow_ips),
+        ))
+        home = _U32.unpack_from(raw_id)[0] & mask
+        while buckets[home]:
+            home = (home + 1) & mask
+        buckets[home] = index + 1
+    header = _HEADER.pack(
+        KEY_LAYOUT["keytab_magic"], KEY_LAYOUT["keytab_version"], _ENTRY.size, generation, n,
+        n_buckets, buckets_off, entries_off, pool_off, len(pool), usage_slots,
+    )
+    out = bytearray(header)
+    out += struct.pack(f"={n_buckets}I", *buckets)
+    out += b"\0" * (entries_off - len(out))
+    for e in entries:
+        out += e
+    out += pool
+    return bytes(out)
+
+
+def publish_table(state_dir: str, data: bytes) -> None:
+    """Replace ``keys.table`` atomically: workers holding the old mapping keep it intact.
+
+    The file is never written in place (a worker's mapping of a truncated file would fault),
+    so it is created read-only (0400): an accidental in-place edit fails instead."""
+    path = os.path.join(state_dir, TABLE_FILE)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        os.unlink(tmp)  # a leftover of a crash, read-only: O_TRUNC could not reopen it
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o400)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def read_generation(state_dir: str) -> int:
+    """The generation of the published table, 0 when there is none."""
+    try:
+        with open(os.path.join(state_dir, TABLE_FILE), "rb") as f:
+            head = f.read(_HEADER.size)
+    except FileNotFoundError:
+        return 0
+    if len(head) < _HEADER.size:
+        return 0
+    return _HEADER.unpack(head)[3]
+
+
+# ---- the usage file -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Usage:
+    """One key's usage slot."""
+
+    last_used_ms: int
+    address: str | None
+    requests: int
+
+
+class UsageFile:
+    """``keys.usage`` mapped read-write (master, fluxctl, and each worker)."""
+
+    def __init__(self, path: str, *, create: bool) -> None:
+        self.path = path
+        flags = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW
+        self.created = False
+        try:
+            fd = os.open(path, flags)
+        except FileNotFoundError:
+            if not create:
+                raise
+            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
+            self.created = True
+        try:
+            size = os.fstat(fd).st_size
+            if size < RESERVED_SLOTS * SLOT_SIZE or size % SLOT_SIZE:
+                if not self.created and size:
+                    raise ValueError(f"{path} is not a usage file (size {size})")
+                size = (RESERVED_SLOTS + USAGE_GROWTH) * SLOT_SIZE
+                os.ftruncate(fd, size)
+            self._map(fd, size)
+        finally:
+            os.close(fd)
+
+    def _map(self, fd: int, size: int) -> None:
+        self.mapping = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self.counters = Counters(self.mapping)
+        self.slots = size // SLOT_SIZE
+
+    def ensure(self, slots: int) -> None:
+        """Grow the file (sparse) to hold at least ``slots`` slots; existing data stays."""
+        if slots <= self.slots:
+            return
+        size = _align(slots, USAGE_GROWTH) * SLOT_SIZE
+        fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            size = max(size, os.fstat(fd).st_size)
+            if os.fstat(fd).st_size < size:
+                os.ftruncate(fd, size)
+            # The old mapping is not closed here: a worker's current KeyTable still holds
+            # it, and it goes away with the last reference.
+            self.counters.release()
+            self._map(fd, size)
+        finally:
+            os.close(fd)
+
+    def refresh(self) -> None:
+        """Remap when another process grew the file."""
+        size = os.stat(self.path).st_size
+        if size // SLOT_SIZE > self.slots:
+            self.ensure(size // SLOT_SIZE)
+
+    def read(self, slot: int) -> Usage:
+        """A consistent copy of a slot (retried while a stamp is being written)."""
+        if slot >= self.slots:
+            return Usage(0, None, 0)
+        load = self.counters.load
+        base = slot * WORDS
+        for _ in range(8):
+            at = load(base)
+            hi, lo = load(base + 1), load(base + 2)
+            if load(base) == at:
+                break
+        requests = load(base + 3)
+        address = None
+        if at:
+            raw = struct.pack("=QQ", hi, lo)
+            ip = ipaddress.IPv6Address(raw)
+            address = str(ip.ipv4_mapped or ip) if any(raw) else None
+        return Usage(at, address, requests)
+
+    def seed(self, slot: int, last_used_at: int | None, address: str | None, requests: int) -> None:
+        """Fill a slot from keys.db (a usage file created after keys were used)."""
+        self.ensure(slot + 1)
+        base = slot * WORDS
+        if address:
+            ip = ipaddress.ip_address(address)
+            packed = (b"\0" * 10 + b"\xff\xff" + ip.packed) if ip.version == 4 else ip.packed
+            hi, lo = struct.unpack("=QQ", packed)
+            self.counters.store(base + 1, hi)
+            self.counters.store(base + 2, lo)
+        self.counters.store(base + 3, requests)
+        self.counters.store(base, (last_used_at or 0) * 1000)
+
+    def stat(self, word: int) -> int:
+        return self.counters.load(word)
+
+    def count(self, word: int) -> None:
+        self.counters.add(word)
+
+    def close(self) -> None:
+        counters = getattr(self, "counters", None)
+        if counters is not None:
+            counters.release()
+            self.mapping.close()
+            self.counters = None
+
+
+# ---- a worker's view ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    """What a worker derives once per key and generation."""
+
+    principal: Principal  # its upstream headers are encoded once, at construction
+    response_headers: tuple[tuple[bytes, bytes], ...]  # Deprecation/Sunset while in grace
+    key_id: str
+    scopes: tuple[str, ...]
+
+
+def _key_info(entry: dict[str, Any]) -> KeyInfo:
+    name = entry["name"]
+    scopes = entry["scopes"]
+    principal = Principal(f"key:{name}", "api_key", name, frozenset(scopes), key_name=name)
+    response: tuple[tuple[bytes, bytes], ...] = ()
+    if entry["sunset_at"]:
+        # RFC 9745 §2 (a Structured Field Date) and RFC 8594 §3 (an HTTP-date).
+        response = (
+            (b"Deprecation", b"@%d" % entry["deprecated_at"]),
+            (b"Sunset", formatdate(entry["sunset_at"], usegmt=True).encode()),
+        )
+    return KeyInfo(principal, response, entry["key_id"], scopes)
+
+
+class SharedKeys:
+    """A worker's maps of keys.table, keys.usage and quotas.bin, refreshed by the sweep.
+
+    One per worker process (``for_gateway``), shared by every api_key and quota middleware.
+    """
+
+    def __init__(self, state_dir: str, signing_key: bytes | None) -> None:
+        self.state_dir = state_dir
+        self.signing_key = signing_key
+        self.table: KeyTable | None = None
+        self.infos: list[KeyInfo | None] = []
+        self._mapping: mmap.mmap | None = None
+        self._stamp: tuple[int, int, int] | None = None
+        self.usage = UsageFile(os.path.join(state_dir, USAGE_FILE), create=False)
+        self._quota_map, self.quotas = open_quota_file(os.path.join(state_dir, QUOTA_FILE))
+        if signing_key is not None:
+            self.refresh()
+
+    @classmethod
+    def for_gateway(cls, gateway: Any, *, with_keys: bool) -> SharedKeys:
+        """The worker's instance; ``with_keys`` when an api_key middleware needs the table
+        (the signing secret is then read from the config or state_dir)."""
+
+        def create() -> SharedKeys:
+            shared = cls(gateway.state_dir, None)
+            gateway.periodic.append(shared.on_sweep)
+            return shared
+
+        shared = worker_shared(gateway, "keys", create)
+        if with_keys and shared.signing_key is None:
+            shared.signing_key = load_signing_key(
+                gateway.config.api_keys.signing_secret, gateway.state_dir, create=False
+            )
+            shared.refresh()
+            if shared.table is None:
+                raise OSError(f"no key table in {gateway.state_dir}: is the master running?")
+        return shared
+
+    def on_sweep(self, now: float) -> None:
+        if self.signing_key is not None:
+            self.refresh()
+
+    def refresh(self) -> bool:
+        """Map a new table generation if the master published one; True when it did."""
+        path = os.path.join(self.state_dir, TABLE_FILE)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return False
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if stamp == self._stamp:
+            return False
+        try:
+            with open(path, "rb") as f:
+                mapping = mmap.mmap(f.fileno(), 0, mmap.MAP_SHARED, mmap.PROT_READ)
+            # Only the master grows the usage file (before it publishes); a worker maps
+            # what is there, and KeyTable refuses a table whose slots it does not cover.
+            self.usage.refresh()
+            table = KeyTable(mapping, self.signing_key, self.usage.mapping, self.quotas)
+        except (OSError, ValueError) as exc:
+            log.error("cannot map the key table %s: %s; keeping generation %s", path, exc,
+                      self.table.generation if self.table is not None else "none")
+            self._stamp = stamp  # do not retry every sweep; the next publication will
+            return False
+        old_table, old_mapping = self.table, self._mapping
+        self.table, self._mapping, self._stamp = table, mapping, stamp
+        self.infos = [None] * len(table)
+        if old_table is not None:
+            old_table.release()
+        if old_mapping is not None:
+            old_mapping.close()
+        return True
+
+    def info(self, index: int) -> KeyInfo:
+        """The cached principal and headers of entry ``index`` of the current table."""
+        info = self.infos[index]
+        if info is None:
+            info = self.infos[index] = _key_info(self.table.entry(index))
+        return info

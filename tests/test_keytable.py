@@ -1,0 +1,132 @@
+"""The shared key table and usage file (fluxgate/auth/keytable.py): a worker's view follows
+new generations, keeps the old one when a publication is broken, and never loses usage."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from fluxgate._core import KeyTable
+from fluxgate.auth import keytable as kt
+from fluxgate.auth.quotas import ratelimit_headers
+from tests.support.keys import KeyState
+
+NOW = 1_795_000_000.0
+
+
+@pytest.fixture
+def state(tmp_path):
+    s = KeyState(tmp_path / "state", clock=lambda: NOW)
+    yield s
+    s.close()
+
+
+def worker_view(state: KeyState) -> kt.SharedKeys:
+    return kt.SharedKeys(str(state.dir), state.signing_key)
+
+
+def test_a_worker_follows_new_generations(state):
+    _, first = state.generate("first")
+    state.table()
+    shared = worker_view(state)
+    try:
+        assert shared.table.generation == 1
+        assert shared.table.check(first.encode(), NOW, b"/", (), None, "1.2.3.4")[0] == 0
+        assert shared.refresh() is False  # nothing new
+        _, second = state.generate("second", scopes=["s"])
+        state.store.revoke("first")
+        state.table()
+        assert shared.refresh() is True and shared.table.generation == 2
+        assert shared.table.check(first.encode(), NOW, b"/", (), None, "1.2.3.4")[0] == 5
+        code, index, *_ = shared.table.check(second.encode(), NOW, b"/", (), None, "1.2.3.4")
+        info = shared.info(index)
+        assert code == 0 and info.principal.id == "key:second"
+        assert info.principal.upstream_headers() == [
+            (b"X-FluxGate-Auth", b"api_key"), (b"X-FluxGate-Subject", b"second"),
+            (b"X-FluxGate-Scopes", b"s"),
+        ]
+        assert shared.info(index) is info  # built once per generation
+    finally:
+        shared.table.release()
+
+
+def test_a_broken_publication_keeps_the_last_good_table(state, caplog):
+    _, key = state.generate("k")
+    state.table()
+    shared = worker_view(state)
+    try:
+        # A bad publication (atomically replaced, as the master publishes): refused.
+        kt.publish_table(str(state.dir), b"garbage" * 20)
+        assert shared.refresh() is False
+        assert "cannot map the key table" in caplog.text
+        assert shared.table.check(key.encode(), NOW, b"/", (), None, "")[0] == 0
+        state.table()  # the next good publication is taken
+        assert shared.refresh() is True
+    finally:
+        shared.table.release()
+
+
+def test_rotated_keys_carry_deprecation_and_sunset(state):
+    state.generate("svc")
+    state.store.rotate("svc", grace=3600, expires_in=None, signing_key=state.signing_key)
+    table = state.table()
+    shared = worker_view(state)
+    try:
+        by_name = {shared.info(i).key_id: shared.info(i) for i in range(len(shared.table))}
+        old, new = state.store.by_name("svc")
+        assert by_name[new.key_id].response_headers == ()
+        deprecation, sunset = by_name[old.key_id].response_headers
+        assert deprecation == (b"Deprecation", b"@%d" % NOW)
+        assert sunset[0] == b"Sunset" and sunset[1].endswith(b" GMT")
+    finally:
+        shared.table.release()
+        table.release()
+
+
+def test_the_table_file_is_read_only(state):
+    state.generate("k")
+    state.table()
+    path = state.dir / kt.TABLE_FILE
+    assert path.stat().st_mode & 0o777 == 0o400
+    state.table()  # republishing replaces it regardless
+    assert path.stat().st_mode & 0o777 == 0o400
+
+
+def test_usage_file_grows_and_keeps_data(tmp_path):
+    path = str(tmp_path / "keys.usage")
+    usage = kt.UsageFile(path, create=True)
+    assert usage.created and usage.slots == kt.RESERVED_SLOTS + kt.USAGE_GROWTH
+    usage.seed(20, 1_700_000_000, "10.0.0.9", 42)
+    usage.seed(usage.slots + 10, 1_700_000_001, "2001:db8::1", 7)  # grows the file
+    assert usage.slots > kt.RESERVED_SLOTS + kt.USAGE_GROWTH
+    usage.close()
+    again = kt.UsageFile(path, create=False)
+    assert not again.created
+    assert again.read(20) == kt.Usage(1_700_000_000_000, "10.0.0.9", 42)
+    assert again.read(again.slots - 1) == kt.Usage(0, None, 0)
+    assert again.read(again.slots + 5) == kt.Usage(0, None, 0)
+    again.close()
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    with pytest.raises(FileNotFoundError):
+        kt.UsageFile(str(tmp_path / "missing"), create=False)
+
+
+def test_build_table_sizes(state):
+    for n in (0, 1, 7, 100):
+        records = [state.generate(f"n{n}-{i}")[0] for i in range(n)]
+        data = kt.build_table(records, generation=5, usage_slots=state.usage.slots,
+                              quota_tag=state.quotas.tag)
+        table = KeyTable(data, state.signing_key)
+        assert len(table) == n and table.generation == 5
+        assert all(table.find(r.key_id) >= 0 for r in records)
+        table.release()
+
+
+def test_ratelimit_headers_keep_the_stricter_quota():
+    headers: list[tuple[bytes, bytes]] = [(b"X-Other", b"1")]
+    ratelimit_headers(headers, 100, 40, 60)
+    ratelimit_headers(headers, 10, 3, 5)  # stricter: replaces
+    ratelimit_headers(headers, 1000, 999, 3600)  # looser: ignored
+    assert headers == [(b"X-Other", b"1"), (b"RateLimit-Limit", b"10"),
+                       (b"RateLimit-Remaining", b"3"), (b"RateLimit-Reset", b"5")]
