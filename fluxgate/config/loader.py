@@ -61,6 +61,8 @@ class MiddlewareForm(NamedTuple):
 MIDDLEWARE_FORMS: dict[str, MiddlewareForm] = {
     "ip_allow": MiddlewareForm(schema.IpAllow, shorthand="cidrs"),
     "jwt": MiddlewareForm(schema.Jwt),
+    "api_key": MiddlewareForm(schema.ApiKey, shorthand="scopes"),
+    "quota": MiddlewareForm(schema.Quota, shorthand="limit"),
     "any": MiddlewareForm(schema.AnyOf, shorthand="methods", nested=True),
 }
 

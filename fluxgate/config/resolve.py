@@ -19,7 +19,9 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from fluxgate.auth.keys import MIN_SECRET_CHARS, check_scope
 from fluxgate.config import schema
+from fluxgate.config.units import parse_rate
 from fluxgate.errors import ConfigError
 
 MAX_WORKERS = 256
@@ -357,6 +359,12 @@ class _Checker:
             ("api_keys", "query"),
             f"invalid query parameter name {query!r}",
         )
+        secret = config.api_keys.signing_secret
+        self.check(
+            secret is None or not secret.strip() or len(secret) >= MIN_SECRET_CHARS,
+            ("api_keys", "signing_secret"),
+            f"must be at least {MIN_SECRET_CHARS} characters (e.g. `openssl rand -base64 32`)",
+        )
         for name, upstream in config.upstreams.items():
             self.upstream(name, upstream)
         routes = self.routes(config)
@@ -399,6 +407,7 @@ class _Checker:
             self.route_upstream(config, route.upstream, ("routes", i, "upstream"))
             for j, middleware in enumerate(route.middleware):
                 self.middleware(middleware, ("routes", i, "middleware", j))
+            self.quota_order(route.middleware, ("routes", i, "middleware"))
             # Zero trust (DESIGN §3): no authentication only when said out loud. ip_allow is
             # not authentication: an address is not an identity.
             kinds = {type(m).__struct_config__.tag for m in route.middleware}
@@ -424,6 +433,11 @@ class _Checker:
                 self.parse(parse_network, cidr, (*path, "cidrs", k))
         elif isinstance(middleware, schema.Jwt):
             self.jwt(middleware, path)
+        elif isinstance(middleware, schema.ApiKey):
+            for k, scope in enumerate(middleware.scopes):
+                self.parse(check_scope, scope, (*path, "scopes", k))
+        elif isinstance(middleware, schema.Quota):
+            self.parse(parse_rate, middleware.limit, (*path, "limit"))
         elif isinstance(middleware, schema.AnyOf):
             for k, method in enumerate(middleware.methods):
                 self.middleware(method, (*path, "methods", k))
@@ -519,6 +533,21 @@ class _Checker:
                 (*path, "query"),
                 f"invalid query parameter name {jwt.query!r}",
             )
+
+    def quota_order(self, chain: list[object], path: Path) -> None:
+        """A quota by subject or key counts per principal: an authentication middleware must
+        come before it in the chain (by: ip needs none)."""
+        authenticated = False
+        for j, middleware in enumerate(chain):
+            tag = type(middleware).__struct_config__.tag
+            authenticated = authenticated or tag in schema.AUTH_KINDS
+            if isinstance(middleware, schema.Quota) and middleware.by != "ip":
+                self.check(
+                    authenticated,
+                    (*path, j, "by"),
+                    f"a quota by {middleware.by} needs an authentication middleware before it "
+                    "in the chain (or use by: ip)",
+                )
 
     def route_upstream(self, config: schema.Config, value: str, path: Path) -> None:
         if "://" in value:

@@ -47,6 +47,8 @@ class ApiKeys(Base):
     query: str = "api_key"
     default_expiry: Duration = 90 * 86400.0
     rotation_grace: Duration = 86400.0
+    # The key that signs and digests API keys; default: state_dir/keys.secret, generated once.
+    signing_secret: str | None = None
 
 
 class Upstream(Base):
@@ -81,8 +83,17 @@ class Jwt(Base, tag="jwt", tag_field="kind"):
     query: str | None = None  # also from this query parameter (off unless named)
 
 
+class ApiKey(Base, tag="api_key", tag_field="kind"):
+    """API keys (DESIGN §5) from the ``api_keys.header`` header or ``api_keys.query``
+    parameter; every scope listed is required of the key. ``query: false`` refuses keys in
+    the query string on this route (they are still stripped before proxying)."""
+
+    scopes: list[str] = []
+    query: bool = True
+
+
 # Authentication methods `any` can combine (the API-key and OAuth2 kinds add theirs).
-AuthMethod = Jwt
+AuthMethod = Jwt | ApiKey
 
 
 class AnyOf(Base, tag="any", tag_field="kind"):
@@ -92,12 +103,20 @@ class AnyOf(Base, tag="any", tag_field="kind"):
     methods: Annotated[list[AuthMethod], Meta(min_length=1)]
 
 
+class Quota(Base, tag="quota", tag_field="kind"):
+    """``- quota: {limit: 1000/m, by: subject}``: a budget per fixed UTC window (s, m, h, d)
+    per principal (``subject``), API key name (``key``) or client address (``ip``)."""
+
+    limit: str
+    by: Literal["subject", "key", "ip"] = "subject"
+
+
 # Kinds that later work adds go into this union; the loader refuses the others by name.
-Middleware = IpAllow | Jwt | AnyOf
+Middleware = IpAllow | Jwt | AnyOf | ApiKey | Quota
 
 AUTH_KINDS: frozenset[str] = frozenset({"jwt", "oauth2", "api_key", "any"})
 KNOWN_KINDS: frozenset[str] = frozenset({"ip_allow", "jwt", "oauth2", "api_key", "quota", "any"})
-AVAILABLE_KINDS: frozenset[str] = frozenset({"ip_allow", "jwt", "any"})
+AVAILABLE_KINDS: frozenset[str] = frozenset({"ip_allow", "jwt", "any", "api_key", "quota"})
 
 
 class Route(Base):

@@ -56,3 +56,13 @@ SERVICES: list[Callable[[ServiceContext], MasterService]] = [
     AuthMetricsService,  # auth failure counters (every auth method)
     JwksService,  # JWT signing keys
 ]
+
+
+def _key_service(master: ServiceContext) -> MasterService:
+    """API keys: keys.db -> the shared key table, usage stamps, /admin/keys (master/keys.py)."""
+    from fluxgate.master.keys import KeyService
+
+    return KeyService(master)
+
+
+SERVICES.append(_key_service)

@@ -6,11 +6,15 @@ from typing import Any
 
 from fluxgate.config import schema
 from fluxgate.middleware.any import AnyMiddleware
+from fluxgate.middleware.api_key import ApiKeyMiddleware
 from fluxgate.middleware.ip_allow import IpAllowMiddleware
 from fluxgate.middleware.jwt import JwtMiddleware
+from fluxgate.middleware.quota import QuotaMiddleware
 
 REGISTRY: dict[type, Any] = {
     schema.IpAllow: IpAllowMiddleware,
+    schema.ApiKey: ApiKeyMiddleware,
+    schema.Quota: QuotaMiddleware,
     schema.Jwt: JwtMiddleware,
     schema.AnyOf: AnyMiddleware,
 }

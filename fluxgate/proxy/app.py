@@ -35,7 +35,7 @@ class CompiledRoute:
 
     __slots__ = (
         "index", "prefix", "methods", "allow_header", "chain", "group", "slot",
-        "strip_prefix", "websocket", "drop_headers", "label",
+        "strip_prefix", "websocket", "drop_headers", "drop_query", "label",
     )  # fmt: skip
 
     def __init__(
@@ -61,6 +61,12 @@ class CompiledRoute:
         self.drop_headers: frozenset[bytes] = frozenset().union(
             *(getattr(m, "drop_headers", ()) for m in self.chain)
         )
+        # Query parameters removed the same way (the API key parameter), members of an
+        # `any` entry included: a key must not reach the upstream when another method decides.
+        self.drop_query: tuple[bytes, ...] = tuple(sorted(frozenset().union(
+            *(getattr(m, "drop_query", ()) for m in self.chain),
+            *(getattr(k, "drop_query", ()) for m in self.chain for k in getattr(m, "members", ())),
+        )))
 
 
 class AccessLog:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from fluxgate._core import PathError, normalize_path
+from fluxgate._core import PathError, normalize_path, strip_query_param
 from fluxgate.errors import (
     BadRequest,
     BodyTooLarge,
@@ -426,7 +426,11 @@ class ClientConnection(asyncio.Protocol):
             path = path[len(route.prefix):] or b"/"
             if path[:1] != b"/":
                 path = b"/" + path
-        target = path + b"?" + req.query if req.query else path
+        query = req.query
+        if query and route.drop_query:
+            for name in route.drop_query:
+                query = strip_query_param(query, name)
+        target = path + b"?" + query if query else path
         peer = self.peer_bytes
         if req.peer_trusted and req.forwarded_for:
             forwarded_for = req.forwarded_for + b", " + peer

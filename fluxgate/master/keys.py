@@ -1,0 +1,335 @@
+"""The master's API key service: keys.db → the shared key table, usage → keys.db, /admin/keys.
+
+At start (before the workers fork) it makes sure state_dir holds the signing secret, keys.db
+(migrated), the quota file and the usage file, and publishes a first table. Then, a few times
+a second, it asks SQLite whether another connection (``fluxctl``) committed
+(``PRAGMA data_version``) and publishes a new generation when one did: a new, revoked,
+rotated or renewed key reaches every worker within a second. Every few seconds it copies the
+workers' last-use stamps from the usage file into keys.db; at stop it does so one last time.
+
+Admin API (bearer token, DESIGN §7), JSON in and out, the same operations as ``fluxctl keys``:
+
+    GET  /admin/keys                     list (``?all=1``: revoked and expired too)
+    POST /admin/keys                     create {name, scopes, quota, expiry, allow_ips, routes}
+    GET  /admin/keys/show?name=NAME      every key of a name (or ``?name=KEY_ID``)
+    GET  /admin/keys/usage?name=NAME     quota window and use of a name
+    POST /admin/keys/rotate              {name, grace?, expiry?}
+    POST /admin/keys/renew               {name, expiry?}
+    POST /admin/keys/revoke              {name} (a name, or a key id)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
+
+import orjson
+
+from fluxgate.auth.keyops import KeyOps
+from fluxgate.auth.keys import load_signing_key, signing_key_from_config
+from fluxgate.auth.keystore import KeyRecord, UnknownKey
+from fluxgate.auth.keytable import (
+    STAT_KEY_QUOTA,
+    STAT_KEY_QUOTA_FULL,
+    STAT_RULE_FULL,
+    STAT_RULE_REJECTED,
+    USAGE_FILE,
+    UsageFile,
+    build_table,
+    publish_table,
+    read_generation,
+    usage_slot,
+)
+from fluxgate.auth.quotas import QUOTA_FILE, create_quota_file, open_quota_file
+from fluxgate.errors import ClientError, ConfigError, KeyStoreError
+from fluxgate.master.admin import AdminRequest, AdminResponse
+from fluxgate.metrics import ProcessMetric
+
+if TYPE_CHECKING:
+    from fluxgate.config.schema import Config
+    from fluxgate.master.admin import AdminRouter
+    from fluxgate.master.services import ServiceContext
+
+log = logging.getLogger("fluxgate.keys")
+
+POLL_INTERVAL = 0.2  # s between PRAGMA data_version checks
+FLUSH_INTERVAL = 5.0  # s between copies of last-use stamps into keys.db
+REBUILD_INTERVAL = 60.0  # s: a new generation anyway, to drop keys that died meanwhile
+KEEP_DEAD = 7 * 86400.0  # revoked/expired keys stay in the table this long (refusal reasons)
+
+
+class BadKeyRequest(ClientError):
+    """The key operation was refused."""
+
+    status, code = 400, "invalid_request"
+
+
+class KeyNameNotFound(ClientError):
+    """No key with that name or id."""
+
+    status, code = 404, "not_found"
+
+
+class KeyService:
+    """keys.db, the shared key table and the usage file, for one master."""
+
+    name = "keys"
+
+    def __init__(self, master: ServiceContext) -> None:
+        self.master = master
+        self.ops: KeyOps | None = None
+        self.usage: UsageFile | None = None
+        self._quota_map: Any = None
+        self.quotas: Any = None
+        self.generation = 0
+        self.keys = 0
+        self._data_version = -1
+        self._flushed: dict[int, tuple[int, str | None, int]] = {}
+        self._records: list[KeyRecord] = []
+        self._task: asyncio.Task[None] | None = None
+        self._last_build = 0.0
+
+    # ---- lifecycle --------------------------------------------------------------------------
+
+    async def start(self, config: Config) -> None:
+        state_dir = self.master.state_dir
+        try:
+            self.ops = KeyOps(config)
+            self.ops.signing_key  # noqa: B018 - created or checked now, before any worker
+        except KeyStoreError as exc:
+            raise ConfigError(str(exc), "api_keys") from None
+        create_quota_file(os.path.join(state_dir, QUOTA_FILE))
+        self._quota_map, self.quotas = open_quota_file(os.path.join(state_dir, QUOTA_FILE))
+        self.usage = UsageFile(os.path.join(state_dir, USAGE_FILE), create=True)
+        if self.usage.created:
+            self._seed_usage()
+        self.generation = read_generation(state_dir)
+        self.rebuild()
+        self._task = asyncio.get_running_loop().create_task(self._watch())
+
+    async def reload(self, config: Config) -> None:
+        """Refuse a config whose signing secret does not match the keys already issued."""
+        assert self.ops is not None
+        try:
+            key = signing_key_from_config(config.api_keys.signing_secret)
+            if key is None:
+                key = load_signing_key(None, self.master.state_dir)
+            self.ops.store.check_signing_key(key)
+        except KeyStoreError as exc:
+            raise ConfigError(str(exc), "api_keys.signing_secret") from None
+        self.ops.config = config
+        self.ops._signing_key = key
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        if self.ops is not None:
+            try:
+                self.flush_usage()
+            except Exception:
+                log.exception("last flush of key usage failed")
+            self.ops.close()
+        if self.usage is not None:
+            self.usage.close()
+        if self.quotas is not None:
+            self.quotas.release()
+            self._quota_map.close()
+
+    async def _watch(self) -> None:
+        last_flush = time.monotonic()
+        while True:
+            await asyncio.sleep(POLL_INTERVAL)
+            try:
+                now = time.monotonic()
+                if self.ops.store.data_version() != self._data_version \
+                        or now - self._last_build >= REBUILD_INTERVAL:
+                    self.rebuild()
+                if now - last_flush >= FLUSH_INTERVAL:
+                    last_flush = now
+                    self.flush_usage()
+            except Exception:  # a locked or broken keys.db must not stop the watcher
+                log.exception("key table watcher")
+
+    # ---- the table --------------------------------------------------------------------------
+
+    def rebuild(self) -> None:
+        """Publish a new table generation from keys.db."""
+        ops, usage = self.ops, self.usage
+        # Read before the rows: a commit after this point triggers another rebuild.
+        self._data_version = ops.store.data_version()
+        self._last_build = time.monotonic()
+        records = ops.store.for_table(time.time(), KEEP_DEAD)
+        need = max((usage_slot(r) for r in records), default=0) + 1
+        usage.ensure(need)
+        self.generation += 1
+        data = build_table(
+            records, generation=self.generation, usage_slots=usage.slots,
+            quota_tag=self.quotas.tag,
+        )
+        publish_table(self.master.state_dir, data)
+        self._records = records
+        self.keys = len(records)
+        log.debug("key table generation %s: %s keys", self.generation, len(records))
+
+    def flush_usage(self) -> None:
+        """Copy changed last-use stamps and request counts into keys.db."""
+        rows = []
+        for r in self._records:
+            u = self.usage.read(usage_slot(r))
+            seen = (u.last_used_ms, u.address, u.requests)
+            if u.requests and self._flushed.get(r.slot) != seen:
+                at = u.last_used_ms // 1000 if u.last_used_ms else None
+                rows.append((r.slot, at, u.address, u.requests))
+                self._flushed[r.slot] = seen
+        self.ops.store.record_usage(rows)
+
+    def _seed_usage(self) -> None:
+        for r in self.ops.store.all():
+            if r.requests or r.last_used_at:
+                self.usage.seed(usage_slot(r), r.last_used_at, r.last_used_from, r.requests)
+
+    # ---- admin API --------------------------------------------------------------------------
+
+    def admin_routes(self, router: AdminRouter) -> None:
+        router.add("GET", "/admin/keys", self._list)
+        router.add("POST", "/admin/keys", self._create)
+        router.add("GET", "/admin/keys/show", self._show)
+        router.add("GET", "/admin/keys/usage", self._usage)
+        router.add("POST", "/admin/keys/rotate", self._rotate)
+        router.add("POST", "/admin/keys/renew", self._renew)
+        router.add("POST", "/admin/keys/revoke", self._revoke)
+
+    async def _list(self, req: AdminRequest) -> AdminResponse:
+        include_dead = _query(req).get("all", "") in ("1", "true", "yes")
+        keys = self._run(lambda: self.ops.list(include_dead=include_dead))
+        return AdminResponse.json(200, {"keys": keys, "generation": self.generation})
+
+    async def _show(self, req: AdminRequest) -> AdminResponse:
+        name = _query(req).get("name") or _missing("name")
+        return AdminResponse.json(200, {"keys": self._run(lambda: self.ops.show(name))})
+
+    async def _usage(self, req: AdminRequest) -> AdminResponse:
+        name = _query(req).get("name") or _missing("name")
+        return AdminResponse.json(200, self._run(lambda: self.ops.usage(name)))
+
+    async def _create(self, req: AdminRequest) -> AdminResponse:
+        body = _body(req)
+        result = self._run(lambda: self.ops.generate(
+            _str(body, "name", required=True),
+            scopes=_strs(body, "scopes"),
+            quota=_str(body, "quota"),
+            expiry=_str(body, "expiry"),
+            allow_ips=_strs(body, "allow_ips"),
+            routes=_strs(body, "routes"),
+        ), changed=True)
+        log.info("admin API: key %s created for %s", result["key_id"], result["name"])
+        return AdminResponse.json(201, result)
+
+    async def _rotate(self, req: AdminRequest) -> AdminResponse:
+        body = _body(req)
+        result = self._run(lambda: self.ops.rotate(
+            _str(body, "name", required=True), grace=_str(body, "grace"),
+            expiry=_str(body, "expiry"),
+        ), changed=True)
+        log.info("admin API: %s rotated to key %s", result["name"], result["key_id"])
+        return AdminResponse.json(201, result)
+
+    async def _renew(self, req: AdminRequest) -> AdminResponse:
+        body = _body(req)
+        result = self._run(lambda: self.ops.renew(
+            _str(body, "name", required=True), expiry=_str(body, "expiry")
+        ), changed=True)
+        log.info("admin API: key %s renewed until %s", result["key_id"], result["expires_at"])
+        return AdminResponse.json(200, result)
+
+    async def _revoke(self, req: AdminRequest) -> AdminResponse:
+        body = _body(req)
+        result = self._run(lambda: self.ops.revoke(_str(body, "name", required=True)),
+                           changed=True)
+        log.info("admin API: revoked %s", ", ".join(k["key_id"] for k in result))
+        return AdminResponse.json(200, {"revoked": result})
+
+    def _run(self, operation, *, changed: bool = False):
+        try:
+            result = operation()
+        except UnknownKey as exc:
+            raise KeyNameNotFound(str(exc)) from None
+        except KeyStoreError as exc:
+            raise BadKeyRequest(str(exc)) from None
+        if changed:
+            self.rebuild()  # at once: the caller expects the change to be in force
+        return result
+
+    # ---- metrics ----------------------------------------------------------------------------
+
+    def metrics(self) -> list[ProcessMetric]:
+        if self.usage is None:
+            return []
+        out = [
+            ProcessMetric("fluxgate_api_key_table_generation", "gauge",
+                          "Generation of the shared API key table.", self.generation),
+            ProcessMetric("fluxgate_api_key_table_keys", "gauge",
+                          "Keys in the shared table (recently revoked/expired included).",
+                          self.keys),
+        ]
+        # Refusals by authentication are fluxgate_auth_failures_total{method="api_key"}
+        # (auth/failures.py); a spent quota is not an authentication failure.
+        help_text = "Requests refused because a quota was spent (or no quota bucket was free)."
+        for source, word in (("api_key", STAT_KEY_QUOTA), ("api_key_table_full", STAT_KEY_QUOTA_FULL),
+                             ("rule", STAT_RULE_REJECTED), ("rule_table_full", STAT_RULE_FULL)):
+            out.append(ProcessMetric("fluxgate_quota_rejections_total", "counter", help_text,
+                                     self.usage.stat(word), (("source", source),)))
+        return out
+
+
+def factory(master: ServiceContext) -> KeyService:
+    return KeyService(master)
+
+
+# ---- request helpers ------------------------------------------------------------------------
+
+
+def _query(req: AdminRequest) -> dict[str, str]:
+    return {k: v[-1] for k, v in parse_qs(req.query, keep_blank_values=True).items()}
+
+
+def _body(req: AdminRequest) -> dict[str, Any]:
+    try:
+        body = orjson.loads(req.body or b"{}")
+    except orjson.JSONDecodeError:
+        raise BadKeyRequest("the body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise BadKeyRequest("the body must be a JSON object")
+    return body
+
+
+def _missing(field: str) -> str:
+    raise BadKeyRequest(f"{field!r} is required")
+
+
+def _str(body: dict[str, Any], field: str, *, required: bool = False) -> str | None:
+    value = body.get(field)
+    if value is None:
+        if required:
+            _missing(field)
+        return None
+    if not isinstance(value, str):
+        raise BadKeyRequest(f"{field!r} must be a string")
+    return value
+
+
+def _strs(body: dict[str, Any], field: str) -> list[str]:
+    value = body.get(field, [])
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise BadKeyRequest(f"{field!r} must be a list of strings")
+    return value

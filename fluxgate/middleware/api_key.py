@@ -1,0 +1,151 @@
+"""api_key: authenticate with an API key from the shared key table (DESIGN §5).
+
+    - api_key: {scopes: [read:metrics]}      # every listed scope is required of the key
+
+The key comes from the ``api_keys.header`` header (X-API-Key) or the ``api_keys.query``
+parameter (api_key; ``query: false`` on the route refuses it there). Both are removed
+before the request goes upstream (``drop_headers``/``drop_query``, which the route applies).
+One call into ``_core.KeyTable.check`` does the whole decision: parse, HMAC tag, lookup,
+digest, revoked/expiry, the key's routes, scopes (and a covering scope_map rule), the key's
+IP allowlist and its quota. The principal and the headers for the upstream are built once
+per key and table generation.
+
+Answers: 401 missing_credentials (no key), 401 invalid_key (malformed, forged, unknown,
+revoked or expired: one answer, so a probe learns nothing about which ids exist), 403
+insufficient_scope (a scope or a path the key lacks), 403 ip_not_allowed, 429
+quota_exceeded with Retry-After. Accepted responses carry RateLimit-* when the key has a
+quota, and Deprecation/Sunset while the key is in its rotation grace period.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from fluxgate._core import extract_api_key
+from fluxgate.auth.failures import AuthFailures
+from fluxgate.auth.keytable import REASONS, STAT_KEY_QUOTA, STAT_KEY_QUOTA_FULL, SharedKeys
+from fluxgate.auth.quotas import ratelimit_headers
+from fluxgate.auth.scopes import ScopePolicy
+from fluxgate.config.schema import ApiKey
+from fluxgate.errors import (
+    ClientError,
+    InsufficientScope,
+    InvalidKey,
+    IpNotAllowed,
+    MissingCredentials,
+    QuotaExceeded,
+)
+
+if TYPE_CHECKING:
+    from fluxgate.proxy.protocol import RequestState
+
+log = logging.getLogger("fluxgate.keys")
+
+_OK, _MALFORMED, _BAD_TAG, _UNKNOWN, _BAD_SECRET, _REVOKED, _EXPIRED = range(7)
+_ROUTE_DENIED, _SCOPE_DENIED, _IP_DENIED, _QUOTA_EXCEEDED, _QUOTA_FULL = range(7, 12)
+assert REASONS[_QUOTA_FULL] == "quota_table_full" and REASONS[_BAD_SECRET] == "bad_secret"
+
+INVALID_DESCRIPTION = "The API key is invalid, expired or revoked."
+
+
+class ApiKeyMiddleware:
+    """Per route: the required scopes and where the key may come from; the table is shared."""
+
+    __slots__ = ("shared", "required", "policy", "lname", "qname", "drop_headers",
+                 "drop_query", "failures", "_covering")  # fmt: skip
+
+    def __init__(
+        self, shared: SharedKeys, policy: ScopePolicy, header: str, query: str,
+        accept_query: bool = True, failures: AuthFailures | None = None,
+    ) -> None:
+        self.shared = shared
+        self.policy = policy
+        self.required = tuple(s.encode() for s in sorted(policy.required))
+        self.lname = header.lower().encode()
+        self.qname = query.encode() if accept_query else b""
+        # What the route strips before the request goes upstream: both places a key may be
+        # sent, whether or not this route accepts the query form.
+        self.drop_headers = frozenset({self.lname})
+        self.drop_query = frozenset({query.encode()})
+        self.failures = failures
+        self._covering: dict[frozenset[str], tuple[bytes, ...]] = {}
+
+    @classmethod
+    def from_config(cls, config: ApiKey, gateway: Any, route: Any = None) -> ApiKeyMiddleware:
+        """Map the shared table once per worker; bind the route's scope rules."""
+        names = gateway.config.api_keys
+        return cls(
+            SharedKeys.for_gateway(gateway, with_keys=True),
+            ScopePolicy(config.scopes, gateway.config.scope_map),
+            names.header,
+            names.query,
+            config.query,
+            AuthFailures.for_gateway(gateway),
+        )
+
+    def carries(self, req: RequestState) -> bool:
+        """Does the request carry an API key (for ``any``: the first method present decides)?"""
+        return extract_api_key(req.headers, self.lname, req.query, self.qname)[0] != 0
+
+    def __call__(self, req: RequestState) -> ClientError | None:
+        count, key = extract_api_key(req.headers, self.lname, req.query, self.qname)
+        if count != 1:
+            if count == 0:
+                self._fail("missing_credentials")
+                return MissingCredentials("This route requires an API key.")
+            self._fail("ambiguous_credentials")
+            return InvalidKey("More than one API key in the request.", reason="ambiguous")
+        shared = self.shared
+        now = time.time()
+        covering = None
+        if self.policy.rules:
+            covering = self.policy.covering(req.method, req.path)
+            if covering:
+                encoded = self._covering.get(covering)
+                if encoded is None:
+                    encoded = self._covering[covering] = tuple(s.encode() for s in covering)
+                covering = encoded
+            else:
+                covering = None
+        code, index, limit, remaining, end = shared.table.check(
+            key, now, req.path, self.required, covering, req.client_ip
+        )
+        if code == _OK:
+            info = shared.info(index)
+            req.principal = info.principal
+            if info.response_headers:
+                req.response_headers.extend(info.response_headers)
+            if limit:
+                ratelimit_headers(req.response_headers, limit, remaining, end - int(now))
+            return None
+        if code <= _EXPIRED:
+            self._fail(REASONS[code])
+            return InvalidKey(INVALID_DESCRIPTION, reason=REASONS[code])
+        if code == _SCOPE_DENIED:
+            self._fail("insufficient_scope")
+            scope = self.policy.challenge or " ".join(sorted(s.decode() for s in covering or ()))
+            return InsufficientScope("The API key lacks a scope this request needs.", scope=scope)
+        if code == _ROUTE_DENIED:
+            self._fail("wrong_route")
+            return InsufficientScope("The API key is not valid for this path.")
+        if code == _IP_DENIED:
+            self._fail("ip_not_allowed")
+            return IpNotAllowed("The client address is not allowed for this API key.")
+        retry = max(end - int(now), 1)
+        if code == _QUOTA_FULL:
+            shared.usage.count(STAT_KEY_QUOTA_FULL)
+            log.warning("quota table full: key %s refused", shared.info(index).key_id)
+            retry = 1
+        else:
+            shared.usage.count(STAT_KEY_QUOTA)
+        ratelimit_headers(req.response_headers, limit, 0, retry)
+        return QuotaExceeded(
+            "The API key's quota for this window is used up.",
+            headers=((b"Retry-After", b"%d" % retry),),
+        )
+
+    def _fail(self, reason: str) -> None:
+        if self.failures is not None:
+            self.failures.count("api_key", reason)

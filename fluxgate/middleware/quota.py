@@ -1,0 +1,90 @@
+"""quota: a request budget per fixed UTC window, after any authentication method (DESIGN §3).
+
+    - quota: {limit: 1000/m, by: subject}   # by: subject (default) | key | ip
+
+``subject`` counts per principal (``Principal.id``: a JWT's issuer and subject, an API key's
+name, ...), ``key`` per API key name (the principal's id for other methods), ``ip`` per
+resolved client address (usable on public routes). Each route's rule counts on its own, in
+the shared quota file: exact across workers and kept across restarts. Accepted responses
+carry RateLimit-Limit/Remaining/Reset; a spent budget is 429 quota_exceeded with Retry-After.
+A principal is required for ``subject`` and ``key`` (the config checker makes sure an
+authentication middleware comes first); without one the request is refused, never counted
+against someone else.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from fluxgate.auth.keytable import STAT_RULE_FULL, STAT_RULE_REJECTED, SharedKeys
+from fluxgate.auth.quotas import ratelimit_headers, rule_identity
+from fluxgate.config.schema import Quota
+from fluxgate.config.units import parse_rate
+from fluxgate.errors import ClientError, MissingCredentials, QuotaExceeded
+
+if TYPE_CHECKING:
+    from fluxgate.proxy.protocol import RequestState
+
+log = logging.getLogger("fluxgate.quota")
+
+_TAG_CACHE_LIMIT = 65536
+
+
+class QuotaMiddleware:
+    """One quota rule of one route."""
+
+    __slots__ = ("shared", "limit", "window", "by", "prefix", "_tags")
+
+    def __init__(self, shared: SharedKeys, limit: int, window: int, by: str, route: str) -> None:
+        self.shared = shared
+        self.limit = limit
+        self.window = window
+        self.by = by
+        self.prefix = rule_identity(route, by, window)
+        self._tags: dict[str, int] = {}  # identity -> bucket tag (an HMAC: worth caching)
+
+    @classmethod
+    def from_config(cls, config: Quota, gateway: Any, route: Any) -> QuotaMiddleware:
+        limit, window = parse_rate(config.limit)
+        shared = SharedKeys.for_gateway(gateway, with_keys=False)
+        return cls(shared, limit, window, config.by, route.route)
+
+    def identity(self, req: RequestState) -> str | None:
+        """Whose budget this request spends, or None when it names nobody."""
+        if self.by == "ip":
+            return req.client_ip or None
+        principal = req.principal
+        if principal is None:
+            return None
+        if self.by == "key":
+            return principal.key_name or principal.id
+        return principal.id
+
+    def __call__(self, req: RequestState) -> ClientError | None:
+        who = self.identity(req)
+        if who is None:
+            return MissingCredentials("This route's quota needs an authenticated caller.")
+        tag = self._tags.get(who)
+        quotas = self.shared.quotas
+        if tag is None:
+            if len(self._tags) >= _TAG_CACHE_LIMIT:
+                self._tags.clear()
+            tag = self._tags[who] = quotas.tag(self.prefix + who.encode("utf-8", "surrogatepass"))
+        now = time.time()
+        code, remaining, end = quotas.consume(tag, self.limit, self.window, now)
+        if code == 0:
+            ratelimit_headers(req.response_headers, self.limit, remaining, end - int(now))
+            return None
+        retry = max(end - int(now), 1)
+        if code == 2:
+            self.shared.usage.count(STAT_RULE_FULL)
+            log.warning("quota table full: a request on a %s rule was refused", self.by)
+            retry = 1
+        else:
+            self.shared.usage.count(STAT_RULE_REJECTED)
+        ratelimit_headers(req.response_headers, self.limit, 0, retry)
+        return QuotaExceeded(
+            "The quota for this window is used up.", headers=((b"Retry-After", b"%d" % retry),)
+        )
