@@ -643,14 +643,18 @@ cdef class JwtVerifier:
     # -- internals ---------------------------------------------------------------
 
     cdef _Entry _entry(self, bytes token, double now):
+        # PyDict_GetItem lends its result: `entry` takes a reference of its own before
+        # anything (_remember dropping the old dict) could free the entry.
         cdef PyObject* hit = PyDict_GetItem(self._young, token)
-        cdef _Entry entry
-        if hit == NULL and self._half:
-            hit = PyDict_GetItem(self._old, token)
-            if hit != NULL:
-                self._remember(token, <_Entry>hit)  # still in use: keep it young
+        cdef _Entry entry = None
         if hit != NULL:
             entry = <_Entry>hit
+        elif self._half:
+            hit = PyDict_GetItem(self._old, token)
+            if hit != NULL:
+                entry = <_Entry>hit
+                self._remember(token, entry)  # still in use: keep it young
+        if entry is not None:
             if now < entry.cache_until:
                 if now < entry.nbf_deadline:
                     raise TokenError(_JWT_REASONS[FG_JWT_NOT_YET_VALID])

@@ -633,3 +633,25 @@ def test_hostile_builder_controls(hostile_world):
 )
 def test_bearer_token(headers, expected):
     assert bearer_token(headers) == expected and type(bearer_token(headers)) is type(expected)
+
+
+def test_cache_promotion_while_the_young_generation_rotates(keys, keyset):
+    # An entry found in the old generation is promoted; when that promotion itself turns
+    # the young generation over, the old dict (the entry's only owner) is dropped: the
+    # entry must survive it. (It did not once: a use-after-free that served another
+    # token's claims, then crashed a worker under load.)
+    v = make_verifier(keyset, cache_size=4)  # two generations of two
+    tokens = [keys["ed"].mint(claims(jti=f"p{i}")).encode() for i in range(400)]
+
+    def check(i: int) -> None:
+        assert v.verify(bytes(bytearray(tokens[i])), NOW)["jti"] == f"p{i}"
+
+    for base in range(0, 396, 4):
+        a, b, c, d = base, base + 1, base + 2, base + 3
+        for i in (a, b, c, d):  # young {c, d} full, old {a, b}
+            check(i)
+        check(a)  # an old hit while young is full: promotion rotates the generations
+        for i in range(base, base + 4):  # churn: reuse whatever memory was freed
+            check(i)
+        check(a)
+        assert v.cached <= 4
