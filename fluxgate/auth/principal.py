@@ -37,6 +37,11 @@ class Principal:
         return list(self._headers)
 
 
+_CONTROLS = dict.fromkeys([*range(0x20), 0x7F])
+
+
 def _header_safe(text: str) -> bytes:
     """A header value that cannot split the head: controls and non-ASCII dropped."""
-    return "".join(ch for ch in text if 0x20 <= ord(ch) < 0x7F).encode()
+    if text.isascii() and text.isprintable():  # the common case: nothing to drop
+        return text.encode()
+    return text.translate(_CONTROLS).encode("ascii", "ignore")
