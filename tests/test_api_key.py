@@ -46,6 +46,9 @@ routes:
     upstream: app
     middleware:
       - api_key: {{}}
+  - route: /open
+    upstream: app
+    public: true
 """
 
 
@@ -351,6 +354,16 @@ def test_the_key_never_reaches_the_upstream_logs_or_metrics(gw, upstream):
         if path.is_file():
             data = path.read_bytes()
             assert key.encode() not in data and key[15:].encode() not in data, path
+
+
+def test_keys_are_stripped_on_every_route(gw, upstream):
+    # DESIGN §4: whatever decides (here: nothing, a public route), no upstream sees a key.
+    status = request(gw.port, "/open/x?a=1&api_key=fg_anything&b=2",
+                     {"X-API-Key": "fg_whatever", "x-api-KEY": "second"})[0]
+    assert status == 200
+    received = upstream.requests[-1]
+    assert received.target == "/open/x?a=1&b=2"
+    assert "x-api-key" not in received.header_names()
 
 
 def test_state_files_are_private(gw):

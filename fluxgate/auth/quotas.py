@@ -98,12 +98,13 @@ def ratelimit_headers(
 ) -> None:
     """Put RateLimit-Limit/Remaining/Reset (reset in seconds) into ``headers`` (a request's
     response headers); when a stricter quota already set them (fewer remaining), keep it."""
-    for i, (name, value) in enumerate(headers):
-        if name is _REMAINING:
-            if int(value) <= remaining:
-                return
-            del headers[i - 1 : i + 2]  # the three are always added together, in order
-            break
-    headers.append((_LIMIT, b"%d" % limit))
-    headers.append((_REMAINING, b"%d" % remaining))
-    headers.append((_RESET, b"%d" % max(reset, 0)))
+    if headers:
+        for i, (name, value) in enumerate(headers):
+            if name is _REMAINING:
+                if int(value) <= remaining:
+                    return
+                del headers[i - 1 : i + 2]  # the three are always added together, in order
+                break
+    headers += (
+        (_LIMIT, b"%d" % limit), (_REMAINING, b"%d" % remaining), (_RESET, b"%d" % max(reset, 0)),
+    )

@@ -3,8 +3,9 @@
     - api_key: {scopes: [read:metrics]}      # every listed scope is required of the key
 
 The key comes from the ``api_keys.header`` header (X-API-Key) or the ``api_keys.query``
-parameter (api_key; ``query: false`` on the route refuses it there). Both are removed
-before the request goes upstream (``drop_headers``/``drop_query``, which the route applies).
+parameter (api_key; ``query: false`` on the route refuses it there). Neither ever reaches
+an upstream, on any route: the gateway drops the header as it parses it and strips the
+parameter from the upstream request (``proxy/app.py``, DESIGN §4).
 One call into ``_core.KeyTable.check`` does the whole decision: parse, HMAC tag, lookup,
 digest, revoked/expiry, the key's routes, scopes (and a covering scope_map rule), the key's
 IP allowlist and its quota. The principal and the headers for the upstream are built once
@@ -53,8 +54,7 @@ INVALID_DESCRIPTION = "The API key is invalid, expired or revoked."
 class ApiKeyMiddleware:
     """Per route: the required scopes and where the key may come from; the table is shared."""
 
-    __slots__ = ("shared", "required", "policy", "lname", "qname", "drop_headers",
-                 "drop_query", "failures", "_covering")  # fmt: skip
+    __slots__ = ("shared", "required", "policy", "lname", "qname", "failures", "_covering")
 
     def __init__(
         self, shared: SharedKeys, policy: ScopePolicy, header: str, query: str,
@@ -65,10 +65,6 @@ class ApiKeyMiddleware:
         self.required = tuple(s.encode() for s in sorted(policy.required))
         self.lname = header.lower().encode()
         self.qname = query.encode() if accept_query else b""
-        # What the route strips before the request goes upstream: both places a key may be
-        # sent, whether or not this route accepts the query form.
-        self.drop_headers = frozenset({self.lname})
-        self.drop_query = frozenset({query.encode()})
         self.failures = failures
         self._covering: dict[frozenset[str], tuple[bytes, ...]] = {}
 
@@ -113,7 +109,7 @@ class ApiKeyMiddleware:
             key, now, req.path, self.required, covering, req.client_ip
         )
         if code == _OK:
-            info = shared.info(index)
+            info = shared.infos[index] or shared.info(index)
             req.principal = info.principal
             if info.response_headers:
                 req.response_headers.extend(info.response_headers)

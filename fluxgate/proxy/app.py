@@ -35,7 +35,7 @@ class CompiledRoute:
 
     __slots__ = (
         "index", "prefix", "methods", "allow_header", "chain", "group", "slot",
-        "strip_prefix", "websocket", "drop_headers", "drop_query", "label",
+        "strip_prefix", "websocket", "drop_headers", "label",
     )  # fmt: skip
 
     def __init__(
@@ -61,12 +61,6 @@ class CompiledRoute:
         self.drop_headers: frozenset[bytes] = frozenset().union(
             *(getattr(m, "drop_headers", ()) for m in self.chain)
         )
-        # Query parameters removed the same way (the API key parameter), members of an
-        # `any` entry included: a key must not reach the upstream when another method decides.
-        self.drop_query: tuple[bytes, ...] = tuple(sorted(frozenset().union(
-            *(getattr(m, "drop_query", ()) for m in self.chain),
-            *(getattr(k, "drop_query", ()) for m in self.chain for k in getattr(m, "members", ())),
-        )))
 
 
 class AccessLog:
@@ -114,6 +108,13 @@ class Gateway:
         self.metrics = metrics
         self.worker_id = worker_id
         self.resolver = ClientAddressResolver(config.trusted_proxies)
+        # An API key never reaches an upstream, on any route and whichever method decided
+        # (DESIGN §4): its header is dropped as the parser reports it, its query parameter
+        # when the upstream request is built.
+        self.request_special = {
+            **hdr.REQUEST_SPECIAL, config.api_keys.header.lower().encode(): hdr.H_DROP,
+        }
+        self.api_key_query = config.api_keys.query.encode()
         # Callbacks run by the sweep a few times a second, e.g. to pick up a new generation
         # of a shared table; middleware registers them in from_config().
         self.periodic: list[Callable[[float], None]] = []

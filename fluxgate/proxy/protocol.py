@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("fluxgate.proxy")
 
 _DEADLINE_NONE, _DEADLINE_HEADERS, _DEADLINE_IDLE = 0, 1, 2
-_REQUEST_SPECIAL = hdr.REQUEST_SPECIAL
 # Connection options that are not header names (RFC 9112 §9.3, §9.6).
 _CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})
 # Status recorded when the client disconnects before its response was sent (nginx's 499).
@@ -104,6 +103,7 @@ class ClientConnection(asyncio.Protocol):
 
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
+        self.special = gateway.request_special  # header name (lower case) -> kind
         self.loop = gateway.loop
         limits = gateway.limits
         self.max_header_bytes = limits.max_header_bytes
@@ -233,7 +233,7 @@ class ClientConnection(asyncio.Protocol):
             raise HeadersTooLarge()
         req.headers.append((name, value))
         lname = name.lower()
-        kind = _REQUEST_SPECIAL.get(lname)
+        kind = self.special.get(lname)
         if kind is None:
             if not lname.startswith(hdr.FLUXGATE_PREFIX):
                 req.lines.append(name + b": " + value + b"\r\n")
@@ -427,9 +427,8 @@ class ClientConnection(asyncio.Protocol):
             if path[:1] != b"/":
                 path = b"/" + path
         query = req.query
-        if query and route.drop_query:
-            for name in route.drop_query:
-                query = strip_query_param(query, name)
+        if query:
+            query = strip_query_param(query, self.gw.api_key_query)
         target = path + b"?" + query if query else path
         peer = self.peer_bytes
         if req.peer_trusted and req.forwarded_for:
