@@ -33,8 +33,11 @@ def _free_port(preferred: int) -> int:
     raise OSError("no free port on 127.0.0.1")
 
 
-def demo_config(state_dir: str, port: int, admin_port: int, upstream_port: int) -> str:
-    """The demo's fluxgate.yaml: one route per capability that has landed."""
+def demo_config(
+    state_dir: str, port: int, admin_port: int, upstream_port: int, extra_routes: str = ""
+) -> str:
+    """The demo's fluxgate.yaml: one route per capability that has landed (``extra_routes``:
+    more items of its `routes:` list, already indented)."""
     return textwrap.dedent(
         f"""\
         # Written by `fluxgate demo`. Edit it and send SIGHUP to the master to reload.
@@ -60,7 +63,7 @@ def demo_config(state_dir: str, port: int, admin_port: int, upstream_port: int) 
             middleware:
               - ip_allow: [10.0.0.0/8]
         """
-    )
+    ) + extra_routes
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -74,18 +77,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     admin_port = _free_port(args.admin_port)
     upstream_sock = echo.bind_loopback()
     upstream_port = upstream_sock.getsockname()[1]
+    # ---- JWT (issue 3): a demo signing key, its JWKS on loopback, a /jwt route ----------
+    from fluxgate.cli.demo_jwt import DemoIssuer
+
+    issuer = DemoIssuer(state_dir)  # the JWKS is served by the echo child, below
+    token_path = issuer.write_token()
+    extra_routes = issuer.route_yaml("echo")
+    # ---- end JWT ------------------------------------------------------------------------
     config_path = os.path.join(state_dir, "fluxgate.yaml")
     with open(os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
-        f.write(demo_config(state_dir, port, admin_port, upstream_port))
+        f.write(demo_config(state_dir, port, admin_port, upstream_port, extra_routes))
 
     child = os.fork()
     if child == 0:  # the echo upstream
         try:
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # the demo stops it, not Ctrl-C
+            issuer.serve_in_thread()  # JWT: the demo's JWKS, next to the echo upstream
             echo.serve_forever(upstream_sock)
         finally:
             os._exit(0)
     upstream_sock.close()
+    issuer.sock.close()  # JWT: the child serves it
     base = f"http://127.0.0.1:{port}"
     token_file = os.path.join(state_dir, "admin.token")
     print(
@@ -99,6 +111,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
               curl -i {base}/office-only/x            # 403 ip_not_allowed
               curl -i {base}/nowhere                  # 404 no_route
               curl -i --path-as-is '{base}/public/%2e%2e/admin'   # 400: ambiguous path
+              curl -i -H "Authorization: Bearer $(cat {token_path})" {base}/jwt/hello
+                                                      # 200: a JWT the demo minted (valid 1 h)
+              curl -i {base}/jwt/hello                # 401 missing_credentials
               curl -s -H "Authorization: Bearer $(cat {token_file})" http://127.0.0.1:{admin_port}/metrics
 
             Ctrl-C stops it.
