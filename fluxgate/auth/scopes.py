@@ -61,7 +61,7 @@ def compile_rule(rule: str) -> tuple[str, re.Pattern[str]]:
 class ScopePolicy:
     """The scope rules of one route's auth middleware."""
 
-    __slots__ = ("required", "challenge", "rules", "_covering")
+    __slots__ = ("required", "challenge", "rules", "active", "_covering")
 
     def __init__(self, required: Iterable[str], scope_map: Mapping[str, list[str]]) -> None:
         self.required = frozenset(required)
@@ -72,6 +72,7 @@ class ScopePolicy:
             for method, regex in map(compile_rule, rules)
         )
         self._covering: dict[tuple[bytes, bytes], frozenset[str]] = {}
+        self.active = bool(self.required or self.rules)  # False: check() always passes
 
     def covering(self, method: bytes, path: bytes) -> frozenset[str]:
         """The scope_map scopes whose rules cover ``method path`` (empty: not covered)."""
