@@ -13,6 +13,7 @@ __all__ = (
     "KeyTable",
     "QuotaCounters",
     "extract_api_key",
+    "ratelimit_fields",
     "strip_query_param",
     "B64Error",
     "Counters",
@@ -165,6 +166,13 @@ def extract_api_key(
 ) -> tuple[int, bytes | None]:
     """(0, None) none | (1, key) one | (2, None) several: from header ``lname`` or query
     parameter ``qname`` (names percent-decoded)."""
+
+RATELIMIT_NAMES: tuple[bytes, bytes, bytes]
+
+def ratelimit_fields(
+    limit: int, remaining: int, reset: int, /
+) -> tuple[tuple[bytes, bytes], tuple[bytes, bytes], tuple[bytes, bytes]]:
+    """The RateLimit-Limit/Remaining/Reset (name, value) pairs (reset in seconds, >= 0)."""
 
 def strip_query_param(query: bytes, name: bytes, /) -> bytes:
     """``query`` without every ``name`` parameter (the same object when there is none)."""

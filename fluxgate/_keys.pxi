@@ -32,6 +32,7 @@
 # state is never restored, so a stale compare-exchange cannot succeed.
 
 from cpython.buffer cimport PyBUF_SIMPLE
+from cpython.bytes cimport PyBytes_FromFormat
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.stdint cimport int64_t, uint8_t, uint16_t
 from libc.string cimport memchr, memcpy, memset
@@ -246,6 +247,7 @@ __all__ += (
     "KeyTable",
     "QuotaCounters",
     "extract_api_key",
+    "ratelimit_fields",
     "strip_query_param",
 )
 
@@ -911,6 +913,23 @@ cdef class KeyTable:
 
 
 # ---- request helpers -----------------------------------------------------------------
+
+# The RateLimit-* names (draft-ietf-httpapi-ratelimit-headers): one object each, so that
+# fluxgate.auth.quotas can find them in a response-header list by identity.
+cdef bytes _RL_LIMIT = b"RateLimit-Limit"
+cdef bytes _RL_REMAINING = b"RateLimit-Remaining"
+cdef bytes _RL_RESET = b"RateLimit-Reset"
+RATELIMIT_NAMES = (_RL_LIMIT, _RL_REMAINING, _RL_RESET)
+
+
+def ratelimit_fields(unsigned long limit, unsigned long remaining, long reset, /):
+    """The three RateLimit-* (name, value) pairs; ``reset`` in seconds (negative: 0)."""
+    return (
+        (_RL_LIMIT, PyBytes_FromFormat("%lu", limit)),
+        (_RL_REMAINING, PyBytes_FromFormat("%lu", remaining)),
+        (_RL_RESET, PyBytes_FromFormat("%ld", reset if reset > 0 else 0)),
+    )
+
 
 cdef inline unsigned char _lower(unsigned char c) noexcept nogil:
     return c | 0x20 if b"A" <= c <= b"Z" else c

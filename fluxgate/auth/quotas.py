@@ -22,7 +22,7 @@ import os
 import secrets
 import struct
 
-from fluxgate._core import KEY_LAYOUT, QuotaCounters
+from fluxgate._core import KEY_LAYOUT, RATELIMIT_NAMES, QuotaCounters, ratelimit_fields
 
 QUOTA_FILE = "quotas.bin"
 DEFAULT_CAPACITY = 1 << 20
@@ -90,7 +90,7 @@ def rule_identity(route: str, by: str, window: int) -> bytes:
 
 # ---- response headers (IETF draft-ietf-httpapi-ratelimit-headers, RFC 9110 §10.2.3) --------
 
-_LIMIT, _REMAINING, _RESET = b"RateLimit-Limit", b"RateLimit-Remaining", b"RateLimit-Reset"
+_REMAINING = RATELIMIT_NAMES[1]
 
 
 def ratelimit_headers(
@@ -105,6 +105,4 @@ def ratelimit_headers(
                     return
                 del headers[i - 1 : i + 2]  # the three are always added together, in order
                 break
-    headers += (
-        (_LIMIT, b"%d" % limit), (_REMAINING, b"%d" % remaining), (_RESET, b"%d" % max(reset, 0)),
-    )
+    headers += ratelimit_fields(limit, remaining, reset)

@@ -24,7 +24,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from fluxgate._core import extract_api_key
+from fluxgate._core import extract_api_key, ratelimit_fields
 from fluxgate.auth.failures import AuthFailures
 from fluxgate.auth.keytable import REASONS, STAT_KEY_QUOTA, STAT_KEY_QUOTA_FULL, SharedKeys
 from fluxgate.auth.quotas import ratelimit_headers
@@ -114,7 +114,10 @@ class ApiKeyMiddleware:
             if info.response_headers:
                 req.response_headers.extend(info.response_headers)
             if limit:
-                ratelimit_headers(req.response_headers, limit, remaining, end - int(now))
+                if req.response_headers:
+                    ratelimit_headers(req.response_headers, limit, remaining, end - int(now))
+                else:  # the common case, without a call
+                    req.response_headers += ratelimit_fields(limit, remaining, end - int(now))
             return None
         if code <= _EXPIRED:
             self._fail(REASONS[code])

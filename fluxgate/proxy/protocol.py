@@ -237,6 +237,8 @@ class ClientConnection(asyncio.Protocol):
         if kind is None:
             if not lname.startswith(hdr.FLUXGATE_PREFIX):
                 req.lines.append(name + b": " + value + b"\r\n")
+        elif kind == hdr.H_DROP:  # hop-by-hop, the API key: first, as they are common
+            return
         elif kind == hdr.H_HOST:
             req.hosts += 1
             req.host = value
