@@ -26,10 +26,10 @@ AUDIENCE = "orders-api"
 
 class IdentityProvider:
     def __init__(self, algs: tuple[str, ...] = ("RS256", "ES256"), *,
-                 tls: tuple[str, str] | None = None) -> None:
-        self.keys: list[SigningKey] = []
-        self._serial = 0
-        for alg in algs:
+                 tls: tuple[str, str] | None = None, keys: list[SigningKey] | None = None) -> None:
+        self.keys: list[SigningKey] = list(keys or ())  # given keys instead of new ones
+        self._serial = len(self.keys)
+        for alg in algs if keys is None else ():
             self.add_key(alg)
         self.current = self.keys[0]
         self.published: list[SigningKey] = list(self.keys)

@@ -1,0 +1,128 @@
+"""What the JWT end-to-end bench needs: a signing key and many distinct RS256 tokens (cached
+on disk between runs: 100,000 RSA-2048 signatures take tens of seconds), and HAProxy
+configured with ``jwt_verify`` (RS256 pinned, ``iss`` and ``exp`` checked)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+
+from fluxgate._core import b64url_decode
+from tests.support.tokens import SigningKey
+
+from .peers import PeerProcess, free_port
+
+ISSUER = "https://idp.bench.fluxgate.test"  # fixed, so cached tokens stay valid across runs
+AUDIENCE = "orders-api"
+KID = "bench-rsa-1"
+VALIDITY = 30 * 86400  # cached tokens are remade when less than a day of this is left
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    path = Path(base) / "fluxgate-bench"
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+def bench_key() -> SigningKey:
+    """The benchmark's RSA-2048 signing key (made once, kept in the cache directory)."""
+    pem = cache_dir() / "jwt-rs256.pem"
+    if pem.exists():
+        private = serialization.load_pem_private_key(pem.read_bytes(), None)
+        return SigningKey("RS256", KID, private)
+    key = SigningKey.generate("RS256", KID)
+    data = key.private.private_bytes(serialization.Encoding.PEM,
+                                     serialization.PrivateFormat.PKCS8,
+                                     serialization.NoEncryption())
+    fd = os.open(pem, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return key
+
+
+def claims(i: int, exp: int) -> dict:
+    return {"iss": ISSUER, "aud": AUDIENCE, "sub": f"user-{i % 1000}", "jti": f"t{i}",
+            "iat": exp - VALIDITY, "exp": exp, "scope": "orders:read"}
+
+
+def _sign_range(args: tuple[int, int, int]) -> list[str]:
+    start, stop, exp = args
+    key = bench_key()
+    return [key.mint(claims(i, exp)) for i in range(start, stop)]
+
+
+def token_file(count: int) -> Path:
+    """``Authorization`` header values (``Bearer <token>``), one per line, ``count`` distinct
+    RS256 tokens; made in parallel the first time, then reused while valid."""
+    path = cache_dir() / f"jwt-rs256-{count}.txt"
+    if path.exists():
+        with open(path) as f:
+            first = f.readline().split(" ", 1)[1].strip()
+        exp = json.loads(b64url_decode(first.split(".")[1].encode()))["exp"]
+        with open(path) as f:
+            lines = sum(1 for _ in f)
+        if exp > time.time() + 86400 and lines == count:
+            return path
+    bench_key()  # create it once, before the workers read it
+    exp = int(time.time()) + VALIDITY
+    step = 2000
+    chunks = [(i, min(i + step, count), exp) for i in range(0, count, step)]
+    workers = max(1, min(len(os.sched_getaffinity(0)), 4))
+    tmp = path.with_suffix(".tmp")
+    with ProcessPoolExecutor(workers) as pool, open(tmp, "w") as out:
+        for tokens in pool.map(_sign_range, chunks):
+            out.writelines(f"Bearer {t}\n" for t in tokens)
+    os.replace(tmp, path)
+    return path
+
+
+def haproxy_jwt_config(port: int, upstream_port: int, public_key: Path) -> str:
+    """HAProxy 2.6 verifying bearer JWTs itself: RS256 pinned, iss exact, exp checked, then
+    ``jwt_verify`` with the PEM public key; one thread, keep-alive both sides, no log."""
+    return f"""\
+global
+    nbthread 1
+    maxconn 4096
+
+defaults
+    mode http
+    option http-keep-alive
+    option forwardfor
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    timeout http-keep-alive 60s
+
+frontend bench
+    bind 127.0.0.1:{port}
+    http-request set-var(txn.bearer) http_auth_bearer
+    http-request set-var(txn.jwt_alg) var(txn.bearer),jwt_header_query('$.alg')
+    http-request deny status 401 unless {{ var(txn.jwt_alg) -m str RS256 }}
+    http-request deny status 401 unless {{ var(txn.bearer),jwt_payload_query('$.iss') -m str {ISSUER} }}
+    http-request set-var(txn.exp) var(txn.bearer),jwt_payload_query('$.exp','int')
+    http-request set-var(txn.now) date()
+    http-request deny status 401 unless {{ var(txn.exp),sub(txn.now) -m int gt 0 }}
+    http-request deny status 401 unless {{ var(txn.bearer),jwt_verify(txn.jwt_alg,"{public_key}") -m int 1 }}
+    default_backend upstream
+
+backend upstream
+    http-reuse safe
+    server up1 127.0.0.1:{upstream_port} maxconn 1000
+"""
+
+
+def haproxy_jwt(binary: str, workdir: Path, upstream_port: int, key: SigningKey) -> PeerProcess:
+    workdir.mkdir(parents=True, exist_ok=True)
+    pem = workdir / "jwt-public.pem"
+    pem.write_bytes(key.public_pem())
+    port = free_port()
+    cfg = workdir / "haproxy-jwt.cfg"
+    cfg.write_text(haproxy_jwt_config(port, upstream_port, pem))
+    return PeerProcess("haproxy-jwt", [binary, "-db", "-f", str(cfg)], port,
+                       workdir / "haproxy.log")
