@@ -84,6 +84,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     token_path = issuer.write_token()
     extra_routes = issuer.route_yaml("echo")
     # ---- end JWT ------------------------------------------------------------------------
+    # ---- API keys (issue 4): a key issued at start, shown once below; an /api-key route --
+    from fluxgate.cli.demo_keys import DemoKeys
+
+    demo_keys = DemoKeys(state_dir)
+    extra_routes += demo_keys.route_yaml("echo")
+    # ---- end API keys -------------------------------------------------------------------
     config_path = os.path.join(state_dir, "fluxgate.yaml")
     with open(os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
         f.write(demo_config(state_dir, port, admin_port, upstream_port, extra_routes))
@@ -114,6 +120,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
               curl -i -H "Authorization: Bearer $(cat {token_path})" {base}/jwt/hello
                                                       # 200: a JWT the demo minted (valid 1 h)
               curl -i {base}/jwt/hello                # 401 missing_credentials
+              curl -i -H "X-API-Key: {demo_keys.key}" {base}/api-key/hello
+                                                      # 200 + RateLimit-*: the key issued just now
+                                                      # (shown once; 5 per minute, then 429)
+              curl -i {base}/api-key/hello            # 401 missing_credentials
+              fluxctl --config {config_path} keys list   # quota used, last use; never the key
               curl -s -H "Authorization: Bearer $(cat {token_file})" http://127.0.0.1:{admin_port}/metrics
 
             Ctrl-C stops it.
@@ -121,6 +132,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ),
         flush=True,
     )
+    print(demo_keys.key_list(config_path), flush=True)  # API keys: `fluxctl keys list` now
     try:
         return Arbiter(load_config(config_path), config_path, workers_override=None).run()
     finally:
