@@ -177,6 +177,7 @@ def test_claim_header_values_cannot_split_the_head():
     assert claim_header_value({"k": "v\n"}) == b'{"k":"v\\n"}'
     assert claim_header_value("\x00\x01") is None
     assert claim_header_value("x" * 5000) is None
+    assert claim_header_value(None) is None and claim_header_value(2**70) is None
 
 
 # ---- the shared gateway -------------------------------------------------------------------

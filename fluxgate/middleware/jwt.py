@@ -56,21 +56,23 @@ _now = time.time
 def claim_header_value(value: Any) -> bytes | None:
     """A claim as an HTTP field value: strings as UTF-8, numbers and booleans as JSON,
     arrays of those comma-joined, objects as compact JSON; control characters removed, so
-    a claim can never split the request head. None when it cannot be (or is too long)."""
-    if isinstance(value, str):
-        raw = value.encode("utf-8", "replace")
-    elif isinstance(value, bool | int | float) or value is None:
-        raw = orjson.dumps(value)
-    elif isinstance(value, list) and all(
-        isinstance(v, str | bool | int | float) for v in value
-    ):
-        raw = b", ".join(v.encode("utf-8", "replace") if isinstance(v, str) else orjson.dumps(v)
-                         for v in value)
-    else:
-        try:
+    a claim can never split the request head. None when it cannot be (null, too long)."""
+    if value is None:  # a null claim is an absent one
+        return None
+    try:
+        if isinstance(value, str):
+            raw = value.encode("utf-8", "replace")
+        elif isinstance(value, list) and all(
+            isinstance(v, str | bool | int | float) for v in value
+        ):
+            raw = b", ".join(
+                v.encode("utf-8", "replace") if isinstance(v, str) else orjson.dumps(v)
+                for v in value
+            )
+        else:
             raw = orjson.dumps(value)
-        except TypeError:
-            return None
+    except (TypeError, ValueError):  # orjson.JSONEncodeError: nothing a header could hold
+        return None
     raw = bytes(b for b in raw if b >= 0x20 and b != 0x7F).strip()
     if not raw or len(raw) > MAX_CLAIM_HEADER:
         return None
