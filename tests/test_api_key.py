@@ -370,3 +370,55 @@ def test_state_files_are_private(gw):
     for name in ("keys.db", "keys.secret", "keys.usage", "quotas.bin"):
         assert (gw.state_dir / name).stat().st_mode & 0o777 == 0o600, name
     assert (gw.state_dir / "keys.table").stat().st_mode & 0o777 == 0o400  # never rewritten
+
+
+# ---- the middleware on its own: scope_map -----------------------------------------------------
+
+
+class _Gateway:
+    """What ApiKeyMiddleware.from_config reads of a worker's Gateway."""
+
+    def __init__(self, config) -> None:
+        self.config = config
+        self.state_dir = config.state_dir
+        self.periodic: list = []
+
+
+def test_scope_map_rules_cover_methods_and_paths(tmp_path):
+    from fluxgate.config import load_config_text
+    from fluxgate.middleware.api_key import ApiKeyMiddleware
+    from fluxgate.proxy.protocol import RequestState
+    from tests.support.keys import KeyState
+
+    state = KeyState(tmp_path / "state")
+    _, reader = state.generate("reader", scopes=["orders:read"])
+    _, writer = state.generate("writer", scopes=["orders:write"])
+    state.table()
+    config = load_config_text(f"""
+state_dir: {tmp_path / "state"}
+routes:
+  - route: /orders
+    upstream: http://127.0.0.1:9
+    middleware:
+      - api_key: {{}}
+scope_map:
+  orders:write: ["POST /orders/**", "PUT /orders/*"]
+""")
+    middleware = ApiKeyMiddleware.from_config(config.routes[0].middleware[0], _Gateway(config))
+
+    def call(key: str, method: bytes, path: bytes):
+        req = RequestState(0.0)
+        req.headers, req.method, req.path, req.client_ip = [(b"X-API-Key", key.encode())], method, path, "1.2.3.4"
+        return middleware(req), req
+
+    try:
+        assert call(reader, b"GET", b"/orders/7")[0] is None  # no rule covers GET
+        refusal, _ = call(reader, b"POST", b"/orders/7/items")
+        assert refusal.status == 403 and refusal.code == "insufficient_scope"
+        assert b'scope="orders:write"' in refusal.headers[0][1]
+        assert call(writer, b"PUT", b"/orders/7")[0] is None
+        error, req = call(writer, b"GET", b"/orders/7")
+        assert error is None and req.principal.id == "key:writer"
+    finally:
+        middleware.shared.table.release()
+        state.close()

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from fluxgate.proxy.protocol import RequestState
 
 log = logging.getLogger("fluxgate.keys")
+_now = time.time  # bound once: the hot path does no module attribute lookup
 
 _OK, _MALFORMED, _BAD_TAG, _UNKNOWN, _BAD_SECRET, _REVOKED, _EXPIRED = range(7)
 _ROUTE_DENIED, _SCOPE_DENIED, _IP_DENIED, _QUOTA_EXCEEDED, _QUOTA_FULL = range(7, 12)
@@ -54,7 +55,8 @@ INVALID_DESCRIPTION = "The API key is invalid, expired or revoked."
 class ApiKeyMiddleware:
     """Per route: the required scopes and where the key may come from; the table is shared."""
 
-    __slots__ = ("shared", "required", "policy", "lname", "qname", "failures", "_covering")
+    __slots__ = ("shared", "required", "policy", "scoped", "lname", "qname", "failures",
+                 "_covering")  # fmt: skip
 
     def __init__(
         self, shared: SharedKeys, policy: ScopePolicy, header: str, query: str,
@@ -62,6 +64,7 @@ class ApiKeyMiddleware:
     ) -> None:
         self.shared = shared
         self.policy = policy
+        self.scoped = bool(policy.rules)  # a scope_map rule may cover this route's paths
         self.required = tuple(s.encode() for s in sorted(policy.required))
         self.lname = header.lower().encode()
         self.qname = query.encode() if accept_query else b""
@@ -94,9 +97,9 @@ class ApiKeyMiddleware:
             self._fail("ambiguous_credentials")
             return InvalidKey("More than one API key in the request.", reason="ambiguous")
         shared = self.shared
-        now = time.time()
+        now = _now()
         covering = None
-        if self.policy.rules:
+        if self.scoped:
             covering = self.policy.covering(req.method, req.path)
             if covering:
                 encoded = self._covering.get(covering)

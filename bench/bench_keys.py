@@ -1,0 +1,353 @@
+"""API keys: the key check and quota consume in _core against stdlib peers, and end to end
+(``pytest bench/``; ``-m "not e2e"`` leaves the end-to-end run out).
+
+Micro (pytest-benchmark, medians; the peer is the same decision in plain Python with the
+stdlib: ``hmac`` tag check, a dict lookup, ``hmac.compare_digest``, an expiry compare, and a
+lock-protected ``multiprocessing.Value`` counter — the stdlib way to be exact across forked
+workers). The table holds 10,000 keys; each round takes the next key.
+
+End to end (one worker, closed loop, the e2e method of bench_e2e.py: proxy pinned to one CPU,
+loadgen and the fixed-response upstream to the other, interleaved halves): FluxGate's public
+route, FluxGate's api_key route with 10,000 distinct keys (rotating X-API-Key header, each key
+with a quota; and again with 10,000 keys without a quota, so without RateLimit-* headers), and
+HAProxy doing the same job: ``hmac(sha256)`` of the key, a map lookup of its hex (10,000
+entries), a stick-table counter per consumer with a limit, the header removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import hmac
+import itertools
+import multiprocessing
+import os
+import platform
+import time
+from pathlib import Path
+
+import pytest
+
+from fluxgate._core import KEY_FORMAT, b64url_decode
+from fluxgate.auth.keystore import KeySpec, KeyStore
+from tests.support.keys import KeyState
+
+N_KEYS = 10_000
+REASONS = KEY_FORMAT["reasons"]
+BIG_QUOTA = (4_000_000_000, 86400)  # never reached: every consume is counted and passes
+
+
+# ---- micro ----------------------------------------------------------------------------------
+
+
+class PythonKeyCheck:
+    """The peer: the same format and decision in stdlib Python."""
+
+    def __init__(self, signing_key: bytes, records) -> None:
+        self.signing_key = signing_key
+        self.by_id = {
+            b64url_decode(r.key_id.encode()): (r.digest, r.valid_until, r.revoked_at is not None)
+            for r in records
+        }
+        ctx = multiprocessing.get_context("fork")
+        self.count = ctx.Value("Q", 0)
+
+    def check(self, key: bytes, now: float, consume: bool = False) -> str:
+        if len(key) != 63 or not key.startswith(b"fg_"):
+            return "malformed"
+        try:
+            raw = b64url_decode(key[3:])
+        except ValueError:
+            return "malformed"
+        mac = hmac.digest(self.signing_key, b"fgk1" + raw[:33], hashlib.sha256)
+        if not hmac.compare_digest(mac[:12], raw[33:]):
+            return "bad_tag"
+        found = self.by_id.get(raw[:9])
+        if found is None or not hmac.compare_digest(found[0], mac):
+            return "unknown_key"
+        if found[2]:
+            return "revoked"
+        if now >= found[1]:
+            return "expired"
+        if consume:
+            with self.count.get_lock():
+                self.count.value += 1
+        return "ok"
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    state = KeyState(tmp_path_factory.mktemp("bench-keys") / "state", quota_capacity=1 << 15)
+    plain, quota = [], []
+    store = state.store
+    for i in range(N_KEYS):
+        plain.append(state.generate(f"plain-{i}")[1].encode())
+    for i in range(N_KEYS):
+        quota.append(state.generate(f"quota-{i}", quota=BIG_QUOTA)[1].encode())
+    _, revoked = state.generate("revoked")
+    store.revoke("revoked")
+    table = state.table()
+    peer = PythonKeyCheck(state.signing_key, store.all())
+    forged = [k[:-2] + (b"AA" if k[-2:] != b"AA" else b"BB") for k in plain[:1000]]
+    yield {"table": table, "plain": plain, "quota": quota, "revoked": revoked.encode(),
+           "forged": forged, "peer": peer, "state": state}
+    state.close()
+
+
+def _cycle(items):
+    return itertools.cycle(items).__next__
+
+
+@pytest.mark.benchmark(group="api key check: valid (10,000 keys)")
+def test_check_valid_fluxgate(benchmark, keys, record_impl):
+    check, nxt, now = keys["table"].check, _cycle(keys["plain"]), time.time()
+    assert benchmark(lambda: check(nxt(), now, b"/api", (), None, "10.0.0.1"))[0] == 0
+    record_impl("fluxgate")
+
+
+@pytest.mark.benchmark(group="api key check: valid (10,000 keys)")
+def test_check_valid_python(benchmark, keys, record_impl):
+    check, nxt, now = keys["peer"].check, _cycle(keys["plain"]), time.time()
+    assert benchmark(lambda: check(nxt(), now)) == "ok"
+    record_impl("python (hmac + dict)")
+
+
+@pytest.mark.benchmark(group="api key check + quota consume (10,000 keys)")
+def test_check_quota_fluxgate(benchmark, keys, record_impl):
+    check, nxt, now = keys["table"].check, _cycle(keys["quota"]), time.time()
+    code, _, limit, remaining, _ = benchmark(lambda: check(nxt(), now, b"/api", (), None, "10.0.0.1"))
+    assert code == 0 and limit == BIG_QUOTA[0] and remaining < limit
+    record_impl("fluxgate")
+
+
+@pytest.mark.benchmark(group="api key check + quota consume (10,000 keys)")
+def test_check_quota_python(benchmark, keys, record_impl):
+    check, nxt, now = keys["peer"].check, _cycle(keys["quota"]), time.time()
+    assert benchmark(lambda: check(nxt(), now, True)) == "ok"
+    record_impl("python (hmac + dict + multiprocessing.Value)")
+
+
+@pytest.mark.benchmark(group="api key check: forged (bad tag)")
+def test_check_forged_fluxgate(benchmark, keys, record_impl):
+    check, nxt, now = keys["table"].check, _cycle(keys["forged"]), time.time()
+    assert benchmark(lambda: check(nxt(), now, b"/api", (), None, "10.0.0.1"))[0] == 2
+    record_impl("fluxgate")
+
+
+@pytest.mark.benchmark(group="api key check: forged (bad tag)")
+def test_check_forged_python(benchmark, keys, record_impl):
+    check, nxt, now = keys["peer"].check, _cycle(keys["forged"]), time.time()
+    assert benchmark(lambda: check(nxt(), now)) == "bad_tag"
+    record_impl("python (hmac + dict)")
+
+
+@pytest.mark.benchmark(group="api key check: revoked")
+def test_check_revoked_fluxgate(benchmark, keys, record_impl):
+    check, key, now = keys["table"].check, keys["revoked"], time.time()
+    assert benchmark(check, key, now, b"/api", (), None, "10.0.0.1")[0] == REASONS.index("revoked")
+    record_impl("fluxgate")
+
+
+@pytest.mark.benchmark(group="api key check: revoked")
+def test_check_revoked_python(benchmark, keys, record_impl):
+    check, key, now = keys["peer"].check, keys["revoked"], time.time()
+    assert benchmark(check, key, now) == "revoked"
+    record_impl("python (hmac + dict)")
+
+
+@pytest.mark.benchmark(group="quota consume (one bucket)")
+def test_quota_consume_fluxgate(benchmark, keys, record_impl):
+    quotas = keys["state"].quotas
+    tag, now = quotas.tag(b"bench"), time.time()
+    assert benchmark(quotas.consume, tag, BIG_QUOTA[0], 86400, now)[0] == 0
+    record_impl("fluxgate")
+
+
+@pytest.mark.benchmark(group="quota consume (one bucket)")
+def test_quota_consume_multiprocessing_value(benchmark, record_impl):
+    value = multiprocessing.get_context("fork").Value("Q", 0)
+    limit = BIG_QUOTA[0]
+
+    def consume() -> bool:
+        with value.get_lock():
+            if value.value >= limit:
+                return False
+            value.value += 1
+            return True
+
+    assert benchmark(consume) is True
+    record_impl("multiprocessing.Value")
+
+
+# ---- end to end -----------------------------------------------------------------------------
+
+E2E_SECONDS = float(os.environ.get("FLUXGATE_BENCH_E2E_SECONDS", "8"))  # measured, per target
+WARMUP = 1.0
+CONNECTIONS = 50
+HAPROXY_SECRET = b"haproxy-bench-secret-0123456789ab"
+
+FLUXGATE_CONFIG = """\
+workers: 1
+access_log: null
+routes:
+  - route: /bench
+    upstream: http://127.0.0.1:{port}
+    public: true
+  - route: /keyed
+    upstream: http://127.0.0.1:{port}
+    middleware:
+      - api_key: {{}}
+"""
+
+
+def haproxy_keys_config(port: int, upstream_port: int, map_path: Path) -> str:
+    """HAProxy as an API-key gateway: HMAC-SHA256 of the key (its ``hmac`` converter, 2.5+),
+    map lookup of the hex digest to the consumer, a stick-table request counter per consumer
+    with a limit (never reached, as FluxGate's quota), the key header removed."""
+    secret = __import__("base64").b64encode(HAPROXY_SECRET).decode()
+    return f"""\
+global
+    nbthread 1
+    maxconn 4096
+
+defaults
+    mode http
+    option http-keep-alive
+    option forwardfor
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    timeout http-keep-alive 60s
+
+frontend bench
+    bind 127.0.0.1:{port}
+    stick-table type string len 64 size 20k expire 1d store http_req_cnt
+    http-request set-var(txn.mac) req.hdr(X-API-Key),hmac(sha256,{secret}),hex
+    http-request set-var(txn.name) var(txn.mac),map({map_path})
+    http-request deny deny_status 401 unless {{ var(txn.name) -m found }}
+    http-request track-sc0 var(txn.name)
+    http-request deny deny_status 429 if {{ sc_http_req_cnt(0) gt 4000000000 }}
+    http-request del-header X-API-Key
+    default_backend upstream
+
+backend upstream
+    http-reuse safe
+    server up1 127.0.0.1:{upstream_port} maxconn 1000
+"""
+
+
+@pytest.mark.e2e
+def test_e2e_api_key_route(benchmark, tmp_path, request, e2e_summary):
+    from bench.bench_e2e import _command, _cpu_plan
+    from bench.support import cpu, peers
+    from bench.support.measure import Target, combine, measure
+    from bench.support.results import table
+    from bench.support.upstream import start_upstream
+    from fluxgate.auth.keys import load_signing_key
+    from tests.support.gateway import GatewayProcess
+
+    benchmark.group = "e2e: api_key route"
+    try:
+        haproxy_bin = peers.ensure_installed("haproxy")
+    except peers.PeerUnavailable as exc:
+        pytest.skip(f"HAProxy peer unavailable: {exc}")
+    client_cpus, proxy_cpus, plan = _cpu_plan()
+
+    with contextlib.ExitStack() as stack:
+        if client_cpus:
+            own = os.sched_getaffinity(0)
+            os.sched_setaffinity(0, client_cpus)
+            stack.callback(os.sched_setaffinity, 0, own)
+        upstream = start_upstream()
+        stack.callback(upstream.stop)
+
+        gw_dir = tmp_path / "fluxgate"
+        gw_dir.mkdir()
+        gateway = GatewayProcess(gw_dir, FLUXGATE_CONFIG.format(port=upstream.port), workers=1)
+        # 10,000 keys issued before the start (as fluxctl would), each with a quota.
+        signing = load_signing_key(None, str(gateway.state_dir))
+        store = KeyStore.open(str(gateway.state_dir))
+        store.check_signing_key(signing)
+        keys = [store.generate(f"consumer-{i}", KeySpec(quota=BIG_QUOTA), expires_in=86400,
+                               signing_key=signing)[1] for i in range(N_KEYS)]
+        free_keys = [store.generate(f"unmetered-{i}", KeySpec(), expires_in=86400,
+                                    signing_key=signing)[1] for i in range(N_KEYS)]
+        store.close()
+        stack.callback(gateway.stop)
+        gateway.start()
+        map_path = tmp_path / "keys.map"
+        map_path.write_text("".join(  # HAProxy's hex converter writes upper case
+            f"{hmac.new(HAPROXY_SECRET, k.encode(), hashlib.sha256).hexdigest().upper()} consumer-{i}\n"
+            for i, k in enumerate(keys)
+        ))
+        hap_dir = tmp_path / "haproxy"
+        hap_dir.mkdir()
+        hap_port = peers.free_port()
+        (hap_dir / "haproxy.cfg").write_text(haproxy_keys_config(hap_port, upstream.port, map_path))
+        haproxy = peers.PeerProcess("haproxy", [haproxy_bin, "-db", "-f", str(hap_dir / "haproxy.cfg")],
+                                    hap_port, hap_dir / "haproxy.log")
+        stack.callback(haproxy.stop)
+        haproxy.start()
+
+        def proxied(name: str, pid: int, url: str) -> Target:
+            if proxy_cpus:
+                cpu.pin_tree(pid, proxy_cpus)
+            return Target(name, url, cpu.tree(pid))
+
+        fluxgate = proxied("fluxgate", gateway.proc.pid, gateway.url)
+        hap = proxied("haproxy", haproxy.pid, haproxy.url)
+        rotating = {"header_name": "X-API-Key", "header_values": keys}
+        runs = [  # (row name, target, path, load options)
+            ("fluxgate public route", fluxgate, "/bench/hello", None),
+            ("fluxgate api_key route", fluxgate, "/keyed/hello", rotating),
+            ("fluxgate api_key, no quota", fluxgate, "/keyed/hello",
+             {"header_name": "X-API-Key", "header_values": free_keys}),
+            ("haproxy api keys", hap, "/keyed/hello", rotating),
+        ]
+
+        def run():
+            def one(spec, seconds):
+                name, target, path, load = spec
+                m = measure(target, path=path, seconds=seconds, connections=CONNECTIONS,
+                            upstream_pid=upstream.pid, load=load)
+                m.target = name
+                return m
+
+            warmups = [one(spec, WARMUP) for spec in runs]
+            halves = {spec[0]: [] for spec in runs}
+            for spec in runs + runs[::-1]:
+                halves[spec[0]].append(one(spec, E2E_SECONDS / 2))
+            return warmups, {name: combine(parts) for name, parts in halves.items()}
+
+        warmups, rows = benchmark.pedantic(run, rounds=1, iterations=1)
+
+    public, keyed, unmetered, hap_row = (rows[r[0]] for r in runs)
+
+    def per_core(m):
+        return m.rps_per_proxy_core or 0.0
+
+    lines = [
+        f"### Run {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}",
+        "",
+        f"- command: `{_command(request.config)}` (from the repository root)",
+        f"- machine: {cpu.machine_facts()['model']}, nproc {cpu.machine_facts()['nproc']}; "
+        f"Python {platform.python_version()}; {peers.version(haproxy_bin)}",
+        f"- load: closed loop, {CONNECTIONS} connections, {WARMUP:g} s warm-up then 2 x "
+        f"{E2E_SECONDS / 2:g} s interleaved per row; {plan}; {N_KEYS:,} keys rotating",
+        "",
+        *table(list(rows.values())),
+        "",
+        f"- api_key route / public route: req/s {keyed.rps / public.rps:.2f}x, "
+        f"per proxy core {per_core(keyed) / max(per_core(public), 1):.2f}x (target >= 0.9x); "
+        f"without quota: req/s {unmetered.rps / public.rps:.2f}x, "
+        f"per proxy core {per_core(unmetered) / max(per_core(public), 1):.2f}x",
+        f"- fluxgate api_key route / haproxy api keys: req/s {keyed.rps / hap_row.rps:.2f}x, "
+        f"per proxy core {per_core(keyed) / max(per_core(hap_row), 1):.2f}x (target >= 1.0x)",
+    ]
+    text = "\n".join(lines) + "\n"
+    e2e_summary(text)
+    benchmark.extra_info["text"] = text
+    for m in warmups + list(rows.values()):
+        assert m.requests > 0 and m.error_count == 0, (m.target, m.errors)
+        assert set(m.status) == {"200"}, (m.target, m.status)
