@@ -304,6 +304,13 @@ def test_forged_truncated_and_garbage_keys_are_401_never_500_never_forwarded(gw,
     assert (status, body["error"]) == (401, "missing_credentials")
     assert headers["www-authenticate"] == 'Bearer realm="fluxgate"'
     assert len(upstream.requests) == before
+    # Every refusal is counted by its reason (never with the key): /metrics.
+    conn = http.client.HTTPConnection("127.0.0.1", gw.admin_port, timeout=5)
+    conn.request("GET", "/metrics", headers={"Authorization": "Bearer test-admin-token"})
+    metrics = conn.getresponse().read().decode()
+    conn.close()
+    for reason in ("malformed", "bad_tag", "ambiguous_credentials", "missing_credentials"):
+        assert f'fluxgate_auth_failures_total{{method="api_key",reason="{reason}"}}' in metrics
 
 
 def test_scopes_routes_and_query_policy(gw, upstream):

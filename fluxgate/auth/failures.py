@@ -48,6 +48,11 @@ REASONS: tuple[str, ...] = (
     "invalid_key",
     "revoked",
     "wrong_route",
+    # API keys: KeyTable.check's reasons (fluxgate/_keys.pxi)
+    "bad_tag",
+    "unknown_key",
+    "bad_secret",
+    "ip_not_allowed",
 )
 MAX_REASONS = 64
 _METHOD_INDEX = {m: i for i, m in enumerate(METHODS)}
