@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from fluxgate.config import load_config_text
+from fluxgate.config import load_config, load_config_text
 from fluxgate.middleware.jwt import JwtMiddleware, claim_header_value
 from fluxgate.proxy.protocol import RequestState
 from tests.support import hostile
@@ -572,6 +572,47 @@ routes:
         assert upstream.requests and len(upstream.requests) == 1
     finally:
         for gw in gateways:
+            gw.stop()
+        upstream.stop()
+        idp.stop()
+
+
+def test_any_with_jwt_and_api_key(tmp_path):
+    """``any: [jwt, api_key]``: whichever credential the request carries decides; a bad
+    bearer token is a 401 even with a good API key beside it (no fall-through)."""
+    from fluxgate.auth.keyops import KeyOps
+
+    idp = IdentityProvider(("ES256",)).start()
+    upstream = RecordingUpstream().start()
+    gw = None
+    try:
+        config = f"""
+routes:
+  - route: /api
+    upstream: {upstream.url}
+    middleware:
+      - any:
+          - jwt:
+{jwt_block(idp, indent=14)}
+          - api_key: {{}}
+"""
+        gw = start_gateway(tmp_path, config, workers=1)
+        key = KeyOps(load_config(gw.config_path)).generate("svc")["key"]
+        client = Client(gw.port)
+        assert wait_until(lambda: client.get("/api/x", headers={"X-API-Key": key})[0] == 200)
+        before = len(upstream.requests)
+        assert client.get("/api/x", token=idp.mint())[0] == 200
+        assert upstream.requests[before].header("X-FluxGate-Auth") == "jwt"
+        assert client.get("/api/x", headers={"X-API-Key": key})[0] == 200
+        assert upstream.requests[before + 1].header("X-FluxGate-Auth") == "api_key"
+        both = {"X-API-Key": key, "Authorization": "Bearer " + idp.mint()[:-4] + "AAAA"}
+        status, _, body = client.get("/api/x", headers=both)
+        assert status == 401 and json.loads(body)["error"] == "invalid_token"
+        status, _, body = client.get("/api/x")
+        assert status == 401 and json.loads(body)["error"] == "missing_credentials"
+        assert len(upstream.requests) == before + 2
+    finally:
+        if gw is not None:
             gw.stop()
         upstream.stop()
         idp.stop()
