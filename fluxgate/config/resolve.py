@@ -354,6 +354,14 @@ class _Checker:
             ("api_keys", "header"),
             f"invalid header name {header!r}",
         )
+        # The key header is dropped from every request as it is parsed (DESIGN §4): it must
+        # not be one that HTTP or the gateway itself relies on.
+        self.check(
+            header.lower() not in RESERVED_CLAIM_HEADERS
+            and not header.lower().startswith("x-fluxgate-"),
+            ("api_keys", "header"),
+            f"{header} is used by HTTP or the gateway itself; choose another name",
+        )
         self.check(
             bool(re.fullmatch(r"[A-Za-z0-9._~-]+", query)),
             ("api_keys", "query"),
