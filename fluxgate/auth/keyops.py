@@ -115,9 +115,10 @@ class KeyOps:
     # ---- reads ------------------------------------------------------------------------------
 
     def list(self, *, include_dead: bool = False) -> list[dict[str, Any]]:
-        """Every key (by default without the revoked and expired ones), oldest first."""
+        """Every key (by default without the revoked and expired ones), by name, then oldest
+        first."""
         now = self.clock()
-        records = self.store.all()
+        records = sorted(self.store.all(), key=lambda r: (r.name, r.slot))
         if not include_dead:
             records = [r for r in records if r.status(now) in ("active", "grace")]
         return self._describe_all(records)

@@ -195,6 +195,14 @@ def _ago(ts: str | None) -> str:
     return "never" if at is None else f"{_span(time.time() - at)} ago"
 
 
+def _quota_line(q: dict[str, Any] | None) -> str:
+    """``50000/d: 120 used, 49880 left, resets 2026-11-29 00:00 UTC (in 4h)``."""
+    if not q:
+        return "none"
+    return (f"{q['rate']}: {q['used']} used, {q['remaining']} left, "
+            f"resets {_when(q['resets_at'])}")
+
+
 def _quota(q: dict[str, Any] | None) -> str:
     if not q:
         return "none"
@@ -233,7 +241,7 @@ def _fields(d: dict[str, Any]) -> list[str]:
     rows = [
         ("status", d["status"]),
         ("scopes", " ".join(d["scopes"]) or "none"),
-        ("quota", (d["quota"]["rate"] + f" ({_quota(d['quota'])} used)") if d["quota"] else "none"),
+        ("quota", _quota_line(d["quota"])),
         ("allowed IPs", " ".join(d["allow_ips"]) or "any"),
         ("routes", " ".join(d["routes"]) or "any"),
         ("created", _when(d["created_at"])),
@@ -274,13 +282,7 @@ def _render_show(keys: list[dict[str, Any]]) -> list[str]:
 
 
 def _render_usage(d: dict[str, Any]) -> list[str]:
-    q = d["quota"]
-    lines = [f"{d['name']}:"]
-    if q:
-        lines.append(f"  quota       {q['rate']}: {q['used']} used, {q['remaining']} left, "
-                     f"resets {_when(q['resets_at'])}")
-    else:
-        lines.append("  quota       none")
+    lines = [f"{d['name']}:", f"  quota       {_quota_line(d['quota'])}"]
     lines.append(f"  requests    {d['requests']}")
     last = "never" if not d["last_used_at"] else (
         f"{_ago(d['last_used_at'])} from {d['last_used_from'] or 'unknown'}")
