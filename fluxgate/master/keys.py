@@ -58,7 +58,6 @@ log = logging.getLogger("fluxgate.keys")
 
 POLL_INTERVAL = 0.2  # s between PRAGMA data_version checks
 FLUSH_INTERVAL = 5.0  # s between copies of last-use stamps into keys.db
-REBUILD_INTERVAL = 60.0  # s: a new generation anyway, to drop keys that died meanwhile
 KEEP_DEAD = 7 * 86400.0  # revoked/expired keys stay in the table this long (refusal reasons)
 
 
@@ -91,7 +90,7 @@ class KeyService:
         self._flushed: dict[int, tuple[int, str | None, int]] = {}
         self._records: list[KeyRecord] = []
         self._task: asyncio.Task[None] | None = None
-        self._last_build = 0.0
+        self._next_prune = float("inf")  # when a key in the table has been dead KEEP_DEAD
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -149,8 +148,10 @@ class KeyService:
             await asyncio.sleep(POLL_INTERVAL)
             try:
                 now = time.monotonic()
+                # Expiry needs no new table (workers compare it per request); a key that
+                # has been dead for KEEP_DEAD leaves the table at the next generation.
                 if self.ops.store.data_version() != self._data_version \
-                        or now - self._last_build >= REBUILD_INTERVAL:
+                        or time.time() >= self._next_prune:
                     self.rebuild()
                 if now - last_flush >= FLUSH_INTERVAL:
                     last_flush = now
@@ -165,8 +166,11 @@ class KeyService:
         ops, usage = self.ops, self.usage
         # Read before the rows: a commit after this point triggers another rebuild.
         self._data_version = ops.store.data_version()
-        self._last_build = time.monotonic()
         records = ops.store.for_table(time.time(), KEEP_DEAD)
+        self._next_prune = KEEP_DEAD + 1 + min(
+            (min(r.valid_until, r.revoked_at or r.valid_until) for r in records),
+            default=float("inf"),
+        )
         need = max((usage_slot(r) for r in records), default=0) + 1
         usage.ensure(need)
         self.generation += 1
