@@ -129,6 +129,11 @@ def read_snapshot(path: str) -> dict[str, Any]:
     return snapshot
 
 
+def snapshot_keys(snapshot: dict[str, Any], generation: int) -> JwtKeySet | None:
+    """The key set a snapshot publishes; None once its keys outlived ``jwks_max_stale``."""
+    return None if snapshot.get("expired") else build_keyset(snapshot["keys"], generation)
+
+
 class KeySource:
     """One provider in one worker: the current key set, its verifiers, refresh requests."""
 
@@ -180,7 +185,7 @@ class KeySource:
             log.warning("JWKS snapshot of %s unreadable, retrying: %s", self.source, exc)
             return
         generation = int(snapshot.get("generation", generation))
-        keys = None if snapshot.get("expired") else build_keyset(snapshot["keys"], generation)
+        keys = snapshot_keys(snapshot, generation)
         self.keys, self.generation = keys, generation
         for verifier in self.verifiers:
             verifier.set_keys(keys)

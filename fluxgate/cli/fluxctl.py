@@ -131,9 +131,9 @@ class AdminClient:
 
 
 def _groups() -> list[Any]:
-    from fluxgate.cli import keys
+    from fluxgate.cli import audit_commands, keys
 
-    return [keys]
+    return [keys, audit_commands]
 
 
 def common_options(*, suppress: bool) -> argparse.ArgumentParser:
@@ -155,7 +155,7 @@ def common_options(*, suppress: bool) -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="fluxctl", description="Operate a FluxGate gateway: API keys, ...",
+        prog="fluxctl", description="Operate a FluxGate gateway: API keys, routes, auth audits.",
         parents=[common_options(suppress=False)],
     )
     sub = parser.add_subparsers(dest="group", required=True, metavar="GROUP")

@@ -79,6 +79,44 @@ def claim_header_value(value: Any) -> bytes | None:
     return raw
 
 
+def build_verifier(config: Jwt) -> JwtVerifier:
+    """The ``JwtVerifier`` of one jwt config, without keys: the middleware attaches it to its
+    provider's key set; ``fluxctl auth verify`` to the key set of the published snapshot."""
+    forward = tuple((claim, header.encode()) for claim, header in config.forward_claims.items())
+
+    def prepare(claims: dict[str, Any]) -> Principal:
+        # Once per newly verified token; the result is cached with it.
+        subject = claims.get("sub") or ""
+        headers = []
+        for claim, header in forward:
+            if claim in claims:
+                value = claim_header_value(claims[claim])
+                if value is not None:
+                    headers.append((header, value))
+        return Principal(
+            id=f"jwt:{claims.get('iss') or ''}|{subject}",
+            method="jwt",
+            subject=subject,
+            scopes=token_scopes(claims),
+            claims_headers=tuple(headers),
+        )
+
+    audiences = config.audience
+    if isinstance(audiences, str):
+        audiences = [audiences]
+    return JwtVerifier(
+        algorithms=config.algorithms,
+        issuer=config.issuer,
+        audiences=audiences,
+        leeway=config.clockSkewTolerance,
+        require_exp=config.require_exp,
+        max_token_bytes=config.max_token_bytes,
+        cache_size=config.cache_size,
+        secret=config.secret.encode() if config.secret is not None else None,
+        prepare=prepare,
+    )
+
+
 class JwtMiddleware:
     """One route's jwt entry, compiled once per worker."""
 
@@ -110,39 +148,7 @@ class JwtMiddleware:
     @classmethod
     def from_config(cls, config: Jwt, gateway: Any, route: Any = None) -> JwtMiddleware:
         """Build the verifier, attach it to its provider's keys, compile the scope rules."""
-        forward = tuple((claim, header.encode()) for claim, header in config.forward_claims.items())
-
-        def prepare(claims: dict[str, Any]) -> Principal:
-            # Once per newly verified token; the result is cached with it.
-            subject = claims.get("sub") or ""
-            headers = []
-            for claim, header in forward:
-                if claim in claims:
-                    value = claim_header_value(claims[claim])
-                    if value is not None:
-                        headers.append((header, value))
-            return Principal(
-                id=f"jwt:{claims.get('iss') or ''}|{subject}",
-                method="jwt",
-                subject=subject,
-                scopes=token_scopes(claims),
-                claims_headers=tuple(headers),
-            )
-
-        audiences = config.audience
-        if isinstance(audiences, str):
-            audiences = [audiences]
-        verifier = JwtVerifier(
-            algorithms=config.algorithms,
-            issuer=config.issuer,
-            audiences=audiences,
-            leeway=config.clockSkewTolerance,
-            require_exp=config.require_exp,
-            max_token_bytes=config.max_token_bytes,
-            cache_size=config.cache_size,
-            secret=config.secret.encode() if config.secret is not None else None,
-            prepare=prepare,
-        )
+        verifier = build_verifier(config)
         source = provider_source(config)
         keys = None
         if source is not None:
@@ -155,7 +161,7 @@ class JwtMiddleware:
             ScopePolicy(config.scopes, scope_map),
             cookie=config.cookie.encode() if config.cookie else None,
             query=config.query.encode() if config.query else None,
-            drop_headers=frozenset(h.lower() for _, h in forward),
+            drop_headers=frozenset(h.lower().encode() for h in config.forward_claims.values()),
             failures=AuthFailures.for_gateway(gateway) if gateway is not None else None,
         )
 

@@ -30,6 +30,16 @@ SWEEP_INTERVAL = 0.25
 DRAIN_IDLE_GRACE = 1.0
 
 
+def route_methods(route: schema.Route) -> frozenset[bytes] | None:
+    """The methods a route accepts (None: any)."""
+    if not route.methods:
+        return None
+    methods = frozenset(m.upper().encode() for m in route.methods)
+    if b"GET" in methods:
+        methods |= {b"HEAD"}  # RFC 9110 §9.3.2: HEAD goes with GET
+    return methods
+
+
 class CompiledRoute:
     """One route, ready for the hot path."""
 
@@ -45,11 +55,7 @@ class CompiledRoute:
         self.label = route.route
         prefix = route.route.encode()
         self.prefix = prefix.rstrip(b"/") if len(prefix) > 1 else b""
-        self.methods = (
-            frozenset(m.upper().encode() for m in route.methods) if route.methods else None
-        )
-        if self.methods is not None and b"GET" in self.methods:
-            self.methods = self.methods | {b"HEAD"}  # RFC 9110 §9.3.2: HEAD goes with GET
+        self.methods = route_methods(route)
         self.allow_header = b", ".join(sorted(self.methods)) if self.methods else b""
         self.chain = tuple(compile_middleware(m, gateway, route) for m in route.middleware)
         self.group = group

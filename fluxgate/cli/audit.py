@@ -1,0 +1,433 @@
+"""What ``fluxctl routes explain`` and ``fluxctl auth verify`` compute (DESIGN §6).
+
+* ``explain``: route a request the way a worker does (``_core.normalize_path``, the worker's
+  ``Router`` and method sets) and say which route, which middleware, which scope rules and,
+  for given scopes, whether they would be authorized and by which rule.
+* ``findings``: what an operator should know about a route's security (stable codes, a
+  severity, one line each).
+* ``check_token`` / ``check_api_key``: the real decision of the route's jwt or api_key
+  middleware for one credential, offline. A token is verified by the middleware's own code
+  against the key set the running gateway's master published in ``state_dir/jwks/`` (nothing
+  is fetched here: without a snapshot the gateway must have fetched the keys once). A key is
+  checked by ``ApiKeyMiddleware`` against a table built from keys.db as the master builds it,
+  mapped without usage slots or quota counters, so the check stamps nothing and spends no quota.
+
+Every result is a JSON-ready dict; nothing here prints, and no token or key is ever put in
+one (a key id at most).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+from urllib.parse import urlsplit
+
+from fluxgate._core import KeyTable, PathError, normalize_path
+from fluxgate.auth.jwks import provider_source, read_snapshot, snapshot_keys, snapshot_path
+from fluxgate.auth.keyops import KeyOps
+from fluxgate.auth.keys import key_id_of, load_signing_key
+from fluxgate.auth.keytable import SharedKeys, build_table, usage_slot
+from fluxgate.auth.scopes import ScopePolicy
+from fluxgate.config import schema
+from fluxgate.config.resolve import is_loopback
+from fluxgate.errors import ClientError, FluxGateError
+from fluxgate.middleware.api_key import ApiKeyMiddleware
+from fluxgate.middleware.jwt import JwtMiddleware, build_verifier
+from fluxgate.proxy.app import route_methods
+from fluxgate.proxy.router import Router
+
+SEVERITIES = ("info", "warning", "error")
+# Revoked and expired keys stay in the master's table this long (master/keys.py KEEP_DEAD),
+# so a refusal can say "revoked" rather than "unknown".
+KEEP_DEAD = 7 * 86400.0
+
+
+class AuditError(FluxGateError):
+    """The question cannot be answered (no route, no key snapshot, no signing secret)."""
+
+
+# ---- routing --------------------------------------------------------------------------------
+
+
+def route_request(config: schema.Config, method: str, path: str) -> dict[str, Any]:
+    """Route ``method path`` as a worker's ``ClientConnection._route`` does.
+
+    ``refusal`` is the local reply the gateway would send before any middleware runs (400
+    for an ambiguous path, 404, 405), else None. ``route`` is None only for 400 and 404."""
+    method = method.upper()
+    raw, _, _query = path.partition("?")
+    doc: dict[str, Any] = {
+        "request": {"method": method, "path": raw, "normalized": None},
+        "refusal": None, "route": None,
+    }
+    if not raw.startswith("/"):
+        doc["refusal"] = _refusal(400, "bad_request", "request target must be origin-form")
+        return doc
+    try:
+        normalized = normalize_path(raw.encode("utf-8"))
+    except PathError as exc:
+        doc["refusal"] = _refusal(400, "bad_request", f"ambiguous or malformed path: {exc}")
+        return doc
+    doc["request"]["normalized"] = normalized.decode("latin-1")
+    router: Router[int] = Router((r.route, i) for i, r in enumerate(config.routes))
+    index = router.match(normalized)
+    if index is None:
+        doc["refusal"] = _refusal(404, "no_route", "no route matches this path")
+        return doc
+    route = config.routes[index]
+    methods = route_methods(route)
+    doc["route"] = {
+        "index": index,
+        "prefix": route.route,
+        "upstream": route.upstream,
+        "methods": sorted(m.decode() for m in methods) if methods is not None else None,
+        "public": route.public,
+        "websocket": route.websocket,
+        "strip_prefix": route.strip_prefix,
+    }
+    doc["method_allowed"] = methods is None or method.encode() in methods
+    if not doc["method_allowed"]:
+        allow = ", ".join(sorted(m.decode() for m in methods or ()))
+        doc["refusal"] = _refusal(405, "method_not_allowed", f"Allow: {allow}")
+    doc["chain"] = [describe_middleware(m) for m in route.middleware]
+    return doc
+
+
+def _refusal(status: int, code: str, message: str) -> dict[str, Any]:
+    return {"status": status, "code": code, "message": message}
+
+
+def describe_middleware(m: Any) -> dict[str, Any]:
+    """One chain entry as ``{"kind", "summary"}``; a shared secret is said to be set, never shown."""
+    if isinstance(m, schema.IpAllow):
+        return {"kind": "ip_allow", "summary": "ip_allow " + " ".join(m.cidrs)}
+    if isinstance(m, schema.Jwt):
+        parts = [f"algorithms={','.join(m.algorithms)}"]
+        if m.issuer:
+            parts.append(f"issuer={m.issuer}")
+        if m.audience:
+            aud = m.audience if isinstance(m.audience, str) else ",".join(m.audience)
+            parts.append(f"audience={aud}")
+        if m.jwks_uri:
+            parts.append(f"jwks_uri={m.jwks_uri}")
+        if m.secret is not None:
+            parts.append("secret=(set)")
+        if m.scopes:
+            parts.append(f"scopes={','.join(m.scopes)}")
+        return {"kind": "jwt", "summary": "jwt " + " ".join(parts)}
+    if isinstance(m, schema.ApiKey):
+        scopes = ",".join(m.scopes) or "-"
+        return {"kind": "api_key",
+                "summary": f"api_key scopes={scopes} query={'on' if m.query else 'off'}"}
+    if isinstance(m, schema.Quota):
+        return {"kind": "quota", "summary": f"quota {m.limit} by {m.by}"}
+    if isinstance(m, schema.AnyOf):
+        members = [describe_middleware(x)["summary"] for x in m.methods]
+        return {"kind": "any", "summary": "any [" + "; ".join(members) + "]"}
+    return {"kind": type(m).__name__, "summary": type(m).__name__}
+
+
+def auth_methods(route: schema.Route) -> Iterator[schema.Jwt | schema.ApiKey]:
+    """The route's authentication middleware, in chain order, ``any`` members included."""
+    for m in route.middleware:
+        if isinstance(m, schema.Jwt | schema.ApiKey):
+            yield m
+        elif isinstance(m, schema.AnyOf):
+            yield from m.methods
+
+
+# ---- scopes ---------------------------------------------------------------------------------
+
+
+def scope_decisions(
+    config: schema.Config, route: schema.Route, method: str, path: str,
+    held: frozenset[str] | None,
+) -> list[dict[str, Any]]:
+    """Per auth method of the route: the scopes it requires, the scope_map rules covering
+    ``method path`` (normalized), and with ``held`` whether those scopes are authorized."""
+    out = []
+    m, p = method.encode(), path.encode("latin-1")
+    for auth in auth_methods(route):
+        policy = ScopePolicy(auth.scopes, config.scope_map)
+        covering = [
+            {"scope": scope, "rule": rule}
+            for scope, rules in config.scope_map.items()
+            for rule in rules
+            if ScopePolicy((), {scope: [rule]}).covering(m, p)
+        ]
+        doc: dict[str, Any] = {
+            "method": "jwt" if isinstance(auth, schema.Jwt) else "api_key",
+            "required": sorted(policy.required),
+            "covering": covering,
+        }
+        if held is not None:
+            doc["decision"] = _scope_verdict(policy, held, m, p, covering)
+        out.append(doc)
+    return out
+
+
+def _scope_verdict(policy: ScopePolicy, held: frozenset[str], method: bytes, path: bytes,
+                   covering: list[dict[str, str]]) -> dict[str, Any]:
+    refusal = policy.check(held, method, path)
+    missing = sorted(policy.required - held)
+    if refusal is not None:
+        if missing:
+            why = f"lacks the route's required scope(s) {' '.join(missing)}"
+        else:
+            rules = "; ".join(f"{c['scope']}: {c['rule']}" for c in covering)
+            why = f"holds none of the scopes whose scope_map rules cover it ({rules})"
+        return {"authorized": False, "status": 403, "why": why}
+    reasons = []
+    if policy.required:
+        reasons.append(f"holds every required scope ({' '.join(sorted(policy.required))})")
+    granting = [c for c in covering if c["scope"] in held]
+    if granting:
+        reasons.append(f"scope {granting[0]['scope']} by rule \"{granting[0]['rule']}\"")
+    if not reasons:
+        reasons.append("no required scope and no scope_map rule covers this request")
+    return {"authorized": True, "why": "; ".join(reasons)}
+
+
+def explain(config: schema.Config, method: str, path: str,
+            scopes: list[str] | None = None) -> dict[str, Any]:
+    """``fluxctl routes explain``: the routing decision and the scope decision."""
+    doc = route_request(config, method, path)
+    if doc["route"] is not None:
+        route = config.routes[doc["route"]["index"]]
+        held = frozenset(scopes) if scopes is not None else None
+        doc["scopes"] = scope_decisions(config, route, doc["request"]["method"],
+                                        doc["request"]["normalized"], held)
+    return doc
+
+
+# ---- findings -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Finding:
+    code: str
+    severity: str  # one of SEVERITIES
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"code": self.code, "severity": self.severity, "message": self.message}
+
+
+def worst(findings: list[Finding]) -> str | None:
+    return max((f.severity for f in findings), key=SEVERITIES.index, default=None)
+
+
+def config_findings(config: schema.Config) -> list[Finding]:
+    """Findings about the gateway as a whole."""
+    found = []
+    if not config.admin.token:
+        found.append(Finding(
+            "admin_token_generated", "info",
+            "admin.token is not set: the gateway uses the token it generated in "
+            "state_dir/admin.token (fine; set admin.token to manage it yourself)"))
+    for cidr in config.trusted_proxies:
+        if ipaddress.ip_network(cidr, strict=False).prefixlen == 0:
+            found.append(Finding(
+                "trusted_proxies_wide", "error",
+                f"trusted_proxies has {cidr}: any peer can set X-Forwarded-For, so ip_allow, "
+                "key IP allowlists and per-IP quotas can be bypassed"))
+    return found
+
+
+def route_findings(config: schema.Config, route: schema.Route) -> list[Finding]:
+    """Findings about one route."""
+    found = []
+    auths = list(auth_methods(route))
+    if not auths:
+        if any(isinstance(m, schema.IpAllow) for m in route.middleware):
+            found.append(Finding(
+                "ip_allow_only", "warning",
+                "only ip_allow guards this route: callers are never identified"))
+        else:
+            found.append(Finding(
+                "public_route", "warning",
+                "public: true and no authentication: anyone who reaches the gateway gets in"))
+    for auth in auths:
+        if isinstance(auth, schema.Jwt):
+            found += _jwt_findings(auth)
+        elif auth.query:  # api_keys.query always names a parameter
+            found.append(Finding(
+                "api_key_in_query", "warning",
+                f"API keys are accepted in the query string (?{config.api_keys.query}=): they "
+                "end up in browser history and intermediary logs; set query: false on the "
+                "route's api_key"))
+    if not any(isinstance(m, schema.Quota) for m in route.middleware):
+        found.append(Finding(
+            "no_quota", "warning",
+            "no quota middleware on this route (API keys may still carry their own quota)"))
+    if auths and route.websocket:
+        found.append(Finding(
+            "websocket_authenticated", "info",
+            "WebSocket upgrades are accepted: the credential is checked at the upgrade, and an "
+            "open connection outlives its token or key (set websocket: false if unused)"))
+    return found
+
+
+def _jwt_findings(jwt: schema.Jwt) -> list[Finding]:
+    found = []
+    if jwt.audience is None:
+        found.append(Finding(
+            "jwt_no_audience", "warning",
+            "jwt without audience: a token the issuer minted for any other API is accepted"))
+    shared = [a for a in jwt.algorithms if a.startswith("HS")]
+    if shared:
+        found.append(Finding(
+            "jwt_shared_secret", "warning",
+            f"jwt algorithms include {', '.join(shared)}: whoever can verify tokens (holds "
+            "the shared secret) can also mint them"))
+    for field in ("jwks_uri", "issuer"):
+        url = getattr(jwt, field)
+        if url is None or not url.startswith("http://"):
+            continue
+        host = urlsplit(url).hostname or ""
+        if is_loopback(host):
+            found.append(Finding(
+                "jwt_plain_http_loopback", "info",
+                f"jwt {field} is plain http on loopback ({host}): acceptable only for an "
+                "identity provider on this machine"))
+        else:
+            found.append(Finding(
+                "jwt_plain_http", "error",
+                f"jwt {field} is plain http to {host}: signing keys fetched in clear text can "
+                "be swapped on the way"))
+    return found
+
+
+def findings(config: schema.Config, route: schema.Route) -> list[Finding]:
+    """Everything ``auth verify`` reports for ``route``, the most severe first."""
+    found = route_findings(config, route) + config_findings(config)
+    return sorted(found, key=lambda f: -SEVERITIES.index(f.severity))
+
+
+# ---- credentials ----------------------------------------------------------------------------
+
+
+def _request(method: str, path: str, headers: list[tuple[bytes, bytes]],
+             client_ip: str) -> SimpleNamespace:
+    """What the auth middleware reads of a worker's ``RequestState``."""
+    return SimpleNamespace(
+        method=method.encode(), path=path.encode("latin-1"), query=b"", headers=headers,
+        client_ip=client_ip, principal=None, response_headers=[],
+    )
+
+
+def _denied(refusal: ClientError, method: str) -> dict[str, Any]:
+    return {
+        "method": method, "decision": "deny", "status": refusal.status, "code": refusal.code,
+        "reason": getattr(refusal, "reason", refusal.code),
+    }
+
+
+def check_token(config: schema.Config, route: schema.Route, method: str, path: str,
+                token: str) -> dict[str, Any]:
+    """Verify ``token`` with the route's jwt middleware (``any`` members included)."""
+    jwts = [a for a in auth_methods(route) if isinstance(a, schema.Jwt)]
+    if not jwts:
+        return {"method": "jwt", "decision": "deny", "status": 401, "code": "invalid_token",
+                "reason": "route_takes_no_jwt"}
+    result: dict[str, Any] = {}
+    for jwt in jwts:  # several jwt entries in a chain all run; the first refusal answers
+        middleware = JwtMiddleware(build_verifier(jwt), None,
+                                   ScopePolicy(jwt.scopes, config.scope_map))
+        result = {"keys": _attach_keys(config, jwt, middleware)}
+        req = _request(method, path, [(b"authorization", b"Bearer " + token.encode())],
+                       "127.0.0.1")
+        refusal = middleware(req)
+        if refusal is not None:
+            return {**_denied(refusal, "jwt"), **result}
+        principal = req.principal
+    result.update(_allowed(config, route, method, path, principal))
+    return {"method": "jwt", **result}
+
+
+def _attach_keys(config: schema.Config, jwt: schema.Jwt, middleware: JwtMiddleware) -> str:
+    """Give the verifier the key set a worker would have; returns where it came from."""
+    source = provider_source(jwt)
+    if source is None:
+        return "the route's shared secret"
+    path = snapshot_path(config.state_dir, source)
+    try:
+        snapshot = read_snapshot(path)
+    except FileNotFoundError:
+        raise AuditError(
+            f"no JWKS snapshot of {source} in {config.state_dir}/jwks: the gateway must be "
+            "running and have fetched the keys once (fluxctl fetches nothing itself)"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise AuditError(f"JWKS snapshot {path}: {exc}") from None
+    generation = int(snapshot.get("generation", 0))
+    middleware.verifier.set_keys(snapshot_keys(snapshot, generation))
+    state = "expired (older than jwks_max_stale)" if snapshot.get("expired") else "current"
+    return f"JWKS snapshot of {source}, generation {generation}, {state}"
+
+
+def _allowed(config: schema.Config, route: schema.Route, method: str, path: str,
+             principal: Any) -> dict[str, Any]:
+    return {
+        "decision": "allow", "status": None, "code": None, "reason": None,
+        "principal": {"subject": principal.subject, "scopes": sorted(principal.scopes)},
+        "scopes": scope_decisions(config, route, method, path, principal.scopes),
+    }
+
+
+class _OfflineKeys(SharedKeys):
+    """The part of ``SharedKeys`` an ``ApiKeyMiddleware`` reads: one table generation, no
+    usage slots and no quota counters (so a check stamps nothing and spends nothing)."""
+
+    def __init__(self, table: KeyTable) -> None:  # no shared files: nothing to map
+        self.table = table
+        self.infos = [None] * len(table)
+
+
+def check_api_key(config: schema.Config, route: schema.Route, method: str, path: str,
+                  key: str, client_ip: str = "127.0.0.1") -> dict[str, Any]:
+    """Check ``key`` with the route's api_key middleware (``any`` members included) against
+    keys.db, compiled as the master compiles it for the workers."""
+    entries = [a for a in auth_methods(route) if isinstance(a, schema.ApiKey)]
+    result: dict[str, Any] = {"method": "api_key", "key_id": key_id_of(key)}
+    if not entries:
+        return {**result, "decision": "deny", "status": 401, "code": "invalid_key",
+                "reason": "route_takes_no_api_key"}
+    now = time.time()
+    try:
+        signing_key = load_signing_key(config.api_keys.signing_secret, config.state_dir,
+                                       create=False)
+    except OSError as exc:
+        raise AuditError(str(exc)) from None
+    with KeyOps(config) as ops:
+        records = ops.store.for_table(now, KEEP_DEAD)
+        data = build_table(records, generation=1, quota_tag=None, usage_slots=max(
+            (usage_slot(r) for r in records), default=0) + 1)
+        shared = _OfflineKeys(KeyTable(data, signing_key))
+        names = config.api_keys
+        principal = None
+        try:
+            for entry in entries:
+                middleware = ApiKeyMiddleware(
+                    shared, ScopePolicy(entry.scopes, config.scope_map), names.header,
+                    names.query, entry.query)
+                req = _request(method, path, [(names.header.lower().encode(), key.encode())],
+                               client_ip)
+                refusal = middleware(req)
+                if refusal is not None:
+                    return {**result, **_denied(refusal, "api_key")}
+                principal = req.principal
+        finally:
+            shared.table.release()
+        result.update(_allowed(config, route, method, path, principal))
+        # The quota is not spent by this check: say where the name's window stands.
+        found = ops.store.by_id(result["key_id"]) if result["key_id"] else None
+        quota = ops.describe(found)["quota"] if found is not None else None
+        result["quota"] = quota
+        if quota and quota["remaining"] == 0:
+            result["note"] = "the quota of this window is used up: the gateway answers 429 now"
+    return result

@@ -1,0 +1,191 @@
+"""``fluxctl routes explain`` and ``fluxctl auth verify`` (DESIGN §6); the logic is in
+``fluxgate.cli.audit``, this module parses arguments and prints.
+
+    fluxctl routes explain METHOD PATH [--scopes a,b]
+    fluxctl auth verify --endpoint PATH [--method GET] --mode strict|audit
+                        [--token T | --api-key K [--client-ip IP]]
+
+Both work on the config and its state_dir alone (``--admin-url`` is not used). Exit codes:
+``routes explain`` 0 whenever it could explain (a 404 or 405 is an answer, not a failure);
+``auth verify`` 0 in audit mode, 1 in strict mode when a finding of severity warning or
+higher exists or the credential is refused, 2 when the command cannot answer (usage, config,
+no route at the endpoint, no key snapshot or signing secret).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from fluxgate.cli import audit
+from fluxgate.errors import FluxGateError
+
+EXIT_FAILED = 2
+
+
+def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    routes = sub.add_parser("routes", help="how requests are routed", parents=[common],
+                            description="Explain routing and scope decisions (DESIGN §6).")
+    cmds = routes.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = cmds.add_parser("explain", parents=[common],
+                        help="which route, middleware and scope rule a request meets")
+    p.add_argument("method", metavar="METHOD")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--scopes", metavar="A,B",
+                   help="scopes a caller holds: would they be authorized, and by which rule")
+    p.set_defaults(func=cmd_explain)
+
+    auth = sub.add_parser("auth", help="audit authentication", parents=[common],
+                          description="Audit a route's authentication (DESIGN §6).")
+    cmds = auth.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = cmds.add_parser("verify", parents=[common],
+                        help="a route's chain and findings; with a credential, its decision")
+    p.add_argument("--endpoint", required=True, metavar="PATH", help="e.g. /api/orders")
+    p.add_argument("--method", default="GET", help="default: GET")
+    p.add_argument("--mode", required=True, choices=("strict", "audit"),
+                   help="strict exits 1 on a warning or worse, or a refused credential")
+    cred = p.add_mutually_exclusive_group()
+    cred.add_argument("--token", metavar="JWT", help="verify this bearer token")
+    cred.add_argument("--api-key", metavar="KEY", help="check this API key")
+    p.add_argument("--client-ip", default="127.0.0.1", metavar="IP",
+                   help="client address for a key's IP allowlist (default: 127.0.0.1)")
+    p.set_defaults(func=cmd_verify)
+
+
+def _failed(ctx: Any, message: str) -> int:
+    from fluxgate.cli.fluxctl import fail
+
+    fail(ctx, message)
+    return EXIT_FAILED
+
+
+def cmd_explain(ctx: Any) -> int:
+    a = ctx.args
+    try:
+        config = ctx.config()
+    except FluxGateError as exc:  # fluxctl's CommandError: no config, or a bad one
+        return _failed(ctx, str(exc))
+    scopes = None if a.scopes is None else [s.strip() for s in a.scopes.split(",") if s.strip()]
+    doc = audit.explain(config, a.method, a.path, scopes)
+    _print(ctx, doc, render_explain)
+    return 0
+
+
+def cmd_verify(ctx: Any) -> int:
+    a = ctx.args
+    try:
+        config = ctx.config()
+    except FluxGateError as exc:  # fluxctl's CommandError: no config, or a bad one
+        return _failed(ctx, str(exc))
+    doc = audit.route_request(config, a.method, a.endpoint)
+    if doc["route"] is None:
+        r = doc["refusal"]
+        return _failed(ctx, f"no route for {doc['request']['method']} {a.endpoint}: the "
+                            f"gateway answers {r['status']} {r['code']} ({r['message']})")
+    route = config.routes[doc["route"]["index"]]
+    path = doc["request"]["normalized"]
+    method = doc["request"]["method"]
+    found = audit.findings(config, route)
+    doc["mode"] = a.mode
+    doc["findings"] = [f.to_dict() for f in found]
+    doc["credential"] = None
+    try:
+        if a.token is not None:
+            doc["credential"] = audit.check_token(config, route, method, path, a.token)
+        elif a.api_key is not None:
+            doc["credential"] = audit.check_api_key(config, route, method, path, a.api_key,
+                                                    a.client_ip)
+    except audit.AuditError as exc:
+        return _failed(ctx, str(exc))
+    worst = audit.worst(found)
+    failing = worst in ("warning", "error") or (
+        doc["credential"] is not None and doc["credential"]["decision"] != "allow")
+    doc["result"] = "fail" if failing else "pass"
+    _print(ctx, doc, render_verify)
+    return 1 if failing and a.mode == "strict" else 0
+
+
+# ---- rendering ------------------------------------------------------------------------------
+
+
+def _print(ctx: Any, doc: dict[str, Any], render) -> None:
+    if ctx.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print("\n".join(render(doc)))
+
+
+def _route_lines(doc: dict[str, Any]) -> list[str]:
+    req = doc["request"]
+    lines = [f"{req['method']} {req['path']}"]
+    if req["normalized"] is not None and req["normalized"] != req["path"]:
+        lines[0] += f"  (normalized: {req['normalized']})"
+    route = doc["route"]
+    if route is not None:
+        methods = ", ".join(route["methods"]) if route["methods"] else "any"
+        lines.append(f"  route       #{route['index']} {route['prefix']} -> {route['upstream']}")
+        lines.append(f"  methods     {methods}")
+        lines.append(f"  public      {'yes' if route['public'] else 'no'}")
+        chain = doc["chain"]
+        lines.append("  chain       " + (chain[0]["summary"] if chain else "(none)"))
+        lines += [f"              {m['summary']}" for m in chain[1:]]
+    refusal = doc["refusal"]
+    if refusal is not None:
+        lines.append(f"  answer      {refusal['status']} {refusal['code']}: {refusal['message']}")
+    return lines
+
+
+def _scope_lines(scopes: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for s in scopes:
+        rules = "; ".join(f"{c['scope']} by \"{c['rule']}\"" for c in s["covering"]) or "none"
+        lines.append(f"  {s['method']:<11} requires {' '.join(s['required']) or 'no scope'}; "
+                     f"scope_map rules covering it: {rules}")
+        if "decision" in s:
+            d = s["decision"]
+            verdict = "authorized" if d["authorized"] else f"refused ({d['status']})"
+            lines.append(f"              {verdict}: {d['why']}")
+    return lines
+
+
+def render_explain(doc: dict[str, Any]) -> list[str]:
+    lines = _route_lines(doc)
+    if doc.get("scopes"):
+        lines += _scope_lines(doc["scopes"])
+    elif doc["route"] is not None:
+        lines.append("  scopes      no authentication on this route")
+    return lines
+
+
+def render_verify(doc: dict[str, Any]) -> list[str]:
+    lines = _route_lines(doc)
+    if doc["findings"]:
+        lines.append("findings:")
+        width = max(len(f["code"]) for f in doc["findings"])
+        lines += [f"  {f['severity']:<8} {f['code']:<{width}}  {f['message']}"
+                  for f in doc["findings"]]
+    else:
+        lines.append("findings: none")
+    cred = doc["credential"]
+    if cred is not None:
+        who = f" key {cred['key_id']}" if cred.get("key_id") else ""
+        if cred["decision"] == "allow":
+            p = cred["principal"]
+            lines.append(f"credential ({cred['method']}{who}): allow, subject {p['subject']}, "
+                         f"scopes {' '.join(p['scopes']) or '-'}")
+            lines += _scope_lines(cred["scopes"])
+        else:
+            lines.append(f"credential ({cred['method']}{who}): deny, {cred['status']} "
+                         f"{cred['code']}, reason {cred['reason']}")
+        if cred.get("keys"):
+            lines.append(f"  keys        {cred['keys']}")
+        if cred.get("quota"):
+            q = cred["quota"]
+            lines.append(f"  quota       {q['rate']}: {q['used']} used, {q['remaining']} left "
+                         "(not spent by this check)")
+        if cred.get("note"):
+            lines.append(f"  note        {cred['note']}")
+    lines.append(f"result: {doc['result']} ({doc['mode']} mode)")
+    return lines
+
