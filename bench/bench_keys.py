@@ -205,20 +205,10 @@ def haproxy_keys_config(port: int, upstream_port: int, map_path: Path) -> str:
     """HAProxy as an API-key gateway: HMAC-SHA256 of the key (its ``hmac`` converter, 2.5+),
     map lookup of the hex digest to the consumer, a stick-table request counter per consumer
     with a limit (never reached, as FluxGate's quota), the key header removed."""
-    secret = __import__("base64").b64encode(HAPROXY_SECRET).decode()
-    return f"""\
-global
-    nbthread 1
-    maxconn 4096
+    from bench.support.peers import HAPROXY_COMMON
 
-defaults
-    mode http
-    option http-keep-alive
-    option forwardfor
-    timeout connect 2s
-    timeout client 30s
-    timeout server 30s
-    timeout http-keep-alive 60s
+    secret = __import__("base64").b64encode(HAPROXY_SECRET).decode()
+    return HAPROXY_COMMON + f"""\
 
 frontend bench
     bind 127.0.0.1:{port}

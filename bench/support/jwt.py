@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from fluxgate._core import b64url_decode
 from tests.support.tokens import SigningKey
 
-from .peers import PeerProcess, free_port
+from .peers import HAPROXY_COMMON, PeerProcess, free_port
 
 ISSUER = "https://idp.bench.fluxgate.test"  # fixed, so cached tokens stay valid across runs
 AUDIENCE = "orders-api"
@@ -85,19 +85,7 @@ def token_file(count: int) -> Path:
 def haproxy_jwt_config(port: int, upstream_port: int, public_key: Path) -> str:
     """HAProxy 2.6 verifying bearer JWTs itself: RS256 pinned, iss exact, exp checked, then
     ``jwt_verify`` with the PEM public key; one thread, keep-alive both sides, no log."""
-    return f"""\
-global
-    nbthread 1
-    maxconn 4096
-
-defaults
-    mode http
-    option http-keep-alive
-    option forwardfor
-    timeout connect 2s
-    timeout client 30s
-    timeout server 30s
-    timeout http-keep-alive 60s
+    return HAPROXY_COMMON + f"""\
 
 frontend bench
     bind 127.0.0.1:{port}

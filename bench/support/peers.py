@@ -83,9 +83,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def haproxy_config(port: int, upstream_port: int) -> str:
-    """HAProxy as a plain HTTP reverse proxy: one thread, keep-alive both sides, no log."""
-    return f"""\
+# Shared by every HAProxy peer of the benches: one thread, keep-alive both sides, no log.
+HAPROXY_COMMON = """\
 global
     nbthread 1
     maxconn 4096
@@ -98,6 +97,12 @@ defaults
     timeout client 30s
     timeout server 30s
     timeout http-keep-alive 60s
+"""
+
+
+def haproxy_config(port: int, upstream_port: int) -> str:
+    """HAProxy as a plain HTTP reverse proxy: one thread, keep-alive both sides, no log."""
+    return HAPROXY_COMMON + f"""\
 
 frontend bench
     bind 127.0.0.1:{port}
