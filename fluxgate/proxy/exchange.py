@@ -200,7 +200,8 @@ class Exchange:
         if self.client_chunked:
             self.client.write(b"0\r\n\r\n")
         self.conn = None
-        conn.resume_reading()
+        if conn.paused_by_owner:
+            conn.resume_reading()
         if reusable and self.body_done and not self.finished:
             conn.pool.release(conn)
         else:

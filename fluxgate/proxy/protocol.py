@@ -168,14 +168,8 @@ class ClientConnection(asyncio.Protocol):
         self._feed(data)
 
     def _feed(self, data: bytes) -> None:
-        self.cork()
-        try:
-            self._feed_corked(data)
-        finally:
-            self.uncork()
-
-    def _feed_corked(self, data: bytes) -> None:
         parsing_before = self.parsing
+        self.corked += 1  # gather what this data makes us write (pipelined replies) into one send
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -192,6 +186,10 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._reject(BadRequest(f"malformed request: {exc}"))
             return
+        finally:
+            self.corked -= 1
+            if not self.corked and self.out:
+                self._flush()
         # A chunk that began and ended inside one request's header section is all header
         # bytes: count it, so a header that never ends cannot grow without bound.
         if parsing_before is not None and self.parsing is parsing_before and not parsing_before.method:
@@ -215,7 +213,8 @@ class ClientConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.parsing = RequestState(perf_counter())
         if self.active is None:
-            self._set_deadline(_DEADLINE_HEADERS, self.header_timeout)
+            self.deadline_kind = _DEADLINE_HEADERS
+            self.deadline = self.loop.time() + self.header_timeout
 
     def on_url(self, piece: bytes) -> None:
         req = self.parsing
@@ -299,12 +298,15 @@ class ClientConnection(asyncio.Protocol):
                 # Only WebSocket is tunnelled: an h2c tunnel would carry later requests
                 # past the gateway's checks. The request is served as plain HTTP/1.1.
                 req.reparse = True
-        self._clear_deadline()
-        self.queue.append(req)
-        if self.active is None:
-            self._advance()
+        self.deadline_kind = _DEADLINE_NONE
+        if self.active is None and not self.queue and not self.advancing:
+            self._start(req)  # the common case: nothing in flight, nothing queued
         else:
-            self.pause_reading(self.PAUSE_PIPELINE)
+            self.queue.append(req)
+            if self.active is None:
+                self._advance()
+            else:
+                self.pause_reading(self.PAUSE_PIPELINE)
 
     def on_body(self, chunk: bytes) -> None:
         req = self.parsing

@@ -80,15 +80,9 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         self.got_bytes = True
-        owner.touch()
+        owner.deadline = owner.loop_time() + owner.read_timeout  # progress: push the deadline
         client = owner.client
-        client.cork()
-        try:
-            self._feed(owner, data)
-        finally:
-            client.uncork()
-
-    def _feed(self, owner: Exchange, data: bytes) -> None:
+        client.corked += 1  # the response head and body leave in one send
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -105,6 +99,10 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             log.warning("upstream %s sent a malformed response: %s", self.pool.name, exc)
             self._fail(exc)
+        finally:
+            client.corked -= 1
+            if not client.corked and client.out:
+                client._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
