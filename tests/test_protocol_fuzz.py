@@ -215,3 +215,25 @@ def test_hostile_upstream_responses(loop, caplog, response):
     assert b"HTTP/1.1 500 " not in transport.out
     if transport.out:
         assert transport.out.startswith(b"HTTP/1.1 ")
+
+
+def test_header_spellings_classified_once_and_cache_bounded(loop):
+    """Every spelling of a special header is recognised, and random names cannot grow the
+    per-worker classification cache past its bound."""
+    head = b"GET /api/a HTTP/1.1\r\nhOsT: a\r\nX-FLUXGATE-AUTH: forged\r\nKEEP-ALIVE: 5\r\n"
+    head += b"".join(b"X-Random-%d: v\r\n" % i for i in range(50)) + b"\r\n"
+    out, upstream_out = run(loop, [head])
+    assert out.startswith(b"HTTP/1.1 200 ")
+    assert b"hOsT: a\r\n" in upstream_out
+    assert b"forged" not in upstream_out
+    assert b"KEEP-ALIVE" not in upstream_out.upper()
+    from fluxgate.proxy import protocol
+
+    config = load_config_text("routes:\n  - route: /api\n    upstream: http://127.0.0.1:9\n    public: true\n")
+    gateway = Gateway(loop, config)
+    client = ClientConnection(gateway)
+    client.connection_made(Collecting())
+    for batch in range(0, protocol._HEADER_KINDS_CACHE + 200, 100):
+        names = b"".join(b"X-N%d: v\r\n" % i for i in range(batch, batch + 100))
+        client.data_received(b"GET /nowhere HTTP/1.1\r\nHost: a\r\n" + names + b"\r\n")
+    assert len(gateway.header_kinds) <= protocol._HEADER_KINDS_CACHE

@@ -117,6 +117,7 @@ class Gateway:
         # An API key never reaches an upstream, on any route and whichever method decided
         # (DESIGN §4): its header is dropped as the parser reports it, its query parameter
         # when the upstream request is built.
+        self.header_kinds: dict[bytes, int] = {}  # filled by ClientConnection.on_header
         self.request_special = {
             **hdr.REQUEST_SPECIAL, config.api_keys.header.lower().encode(): hdr.H_DROP,
         }

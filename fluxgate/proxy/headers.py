@@ -31,6 +31,8 @@ HOP_BY_HOP: frozenset[bytes] = frozenset(
     H_HOST, H_CONTENT_LENGTH, H_TRANSFER_ENCODING, H_EXPECT, H_FORWARDED_FOR,
     H_FORWARDED_PROTO, H_REQUEST_ID, H_CONNECTION, H_UPGRADE, H_DROP,
 ) = range(1, 11)  # fmt: skip
+H_FORWARD = 0  # forwarded as written
+H_FLUXGATE = 11  # a client-sent X-FluxGate-*: only the gateway speaks with that prefix
 REQUEST_SPECIAL: dict[bytes, int] = {
     **{name: H_DROP for name in HOP_BY_HOP},
     b"host": H_HOST,

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("fluxgate.proxy")
 
 _DEADLINE_NONE, _DEADLINE_HEADERS, _DEADLINE_IDLE = 0, 1, 2
+_HEADER_KINDS_CACHE = 4096  # distinct header-name spellings classified once per worker
 # Connection options that are not header names (RFC 9112 §9.3, §9.6).
 _CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})
 # Status recorded when the client disconnects before its response was sent (nginx's 499).
@@ -104,6 +105,7 @@ class ClientConnection(asyncio.Protocol):
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
         self.special = gateway.request_special  # header name (lower case) -> kind
+        self.header_kinds = gateway.header_kinds  # header name as sent -> kind
         self.loop = gateway.loop
         limits = gateway.limits
         self.max_header_bytes = limits.max_header_bytes
@@ -231,12 +233,20 @@ class ClientConnection(asyncio.Protocol):
         if req.header_bytes > self.max_header_bytes:
             raise HeadersTooLarge()
         req.headers.append((name, value))
-        lname = name.lower()
-        kind = self.special.get(lname)
+        # Header names repeat across requests in the spelling clients use: classify each
+        # spelling once (a bounded cache, so random names cannot grow it).
+        kinds = self.header_kinds
+        kind = kinds.get(name)
         if kind is None:
-            if not lname.startswith(hdr.FLUXGATE_PREFIX):
-                req.lines.append(name + b": " + value + b"\r\n")
-        elif kind == hdr.H_DROP:  # hop-by-hop, the API key: first, as they are common
+            lname = name.lower()
+            kind = self.special.get(lname)
+            if kind is None:
+                kind = hdr.H_FLUXGATE if lname.startswith(hdr.FLUXGATE_PREFIX) else hdr.H_FORWARD
+            if len(kinds) < _HEADER_KINDS_CACHE:
+                kinds[name] = kind
+        if kind == hdr.H_FORWARD:
+            req.lines.append(name + b": " + value + b"\r\n")
+        elif kind == hdr.H_DROP or kind == hdr.H_FLUXGATE:  # hop-by-hop, API key, X-FluxGate-*
             return
         elif kind == hdr.H_HOST:
             req.hosts += 1
