@@ -294,7 +294,7 @@ def test_slowloris_header_timeout_closes(gw, upstream):
     with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock:
         sock.sendall(b"GET /api/a HTTP/1.1\r\nHost: a\r\n")
         started = time.monotonic()
-        for _ in range(10):
+        for _ in range(20):  # keeps trickling for ~6 s unless the gateway cuts it
             try:
                 sock.sendall(b"X-Slow: 1\r\n")
             except OSError:
@@ -307,7 +307,7 @@ def test_slowloris_header_timeout_closes(gw, upstream):
             except TimeoutError:
                 pass
         elapsed = time.monotonic() - started
-    assert elapsed < 2.5  # header_timeout is 1s, checked every 0.25s
+    assert elapsed < 3.0  # header_timeout is 1s, checked every 0.25s; headroom for a busy CI
     assert upstream.requests == []
 
 
