@@ -300,6 +300,11 @@ cdef inline uint64_t _state(uint64_t end, uint64_t count) noexcept nogil:
     return (end << 32) | count
 
 
+cdef inline bint _time_ok(double now) noexcept nogil:
+    # A window end (now + a period of up to a year) must fit the 32 state bits.
+    return 0 <= now < 4294967296.0 - 86400 * 366
+
+
 cdef class QuotaCounters:
     """The shared quota buckets over a writable mapping of the quota file."""
 
@@ -409,7 +414,7 @@ cdef class QuotaCounters:
             raise ValueError("limit must be between 1 and 2**32 - 2")
         if period == 0:
             raise ValueError("period must be at least 1 second")
-        if not (0 <= now < 4294967296.0 - 86400 * 366):
+        if not _time_ok(now):
             raise ValueError("now is outside the 32-bit unix time range")
         return 0
 
@@ -699,13 +704,25 @@ cdef class KeyTable:
             raise ValueError("key table released")
         return self._hdr.generation
 
+    cdef uint32_t _lookup(self, const unsigned char* raw) noexcept nogil:
+        # The entry index + 1 of key id raw[0:FG_KEY_ID_BYTES], 0 when absent. Ids are
+        # random: their first bytes are the hash.
+        cdef uint32_t h, slot, v
+        memcpy(&h, raw, 4)
+        slot = h & self._mask
+        while True:
+            v = self._buckets[slot]
+            if v == 0 or memcmp(self._entries[v - 1].id, raw, FG_KEY_ID_BYTES) == 0:
+                return v
+            slot = (slot + 1) & self._mask
+
     cdef int _verify(self, const unsigned char* text, Py_ssize_t n, int64_t now,
                      uint32_t* index) noexcept nogil:
         # parse -> tag -> lookup -> digest -> revoked / expired
         cdef unsigned char raw[FG_KEY_RAW_BYTES]
         cdef unsigned char msg[4 + FG_KEY_ID_BYTES + FG_KEY_SECRET_BYTES]
         cdef unsigned char mac[32]
-        cdef uint32_t h, slot, v
+        cdef uint32_t v
         cdef const fg_key_entry* e
         if self._hdr == NULL:
             return FG_KEY_UNKNOWN
@@ -721,16 +738,10 @@ cdef class KeyTable:
         if not fg_ct_equal(mac, raw + FG_KEY_ID_BYTES + FG_KEY_SECRET_BYTES,
                            FG_KEY_TAG_BYTES):
             return FG_KEY_BAD_TAG
-        memcpy(&h, raw, 4)  # ids are random: their first bytes are the hash
-        slot = h & self._mask
-        while True:
-            v = self._buckets[slot]
-            if v == 0:
-                return FG_KEY_UNKNOWN
-            e = &self._entries[v - 1]
-            if memcmp(e.id, raw, FG_KEY_ID_BYTES) == 0:
-                break
-            slot = (slot + 1) & self._mask
+        v = self._lookup(raw)
+        if v == 0:
+            return FG_KEY_UNKNOWN
+        e = &self._entries[v - 1]
         if not fg_ct_equal(mac, e.digest, FG_KEY_DIGEST_BYTES):
             return FG_KEY_BAD_SECRET
         index[0] = v - 1
@@ -828,7 +839,7 @@ cdef class KeyTable:
                 return FG_KEY_IP_DENIED, index, 0, 0, 0
         if e.quota_tag == 0 or self._quotas is None:
             return FG_KEY_OK, index, 0, 0, 0
-        if not (0 <= now < 4294967296.0 - 86400 * 366):
+        if not _time_ok(now):
             return FG_KEY_QUOTA_FULL, index, e.quota_limit, 0, 0
         code = quota_consume(self._quotas, e.quota_tag, e.quota_limit, e.quota_period,
                              <uint64_t>now, &remaining, &end)
@@ -852,19 +863,10 @@ cdef class KeyTable:
         """The entry index of a key id (its 12 base64url characters), or -1."""
         cdef bytes text = key_id.encode("ascii", "replace")
         cdef unsigned char raw[12]
-        cdef uint32_t h, slot, v
         if self._hdr == NULL or len(text) != 12 or b64url_decode_into(
                 <const unsigned char*>PyBytes_AS_STRING(text), 12, raw) != 9:
             return -1
-        memcpy(&h, raw, 4)
-        slot = h & self._mask
-        while True:
-            v = self._buckets[slot]
-            if v == 0:
-                return -1
-            if memcmp(self._entries[v - 1].id, raw, FG_KEY_ID_BYTES) == 0:
-                return v - 1
-            slot = (slot + 1) & self._mask
+        return <Py_ssize_t>self._lookup(raw) - 1
 
     def entry(self, Py_ssize_t index, /):
         """A dict describing entry ``index`` (for principals, headers and tools)."""
