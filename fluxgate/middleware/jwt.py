@@ -167,23 +167,28 @@ class JwtMiddleware:
 
     # -- the credential ------------------------------------------------------------------
 
-    def token(self, req: RequestState) -> bytes | None:
+    def token(self, req: RequestState, *, take: bool = True) -> bytes | None:
         """The bearer token the request carries (``b""`` for an empty one, ``_AMBIGUOUS``
-        for two Authorization headers), or None."""
+        for two Authorization headers), or None. ``take=False`` only looks: a query-string
+        token stays in the query."""
         found = bearer_token(req.headers)  # RFC 6750 §2.1, in _core
-        if found is not None:
-            return _AMBIGUOUS if found is False else found
+        if found is None:
+            return self._other_token(req, take)
+        return _AMBIGUOUS if found is False else found
+
+    def carries(self, req: RequestState) -> bool:
+        """Does the request present this method's credential at all? (for ``any``)"""
+        return self.token(req, take=False) is not None
+
+    def _other_token(self, req: RequestState, take: bool = True) -> bytes | None:
+        # The configured cookie, then the configured query parameter.
         if self.cookie is not None:
             token = self._from_cookie(req)
             if token is not None:
                 return token
         if self.query is not None and req.query:
-            return self._from_query(req)
+            return self._from_query(req, take)
         return None
-
-    def carries(self, req: RequestState) -> bool:
-        """Does the request present this method's credential at all? (for ``any``)"""
-        return self.token(req) is not None
 
     def _from_cookie(self, req: RequestState) -> bytes | None:
         for name, value in req.headers:
@@ -194,12 +199,14 @@ class JwtMiddleware:
                         return token.strip(b'"')
         return None
 
-    def _from_query(self, req: RequestState) -> bytes | None:
+    def _from_query(self, req: RequestState, take: bool) -> bytes | None:
         kept, token = [], None
         for pair in req.query.split(b"&"):
             key, sep, value = pair.partition(b"=")
             if sep and token is None and unquote_to_bytes(key) == self.query:
                 token = unquote_to_bytes(value)
+                if not take:
+                    return token
             else:
                 kept.append(pair)
         if token is not None:
@@ -209,15 +216,18 @@ class JwtMiddleware:
     # -- per request ---------------------------------------------------------------------
 
     def __call__(self, req: RequestState) -> ClientError | None:
-        token = bearer_token(req.headers)  # the common case, without a method call
-        if token is None or token is False:
-            token = self.token(req)
+        token = bearer_token(req.headers)  # scanned once; the common case
         if token is None:
-            self._count("missing_credentials")
-            return MissingCredentials()
-        if token is _AMBIGUOUS or not token:
-            self._count("ambiguous_credentials" if token is _AMBIGUOUS else "malformed")
-            return InvalidToken(reason="ambiguous_credentials" if token is _AMBIGUOUS else "malformed")
+            token = self._other_token(req)
+            if token is None:
+                self._count("missing_credentials")
+                return MissingCredentials()
+        elif token is False:
+            self._count("ambiguous_credentials")
+            return InvalidToken(reason="ambiguous_credentials")
+        if not token:
+            self._count("malformed")
+            return InvalidToken(reason="malformed")
         try:
             principal = self.verifier.authenticate(token, _now())
         except TokenError as err:
