@@ -1,8 +1,8 @@
 """Hostile bytes against the client protocol, in-process: never a 500, never an exception
 escaping into the event loop, and a request reaches the upstream only when it was valid.
 
-The worker's real objects are driven with transports that only collect bytes (as in
-bench/bench_pipeline.py); hypothesis mutates well-formed requests (byte flips, stray CR/LF,
+The worker's real objects are driven with transports that only collect bytes
+(tests/support/inprocess.py, shared with bench/bench_pipeline.py); hypothesis mutates well-formed requests (byte flips, stray CR/LF,
 spaces and colons, duplicated framing headers, truncation) and also throws raw noise.
 """
 
@@ -16,10 +16,7 @@ import uvloop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fluxgate.config.loader import load_config_text
-from fluxgate.proxy.app import Gateway
-from fluxgate.proxy.protocol import ClientConnection
-from fluxgate.proxy.upstream import UpstreamConnection
+from tests.support.inprocess import wire_gateway
 
 SEEDS = [
     b"GET /api/a?x=1 HTTP/1.1\r\nHost: a\r\nAccept: */*\r\n\r\n",
@@ -30,30 +27,6 @@ SEEDS = [
 ]
 NASTY = [b"\r", b"\n", b"\r\n", b" ", b"\t", b":", b"\x00", b"%", b"%2e", b"%2F", b"\\", b"..",
          b"Content-Length: 3\r\n", b"Transfer-Encoding: chunked\r\n", b"Host: b\r\n", b"\xff"]
-
-
-class Collecting:
-    def __init__(self) -> None:
-        self.out = b""
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.out += data
-
-    def get_extra_info(self, name: str, default: object = None) -> object:
-        return ("127.0.0.1", 40000) if name == "peername" else default
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
 
 
 class UpstreamRecorder:
@@ -78,27 +51,18 @@ def loop():
 
 
 def run(loop, chunks: list[bytes]) -> tuple[bytes, bytes]:
-    config = load_config_text(
+    wired = wire_gateway(
+        loop,
         "access_log: null\nlimits: {max_header_bytes: 2048, max_body_bytes: 64KiB}\n"
         "routes:\n  - route: /api\n    upstream: http://127.0.0.1:9\n    public: true\n"
-        "  - route: /ws\n    upstream: http://127.0.0.1:9\n    public: true\n"
+        "  - route: /ws\n    upstream: http://127.0.0.1:9\n    public: true\n",
     )
-    gateway = Gateway(loop, config)
-    pool = gateway.routes[0].group.pools[0]
-    upstream = UpstreamConnection(pool)
-    upstream_transport = Collecting()
-    upstream.connection_made(upstream_transport)
-    pool._members.add(upstream)
-    pool.open_count = 1
-    pool.idle.append(upstream)
-    client = ClientConnection(gateway)
-    client_transport = Collecting()
-    client.connection_made(client_transport)
+    upstream, upstream_transport = wired.upstream, wired.upstream_transport
     for chunk in chunks:
-        client.data_received(chunk)
-        if upstream.owner is not None and upstream_transport.out:
+        wired.client.data_received(chunk)
+        if upstream.owner is not None and upstream_transport.writes:
             upstream.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-    return client_transport.out, upstream_transport.out
+    return wired.client_transport.out, upstream_transport.out
 
 
 @st.composite
@@ -193,20 +157,11 @@ def mutated_response(draw):
 def test_hostile_upstream_responses(loop, caplog, response):
     """A broken upstream gives the client a 502 or a cut connection, never a 500 or a crash."""
     caplog.clear()
-    config = load_config_text(
-        "access_log: null\nroutes:\n  - route: /\n    upstream: http://127.0.0.1:9\n    public: true\n"
+    wired = wire_gateway(
+        loop, "access_log: null\nroutes:\n  - route: /\n    upstream: http://127.0.0.1:9\n    public: true\n"
     )
-    gateway = Gateway(loop, config)
-    pool = gateway.routes[0].group.pools[0]
-    upstream = UpstreamConnection(pool)
-    upstream.connection_made(Collecting())
-    pool._members.add(upstream)
-    pool.open_count = 1
-    pool.idle.append(upstream)
-    client = ClientConnection(gateway)
-    transport = Collecting()
-    client.connection_made(transport)
-    client.data_received(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+    upstream, transport = wired.upstream, wired.client_transport
+    wired.client.data_received(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
     upstream.data_received(response)
     if upstream.owner is not None:  # the response is incomplete: the upstream hangs up
         upstream.connection_lost(None)
@@ -229,10 +184,8 @@ def test_header_spellings_classified_once_and_cache_bounded(loop):
     assert b"KEEP-ALIVE" not in upstream_out.upper()
     from fluxgate.proxy import protocol
 
-    config = load_config_text("routes:\n  - route: /api\n    upstream: http://127.0.0.1:9\n    public: true\n")
-    gateway = Gateway(loop, config)
-    client = ClientConnection(gateway)
-    client.connection_made(Collecting())
+    wired = wire_gateway(loop, "routes:\n  - route: /api\n    upstream: http://127.0.0.1:9\n    public: true\n")
+    gateway, client = wired.gateway, wired.client
     for batch in range(0, protocol._HEADER_KINDS_CACHE + 200, 100):
         names = b"".join(b"X-N%d: v\r\n" % i for i in range(batch, batch + 100))
         client.data_received(b"GET /nowhere HTTP/1.1\r\nHost: a\r\n" + names + b"\r\n")
