@@ -164,6 +164,7 @@ def serve() -> None:
 # Fixtures and helpers
 # --------------------------------------------------------------------------------------------
 
+from tests.support.gateway import free_port  # noqa: E402
 from tools.loadgen import Histogram, TargetRefused, run_load  # noqa: E402
 from tools.loadgen.target import parse_target  # noqa: E402
 
@@ -214,14 +215,6 @@ def accounted(report: dict) -> int:
     """Every request sent ends as a response or an error of a per-request kind."""
     errors = report["errors"]
     return report["requests"] + errors["connection"] + errors["timeout"] + errors["parse"]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.support.gateway import free_port  # the peer binds it a moment later
+
 _APT_TIMEOUT = 300.0  # s per apt-get call
 _apt_updated: bool | None = None  # None: not tried, False: update failed
 
@@ -74,13 +76,6 @@ def version(path: str) -> str:
     done = subprocess.run([path, "-v"], capture_output=True, text=True, timeout=10)
     text = (done.stdout + done.stderr).strip().splitlines()
     return text[0] if text else "unknown"
-
-
-def free_port() -> int:
-    """A port free on 127.0.0.1 right now (the peer binds it a moment later)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # Shared by every HAProxy peer of the benches: one thread, keep-alive both sides, no log.

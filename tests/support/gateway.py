@@ -112,6 +112,13 @@ class GatewayProcess:
         return self.proc.returncode
 
 
+def free_port() -> int:
+    """A port free on 127.0.0.1 right now (nothing listens on it until someone binds it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def raw_request(port: int, data: bytes, *, timeout: float = 2.0, read_until_close: bool = True) -> bytes:
     """Send raw bytes, return everything received until the server closes or `timeout`."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
