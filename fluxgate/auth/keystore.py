@@ -304,9 +304,6 @@ class KeyStore:
             (cutoff, cutoff),
         )
 
-    def max_slot(self) -> int:
-        return self.db.execute("SELECT COALESCE(MAX(slot), 0) FROM keys").fetchone()[0]
-
     # ---- changes ----------------------------------------------------------------------------
 
     def _write(self, fn, *args):

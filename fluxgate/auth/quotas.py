@@ -23,6 +23,7 @@ import secrets
 import struct
 
 from fluxgate._core import KEY_LAYOUT, RATELIMIT_NAMES, QuotaCounters, ratelimit_fields
+from fluxgate.errors import QuotaExceeded
 
 QUOTA_FILE = "quotas.bin"
 DEFAULT_CAPACITY = 1 << 20
@@ -106,3 +107,12 @@ def ratelimit_headers(
                 del headers[i - 1 : i + 2]  # the three are always added together, in order
                 break
     headers += ratelimit_fields(limit, remaining, reset)
+
+
+def quota_exceeded(
+    headers: list[tuple[bytes, bytes]], limit: int, retry: int, description: str
+) -> QuotaExceeded:
+    """The 429 of a spent budget: RateLimit-* with nothing remaining into ``headers`` (a
+    request's response headers), and Retry-After (RFC 9110 §10.2.3) in seconds."""
+    ratelimit_headers(headers, limit, 0, retry)
+    return QuotaExceeded(description, headers=((b"Retry-After", b"%d" % retry),))

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from fluxgate._core import extract_api_key, ratelimit_fields
 from fluxgate.auth.failures import AuthFailures
 from fluxgate.auth.keytable import REASONS, STAT_KEY_QUOTA, STAT_KEY_QUOTA_FULL, SharedKeys
-from fluxgate.auth.quotas import ratelimit_headers
+from fluxgate.auth.quotas import quota_exceeded, ratelimit_headers
 from fluxgate.auth.scopes import ScopePolicy
 from fluxgate.config.schema import ApiKey
 from fluxgate.errors import (
@@ -36,7 +36,6 @@ from fluxgate.errors import (
     InvalidKey,
     IpNotAllowed,
     MissingCredentials,
-    QuotaExceeded,
 )
 
 if TYPE_CHECKING:
@@ -142,10 +141,8 @@ class ApiKeyMiddleware:
             retry = 1
         else:
             shared.usage.count(STAT_KEY_QUOTA)
-        ratelimit_headers(req.response_headers, limit, 0, retry)
-        return QuotaExceeded(
-            "The API key's quota for this window is used up.",
-            headers=((b"Retry-After", b"%d" % retry),),
+        return quota_exceeded(
+            req.response_headers, limit, retry, "The API key's quota for this window is used up."
         )
 
     def _fail(self, reason: str) -> None:

@@ -19,15 +19,16 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from fluxgate.auth.keytable import STAT_RULE_FULL, STAT_RULE_REJECTED, SharedKeys
-from fluxgate.auth.quotas import ratelimit_headers, rule_identity
+from fluxgate.auth.quotas import quota_exceeded, ratelimit_headers, rule_identity
 from fluxgate.config.schema import Quota
 from fluxgate.config.units import parse_rate
-from fluxgate.errors import ClientError, MissingCredentials, QuotaExceeded
+from fluxgate.errors import ClientError, MissingCredentials
 
 if TYPE_CHECKING:
     from fluxgate.proxy.protocol import RequestState
 
 log = logging.getLogger("fluxgate.quota")
+_now = time.time  # bound once: the hot path does no module attribute lookup
 
 _TAG_CACHE_LIMIT = 65536
 
@@ -72,7 +73,7 @@ class QuotaMiddleware:
             if len(self._tags) >= _TAG_CACHE_LIMIT:
                 self._tags.clear()
             tag = self._tags[who] = quotas.tag(self.prefix + who.encode("utf-8", "surrogatepass"))
-        now = time.time()
+        now = _now()
         code, remaining, end = quotas.consume(tag, self.limit, self.window, now)
         if code == 0:
             ratelimit_headers(req.response_headers, self.limit, remaining, end - int(now))
@@ -84,7 +85,6 @@ class QuotaMiddleware:
             retry = 1
         else:
             self.shared.usage.count(STAT_RULE_REJECTED)
-        ratelimit_headers(req.response_headers, self.limit, 0, retry)
-        return QuotaExceeded(
-            "The quota for this window is used up.", headers=((b"Retry-After", b"%d" % retry),)
+        return quota_exceeded(
+            req.response_headers, self.limit, retry, "The quota for this window is used up."
         )
