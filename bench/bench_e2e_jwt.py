@@ -21,17 +21,14 @@ import contextlib
 import datetime
 import os
 import platform
-import re
-import shlex
-import sys
 from pathlib import Path
 
 import pytest
 
 from bench.support import cpu, peers
 from bench.support.jwt import AUDIENCE, ISSUER, bench_key, haproxy_jwt, token_file
-from bench.support.measure import Measurement, Target, combine, measure
-from bench.support.results import table
+from bench.support.measure import Measurement, interleaved, proxy_target
+from bench.support.results import command, table, update_results
 from bench.support.upstream import start_upstream
 from tests.support.gateway import GatewayProcess
 from tests.support.idp import IdentityProvider
@@ -81,22 +78,6 @@ cached JWT route ≥ 0.9× FluxGate's public route.
 """
 
 
-def _cpu_plan() -> tuple[set[int] | None, set[int] | None, str]:
-    usable = sorted(cpu.usable_cpus())
-    if len(usable) < 2:
-        return None, None, f"no pinning (only CPU {usable} usable)"
-    return {usable[0]}, {usable[-1]}, (
-        f"proxy pinned to CPU {usable[-1]}; loadgen and upstream pinned to CPU {usable[0]}"
-    )
-
-
-def _command(config: pytest.Config) -> str:
-    python = os.path.relpath(sys.executable, config.rootpath)
-    if python.startswith(".."):
-        python = sys.executable
-    return shlex.join([python, "-m", "pytest", *config.invocation_params.args])
-
-
 def _ratio(a: Measurement, b: Measurement) -> str:
     line = f"{a.rps / b.rps:.2f}x req/s"
     if a.rps_per_proxy_core and b.rps_per_proxy_core:
@@ -115,18 +96,6 @@ def ratio_lines(rows: dict[str, Measurement]) -> list[str]:
     ]
 
 
-def update_results(path: Path, run_text: str) -> None:
-    """Insert ``run_text`` as the newest run of this bench's own section."""
-    text = path.read_text() if path.exists() else "# FluxGate benchmark results\n"
-    if BEGIN not in text:
-        text = text.rstrip("\n") + "\n\n" + SECTION_HEADER.rstrip("\n") + f"\n\n{BEGIN}\n{END}\n"
-    before, rest = text.split(BEGIN, 1)
-    runs_text, after = rest.split(END, 1)
-    runs = [r for r in re.split(r"(?m)^(?=### Run )", runs_text.strip("\n")) if r.strip()]
-    runs = [run_text.strip("\n") + "\n"] + [r.rstrip("\n") + "\n" for r in runs]
-    path.write_text(f"{before}{BEGIN}\n" + "\n".join(runs[:KEEP_RUNS]) + f"{END}{after}")
-
-
 def test_e2e_jwt(benchmark, tmp_path, request, e2e_summary):
     benchmark.group = "e2e: jwt route"
     try:
@@ -137,23 +106,15 @@ def test_e2e_jwt(benchmark, tmp_path, request, e2e_summary):
     tokens = token_file(DISTINCT)
     with open(tokens) as f:
         one_token = f.readline().strip()  # "Bearer ..."
-    client_cpus, proxy_cpus, plan = _cpu_plan()
+    client_cpus, proxy_cpus, plan = cpu.plan()
     facts = cpu.machine_facts()
 
     with contextlib.ExitStack() as stack:
-        if client_cpus:
-            own = os.sched_getaffinity(0)
-            os.sched_setaffinity(0, client_cpus)
-            stack.callback(os.sched_setaffinity, 0, own)
+        stack.enter_context(cpu.pinned(client_cpus))
         upstream = start_upstream()
         stack.callback(upstream.stop)
         idp = IdentityProvider(keys=[key]).start()
         stack.callback(idp.stop)
-
-        def proxied(name: str, pid: int, url: str) -> Target:
-            if proxy_cpus:
-                cpu.pin_tree(pid, proxy_cpus)
-            return Target(name, url, cpu.tree(pid))
 
         (tmp_path / "fluxgate").mkdir()
         gateway = GatewayProcess(tmp_path / "fluxgate", FLUXGATE_CONFIG.format(
@@ -161,10 +122,10 @@ def test_e2e_jwt(benchmark, tmp_path, request, e2e_summary):
         stack.callback(gateway.stop)
         gateway.start()
         assert gateway.proc is not None
-        fluxgate = proxied("fluxgate", gateway.proc.pid, gateway.url)
+        fluxgate = proxy_target("fluxgate", gateway.proc.pid, gateway.url, proxy_cpus)
         haproxy = haproxy_jwt(haproxy_bin, tmp_path / "haproxy", upstream.port, key)
         stack.callback(haproxy.stop)
-        ha = proxied("haproxy", haproxy.start().pid, haproxy.url)
+        ha = proxy_target("haproxy", haproxy.start().pid, haproxy.url, proxy_cpus)
 
         repeated = {"headers": (f"Authorization: {one_token}",)}
         distinct = {"header_file": str(tokens), "header_name": "Authorization"}
@@ -177,16 +138,8 @@ def test_e2e_jwt(benchmark, tmp_path, request, e2e_summary):
         ]
 
         def run() -> tuple[list[Measurement], dict[str, Measurement]]:
-            def one(name: str, target: Target, path: str, load, seconds: float) -> Measurement:
-                return measure(Target(name, target.url, target.proxy_pids), path=path,
-                               seconds=seconds, connections=CONNECTIONS,
-                               upstream_pid=upstream.pid, load=load)
-
-            warmups = [one(*r, WARMUP_SECONDS) for r in runs]
-            halves: dict[str, list[Measurement]] = {r[0]: [] for r in runs}
-            for r in runs + runs[::-1]:
-                halves[r[0]].append(one(*r, SECONDS / 2))
-            return warmups, {name: combine(parts) for name, parts in halves.items()}
+            return interleaved(runs, warmup=WARMUP_SECONDS, seconds=SECONDS,
+                               connections=CONNECTIONS, upstream_pid=upstream.pid)
 
         warmups, rows = benchmark.pedantic(run, rounds=1, iterations=1)
 
@@ -195,7 +148,7 @@ def test_e2e_jwt(benchmark, tmp_path, request, e2e_summary):
     run_text = "\n".join([
         f"### Run {now}",
         "",
-        f"- command: `{_command(request.config)}` (from the repository root)",
+        f"- command: `{command(request.config)}` (from the repository root)",
         f"- machine: nproc {facts['nproc']} ({facts['cpu_count']} CPUs), {facts['model']}, "
         f"Linux {facts['kernel']}",
         f"- software: Python {platform.python_version()}; {peers.version(haproxy_bin)}",
@@ -207,7 +160,7 @@ def test_e2e_jwt(benchmark, tmp_path, request, e2e_summary):
         *(f"- {line}" for line in lines),
         "",
     ])
-    update_results(RESULTS, run_text)
+    update_results(RESULTS, run_text, SECTION_HEADER, begin=BEGIN, end=END, keep=KEEP_RUNS)
     e2e_summary(run_text)
     benchmark.extra_info.update({
         "rows": {name: {"rps": round(m.rps), "p50_us": m.p50_us, "p99_us": m.p99_us,

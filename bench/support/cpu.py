@@ -8,13 +8,41 @@ sums user + system time over such a tree, so a run can report req/s per core act
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
 def usable_cpus() -> set[int]:
     return set(os.sched_getaffinity(0))
+
+
+def plan() -> tuple[set[int] | None, set[int] | None, str]:
+    """(client CPUs, proxy CPUs, a line saying so): the proxy under test on the last usable
+    CPU, the load generator and the upstream on the first; no pinning with a single CPU."""
+    usable = sorted(usable_cpus())
+    if len(usable) < 2:
+        return None, None, f"no pinning (only CPU {usable} usable)"
+    return {usable[0]}, {usable[-1]}, (
+        f"proxy pinned to CPU {usable[-1]}; loadgen and upstream pinned to CPU {usable[0]}"
+    )
+
+
+@contextlib.contextmanager
+def pinned(cpus: set[int] | None) -> Iterator[None]:
+    """This process on ``cpus`` (None: unchanged) until the block ends; the processes it
+    starts meanwhile (the upstream, loadgen) inherit it."""
+    if not cpus:
+        yield
+        return
+    own = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, own)
 
 
 def children(pid: int) -> list[int]:

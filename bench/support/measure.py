@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from tools.loadgen import run_load
 
-from .cpu import cpu_seconds
+from .cpu import cpu_seconds, pin_tree, tree
 
 _TICK_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
 
@@ -72,6 +72,13 @@ def _children_seconds() -> float:
 def _self_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def proxy_target(name: str, pid: int, url: str, cpus: set[int] | None) -> Target:
+    """The Target of a proxy's process tree, pinned to ``cpus`` first (None: not pinned)."""
+    if cpus:
+        pin_tree(pid, cpus)
+    return Target(name, url, tree(pid))
 
 
 def measure(
@@ -147,3 +154,23 @@ def combine(parts: list[Measurement]) -> Measurement:
         proxy_cores=sum(p.proxy_cores * p.seconds for p in parts) / seconds,
         others_cores=sum(p.others_cores * p.seconds for p in parts) / seconds,
     )
+
+
+def interleaved(
+    runs: list[tuple[str, Target, str, dict | None]], *, warmup: float, seconds: float,
+    connections: int, upstream_pid: int,
+) -> tuple[list[Measurement], dict[str, Measurement]]:
+    """Each run ``(row name, target, path, load)`` warmed up for ``warmup`` s, then measured
+    in two halves of ``seconds`` in the order A B C C B A; (warm-ups, rows by name)."""
+
+    def one(name: str, target: Target, path: str, load: dict | None, t: float) -> Measurement:
+        m = measure(target, path=path, seconds=t, connections=connections,
+                    upstream_pid=upstream_pid, load=load)
+        m.target = name
+        return m
+
+    warmups = [one(*r, warmup) for r in runs]
+    halves: dict[str, list[Measurement]] = {r[0]: [] for r in runs}
+    for r in runs + runs[::-1]:
+        halves[r[0]].append(one(*r, seconds / 2))
+    return warmups, {name: combine(parts) for name, parts in halves.items()}

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
+import sys
 from pathlib import Path
+from typing import Any
 
 from .measure import Measurement
 
@@ -52,14 +56,25 @@ def ratios(rows: dict[str, Measurement]) -> list[str]:
     return out
 
 
-def update_results(path: Path, run_text: str, header: str) -> None:
-    """Insert ``run_text`` as the newest run of the e2e section, keep the last KEEP_RUNS."""
+def command(config: Any) -> str:
+    """The pytest command line of this run (``config``: the pytest.Config), as typed from
+    the repository root."""
+    python = os.path.relpath(sys.executable, config.rootpath)
+    if python.startswith(".."):
+        python = sys.executable
+    return shlex.join([python, "-m", "pytest", *config.invocation_params.args])
+
+
+def update_results(path: Path, run_text: str, header: str, *, begin: str = BEGIN,
+                   end: str = END, keep: int = KEEP_RUNS) -> None:
+    """Insert ``run_text`` as the newest run of the section between the ``begin`` and
+    ``end`` markers (created under ``header`` when missing), keep the last ``keep`` runs."""
     text = path.read_text() if path.exists() else "# FluxGate benchmark results\n"
-    if BEGIN not in text:
-        text = text.rstrip("\n") + "\n\n" + header.rstrip("\n") + f"\n\n{BEGIN}\n{END}\n"
-    before, rest = text.split(BEGIN, 1)
-    runs_text, after = rest.split(END, 1)
+    if begin not in text:
+        text = text.rstrip("\n") + "\n\n" + header.rstrip("\n") + f"\n\n{begin}\n{end}\n"
+    before, rest = text.split(begin, 1)
+    runs_text, after = rest.split(end, 1)
     runs = [r for r in re.split(r"(?m)^(?=### Run )", runs_text.strip("\n")) if r.strip()]
     runs = [run_text.strip("\n") + "\n"] + [r.rstrip("\n") + "\n" for r in runs]
-    body = "\n".join(runs[:KEEP_RUNS])
-    path.write_text(f"{before}{BEGIN}\n{body}{END}{after}")
+    body = "\n".join(runs[:keep])
+    path.write_text(f"{before}{begin}\n{body}{end}{after}")
