@@ -6,6 +6,7 @@ kids, OIDC discovery, https with certificate verification."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import http.client
 import ipaddress
@@ -107,6 +108,38 @@ def wait_until(condition, timeout: float = 5.0, interval: float = 0.05) -> bool:
             return True
         time.sleep(interval)
     return condition()
+
+
+@contextlib.contextmanager
+def serving(tmp_path: Path, *algs: str, tls: tuple[str, str] | None = None):
+    """A provider + a recording upstream; ``start(**jwt_options)`` runs a gateway with one
+    route /api on them (``middleware=`` replaces the route's whole middleware list)."""
+    idp = (IdentityProvider(algs, tls=tls) if algs else IdentityProvider(tls=tls)).start()
+    upstream = RecordingUpstream().start()
+    started: list[GatewayProcess] = []
+
+    def start(workers: int = 2, env: dict | None = None, block: str | None = None,
+              middleware: str | None = None, **options) -> GatewayProcess:
+        if middleware is None:
+            middleware = "      - jwt:\n" + (block or jwt_block(idp, **options))
+        config = f"""
+routes:
+  - route: /api
+    upstream: {upstream.url}
+    middleware:
+{middleware}
+"""
+        gw = start_gateway(tmp_path / f"gw{len(started)}", config, workers=workers, env=env)
+        started.append(gw)
+        return gw
+
+    try:
+        yield idp, upstream, start
+    finally:
+        for gw in started:
+            gw.stop()
+        upstream.stop()
+        idp.stop()
 
 
 # ---- unit: credentials and claim headers --------------------------------------------------
@@ -358,19 +391,8 @@ def test_hostile_suite_is_there():
 def test_hostile_tokens_through_the_gateway(tmp_path):
     """Every case: 401 invalid_token, never a 500, never a byte to the upstream; and the
     reasons counted in metrics are exactly the expected ones."""
-    idp = IdentityProvider().start()
-    upstream = RecordingUpstream().start()
-    gw = None
-    try:
-        config = f"""
-routes:
-  - route: /api
-    upstream: {upstream.url}
-    middleware:
-      - jwt:
-{jwt_block(idp)}
-"""
-        gw = start_gateway(tmp_path, config, workers=1)
+    with serving(tmp_path) as (idp, upstream, start):
+        gw = start(workers=1)
         client = Client(gw.port)
         expected: Counter[str] = Counter()
         for name, case in HOSTILE:
@@ -391,11 +413,6 @@ routes:
         }
         assert counted == dict(expected)
         assert "Traceback" not in gw.log()
-    finally:
-        if gw is not None:
-            gw.stop()
-        upstream.stop()
-        idp.stop()
 
 
 # ---- keys over time ------------------------------------------------------------------------
@@ -403,31 +420,9 @@ routes:
 
 @pytest.fixture
 def single(tmp_path):
-    """A fresh provider + upstream; ``start(**jwt_options)`` runs a gateway on them."""
-    idp = IdentityProvider(("RS256",)).start()
-    upstream = RecordingUpstream().start()
-    started: list[GatewayProcess] = []
-
-    def start(workers: int = 2, env: dict | None = None, block: str | None = None, **options):
-        config = f"""
-routes:
-  - route: /api
-    upstream: {upstream.url}
-    middleware:
-      - jwt:
-{block or jwt_block(idp, **options)}
-"""
-        gw = start_gateway(tmp_path / f"gw{len(started)}", config, workers=workers, env=env)
-        started.append(gw)
-        return gw
-
-    try:
-        yield idp, upstream, start
-    finally:
-        for gw in started:
-            gw.stop()
-        upstream.stop()
-        idp.stop()
+    """``serving`` with one RS256 key."""
+    with serving(tmp_path, "RS256") as world:
+        yield world
 
 
 def test_key_rotation_is_picked_up_without_restart(single):
@@ -553,32 +548,14 @@ def _tls_files(directory: Path) -> tuple[str, str, str]:
 
 def test_https_provider_certificate_is_verified(tmp_path):
     ca, cert, key = _tls_files(tmp_path)
-    idp = IdentityProvider(("ES256",), tls=(cert, key)).start()
-    upstream = RecordingUpstream().start()
-    gateways = []
-    try:
-        config = f"""
-routes:
-  - route: /api
-    upstream: {upstream.url}
-    middleware:
-      - jwt:
-{jwt_block(idp)}
-"""
-        untrusting = start_gateway(tmp_path / "a", config)
-        gateways.append(untrusting)
+    with serving(tmp_path, "ES256", tls=(cert, key)) as (idp, upstream, start):
+        untrusting = start(workers=1)
         status, _, _ = Client(untrusting.port).get("/api/x", token=idp.mint())
         assert status == 503  # an unverifiable certificate gives no keys: fail closed
         assert "CERTIFICATE_VERIFY_FAILED" in untrusting.log()
-        trusting = start_gateway(tmp_path / "b", config, env={"SSL_CERT_FILE": ca})
-        gateways.append(trusting)
+        trusting = start(workers=1, env={"SSL_CERT_FILE": ca})
         assert Client(trusting.port).get("/api/x", token=idp.mint())[0] == 200
         assert upstream.requests and len(upstream.requests) == 1
-    finally:
-        for gw in gateways:
-            gw.stop()
-        upstream.stop()
-        idp.stop()
 
 
 def test_any_with_jwt_and_api_key(tmp_path):
@@ -586,21 +563,12 @@ def test_any_with_jwt_and_api_key(tmp_path):
     bearer token is a 401 even with a good API key beside it (no fall-through)."""
     from fluxgate.auth.keyops import KeyOps
 
-    idp = IdentityProvider(("ES256",)).start()
-    upstream = RecordingUpstream().start()
-    gw = None
-    try:
-        config = f"""
-routes:
-  - route: /api
-    upstream: {upstream.url}
-    middleware:
+    with serving(tmp_path, "ES256") as (idp, upstream, start):
+        gw = start(workers=1, middleware=f"""\
       - any:
           - jwt:
 {jwt_block(idp, indent=14)}
-          - api_key: {{}}
-"""
-        gw = start_gateway(tmp_path, config, workers=1)
+          - api_key: {{}}""")
         key = KeyOps(load_config(gw.config_path)).generate("svc")["key"]
         client = Client(gw.port)
         assert wait_until(lambda: client.get("/api/x", headers={"X-API-Key": key})[0] == 200)
@@ -615,8 +583,3 @@ routes:
         status, _, body = client.get("/api/x")
         assert status == 401 and json.loads(body)["error"] == "missing_credentials"
         assert len(upstream.requests) == before + 2
-    finally:
-        if gw is not None:
-            gw.stop()
-        upstream.stop()
-        idp.stop()
