@@ -126,12 +126,19 @@ class KeyStoreError(FluxGateError):
     is meant for the operator (fluxctl, the admin API)."""
 
 
-def _bearer_challenge(error: str, description: str = "") -> tuple[tuple[bytes, bytes], ...]:
-    """RFC 6750 §3: the WWW-Authenticate challenge of a 401/403 bearer error."""
-    value = f'Bearer realm="fluxgate", error="{error}"'
-    if description:
-        value += f', error_description="{description}"'
+def _bearer_challenge(error: str = "", scope: str = "") -> tuple[tuple[bytes, bytes], ...]:
+    """RFC 6750 §3: the WWW-Authenticate challenge of a 401/403 bearer error (§3.1: a request
+    without credentials gets the challenge but no error code)."""
+    value = 'Bearer realm="fluxgate"'
+    if error:
+        value += f', error="{error}"'
+    if scope:
+        value += f', scope="{scope}"'
     return ((b"WWW-Authenticate", value.encode()),)
+
+
+_NO_CREDENTIALS_CHALLENGE = _bearer_challenge()
+_INVALID_TOKEN_CHALLENGE = _bearer_challenge("invalid_token")
 
 
 class MissingCredentials(ClientError):
@@ -140,7 +147,7 @@ class MissingCredentials(ClientError):
     status, code = 401, "missing_credentials"
 
     def __init__(self, description: str = "") -> None:
-        super().__init__(description, headers=((b"WWW-Authenticate", b'Bearer realm="fluxgate"'),))
+        super().__init__(description, headers=_NO_CREDENTIALS_CHALLENGE)
 
 
 class InvalidToken(ClientError):
@@ -152,7 +159,7 @@ class InvalidToken(ClientError):
         # `reason` is the stable machine code for logs and metrics; the client sees only a
         # generic description so a probe learns nothing about which check failed.
         self.reason = reason
-        super().__init__(description, headers=_bearer_challenge("invalid_token"))
+        super().__init__(description, headers=_INVALID_TOKEN_CHALLENGE)
 
 
 class InvalidKey(ClientError):
@@ -162,7 +169,7 @@ class InvalidKey(ClientError):
 
     def __init__(self, description: str = "", *, reason: str = "invalid") -> None:
         self.reason = reason
-        super().__init__(description, headers=_bearer_challenge("invalid_token"))
+        super().__init__(description, headers=_INVALID_TOKEN_CHALLENGE)
 
 
 class InsufficientScope(ClientError):
@@ -171,11 +178,7 @@ class InsufficientScope(ClientError):
     status, code = 403, "insufficient_scope"
 
     def __init__(self, description: str = "", *, scope: str = "") -> None:
-        headers = _bearer_challenge("insufficient_scope")
-        if scope:
-            headers = ((b"WWW-Authenticate",
-                        f'Bearer realm="fluxgate", error="insufficient_scope", scope="{scope}"'.encode()),)
-        super().__init__(description, headers=headers)
+        super().__init__(description, headers=_bearer_challenge("insufficient_scope", scope))
 
 
 class QuotaExceeded(ClientError):

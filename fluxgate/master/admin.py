@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import fcntl
 import hmac
 import logging
 import os
@@ -36,7 +35,10 @@ from fluxgate.errors import (
     BodyTooLarge,
     ClientError,
     HeadersTooLarge,
+    InternalError,
+    InvalidToken,
     MethodNotAllowed,
+    MissingCredentials,
     NoRoute,
 )
 from fluxgate.proxy.responses import error_response, status_line
@@ -49,37 +51,6 @@ MAX_PIPELINED = 16  # parsed requests waiting for a response before reading paus
 REQUEST_TIMEOUT = 10.0  # from the first byte of a request to its last
 IDLE_TIMEOUT = 60.0
 TOKEN_FILE = "admin.token"
-
-_REALM = b'Bearer realm="fluxgate"'
-
-
-class MissingCredentials(ClientError):
-    """This endpoint requires an admin bearer token."""
-
-    status, code = 401, "missing_credentials"
-
-    def __init__(self, description: str = "") -> None:
-        # RFC 6750 §3.1: a request without credentials gets the challenge but no error code.
-        super().__init__(description, headers=((b"WWW-Authenticate", _REALM),))
-
-
-class InvalidAdminToken(ClientError):
-    """The admin bearer token is not valid."""
-
-    status, code = 401, "invalid_token"
-
-    def __init__(self, description: str = "") -> None:
-        super().__init__(
-            description,
-            headers=((b"WWW-Authenticate", _REALM + b', error="invalid_token"'),),
-        )
-
-
-class AdminInternalError(ClientError):
-    """The admin request failed inside the master."""
-
-    status, code = 500, "internal_error"
-
 
 # ---- what the admin API needs from the master -----------------------------------------------
 
@@ -254,52 +225,6 @@ def resolve_admin_token(config_token: str | None, state_dir: str) -> tuple[str, 
     raise OSError(f"cannot create or read {path}")
 
 
-# ---- state_dir: one master, and how tools find it -------------------------------------------
-
-STATE_FILE = "gateway.json"
-LOCK_FILE = "gateway.lock"
-
-
-def lock_state_dir(state_dir: str) -> int:
-    """Take the exclusive lock of ``state_dir`` (held while the returned fd stays open).
-
-    Two masters on one state_dir would overwrite each other's gateway.json and metrics; a
-    flock, unlike a pid file, cannot go stale when a master is killed.
-    """
-    fd = os.open(os.path.join(state_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise OSError(f"another gateway is running with state_dir {state_dir}") from None
-    return fd
-
-
-def write_gateway_json(
-    state_dir: str, *, listen: tuple[str, int], admin: tuple[str, int], workers: int,
-    generation: int,
-) -> None:
-    """Publish the actual addresses (port 0 resolved) in ``state_dir/gateway.json``, mode
-    0600, replaced atomically: fluxctl and tests find the admin API through it."""
-    data = orjson.dumps({"pid": os.getpid(), "listen": list(listen), "admin": list(admin),
-                         "workers": workers, "generation": generation})
-    path = os.path.join(state_dir, STATE_FILE)
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
-def remove_state_files(state_dir: str, *others: str) -> None:
-    """Remove gateway.json (and ``others``) at exit; the token and the lock file stay."""
-    for name in (STATE_FILE, *others):
-        try:
-            os.unlink(os.path.join(state_dir, name))
-        except FileNotFoundError:
-            pass
-
-
 # ---- the server -----------------------------------------------------------------------------
 
 
@@ -320,12 +245,12 @@ class AdminServer:
     def check_token(self, authorization: str | None) -> ClientError | None:
         """None when ``authorization`` carries the admin token, else the 401 to answer."""
         if authorization is None:
-            return MissingCredentials()
+            return MissingCredentials("This endpoint requires an admin bearer token.")
         scheme, _, credentials = authorization.partition(" ")
         if scheme.lower() != "bearer" or not credentials.strip():
-            return InvalidAdminToken("expected: Authorization: Bearer <admin token>")
+            return InvalidToken("expected: Authorization: Bearer <admin token>")
         if not hmac.compare_digest(credentials.strip().encode(), self._token):
-            return InvalidAdminToken("the admin token is not valid")
+            return InvalidToken("the admin token is not valid")
         return None
 
     async def start(self, sock: socket.socket) -> None:
@@ -532,7 +457,7 @@ class _AdminConnection(asyncio.Protocol):
             return error_response(exc, req.request_id, close=close, head_only=head), not close
         except Exception:
             log.exception("admin %s %s failed (request %s)", req.method, req.path, req.request_id)
-            exc500 = AdminInternalError()
+            exc500 = InternalError("The admin request failed inside the master.")
             return error_response(exc500, req.request_id, close=True, head_only=head), False
         parts = [
             status_line(resp.status),
