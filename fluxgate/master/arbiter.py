@@ -20,7 +20,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -30,19 +29,12 @@ import uvloop
 from fluxgate.config import load_config, worker_count
 from fluxgate.config.schema import Config
 from fluxgate.errors import ConfigError
-from fluxgate.master.admin import (
-    AdminServer,
-    ReloadResult,
-    build_router,
-    lock_state_dir,
-    remove_state_files,
-    resolve_admin_token,
-    write_gateway_json,
-)
+from fluxgate.master.admin import AdminServer, ReloadResult, build_router, resolve_admin_token
+from fluxgate.master.fork import fork_worker
 from fluxgate.master.services import SERVICES, MasterService
 from fluxgate.master.sockets import bind_admin, bind_listen, sock_address
+from fluxgate.master.state import lock_state_dir, remove_state_files, write_gateway_json
 from fluxgate.metrics import MetricsTable, ProcessMetric, RouteSlots
-from fluxgate.worker import worker as worker_module
 from fluxgate.worker.worker import EXIT_BOOT_ERROR, WorkerSpec
 
 log = logging.getLogger("fluxgate.master")
@@ -336,19 +328,12 @@ class Arbiter:
         )
         # Computed before fork so the child does as little as possible before run_worker.
         master_fds = self._master_only_fds(gen.listen_socket) + [ready_r]
-        # Blocked across fork: a signal sent to the new child before it drops the master's
-        # wakeup fd would otherwise be written into the master's loop as the master's own.
-        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         try:
-            pid = os.fork()
-            if pid == 0:
-                self._child_main(spec, master_fds, old_mask)
+            pid = fork_worker(spec, master_fds, HANDLED_SIGNALS)
         except OSError:  # EAGAIN/ENOMEM: no child, so no pipe either
             os.close(ready_r)
             os.close(ready_w)
             raise
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         os.close(ready_w)
         os.set_blocking(ready_r, False)
         w = WorkerProcess(pid, worker_id, gen, ready_r)
@@ -363,37 +348,6 @@ class Arbiter:
         fds += self.admin.master_only_fds() if self.admin else []
         fds += [w.ready_fd for w in self.workers.values()]
         return [fd for fd in fds if fd >= 0]
-
-    def _child_main(self, spec: WorkerSpec, master_fds: list[int], mask: set[int]) -> None:
-        code = EXIT_BOOT_ERROR
-        try:
-            # The master's loop must not be touched: its epoll fd is shared with the master.
-            # Detach from it instead: no wakeup writes, no inherited handlers, no running loop.
-            signal.set_wakeup_fd(-1)
-            for sig in HANDLED_SIGNALS:
-                signal.signal(sig, signal.SIG_DFL)
-            asyncio.events._set_running_loop(None)  # 3.11 does not reset it at fork
-            asyncio.set_event_loop(None)
-            # dup2 over the master-only fds rather than close them: the numbers stay taken, so
-            # nothing the worker opens can land on a number that a stale master object in this
-            # process might close later.
-            devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-            for fd in master_fds:
-                os.dup2(devnull, fd, inheritable=False)
-            os.close(devnull)
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            code = worker_module.run_worker(spec)
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        except BaseException:
-            log.exception("worker %s crashed", spec.worker_id)
-            code = 1
-        finally:
-            try:
-                sys.stdout.flush()
-                sys.stderr.flush()
-            finally:
-                os._exit(code)
 
     def _on_ready_pipe(self, w: WorkerProcess) -> None:
         try:
