@@ -23,9 +23,9 @@ recreated at start, which Prometheus treats as an ordinary counter reset.
 
 from __future__ import annotations
 
-import bisect
 import mmap
 import os
+from bisect import bisect_left  # bound once: record() calls it per request
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -168,7 +168,7 @@ class MetricsTable:
         add = self._add
         add(base + status - STATUS_MIN)
         # bisect_left: the first bound >= seconds, i.e. Prometheus' "le" (less or equal).
-        add(base + _BUCKETS_OFFSET + bisect.bisect_left(BUCKETS, seconds))
+        add(base + _BUCKETS_OFFSET + bisect_left(BUCKETS, seconds))
         add(base + _SUM_OFFSET, int(seconds * 1_000_000))
 
     # ---- master side ----------------------------------------------------------------------
