@@ -14,6 +14,7 @@ import socket
 import textwrap
 
 from fluxgate import echo
+from fluxgate.master.admin import TOKEN_FILE
 
 DEMO_DIR = ".fluxgate-demo"
 
@@ -105,7 +106,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     upstream_sock.close()
     issuer.sock.close()  # JWT: the child serves it
     base = f"http://127.0.0.1:{port}"
-    token_file = os.path.join(state_dir, "admin.token")
+    token_file = os.path.join(state_dir, TOKEN_FILE)
     print(
         textwrap.dedent(
             f"""

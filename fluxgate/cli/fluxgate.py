@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from fluxgate.config import load_config
+from fluxgate.config.schema import Config
 from fluxgate.errors import ConfigError
 
 DEFAULT_CONFIG = "fluxgate.yaml"
@@ -39,26 +40,30 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _load_or_report(path: str) -> Config | None:
+    """The validated config at ``path``, or None after printing why it is invalid."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"{path}: {exc}", file=sys.stderr)
+        return None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Start the master, which forks the workers; returns when the gateway has stopped."""
     from fluxgate.master.arbiter import Arbiter
 
     path = resolve_config_path(args.config)
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        print(f"{path}: {exc}", file=sys.stderr)
+    config = _load_or_report(path)
+    if config is None:
         return 1
     return Arbiter(config, path, workers_override=args.workers).run()
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Validate the config with the same code ``run`` uses; exit 1 on any error."""
-    path = resolve_config_path(args.config)
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        print(f"{path}: {exc}", file=sys.stderr)
+    config = _load_or_report(resolve_config_path(args.config))
+    if config is None:
         return 1
     n = len(config.routes)
     print(f"config OK: {n} route{'' if n == 1 else 's'}")
