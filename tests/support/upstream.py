@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 from dataclasses import dataclass, field
 
 import httptools
+
+from fluxgate.echo import bind_loopback
 
 
 @dataclass
@@ -65,10 +66,7 @@ class RecordingUpstream:
         import uvloop
 
         self.loop = uvloop.new_event_loop()
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(1024)
+        sock = bind_loopback()
         self.port = sock.getsockname()[1]
         self.server = self.loop.run_until_complete(
             self.loop.create_server(lambda: _UpstreamProtocol(self), sock=sock)

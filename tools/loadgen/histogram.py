@@ -24,13 +24,6 @@ MAX_VALUE = (1 << _MAX_BITS) - 1
 _BUCKETS = ((_MAX_BITS - _SUB_BITS - 1) << _SUB_BITS) + 2 * _SUB
 
 
-def bucket_index(value: int) -> int:
-    shift = value.bit_length() - _SUB_BITS - 1
-    if shift < 0:
-        return value
-    return (shift << _SUB_BITS) + (value >> shift)
-
-
 def bucket_bounds(index: int) -> tuple[int, int]:
     """The lowest and highest value that land in bucket ``index``."""
     shift = (index >> _SUB_BITS) - 1
