@@ -24,8 +24,6 @@ from fluxgate.config import schema
 from fluxgate.config.units import parse_rate
 from fluxgate.errors import ConfigError
 
-MAX_WORKERS = 256
-
 Path = tuple[str | int, ...]  # a key path: ("routes", 2, "middleware", 0)
 Fail = Callable[[Path, str], Exception]
 _T = TypeVar("_T")
@@ -229,8 +227,10 @@ def worker_count(config: schema.Config, override: int | None = None) -> int:
     Raises ``ConfigError`` for an override outside 1..256.
     """
     if override is not None:
-        if isinstance(override, bool) or not 1 <= override <= MAX_WORKERS:
-            raise ConfigError(f"must be between 1 and {MAX_WORKERS}, got {override}", "--workers")
+        if isinstance(override, bool) or not 1 <= override <= schema.MAX_WORKERS:
+            raise ConfigError(
+                f"must be between 1 and {schema.MAX_WORKERS}, got {override}", "--workers"
+            )
         return override
     if config.workers != "auto":
         return config.workers
@@ -238,7 +238,7 @@ def worker_count(config: schema.Config, override: int | None = None) -> int:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not on Linux
         cpus = os.cpu_count() or 1
-    return max(1, min(cpus, MAX_WORKERS))
+    return max(1, min(cpus, schema.MAX_WORKERS))
 
 
 # RFC 9110 §5.6.2 token, for header names.

@@ -20,7 +20,8 @@ Timeout = Annotated[float, Meta(gt=0, extra={"unit": "duration"})]  # 0 would fa
 Size = Annotated[int, Meta(ge=0, extra={"unit": "size"})]
 PositiveInt = Annotated[int, Meta(ge=1)]
 HeaderBytes = Annotated[int, Meta(ge=1024, le=1024 * 1024, extra={"unit": "size"})]
-Workers = Annotated[int, Meta(ge=1, le=256)]
+MAX_WORKERS = 256
+Workers = Annotated[int, Meta(ge=1, le=MAX_WORKERS)]
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT")
 
@@ -116,7 +117,8 @@ Middleware = IpAllow | Jwt | AnyOf | ApiKey | Quota
 
 AUTH_KINDS: frozenset[str] = frozenset({"jwt", "oauth2", "api_key", "any"})
 KNOWN_KINDS: frozenset[str] = frozenset({"ip_allow", "jwt", "oauth2", "api_key", "quota", "any"})
-AVAILABLE_KINDS: frozenset[str] = frozenset({"ip_allow", "jwt", "any", "api_key", "quota"})
+# The kinds this version implements: the tags of the Middleware union.
+AVAILABLE_KINDS: frozenset[str] = frozenset(m.__struct_config__.tag for m in Middleware.__args__)
 
 
 class Route(Base):
