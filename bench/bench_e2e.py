@@ -26,15 +26,13 @@ import contextlib
 import datetime
 import os
 import platform
-import shlex
-import sys
 from pathlib import Path
 
 import pytest
 
 from bench.support import cpu, peers
-from bench.support.measure import Measurement, Target, combine, measure
-from bench.support.results import ratios, table, update_results
+from bench.support.measure import Measurement, Target, interleaved, proxy_target
+from bench.support.results import command, ratios, table, update_results
 from bench.support.upstream import start_upstream
 from tests.support.gateway import GatewayProcess
 
@@ -69,29 +67,12 @@ outside the run (other users of the machine).
 """
 
 
-def _cpu_plan() -> tuple[set[int] | None, set[int] | None, str]:
-    usable = sorted(cpu.usable_cpus())
-    if len(usable) < 2:
-        return None, None, f"no pinning (only CPU {usable} usable)"
-    client, proxy = {usable[0]}, {usable[-1]}
-    return client, proxy, (
-        f"proxy pinned to CPU {usable[-1]}; loadgen and upstream pinned to CPU {usable[0]}"
-    )
-
-
-def _command(config: pytest.Config) -> str:
-    python = os.path.relpath(sys.executable, config.rootpath)
-    if python.startswith(".."):
-        python = sys.executable
-    return shlex.join([python, "-m", "pytest", *config.invocation_params.args])
-
-
 def _run_text(config, facts, plan, versions, rows, ratio_lines, skipped) -> str:
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         f"### Run {now}",
         "",
-        f"- command: `{_command(config)}` (from the repository root)",
+        f"- command: `{command(config)}` (from the repository root)",
         f"- machine: nproc {facts['nproc']} ({facts['cpu_count']} CPUs), {facts['model']}, "
         f"Linux {facts['kernel']}",
         f"- software: Python {platform.python_version()}; {'; '.join(versions)}",
@@ -120,22 +101,13 @@ def test_e2e_public_route(benchmark, tmp_path, request, e2e_summary):
         nginx_bin = None
         skipped.append(f"nginx not measured: {exc}")
     versions = [peers.version(haproxy_bin)] + ([peers.version(nginx_bin)] if nginx_bin else [])
-    client_cpus, proxy_cpus, plan = _cpu_plan()
+    client_cpus, proxy_cpus, plan = cpu.plan()
     facts = cpu.machine_facts()
 
     with contextlib.ExitStack() as stack:
-        if client_cpus:
-            # Children inherit it: the upstream, and the loadgen process run_load spawns.
-            own = os.sched_getaffinity(0)
-            os.sched_setaffinity(0, client_cpus)
-            stack.callback(os.sched_setaffinity, 0, own)
+        stack.enter_context(cpu.pinned(client_cpus))  # the upstream and loadgen inherit it
         upstream = start_upstream()
         stack.callback(upstream.stop)
-
-        def proxied(name: str, pid: int, url: str) -> Target:
-            if proxy_cpus:
-                cpu.pin_tree(pid, proxy_cpus)
-            return Target(name, url, cpu.tree(pid))
 
         targets = [Target("direct", upstream.url)]
         (tmp_path / "fluxgate").mkdir()
@@ -145,30 +117,22 @@ def test_e2e_public_route(benchmark, tmp_path, request, e2e_summary):
         stack.callback(gateway.stop)
         gateway.start()
         assert gateway.proc is not None
-        fluxgate = proxied("fluxgate", gateway.proc.pid, gateway.url)
+        fluxgate = proxy_target("fluxgate", gateway.proc.pid, gateway.url, proxy_cpus)
         assert len(fluxgate.proxy_pids) == 2, f"expected master + 1 worker: {fluxgate.proxy_pids}"
         targets.append(fluxgate)
         haproxy = peers.haproxy(haproxy_bin, tmp_path / "haproxy", upstream.port)
         stack.callback(haproxy.stop)
-        targets.append(proxied("haproxy", haproxy.start().pid, haproxy.url))
+        targets.append(proxy_target("haproxy", haproxy.start().pid, haproxy.url, proxy_cpus))
         if nginx_bin:
             nginx = peers.nginx(nginx_bin, tmp_path / "nginx", upstream.port)
             stack.callback(nginx.stop)
             nginx.start()
-            targets.append(proxied("nginx", nginx.pid, nginx.url))
+            targets.append(proxy_target("nginx", nginx.pid, nginx.url, proxy_cpus))
 
         def run() -> tuple[list[Measurement], dict[str, Measurement]]:
-            def one(target: Target, seconds: float) -> Measurement:
-                return measure(
-                    target, path=PATH, seconds=seconds, connections=CONNECTIONS,
-                    upstream_pid=upstream.pid,
-                )
-
-            warmups = [one(t, WARMUP_SECONDS) for t in targets]
-            halves: dict[str, list[Measurement]] = {t.name: [] for t in targets}
-            for t in targets + targets[::-1]:
-                halves[t.name].append(one(t, SECONDS / 2))
-            return warmups, {name: combine(parts) for name, parts in halves.items()}
+            return interleaved([(t.name, t, PATH, None) for t in targets],
+                               warmup=WARMUP_SECONDS, seconds=SECONDS,
+                               connections=CONNECTIONS, upstream_pid=upstream.pid)
 
         warmups, rows = benchmark.pedantic(run, rounds=1, iterations=1)
 

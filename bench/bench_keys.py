@@ -229,10 +229,9 @@ backend upstream
 
 @pytest.mark.e2e
 def test_e2e_api_key_route(benchmark, tmp_path, request, e2e_summary):
-    from bench.bench_e2e import _command, _cpu_plan
     from bench.support import cpu, peers
-    from bench.support.measure import Target, combine, measure
-    from bench.support.results import table
+    from bench.support.measure import interleaved, proxy_target
+    from bench.support.results import command, table
     from bench.support.upstream import start_upstream
     from fluxgate.auth.keys import load_signing_key
     from tests.support.gateway import GatewayProcess
@@ -242,13 +241,10 @@ def test_e2e_api_key_route(benchmark, tmp_path, request, e2e_summary):
         haproxy_bin = peers.ensure_installed("haproxy")
     except peers.PeerUnavailable as exc:
         pytest.skip(f"HAProxy peer unavailable: {exc}")
-    client_cpus, proxy_cpus, plan = _cpu_plan()
+    client_cpus, proxy_cpus, plan = cpu.plan()
 
     with contextlib.ExitStack() as stack:
-        if client_cpus:
-            own = os.sched_getaffinity(0)
-            os.sched_setaffinity(0, client_cpus)
-            stack.callback(os.sched_setaffinity, 0, own)
+        stack.enter_context(cpu.pinned(client_cpus))  # the upstream and loadgen inherit it
         upstream = start_upstream()
         stack.callback(upstream.stop)
 
@@ -280,13 +276,8 @@ def test_e2e_api_key_route(benchmark, tmp_path, request, e2e_summary):
         stack.callback(haproxy.stop)
         haproxy.start()
 
-        def proxied(name: str, pid: int, url: str) -> Target:
-            if proxy_cpus:
-                cpu.pin_tree(pid, proxy_cpus)
-            return Target(name, url, cpu.tree(pid))
-
-        fluxgate = proxied("fluxgate", gateway.proc.pid, gateway.url)
-        hap = proxied("haproxy", haproxy.pid, haproxy.url)
+        fluxgate = proxy_target("fluxgate", gateway.proc.pid, gateway.url, proxy_cpus)
+        hap = proxy_target("haproxy", haproxy.pid, haproxy.url, proxy_cpus)
         rotating = {"header_name": "X-API-Key", "header_values": keys}
         runs = [  # (row name, target, path, load options)
             ("fluxgate public route", fluxgate, "/bench/hello", None),
@@ -297,18 +288,8 @@ def test_e2e_api_key_route(benchmark, tmp_path, request, e2e_summary):
         ]
 
         def run():
-            def one(spec, seconds):
-                name, target, path, load = spec
-                m = measure(target, path=path, seconds=seconds, connections=CONNECTIONS,
-                            upstream_pid=upstream.pid, load=load)
-                m.target = name
-                return m
-
-            warmups = [one(spec, WARMUP) for spec in runs]
-            halves = {spec[0]: [] for spec in runs}
-            for spec in runs + runs[::-1]:
-                halves[spec[0]].append(one(spec, E2E_SECONDS / 2))
-            return warmups, {name: combine(parts) for name, parts in halves.items()}
+            return interleaved(runs, warmup=WARMUP, seconds=E2E_SECONDS,
+                               connections=CONNECTIONS, upstream_pid=upstream.pid)
 
         warmups, rows = benchmark.pedantic(run, rounds=1, iterations=1)
 
@@ -320,7 +301,7 @@ def test_e2e_api_key_route(benchmark, tmp_path, request, e2e_summary):
     lines = [
         f"### Run {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}",
         "",
-        f"- command: `{_command(request.config)}` (from the repository root)",
+        f"- command: `{command(request.config)}` (from the repository root)",
         f"- machine: {cpu.machine_facts()['model']}, nproc {cpu.machine_facts()['nproc']}; "
         f"Python {platform.python_version()}; {peers.version(haproxy_bin)}",
         f"- load: closed loop, {CONNECTIONS} connections, {WARMUP:g} s warm-up then 2 x "
