@@ -35,7 +35,7 @@ def test_build_request_head_drops_named_and_adds_ours():
         b"POST", b"/x?y=1", [b"Host: a\r\n", b"X-Secret: s\r\n", b"Accept: */*\r\n"],
         drop=frozenset({b"x-secret"}), forwarded_for=b"127.0.0.1", forwarded_proto=b"http",
         forwarded_host=b"a", request_id=b"rid", framing=b"Content-Length: 3\r\n",
-        extra=[(b"X-FluxGate-Auth", b"jwt")],
+        extra=b"X-FluxGate-Auth: jwt\r\n",
     )
     assert head == (
         b"POST /x?y=1 HTTP/1.1\r\nHost: a\r\nAccept: */*\r\nX-Forwarded-For: 127.0.0.1\r\n"

@@ -22,6 +22,8 @@ class Principal:
     _headers: tuple[tuple[bytes, bytes], ...] = field(
         default=(), init=False, repr=False, compare=False
     )
+    # The same headers as formatted lines, as the upstream request head carries them.
+    upstream_lines: bytes = field(default=b"", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         headers = (
@@ -31,6 +33,8 @@ class Principal:
             *self.claims_headers,
         )
         object.__setattr__(self, "_headers", headers)  # frozen: set once, here
+        lines = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+        object.__setattr__(self, "upstream_lines", lines)
 
     def upstream_headers(self) -> list[tuple[bytes, bytes]]:
         """The X-FluxGate-* headers the upstream receives (DESIGN §4)."""

@@ -49,7 +49,6 @@ class Exchange:
         "deadline",
         "read_timeout",
         "loop_time",
-        "upstream_writable",
     )
 
     def __init__(self, client: ClientConnection, req: RequestState, group: UpstreamGroup, head: bytes):
@@ -70,7 +69,6 @@ class Exchange:
         self.read_timeout = group.read_timeout
         self.loop_time = client.loop.time
         self.deadline = self.loop_time() + group.connect_timeout + self.read_timeout
-        self.upstream_writable = True
 
     # -- start / body from the client ---------------------------------------------------
     def start(self) -> None:

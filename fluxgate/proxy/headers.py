@@ -63,15 +63,35 @@ def acceptable_request_id(value: bytes | None) -> bool:
     return bool(value) and len(value) <= 128 and all(c in _REQUEST_ID_CHARS for c in value)  # type: ignore[arg-type]
 
 
+# Connection options that are not header names (RFC 9112 §9.3, §9.6).
+_CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})
+
+
+def header_kind(lname: bytes, special: dict[bytes, int] = REQUEST_SPECIAL) -> int:
+    """What the gateway does with a request header, by its lower-cased name."""
+    kind = special.get(lname)
+    if kind is None:
+        return H_FLUXGATE if lname.startswith(FLUXGATE_PREFIX) else H_FORWARD
+    return kind
+
+
+def named_by_connection(value: bytes) -> frozenset[bytes]:
+    """Header names a Connection header declares hop-by-hop (its options left out)."""
+    return connection_tokens(value) - _CONNECTION_OPTIONS
+
+
+def drop_lines(lines: list[bytes], names: frozenset[bytes]) -> list[bytes]:
+    """Formatted header lines without those whose (lower-cased) name is in `names`."""
+    return [ln for ln in lines if ln.split(b":", 1)[0].lower() not in names]
+
+
 def forwardable_lines(headers: list[tuple[bytes, bytes]]) -> list[bytes]:
     """The header lines forwarded as written: what ClientConnection.on_header keeps."""
-    lines = []
-    for name, value in headers:
-        lname = name.lower()
-        kind = REQUEST_SPECIAL.get(lname)
-        if (kind is None and not lname.startswith(FLUXGATE_PREFIX)) or kind == H_HOST:
-            lines.append(name + b": " + value + b"\r\n")
-    return lines
+    return [
+        name + b": " + value + b"\r\n"
+        for name, value in headers
+        if header_kind(name.lower()) in (H_FORWARD, H_HOST)
+    ]
 
 
 def build_request_head(
@@ -85,17 +105,18 @@ def build_request_head(
     forwarded_host: bytes | None,
     request_id: bytes,
     framing: bytes,
-    extra: list[tuple[bytes, bytes]] | None = None,
+    extra: bytes = b"",
     upgrade: bytes | None = None,
 ) -> bytes:
     """Serialize the request head sent upstream.
 
     `lines` are the client's forwardable header lines, already formatted; `drop` holds
     lower-cased names to remove on top (Connection-listed ones, the API key header...);
-    `framing` is the already-formatted Content-Length/Transfer-Encoding line.
+    `framing` is the already-formatted Content-Length/Transfer-Encoding line; `extra` is a
+    block of gateway header lines (the principal's X-FluxGate-*), formatted once elsewhere.
     """
     if drop:
-        lines = [ln for ln in lines if ln.split(b":", 1)[0].lower() not in drop]
+        lines = drop_lines(lines, drop)
     out = [method + b" " + target + b" HTTP/1.1\r\n", *lines]
     append = out.append
     append(b"X-Forwarded-For: " + forwarded_for + b"\r\nX-Forwarded-Proto: " + forwarded_proto + b"\r\n")
@@ -103,8 +124,7 @@ def build_request_head(
         append(b"X-Forwarded-Host: " + forwarded_host + b"\r\n")
     append(b"X-Request-Id: " + request_id + b"\r\n")
     if extra:
-        for name, value in extra:
-            append(name + b": " + value + b"\r\n")
+        append(extra)
     if upgrade is not None:
         append(b"Connection: Upgrade\r\nUpgrade: " + upgrade + b"\r\n")
     append(framing)

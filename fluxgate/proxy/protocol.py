@@ -38,8 +38,6 @@ log = logging.getLogger("fluxgate.proxy")
 
 _DEADLINE_NONE, _DEADLINE_HEADERS, _DEADLINE_IDLE = 0, 1, 2
 _HEADER_KINDS_CACHE = 4096  # distinct header-name spellings classified once per worker
-# Connection options that are not header names (RFC 9112 §9.3, §9.6).
-_CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})
 # Status recorded when the client disconnects before its response was sent (nginx's 499).
 CLIENT_CLOSED = 499
 
@@ -91,7 +89,6 @@ class RequestState:
         self.lines: list[bytes] = []  # forwardable header lines, formatted as they arrive
         self.body_buffer: list[bytes] = []
         self.response_headers: list[tuple[bytes, bytes]] = []
-        self.upstream_headers: list[tuple[bytes, bytes]] = []
 
 
 class ClientConnection(asyncio.Protocol):
@@ -100,7 +97,6 @@ class ClientConnection(asyncio.Protocol):
     PAUSE_CONNECTING = 1
     PAUSE_UPSTREAM_FULL = 2
     PAUSE_PIPELINE = 4
-    PAUSE_UPGRADE = 8
 
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
@@ -129,7 +125,6 @@ class ClientConnection(asyncio.Protocol):
         self.peer_bytes = b""
         self.deadline = 0.0
         self.deadline_kind = _DEADLINE_NONE
-        self.headers_chunk_bytes = 0
         self.corked = 0
         self.out: list[bytes] = []
 
@@ -189,9 +184,7 @@ class ClientConnection(asyncio.Protocol):
             self._reject(BadRequest(f"malformed request: {exc}"))
             return
         finally:
-            self.corked -= 1
-            if not self.corked and self.out:
-                self._flush()
+            self.uncork()
         # A chunk that began and ended inside one request's header section is all header
         # bytes: count it, so a header that never ends cannot grow without bound.
         if parsing_before is not None and self.parsing is parsing_before and not parsing_before.method:
@@ -238,10 +231,7 @@ class ClientConnection(asyncio.Protocol):
         kinds = self.header_kinds
         kind = kinds.get(name)
         if kind is None:
-            lname = name.lower()
-            kind = self.special.get(lname)
-            if kind is None:
-                kind = hdr.H_FLUXGATE if lname.startswith(hdr.FLUXGATE_PREFIX) else hdr.H_FORWARD
+            kind = hdr.header_kind(name.lower(), self.special)
             if len(kinds) < _HEADER_KINDS_CACHE:
                 kinds[name] = kind
         if kind == hdr.H_FORWARD:
@@ -286,23 +276,21 @@ class ClientConnection(asyncio.Protocol):
         if req.method == b"CONNECT":
             raise BadRequest("CONNECT is not supported")
         req.keep_alive = parser.should_keep_alive()
-        hosts = req.hosts
-        upgrade_token = req.upgrade_token
-        transfer_encoding = req.transfer_encoding
         # RFC 9112 §3.2: a 1.1 request without exactly one Host, or with several, is a 400.
-        if hosts > 1 or (hosts == 0 and req.http_minor == 1):
+        if req.hosts > 1 or (req.hosts == 0 and req.http_minor == 1):
             raise BadRequest("exactly one Host header is required")
-        if transfer_encoding is not None:
+        if req.transfer_encoding is not None:
             # RFC 9112 §6.1: TE in a 1.0 request is faulty framing; only plain "chunked" is
             # forwarded, so codings the upstream might read differently never pass.
-            if req.http_minor == 0 or transfer_encoding.strip().lower() != b"chunked":
+            if req.http_minor == 0 or req.transfer_encoding.strip().lower() != b"chunked":
                 raise BadRequest("unsupported Transfer-Encoding")
             req.chunked = True
         req.has_body = req.chunked or req.content_length > 0
         if req.content_length > self.max_body_bytes:
             raise BodyTooLarge()
         if parser.should_upgrade():
-            if upgrade_token is not None and upgrade_token.strip().lower() == b"websocket":
+            token = req.upgrade_token
+            if token is not None and token.strip().lower() == b"websocket":
                 req.upgrade = b"websocket"
             else:
                 # Only WebSocket is tunnelled: an h2c tunnel would carry later requests
@@ -384,9 +372,6 @@ class ClientConnection(asyncio.Protocol):
                 refusal = middleware(req)
                 if refusal is not None:
                     raise refusal
-            principal = req.principal
-            if principal is not None:
-                req.upstream_headers.extend(principal.upstream_headers())
             head = self._upstream_head(req, route)
         except ClientError as err:
             self._local_reply(req, err)
@@ -434,7 +419,7 @@ class ClientConnection(asyncio.Protocol):
     def _upstream_head(self, req: RequestState, route: CompiledRoute) -> bytes:
         drop = route.drop_headers
         if req.connection is not None:
-            drop = drop | (hdr.connection_tokens(req.connection) - _CONNECTION_OPTIONS)
+            drop = drop | hdr.named_by_connection(req.connection)
         path = req.path
         if route.strip_prefix:
             path = path[len(route.prefix):] or b"/"
@@ -467,7 +452,7 @@ class ClientConnection(asyncio.Protocol):
             forwarded_host=req.host,
             request_id=req.request_id,
             framing=framing,
-            extra=req.upstream_headers,
+            extra=req.principal.upstream_lines if req.principal is not None else b"",
             upgrade=req.upgrade,
         )
 
@@ -586,11 +571,9 @@ class ClientConnection(asyncio.Protocol):
         if transport is not None and not self.closed:
             transport.write(data)
 
-    def cork(self) -> None:
-        """Gather writes until uncork(): one syscall per event-loop callback, not per piece."""
-        self.corked += 1
-
     def uncork(self) -> None:
+        """End one `corked += 1` section: what it wrote leaves in one send (one syscall per
+        event-loop callback, not per piece)."""
         self.corked -= 1
         if self.corked == 0 and self.out:
             self._flush()

@@ -30,8 +30,6 @@ _RESPONSE_SPECIAL: dict[bytes, int] = {
     b"transfer-encoding": _TRANSFER_ENCODING,
     b"connection": _CONNECTION,
 }
-# Connection options that are not header names (RFC 9112 §9.3, §9.6).
-_CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})
 
 AcquireCallback = Callable[["UpstreamConnection | None", "BaseException | None"], None]
 
@@ -80,7 +78,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         self.got_bytes = True
-        owner.deadline = owner.loop_time() + owner.read_timeout  # progress: push the deadline
+        owner.touch()
         client = owner.client
         client.corked += 1  # the response head and body leave in one send
         try:
@@ -100,9 +98,7 @@ class UpstreamConnection(asyncio.Protocol):
             log.warning("upstream %s sent a malformed response: %s", self.pool.name, exc)
             self._fail(exc)
         finally:
-            client.corked -= 1
-            if not client.corked and client.out:
-                client._flush()
+            client.uncork()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -148,9 +144,9 @@ class UpstreamConnection(asyncio.Protocol):
         if owner is not None:
             lines = self.lines
             if self.connection is not None:
-                named = hdr.connection_tokens(self.connection) - _CONNECTION_OPTIONS
+                named = hdr.named_by_connection(self.connection)
                 if named:  # rare: headers the upstream declared hop-by-hop by name
-                    lines = [ln for ln in lines if ln.split(b":", 1)[0].lower() not in named]
+                    lines = hdr.drop_lines(lines, named)
             owner.upstream_headers(self, status, lines, self.content_length, self.chunked)
         if self.head_request:
             raise _HeadResponseDone()
