@@ -27,7 +27,6 @@ log = logging.getLogger("fluxgate.worker")
 EXIT_OK = 0
 EXIT_BOOT_ERROR = 3  # reserved: the master must not respawn such a worker forever
 
-_PARENT_CHECK_INTERVAL = 1.0
 
 
 @dataclass(frozen=True)
@@ -86,12 +85,18 @@ async def _serve(loop: asyncio.AbstractEventLoop, spec: WorkerSpec, gateway: Gat
     loop.add_signal_handler(signal.SIGINT, request_stop, True)
     loop.add_signal_handler(signal.SIGQUIT, request_stop, False)
     loop.add_signal_handler(signal.SIGHUP, lambda: None)  # the master reloads, not us
-    gateway.start()
     parent = os.getppid()
-    watcher = loop.create_task(_watch_parent(parent, request_stop))
+
+    def watch_parent(now: float) -> None:
+        # A worker whose master died must not keep serving a stale config.
+        if os.getppid() != parent and not stop.is_set():
+            log.warning("master %d is gone; worker exiting", parent)
+            request_stop(True)
+
+    gateway.periodic.append(watch_parent)
+    gateway.start()
     _signal_ready(spec.ready_fd)
     await stop.wait()
-    watcher.cancel()
     server.close()
     if graceful:
         timeout = spec.config.limits.drain_timeout
@@ -103,15 +108,6 @@ async def _serve(loop: asyncio.AbstractEventLoop, spec: WorkerSpec, gateway: Gat
         conn.abort()
     gateway.close()
     return EXIT_OK
-
-
-async def _watch_parent(parent: int, request_stop: Any) -> None:
-    while True:
-        await asyncio.sleep(_PARENT_CHECK_INTERVAL)
-        if os.getppid() != parent:
-            log.warning("master %d is gone; worker exiting", parent)
-            request_stop(True)
-            return
 
 
 def _signal_ready(fd: int) -> None:
