@@ -36,4 +36,4 @@ lint: setup
 	$(VENV)/bin/ruff check fluxgate tests tools bench
 
 clean:
-	rm -rf build *.egg-info fluxgate/_core.c fluxgate/_core*.so
+	rm -rf build *.egg-info fluxgate/_core.c fluxgate/_core*.so $(VENV)/.installed
