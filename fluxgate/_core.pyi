@@ -75,7 +75,6 @@ class JwtKeySet:
     """The keys of one JWKS generation, by kid."""
 
     generation: int
-    kids: frozenset[str]
 
     def __init__(self, keys: Iterable[JwtKey] = (), generation: int = 0) -> None: ...
     def __len__(self) -> int: ...

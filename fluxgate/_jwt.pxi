@@ -460,11 +460,6 @@ cdef class JwtKeySet:
     def __iter__(self):
         return iter(self._keys)
 
-    @property
-    def kids(self):
-        """The key ids in this set."""
-        return frozenset(self._by_kid)
-
     def __contains__(self, kid):
         return kid in self._by_kid
 
