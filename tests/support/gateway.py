@@ -61,7 +61,6 @@ class GatewayProcess:
                 if data and self.ready():
                     self.port = data["listen"][1]
                     self.admin_port = data["admin"][1]
-                    self.wait_ready(deadline - time.monotonic())
                     return self
             time.sleep(0.05)
         self.stop()
@@ -77,12 +76,8 @@ class GatewayProcess:
             return False
 
     def wait_ready(self, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.ready():
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"gateway not ready:\n{self.log()}")
+        if not wait_until(self.ready, timeout):
+            raise RuntimeError(f"gateway not ready:\n{self.log()}")
 
     @property
     def url(self) -> str:
@@ -110,6 +105,16 @@ class GatewayProcess:
                 self.proc.wait(5)
         self._log.close()
         return self.proc.returncode
+
+
+def wait_until(condition, timeout: float = 5.0, interval: float = 0.05) -> bool:
+    """Poll ``condition()`` until it is true (True) or ``timeout`` s have passed (its last answer)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return bool(condition())
 
 
 def free_port() -> int:
