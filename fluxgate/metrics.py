@@ -24,13 +24,13 @@ recreated at start, which Prometheus treats as an ordinary counter reset.
 from __future__ import annotations
 
 import mmap
-import os
 from bisect import bisect_left  # bound once: record() calls it per request
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from fluxgate._core import Counters
 from fluxgate.errors import ConfigError
+from fluxgate.shm import create_mapping, open_mapping
 
 MAGIC = 0x4647_4D45_5452_4943  # "FGMETRIC"
 LAYOUT_VERSION = 1
@@ -107,20 +107,7 @@ class MetricsTable:
         """
         if capacity < 1:
             raise ValueError("capacity must be >= 1 (slot 0 is the no-route slot)")
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        # O_EXCL: if someone races a file (or a symlink) into place we fail instead of
-        # writing through it.
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            size = _file_size(capacity)
-            os.ftruncate(fd, size)
-            mapping = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        finally:
-            os.close(fd)  # the mapping keeps the pages; mmap holds its own dup of the fd
-        table = cls(mapping, path, capacity)
+        table = cls(create_mapping(path, _file_size(capacity)), path, capacity)
         table._counters.store(0, MAGIC)
         table._counters.store(1, LAYOUT_VERSION)
         table._counters.store(2, capacity)
@@ -129,14 +116,12 @@ class MetricsTable:
     @classmethod
     def open(cls, path: str) -> MetricsTable:
         """Map an existing table (e.g. a tool reading a running gateway's counters)."""
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        try:
-            size = os.fstat(fd).st_size
+        def check_size(size: int) -> None:
             if size < HEADER_SLOTS * 8:
                 raise ValueError(f"{path}: not a FluxGate metrics table (too short)")
-            mapping = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        finally:
-            os.close(fd)
+
+        mapping = open_mapping(path, check_size)
+        size = len(mapping)
         counters = Counters(mapping)
         magic, version, capacity = counters.load(0), counters.load(1), counters.load(2)
         counters.release()

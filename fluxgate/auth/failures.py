@@ -18,6 +18,7 @@ from typing import Any
 
 from fluxgate._core import Counters
 from fluxgate.auth.runtime import worker_shared
+from fluxgate.shm import create_mapping, open_mapping
 
 log = logging.getLogger("fluxgate.auth")
 
@@ -72,31 +73,17 @@ class AuthFailures:
     @classmethod
     def create(cls, state_dir: str) -> AuthFailures:
         path = os.path.join(state_dir, FILE)
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            size = len(METHODS) * MAX_REASONS * 8
-            os.ftruncate(fd, size)
-            mapping = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        finally:
-            os.close(fd)
-        return cls(mapping, path)
+        return cls(create_mapping(path, len(METHODS) * MAX_REASONS * 8), path)
 
     @classmethod
     def open(cls, state_dir: str) -> AuthFailures:
         path = os.path.join(state_dir, FILE)
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        try:
-            size = os.fstat(fd).st_size
+
+        def check_size(size: int) -> None:
             if size != len(METHODS) * MAX_REASONS * 8:
                 raise ValueError(f"{path}: unexpected size {size}")
-            mapping = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        finally:
-            os.close(fd)
-        return cls(mapping, path)
+
+        return cls(open_mapping(path, check_size), path)
 
     @classmethod
     def for_gateway(cls, gateway: Any) -> AuthFailures | None:

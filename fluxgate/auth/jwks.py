@@ -34,6 +34,7 @@ from fluxgate._core import Counters, JwtKeySet, JwtVerifier
 from fluxgate.auth.jwk import build_keyset
 from fluxgate.auth.runtime import worker_shared
 from fluxgate.config import schema
+from fluxgate.shm import create_mapping, open_mapping
 
 if TYPE_CHECKING:
     from fluxgate.proxy.app import Gateway
@@ -84,22 +85,16 @@ def snapshot_path(state_dir: str, source: str) -> str:
 
 def map_ctl(path: str, *, create: bool) -> tuple[mmap.mmap, Counters]:
     """Map a provider's control slots (the master creates them, workers open them)."""
-    flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT | os.O_EXCL if create else 0)
+    size = CTL_SLOTS * 8
     if create:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-    fd = os.open(path, flags, 0o600)
-    try:
-        size = CTL_SLOTS * 8
-        if create:
-            os.ftruncate(fd, size)
-        elif os.fstat(fd).st_size != size:
-            raise ValueError(f"{path}: not a JWKS control file")
-        mapping = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-    finally:
-        os.close(fd)
+        mapping = create_mapping(path, size)
+    else:
+
+        def check_size(actual: int) -> None:
+            if actual != size:
+                raise ValueError(f"{path}: not a JWKS control file")
+
+        mapping = open_mapping(path, check_size)
     counters = Counters(mapping)
     if create:
         counters.store(SLOT_MAGIC, CTL_MAGIC)
