@@ -28,7 +28,7 @@ from fluxgate.config import load_config, load_config_text
 from fluxgate.middleware.jwt import JwtMiddleware, claim_header_value
 from fluxgate.proxy.protocol import RequestState
 from tests.support import hostile
-from tests.support.gateway import GatewayProcess
+from tests.support.gateway import GatewayProcess, wait_until
 from tests.support.idp import AUDIENCE, IdentityProvider
 from tests.support.tokens import SigningKey
 from tests.support.upstream import RecordingUpstream
@@ -99,15 +99,6 @@ def jwt_block(idp: IdentityProvider, indent: int = 10, **extra: object) -> str:
 def start_gateway(tmp: Path, config: str, workers: int = 1, env: dict | None = None) -> GatewayProcess:
     tmp.mkdir(parents=True, exist_ok=True)
     return GatewayProcess(tmp, config, workers=workers, env=env).start()
-
-
-def wait_until(condition, timeout: float = 5.0, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    return condition()
 
 
 @contextlib.contextmanager
@@ -583,3 +574,20 @@ def test_any_with_jwt_and_api_key(tmp_path):
         status, _, body = client.get("/api/x")
         assert status == 401 and json.loads(body)["error"] == "missing_credentials"
         assert len(upstream.requests) == before + 2
+
+
+def test_any_passes_a_query_token_to_its_member():
+    """``any`` asks its members whether the request carries their credential; asking must
+    not consume it, so a token in the query string is still verified (here: refused as
+    malformed), never answered "missing"."""
+    from fluxgate.middleware.any import AnyMiddleware
+
+    text = (
+        "routes:\n  - route: /a\n    upstream: http://127.0.0.1:9\n    middleware:\n      - any:\n"
+        "          - jwt: {jwks_uri: 'https://idp.test/jwks', query: access_token}\n"
+        "          - jwt: {jwks_uri: 'https://idp2.test/jwks'}\n"
+    )
+    config = load_config_text(text)
+    mw = AnyMiddleware.from_config(config.routes[0].middleware[0], FakeGateway(config), None)
+    refusal = mw(_request(query=b"access_token=a.b.c"))
+    assert type(refusal).__name__ == "InvalidToken" and refusal.reason == "malformed"
