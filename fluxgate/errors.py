@@ -60,6 +60,12 @@ class IpNotAllowed(ClientError):
     status, code = 403, "ip_not_allowed"
 
 
+class ExpectationFailed(ClientError):
+    """Only `Expect: 100-continue` is understood (RFC 9110 §10.1.1)."""
+
+    status, code, close_connection = 417, "expectation_failed", True
+
+
 class BodyTooLarge(ClientError):
     """The request body exceeds limits.max_body_bytes."""
 

@@ -21,6 +21,7 @@ from fluxgate.errors import (
     BadRequest,
     BodyTooLarge,
     ClientError,
+    ExpectationFailed,
     HeadersTooLarge,
     InternalError,
     MethodNotAllowed,
@@ -248,7 +249,7 @@ class ClientConnection(asyncio.Protocol):
             req.transfer_encoding = value
         elif kind == hdr.H_EXPECT:
             if value.lower() != b"100-continue":
-                raise _ExpectationFailed()
+                raise ExpectationFailed()
             req.expect_continue = True
         elif kind == hdr.H_FORWARDED_FOR:
             req.forwarded_for = value if req.forwarded_for is None else req.forwarded_for + b", " + value
@@ -635,12 +636,6 @@ class ClientConnection(asyncio.Protocol):
         """Stop taking new requests on this connection once the current one is answered."""
         if self.active is None and self.parsing is None and self.tunnel is None:
             self._set_deadline(_DEADLINE_IDLE, self.gw.drain_idle_grace)
-
-
-class _ExpectationFailed(ClientError):
-    """Only `Expect: 100-continue` is understood (RFC 9110 §10.1.1)."""
-
-    status, code, close_connection = 417, "expectation_failed", True
 
 
 def _origin_form(url: bytes) -> bytes:
