@@ -150,11 +150,10 @@ class Master:
         raise AssertionError(f"no gateway.json\n{self.log()}")
 
     def children(self) -> set[int]:
-        try:
-            text = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
-        except OSError:
-            return set()
-        pids = {int(p) for p in text.split()}
+        # Imported here: this file also runs as the stand-in master's script, without tests/.
+        from tests.support.gateway import child_pids
+
+        pids = child_pids(self.proc.pid)
         self.seen_pids |= pids
         return pids
 
@@ -332,9 +331,9 @@ def test_reload_rebinds_when_listen_changes(master_factory):
     m = master_factory()
     old = m.wait_ready(2)
     old_listen = m.info()["listen"]
-    with socket.socket() as probe:  # a free port for the new listen address
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    from tests.support.gateway import free_port
+
+    port = free_port()  # for the new listen address
     write_config(m.config, m.state, listen=f"127.0.0.1:{port}")
     status, body = m.admin("POST", "/admin/reload")
     assert status == 200, body

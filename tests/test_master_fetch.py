@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 
 import pytest
 
 from fluxgate.master.fetch import FetchError, fetch
+from tests.support.gateway import free_port
 
 
 def run_with_server(reply: bytes | None, coro_factory, *, close: bool = True, read: bool = True):
@@ -87,9 +87,7 @@ def test_timeout_is_bounded():
 
 
 def test_connection_refused_and_tls_to_plain_server():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # nothing listens once closed
+    port = free_port()  # nothing listens there
     with pytest.raises(FetchError, match="cannot connect"):
         asyncio.run(fetch(f"http://127.0.0.1:{port}/"))
     reply = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.gateway import raw_request
+from tests.support.gateway import child_pids, free_port, raw_request
 
 INVALID = Path(__file__).parent / "data" / "http" / "invalid"
 INVALID_CASES = sorted(p.stem for p in INVALID.glob("*.http"))
@@ -269,10 +269,7 @@ def test_ip_allow_believes_trusted_proxy(gateway_factory, upstream):
 
 
 def test_upstream_down_is_502(gateway_factory):
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()  # nothing listens there now
+    port = free_port()  # nothing listens there
     gw = gateway_factory(routes(f"http://127.0.0.1:{port}"))
     response = raw_request(gw.port, b"GET /api/a HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
     assert status_of(response) == 502
@@ -376,7 +373,7 @@ def test_h2c_upgrade_is_not_tunnelled(gw, upstream):
 def test_large_upload_streams_without_buffering(gateway_factory, upstream):
     config = routes(upstream.url).replace("max_body_bytes: 1MiB", "max_body_bytes: 2GiB")
     gw = gateway_factory(config)
-    worker_pid = _worker_pids(gw.proc.pid)[0]
+    worker_pid = min(child_pids(gw.proc.pid))
     rss_before = _rss_kib(worker_pid)
     size = 300 * 1024 * 1024
     with socket.create_connection(("127.0.0.1", gw.port), timeout=30) as sock:
@@ -399,11 +396,6 @@ def test_large_download_streams(gw, upstream):
         while chunk := sock.recv(1 << 20):
             total += len(chunk)
     assert total > size
-
-
-def _worker_pids(master_pid: int) -> list[int]:
-    children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
-    return [int(c) for c in children]
 
 
 def _rss_kib(pid: int) -> int:

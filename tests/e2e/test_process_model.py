@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.gateway import GatewayProcess
+from tests.support.gateway import GatewayProcess, child_pids
 
 ADMIN_TOKEN = "test-admin-token"  # what tests/support/gateway.py writes into the config
 
@@ -39,12 +39,7 @@ class Tracked:
         self.pids: set[int] = set()
 
     def workers(self, gw: GatewayProcess) -> set[int]:
-        pid = gw.proc.pid
-        try:
-            text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-        except OSError:
-            return set()
-        pids = {int(p) for p in text.split()}
+        pids = child_pids(gw.proc.pid)
         self.pids |= pids
         return pids
 

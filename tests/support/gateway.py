@@ -117,6 +117,15 @@ def wait_until(condition, timeout: float = 5.0, interval: float = 0.05) -> bool:
     return bool(condition())
 
 
+def child_pids(pid: int) -> set[int]:
+    """The live children of process `pid` (a master's workers); empty once it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return set()
+    return {int(p) for p in text.split()}
+
+
 def free_port() -> int:
     """A port free on 127.0.0.1 right now (nothing listens on it until someone binds it)."""
     with socket.socket() as s:
