@@ -175,3 +175,48 @@ def ratelimit_fields(
 
 def strip_query_param(query: bytes, name: bytes, /) -> bytes:
     """``query`` without every ``name`` parameter (the same object when there is none)."""
+
+# ---- the data plane's per-request state (fluxgate/_http.pxi) ------------------------------
+
+class RequestState:
+    """Everything about one request: filled by the head parser, read by every stage."""
+
+    started: float
+    method: bytes
+    http_minor: int
+    keep_alive: bool
+    upgrade: bytes | None
+    reparse: bool
+    chunked: bool
+    content_length: int
+    has_body: bool
+    body_bytes: int
+    message_complete: bool
+    response_done: bool
+    exchange: Any
+    close_after: bool
+    status: int
+    request_id: bytes
+    route: Any
+    path: bytes
+    query: bytes
+    client_ip: str
+    peer_trusted: bool
+    principal: Any
+    expect_continue: bool
+    host: bytes | None
+    forwarded_for: bytes | None
+    forwarded_proto: bytes | None
+    client_request_id: bytes | None
+    connection: bytes | None
+    hosts: int
+    transfer_encoding: bytes | None
+    upgrade_token: bytes | None
+    finished: bool
+    url: bytes
+    header_bytes: int
+    headers: list[tuple[bytes, bytes]]
+    lines: list[bytes]
+    body_buffer: list[bytes]
+    response_headers: list[tuple[bytes, bytes]]
+    def __init__(self, started: float = 0.0) -> None: ...

@@ -66,6 +66,7 @@ from libc.string cimport memcmp
 from fluxgate.errors import B64Error, PathError
 
 __all__ = (
+    "RequestState",
     "B64Error",
     "Counters",
     "JwtKey",
@@ -439,5 +440,6 @@ cdef class Counters:
 
 # Feature sections, kept in their own files so each reads on its own (STYLE: split
 # into .pxi past ~1,500 lines; these two grow with their issues).
+include "_http.pxi"
 include "_jwt.pxi"
 include "_keys.pxi"

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from fluxgate._core import PathError, normalize_path, strip_query_param
+from fluxgate._core import PathError, RequestState, normalize_path, strip_query_param
 from fluxgate.errors import (
     BadRequest,
     BodyTooLarge,
@@ -32,7 +32,6 @@ from fluxgate.proxy.exchange import Exchange
 from fluxgate.proxy.responses import CONTINUE_100, error_response
 
 if TYPE_CHECKING:
-    from fluxgate.auth.principal import Principal
     from fluxgate.proxy.app import CompiledRoute, Gateway
 
 log = logging.getLogger("fluxgate.proxy")
@@ -41,55 +40,6 @@ _DEADLINE_NONE, _DEADLINE_HEADERS, _DEADLINE_IDLE = 0, 1, 2
 _HEADER_KINDS_CACHE = 4096  # distinct header-name spellings classified once per worker
 # Status recorded when the client disconnects before its response was sent (nginx's 499).
 CLIENT_CLOSED = 499
-
-
-class RequestState:
-    """Everything about one request: the per-request context every stage reads and writes.
-
-    Defaults live on the class so that creating one costs a handful of stores; the hot path
-    allocates one of these per request and nothing else of its own.
-    """
-
-    method = b""
-    http_minor = 1
-    keep_alive = True
-    upgrade: bytes | None = None
-    reparse = False
-    chunked = False
-    content_length = 0
-    has_body = False
-    body_bytes = 0
-    message_complete = False
-    response_done = False
-    exchange: Exchange | None = None
-    close_after = False
-    status = 0
-    request_id = b""
-    route: CompiledRoute | None = None
-    path = b""
-    query = b""
-    client_ip = ""
-    peer_trusted = False
-    principal: Principal | None = None
-    expect_continue = False
-    host: bytes | None = None
-    forwarded_for: bytes | None = None
-    forwarded_proto: bytes | None = None
-    client_request_id: bytes | None = None
-    connection: bytes | None = None
-    hosts = 0
-    transfer_encoding: bytes | None = None
-    upgrade_token: bytes | None = None
-    finished = False
-
-    def __init__(self, started: float) -> None:
-        self.started = started
-        self.url = b""
-        self.header_bytes = 0
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.lines: list[bytes] = []  # forwardable header lines, formatted as they arrive
-        self.body_buffer: list[bytes] = []
-        self.response_headers: list[tuple[bytes, bytes]] = []
 
 
 class ClientConnection(asyncio.Protocol):
