@@ -67,6 +67,8 @@ from fluxgate.errors import B64Error, PathError
 
 __all__ = (
     "RequestState",
+    "response_head",
+    "upstream_head",
     "B64Error",
     "Counters",
     "JwtKey",

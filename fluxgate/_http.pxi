@@ -74,3 +74,161 @@ cdef class RequestState:
         self.lines = []
         self.body_buffer = []
         self.response_headers = []
+
+
+# ---- heads the gateway writes --------------------------------------------------------------
+#
+# Both builders size the output first and copy each piece once into a single bytes object:
+# the head leaves in one write, with no intermediate list or join.
+
+from libc.string cimport memcpy as _memcpy
+
+
+cdef inline char* _put(char* out, bytes piece) noexcept:
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(piece)
+    _memcpy(out, PyBytes_AS_STRING(piece), n)
+    return out + n
+
+
+cdef inline char* _put_c(char* out, const char* piece, Py_ssize_t n) noexcept:
+    _memcpy(out, piece, n)
+    return out + n
+
+
+cdef bytes _lower_name(bytes line):
+    """The lower-cased header name of a formatted line b"Name: value\\r\\n"."""
+    cdef const char* s = PyBytes_AS_STRING(line)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(line), i = 0
+    while i < n and s[i] != b":":
+        i += 1
+    name = PyBytes_FromStringAndSize(s, i)
+    cdef char* d = PyBytes_AS_STRING(name)
+    for j in range(i):
+        if b"A" <= d[j] <= b"Z":
+            d[j] += 32
+    return name
+
+
+def upstream_head(RequestState req not None, bytes target not None, drop,
+                  bytes forwarded_for not None, bytes forwarded_proto not None, bytes extra not None):
+    """The request head sent upstream (DESIGN §4), in one bytes object.
+
+    ``req.lines`` are the client's forwardable lines as formatted by the parser; ``drop`` is a
+    set of lower-cased names to leave out on top (Connection-named ones, forward_claims
+    targets), or empty. The gateway's own lines follow: X-Forwarded-*, X-Request-Id, the
+    principal's X-FluxGate-* block (``extra``), the Upgrade pair for an accepted WebSocket, and
+    the framing line re-created from what the parser saw, never copied.
+    """
+    cdef list lines = req.lines
+    cdef Py_ssize_t total, i, n_lines = len(lines)
+    cdef bytes line, host = req.host, upgrade = req.upgrade, framing
+    cdef bint dropping = bool(drop)
+    cdef bytearray keep
+    cdef char* out
+    if req.chunked:
+        framing = b"Transfer-Encoding: chunked\r\n"
+    elif req.has_body or req.method == b"POST" or req.method == b"PUT" or req.method == b"PATCH":
+        framing = b"Content-Length: %d\r\n" % req.content_length
+    else:
+        framing = b""
+    if dropping:
+        keep = bytearray(n_lines)
+        for i in range(n_lines):
+            keep[i] = _lower_name(<bytes?>lines[i]) not in drop
+    total = len(req.method) + 1 + len(target) + 11  # b"METHOD target HTTP/1.1\r\n"
+    for i in range(n_lines):
+        if not dropping or keep[i]:
+            total += PyBytes_GET_SIZE(<bytes?>lines[i])
+    total += 17 + len(forwarded_for) + 21 + len(forwarded_proto) + 2  # X-Forwarded-For/-Proto
+    if host is not None:
+        total += 18 + len(host) + 2
+    total += 14 + len(req.request_id) + 2
+    total += len(extra)
+    if upgrade is not None:
+        total += 30 + len(upgrade) + 2
+    total += len(framing) + 2
+    result = PyBytes_FromStringAndSize(NULL, total)
+    out = PyBytes_AS_STRING(result)
+    out = _put(out, req.method)
+    out = _put_c(out, " ", 1)
+    out = _put(out, target)
+    out = _put_c(out, " HTTP/1.1\r\n", 11)
+    for i in range(n_lines):
+        if not dropping or keep[i]:
+            out = _put(out, <bytes?>lines[i])
+    out = _put_c(out, "X-Forwarded-For: ", 17)
+    out = _put(out, forwarded_for)
+    out = _put_c(out, "\r\nX-Forwarded-Proto: ", 21)
+    out = _put(out, forwarded_proto)
+    out = _put_c(out, "\r\n", 2)
+    if host is not None:
+        out = _put_c(out, "X-Forwarded-Host: ", 18)
+        out = _put(out, host)
+        out = _put_c(out, "\r\n", 2)
+    out = _put_c(out, "X-Request-Id: ", 14)
+    out = _put(out, req.request_id)
+    out = _put_c(out, "\r\n", 2)
+    out = _put(out, extra)
+    if upgrade is not None:
+        out = _put_c(out, "Connection: Upgrade\r\nUpgrade: ", 30)
+        out = _put(out, upgrade)
+        out = _put_c(out, "\r\n", 2)
+    out = _put(out, framing)
+    _put_c(out, "\r\n", 2)
+    return result
+
+
+def response_head(bytes status_line not None, bytes lines not None, bytes request_id not None,
+                  list extra not None, content_length, bint chunked, bint close,
+                  bytes data=None, Py_ssize_t body_start=0, Py_ssize_t body_length=0):
+    """The response head sent to the client, in one bytes object, optionally with a body.
+
+    ``lines`` is the upstream's forwardable header block; ``extra`` the (name, value) pairs the
+    gateway adds (RateLimit-*, Deprecation...); ``content_length`` the digits to re-emit or
+    None; ``chunked`` adds Transfer-Encoding: chunked, ``close`` Connection: close. When
+    ``data`` is given, ``data[body_start:body_start + body_length]`` follows the head, so a
+    whole small response leaves in one write.
+    """
+    cdef Py_ssize_t total, i, n_extra = len(extra)
+    cdef tuple pair
+    cdef char* out
+    total = len(status_line) + len(lines) + 14 + len(request_id) + 2
+    for i in range(n_extra):
+        pair = <tuple?>extra[i]
+        total += len(<bytes?>pair[0]) + 2 + len(<bytes?>pair[1]) + 2
+    if content_length is not None:
+        total += 16 + len(<bytes?>content_length) + 2
+    if chunked:
+        total += 28
+    if close:
+        total += 19
+    total += 2
+    if data is not None:
+        if body_start < 0 or body_length < 0 or body_start + body_length > len(data):
+            raise ValueError("body outside data")
+        total += body_length
+    result = PyBytes_FromStringAndSize(NULL, total)
+    out = PyBytes_AS_STRING(result)
+    out = _put(out, status_line)
+    out = _put(out, lines)
+    out = _put_c(out, "X-Request-Id: ", 14)
+    out = _put(out, request_id)
+    out = _put_c(out, "\r\n", 2)
+    for i in range(n_extra):
+        pair = <tuple?>extra[i]
+        out = _put(out, <bytes?>pair[0])
+        out = _put_c(out, ": ", 2)
+        out = _put(out, <bytes?>pair[1])
+        out = _put_c(out, "\r\n", 2)
+    if content_length is not None:
+        out = _put_c(out, "Content-Length: ", 16)
+        out = _put(out, <bytes?>content_length)
+        out = _put_c(out, "\r\n", 2)
+    if chunked:
+        out = _put_c(out, "Transfer-Encoding: chunked\r\n", 28)
+    if close:
+        out = _put_c(out, "Connection: close\r\n", 19)
+    out = _put_c(out, "\r\n", 2)
+    if data is not None and body_length:
+        _put_c(out, PyBytes_AS_STRING(data) + body_start, body_length)
+    return result

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from fluxgate._core import response_head
 from fluxgate.errors import ClientError, UpstreamTimeout, UpstreamUnavailable
 from fluxgate.proxy.responses import status_line
 
@@ -51,7 +52,9 @@ class Exchange:
         "loop_time",
     )
 
-    def __init__(self, client: ClientConnection, req: RequestState, group: UpstreamGroup, head: bytes):
+    def __init__(
+        self, client: ClientConnection, req: RequestState, group: UpstreamGroup, head: bytes
+    ):
         self.client = client
         self.req = req
         self.group = group
@@ -155,38 +158,44 @@ class Exchange:
         client = self.client
         no_body = req.method == b"HEAD" or status in (204, 304) or status == 101
         keep_alive = client.can_keep_alive(req)
-        lines = [status_line(status)]
-        lines.extend(header_lines)
-        lines.append(b"X-Request-Id: " + req.request_id + b"\r\n")
-        for name, value in req.response_headers:
-            lines.append(b"%s: %s\r\n" % (name, value))
+        extra = req.response_headers
+        length = None
+        chunked = False
         if status == 101:
             self.response_frame = _FRAME_NONE
-            lines.append(b"Connection: Upgrade\r\nUpgrade: %s\r\n" % (req.upgrade or b"websocket"))
+            extra = [*extra, (b"Connection", b"Upgrade"), (b"Upgrade", req.upgrade or b"websocket")]
         elif no_body:
             self.response_frame = _FRAME_NONE
-            if content_length is not None and status != 204:
-                lines.append(b"Content-Length: %s\r\n" % content_length)
+            if status != 204:
+                length = content_length
         elif upstream_chunked:
             self.response_frame = _FRAME_CHUNKED
         elif content_length is not None:
             self.response_frame = _FRAME_LENGTH
-            lines.append(b"Content-Length: %s\r\n" % content_length)
+            length = content_length
         else:
             self.response_frame = _FRAME_CLOSE
         if self.response_frame in (_FRAME_CHUNKED, _FRAME_CLOSE):
             if req.http_minor >= 1 and keep_alive:
-                self.client_chunked = True
-                lines.append(b"Transfer-Encoding: chunked\r\n")
+                self.client_chunked = chunked = True
             else:
                 keep_alive = False
-        if not keep_alive and status != 101:
-            lines.append(b"Connection: close\r\n")
+        close = not keep_alive and status != 101
+        if close:
             req.close_after = True
-        lines.append(b"\r\n")
         self.response_started = True
         req.status = status
-        client.write(b"".join(lines))
+        client.write(
+            response_head(
+                status_line(status),
+                b"".join(header_lines),
+                req.request_id,
+                extra,
+                length,
+                chunked,
+                close,
+            )
+        )
 
     def upstream_body(self, chunk: bytes) -> None:
         if self.client_chunked:
@@ -242,7 +251,9 @@ class Exchange:
                 # safe to replay once because nothing was consumed.
                 self.start()
                 return
-            self.finish_with_error(UpstreamUnavailable(f"upstream {self.group.name} closed the connection"))
+            self.finish_with_error(
+                UpstreamUnavailable(f"upstream {self.group.name} closed the connection")
+            )
             return
         if self.response_frame == _FRAME_CLOSE:
             # A close-delimited response ends when the upstream closes (RFC 9112 §6.3).
@@ -260,7 +271,9 @@ class Exchange:
         if self.finished or now < self.deadline:
             return
         if not self.response_started:
-            self.finish_with_error(UpstreamTimeout(f"upstream {self.group.name} did not answer in time"))
+            self.finish_with_error(
+                UpstreamTimeout(f"upstream {self.group.name} did not answer in time")
+            )
         else:
             self.cancel()
             self.client.abort()

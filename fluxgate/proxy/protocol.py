@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from fluxgate._core import PathError, RequestState, normalize_path, strip_query_param
+from fluxgate._core import PathError, RequestState, normalize_path, strip_query_param, upstream_head
 from fluxgate.errors import (
     BadRequest,
     BodyTooLarge,
@@ -121,7 +121,7 @@ class ClientConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
-            self._on_parser_upgrade(data[upgrade.args[0]:])
+            self._on_parser_upgrade(data[upgrade.args[0] :])
             return
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
@@ -138,7 +138,11 @@ class ClientConnection(asyncio.Protocol):
             self.uncork()
         # A chunk that began and ended inside one request's header section is all header
         # bytes: count it, so a header that never ends cannot grow without bound.
-        if parsing_before is not None and self.parsing is parsing_before and not parsing_before.method:
+        if (
+            parsing_before is not None
+            and self.parsing is parsing_before
+            and not parsing_before.method
+        ):
             parsing_before.header_bytes += len(data)
             if parsing_before.header_bytes > self.max_header_bytes * 2:
                 self._reject(HeadersTooLarge())
@@ -202,7 +206,9 @@ class ClientConnection(asyncio.Protocol):
                 raise ExpectationFailed()
             req.expect_continue = True
         elif kind == hdr.H_FORWARDED_FOR:
-            req.forwarded_for = value if req.forwarded_for is None else req.forwarded_for + b", " + value
+            req.forwarded_for = (
+                value if req.forwarded_for is None else req.forwarded_for + b", " + value
+            )
         elif kind == hdr.H_FORWARDED_PROTO:
             req.forwarded_proto = value
         elif kind == hdr.H_REQUEST_ID:
@@ -373,38 +379,28 @@ class ClientConnection(asyncio.Protocol):
             drop = drop | hdr.named_by_connection(req.connection)
         path = req.path
         if route.strip_prefix:
-            path = path[len(route.prefix):] or b"/"
+            path = path[len(route.prefix) :] or b"/"
             if path[:1] != b"/":
                 path = b"/" + path
         query = req.query
         if query:
             query = strip_query_param(query, self.gw.api_key_query)
-        target = path + b"?" + query if query else path
-        peer = self.peer_bytes
+            if query:
+                path = path + b"?" + query
         if req.peer_trusted and req.forwarded_for:
-            forwarded_for = req.forwarded_for + b", " + peer
+            forwarded_for = req.forwarded_for + b", " + self.peer_bytes
             proto = req.forwarded_proto or b"http"
         else:
-            forwarded_for = peer
+            forwarded_for = self.peer_bytes
             proto = b"http"
-        if req.chunked:
-            framing = b"Transfer-Encoding: chunked\r\n"
-        elif req.has_body or req.method in (b"POST", b"PUT", b"PATCH"):
-            framing = b"Content-Length: %d\r\n" % req.content_length
-        else:
-            framing = b""
-        return hdr.build_request_head(
-            req.method,
-            target,
-            req.lines,
-            drop=drop,
-            forwarded_for=forwarded_for,
-            forwarded_proto=proto,
-            forwarded_host=req.host,
-            request_id=req.request_id,
-            framing=framing,
-            extra=req.principal.upstream_lines if req.principal is not None else b"",
-            upgrade=req.upgrade,
+        principal = req.principal
+        return upstream_head(
+            req,
+            path,
+            drop,
+            forwarded_for,
+            proto,
+            principal.upstream_lines if principal is not None else b"",
         )
 
     # -- endings -----------------------------------------------------------------------------
