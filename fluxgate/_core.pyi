@@ -45,6 +45,7 @@ class Counters:
     def __init__(self, buffer: Buffer, /) -> None: ...
     def __len__(self) -> int: ...
     def add(self, slot: int, delta: int = 1) -> int: ...
+    def add3(self, first: int, second: int, third: int, third_delta: int, /) -> None: ...
     def load(self, slot: int) -> int: ...
     def store(self, slot: int, value: int) -> None: ...
     def compare_exchange(self, slot: int, expected: int, new: int) -> bool: ...
@@ -220,3 +221,22 @@ class RequestState:
     body_buffer: list[bytes]
     response_headers: list[tuple[bytes, bytes]]
     def __init__(self, started: float = 0.0) -> None: ...
+
+def upstream_head(
+    req: RequestState, target: bytes, drop: frozenset[bytes], forwarded_for: bytes, forwarded_proto: bytes, extra: bytes
+) -> bytes:
+    """The request head sent upstream, in one bytes object (rules in fluxgate/_http.pxi)."""
+
+def response_head(
+    status_line: bytes,
+    lines: bytes,
+    request_id: bytes,
+    extra: list[tuple[bytes, bytes]],
+    content_length: bytes | None,
+    chunked: bool,
+    close: bool,
+    data: bytes | None = None,
+    body_start: int = 0,
+    body_length: int = 0,
+) -> bytes:
+    """The response head sent to the client (and the body, when `data` holds it)."""

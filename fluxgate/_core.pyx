@@ -420,6 +420,19 @@ cdef class Counters:
         """Atomically add delta (>= 0) to a slot; return the new value."""
         return fg_atomic_add(_slot_ptr(self, slot), delta)
 
+    def add3(self, Py_ssize_t first, Py_ssize_t second, Py_ssize_t third,
+             uint64_t third_delta):
+        """Atomically add 1 to two slots and ``third_delta`` to a third.
+
+        One call per request for the metrics table's status, bucket and sum.
+        """
+        cdef uint64_t* a = _slot_ptr(self, first)
+        cdef uint64_t* b = _slot_ptr(self, second)
+        cdef uint64_t* c = _slot_ptr(self, third)
+        fg_atomic_add(a, 1)
+        fg_atomic_add(b, 1)
+        fg_atomic_add(c, third_delta)
+
     def load(self, Py_ssize_t slot):
         """Atomically read a slot."""
         return fg_atomic_load(_slot_ptr(self, slot))

@@ -1,20 +1,20 @@
 # HTTP/1.1 request state for the data plane (included by _core.pyx).
 #
-# RequestState is the per-request context every stage reads and writes (the protocol,
-# the middleware chain, the exchange). It is a C struct with Python-visible fields so that
-# the head parser in this module fills it without a Python call per field, and creating one
-# costs a single allocation plus its four lists.
+# RequestState is the per-request context every stage reads and writes (the
+# protocol, the middleware chain, the exchange). It is a C struct with Python-visible
+# fields so that the head parser fills it without a Python call per field, and
+# creating one costs a single allocation plus its four lists.
 
 
 cdef class RequestState:
-    """Everything about one request: method, target, headers, framing, auth result, status."""
+    """One request: method, target, headers, framing, auth result, status."""
 
     cdef public double started
     cdef public bytes method
     cdef public int http_minor
     cdef public bint keep_alive
     cdef public object upgrade           # bytes | None: b"websocket" once accepted
-    cdef public bint reparse             # an Upgrade the gateway declines (h2c): parse on
+    cdef public bint reparse             # a declined Upgrade (h2c): parse on
     cdef public bint chunked
     cdef public object content_length    # int (llhttp may report up to 2**64 - 1)
     cdef public bint has_body
@@ -36,7 +36,7 @@ cdef class RequestState:
     cdef public object forwarded_for     # bytes | None
     cdef public object forwarded_proto   # bytes | None
     cdef public object client_request_id  # bytes | None
-    cdef public object connection        # bytes | None: Connection header values, joined
+    cdef public object connection        # bytes | None: Connection values, joined
     cdef public int hosts
     cdef public object transfer_encoding  # bytes | None
     cdef public object upgrade_token     # bytes | None
@@ -46,7 +46,7 @@ cdef class RequestState:
     cdef public list headers             # [(name, value)] as the client sent them
     cdef public list lines               # forwardable header lines, b"Name: value\r\n"
     cdef public list body_buffer
-    cdef public list response_headers    # [(name, value)] added to the client's response
+    cdef public list response_headers    # [(name, value)] added to the response
 
     def __cinit__(self, double started=0.0):
         self.started = started
@@ -76,10 +76,10 @@ cdef class RequestState:
         self.response_headers = []
 
 
-# ---- heads the gateway writes --------------------------------------------------------------
+# ---- heads the gateway writes ------------------------------------------------------
 #
-# Both builders size the output first and copy each piece once into a single bytes object:
-# the head leaves in one write, with no intermediate list or join.
+# Both builders size the output first and copy each piece once into a single bytes
+# object: the head leaves in one write, with no intermediate list or join.
 
 from libc.string cimport memcpy as _memcpy
 
@@ -110,14 +110,16 @@ cdef bytes _lower_name(bytes line):
 
 
 def upstream_head(RequestState req not None, bytes target not None, drop,
-                  bytes forwarded_for not None, bytes forwarded_proto not None, bytes extra not None):
+                  bytes forwarded_for not None, bytes forwarded_proto not None,
+                  bytes extra not None):
     """The request head sent upstream (DESIGN §4), in one bytes object.
 
-    ``req.lines`` are the client's forwardable lines as formatted by the parser; ``drop`` is a
-    set of lower-cased names to leave out on top (Connection-named ones, forward_claims
-    targets), or empty. The gateway's own lines follow: X-Forwarded-*, X-Request-Id, the
-    principal's X-FluxGate-* block (``extra``), the Upgrade pair for an accepted WebSocket, and
-    the framing line re-created from what the parser saw, never copied.
+    ``req.lines`` are the client's forwardable lines as formatted by the parser;
+    ``drop`` is a set of lower-cased names to leave out on top (Connection-named ones,
+    forward_claims targets), or empty. The gateway's own lines follow: X-Forwarded-*,
+    X-Request-Id, the principal's X-FluxGate-* block (``extra``), the Upgrade pair for
+    an accepted WebSocket, and the framing line re-created from what the parser saw,
+    never copied.
     """
     cdef list lines = req.lines
     cdef Py_ssize_t total, i, n_lines = len(lines)
@@ -127,7 +129,7 @@ def upstream_head(RequestState req not None, bytes target not None, drop,
     cdef char* out
     if req.chunked:
         framing = b"Transfer-Encoding: chunked\r\n"
-    elif req.has_body or req.method == b"POST" or req.method == b"PUT" or req.method == b"PATCH":
+    elif req.has_body or req.method in (b"POST", b"PUT", b"PATCH"):
         framing = b"Content-Length: %d\r\n" % req.content_length
     else:
         framing = b""
@@ -139,7 +141,8 @@ def upstream_head(RequestState req not None, bytes target not None, drop,
     for i in range(n_lines):
         if not dropping or keep[i]:
             total += PyBytes_GET_SIZE(<bytes?>lines[i])
-    total += 17 + len(forwarded_for) + 21 + len(forwarded_proto) + 2  # X-Forwarded-For/-Proto
+    # X-Forwarded-For and X-Forwarded-Proto
+    total += 17 + len(forwarded_for) + 21 + len(forwarded_proto) + 2
     if host is not None:
         total += 18 + len(host) + 2
     total += 14 + len(req.request_id) + 2
@@ -178,16 +181,17 @@ def upstream_head(RequestState req not None, bytes target not None, drop,
     return result
 
 
-def response_head(bytes status_line not None, bytes lines not None, bytes request_id not None,
-                  list extra not None, content_length, bint chunked, bint close,
+def response_head(bytes status_line not None, bytes lines not None,
+                  bytes request_id not None, list extra not None, content_length,
+                  bint chunked, bint close,
                   bytes data=None, Py_ssize_t body_start=0, Py_ssize_t body_length=0):
-    """The response head sent to the client, in one bytes object, optionally with a body.
+    """The response head sent to the client in one bytes object, maybe with a body.
 
-    ``lines`` is the upstream's forwardable header block; ``extra`` the (name, value) pairs the
-    gateway adds (RateLimit-*, Deprecation...); ``content_length`` the digits to re-emit or
-    None; ``chunked`` adds Transfer-Encoding: chunked, ``close`` Connection: close. When
-    ``data`` is given, ``data[body_start:body_start + body_length]`` follows the head, so a
-    whole small response leaves in one write.
+    ``lines`` is the upstream's forwardable header block; ``extra`` the (name, value)
+    pairs the gateway adds (RateLimit-*, Deprecation...); ``content_length`` the digits
+    to re-emit or None; ``chunked`` adds Transfer-Encoding: chunked, ``close``
+    Connection: close. When ``data`` is given, ``data[body_start:body_start +
+    body_length]`` follows the head, so a whole small response leaves in one write.
     """
     cdef Py_ssize_t total, i, n_extra = len(extra)
     cdef tuple pair

@@ -96,7 +96,7 @@ class MetricsTable:
         self.path = path
         self.capacity = capacity
         # Bound once: record() runs once per request in every worker.
-        self._add = self._counters.add
+        self._add3 = self._counters.add3
 
     @classmethod
     def create(cls, path: str, capacity: int = DEFAULT_CAPACITY) -> MetricsTable:
@@ -150,11 +150,13 @@ class MetricsTable:
         base = HEADER_SLOTS + route_slot * BLOCK_SLOTS
         if seconds < 0.0:
             seconds = 0.0  # a clock step backwards must not wrap the unsigned sum
-        add = self._add
-        add(base + status - STATUS_MIN)
         # bisect_left: the first bound >= seconds, i.e. Prometheus' "le" (less or equal).
-        add(base + _BUCKETS_OFFSET + bisect_left(BUCKETS, seconds))
-        add(base + _SUM_OFFSET, int(seconds * 1_000_000))
+        self._add3(
+            base + status - STATUS_MIN,
+            base + _BUCKETS_OFFSET + bisect_left(BUCKETS, seconds),
+            base + _SUM_OFFSET,
+            int(seconds * 1_000_000),
+        )
 
     # ---- master side ----------------------------------------------------------------------
 

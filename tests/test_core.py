@@ -455,7 +455,12 @@ def test_cython_lint_is_clean():
     assert exe, "cython-lint is in the test extra"
     env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
     result = subprocess.run(
-        [exe, "fluxgate/_core.pyx", "fluxgate/_core.pxd", "fluxgate/_jwt.pxi"],
+        [
+            exe,
+            "fluxgate/_core.pyx",
+            "fluxgate/_core.pxd",
+            *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "fluxgate").glob("_*.pxi")),
+        ],
         capture_output=True,
         text=True,
         env=env,
