@@ -28,6 +28,8 @@ __all__ = (
     "jwt_alg_mask",
     "jwt_alg_names",
     "normalize_path",
+    "ResponseHead",
+    "parse_response_head",
 )
 
 def normalize_path(raw: bytes, /) -> bytes:
@@ -240,3 +242,34 @@ def response_head(
     body_length: int = 0,
 ) -> bytes:
     """The response head sent to the client (and the body, when `data` holds it)."""
+
+# ---- upstream response fast path (fluxgate/_resphead.pxi) ---------------------------------
+
+class ResponseHead:
+    """A complete, simple upstream response, parsed in one call (fields read-only)."""
+
+    @property
+    def status(self) -> int:
+        """The status code, 200..599."""
+    @property
+    def lines(self) -> bytes:
+        """Forwardable header lines, b"Name: value\r\n" each, in order (b"" when none):
+        what UpstreamConnection.on_header keeps, hop-by-hop and framing headers left out."""
+    @property
+    def content_length(self) -> bytes | None:
+        """The Content-Length digits as sent, None when absent."""
+    @property
+    def keep_alive(self) -> bool:
+        """llhttp's should_keep_alive for this response."""
+    @property
+    def body_start(self) -> int:
+        """Offset of the body in ``data`` (the head length)."""
+    @property
+    def body_length(self) -> int:
+        """Body bytes, ``data[body_start:]`` to the end (0 after HEAD, 204 and 304)."""
+
+def parse_response_head(data: bytes, head_request: bool) -> ResponseHead | None:
+    """The response in ``data`` (one read, from a message boundary) when it is complete and
+    simple -- status 200..599, Content-Length framing or no body, no Transfer-Encoding, a
+    Connection of close/keep-alive only, ending exactly at the end of ``data``; None means
+    "feed the same bytes to httptools", whose result would be the same when both answer."""

@@ -69,6 +69,7 @@ __all__ = (
     "RequestState",
     "response_head",
     "upstream_head",
+    "ResponseHead",
     "B64Error",
     "Counters",
     "JwtKey",
@@ -82,6 +83,7 @@ __all__ = (
     "jwt_alg_mask",
     "jwt_alg_names",
     "normalize_path",
+    "parse_response_head",
 )
 
 
@@ -456,5 +458,6 @@ cdef class Counters:
 # Feature sections, kept in their own files so each reads on its own (STYLE: split
 # into .pxi past ~1,500 lines; these two grow with their issues).
 include "_http.pxi"
+include "_resphead.pxi"
 include "_jwt.pxi"
 include "_keys.pxi"
