@@ -457,6 +457,8 @@ def test_cython_lint_is_clean():
     result = subprocess.run(
         [
             exe,
+            "--max-line-length",
+            "100",  # as ruff's line-length in pyproject.toml
             "fluxgate/_core.pyx",
             "fluxgate/_core.pxd",
             *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "fluxgate").glob("_*.pxi")),
