@@ -16,6 +16,7 @@ from fluxgate.errors import ClientError, UpstreamTimeout, UpstreamUnavailable
 from fluxgate.proxy.responses import status_line
 
 if TYPE_CHECKING:
+    from fluxgate._core import ResponseHead
     from fluxgate.proxy.protocol import ClientConnection, RequestState
     from fluxgate.proxy.upstream import UpstreamConnection, UpstreamGroup
 
@@ -196,6 +197,32 @@ class Exchange:
                 close,
             )
         )
+
+    def upstream_response(self, conn: UpstreamConnection, head: ResponseHead, data: bytes) -> None:
+        """A whole response arrived in one read (parsed in _core): relay it in one write."""
+        req = self.req
+        client = self.client
+        status = head.status
+        close = not client.can_keep_alive(req)
+        if close:
+            req.close_after = True
+        self.response_started = True
+        req.status = status
+        client.write(
+            response_head(
+                status_line(status),
+                head.lines,
+                req.request_id,
+                req.response_headers,
+                None if status == 204 else head.content_length,
+                False,
+                close,
+                data,
+                head.body_start,
+                head.body_length,
+            )
+        )
+        self.upstream_complete(conn, head.keep_alive)
 
     def upstream_body(self, chunk: bytes) -> None:
         if self.client_chunked:

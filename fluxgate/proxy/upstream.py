@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import httptools
 
+from fluxgate._core import parse_response_head
 from fluxgate.proxy import headers as hdr
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.paused_by_owner = False
         self.keep_alive = False
         self.switching = False
+        self.partial = False
         self.idle_since = 0.0
 
     # -- asyncio.Protocol --------------------------------------------------------------
@@ -78,6 +80,19 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         self.got_bytes = True
+        if not self.partial:
+            # The common case, a whole response in one read, is parsed and relayed by one
+            # _core call; anything else (interim, chunked, partial...) goes through llhttp.
+            head = parse_response_head(data, self.head_request)
+            if head is not None:
+                self.owner = None
+                self.requests_served += 1
+                owner.upstream_response(self, head, data)
+                return
+        self.feed_parser(owner, data)
+
+    def feed_parser(self, owner: Exchange, data: bytes) -> None:
+        """The general path: llhttp parses `data` and reports each event to `owner`."""
         owner.touch()
         client = owner.client
         client.corked += 1  # the response head and body leave in one send
@@ -117,6 +132,10 @@ class UpstreamConnection(asyncio.Protocol):
             self.owner.upstream_resume_writing()
 
     # -- httptools callbacks -----------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self.partial = True  # llhttp is inside a message: the next read must go to it too
+        self._reset_head()
+
     def on_header(self, name: bytes, value: bytes) -> None:
         # One pass: forwardable lines are formatted as they arrive, framing and hop-by-hop
         # headers are set aside (RFC 9110 §7.6.1), so the response head is a join away.
@@ -157,6 +176,7 @@ class UpstreamConnection(asyncio.Protocol):
             owner.upstream_body(chunk)
 
     def on_message_complete(self) -> None:
+        self.partial = False
         if self.skip_interim:
             self.skip_interim = False
             return
@@ -175,7 +195,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_request = head_request
         self.got_bytes = False
         self.skip_interim = False
-        self._reset_head()
 
     def _reset_head(self) -> None:
         self.lines: list[bytes] = []
