@@ -30,6 +30,8 @@ __all__ = (
     "normalize_path",
     "ResponseHead",
     "parse_response_head",
+
+    "parse_request_head",
 )
 
 def normalize_path(raw: bytes, /) -> bytes:
@@ -273,3 +275,21 @@ def parse_response_head(data: bytes, head_request: bool) -> ResponseHead | None:
     simple -- status 200..599, Content-Length framing or no body, no Transfer-Encoding, a
     Connection of close/keep-alive only, ending exactly at the end of ``data``; None means
     "feed the same bytes to httptools", whose result would be the same when both answer."""
+
+# ---- the request-head fast path (fluxgate/_reqhead.pxi) ----------------------------------
+
+def parse_request_head(
+    data: bytes,
+    kinds: dict[bytes, int],
+    special: dict[bytes, int],
+    max_header_bytes: int,
+    max_body_bytes: int,
+    started: float,
+) -> RequestState | None:
+    """A filled RequestState when ``data`` is exactly one complete, simple request (head
+    and Content-Length body, nothing after it); None otherwise: feed it to httptools.
+
+    ``kinds`` is the per-worker {header name as sent: kind} cache (filled here too, up to
+    4096 entries), ``special`` the gateway's {lower-case name: kind}. When a state comes
+    back, llhttp would report exactly the same message; the grammar is in _reqhead.pxi.
+    """

@@ -84,6 +84,7 @@ __all__ = (
     "jwt_alg_names",
     "normalize_path",
     "parse_response_head",
+    "parse_request_head",
 )
 
 
@@ -459,5 +460,6 @@ cdef class Counters:
 # into .pxi past ~1,500 lines; these two grow with their issues).
 include "_http.pxi"
 include "_resphead.pxi"
+include "_reqhead.pxi"
 include "_jwt.pxi"
 include "_keys.pxi"

@@ -1,0 +1,372 @@
+# Included into _core.pyx: the fast path for a complete, simple request head.
+#
+# parse_request_head(data, ...) looks at one read from the client socket that starts at a
+# message boundary and either returns a filled RequestState or None. None means only
+# "not the simple case": the caller then feeds the very same bytes to httptools (llhttp)
+# as it always did, so every error message, partial read, pipelined, chunked, upgrade or
+# Expect request keeps its one, tested code path. The fast path therefore never decides
+# that a request is bad; it only declines.
+#
+# Safety property (request smuggling): whenever a RequestState comes back, llhttp accepts
+# the same bytes and reports exactly the same message -- method, target, version, header
+# (name, value) list, should_keep_alive and body -- and nothing after it. It is checked
+# differentially against httptools in tests/test_core_http_request.py. To keep it true
+# the accepted grammar is a strict subset of what llhttp accepts:
+#
+# * method: GET HEAD POST PUT DELETE PATCH OPTIONS, upper case, then one SP;
+# * request-target: origin-form, '/' then bytes 0x21-0x7E except '#' (llhttp takes every
+#   printable byte in path and query, but '#' starts its fragment state); the path part
+#   (before the first '?') must also pass normalize_path_into, so a path the gateway
+#   answers 400 always goes the slow way and gets its error from the one place that
+#   builds it. Paths over FG_PATH_STACK_BUF bytes decline too;
+# * one SP, "HTTP/1.1" or "HTTP/1.0", CRLF;
+# * header lines: 1+ tchars (RFC 9110 §5.6.2), ':', optional SP/HTAB, a value of
+#   0x21-0x7E with SP/HTAB inside, CRLF. The value is what llhttp hands to on_header:
+#   leading OWS removed, trailing SP/HTAB kept (measured with httptools 0.6/llhttp 9;
+#   "X: \r\n" gives b""). obs-fold, a bare CR or LF, NUL, other controls, DEL and bytes
+#   >= 0x80 all decline;
+# * an empty line, then exactly Content-Length body bytes (0 without one) and nothing more.
+#
+# Headers are classified as ClientConnection.on_header does (fluxgate/proxy/protocol.py,
+# kinds in fluxgate/proxy/headers.py). The headers llhttp itself interprets must agree
+# with the gateway's classification or the request declines: Content-Length (1-18 digits,
+# once), Connection (once, exactly "close" or "keep-alive", so should_keep_alive is
+# computable here), and never Transfer-Encoding, Upgrade or Proxy-Connection (llhttp
+# treats the latter as Connection; the gateway drops it). Expect declines as well.
+# Host: exactly one in 1.1, at most one in 1.0. Limits: header bytes counted as on_url
+# and on_header count them, and Content-Length against max_body_bytes; over either, the
+# slow path raises the 431/413.
+#
+# Implementation: one pass over `const unsigned char*` with tables filled at import; no
+# Python call per byte. Python objects are made only for what RequestState keeps (names,
+# values, their tuples, forwardable lines, the url and the body). CPython keeps a NUL
+# after every bytes object's data (p[n] == 0), and NUL is in none of the tables, so the
+# scanning loops stop at the end of the data without a separate bounds test.
+
+from libc.string cimport memcmp, memcpy
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_GetItem, PyDict_Size, PyDict_SetItem
+from cpython.object cimport PyObject
+
+
+cdef enum:
+    # fluxgate/proxy/headers.py: H_FORWARD = 0, H_HOST ... H_DROP = 1 ... 10, H_FLUXGATE = 11.
+    _H_FORWARD = 0
+    _H_HOST = 1
+    _H_CONTENT_LENGTH = 2
+    _H_TRANSFER_ENCODING = 3
+    _H_EXPECT = 4
+    _H_FORWARDED_FOR = 5
+    _H_FORWARDED_PROTO = 6
+    _H_REQUEST_ID = 7
+    _H_CONNECTION = 8
+    _H_UPGRADE = 9
+    _H_DROP = 10
+    _H_FLUXGATE = 11
+    # Same bound as protocol._HEADER_KINDS_CACHE: random names cannot grow the cache.
+    _KINDS_CACHE_MAX = 4096
+    # Header names llhttp interprets itself (its own header state machine).
+    _LL_NONE = 0
+    _LL_CONTENT_LENGTH = 1
+    _LL_CONNECTION = 2
+    _LL_OTHER = 3   # transfer-encoding, upgrade, proxy-connection: always the slow path
+
+# Module-level constants, so a parsed request shares these objects (no allocation).
+cdef bytes _M_GET = b"GET"
+cdef bytes _M_PUT = b"PUT"
+cdef bytes _M_HEAD = b"HEAD"
+cdef bytes _M_POST = b"POST"
+cdef bytes _M_PATCH = b"PATCH"
+cdef bytes _M_DELETE = b"DELETE"
+cdef bytes _M_OPTIONS = b"OPTIONS"
+cdef bytes _RQ_COMMA = b", "
+
+cdef unsigned char _RQ_TCHAR[256]    # 1: RFC 9110 tchar (header name byte)
+cdef unsigned char _RQ_TARGET[256]   # 1: request-target byte taken here
+cdef unsigned char _RQ_VALUE[256]    # 1: field-value byte (VCHAR, SP, HTAB)
+cdef unsigned char _RQ_LOWER[256]    # ASCII lower-casing
+
+
+cdef int _init_reqhead_tables() except -1:
+    cdef int c
+    cdef bytes tchar_punct = b"!#$%&'*+-.^_`|~"
+    for c in range(256):
+        _RQ_LOWER[c] = c + 32 if 0x41 <= c <= 0x5A else c
+        _RQ_TCHAR[c] = (0x30 <= c <= 0x39) or (0x41 <= c <= 0x5A) or (0x61 <= c <= 0x7A)
+        _RQ_TARGET[c] = 0x21 <= c <= 0x7E
+        _RQ_VALUE[c] = (0x21 <= c <= 0x7E) or c == 0x20 or c == 0x09
+    for c in tchar_punct:
+        _RQ_TCHAR[c] = 1
+    _RQ_TARGET[ord("#")] = 0  # llhttp switches to its fragment state: not the simple case
+    return 0
+
+
+_init_reqhead_tables()
+
+
+cdef inline bint _ieq(const unsigned char* s, const char* lower, Py_ssize_t n) noexcept nogil:
+    # s[0:n] equals the lower-case ASCII literal, ignoring case.
+    cdef Py_ssize_t j
+    for j in range(n):
+        if _RQ_LOWER[s[j]] != <unsigned char>lower[j]:
+            return False
+    return True
+
+
+cdef inline int _llhttp_role(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    # Which of llhttp's own header states a name enters (by length first: most names
+    # cannot be one of them and cost one switch).
+    if n == 14:
+        return _LL_CONTENT_LENGTH if _ieq(s, b"content-length", 14) else _LL_NONE
+    if n == 10:
+        return _LL_CONNECTION if _ieq(s, b"connection", 10) else _LL_NONE
+    if n == 17:
+        return _LL_OTHER if _ieq(s, b"transfer-encoding", 17) else _LL_NONE
+    if n == 7:
+        return _LL_OTHER if _ieq(s, b"upgrade", 7) else _LL_NONE
+    if n == 16:
+        return _LL_OTHER if _ieq(s, b"proxy-connection", 16) else _LL_NONE
+    return _LL_NONE
+
+
+cdef int _classify(bytes name, const unsigned char* s, Py_ssize_t n,
+                   dict kinds, dict special) except -1:
+    # A miss in the per-worker cache: what proxy.headers.header_kind(name.lower(), special)
+    # returns, remembered while the cache is under its bound (as ClientConnection.on_header).
+    cdef bytes lname = PyBytes_FromStringAndSize(NULL, n)
+    cdef unsigned char* d = <unsigned char*>PyBytes_AS_STRING(lname)
+    cdef Py_ssize_t j
+    for j in range(n):
+        d[j] = _RQ_LOWER[s[j]]
+    kind = special.get(lname)
+    if kind is None:
+        kind = _H_FLUXGATE if n >= 11 and memcmp(d, b"x-fluxgate-", 11) == 0 else _H_FORWARD
+    if PyDict_Size(kinds) < _KINDS_CACHE_MAX:
+        PyDict_SetItem(kinds, name, kind)
+    return kind
+
+
+cdef inline bytes _header_line(const unsigned char* p, Py_ssize_t ns, Py_ssize_t nl,
+                               Py_ssize_t vs, Py_ssize_t vl):
+    # b"Name: value\r\n". When the client wrote exactly one SP after the colon, that is
+    # the line as received: one copy out of the data.
+    cdef bytes line
+    cdef char* d
+    if vs == ns + nl + 2 and p[ns + nl + 1] == 0x20:
+        return PyBytes_FromStringAndSize(<const char*>p + ns, nl + vl + 4)
+    line = PyBytes_FromStringAndSize(NULL, nl + vl + 4)
+    d = PyBytes_AS_STRING(line)
+    memcpy(d, p + ns, nl)
+    d[nl] = b":"
+    d[nl + 1] = b" "
+    memcpy(d + nl + 2, p + vs, vl)
+    d[nl + 2 + vl] = b"\r"
+    d[nl + 3 + vl] = b"\n"
+    return line
+
+
+def parse_request_head(bytes data not None, dict kinds not None, dict special not None,
+                       Py_ssize_t max_header_bytes, Py_ssize_t max_body_bytes,
+                       double started):
+    """A RequestState for one complete, simple request in ``data``; None: use httptools.
+
+    ``kinds`` is the per-worker cache {header name as sent: kind}, ``special`` the
+    gateway's {lower-case name: kind} (fluxgate.proxy.headers). The accepted grammar and
+    why None is always safe: the comment at the top of fluxgate/_reqhead.pxi.
+    """
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    cdef Py_ssize_t i, url_start, path_end, ns, nl, vs, ve, vl, j, header_bytes
+    cdef long long cl = 0
+    cdef int minor, kind, role, hosts = 0, reason = FG_PATH_OK
+    cdef bint seen_cl = False, seen_conn = False, conn_close = False, conn_keep = False
+    cdef unsigned char c
+    cdef unsigned char path_buf[FG_PATH_STACK_BUF]
+    cdef bytes method, name, value
+    cdef PyObject* cached
+    cdef RequestState req
+
+    # Shortest simple request: "GET / HTTP/1.0\r\n\r\n" (18 bytes); this also makes the
+    # method probes below stay inside the data.
+    if n < 18:
+        return None
+
+    # ---- request-line --------------------------------------------------------------
+    if p[3] == 0x20:
+        if memcmp(p, b"GET", 3) == 0:
+            method = _M_GET
+        elif memcmp(p, b"PUT", 3) == 0:
+            method = _M_PUT
+        else:
+            return None
+    elif p[4] == 0x20:
+        if memcmp(p, b"POST", 4) == 0:
+            method = _M_POST
+        elif memcmp(p, b"HEAD", 4) == 0:
+            method = _M_HEAD
+        else:
+            return None
+    elif p[5] == 0x20 and memcmp(p, b"PATCH", 5) == 0:
+        method = _M_PATCH
+    elif p[6] == 0x20 and memcmp(p, b"DELETE", 6) == 0:
+        method = _M_DELETE
+    elif p[7] == 0x20 and memcmp(p, b"OPTIONS", 7) == 0:
+        method = _M_OPTIONS
+    else:
+        return None  # CONNECT, lower case, unknown methods, HTTP/0.9, noise
+    i = PyBytes_GET_SIZE(method) + 1
+
+    # Origin-form only: absolute-form, authority-form and "*" take the slow path.
+    if p[i] != b"/":
+        return None
+    url_start = i
+    while _RQ_TARGET[p[i]] and p[i] != b"?":
+        i += 1
+    path_end = i
+    while _RQ_TARGET[p[i]]:
+        i += 1
+    if p[i] != 0x20:
+        return None  # a second SP, a control, '#', >= 0x80, or the end of the data
+    # A path the gateway refuses (PathError -> 400) declines, so the 400 and its reason
+    # come from the slow path; normalize_path_into is pure C on a stack buffer.
+    if path_end - url_start > FG_PATH_STACK_BUF:
+        return None
+    if normalize_path_into(p + url_start, path_end - url_start, path_buf, &reason) < 0:
+        return None
+    header_bytes = i - url_start
+    if header_bytes > max_header_bytes:
+        return None
+    i += 1
+    if n - i < 10 or memcmp(p + i, b"HTTP/1.", 7) != 0:
+        return None
+    c = p[i + 7]
+    if c == b"1":
+        minor = 1
+    elif c == b"0":
+        minor = 0
+    else:
+        return None
+    if p[i + 8] != b"\r" or p[i + 9] != b"\n":
+        return None
+
+    req = RequestState.__new__(RequestState, started)
+    req.url = PyBytes_FromStringAndSize(<const char*>p + url_start, i - 1 - url_start)
+    i += 10
+
+    # ---- header lines --------------------------------------------------------------
+    while True:
+        if p[i] == b"\r":
+            # p[i] != 0, so i < n and p[i + 1] is at most the terminating NUL.
+            if p[i + 1] != b"\n":
+                return None
+            i += 2
+            break
+        ns = i
+        while _RQ_TCHAR[p[i]]:
+            i += 1
+        nl = i - ns
+        # Empty name: obs-fold (SP/HTAB first), a bare LF, or the end of the data.
+        if nl == 0 or p[i] != b":":
+            return None
+        i += 1
+        while p[i] == 0x20 or p[i] == 0x09:
+            i += 1
+        vs = i
+        while _RQ_VALUE[p[i]]:
+            i += 1
+        if p[i] != b"\r" or p[i + 1] != b"\n":
+            return None  # bare CR/LF, NUL, controls, DEL, >= 0x80, or a partial head
+        ve = i
+        vl = ve - vs
+        i += 2
+        header_bytes += nl + vl + 4
+        if header_bytes > max_header_bytes:
+            return None
+
+        role = _llhttp_role(p + ns, nl)
+        if role == _LL_OTHER:
+            return None
+        name = PyBytes_FromStringAndSize(<const char*>p + ns, nl)
+        value = PyBytes_FromStringAndSize(<const char*>p + vs, vl)
+        req.headers.append((name, value))
+        cached = PyDict_GetItem(kinds, name)
+        if cached == NULL:
+            kind = _classify(name, p + ns, nl, kinds, special)
+        else:
+            kind = <object>cached
+        # llhttp frames the message by its own reading of these two: the gateway's
+        # classification must be the same one, or this is not the simple case.
+        if (kind == _H_CONTENT_LENGTH) != (role == _LL_CONTENT_LENGTH):
+            return None
+        if (kind == _H_CONNECTION) != (role == _LL_CONNECTION):
+            return None
+
+        if kind == _H_FORWARD:
+            req.lines.append(_header_line(p, ns, nl, vs, vl))
+        elif kind == _H_DROP or kind == _H_FLUXGATE:
+            pass  # hop-by-hop, the API key header, a client-sent X-FluxGate-*
+        elif kind == _H_HOST:
+            hosts += 1
+            req.host = value
+            req.lines.append(_header_line(p, ns, nl, vs, vl))
+        elif kind == _H_CONTENT_LENGTH:
+            # Digits only (no OWS, sign, list): what int() and llhttp read the same way.
+            # 18 digits cannot overflow a long long.
+            if seen_cl or vl == 0 or vl > 18:
+                return None
+            seen_cl = True
+            for j in range(vs, ve):
+                c = p[j]
+                if c < 0x30 or c > 0x39:  # "0" .. "9"
+                    return None
+                cl = cl * 10 + (c - 0x30)
+        elif kind == _H_FORWARDED_FOR:
+            if req.forwarded_for is None:
+                req.forwarded_for = value
+            else:
+                req.forwarded_for = req.forwarded_for + _RQ_COMMA + value
+        elif kind == _H_FORWARDED_PROTO:
+            req.forwarded_proto = value
+        elif kind == _H_REQUEST_ID:
+            req.client_request_id = value
+        elif kind == _H_CONNECTION:
+            # One header holding one option: should_keep_alive is then plain to compute.
+            # A second Connection header would join into a list: slow path.
+            if seen_conn:
+                return None
+            seen_conn = True
+            while vl > 0 and (p[vs + vl - 1] == 0x20 or p[vs + vl - 1] == 0x09):
+                vl -= 1
+            if vl == 5 and _ieq(p + vs, b"close", 5):
+                conn_close = True
+            elif vl == 10 and _ieq(p + vs, b"keep-alive", 10):
+                conn_keep = True
+            else:
+                return None
+            req.connection = value
+        else:
+            return None  # Transfer-Encoding, Expect, Upgrade, or a kind unknown here
+
+    # ---- after the head ------------------------------------------------------------
+    # RFC 9112 §3.2: one Host in 1.1; 1.0 may omit it.
+    if hosts > 1 or (hosts == 0 and minor == 1):
+        return None
+    # Exactly the announced body, nothing pipelined, nothing missing.
+    if n - i != cl:
+        return None
+    if cl > max_body_bytes:
+        return None
+
+    req.method = method
+    req.http_minor = minor
+    # llhttp's should_keep_alive for a request with no other framing concerns.
+    req.keep_alive = (not conn_close) if minor == 1 else conn_keep
+    req.header_bytes = header_bytes
+    req.hosts = hosts
+    req.content_length = cl
+    if cl > 0:
+        req.has_body = True
+        req.body_bytes = <Py_ssize_t>cl
+        req.body_buffer.append(PyBytes_FromStringAndSize(<const char*>p + i, <Py_ssize_t>cl))
+    req.message_complete = True
+    return req
