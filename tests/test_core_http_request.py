@@ -351,6 +351,14 @@ def test_limits():
     assert parse(POST, max_body=2) is None
 
 
+def test_header_line_count_bound():
+    """Header spans live in a fixed C array (100): more lines decline, they are not lost."""
+    lines = [b"X-N%d: v\r\n" % i for i in range(99)]
+    state = check(b"GET / HTTP/1.1\r\nHost: a\r\n" + b"".join(lines) + b"\r\n")
+    assert state is not None and len(state.headers) == 100
+    assert parse(b"GET / HTTP/1.1\r\nHost: a\r\nX-More: 1\r\n" + b"".join(lines) + b"\r\n") is None
+
+
 INVALID_FIXTURES = sorted(INVALID.glob("*.http"))
 
 
@@ -570,3 +578,15 @@ def test_differential_mutated_requests():
 def test_seeds_take_the_fast_path():
     for seed in SEEDS:
         assert check(seed) is not None, seed
+
+
+def test_every_single_byte_substitution_and_insertion():
+    """Exhaustive, deterministic: every byte value at every offset of two seeds."""
+    hits = 0
+    for seed in (SEEDS[1], SEEDS[3]):
+        for pos in range(len(seed)):
+            for byte in range(256):
+                b = bytes((byte,))
+                for data in (seed[:pos] + b + seed[pos + 1 :], seed[:pos] + b + seed[pos:]):
+                    hits += check(data) is not None
+    assert hits > 1000, hits
