@@ -22,7 +22,7 @@
 # * one SP, "HTTP/1.1" or "HTTP/1.0", CRLF;
 # * header lines: 1+ tchars (RFC 9110 §5.6.2), ':', optional SP/HTAB, a value of
 #   0x21-0x7E with SP/HTAB inside, CRLF. The value is what llhttp hands to on_header:
-#   leading OWS removed, trailing SP/HTAB kept (measured with httptools 0.6/llhttp 9;
+#   leading OWS removed, trailing SP/HTAB kept (measured with httptools 0.9.0;
 #   "X: \r\n" gives b""). obs-fold, a bare CR or LF, NUL, other controls, DEL and bytes
 #   >= 0x80 all decline;
 # * an empty line, then exactly Content-Length body bytes (0 without one) and nothing more.
