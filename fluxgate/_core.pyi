@@ -30,8 +30,10 @@ __all__ = (
     "normalize_path",
     "ResponseHead",
     "parse_response_head",
-
     "parse_request_head",
+    "RequestState",
+    "response_head",
+    "upstream_head",
 )
 
 def normalize_path(raw: bytes, /) -> bytes:
@@ -110,7 +112,6 @@ class JwtVerifier:
     def flush(self) -> None: ...
     def verify(self, token: bytes, now: float) -> dict[str, Any]: ...
     def authenticate(self, token: bytes, now: float) -> Any: ...
-
 
 # ---- API keys and quota counters (fluxgate/_keys.pxi) ---------------------------------
 
@@ -227,7 +228,12 @@ class RequestState:
     def __init__(self, started: float = 0.0) -> None: ...
 
 def upstream_head(
-    req: RequestState, target: bytes, drop: frozenset[bytes], forwarded_for: bytes, forwarded_proto: bytes, extra: bytes
+    req: RequestState,
+    target: bytes,
+    drop: frozenset[bytes],
+    forwarded_for: bytes,
+    forwarded_proto: bytes,
+    extra: bytes,
 ) -> bytes:
     """The request head sent upstream, in one bytes object (rules in fluxgate/_http.pxi)."""
 

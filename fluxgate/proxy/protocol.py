@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from fluxgate._core import PathError, RequestState, normalize_path, strip_query_param, upstream_head
+from fluxgate._core import (
+    PathError,
+    RequestState,
+    normalize_path,
+    parse_request_head,
+    strip_query_param,
+    upstream_head,
+)
 from fluxgate.errors import (
     BadRequest,
     BodyTooLarge,
@@ -113,6 +120,22 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.closing:
             return
+        if self.active is None and self.parsing is None and not self.queue:
+            # The common case, one whole simple request in one read, is parsed by one _core
+            # call; anything else (partial, pipelined, chunked, Expect, Upgrade, malformed)
+            # goes through llhttp, which has the final word on what is valid.
+            req = parse_request_head(
+                data,
+                self.header_kinds,
+                self.special,
+                self.max_header_bytes,
+                self.max_body_bytes,
+                perf_counter(),
+            )
+            if req is not None:
+                self.deadline_kind = _DEADLINE_NONE
+                self._start(req)
+                return
         self._feed(data)
 
     def _feed(self, data: bytes) -> None:
