@@ -191,7 +191,7 @@ def parse_request_head(bytes data not None, dict kinds not None, dict special no
     """
     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
-    cdef Py_ssize_t i, url_start, url_end, path_end, ns, nl, vs, vl, j, header_bytes
+    cdef Py_ssize_t i, url_start, url_end, path_end, path_len, ns, nl, vs, vl, j, header_bytes
     cdef Py_ssize_t head_len, h, nheaders = 0
     cdef long long cl = 0
     cdef int minor, kind, role, hosts = 0, reason = FG_PATH_OK
@@ -338,13 +338,19 @@ def parse_request_head(bytes data not None, dict kinds not None, dict special no
     # come from the slow path; normalize_path_into is pure C on a stack buffer.
     if path_end - url_start > FG_PATH_STACK_BUF:
         return None
-    if normalize_path_into(p + url_start, path_end - url_start, path_buf, &reason) < 0:
+    path_len = normalize_path_into(p + url_start, path_end - url_start, path_buf, &reason)
+    if path_len < 0:
         return None
 
     # Pass 2: the objects, and the gateway's classification of every header (as
     # ClientConnection.on_header does it).
     req = RequestState.__new__(RequestState, started)
     req.url = PyBytes_FromStringAndSize(<const char*>p + url_start, url_end - url_start)
+    # Split and normalized here, so the protocol's router skips its own split (_route).
+    req.path = PyBytes_FromStringAndSize(<const char*>path_buf, path_len)
+    if url_end > path_end:
+        req.query = PyBytes_FromStringAndSize(<const char*>p + path_end + 1,
+                                              url_end - path_end - 1)
     for h in range(nheaders):
         ns = spans[h].ns
         nl = spans[h].nl

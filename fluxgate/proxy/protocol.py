@@ -377,15 +377,16 @@ class ClientConnection(asyncio.Protocol):
             exchange.end_body()
 
     def _route(self, req: RequestState) -> CompiledRoute:
-        url = req.url
-        if url[:1] != b"/":
-            url = _origin_form(url)
-        path, _, query = url.partition(b"?")
-        req.query = query
-        try:
-            req.path = normalize_path(path)
-        except PathError as exc:
-            raise BadRequest(f"ambiguous or malformed path: {exc}") from None
+        if not req.path:  # llhttp's path (the fast parser splits and normalizes itself)
+            url = req.url
+            if url[:1] != b"/":
+                url = _origin_form(url)
+            path, _, query = url.partition(b"?")
+            req.query = query
+            try:
+                req.path = normalize_path(path)
+            except PathError as exc:
+                raise BadRequest(f"ambiguous or malformed path: {exc}") from None
         route = self.gw.router.match(req.path)
         if route is None:
             raise NoRoute()
