@@ -61,7 +61,7 @@ class Exchange:
         self.group = group
         self.head = head
         self.conn: UpstreamConnection | None = None
-        self.pending: list[bytes] = []
+        self.pending: list[bytes] = []  # body bytes while no connection is writable yet
         self.pending_bytes = 0
         self.body_done = False
         self.request_chunked = req.chunked
@@ -78,7 +78,12 @@ class Exchange:
     def start(self) -> None:
         """Acquire a connection (possibly at once) and send the head."""
         self.attempts += 1
-        self.group.pick().acquire(self._on_connection)
+        pool = self.group.pick()
+        conn = pool.take_idle()  # under load, a warm pooled connection: no callback needed
+        if conn is not None:
+            self._on_connection(conn, None)
+        else:
+            pool.acquire(self._on_connection)
 
     def _on_connection(self, conn: UpstreamConnection | None, exc: BaseException | None) -> None:
         if self.finished:
@@ -94,7 +99,7 @@ class Exchange:
             return
         self.conn = conn
         conn.begin(self, self.req.method == b"HEAD")
-        self.touch()
+        self.deadline = self.loop_time() + self.read_timeout
         conn.write(self.head)
         if self.pending:
             conn.write(b"".join(self.pending))

@@ -326,6 +326,12 @@ class ClientConnection(asyncio.Protocol):
         """Start queued requests, in order, while nothing is in flight."""
         if self.advancing:
             return
+        if not self.queue:  # the common case: wait for the next request
+            if self.active is None and self.parsing is None and not self.closing:
+                self.deadline_kind = _DEADLINE_IDLE
+                grace = self.gw.drain_idle_grace if self.gw.draining else self.idle_timeout
+                self.deadline = self.loop.time() + grace
+            return
         self.advancing = True
         try:
             while self.active is None and self.queue and not self.closing:
@@ -345,7 +351,10 @@ class ClientConnection(asyncio.Protocol):
         self.active = req
         gw = self.gw
         req.request_id = gw.request_id(req.client_request_id)
-        req.client_ip, req.peer_trusted = gw.resolver.resolve(self.peer, req.forwarded_for)
+        if req.forwarded_for is None:
+            req.client_ip = self.peer  # what the resolver answers without X-Forwarded-For
+        else:
+            req.client_ip, req.peer_trusted = gw.resolver.resolve(self.peer, req.forwarded_for)
         try:
             route = self._route(req)
             for middleware in route.chain:
@@ -470,7 +479,8 @@ class ClientConnection(asyncio.Protocol):
         if req.finished:
             return
         req.finished = True
-        self._record(req)
+        route = req.route
+        self.gw.record(route.slot if route is not None else 0, req, perf_counter() - req.started)
         if self.active is req:
             self.active = None
         req.exchange = None

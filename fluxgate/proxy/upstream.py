@@ -266,15 +266,22 @@ class TargetPool:
         self._sweeper: asyncio.TimerHandle | None = None
         self._members: set[UpstreamConnection] = set()
 
-    def acquire(self, callback: AcquireCallback) -> None:
-        """Give `callback` a connection: idle at once, else a new one, else when one frees."""
+    def take_idle(self) -> UpstreamConnection | None:
+        """The most recently used idle connection, or None."""
         idle = self.idle
         while idle:
             conn = idle.pop()
             if not conn.closed:
                 self.reuses += 1
-                callback(conn, None)
-                return
+                return conn
+        return None
+
+    def acquire(self, callback: AcquireCallback) -> None:
+        """Give `callback` a connection: idle at once, else a new one, else when one frees."""
+        conn = self.take_idle()
+        if conn is not None:
+            callback(conn, None)
+            return
         if self.open_count < self.max_size:
             self.open_count += 1
             self.loop.create_task(self._connect(callback))
