@@ -78,7 +78,8 @@ class Exchange:
     def start(self) -> None:
         """Acquire a connection (possibly at once) and send the head."""
         self.attempts += 1
-        pool = self.group.pick()
+        group = self.group
+        pool = group.pools[0] if group.single else group.pick()
         conn = pool.take_idle()  # under load, a warm pooled connection: no callback needed
         if conn is not None:
             self._on_connection(conn, None)
@@ -247,7 +248,9 @@ class Exchange:
             # The upstream answered before reading the whole request body (or asked to
             # close): the connection is not at a message boundary, so it cannot be reused.
             conn.close()
-        self._finish()
+        if not self.finished:
+            self.finished = True
+            self.client.exchange_done(self.req)
 
     def upstream_upgraded(self, conn: UpstreamConnection, rest: bytes) -> None:
         """101 Switching Protocols: from now on bytes flow unchanged both ways."""

@@ -377,6 +377,7 @@ class UpstreamGroup:
             )
             for host, port in spec.targets
         ]
+        self.single = len(self.pools) == 1  # no round-robin to do
         self._next = 0
 
     def pick(self) -> TargetPool:
