@@ -17,6 +17,7 @@ __all__ = (
     "strip_query_param",
     "B64Error",
     "Counters",
+    "RequestRecorder",
     "JwtKey",
     "JwtKeySet",
     "JwtVerifier",
@@ -51,11 +52,28 @@ class Counters:
     def __init__(self, buffer: Buffer, /) -> None: ...
     def __len__(self) -> int: ...
     def add(self, slot: int, delta: int = 1) -> int: ...
-    def add3(self, first: int, second: int, third: int, third_delta: int, /) -> None: ...
     def load(self, slot: int) -> int: ...
     def store(self, slot: int, value: int) -> None: ...
     def compare_exchange(self, slot: int, expected: int, new: int) -> bool: ...
     def release(self) -> None: ...
+
+class RequestRecorder:
+    """The metrics table's per-request update (status, latency bucket, sum) in one C call."""
+
+    def __init__(
+        self,
+        counters: Counters,
+        *,
+        header_slots: int,
+        block_slots: int,
+        capacity: int,
+        status_min: int,
+        status_max: int,
+        buckets: tuple[float, ...],
+        buckets_offset: int,
+        sum_offset: int,
+    ) -> None: ...
+    def record(self, route_slot: int, status: int, seconds: float, /) -> None: ...
 
 # ---- JWT verification (rules in fluxgate/_jwt.pxi) ---------------------------------------
 

@@ -72,6 +72,7 @@ __all__ = (
     "ResponseHead",
     "B64Error",
     "Counters",
+    "RequestRecorder",
     "JwtKey",
     "JwtKeySet",
     "JwtVerifier",
@@ -423,19 +424,6 @@ cdef class Counters:
         """Atomically add delta (>= 0) to a slot; return the new value."""
         return fg_atomic_add(_slot_ptr(self, slot), delta)
 
-    def add3(self, Py_ssize_t first, Py_ssize_t second, Py_ssize_t third,
-             uint64_t third_delta):
-        """Atomically add 1 to two slots and ``third_delta`` to a third.
-
-        One call per request for the metrics table's status, bucket and sum.
-        """
-        cdef uint64_t* a = _slot_ptr(self, first)
-        cdef uint64_t* b = _slot_ptr(self, second)
-        cdef uint64_t* c = _slot_ptr(self, third)
-        fg_atomic_add(a, 1)
-        fg_atomic_add(b, 1)
-        fg_atomic_add(c, third_delta)
-
     def load(self, Py_ssize_t slot):
         """Atomically read a slot."""
         return fg_atomic_load(_slot_ptr(self, slot))
@@ -454,6 +442,60 @@ cdef class Counters:
             self._slots = NULL
             self._nslots = 0
             PyBuffer_Release(&self._view)
+
+
+cdef class RequestRecorder:
+    """The metrics table's per-request update (fluxgate/metrics.py) in one C call.
+
+    A request adds 1 to its status counter and to its latency bucket, and its latency in
+    microseconds to the sum, in its route's block. The layout is given once, by the table.
+    """
+
+    cdef Counters _counters
+    cdef Py_ssize_t _header, _block, _capacity, _buckets_offset, _sum_offset
+    cdef int _status_min, _status_max, _nbounds
+    cdef double _bounds[32]
+
+    def __cinit__(self, Counters counters not None, *, Py_ssize_t header_slots,
+                  Py_ssize_t block_slots, Py_ssize_t capacity, int status_min,
+                  int status_max, buckets, Py_ssize_t buckets_offset,
+                  Py_ssize_t sum_offset):
+        if len(buckets) > 32:
+            raise ValueError("at most 32 latency buckets")
+        if len(counters) < header_slots + capacity * block_slots:
+            raise ValueError("the counters are smaller than the layout")
+        self._counters = counters
+        self._header = header_slots
+        self._block = block_slots
+        self._capacity = capacity
+        self._status_min = status_min
+        self._status_max = status_max
+        self._buckets_offset = buckets_offset
+        self._sum_offset = sum_offset
+        self._nbounds = len(buckets)
+        for i, bound in enumerate(buckets):
+            self._bounds[i] = bound
+
+    def record(self, Py_ssize_t route_slot, int status, double seconds):
+        """Count one finished request. A route slot outside the table counts under slot 0
+        (never drop a request from the totals); a status outside the range raises
+        ValueError before anything is counted."""
+        cdef Py_ssize_t base, bucket = 0
+        if not self._status_min <= status <= self._status_max:
+            raise ValueError(
+                f"status {status} outside {self._status_min}..{self._status_max}")
+        if not 0 <= route_slot < self._capacity:
+            route_slot = 0
+        if not seconds >= 0.0:
+            seconds = 0.0  # a clock step backwards (or NaN) must not wrap the sum
+        # The first bound >= seconds (Prometheus' "le"); past the last one: +Inf.
+        while bucket < self._nbounds and self._bounds[bucket] < seconds:
+            bucket += 1
+        base = self._header + route_slot * self._block
+        fg_atomic_add(_slot_ptr(self._counters, base + status - self._status_min), 1)
+        fg_atomic_add(_slot_ptr(self._counters, base + self._buckets_offset + bucket), 1)
+        fg_atomic_add(_slot_ptr(self._counters, base + self._sum_offset),
+                      <uint64_t>(seconds * 1000000.0))
 
 
 # Feature sections, kept in their own files so each reads on its own (STYLE: split

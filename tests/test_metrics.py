@@ -77,7 +77,11 @@ def test_record_rejects_bad_status_and_clamps_bad_slot(table):
     table.record(-1, 200, 0.1)
     assert table.route_stats(0).statuses == {200: 2}
     table.record(2, 200, -1.0)  # a clock step back must not wrap the sum
+    table.record(2, 200, float("nan"))
     assert table.route_stats(2).sum_us == 0
+    assert table.route_stats(2).buckets[0] == 2  # both counted as 0 s
+    table.record(2, 200, 1e9)  # past the last bound: +Inf only
+    assert table.route_stats(2).buckets[-2:] == (2, 3)
 
 
 def test_render_prometheus_text(table):
