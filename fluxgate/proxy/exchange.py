@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from fluxgate._core import response_head
 from fluxgate.errors import ClientError, UpstreamTimeout, UpstreamUnavailable
-from fluxgate.proxy.responses import status_line
+from fluxgate.proxy.responses import STATUS_LINES, status_line
 
 if TYPE_CHECKING:
     from fluxgate._core import ResponseHead
@@ -80,11 +80,14 @@ class Exchange:
         self.attempts += 1
         group = self.group
         pool = group.pools[0] if group.single else group.pick()
-        conn = pool.take_idle()  # under load, a warm pooled connection: no callback needed
-        if conn is not None:
-            self._on_connection(conn, None)
-        else:
-            pool.acquire(self._on_connection)
+        idle = pool.idle
+        while idle:  # under load, a warm pooled connection: no callback needed
+            conn = idle.pop()
+            if not conn.closed:
+                pool.reuses += 1
+                self._on_connection(conn, None)
+                return
+        pool.acquire(self._on_connection)
 
     def _on_connection(self, conn: UpstreamConnection | None, exc: BaseException | None) -> None:
         if self.finished:
@@ -194,7 +197,7 @@ class Exchange:
         req.status = status
         client.write(
             response_head(
-                status_line(status),
+                STATUS_LINES.get(status) or status_line(status),
                 b"".join(header_lines),
                 req.request_id,
                 extra,
@@ -216,7 +219,7 @@ class Exchange:
         req.status = status
         client.write(
             response_head(
-                status_line(status),
+                STATUS_LINES.get(status) or status_line(status),
                 head.lines,
                 req.request_id,
                 req.response_headers,
