@@ -32,7 +32,9 @@ __all__ = (
     "ResponseHead",
     "parse_response_head",
     "parse_request_head",
+    "RequestIds",
     "RequestState",
+    "longest_prefix",
     "response_head",
     "upstream_head",
 )
@@ -317,3 +319,12 @@ def parse_request_head(
     4096 entries), ``special`` the gateway's {lower-case name: kind}. When a state comes
     back, llhttp would report exactly the same message; the grammar is in _reqhead.pxi.
     """
+
+class RequestIds:
+    """A worker's request ids: an acceptable client X-Request-Id, else prefix + hex counter."""
+
+    def __init__(self, prefix: bytes, /) -> None: ...
+    def take(self, client_value: bytes | None, /) -> bytes: ...
+
+def longest_prefix(table: dict[bytes, Any], path: bytes, /) -> Any:
+    """The value of the longest key that is `path` or a segment-boundary prefix of it."""

@@ -66,7 +66,9 @@ from libc.string cimport memcmp
 from fluxgate.errors import B64Error, PathError
 
 __all__ = (
+    "RequestIds",
     "RequestState",
+    "longest_prefix",
     "response_head",
     "upstream_head",
     "ResponseHead",

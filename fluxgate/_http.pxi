@@ -236,3 +236,86 @@ def response_head(bytes status_line not None, bytes lines not None,
     if data is not None and body_length:
         _put_c(out, PyBytes_AS_STRING(data) + body_start, body_length)
     return result
+
+
+# ---- request ids and routing -------------------------------------------------------
+
+from cpython.dict cimport PyDict_GetItem as _dict_get
+from cpython.object cimport PyObject as _PyObject
+
+cdef unsigned char _RID_OK[256]  # the bytes a client's X-Request-Id may use
+
+
+cdef int _init_rid_table() except -1:
+    for c in b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:":
+        _RID_OK[c] = 1
+    return 0
+
+
+_init_rid_table()
+
+
+cdef class RequestIds:
+    """Request ids for one worker: a client's X-Request-Id when short and plainly spelled
+    (at most 128 bytes of ``A-Z a-z 0-9 - _ . :``), else ``<prefix><counter in hex>``."""
+
+    cdef bytes _prefix
+    cdef unsigned long long _counter
+
+    def __cinit__(self, bytes prefix not None):
+        if len(prefix) > 64:
+            raise ValueError("request id prefix longer than 64 bytes")
+        self._prefix = prefix
+        self._counter = 0
+
+    def take(self, client_value):
+        """The id of a request: ``client_value`` (bytes or None) when acceptable, else a
+        new one."""
+        cdef const unsigned char* s
+        cdef Py_ssize_t n, i
+        cdef char buf[96]
+        cdef Py_ssize_t plen = PyBytes_GET_SIZE(self._prefix)
+        cdef unsigned long long v
+        cdef int digits = 0
+        if client_value is not None:
+            n = PyBytes_GET_SIZE(<bytes?>client_value)
+            if 0 < n <= 128:
+                s = <const unsigned char*>PyBytes_AS_STRING(client_value)
+                i = 0
+                while i < n and _RID_OK[s[i]]:
+                    i += 1
+                if i == n:
+                    return client_value
+        self._counter += 1
+        _memcpy(buf, PyBytes_AS_STRING(self._prefix), plen)
+        v = self._counter
+        while v:
+            digits += 1
+            v >>= 4
+        v = self._counter
+        for i in range(digits):
+            buf[plen + digits - 1 - i] = b"0123456789abcdef"[v & 15]
+            v >>= 4
+        return PyBytes_FromStringAndSize(buf, plen + digits)
+
+
+def longest_prefix(dict table not None, bytes path not None):
+    """The value of the longest key of ``table`` that is ``path`` or a prefix of it ending
+    on a segment boundary (a trailing ``/`` of ``path`` ignored), or None.
+
+    Keys are normalized route prefixes without a trailing slash (fluxgate/proxy/router.py).
+    """
+    cdef const char* p = PyBytes_AS_STRING(path)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(path)
+    cdef _PyObject* hit
+    if n > 1 and p[n - 1] == b"/":
+        n -= 1
+    while n > 0:
+        candidate = PyBytes_FromStringAndSize(p, n) if n != PyBytes_GET_SIZE(path) else path
+        hit = _dict_get(table, candidate)
+        if hit != NULL:
+            return <object>hit
+        n -= 1
+        while n > 0 and p[n] != b"/":
+            n -= 1
+    return None

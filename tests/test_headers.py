@@ -1,5 +1,9 @@
 """Header hygiene helpers."""
 
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fluxgate._core import RequestIds
 from fluxgate.proxy.headers import (
     acceptable_request_id,
     build_request_head,
@@ -42,3 +46,14 @@ def test_build_request_head_drops_named_and_adds_ours():
         b"X-Forwarded-Proto: http\r\nX-Forwarded-Host: a\r\nX-Request-Id: rid\r\n"
         b"X-FluxGate-Auth: jwt\r\nContent-Length: 3\r\n\r\n"
     )
+
+
+@given(st.binary(max_size=140) | st.text(alphabet="aZ09-_.: <>\x00é", max_size=140).map(str.encode))
+def test_request_ids_keep_exactly_the_acceptable_client_ids(value):
+    ids = RequestIds(b"p-")
+    taken = ids.take(value)
+    if acceptable_request_id(value):
+        assert taken is value
+    else:
+        assert taken == b"p-1"  # minted instead
+    assert ids.take(None) == (b"p-1" if acceptable_request_id(value) else b"p-2")

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from fluxgate._core import RequestIds
 from fluxgate.config import schema
 from fluxgate.config.resolve import resolve_upstream
 from fluxgate.middleware import compile_middleware
@@ -141,8 +142,8 @@ class Gateway:
         self.drain_deadline = float("inf")
         self.drain_idle_grace = DRAIN_IDLE_GRACE
         self.access_log = AccessLog(config.access_log)
-        self._request_prefix = os.urandom(6).hex().encode() + b"-"
-        self._request_counter = 0
+        # The rules for a client's X-Request-Id are hdr.acceptable_request_id's, in C.
+        self.request_ids = RequestIds(os.urandom(6).hex().encode() + b"-")
         self._sweeper: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
@@ -151,10 +152,7 @@ class Gateway:
 
     def request_id(self, client_value: bytes | None) -> bytes:
         """Keep a well-formed client X-Request-Id, else mint a unique one."""
-        if client_value is not None and hdr.acceptable_request_id(client_value):
-            return client_value
-        self._request_counter += 1
-        return self._request_prefix + b"%x" % self._request_counter
+        return self.request_ids.take(client_value)
 
     def record(self, slot: int, req: RequestState, seconds: float) -> None:
         """Count a finished request in the shared metrics and the access log."""

@@ -350,7 +350,7 @@ class ClientConnection(asyncio.Protocol):
     def _start(self, req: RequestState) -> None:
         self.active = req
         gw = self.gw
-        req.request_id = gw.request_id(req.client_request_id)
+        req.request_id = gw.request_ids.take(req.client_request_id)
         if req.forwarded_for is None:
             req.client_ip = self.peer  # what the resolver answers without X-Forwarded-For
         else:

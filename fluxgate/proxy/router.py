@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Generic, TypeVar
 
+from fluxgate._core import longest_prefix
+
 T = TypeVar("T")
 
 
@@ -32,15 +34,8 @@ class Router(Generic[T]):
 
     def match(self, path: bytes) -> T | None:
         """Return the route for `path` (already normalized), or None."""
-        table = self._table
-        if table:
-            candidate = path[:-1] if len(path) > 1 and path[-1:] == b"/" else path
-            while candidate:
-                route = table.get(candidate)
-                if route is not None:
-                    return route
-                cut = candidate.rfind(b"/")
-                if cut <= 0:
-                    break
-                candidate = candidate[:cut]
+        if self._table:
+            route = longest_prefix(self._table, path)  # one dict lookup per segment, in C
+            if route is not None:
+                return route
         return self._root
