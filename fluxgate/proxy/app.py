@@ -142,6 +142,11 @@ class Gateway:
         self.drain_deadline = float("inf")
         self.drain_idle_grace = DRAIN_IDLE_GRACE
         self.access_log = AccessLog(config.access_log)
+        # Without an access log, a finished request is only counted: the protocol calls the
+        # shared table's C recorder directly (record() is the general path).
+        self.count_request = (
+            metrics.recorder.record if metrics is not None and self.access_log.stream is None else None
+        )
         # The rules for a client's X-Request-Id are hdr.acceptable_request_id's, in C.
         self.request_ids = RequestIds(os.urandom(6).hex().encode() + b"-")
         self._sweeper: asyncio.TimerHandle | None = None

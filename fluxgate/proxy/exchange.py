@@ -61,7 +61,7 @@ class Exchange:
         self.group = group
         self.head = head
         self.conn: UpstreamConnection | None = None
-        self.pending: list[bytes] = []  # body bytes while no connection is writable yet
+        self.pending: list[bytes] | None = None  # body bytes while no connection is writable
         self.pending_bytes = 0
         self.body_done = False
         self.request_chunked = req.chunked
@@ -71,7 +71,7 @@ class Exchange:
         self.finished = False
         self.attempts = 0
         self.read_timeout = group.read_timeout
-        self.loop_time = client.loop.time
+        self.loop_time = client.loop_time
         self.deadline = self.loop_time() + group.connect_timeout + self.read_timeout
 
     # -- start / body from the client ---------------------------------------------------
@@ -107,7 +107,7 @@ class Exchange:
         conn.write(self.head)
         if self.pending:
             conn.write(b"".join(self.pending))
-            self.pending = []
+            self.pending = None
             self.pending_bytes = 0
             self.client.resume_reading(self.client.PAUSE_CONNECTING)
         if self.body_done and self.request_chunked:
@@ -124,6 +124,8 @@ class Exchange:
             self.touch()
             conn.write(chunk)
             return
+        if self.pending is None:
+            self.pending = []
         self.pending.append(chunk)
         self.pending_bytes += len(chunk)
         if self.pending_bytes > PENDING_BODY_LIMIT:
@@ -212,7 +214,8 @@ class Exchange:
         req = self.req
         client = self.client
         status = head.status
-        close = not client.can_keep_alive(req)
+        # ClientConnection.can_keep_alive, inline on the hot path
+        close = not req.keep_alive or req.upgrade is not None or client.gw.draining or client.closing
         if close:
             req.close_after = True
         self.response_started = True

@@ -61,6 +61,7 @@ class ClientConnection(asyncio.Protocol):
         self.special = gateway.request_special  # header name (lower case) -> kind
         self.header_kinds = gateway.header_kinds  # header name as sent -> kind
         self.loop = gateway.loop
+        self.loop_time = gateway.loop.time  # bound once: every exchange reads the clock
         limits = gateway.limits
         self.max_header_bytes = limits.max_header_bytes
         self.max_body_bytes = limits.max_body_bytes
@@ -480,7 +481,11 @@ class ClientConnection(asyncio.Protocol):
             return
         req.finished = True
         route = req.route
-        self.gw.record(route.slot if route is not None else 0, req, perf_counter() - req.started)
+        gw = self.gw
+        if gw.count_request is not None:
+            gw.count_request(route.slot if route is not None else 0, req.status, perf_counter() - req.started)
+        else:
+            gw.record(route.slot if route is not None else 0, req, perf_counter() - req.started)
         if self.active is req:
             self.active = None
         req.exchange = None
