@@ -3,8 +3,9 @@
 * ``Router.match``: one dict lookup per path segment, against the obvious linear scan of the
   prefixes sorted longest first, on a 50-route table (deep hit, deep path on a short route,
   shallow hit, miss).
-* ``build_request_head``: the upstream request head for a 10-header browser request, against a
-  dict-based rewrite (lower-case keyed dict, delete what must not be forwarded, add ours).
+* ``upstream_head``: the upstream request head for a 10-header browser request (the client's
+  lines as the head parser formats them, then ``_core.upstream_head``), against a dict-based
+  rewrite (lower-case keyed dict, delete what must not be forwarded, add ours).
 
 Both peers return exactly what fluxgate returns on these inputs (asserted); they are not
 complete implementations (the dict peer merges repeated headers, for one).
@@ -15,7 +16,8 @@ from __future__ import annotations
 
 import pytest
 
-from fluxgate.proxy.headers import build_request_head, connection_tokens, forwardable_lines
+from fluxgate._core import RequestState, upstream_head
+from fluxgate.proxy.headers import connection_tokens, forwardable_lines
 from fluxgate.proxy.router import Router
 
 # ---- Router.match -------------------------------------------------------------------------
@@ -82,7 +84,7 @@ def test_router_match_linear(benchmark, record_impl, case):
     record_impl("linear scan")
 
 
-# ---- build_request_head -------------------------------------------------------------------
+# ---- upstream_head -----------------------------------------------------------------------
 
 BROWSER_HEADERS: list[tuple[bytes, bytes]] = [
     (b"Host", b"api.example.com"),
@@ -100,7 +102,7 @@ assert len(BROWSER_HEADERS) == 10
 HEAD_ARGS = dict(
     drop=connection_tokens(b"keep-alive"),
     forwarded_for=b"203.0.113.7",
-    forwarded_proto=b"https",
+    forwarded_proto=b"http",
     forwarded_host=b"api.example.com",
     request_id=b"b3f1c2d4-5e6f-4a7b-8c9d-0e1f2a3b4c5d",
     framing=b"",
@@ -118,7 +120,7 @@ EXPECTED_HEAD = (
     b"Upgrade-Insecure-Requests: 1\r\n"
     b"Sec-Fetch-Mode: navigate\r\n"
     b"X-Forwarded-For: 203.0.113.7\r\n"
-    b"X-Forwarded-Proto: https\r\n"
+    b"X-Forwarded-Proto: http\r\n"
     b"X-Forwarded-Host: api.example.com\r\n"
     b"X-Request-Id: b3f1c2d4-5e6f-4a7b-8c9d-0e1f2a3b4c5d\r\n"
     b"\r\n"
@@ -150,19 +152,25 @@ def naive_request_head(method, target, headers, *, drop, forwarded_for, forwarde
     return head + framing + b"\r\n"
 
 
-@pytest.mark.benchmark(group="build_request_head: 10 browser headers")
-def test_build_request_head_fluxgate(benchmark, record_impl):
+@pytest.mark.benchmark(group="upstream head: 10 browser headers")
+def test_upstream_head_fluxgate(benchmark, record_impl):
+    path, _, query = HEAD_TARGET.partition(b"?")
+
     def classify_and_build() -> bytes:
         # What the worker does per request: keep the forwardable lines, then the head.
-        return build_request_head(b"GET", HEAD_TARGET, forwardable_lines(BROWSER_HEADERS), **HEAD_ARGS)
+        req = RequestState(0.0)
+        req.method, req.path, req.query = b"GET", path, query
+        req.lines = forwardable_lines(BROWSER_HEADERS)
+        req.host, req.request_id = b"api.example.com", HEAD_ARGS["request_id"]
+        return upstream_head(req, HEAD_ARGS["drop"], -1, HEAD_ARGS["forwarded_for"], b"api_key")
 
     head = benchmark(classify_and_build)
     assert head == EXPECTED_HEAD
     record_impl("fluxgate")
 
 
-@pytest.mark.benchmark(group="build_request_head: 10 browser headers")
-def test_build_request_head_dict_rewrite(benchmark, record_impl):
+@pytest.mark.benchmark(group="upstream head: 10 browser headers")
+def test_upstream_head_dict_rewrite(benchmark, record_impl):
     head = benchmark(naive_request_head, b"GET", HEAD_TARGET, BROWSER_HEADERS, **HEAD_ARGS)
     assert head == EXPECTED_HEAD
     record_impl("dict rewrite")

@@ -248,12 +248,7 @@ class RequestState:
     def __init__(self, started: float = 0.0) -> None: ...
 
 def upstream_head(
-    req: RequestState,
-    target: bytes,
-    drop: frozenset[bytes],
-    forwarded_for: bytes,
-    forwarded_proto: bytes,
-    extra: bytes,
+    req: RequestState, drop: frozenset[bytes], strip: int, peer: bytes, api_key_query: bytes, /
 ) -> bytes:
     """The request head sent upstream, in one bytes object (rules in fluxgate/_http.pxi)."""
 

@@ -109,18 +109,42 @@ cdef bytes _lower_name(bytes line):
     return name
 
 
-def upstream_head(RequestState req not None, bytes target not None, drop,
-                  bytes forwarded_for not None, bytes forwarded_proto not None,
-                  bytes extra not None):
+def upstream_head(RequestState req not None, drop, Py_ssize_t strip, bytes peer not None,
+                  bytes api_key_query not None):
     """The request head sent upstream (DESIGN §4), in one bytes object.
 
-    ``req.lines`` are the client's forwardable lines as formatted by the parser;
-    ``drop`` is a set of lower-cased names to leave out on top (Connection-named ones,
-    forward_claims targets), or empty. The gateway's own lines follow: X-Forwarded-*,
-    X-Request-Id, the principal's X-FluxGate-* block (``extra``), the Upgrade pair for
-    an accepted WebSocket, and the framing line re-created from what the parser saw,
-    never copied.
+    The target is ``req.path`` without its first ``strip`` bytes when ``strip >= 0``
+    (a route's strip_prefix; what remains always starts with ``/``), then ``?`` and
+    ``req.query`` without any ``api_key_query`` parameter (an API key never reaches an
+    upstream). ``req.lines`` are the client's forwardable lines as formatted by the
+    parser; ``drop`` is a set of lower-cased names to leave out on top (Connection-named
+    ones, forward_claims targets), or empty. The gateway's own lines follow:
+    X-Forwarded-For (the client's chain only from a trusted peer, then ``peer``),
+    X-Forwarded-Proto, X-Forwarded-Host, X-Request-Id, the principal's X-FluxGate-*
+    block, the Upgrade pair for an accepted WebSocket, and the framing line re-created
+    from what the parser saw, never copied.
     """
+    cdef bytes path = req.path, query = req.query, target
+    if strip >= 0:
+        path = path[strip:]
+        if not path.startswith(b"/"):
+            path = b"/" + path
+    if query:
+        query = strip_query_param(query, api_key_query)
+    target = path + b"?" + query if query else path
+    if req.peer_trusted and req.forwarded_for:
+        forwarded_for = <bytes?>req.forwarded_for + b", " + peer
+        forwarded_proto = req.forwarded_proto or b"http"
+    else:
+        forwarded_for = peer
+        forwarded_proto = b"http"
+    principal = req.principal
+    extra = b"" if principal is None else principal.upstream_lines
+    return _build_upstream_head(req, target, drop, forwarded_for, forwarded_proto, extra)
+
+
+cdef bytes _build_upstream_head(RequestState req, bytes target, drop, bytes forwarded_for,
+                                bytes forwarded_proto, bytes extra):
     cdef list lines = req.lines
     cdef Py_ssize_t total, i, n_lines = len(lines)
     cdef bytes line, host = req.host, upgrade = req.upgrade, framing

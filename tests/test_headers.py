@@ -1,12 +1,12 @@
 """Header hygiene helpers."""
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fluxgate._core import RequestIds
+from fluxgate._core import RequestIds, RequestState, response_head, upstream_head
 from fluxgate.proxy.headers import (
     acceptable_request_id,
-    build_request_head,
     connection_tokens,
     forwardable_lines,
 )
@@ -34,18 +34,66 @@ def test_forwardable_lines_drop_owned_and_hop_by_hop():
     assert forwardable_lines(headers) == [b"Host: a\r\n", b"Accept: */*\r\n"]
 
 
-def test_build_request_head_drops_named_and_adds_ours():
-    head = build_request_head(
-        b"POST", b"/x?y=1", [b"Host: a\r\n", b"X-Secret: s\r\n", b"Accept: */*\r\n"],
-        drop=frozenset({b"x-secret"}), forwarded_for=b"127.0.0.1", forwarded_proto=b"http",
-        forwarded_host=b"a", request_id=b"rid", framing=b"Content-Length: 3\r\n",
-        extra=b"X-FluxGate-Auth: jwt\r\n",
-    )
+def _request(**fields) -> RequestState:
+    req = RequestState(0.0)
+    req.method, req.path, req.request_id, req.host = b"POST", b"/api/x", b"rid", b"a"
+    req.lines = [b"Host: a\r\n", b"X-Secret: s\r\n", b"Accept: */*\r\n"]
+    req.has_body, req.content_length = True, 3
+    for name, value in fields.items():
+        setattr(req, name, value)
+    return req
+
+
+def test_upstream_head_drops_named_and_adds_ours():
+    head = upstream_head(_request(query=b"y=1"), frozenset({b"x-secret"}), -1, b"127.0.0.1", b"api_key")
     assert head == (
-        b"POST /x?y=1 HTTP/1.1\r\nHost: a\r\nAccept: */*\r\nX-Forwarded-For: 127.0.0.1\r\n"
+        b"POST /api/x?y=1 HTTP/1.1\r\nHost: a\r\nAccept: */*\r\nX-Forwarded-For: 127.0.0.1\r\n"
         b"X-Forwarded-Proto: http\r\nX-Forwarded-Host: a\r\nX-Request-Id: rid\r\n"
-        b"X-FluxGate-Auth: jwt\r\nContent-Length: 3\r\n\r\n"
+        b"Content-Length: 3\r\n\r\n"
     )
+
+
+def test_upstream_head_target_strip_prefix_and_api_key_query():
+    req = _request(query=b"api_key=fg_secret&b=2&api_key=again")
+    assert upstream_head(req, frozenset(), 4, b"p", b"api_key").startswith(b"POST /x?b=2 HTTP/1.1\r\n")
+    req = _request(path=b"/api", query=b"api_key=fg_secret")
+    assert upstream_head(req, frozenset(), 4, b"p", b"api_key").startswith(b"POST / HTTP/1.1\r\n")
+
+
+def test_upstream_head_forwarded_chain_only_from_a_trusted_peer():
+    chain = {"forwarded_for": b"1.2.3.4", "forwarded_proto": b"https"}
+    untrusted = upstream_head(_request(**chain), frozenset(), -1, b"10.0.0.1", b"k")
+    assert b"X-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: http\r\n" in untrusted
+    trusted = upstream_head(_request(peer_trusted=True, **chain), frozenset(), -1, b"10.0.0.1", b"k")
+    assert b"X-Forwarded-For: 1.2.3.4, 10.0.0.1\r\nX-Forwarded-Proto: https\r\n" in trusted
+
+
+def test_upstream_head_principal_websocket_and_framing():
+    class Principal:
+        upstream_lines = b"X-FluxGate-Auth: jwt\r\n"
+
+    req = _request(method=b"GET", has_body=False, content_length=0, principal=Principal(),
+                   upgrade=b"websocket")
+    head = upstream_head(req, frozenset(), -1, b"p", b"k")
+    assert head.endswith(b"X-Request-Id: rid\r\nX-FluxGate-Auth: jwt\r\n"
+                         b"Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+    chunked = upstream_head(_request(chunked=True), frozenset(), -1, b"p", b"k")
+    assert chunked.endswith(b"Transfer-Encoding: chunked\r\n\r\n")
+    empty_post = upstream_head(_request(has_body=False, content_length=0), frozenset(), -1, b"p", b"k")
+    assert empty_post.endswith(b"Content-Length: 0\r\n\r\n")  # RFC 9110 §8.6
+
+
+def test_response_head_frames_and_appends_body():
+    head = response_head(b"HTTP/1.1 200 OK\r\n", b"A: 1\r\n", b"rid", [(b"RateLimit-Limit", b"5")],
+                         b"5", False, True, b"xxhello", 2, 5)
+    assert head == (b"HTTP/1.1 200 OK\r\nA: 1\r\nX-Request-Id: rid\r\nRateLimit-Limit: 5\r\n"
+                    b"Content-Length: 5\r\nConnection: close\r\n\r\nhello")
+    assert response_head(b"HTTP/1.1 200 OK\r\n", b"", b"r", [], None, True, False) == (
+        b"HTTP/1.1 200 OK\r\nX-Request-Id: r\r\nTransfer-Encoding: chunked\r\n\r\n")
+    with pytest.raises(ValueError):
+        response_head(b"HTTP/1.1 200 OK\r\n", b"", b"r", [], None, False, False, b"abc", 2, 5)
+    with pytest.raises(TypeError):
+        response_head(b"HTTP/1.1 200 OK\r\n", b"", b"r", [("str", b"v")], None, False, False)
 
 
 @given(st.binary(max_size=140) | st.text(alphabet="aZ09-_.: <>\x00é", max_size=140).map(str.encode))

@@ -21,7 +21,6 @@ from fluxgate._core import (
     RequestState,
     normalize_path,
     parse_request_head,
-    strip_query_param,
     upstream_head,
 )
 from fluxgate.errors import (
@@ -411,31 +410,8 @@ class ClientConnection(asyncio.Protocol):
         drop = route.drop_headers
         if req.connection is not None:
             drop = drop | hdr.named_by_connection(req.connection)
-        path = req.path
-        if route.strip_prefix:
-            path = path[len(route.prefix) :] or b"/"
-            if path[:1] != b"/":
-                path = b"/" + path
-        query = req.query
-        if query:
-            query = strip_query_param(query, self.gw.api_key_query)
-            if query:
-                path = path + b"?" + query
-        if req.peer_trusted and req.forwarded_for:
-            forwarded_for = req.forwarded_for + b", " + self.peer_bytes
-            proto = req.forwarded_proto or b"http"
-        else:
-            forwarded_for = self.peer_bytes
-            proto = b"http"
-        principal = req.principal
-        return upstream_head(
-            req,
-            path,
-            drop,
-            forwarded_for,
-            proto,
-            principal.upstream_lines if principal is not None else b"",
-        )
+        strip = len(route.prefix) if route.strip_prefix else -1
+        return upstream_head(req, drop, strip, self.peer_bytes, self.gw.api_key_query)
 
     # -- endings -----------------------------------------------------------------------------
     def can_keep_alive(self, req: RequestState) -> bool:
