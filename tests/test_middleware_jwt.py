@@ -591,3 +591,56 @@ def test_any_passes_a_query_token_to_its_member():
     mw = AnyMiddleware.from_config(config.routes[0].middleware[0], FakeGateway(config), None)
     refusal = mw(_request(query=b"access_token=a.b.c"))
     assert type(refusal).__name__ == "InvalidToken" and refusal.reason == "malformed"
+
+
+# ---- principals shared across tokens of one caller ----------------------------------------
+
+
+def _hs256_verifier(forward_claims: dict[str, str] | None = None):
+    from fluxgate.middleware.jwt import build_verifier
+
+    config = load_config_text(f"""
+routes:
+  - route: /api
+    upstream: http://127.0.0.1:9
+    middleware:
+      - jwt:
+          issuer: https://idp.test
+          audience: api
+          algorithms: [HS256]
+          secret: "{'s' * 32}"
+          forward_claims: {json.dumps(forward_claims or {})}
+""")
+    return build_verifier(config.routes[0].middleware[0])
+
+
+def _hs256(**claims) -> bytes:
+    from tests.support.tokens import b64, b64json, sign
+
+    now = int(time.time())
+    body = {"iss": "https://idp.test", "aud": "api", "iat": now, "exp": now + 600, **claims}
+    signing_input = f"{b64json({'alg': 'HS256', 'typ': 'JWT'})}.{b64json(body)}".encode()
+    return signing_input + b"." + b64(sign(b"s" * 32, "HS256", signing_input)).encode()
+
+
+def test_tokens_of_one_caller_share_a_principal_and_claims_keep_their_types():
+    verifier = _hs256_verifier({"admin": "X-Admin", "tier": "X-Tier"})
+    now = time.time()
+    first = verifier.authenticate(_hs256(sub="alice", jti="1", scope="a b", admin=True), now)
+    second = verifier.authenticate(_hs256(sub="alice", jti="2", scope="a b", admin=True), now)
+    assert first.subject == "alice" and first.scopes == frozenset({"a", "b"})
+    # true, 1 and "1" are different header values: never one principal for them
+    as_int = verifier.authenticate(_hs256(sub="alice", jti="3", scope="a b", admin=1), now)
+    as_str = verifier.authenticate(_hs256(sub="alice", jti="4", scope="a b", admin="1"), now)
+    other = verifier.authenticate(_hs256(sub="alice", jti="5", scope="a", admin="1"), now)
+    assert b"X-Admin: true\r\n" in first.upstream_lines and b"X-Admin: 1\r\n" in as_int.upstream_lines
+    assert as_str.upstream_lines == as_int.upstream_lines and other.scopes == frozenset({"a"})
+    # string claims share one principal across tokens; any other type builds its own each time
+    assert as_str is verifier.authenticate(_hs256(sub="alice", jti="6", scope="a b", admin="1"), now)
+    assert second is not first and second == first
+    assert as_int is not verifier.authenticate(_hs256(sub="alice", jti="7", scope="a b", admin=1), now)
+    scp_list = verifier.authenticate(_hs256(sub="bob", jti="8", scp=["x", "y"]), now)
+    assert scp_list is verifier.authenticate(_hs256(sub="bob", jti="9", scp=["x", "y"]), now)
+    assert scp_list.scopes == frozenset({"x", "y"})
+    with pytest.raises(Exception, match="invalid_claim"):  # a bad scope type is still refused
+        verifier.authenticate(_hs256(sub="bob", jti="10", scope=7), now)

@@ -51,6 +51,7 @@ log = logging.getLogger("fluxgate.auth")
 MAX_CLAIM_HEADER = 4096  # a forwarded claim longer than this (encoded) is left out
 _AMBIGUOUS: Any = object()  # sentinel: several Authorization headers
 _now = time.time
+PRINCIPAL_CACHE_SIZE = 4096  # distinct callers whose principal is kept across their tokens
 
 
 def claim_header_value(value: Any) -> bytes | None:
@@ -79,13 +80,44 @@ def claim_header_value(value: Any) -> bytes | None:
     return raw
 
 
+def _all_str(values: tuple[Any, ...]) -> bool:
+    return all(type(v) is str for v in values)
+
+
 def build_verifier(config: Jwt) -> JwtVerifier:
     """The ``JwtVerifier`` of one jwt config, without keys: the middleware attaches it to its
     provider's key set; ``fluxctl auth verify`` to the key set of the published snapshot."""
     forward = tuple((claim, header.encode()) for claim, header in config.forward_claims.items())
+    forwarded_claims = tuple(claim for claim, _ in forward)
+    # Many tokens name the same caller (refreshed tokens, one token per service instance):
+    # their principal is built once and shared, keyed by every claim it is made of.
+    principals: dict[tuple[Any, ...], Principal] = {}
 
     def prepare(claims: dict[str, Any]) -> Principal:
         # Once per newly verified token; the result is cached with it.
+        scp = claims.get("scp")
+        if type(scp) is list:
+            scp = tuple(scp)
+        key = (
+            claims.get("iss"),
+            claims.get("sub"),
+            claims.get("scope"),
+            scp,
+            *(claims.get(claim) for claim in forwarded_claims),
+        )
+        # Only strings (and absent claims) make a key: 1, 1.0 and true are equal in Python
+        # but become different scopes and header values.
+        if not all(v is None or type(v) is str or (type(v) is tuple and _all_str(v)) for v in key):
+            return build_principal(claims)
+        principal = principals.get(key)
+        if principal is None:
+            principal = build_principal(claims)
+            if len(principals) >= PRINCIPAL_CACHE_SIZE:
+                principals.clear()
+            principals[key] = principal
+        return principal
+
+    def build_principal(claims: dict[str, Any]) -> Principal:
         subject = claims.get("sub") or ""
         headers = []
         for claim, header in forward:
