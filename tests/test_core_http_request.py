@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from fluxgate._core import RequestState, normalize_path, parse_request_head
 from fluxgate.proxy import headers as hdr
 from fluxgate.proxy.protocol import _HEADER_KINDS_CACHE, ClientConnection
+from tests.support.mutations import random_case
 
 SPECIAL = {**hdr.REQUEST_SPECIAL, b"x-api-key": hdr.H_DROP}  # as fluxgate/proxy/app.py builds it
 MAX_HEADER = 16384  # fluxgate/config/schema.py defaults
@@ -468,13 +469,6 @@ CLEAN_SPECIAL_NAMES = [
     for n in SPECIAL_NAMES
     if n not in (b"transfer-encoding", b"expect", b"upgrade", b"proxy-connection")
 ]
-
-
-def random_case(draw, name: bytes) -> bytes:
-    flips = draw(st.lists(st.booleans(), min_size=len(name), max_size=len(name)))
-    return bytes(
-        c ^ 0x20 if flip and chr(c).isalpha() else c for c, flip in zip(name, flips, strict=True)
-    )
 
 
 @st.composite

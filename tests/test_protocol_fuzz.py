@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support.inprocess import wire_gateway
+from tests.support.mutations import mutated
 
 SEEDS = [
     b"GET /api/a?x=1 HTTP/1.1\r\nHost: a\r\nAccept: */*\r\n\r\n",
@@ -67,18 +68,7 @@ def run(loop, chunks: list[bytes]) -> tuple[bytes, bytes]:
 
 @st.composite
 def mutated_request(draw):
-    data = bytearray(draw(st.sampled_from(SEEDS)))
-    for _ in range(draw(st.integers(0, 4))):
-        op = draw(st.integers(0, 3))
-        pos = draw(st.integers(0, len(data)))
-        if op == 0 and pos < len(data):
-            data[pos] = draw(st.integers(0, 255))
-        elif op == 1:
-            data[pos:pos] = draw(st.sampled_from(NASTY))
-        elif op == 2 and pos < len(data):
-            del data[pos: pos + draw(st.integers(1, 8))]
-        else:
-            data = data[: pos or len(data)]
+    data = mutated(draw, SEEDS, NASTY, most=4, max_delete=8)
     cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=3)))
     pieces, start = [], 0
     for cut in cuts:
