@@ -564,12 +564,12 @@ def run_differential(strategy, examples: int, min_share: float) -> None:
 
 
 def test_differential_generated_requests():
-    run_differential(generated_request(), 1200, 0.3)
+    run_differential(generated_request(), 1200, 0.25)  # ~42% hit in practice: a wide margin
 
 
 def test_differential_mutated_requests():
     # Mutations mostly break the request (what this one is for: declining); some survive.
-    run_differential(mutated_request(), 1200, 0.03)
+    run_differential(mutated_request(), 1200, 0.02)  # ~6% hit in practice
 
 
 def test_seeds_take_the_fast_path():

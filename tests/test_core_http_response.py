@@ -406,8 +406,8 @@ def _differential(strategy, examples: int, min_share: float) -> None:
 
 
 def test_generated_responses_agree_with_httptools():
-    _differential(generated_response(), 1500, 0.2)
+    _differential(generated_response(), 1500, 0.12)  # ~25% hit in practice: a wide margin
 
 
 def test_mutated_responses_agree_with_httptools():
-    _differential(mutated_response(), 1500, 0.05)
+    _differential(mutated_response(), 1500, 0.03)  # ~7% hit in practice
