@@ -33,25 +33,18 @@ _FRAME_NONE, _FRAME_LENGTH, _FRAME_CHUNKED, _FRAME_CLOSE = 0, 1, 2, 3
 class Exchange:
     """Proxies `req` from `client` through `group`."""
 
-    __slots__ = (
-        "client",
-        "req",
-        "group",
-        "conn",
-        "head",
-        "pending",
-        "pending_bytes",
-        "body_done",
-        "request_chunked",
-        "response_started",
-        "response_frame",
-        "client_chunked",
-        "finished",
-        "attempts",
-        "deadline",
-        "read_timeout",
-        "loop_time",
-    )
+    # Per-exchange state that starts the same for every request lives on the class: an
+    # exchange is created per request, and each assignment in __init__ is paid per request.
+    conn: UpstreamConnection | None = None
+    pending: list[bytes] | None = None  # body bytes while no connection is writable yet
+    pending_bytes = 0
+    body_done = False
+    response_started = False
+    response_frame = _FRAME_NONE
+    client_chunked = False
+    finished = False
+    attempts = 0
+    deadline = float("inf")  # set by start(), before anything can time out
 
     def __init__(
         self, client: ClientConnection, req: RequestState, group: UpstreamGroup, head: bytes
@@ -60,19 +53,7 @@ class Exchange:
         self.req = req
         self.group = group
         self.head = head
-        self.conn: UpstreamConnection | None = None
-        self.pending: list[bytes] | None = None  # body bytes while no connection is writable
-        self.pending_bytes = 0
-        self.body_done = False
         self.request_chunked = req.chunked
-        self.response_started = False
-        self.response_frame = _FRAME_NONE
-        self.client_chunked = False
-        self.finished = False
-        self.attempts = 0
-        self.read_timeout = group.read_timeout
-        self.loop_time = client.loop_time
-        self.deadline = self.loop_time() + group.connect_timeout + self.read_timeout
 
     # -- start / body from the client ---------------------------------------------------
     def start(self) -> None:
@@ -87,6 +68,7 @@ class Exchange:
                 pool.reuses += 1
                 self._on_connection(conn, None)
                 return
+        self.deadline = self.client.loop_time() + group.connect_timeout + group.read_timeout
         pool.acquire(self._on_connection)
 
     def _on_connection(self, conn: UpstreamConnection | None, exc: BaseException | None) -> None:
@@ -103,7 +85,7 @@ class Exchange:
             return
         self.conn = conn
         conn.begin(self, self.req.method == b"HEAD")
-        self.deadline = self.loop_time() + self.read_timeout
+        self.deadline = self.client.loop_time() + self.group.read_timeout
         conn.write(self.head)
         if self.pending:
             conn.write(b"".join(self.pending))
@@ -154,7 +136,7 @@ class Exchange:
 
     def touch(self) -> None:
         """Progress was made: push the read deadline out."""
-        self.deadline = self.loop_time() + self.read_timeout
+        self.deadline = self.client.loop_time() + self.group.read_timeout
 
     # -- response from the upstream -------------------------------------------------------
     def upstream_headers(
