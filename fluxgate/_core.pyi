@@ -32,6 +32,7 @@ __all__ = (
     "ResponseHead",
     "parse_response_head",
     "parse_request_head",
+    "classify_header",
     "RequestIds",
     "RequestState",
     "longest_prefix",
@@ -298,6 +299,25 @@ def parse_response_head(data: bytes, head_request: bool) -> ResponseHead | None:
     "feed the same bytes to httptools", whose result would be the same when both answer."""
 
 # ---- the request-head fast path (fluxgate/_reqhead.pxi) ----------------------------------
+
+# What the gateway does with a request header (fluxgate/_reqhead.pxi; proxy/headers.py).
+H_FORWARD: int
+H_HOST: int
+H_CONTENT_LENGTH: int
+H_TRANSFER_ENCODING: int
+H_EXPECT: int
+H_FORWARDED_FOR: int
+H_FORWARDED_PROTO: int
+H_REQUEST_ID: int
+H_CONNECTION: int
+H_UPGRADE: int
+H_DROP: int
+H_FLUXGATE: int
+HEADER_KINDS_CACHE_MAX: int
+FLUXGATE_PREFIX: bytes
+
+def classify_header(name: bytes, kinds: dict[bytes, int], special: dict[bytes, int], /) -> int:
+    """The H_* kind of a request header named `name` (as sent); `kinds` caches it (bounded)."""
 
 def parse_request_head(
     data: bytes,

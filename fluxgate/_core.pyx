@@ -88,6 +88,7 @@ __all__ = (
     "normalize_path",
     "parse_response_head",
     "parse_request_head",
+    "classify_header",
 )
 
 

@@ -54,7 +54,8 @@ from cpython.object cimport PyObject
 
 
 cdef enum:
-    # fluxgate/proxy/headers.py: H_FORWARD = 0, H_HOST ... H_DROP = 1 ... 10, H_FLUXGATE = 11.
+    # What the gateway does with a request header (exported below as H_*; the protocol's
+    # llhttp path and proxy/headers.py use the same numbers and classify_header()).
     _H_FORWARD = 0
     _H_HOST = 1
     _H_CONTENT_LENGTH = 2
@@ -67,7 +68,7 @@ cdef enum:
     _H_UPGRADE = 9
     _H_DROP = 10
     _H_FLUXGATE = 11
-    # Same bound as protocol._HEADER_KINDS_CACHE: random names cannot grow the cache.
+    # Distinct header-name spellings remembered per worker: random names cannot grow it.
     _KINDS_CACHE_MAX = 4096
     # Header names llhttp interprets itself (its own header state machine).
     _LL_NONE = 0
@@ -135,10 +136,37 @@ cdef inline int _llhttp_role(const unsigned char* s, Py_ssize_t n) noexcept nogi
     return _LL_NONE
 
 
+H_FORWARD = _H_FORWARD
+H_HOST = _H_HOST
+H_CONTENT_LENGTH = _H_CONTENT_LENGTH
+H_TRANSFER_ENCODING = _H_TRANSFER_ENCODING
+H_EXPECT = _H_EXPECT
+H_FORWARDED_FOR = _H_FORWARDED_FOR
+H_FORWARDED_PROTO = _H_FORWARDED_PROTO
+H_REQUEST_ID = _H_REQUEST_ID
+H_CONNECTION = _H_CONNECTION
+H_UPGRADE = _H_UPGRADE
+H_DROP = _H_DROP
+H_FLUXGATE = _H_FLUXGATE
+HEADER_KINDS_CACHE_MAX = _KINDS_CACHE_MAX
+FLUXGATE_PREFIX = b"x-fluxgate-"
+
+
+def classify_header(bytes name not None, dict kinds not None, dict special not None):
+    """What the gateway does with a request header named ``name`` (as sent): ``special``
+    maps lower-cased names to their kind; other ``x-fluxgate-*`` names are H_FLUXGATE, the
+    rest H_FORWARD. ``kinds`` caches the answer per spelling (bounded)."""
+    cdef PyObject* cached = PyDict_GetItem(kinds, name)
+    if cached != NULL:
+        return <object>cached
+    return _classify(name, <const unsigned char*>PyBytes_AS_STRING(name),
+                     PyBytes_GET_SIZE(name), kinds, special)
+
+
 cdef int _classify(bytes name, const unsigned char* s, Py_ssize_t n,
                    dict kinds, dict special) except -1:
-    # A miss in the per-worker cache: what proxy.headers.header_kind(name.lower(), special)
-    # returns, remembered while the cache is under its bound (as ClientConnection.on_header).
+    # A miss in the per-worker cache: look the lower-cased name up in ``special``, and
+    # remember the answer while the cache is under its bound.
     cdef bytes lname = PyBytes_FromStringAndSize(NULL, n)
     cdef unsigned char* d = <unsigned char*>PyBytes_AS_STRING(lname)
     cdef Py_ssize_t j

@@ -17,9 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fluxgate._core import RequestState, normalize_path, parse_request_head
+from fluxgate._core import HEADER_KINDS_CACHE_MAX, RequestState, normalize_path, parse_request_head
 from fluxgate.proxy import headers as hdr
-from fluxgate.proxy.protocol import _HEADER_KINDS_CACHE, ClientConnection
+from fluxgate.proxy.protocol import ClientConnection
 from tests.support.mutations import random_case
 
 SPECIAL = {**hdr.REQUEST_SPECIAL, b"x-api-key": hdr.H_DROP}  # as fluxgate/proxy/app.py builds it
@@ -271,11 +271,11 @@ def test_kinds_cache_filled_as_the_protocol_fills_it_and_bounded():
     }
     assert kinds[b"hOsT"] == hdr.H_HOST and kinds[b"X-Fluxgate-A"] == hdr.H_FLUXGATE
     assert parse(data, kinds).lines == [b"hOsT: a\r\n", b"Accept: */*\r\n"]  # cache hits agree
-    full = {b"X-N%d" % i: 0 for i in range(_HEADER_KINDS_CACHE - 1)}
+    full = {b"X-N%d" % i: 0 for i in range(HEADER_KINDS_CACHE_MAX - 1)}
     names = b"".join(b"X-New-%d: v\r\n" % i for i in range(5))
     assert parse(b"GET / HTTP/1.1\r\nHost: a\r\n" + names + b"\r\n", full) is not None
     # One more name fitted; the rest were classified without being cached.
-    assert len(full) == _HEADER_KINDS_CACHE
+    assert len(full) == HEADER_KINDS_CACHE_MAX
     # A stale or odd cache cannot make llhttp's framing headers mean something else.
     assert (
         parse(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n", {b"Content-Length": 0})

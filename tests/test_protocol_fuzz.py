@@ -16,6 +16,7 @@ import uvloop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fluxgate._core import HEADER_KINDS_CACHE_MAX
 from tests.support.inprocess import wire_gateway
 from tests.support.mutations import mutated
 
@@ -172,11 +173,10 @@ def test_header_spellings_classified_once_and_cache_bounded(loop):
     assert b"hOsT: a\r\n" in upstream_out
     assert b"forged" not in upstream_out
     assert b"KEEP-ALIVE" not in upstream_out.upper()
-    from fluxgate.proxy import protocol
 
     wired = wire_gateway(loop, "routes:\n  - route: /api\n    upstream: http://127.0.0.1:9\n    public: true\n")
     gateway, client = wired.gateway, wired.client
-    for batch in range(0, protocol._HEADER_KINDS_CACHE + 200, 100):
+    for batch in range(0, HEADER_KINDS_CACHE_MAX + 200, 100):
         names = b"".join(b"X-N%d: v\r\n" % i for i in range(batch, batch + 100))
         client.data_received(b"GET /nowhere HTTP/1.1\r\nHost: a\r\n" + names + b"\r\n")
-    assert len(gateway.header_kinds) <= protocol._HEADER_KINDS_CACHE
+    assert len(gateway.header_kinds) <= HEADER_KINDS_CACHE_MAX

@@ -147,7 +147,7 @@ class Gateway:
         self.count_request = (
             metrics.recorder.record if metrics is not None and self.access_log.stream is None else None
         )
-        # The rules for a client's X-Request-Id are hdr.acceptable_request_id's, in C.
+        # A client's X-Request-Id is kept when short and plainly spelled, else one is minted.
         self.request_ids = RequestIds(os.urandom(6).hex().encode() + b"-")
         self._sweeper: asyncio.TimerHandle | None = None
 

@@ -8,6 +8,22 @@ dropped so only the gateway can speak with that prefix.
 
 from __future__ import annotations
 
+from fluxgate._core import (
+    H_CONNECTION,
+    H_CONTENT_LENGTH,
+    H_DROP,
+    H_EXPECT,
+    H_FLUXGATE,  # noqa: F401 - read as hdr.H_FLUXGATE by proxy/protocol.py
+    H_FORWARD,
+    H_FORWARDED_FOR,
+    H_FORWARDED_PROTO,
+    H_HOST,
+    H_REQUEST_ID,
+    H_TRANSFER_ENCODING,
+    H_UPGRADE,
+    classify_header,
+)
+
 # RFC 9110 §7.6.1 plus the de-facto ones every proxy drops (Proxy-Connection, Keep-Alive).
 HOP_BY_HOP: frozenset[bytes] = frozenset(
     {
@@ -23,16 +39,12 @@ HOP_BY_HOP: frozenset[bytes] = frozenset(
     }
 )
 
-# Request headers the gateway reads or sets itself, by kind. Everything else is forwarded
-# as the client wrote it, formatted once when the parser reports it (proxy/protocol.py
-# on_header). Client values of X-Forwarded-* and X-Request-Id are replaced, or extended
-# when they come from a trusted proxy.
-(
-    H_HOST, H_CONTENT_LENGTH, H_TRANSFER_ENCODING, H_EXPECT, H_FORWARDED_FOR,
-    H_FORWARDED_PROTO, H_REQUEST_ID, H_CONNECTION, H_UPGRADE, H_DROP,
-) = range(1, 11)  # fmt: skip
-H_FORWARD = 0  # forwarded as written
-H_FLUXGATE = 11  # a client-sent X-FluxGate-*: only the gateway speaks with that prefix
+# Request headers the gateway reads or sets itself, by kind (the H_* numbers and the
+# classifier live in _core, shared by the fast head parser and the llhttp path). Everything
+# else is forwarded as the client wrote it, formatted once when the header is parsed.
+# Client values of X-Forwarded-* and X-Request-Id are replaced, or extended when they come
+# from a trusted proxy; a client-sent X-FluxGate-* is dropped (only the gateway speaks with
+# that prefix).
 REQUEST_SPECIAL: dict[bytes, int] = {
     **{name: H_DROP for name in HOP_BY_HOP},
     b"host": H_HOST,
@@ -47,9 +59,6 @@ REQUEST_SPECIAL: dict[bytes, int] = {
     b"upgrade": H_UPGRADE,
 }
 
-FLUXGATE_PREFIX = b"x-fluxgate-"
-_REQUEST_ID_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
-
 
 def connection_tokens(value: bytes | None) -> frozenset[bytes]:
     """The lower-cased header names listed in a Connection header value."""
@@ -58,21 +67,13 @@ def connection_tokens(value: bytes | None) -> frozenset[bytes]:
     return frozenset(t.strip().lower() for t in value.split(b",") if t.strip())
 
 
-def acceptable_request_id(value: bytes | None) -> bool:
-    """A client-sent X-Request-Id is kept only when short and plainly spelled."""
-    return bool(value) and len(value) <= 128 and all(c in _REQUEST_ID_CHARS for c in value)  # type: ignore[arg-type]
-
-
 # Connection options that are not header names (RFC 9112 §9.3, §9.6).
 _CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})
 
 
 def header_kind(lname: bytes, special: dict[bytes, int] = REQUEST_SPECIAL) -> int:
     """What the gateway does with a request header, by its lower-cased name."""
-    kind = special.get(lname)
-    if kind is None:
-        return H_FLUXGATE if lname.startswith(FLUXGATE_PREFIX) else H_FORWARD
-    return kind
+    return classify_header(lname, {}, special)
 
 
 def named_by_connection(value: bytes) -> frozenset[bytes]:

@@ -19,6 +19,7 @@ import httptools
 from fluxgate._core import (
     PathError,
     RequestState,
+    classify_header,
     normalize_path,
     parse_request_head,
     upstream_head,
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("fluxgate.proxy")
 
 _DEADLINE_NONE, _DEADLINE_HEADERS, _DEADLINE_IDLE = 0, 1, 2
-_HEADER_KINDS_CACHE = 4096  # distinct header-name spellings classified once per worker
 # Status recorded when the client disconnects before its response was sent (nginx's 499).
 CLIENT_CLOSED = 499
 
@@ -204,14 +204,9 @@ class ClientConnection(asyncio.Protocol):
         if req.header_bytes > self.max_header_bytes:
             raise HeadersTooLarge()
         req.headers.append((name, value))
-        # Header names repeat across requests in the spelling clients use: classify each
-        # spelling once (a bounded cache, so random names cannot grow it).
-        kinds = self.header_kinds
-        kind = kinds.get(name)
-        if kind is None:
-            kind = hdr.header_kind(name.lower(), self.special)
-            if len(kinds) < _HEADER_KINDS_CACHE:
-                kinds[name] = kind
+        # Header names repeat across requests in the spelling clients use: each spelling is
+        # classified once per worker, as the fast head parser does (a bounded cache).
+        kind = classify_header(name, self.header_kinds, self.special)
         if kind == hdr.H_FORWARD:
             req.lines.append(name + b": " + value + b"\r\n")
         elif kind == hdr.H_DROP or kind == hdr.H_FLUXGATE:  # hop-by-hop, API key, X-FluxGate-*
