@@ -95,7 +95,7 @@ class MetricsTable:
         self.path = path
         self.capacity = capacity
         # Bound once: record() runs once per request in every worker.
-        self.recorder = RequestRecorder(
+        self._recorder = RequestRecorder(
             self._counters,
             header_slots=HEADER_SLOTS,
             block_slots=BLOCK_SLOTS,
@@ -152,7 +152,7 @@ class MetricsTable:
         A route slot outside the table is counted under slot 0 (never drop a request from the
         totals); a status outside 100..599 raises ValueError before anything is counted.
         """
-        self.recorder.record(route_slot, status, seconds)
+        self._recorder.record(route_slot, status, seconds)
 
     # ---- master side ----------------------------------------------------------------------
 

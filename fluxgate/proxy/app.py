@@ -46,7 +46,7 @@ class CompiledRoute:
 
     __slots__ = (
         "index", "prefix", "methods", "allow_header", "chain", "group", "slot",
-        "strip_prefix", "websocket", "drop_headers", "label",
+        "strip_length", "websocket", "drop_headers", "label",
     )  # fmt: skip
 
     def __init__(
@@ -61,7 +61,8 @@ class CompiledRoute:
         self.chain = tuple(compile_middleware(m, gateway, route) for m in route.middleware)
         self.group = group
         self.slot = slot
-        self.strip_prefix = route.strip_prefix
+        # Bytes of the path the upstream does not see (strip_prefix), or -1 (upstream_head).
+        self.strip_length = len(self.prefix) if route.strip_prefix else -1
         self.websocket = route.websocket
         # Request headers (lower-case names) that a middleware owns and the upstream must
         # never see from the client: forward_claims targets, the API key header, ...
@@ -142,11 +143,6 @@ class Gateway:
         self.drain_deadline = float("inf")
         self.drain_idle_grace = DRAIN_IDLE_GRACE
         self.access_log = AccessLog(config.access_log)
-        # Without an access log, a finished request is only counted: the protocol calls the
-        # shared table's C recorder directly (record() is the general path).
-        self.count_request = (
-            metrics.recorder.record if metrics is not None and self.access_log.stream is None else None
-        )
         # A client's X-Request-Id is kept when short and plainly spelled, else one is minted.
         self.request_ids = RequestIds(os.urandom(6).hex().encode() + b"-")
         self._sweeper: asyncio.TimerHandle | None = None

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from fluxgate._core import response_head
 from fluxgate.errors import ClientError, UpstreamTimeout, UpstreamUnavailable
-from fluxgate.proxy.responses import STATUS_LINES, status_line
+from fluxgate.proxy.responses import status_line
 
 if TYPE_CHECKING:
     from fluxgate._core import ResponseHead
@@ -60,14 +60,11 @@ class Exchange:
         """Acquire a connection (possibly at once) and send the head."""
         self.attempts += 1
         group = self.group
-        pool = group.pools[0] if group.single else group.pick()
-        idle = pool.idle
-        while idle:  # under load, a warm pooled connection: no callback needed
-            conn = idle.pop()
-            if not conn.closed:
-                pool.reuses += 1
-                self._on_connection(conn, None)
-                return
+        pool = group.pick()
+        conn = pool.take_idle()  # under load, a warm pooled connection: no callback needed
+        if conn is not None:
+            self._on_connection(conn, None)
+            return
         self.deadline = self.client.loop_time() + group.connect_timeout + group.read_timeout
         pool.acquire(self._on_connection)
 
@@ -174,49 +171,50 @@ class Exchange:
                 self.client_chunked = chunked = True
             else:
                 keep_alive = False
-        close = not keep_alive and status != 101
-        if close:
-            req.close_after = True
-        self.response_started = True
-        req.status = status
-        client.write(
-            response_head(
-                STATUS_LINES.get(status) or status_line(status),
-                b"".join(header_lines),
-                req.request_id,
-                extra,
-                length,
-                chunked,
-                close,
-            )
+        self._send_head(
+            status, b"".join(header_lines), extra, length, chunked, not keep_alive and status != 101
         )
 
     def upstream_response(self, conn: UpstreamConnection, head: ResponseHead, data: bytes) -> None:
         """A whole response arrived in one read (parsed in _core): relay it in one write."""
-        req = self.req
-        client = self.client
         status = head.status
-        # ClientConnection.can_keep_alive, inline on the hot path
-        close = not req.keep_alive or req.upgrade is not None or client.gw.draining or client.closing
+        self._send_head(
+            status,
+            head.lines,
+            self.req.response_headers,
+            None if status == 204 else head.content_length,
+            False,
+            not self.client.can_keep_alive(self.req),
+            data,
+            head.body_start,
+            head.body_length,
+        )
+        self.upstream_complete(conn, head.keep_alive)
+
+    def _send_head(
+        self,
+        status: int,
+        lines: bytes,
+        extra: list[tuple[bytes, bytes]],
+        length: bytes | None,
+        chunked: bool,
+        close: bool,
+        data: bytes | None = None,
+        body_start: int = 0,
+        body_length: int = 0,
+    ) -> None:
+        """Write the client's response head (and a body already at hand) in one write."""
+        req = self.req
         if close:
             req.close_after = True
         self.response_started = True
         req.status = status
-        client.write(
+        self.client.write(
             response_head(
-                STATUS_LINES.get(status) or status_line(status),
-                head.lines,
-                req.request_id,
-                req.response_headers,
-                None if status == 204 else head.content_length,
-                False,
-                close,
-                data,
-                head.body_start,
-                head.body_length,
-            )
+                status_line(status), lines, req.request_id, extra, length, chunked, close,
+                data, body_start, body_length,
+            )  # fmt: skip
         )
-        self.upstream_complete(conn, head.keep_alive)
 
     def upstream_body(self, chunk: bytes) -> None:
         if self.client_chunked:

@@ -321,26 +321,19 @@ class ClientConnection(asyncio.Protocol):
         """Start queued requests, in order, while nothing is in flight."""
         if self.advancing:
             return
-        if not self.queue:  # the common case: wait for the next request
-            if self.active is None and self.parsing is None and not self.closing:
-                self.deadline_kind = _DEADLINE_IDLE
-                grace = self.gw.drain_idle_grace if self.gw.draining else self.idle_timeout
-                self.deadline = self.loop.time() + grace
-            return
-        self.advancing = True
-        try:
-            while self.active is None and self.queue and not self.closing:
-                req = self.queue.popleft()
-                if len(self.queue) < 2:
-                    self.resume_reading(self.PAUSE_PIPELINE)
-                self._start(req)
-        finally:
-            self.advancing = False
+        if self.queue:
+            self.advancing = True
+            try:
+                while self.active is None and self.queue and not self.closing:
+                    req = self.queue.popleft()
+                    if len(self.queue) < 2:
+                        self.resume_reading(self.PAUSE_PIPELINE)
+                    self._start(req)
+            finally:
+                self.advancing = False
         if self.active is None and self.parsing is None and not self.closing:
-            if self.gw.draining:
-                self._set_deadline(_DEADLINE_IDLE, self.gw.drain_idle_grace)
-            else:
-                self._set_deadline(_DEADLINE_IDLE, self.idle_timeout)
+            grace = self.gw.drain_idle_grace if self.gw.draining else self.idle_timeout
+            self._set_deadline(_DEADLINE_IDLE, grace)
 
     def _start(self, req: RequestState) -> None:
         self.active = req
@@ -405,8 +398,7 @@ class ClientConnection(asyncio.Protocol):
         drop = route.drop_headers
         if req.connection is not None:
             drop = drop | hdr.named_by_connection(req.connection)
-        strip = len(route.prefix) if route.strip_prefix else -1
-        return upstream_head(req, drop, strip, self.peer_bytes, self.gw.api_key_query)
+        return upstream_head(req, drop, route.strip_length, self.peer_bytes, self.gw.api_key_query)
 
     # -- endings -----------------------------------------------------------------------------
     def can_keep_alive(self, req: RequestState) -> bool:
@@ -451,12 +443,7 @@ class ClientConnection(asyncio.Protocol):
         if req.finished:
             return
         req.finished = True
-        route = req.route
-        gw = self.gw
-        if gw.count_request is not None:
-            gw.count_request(route.slot if route is not None else 0, req.status, perf_counter() - req.started)
-        else:
-            gw.record(route.slot if route is not None else 0, req, perf_counter() - req.started)
+        self._record(req)
         if self.active is req:
             self.active = None
         req.exchange = None

@@ -16,14 +16,14 @@ def reason(status: int) -> bytes:
     return _REASONS.get(status, b"")
 
 
-STATUS_LINES: dict[int, bytes] = {
+_STATUS_LINES: dict[int, bytes] = {
     code: b"HTTP/1.1 %d %s\r\n" % (code, phrase) for code, phrase in _REASONS.items()
 }
 
 
 def status_line(status: int) -> bytes:
     """`HTTP/1.1 200 OK\\r\\n` for a status code."""
-    line = STATUS_LINES.get(status)
+    line = _STATUS_LINES.get(status)
     if line is None:
         line = b"HTTP/1.1 %d %s\r\n" % (status, reason(status))
     return line
