@@ -194,11 +194,9 @@ class Master:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)
-        for pid in self.seen_pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        from tests.support.gateway import kill_pids  # local: see children() above
+
+        kill_pids(self.seen_pids)
         self._log.close()
 
 

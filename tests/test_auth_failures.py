@@ -4,11 +4,11 @@ processes, rendered as fluxgate_auth_failures_total{method,reason}."""
 from __future__ import annotations
 
 import asyncio
-import os
 
 from fluxgate.auth.failures import AuthFailures
 from fluxgate.master.auth_metrics import AuthMetricsService
 from fluxgate.metrics import MetricsTable, ProcessMetric
+from tests.support.gateway import run_in_children
 
 
 class FakeMaster:
@@ -20,19 +20,15 @@ def test_counts_are_shared_across_processes(tmp_path):
     service = AuthMetricsService(FakeMaster(str(tmp_path)))
     asyncio.run(service.start(None))
     try:
-        pid = os.fork()
-        if pid == 0:  # a "worker": maps the file by path and counts into it
-            code = 1
-            try:
-                table = AuthFailures.open(str(tmp_path))
-                for _ in range(3):
-                    table.count("jwt", "expired")
-                table.count("jwt", "no-such-reason")
-                table.count("api_key", "invalid_key")
-                code = 0
-            finally:
-                os._exit(code)
-        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+        def worker() -> bool:  # maps the file by path and counts into it
+            table = AuthFailures.open(str(tmp_path))
+            for _ in range(3):
+                table.count("jwt", "expired")
+            table.count("jwt", "no-such-reason")
+            table.count("api_key", "invalid_key")
+            return True
+
+        assert run_in_children(1, worker) == [0]
         rows = {(dict(m.labels)["method"], dict(m.labels)["reason"]): m.value
                 for m in service.metrics()}
         assert rows == {("jwt", "expired"): 3, ("jwt", "other"): 1, ("api_key", "invalid_key"): 1}

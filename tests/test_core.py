@@ -26,6 +26,7 @@ from fluxgate._core import (
     b64url_encode,
     normalize_path,
 )
+from tests.support.gateway import run_in_children
 
 ROOT = Path(__file__).resolve().parents[1]
 PATH_CASES = Path(__file__).with_name("data") / "paths.txt"
@@ -322,26 +323,17 @@ def counters(shared_file):
 def test_counters_exact_across_forked_processes(shared_file, counters):
     path, mm = shared_file
     slot, workers, per_worker = 5, 4, 100_000
-    pids = []
-    for _ in range(workers):
-        pid = os.fork()
-        if pid == 0:  # child: never return into pytest
-            code = 1
-            try:
-                last = 0
-                for _ in range(per_worker):
-                    new = counters.add(slot)
-                    if new <= last:  # a process sees its own increments in order
-                        break
-                    last = new
-                else:
-                    code = 0
-            finally:
-                os._exit(code)
-        pids.append(pid)
-    for pid in pids:
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
+    def count() -> bool:
+        last = 0
+        for _ in range(per_worker):
+            new = counters.add(slot)
+            if new <= last:  # a process sees its own increments in order
+                return False
+            last = new
+        return True
+
+    for code in run_in_children(workers, count):
+        assert code == 0
     total = workers * per_worker
     assert counters.load(slot) == total
     assert counters.load(slot - 1) == counters.load(slot + 1) == 0

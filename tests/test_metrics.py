@@ -14,6 +14,7 @@ from fluxgate.metrics import (
     ProcessMetric,
     RouteSlots,
 )
+from tests.support.gateway import run_in_children
 
 
 @pytest.fixture
@@ -143,21 +144,13 @@ def test_open_existing_and_reject_foreign_file(tmp_path, table):
 
 def test_exact_counts_from_two_forked_processes(table):
     n = 20_000
-    pids = []
-    for _ in range(2):
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - child
-            code = 1
-            try:
-                for i in range(n):
-                    table.record(1, 200 if i % 2 else 503, 0.001)
-                code = 0
-            finally:
-                os._exit(code)
-        pids.append(pid)
-    for pid in pids:
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
+    def record() -> bool:
+        for i in range(n):
+            table.record(1, 200 if i % 2 else 503, 0.001)
+        return True
+
+    for code in run_in_children(2, record):
+        assert code == 0
     st = table.route_stats(1)
     assert st.statuses == {200: n, 503: n}
     assert st.count == 2 * n

@@ -60,8 +60,9 @@ def bind_listen(listen: str) -> socket.socket:
     return bind_tcp(host, port)
 
 
-def is_loopback(host: str) -> bool:
-    """True when every address ``host`` resolves to is a loopback address."""
+def resolves_only_to_loopback(host: str) -> bool:
+    """True when every address ``host`` resolves to is a loopback address (a bind-time check;
+    config.is_loopback judges a literal without resolving it)."""
     try:
         infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except OSError:
@@ -79,7 +80,7 @@ def bind_admin(listen: str) -> socket.socket:
     a decision to make with a proxy in front, not by changing one config line.
     """
     host, port = _host_port(listen, "admin.listen")
-    if not is_loopback(host):
+    if not resolves_only_to_loopback(host):
         raise ConfigError(
             f"{host!r} is not a loopback address; the admin API only listens on loopback",
             path="admin.listen",

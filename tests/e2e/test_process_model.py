@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.gateway import GatewayProcess, child_pids
+from tests.support.gateway import GatewayProcess, child_pids, kill_pids
 
 ADMIN_TOKEN = "test-admin-token"  # what tests/support/gateway.py writes into the config
 
@@ -49,11 +49,7 @@ class Tracked:
             if gw.proc is not None and gw.proc.poll() is None:
                 gw.proc.kill()
                 gw.proc.wait(5)
-        for pid in self.pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_pids(self.pids)
 
 
 @pytest.fixture

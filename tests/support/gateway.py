@@ -126,6 +126,31 @@ def child_pids(pid: int) -> set[int]:
     return {int(p) for p in text.split()}
 
 
+def kill_pids(pids) -> None:
+    """SIGKILL every pid in `pids` that still exists (workers the test saw, at cleanup)."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def run_in_children(count: int, body) -> list[int]:
+    """Run `body()` in `count` forked children at once; their exit codes, 0 where `body`
+    returned a true value (a child never returns into pytest)."""
+    pids = []
+    for _ in range(count):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                code = 0 if body() else 1
+            finally:
+                os._exit(code)
+        pids.append(pid)
+    return [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
+
+
 def free_port() -> int:
     """A port free on 127.0.0.1 right now (nothing listens on it until someone binds it)."""
     with socket.socket() as s:
