@@ -53,7 +53,6 @@ class Exchange:
         self.req = req
         self.group = group
         self.head = head
-        self.request_chunked = req.chunked
 
     # -- start / body from the client ---------------------------------------------------
     def start(self) -> None:
@@ -89,14 +88,14 @@ class Exchange:
             self.pending = None
             self.pending_bytes = 0
             self.client.resume_reading(self.client.PAUSE_CONNECTING)
-        if self.body_done and self.request_chunked:
+        if self.body_done and self.req.chunked:
             conn.write(b"0\r\n\r\n")
 
     def send_body(self, chunk: bytes) -> None:
         """A piece of the request body arrived from the client."""
         if self.finished:
             return  # the upstream already answered; the rest of the body is discarded
-        if self.request_chunked:
+        if self.req.chunked:
             chunk = b"%x\r\n%s\r\n" % (len(chunk), chunk)
         conn = self.conn
         if conn is not None:
@@ -113,7 +112,7 @@ class Exchange:
     def end_body(self) -> None:
         """The client's request message is complete."""
         self.body_done = True
-        if self.request_chunked and self.conn is not None and not self.finished:
+        if self.req.chunked and self.conn is not None and not self.finished:
             self.conn.write(b"0\r\n\r\n")
 
     # -- flow control ---------------------------------------------------------------------

@@ -262,8 +262,6 @@ class TargetPool:
         self.idle: list[UpstreamConnection] = []
         self.open_count = 0
         self.waiters: deque[AcquireCallback] = deque()
-        self.connects = 0
-        self.reuses = 0
         self._sweeper: asyncio.TimerHandle | None = None
         self._members: set[UpstreamConnection] = set()
 
@@ -273,7 +271,6 @@ class TargetPool:
         while idle:
             conn = idle.pop()
             if not conn.closed:
-                self.reuses += 1
                 return conn
         return None
 
@@ -308,7 +305,6 @@ class TargetPool:
             callback(None, exc)
             self._serve_waiter()
             return
-        self.connects += 1
         self._members.add(conn)
         callback(conn, None)
 
