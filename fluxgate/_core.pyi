@@ -31,6 +31,7 @@ __all__ = (
     "normalize_path",
     "ResponseHead",
     "parse_response_head",
+    "response_header_kind",
     "parse_request_head",
     "classify_header",
     "RequestIds",
@@ -291,6 +292,14 @@ class ResponseHead:
     @property
     def body_length(self) -> int:
         """Body bytes, ``data[body_start:]`` to the end (0 after HEAD, 204 and 304)."""
+
+RH_FORWARD: int
+RH_CONTENT_LENGTH: int
+RH_TRANSFER_ENCODING: int
+RH_CONNECTION: int
+
+def response_header_kind(name: bytes, /) -> int:
+    """RH_* for an upstream response header name (any other value: hop-by-hop, dropped)."""
 
 def parse_response_head(data: bytes, head_request: bool) -> ResponseHead | None:
     """The response in ``data`` (one read, from a message boundary) when it is complete and

@@ -87,6 +87,7 @@ __all__ = (
     "jwt_alg_names",
     "normalize_path",
     "parse_response_head",
+    "response_header_kind",
     "parse_request_head",
     "classify_header",
 )

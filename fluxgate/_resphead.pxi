@@ -277,6 +277,19 @@ cdef class ResponseHead:
         )
 
 
+RH_FORWARD = _RH_FORWARD
+RH_CONTENT_LENGTH = _RH_CONTENT_LENGTH
+RH_TRANSFER_ENCODING = _RH_TRANSFER_ENCODING
+RH_CONNECTION = _RH_CONNECTION
+
+
+def response_header_kind(bytes name not None):
+    """What the gateway does with an upstream response header: RH_FORWARD, RH_CONTENT_LENGTH,
+    RH_TRANSFER_ENCODING, RH_CONNECTION, or another value for a hop-by-hop header that is
+    only dropped (the table parse_response_head uses, for llhttp's path)."""
+    return _rh_name_kind(<const unsigned char*>PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name))
+
+
 def parse_response_head(bytes data not None, bint head_request):
     """A ResponseHead for a complete, simple response in ``data``; None: use httptools."""
     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)

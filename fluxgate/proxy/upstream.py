@@ -17,21 +17,20 @@ from typing import TYPE_CHECKING, Any
 
 import httptools
 
-from fluxgate._core import parse_response_head
+from fluxgate._core import (
+    RH_CONNECTION,
+    RH_CONTENT_LENGTH,
+    RH_FORWARD,
+    RH_TRANSFER_ENCODING,
+    parse_response_head,
+    response_header_kind,
+)
 from fluxgate.proxy import headers as hdr
 
 if TYPE_CHECKING:
     from fluxgate.proxy.exchange import Exchange
 
 log = logging.getLogger("fluxgate.upstream")
-
-_CONTENT_LENGTH, _TRANSFER_ENCODING, _CONNECTION, _HOP = 1, 2, 3, 4
-_RESPONSE_SPECIAL: dict[bytes, int] = {
-    **{name: _HOP for name in hdr.HOP_BY_HOP},
-    b"content-length": _CONTENT_LENGTH,
-    b"transfer-encoding": _TRANSFER_ENCODING,
-    b"connection": _CONNECTION,
-}
 
 AcquireCallback = Callable[["UpstreamConnection | None", "BaseException | None"], None]
 
@@ -140,14 +139,15 @@ class UpstreamConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         # One pass: forwardable lines are formatted as they arrive, framing and hop-by-hop
         # headers are set aside (RFC 9110 §7.6.1), so the response head is a join away.
-        kind = _RESPONSE_SPECIAL.get(name.lower())
-        if kind is None:
+        # The classification is parse_response_head's own table (one list of names).
+        kind = response_header_kind(name)
+        if kind == RH_FORWARD:
             self.lines.append(name + b": " + value + b"\r\n")
-        elif kind == _CONTENT_LENGTH:
+        elif kind == RH_CONTENT_LENGTH:
             self.content_length = value
-        elif kind == _TRANSFER_ENCODING:
+        elif kind == RH_TRANSFER_ENCODING:
             self.chunked = True
-        elif kind == _CONNECTION:
+        elif kind == RH_CONNECTION:
             self.connection = value if self.connection is None else self.connection + b"," + value
 
     def on_headers_complete(self) -> None:
