@@ -94,6 +94,22 @@ cdef unsigned char _RQ_VALUE[256]    # 1: field-value byte (VCHAR, SP, HTAB)
 cdef unsigned char _RQ_LOWER[256]    # ASCII lower-casing
 
 
+cdef inline Py_ssize_t _plain_run(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept:
+    # Skips 8 bytes at a time while every byte is 0x20..0x7E: long field values (a bearer
+    # token is ~600 bytes) are most of a head, and a table lookup per byte shows in the
+    # profile. Word tricks from "Bit Twiddling Hacks" (hasless / hasmore): a word has a
+    # byte < 0x20 iff (x - 0x20..20) & ~x & 0x80..80, a byte > 0x7E iff
+    # ((x + 0x01..01) | x) & 0x80..80. The byte loop that follows decides exactly.
+    cdef uint64_t x
+    while i + 8 <= n:
+        memcpy(&x, p + i, 8)
+        if ((((x - 0x2020202020202020ULL) & ~x) | (x + 0x0101010101010101ULL) | x)
+                & 0x8080808080808080ULL):
+            break
+        i += 8
+    return i
+
+
 cdef int _init_reqhead_tables() except -1:
     cdef int c
     cdef bytes tchar_punct = b"!#$%&'*+-.^_`|~"
@@ -312,6 +328,7 @@ def parse_request_head(bytes data not None, dict kinds not None, dict special no
         while p[i] == 0x20 or p[i] == 0x09:
             i += 1
         vs = i
+        i = _plain_run(p, i, n)
         while _RQ_VALUE[p[i]]:
             i += 1
         if p[i] != b"\r" or p[i + 1] != b"\n":
