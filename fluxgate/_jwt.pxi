@@ -32,7 +32,7 @@
 cimport cython
 from cpython.dict cimport PyDict_GetItem
 from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_CheckExact
-from cpython.long cimport PyLong_CheckExact
+from cpython.long cimport PyLong_CheckExact, PyLong_FromUnsignedLongLong
 from cpython.object cimport PyObject
 from libc.math cimport INFINITY
 from libc.string cimport memchr, memcpy
@@ -499,11 +499,31 @@ cdef class _Entry:
     # One verified token: what verify()/authenticate() return, and until when. Not
     # tracked by the cycle collector (it can be in no cycle: claims and prepared never
     # refer back to it), so 16,384 cached tokens do not lengthen every full collection.
+    cdef bytes token             # the whole token: a cache hit must equal it byte for byte
     cdef object claims
     cdef object prepared
     cdef double cache_until      # exp + leeway, or insertion + FG_JWT_CACHE_NO_EXP_TTL
     cdef double nbf_deadline     # nbf - leeway (or -inf)
     cdef double iat_deadline     # iat - leeway (or -inf)
+
+
+cdef inline object _cache_key(bytes token):
+    # The verified-token cache's key: the token's last 8 bytes (the tail of its
+    # signature, base64url) and its length, as an int. Hashing the whole ~600-byte token
+    # (siphash, every request: the token is a new bytes object each time) was the
+    # largest single cost of a cache hit; the entry keeps the whole token and a hit is
+    # compared in full (_same_token), so a shared tail can only cost a full verify.
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(token)
+    cdef uint64_t tail = 0
+    memcpy(&tail, PyBytes_AS_STRING(token) + (n - 8 if n >= 8 else 0), 8 if n >= 8 else n)
+    return PyLong_FromUnsignedLongLong((tail ^ (<uint64_t>n << 56)) & 0x1FFFFFFFFFFFFFFFULL)
+
+
+cdef inline bint _same_token(bytes cached, bytes token) noexcept:
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(token)
+    return (cached is token or (
+        PyBytes_GET_SIZE(cached) == n
+        and memcmp(PyBytes_AS_STRING(cached), PyBytes_AS_STRING(token), n) == 0))
 
 
 cdef object _MISSING = object()
@@ -644,16 +664,18 @@ cdef class JwtVerifier:
     cdef _Entry _entry(self, bytes token, double now):
         # PyDict_GetItem lends its result: `entry` takes a reference of its own before
         # anything (_remember dropping the old dict) could free the entry.
-        cdef PyObject* hit = PyDict_GetItem(self._young, token)
+        key = _cache_key(token)
+        cdef PyObject* hit = PyDict_GetItem(self._young, key)
         cdef _Entry entry = None
         if hit != NULL:
             entry = <_Entry>hit
         elif self._half:
-            hit = PyDict_GetItem(self._old, token)
+            hit = PyDict_GetItem(self._old, key)
             if hit != NULL:
                 entry = <_Entry>hit
-                self._remember(token, entry)  # still in use: keep it young
-        if entry is not None:
+                if _same_token(entry.token, token):
+                    self._remember(key, entry)  # still in use: keep it young
+        if entry is not None and _same_token(entry.token, token):
             if now < entry.cache_until:
                 if now < entry.nbf_deadline:
                     raise TokenError(_JWT_REASONS[FG_JWT_NOT_YET_VALID])
@@ -661,20 +683,23 @@ cdef class JwtVerifier:
                     raise TokenError(_JWT_REASONS[FG_JWT_ISSUED_IN_FUTURE])
                 return entry
             # Past exp (or the no-exp TTL): never served from the cache again.
-            self._young.pop(token, None)
-            self._old.pop(token, None)
+            self._young.pop(key, None)
+            self._old.pop(key, None)
+        # A miss, or another token with the same tail (never a valid one in practice: the
+        # tail is signature bytes): verified in full; only a valid token replaces the entry.
         entry = self._verify_full(token, now)
         if self._half:
-            self._remember(token, entry)
+            entry.token = token
+            self._remember(key, entry)
         return entry
 
-    cdef void _remember(self, bytes token, _Entry entry):
+    cdef void _remember(self, object key, _Entry entry):
         # Two generations: when the young dict is full it becomes the old one and the
         # old one is dropped, so at most cache_size tokens stay, the recently used.
         if len(self._young) >= self._half:
             self._old = self._young
             self._young = {}
-        self._young[token] = entry
+        self._young[key] = entry
 
     cdef object _json_part(self, const unsigned char* src, Py_ssize_t n):
         # A JSON object from one base64url part, or None when it is not one.

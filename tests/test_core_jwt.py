@@ -459,6 +459,30 @@ def test_cache_hit_redoes_time_checks(keys, keyset):
     assert info.value.reason == "not_yet_valid"
 
 
+def test_cache_hit_needs_the_whole_token_not_only_its_tail(keys, keyset):
+    # The cache is keyed by the token's last bytes and length; a hit is compared in full.
+    # A forgery sharing a cached token's tail and length is verified, refused, and does
+    # not displace the valid token's entry.
+    calls = []
+    v = make_verifier(keyset, prepare=lambda c: calls.append(c) or c["sub"])
+    token = keys["rs"].mint(claims(sub="alice")).encode()
+    header, payload, signature = token.split(b".")
+    forged_payload = bytearray(payload)
+    forged_payload[5] = ord("A") if forged_payload[5] != ord("A") else ord("B")
+    forged = b".".join((header, bytes(forged_payload), signature))
+    assert len(forged) == len(token) and forged[-8:] == token[-8:] and forged != token
+    assert v.authenticate(token, NOW) == "alice"
+    for _ in range(3):
+        assert reason(v, forged) in ("bad_signature", "malformed")
+        assert v.authenticate(token, NOW) == "alice"
+    assert len(calls) == 1 and v.cached == 1
+    # Two valid tokens with the same tail both verify; each hit matches its own token.
+    other = keys["rs"].mint(claims(sub="bob")).encode()
+    twin = other[:-8] + token[-8:]  # a signature that is not bob's: refused
+    assert reason(v, twin) == "bad_signature"
+    assert v.authenticate(other, NOW) == "bob" and v.authenticate(token, NOW) == "alice"
+
+
 def test_cache_keeps_nbf_of_a_cached_entry(keys, keyset):
     v = make_verifier(keyset)
     token = keys["rs"].mint(claims(nbf=int(NOW) + 30)).encode()
