@@ -244,7 +244,7 @@ class RequestState:
     url: bytes
     header_bytes: int
     headers: list[tuple[bytes, bytes]]
-    lines: list[bytes]
+    forward_headers: list[tuple[bytes, bytes]]
     body_buffer: list[bytes]
     response_headers: list[tuple[bytes, bytes]]
     def __init__(self, started: float = 0.0) -> None: ...

@@ -53,7 +53,8 @@ cdef class RequestState:
     cdef public object url               # bytes
     cdef public object header_bytes      # int
     cdef public object headers           # list[(name, value)] as the client sent them
-    cdef public object lines             # list of forwardable lines, b"Name: value\r\n"
+    # The (name, value) pairs of `headers` that go upstream as written (same tuples).
+    cdef public object forward_headers
     cdef public object body_buffer       # list[bytes]
     cdef public object response_headers  # list[(name, value)] added to the response
 
@@ -93,7 +94,7 @@ cdef class RequestState:
         self.url = b""
         self.header_bytes = 0
         self.headers = []
-        self.lines = []
+        self.forward_headers = []
         self.body_buffer = []
         self.response_headers = []
 
@@ -176,20 +177,6 @@ cdef inline char* _put_c(char* out, const char* piece, Py_ssize_t n) noexcept:
     return out + n
 
 
-cdef bytes _lower_name(bytes line):
-    """The lower-cased header name of a formatted line b"Name: value\\r\\n"."""
-    cdef const char* s = PyBytes_AS_STRING(line)
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(line), i = 0
-    while i < n and s[i] != b":":
-        i += 1
-    name = PyBytes_FromStringAndSize(s, i)
-    cdef char* d = PyBytes_AS_STRING(name)
-    for j in range(i):
-        if b"A" <= d[j] <= b"Z":
-            d[j] += 32
-    return name
-
-
 def upstream_head(RequestState req not None, drop, Py_ssize_t strip, bytes peer not None,
                   bytes api_key_query not None):
     """The request head sent upstream (DESIGN §4), in one bytes object.
@@ -197,8 +184,8 @@ def upstream_head(RequestState req not None, drop, Py_ssize_t strip, bytes peer 
     The target is ``req.path`` without its first ``strip`` bytes when ``strip >= 0``
     (a route's strip_prefix; what remains always starts with ``/``), then ``?`` and
     ``req.query`` without any ``api_key_query`` parameter (an API key never reaches an
-    upstream). ``req.lines`` are the client's forwardable lines as formatted by the
-    parser; ``drop`` is a set of lower-cased names to leave out on top (Connection-named
+    upstream). ``req.forward_headers`` are the client's headers that go upstream as
+    written; ``drop`` is a set of lower-cased names to leave out on top (Connection-named
     ones, forward_claims targets), or empty. The gateway's own lines follow:
     X-Forwarded-For (the client's chain only from a trusted peer, then ``peer``),
     X-Forwarded-Proto, X-Forwarded-Host, X-Request-Id, the principal's X-FluxGate-*
@@ -226,9 +213,10 @@ def upstream_head(RequestState req not None, drop, Py_ssize_t strip, bytes peer 
 
 cdef bytes _build_upstream_head(RequestState req, bytes target, drop, bytes forwarded_for,
                                 bytes forwarded_proto, bytes extra):
-    cdef list lines = req.lines
+    cdef list lines = req.forward_headers
     cdef Py_ssize_t total, i, n_lines = len(lines)
-    cdef bytes line, host = req.host, upgrade = req.upgrade, framing
+    cdef tuple pair
+    cdef bytes host = req.host, upgrade = req.upgrade, framing
     cdef bint dropping = bool(drop)
     cdef bytearray keep
     cdef char* out
@@ -241,11 +229,12 @@ cdef bytes _build_upstream_head(RequestState req, bytes target, drop, bytes forw
     if dropping:
         keep = bytearray(n_lines)
         for i in range(n_lines):
-            keep[i] = _lower_name(<bytes?>lines[i]) not in drop
+            keep[i] = (<bytes?>(<tuple?>lines[i])[0]).lower() not in drop
     total = len(req.method) + 1 + len(target) + 11  # b"METHOD target HTTP/1.1\r\n"
     for i in range(n_lines):
         if not dropping or keep[i]:
-            total += PyBytes_GET_SIZE(<bytes?>lines[i])
+            pair = <tuple?>lines[i]
+            total += len(<bytes?>pair[0]) + len(<bytes?>pair[1]) + 4  # b"name: value\r\n"
     # X-Forwarded-For and X-Forwarded-Proto
     total += 17 + len(forwarded_for) + 21 + len(forwarded_proto) + 2
     if host is not None:
@@ -263,7 +252,11 @@ cdef bytes _build_upstream_head(RequestState req, bytes target, drop, bytes forw
     out = _put_c(out, " HTTP/1.1\r\n", 11)
     for i in range(n_lines):
         if not dropping or keep[i]:
-            out = _put(out, <bytes?>lines[i])
+            pair = <tuple>lines[i]
+            out = _put(out, <bytes>pair[0])
+            out = _put_c(out, ": ", 2)
+            out = _put(out, <bytes>pair[1])
+            out = _put_c(out, "\r\n", 2)
     out = _put_c(out, "X-Forwarded-For: ", 17)
     out = _put(out, forwarded_for)
     out = _put_c(out, "\r\nX-Forwarded-Proto: ", 21)

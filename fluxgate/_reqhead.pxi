@@ -196,25 +196,6 @@ cdef int _classify(bytes name, const unsigned char* s, Py_ssize_t n,
     return kind
 
 
-cdef inline bytes _header_line(const unsigned char* p, Py_ssize_t ns, Py_ssize_t nl,
-                               Py_ssize_t vs, Py_ssize_t vl):
-    # b"Name: value\r\n". When the client wrote exactly one SP after the colon, that is
-    # the line as received: one copy out of the data.
-    cdef bytes line
-    cdef char* d
-    if vs == ns + nl + 2 and p[ns + nl + 1] == 0x20:
-        return PyBytes_FromStringAndSize(<const char*>p + ns, nl + vl + 4)
-    line = PyBytes_FromStringAndSize(NULL, nl + vl + 4)
-    d = PyBytes_AS_STRING(line)
-    memcpy(d, p + ns, nl)
-    d[nl] = b":"
-    d[nl + 1] = b" "
-    memcpy(d + nl + 2, p + vs, vl)
-    d[nl + 2 + vl] = b"\r"
-    d[nl + 3 + vl] = b"\n"
-    return line
-
-
 cdef struct _Span:
     # One header line found by the scan: name at p[ns:ns+nl], value at p[vs:vs+vl].
     Py_ssize_t ns
@@ -404,7 +385,8 @@ def parse_request_head(bytes data not None, dict kinds not None, dict special no
         role = spans[h].role
         name = PyBytes_FromStringAndSize(<const char*>p + ns, nl)
         value = PyBytes_FromStringAndSize(<const char*>p + vs, vl)
-        req.headers.append((name, value))
+        pair = (name, value)
+        req.headers.append(pair)
         cached = PyDict_GetItem(kinds, name)
         if cached == NULL:
             kind = _classify(name, p + ns, nl, kinds, special)
@@ -418,13 +400,13 @@ def parse_request_head(bytes data not None, dict kinds not None, dict special no
             return None
 
         if kind == _H_FORWARD:
-            req.lines.append(_header_line(p, ns, nl, vs, vl))
+            req.forward_headers.append(pair)
         elif kind == _H_DROP or kind == _H_FLUXGATE:
             pass  # hop-by-hop, the API key header, a client-sent X-FluxGate-*
         elif kind == _H_HOST:
             hosts += 1
             req.host = value
-            req.lines.append(_header_line(p, ns, nl, vs, vl))
+            req.forward_headers.append(pair)
         elif kind == _H_CONTENT_LENGTH:
             pass  # read in pass 1
         elif kind == _H_FORWARDED_FOR:

@@ -105,7 +105,7 @@ def assert_same_as_httptools(
     # What the protocol's callbacks make of it (and its on_headers_complete would accept).
     for field in (
         "header_bytes",
-        "lines",
+        "forward_headers",
         "host",
         "hosts",
         "content_length",
@@ -121,7 +121,7 @@ def assert_same_as_httptools(
     assert state.method != b"CONNECT"
 
     # Forwarded lines are the hygiene module's, minus the API key header.
-    assert state.lines == hdr.forwardable_lines(
+    assert state.forward_headers == hdr.forwardable_headers(
         [(n, v) for n, v in state.headers if n.lower() != b"x-api-key"]
     )
 
@@ -183,7 +183,9 @@ def test_plain_get():
         (b"User-Agent", b"t/1"),
         (b"Accept", b"*/*"),
     ]
-    assert state.lines == [b"Host: example.com\r\n", b"User-Agent: t/1\r\n", b"Accept: */*\r\n"]
+    assert state.forward_headers == [
+        (b"Host", b"example.com"), (b"User-Agent", b"t/1"), (b"Accept", b"*/*"),
+    ]
     assert (state.host, state.hosts, state.content_length, state.has_body) == (
         b"example.com",
         1,
@@ -205,7 +207,7 @@ def test_post_with_body_and_every_method():
         5,
         [b"hello"],
     )
-    assert state.lines == [b"Host: a\r\n"]  # framing is re-created, never copied
+    assert state.forward_headers == [(b"Host", b"a")]  # framing is re-created, never copied
     assert type(state.content_length) is int
     for method in (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS"):
         state = check(method + b" / HTTP/1.1\r\nHost: a\r\nContent-Length: 000\r\n\r\n")
@@ -217,7 +219,7 @@ def test_http10_keep_alive_and_connection():
     assert state is not None and (state.http_minor, state.keep_alive, state.hosts) == (0, False, 0)
     state = check(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\nHost: a\r\n\r\n")
     assert state is not None and (state.keep_alive, state.connection) == (True, b"Keep-Alive")
-    assert state.lines == [b"Host: a\r\n"]  # Connection is hop-by-hop
+    assert state.forward_headers == [(b"Host", b"a")]  # Connection is hop-by-hop
     assert check(b"GET / HTTP/1.0\r\nConnection: close\r\n\r\n").keep_alive is False
     assert check(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: CLOSE \t\r\n\r\n").keep_alive is False
     assert check(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\n\r\n").keep_alive is True
@@ -233,16 +235,13 @@ def test_forwarded_headers_request_id_and_whitespace():
     assert state is not None
     assert state.forwarded_for == b"1.1.1.1, 2.2.2.2 "  # llhttp keeps trailing OWS
     assert (state.forwarded_proto, state.client_request_id) == (b"https", b"r2")
-    assert state.lines == [
-        b"Host: a\r\n",
-        b"X-Empty: \r\n",
-        b"X-Blank: \r\n",
-        b"X-Trail: v \t\r\n",
-        b"X-Inner: a \t b\r\n",
+    assert state.forward_headers == [
+        (b"Host", b"a"), (b"X-Empty", b""), (b"X-Blank", b""), (b"X-Trail", b"v \t"),
+        (b"X-Inner", b"a \t b"),
     ]
 
 
-def test_api_key_and_fluxgate_headers_dropped_from_lines_kept_in_headers():
+def test_api_key_and_fluxgate_headers_not_forwarded_but_kept_in_headers():
     data = (
         b"GET / HTTP/1.1\r\nHost: a\r\nX-API-Key: fgk_secret\r\nX-FluxGate-Principal: forged\r\n"
         b"x-fluxgate-scopes: admin\r\nKeep-Alive: 5\r\nX-Forwarded-Host: evil\r\nAccept: */*\r\n\r\n"
@@ -258,7 +257,7 @@ def test_api_key_and_fluxgate_headers_dropped_from_lines_kept_in_headers():
         b"X-Forwarded-Host",
         b"Accept",
     ]
-    assert state.lines == [b"Host: a\r\n", b"Accept: */*\r\n"]
+    assert state.forward_headers == [(b"Host", b"a"), (b"Accept", b"*/*")]
 
 
 def test_kinds_cache_filled_as_the_protocol_fills_it_and_bounded():
@@ -270,7 +269,8 @@ def test_kinds_cache_filled_as_the_protocol_fills_it_and_bounded():
         for name in (b"hOsT", b"X-Fluxgate-A", b"X-Api-Key", b"Accept", b"Connection")
     }
     assert kinds[b"hOsT"] == hdr.H_HOST and kinds[b"X-Fluxgate-A"] == hdr.H_FLUXGATE
-    assert parse(data, kinds).lines == [b"hOsT: a\r\n", b"Accept: */*\r\n"]  # cache hits agree
+    # Cache hits agree.
+    assert parse(data, kinds).forward_headers == [(b"hOsT", b"a"), (b"Accept", b"*/*")]
     full = {b"X-N%d" % i: 0 for i in range(HEADER_KINDS_CACHE_MAX - 1)}
     names = b"".join(b"X-New-%d: v\r\n" % i for i in range(5))
     assert parse(b"GET / HTTP/1.1\r\nHost: a\r\n" + names + b"\r\n", full) is not None

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from fluxgate._core import RequestIds, RequestState, response_head, upstream_head
 from fluxgate.proxy.headers import (
     connection_tokens,
-    forwardable_lines,
+    forwardable_headers,
 )
 
 _REQUEST_ID_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
@@ -37,18 +37,18 @@ def test_request_id_acceptance():
     assert not kept(b"a" * 129)
 
 
-def test_forwardable_lines_drop_owned_and_hop_by_hop():
+def test_forwardable_headers_drop_owned_and_hop_by_hop():
     headers = [
         (b"Host", b"a"), (b"Connection", b"close"), (b"TE", b"trailers"), (b"X-FluxGate-Auth", b"x"),
         (b"Content-Length", b"3"), (b"X-Forwarded-For", b"1.1.1.1"), (b"Accept", b"*/*"),
     ]
-    assert forwardable_lines(headers) == [b"Host: a\r\n", b"Accept: */*\r\n"]
+    assert forwardable_headers(headers) == [(b"Host", b"a"), (b"Accept", b"*/*")]
 
 
 def _request(**fields) -> RequestState:
     req = RequestState(0.0)
     req.method, req.path, req.request_id, req.host = b"POST", b"/api/x", b"rid", b"a"
-    req.lines = [b"Host: a\r\n", b"X-Secret: s\r\n", b"Accept: */*\r\n"]
+    req.forward_headers = [(b"Host", b"a"), (b"X-Secret", b"s"), (b"Accept", b"*/*")]
     req.has_body, req.content_length = True, 3
     for name, value in fields.items():
         setattr(req, name, value)

@@ -86,10 +86,9 @@ def drop_lines(lines: list[bytes], names: frozenset[bytes]) -> list[bytes]:
     return [ln for ln in lines if ln.split(b":", 1)[0].lower() not in names]
 
 
-def forwardable_lines(headers: list[tuple[bytes, bytes]]) -> list[bytes]:
-    """The header lines forwarded as written: what ClientConnection.on_header keeps."""
+def forwardable_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The headers forwarded as written (``req.forward_headers``): what ClientConnection.on_header
+    keeps."""
     return [
-        name + b": " + value + b"\r\n"
-        for name, value in headers
-        if header_kind(name.lower()) in (H_FORWARD, H_HOST)
+        (name, value) for name, value in headers if header_kind(name.lower()) in (H_FORWARD, H_HOST)
     ]

@@ -203,18 +203,19 @@ class ClientConnection(asyncio.Protocol):
         req.header_bytes += len(name) + len(value) + 4
         if req.header_bytes > self.max_header_bytes:
             raise HeadersTooLarge()
-        req.headers.append((name, value))
+        pair = (name, value)
+        req.headers.append(pair)
         # Header names repeat across requests in the spelling clients use: each spelling is
         # classified once per worker, as the fast head parser does (a bounded cache).
         kind = classify_header(name, self.header_kinds, self.special)
         if kind == hdr.H_FORWARD:
-            req.lines.append(name + b": " + value + b"\r\n")
+            req.forward_headers.append(pair)
         elif kind == hdr.H_DROP or kind == hdr.H_FLUXGATE:  # hop-by-hop, API key, X-FluxGate-*
             return
         elif kind == hdr.H_HOST:
             req.hosts += 1
             req.host = value
-            req.lines.append(name + b": " + value + b"\r\n")
+            req.forward_headers.append(pair)
         elif kind == hdr.H_CONTENT_LENGTH:
             req.content_length = int(value)  # llhttp accepted only digits, at most once
         elif kind == hdr.H_TRANSFER_ENCODING:
