@@ -94,8 +94,8 @@ class MetricsTable:
         self._counters = Counters(mapping)
         self.path = path
         self.capacity = capacity
-        # Bound once: record() runs once per request in every worker.
-        self._recorder = RequestRecorder(
+        # Built once; a worker binds recorder.record and calls it once per request.
+        self.recorder = RequestRecorder(
             self._counters,
             header_slots=HEADER_SLOTS,
             block_slots=BLOCK_SLOTS,
@@ -152,7 +152,7 @@ class MetricsTable:
         A route slot outside the table is counted under slot 0 (never drop a request from the
         totals); a status outside 100..599 raises ValueError before anything is counted.
         """
-        self._recorder.record(route_slot, status, seconds)
+        self.recorder.record(route_slot, status, seconds)
 
     # ---- master side ----------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Callable
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from fluxgate._core import RequestIds
@@ -114,6 +115,8 @@ class Gateway:
         self.limits = config.limits
         self.state_dir = config.state_dir
         self.metrics = metrics
+        # The shared table's C recorder, bound once: one call per finished request.
+        self._count_request = metrics.recorder.record if metrics is not None else None
         self.worker_id = worker_id
         self.resolver = ClientAddressResolver(config.trusted_proxies)
         # An API key never reaches an upstream, on any route and whichever method decided
@@ -155,10 +158,13 @@ class Gateway:
         """Keep a well-formed client X-Request-Id, else mint a unique one."""
         return self.request_ids.take(client_value)
 
-    def record(self, slot: int, req: RequestState, seconds: float) -> None:
+    def record(self, req: RequestState) -> None:
         """Count a finished request in the shared metrics and the access log."""
-        if self.metrics is not None:
-            self.metrics.record(slot, req.status, seconds)
+        seconds = perf_counter() - req.started
+        route = req.route
+        slot = route.slot if route is not None else 0
+        if self._count_request is not None:
+            self._count_request(slot, req.status, seconds)
         if self.access_log.stream is not None:
             self.access_log.add(
                 "%s %s %s %d %.1fms %s\n"

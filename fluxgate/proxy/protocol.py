@@ -107,7 +107,7 @@ class ClientConnection(asyncio.Protocol):
                     req.exchange.cancel()
                 if not req.response_done:
                     req.status = CLIENT_CLOSED
-                self._record(req)
+                self.gw.record(req)
         self.active = None
         self.queue.clear()
 
@@ -444,7 +444,7 @@ class ClientConnection(asyncio.Protocol):
         if req.finished:
             return
         req.finished = True
-        self._record(req)
+        self.gw.record(req)
         if self.active is req:
             self.active = None
         req.exchange = None
@@ -456,10 +456,6 @@ class ClientConnection(asyncio.Protocol):
             self._close_soon()
             return
         self._advance()
-
-    def _record(self, req: RequestState) -> None:
-        route = req.route
-        self.gw.record(route.slot if route is not None else 0, req, perf_counter() - req.started)
 
     def _reject(self, err: ClientError) -> None:
         """A protocol-level error: answer it in turn, then close."""
@@ -488,7 +484,7 @@ class ClientConnection(asyncio.Protocol):
         req.request_id = self.gw.request_id(None)
         req.status = err.status
         req.finished = True
-        self._record(req)
+        self.gw.record(req)
         self.write(error_response(err, req.request_id.decode(), close=True))
         self._close_soon()
 
