@@ -507,23 +507,20 @@ cdef class _Entry:
     cdef double iat_deadline     # iat - leeway (or -inf)
 
 
-cdef inline object _cache_key(bytes token):
+cdef inline object _cache_key(const char* token, Py_ssize_t n):
     # The verified-token cache's key: the token's last 8 bytes (the tail of its
     # signature, base64url) and its length, as an int. Hashing the whole ~600-byte token
     # (siphash, every request: the token is a new bytes object each time) was the
     # largest single cost of a cache hit; the entry keeps the whole token and a hit is
     # compared in full (_same_token), so a shared tail can only cost a full verify.
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(token)
     cdef uint64_t tail = 0
-    memcpy(&tail, PyBytes_AS_STRING(token) + (n - 8 if n >= 8 else 0), 8 if n >= 8 else n)
+    memcpy(&tail, token + (n - 8 if n >= 8 else 0), 8 if n >= 8 else n)
     return PyLong_FromUnsignedLongLong((tail ^ (<uint64_t>n << 56)) & 0x1FFFFFFFFFFFFFFFULL)
 
 
-cdef inline bint _same_token(bytes cached, bytes token) noexcept:
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(token)
-    return (cached is token or (
-        PyBytes_GET_SIZE(cached) == n
-        and memcmp(PyBytes_AS_STRING(cached), PyBytes_AS_STRING(token), n) == 0))
+cdef inline bint _same_token(bytes cached, const char* token, Py_ssize_t n) noexcept:
+    return (PyBytes_GET_SIZE(cached) == n
+            and memcmp(PyBytes_AS_STRING(cached), token, n) == 0)
 
 
 cdef object _MISSING = object()
@@ -659,12 +656,43 @@ cdef class JwtVerifier:
         """``prepare(claims)`` of a valid token (cached with it), or TokenError."""
         return self._entry(token, now).prepared
 
+    def authenticate_bearer(self, list headers not None, double now):
+        """``authenticate()`` of the request's ``Authorization: Bearer`` token, read in
+        place from ``headers`` (the request's (name, value) pairs; see bearer_token): a
+        cache hit copies nothing. None when there is no bearer token (no Authorization
+        header, or another scheme); TokenError ``ambiguous_credentials`` for several
+        Authorization headers, ``malformed`` for a bare "Bearer"."""
+        cdef Py_ssize_t start = 0, end = 0
+        value = _bearer_span(headers, &start, &end)
+        if value is None:
+            return None
+        if value is False:
+            raise TokenError("ambiguous_credentials")
+        if start == end:
+            raise TokenError("malformed")
+        cdef const char* p = PyBytes_AS_STRING(<bytes>value) + start
+        key = _cache_key(p, end - start)
+        cdef _Entry entry = self._cached(key, p, end - start, now)
+        if entry is None:
+            entry = self._verify_and_remember(
+                key, PyBytes_FromStringAndSize(p, end - start), now)
+        return entry.prepared
+
     # -- internals ---------------------------------------------------------------
 
     cdef _Entry _entry(self, bytes token, double now):
-        # PyDict_GetItem lends its result: `entry` takes a reference of its own before
-        # anything (_remember dropping the old dict) could free the entry.
-        key = _cache_key(token)
+        cdef const char* p = PyBytes_AS_STRING(token)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(token)
+        key = _cache_key(p, n)
+        cdef _Entry entry = self._cached(key, p, n, now)
+        if entry is None:
+            entry = self._verify_and_remember(key, token, now)
+        return entry
+
+    cdef _Entry _cached(self, object key, const char* token, Py_ssize_t n, double now):
+        # The cached entry of this exact token, with its time checks re-done (raising
+        # TokenError), or None. PyDict_GetItem lends its result: `entry` takes a reference
+        # of its own before anything (_remember dropping the old dict) could free it.
         cdef PyObject* hit = PyDict_GetItem(self._young, key)
         cdef _Entry entry = None
         if hit != NULL:
@@ -673,21 +701,26 @@ cdef class JwtVerifier:
             hit = PyDict_GetItem(self._old, key)
             if hit != NULL:
                 entry = <_Entry>hit
-                if _same_token(entry.token, token):
+                if _same_token(entry.token, token, n):
                     self._remember(key, entry)  # still in use: keep it young
-        if entry is not None and _same_token(entry.token, token):
-            if now < entry.cache_until:
-                if now < entry.nbf_deadline:
-                    raise TokenError(_JWT_REASONS[FG_JWT_NOT_YET_VALID])
-                if now < entry.iat_deadline:
-                    raise TokenError(_JWT_REASONS[FG_JWT_ISSUED_IN_FUTURE])
-                return entry
-            # Past exp (or the no-exp TTL): never served from the cache again.
-            self._young.pop(key, None)
-            self._old.pop(key, None)
-        # A miss, or another token with the same tail (never a valid one in practice: the
-        # tail is signature bytes): verified in full; only a valid token replaces the entry.
-        entry = self._verify_full(token, now)
+        if entry is None or not _same_token(entry.token, token, n):
+            # A miss, or another token with the same tail (never a valid one in practice:
+            # the tail is signature bytes): the caller verifies it in full, and only a
+            # valid token replaces the entry.
+            return None
+        if now < entry.cache_until:
+            if now < entry.nbf_deadline:
+                raise TokenError(_JWT_REASONS[FG_JWT_NOT_YET_VALID])
+            if now < entry.iat_deadline:
+                raise TokenError(_JWT_REASONS[FG_JWT_ISSUED_IN_FUTURE])
+            return entry
+        # Past exp (or the no-exp TTL): never served from the cache again.
+        self._young.pop(key, None)
+        self._old.pop(key, None)
+        return None
+
+    cdef _Entry _verify_and_remember(self, object key, bytes token, double now):
+        cdef _Entry entry = self._verify_full(token, now)
         if self._half:
             entry.token = token
             self._remember(key, entry)
@@ -889,20 +922,16 @@ cdef inline bint _lower_eq(const unsigned char* p, const char* lower,
     return True
 
 
-def bearer_token(list headers not None, /):
-    """The token of the request's ``Authorization: Bearer`` header (RFC 6750 §2.1).
-
-    ``headers`` is the request's list of (name, value) bytes pairs. Returns the token
-    bytes (``b""`` for a bare "Bearer"), None without an Authorization header or with
-    another scheme, and False when there are several Authorization headers (ambiguous:
-    the caller refuses rather than picking one).
-    """
+cdef object _bearer_span(list headers, Py_ssize_t* start_out, Py_ssize_t* end_out):
+    # The value of the ``Authorization: Bearer`` header, with the token's [start, end)
+    # in it; None without one (or another scheme), False for several Authorization
+    # headers (ambiguous).
     cdef object found = None
     cdef bytes name, value
     cdef const unsigned char* p
     cdef Py_ssize_t n, start, end
     for item in headers:
-        name = <bytes>(<tuple>item)[0]
+        name = <bytes?>(<tuple?>item)[0]
         if PyBytes_GET_SIZE(name) != 13 or not _lower_eq(
                 <const unsigned char*>PyBytes_AS_STRING(name), b"authorization", 13):
             continue
@@ -911,20 +940,38 @@ def bearer_token(list headers not None, /):
         found = (<tuple>item)[1]
     if found is None:
         return None
-    value = <bytes>found
+    value = <bytes?>found
     p = <const unsigned char*>PyBytes_AS_STRING(value)
     n = PyBytes_GET_SIZE(value)
     # RFC 9110 §11.1: the scheme is case-insensitive; one or more SP before the token.
     if n < 6 or not _lower_eq(p, b"bearer", 6):
         return None
     if n == 6:
-        return b""
-    if p[6] != b" ":
+        start = end = 6
+    elif p[6] != b" ":
         return None
-    start = 7
-    end = n
-    while start < end and p[start] == b" ":
-        start += 1
-    while end > start and p[end - 1] == b" ":
-        end -= 1
-    return PyBytes_FromStringAndSize(<const char*>p + start, end - start)
+    else:
+        start = 7
+        end = n
+        while start < end and p[start] == b" ":
+            start += 1
+        while end > start and p[end - 1] == b" ":
+            end -= 1
+    start_out[0] = start
+    end_out[0] = end
+    return value
+
+
+def bearer_token(list headers not None, /):
+    """The token of the request's ``Authorization: Bearer`` header (RFC 6750 §2.1).
+
+    ``headers`` is the request's list of (name, value) bytes pairs. Returns the token
+    bytes (``b""`` for a bare "Bearer"), None without an Authorization header or with
+    another scheme, and False when there are several Authorization headers (ambiguous:
+    the caller refuses rather than picking one).
+    """
+    cdef Py_ssize_t start = 0, end = 0
+    value = _bearer_span(headers, &start, &end)
+    if value is None or value is False:
+        return value
+    return PyBytes_FromStringAndSize(PyBytes_AS_STRING(<bytes>value) + start, end - start)

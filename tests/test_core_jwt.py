@@ -663,6 +663,53 @@ def test_bearer_token(headers, expected):
     assert bearer_token(headers) == expected and type(bearer_token(headers)) is type(expected)
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(b"Authorization", b"Bearer TOKEN")],
+        [(b"Host", b"x"), (b"AUTHORIZATION", b"bEaReR   TOKEN  ")],
+        [(b"Authorization", b"Basic dXNlcjpwdw==")],
+        [(b"Authorization", b"Bearerabc")],
+        [],
+        [(b"Authorization", b"Bearer")],
+        [(b"authorization", b"Bearer    ")],
+        [(b"Authorization", b"Bearer a"), (b"authorization", b"Bearer b")],
+    ],
+)
+def test_authenticate_bearer_agrees_with_bearer_token_then_authenticate(keys, keyset, headers):
+    # The one-call path reads the token where it lies; it must answer exactly what
+    # bearer_token + authenticate answer, on a cache miss and on a hit.
+    token = keys["rs"].mint(claims(sub="alice")).encode()
+    headers = [(n, v.replace(b"TOKEN", token)) for n, v in headers]
+    v = make_verifier(keyset, prepare=lambda c: ("principal", c["sub"]))
+    found = bearer_token(headers)
+    for _ in range(2):  # miss, then hit
+        if found is None:
+            assert v.authenticate_bearer(headers, NOW) is None
+        elif found is False or found == b"":
+            with pytest.raises(TokenError) as info:
+                v.authenticate_bearer(headers, NOW)
+            assert info.value.reason == ("ambiguous_credentials" if found is False else "malformed")
+        else:
+            assert v.authenticate_bearer(headers, NOW) == v.authenticate(found, NOW)
+    assert v.cached == (1 if found else 0)
+
+
+def test_authenticate_bearer_refuses_a_forgery_sharing_a_cached_tail(keys, keyset):
+    v = make_verifier(keyset, prepare=lambda c: c["sub"])
+    token = keys["rs"].mint(claims(sub="alice")).encode()
+    header, payload, signature = token.split(b".")
+    forged = b".".join((header, payload[:-1] + (b"A" if payload[-1:] != b"A" else b"B"), signature))
+    assert v.authenticate_bearer([(b"Authorization", b"Bearer " + token)], NOW) == "alice"
+    with pytest.raises(TokenError) as info:
+        v.authenticate_bearer([(b"Authorization", b"Bearer " + forged)], NOW)
+    assert info.value.reason in ("bad_signature", "malformed")
+    assert v.authenticate_bearer([(b"Authorization", b"Bearer " + token)], NOW) == "alice"
+    with pytest.raises(TokenError) as info:  # expired in the cache: refused, and evicted
+        v.authenticate_bearer([(b"Authorization", b"Bearer " + token)], NOW + 10**6)
+    assert info.value.reason == "expired" and v.cached == 0
+
+
 def test_cache_promotion_while_the_young_generation_rotates(keys, keyset):
     # An entry found in the old generation is promoted; when that promotion itself turns
     # the young generation over, the old dict (the entry's only owner) is dropped: the

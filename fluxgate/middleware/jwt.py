@@ -248,20 +248,18 @@ class JwtMiddleware:
     # -- per request ---------------------------------------------------------------------
 
     def __call__(self, req: RequestState) -> ClientError | None:
-        token = bearer_token(req.headers)  # scanned once; the common case
-        if token is None:
-            token = self._other_token(req)
-            if token is None:
-                self._count("missing_credentials")
-                return MissingCredentials()
-        elif token is False:
-            self._count("ambiguous_credentials")
-            return InvalidToken(reason="ambiguous_credentials")
-        if not token:
-            self._count("malformed")
-            return InvalidToken(reason="malformed")
         try:
-            principal = self.verifier.authenticate(token, _now())
+            # The common case in one call: the Authorization header's bearer token, looked
+            # up in the verified-token cache where it lies (ambiguous or empty: TokenError).
+            principal = self.verifier.authenticate_bearer(req.headers, _now())
+            if principal is None:  # no bearer token: the configured cookie or parameter
+                token = self._other_token(req)
+                if token is None:
+                    self._count("missing_credentials")
+                    return MissingCredentials()
+                if not token:
+                    raise TokenError("malformed")
+                principal = self.verifier.authenticate(token, _now())
         except TokenError as err:
             return self._refuse(err)
         except Exception:  # never a 500 for what a client sent
