@@ -51,6 +51,7 @@ from libc.string cimport memcmp, memcpy
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem, PyDict_Size, PyDict_SetItem
 from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF, Py_XDECREF
 
 
 cdef enum:
@@ -194,6 +195,33 @@ cdef int _classify(bytes name, const unsigned char* s, Py_ssize_t n,
     if PyDict_Size(kinds) < _KINDS_CACHE_MAX:
         PyDict_SetItem(kinds, name, kind)
     return kind
+
+
+# Header names as the parser hands them out: one bytes object per spelling, reused.
+# Clients send the same few names on every request; a reused object keeps its hash, so
+# the kinds-cache lookup that follows costs no siphash, and no allocation is made.
+# Direct-mapped on a cheap hash of the name, a slot replaced on a collision: hostile
+# random names only cost what a fresh object costs.
+cdef enum:
+    _NAME_SLOTS = 512  # a power of two
+cdef PyObject* _name_slots[<int>_NAME_SLOTS]
+
+
+cdef inline bytes _header_name(const unsigned char* s, Py_ssize_t n):
+    cdef uint32_t h = <uint32_t>n
+    cdef Py_ssize_t j
+    for j in range(n):
+        h = h * 31 + s[j]
+    h = (h ^ (h >> 9)) & (_NAME_SLOTS - 1)
+    cdef PyObject* cached = _name_slots[h]
+    if cached != NULL and PyBytes_GET_SIZE(<object>cached) == n \
+            and memcmp(PyBytes_AS_STRING(<object>cached), s, n) == 0:
+        return <bytes>cached
+    name = PyBytes_FromStringAndSize(<const char*>s, n)
+    Py_XDECREF(cached)
+    Py_INCREF(name)
+    _name_slots[h] = <PyObject*>name
+    return name
 
 
 cdef struct _Span:
@@ -383,7 +411,7 @@ def parse_request_head(bytes data not None, dict kinds not None, dict special no
         vs = spans[h].vs
         vl = spans[h].vl
         role = spans[h].role
-        name = PyBytes_FromStringAndSize(<const char*>p + ns, nl)
+        name = _header_name(p + ns, nl)
         value = PyBytes_FromStringAndSize(<const char*>p + vs, vl)
         pair = (name, value)
         req.headers.append(pair)

@@ -587,3 +587,18 @@ def test_every_single_byte_substitution_and_insertion():
                 for data in (seed[:pos] + b + seed[pos + 1 :], seed[:pos] + b + seed[pos:]):
                     hits += check(data) is not None
     assert hits > 1000, hits
+
+
+def test_header_names_are_reused_across_requests_and_never_confused():
+    # The parser hands out one bytes object per name spelling (its hash is then cached);
+    # spellings that differ, even only in case, stay distinct objects with their bytes.
+    names = [b"Accept", b"accept", b"ACCEPT", b"X-A", b"X-B", b"x-a"]
+    names += [b"X-%d" % i for i in range(2000)]  # more than the table's slots: collisions
+    for _ in range(2):
+        for name in names:
+            state = check(b"GET / HTTP/1.1\r\nHost: a\r\n" + name + b": v\r\n\r\n")
+            assert state is not None and state.headers[1] == (name, b"v")
+    first = check(b"GET / HTTP/1.1\r\nHost: a\r\nAccept: */*\r\n\r\n")
+    second = check(b"GET / HTTP/1.1\r\nHost: a\r\nAccept: */*\r\n\r\n")
+    assert first.headers[1][0] is second.headers[1][0]
+
