@@ -1,0 +1,147 @@
+"""One worker's request path in-process, for the three route kinds the issues measure.
+
+``scenario(name, workdir)`` builds a Gateway with a shared metrics table (as a worker has),
+one client connection and one warm pooled upstream connection on transports that only
+collect bytes (tests/support/inprocess.py), and returns a ``Scenario`` whose ``one()``
+proxies one request: the client's bytes in, the upstream's response in, the reply out.
+
+* ``public``: a public route.
+* ``jwt``: a jwt route (RS256, the e2e bench's key) with one ~600-byte token, so every
+  request is a verified-token cache hit (the e2e "1 token" case).
+* ``api_key``: an api_key route over ``API_KEYS`` keys, each with a quota, taken in turn.
+
+bench/bench_pipeline.py times them; tools/pipeline_instructions.py counts their instructions
+under callgrind (a figure the noisy VM cannot move).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvloop
+
+from tests.support.inprocess import CollectingTransport, Wired, wire_gateway
+
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\nContent-Type: text/plain\r\n\r\nhello, world\n"
+)
+HEAD = b"GET %s HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: loadgen\r\nAccept: */*\r\n"
+API_KEYS = 1000
+SCENARIOS = ("public", "jwt", "api_key")
+
+PUBLIC_CONFIG = """\
+access_log: null
+routes:
+  - route: /api
+    upstream: http://127.0.0.1:9
+    public: true
+"""
+JWT_CONFIG = """\
+access_log: null
+routes:
+  - route: /jwt
+    upstream: http://127.0.0.1:9
+    middleware:
+      - jwt:
+          issuer: {issuer}
+          audience: {audience}
+          jwks_uri: http://127.0.0.1:9/jwks.json
+          algorithms: [RS256]
+"""
+API_KEY_CONFIG = """\
+access_log: null
+state_dir: {state_dir}
+routes:
+  - route: /keyed
+    upstream: http://127.0.0.1:9
+    middleware:
+      - api_key: {{}}
+"""
+
+
+@dataclass
+class Scenario:
+    wired: Wired
+    one: Callable[[], None]  # proxies one request
+    close: Callable[[], None]
+
+    @property
+    def client_out(self) -> CollectingTransport:
+        return self.wired.client_transport
+
+    @property
+    def upstream_out(self) -> CollectingTransport:
+        return self.wired.upstream_transport
+
+
+def scenario(name: str, workdir: Path) -> Scenario:
+    """Build one scenario (``SCENARIOS``) with its state under ``workdir``."""
+    from fluxgate.metrics import MetricsTable
+
+    loop = uvloop.new_event_loop()
+    cleanup: list[Callable[[], None]] = [loop.close]
+    if name == "public":
+        wired = wire_gateway(loop, PUBLIC_CONFIG)
+        requests = [HEAD % b"/api/items" + b"\r\n"]
+    elif name == "jwt":
+        wired, requests = _jwt(loop)
+    elif name == "api_key":
+        wired, requests, close_keys = _api_key(loop, workdir)
+        cleanup.append(close_keys)
+    else:
+        raise ValueError(f"unknown scenario {name!r}")
+    metrics = MetricsTable.create(str(workdir / f"metrics-{name}.bin"))
+    wired.gateway.metrics = metrics
+    wired.gateway._count_request = metrics.recorder.record
+    cleanup.insert(0, metrics.close)
+
+    client, upstream = wired.client, wired.upstream
+    client_writes, upstream_writes = wired.client_transport.writes, wired.upstream_transport.writes
+    next_request = itertools.cycle(requests).__next__
+
+    def one() -> None:
+        client.data_received(next_request())
+        upstream.data_received(RESPONSE)
+        if len(client_writes) > 1024:  # keep the collectors small
+            del client_writes[:-1], upstream_writes[:-1]
+
+    def close() -> None:
+        for step in cleanup:
+            step()
+
+    return Scenario(wired, one, close)
+
+
+def _jwt(loop: asyncio.AbstractEventLoop) -> tuple[Wired, list[bytes]]:
+    from bench.support.jwt import AUDIENCE, ISSUER, bench_key, claims
+    from fluxgate.auth.jwk import build_keyset
+
+    key = bench_key()
+    wired = wire_gateway(loop, JWT_CONFIG.format(issuer=ISSUER, audience=AUDIENCE))
+    middleware = wired.gateway.routes[0].chain[0]
+    # No master here: install the key set the master would publish.
+    middleware.verifier.set_keys(build_keyset([key.jwk()], 1))
+    token = key.mint(claims(0, int(time.time()) + 3600))
+    return wired, [HEAD % b"/jwt/hello" + b"Authorization: Bearer " + token.encode() + b"\r\n\r\n"]
+
+
+def _api_key(
+    loop: asyncio.AbstractEventLoop, workdir: Path
+) -> tuple[Wired, list[bytes], Callable[[], None]]:
+    from tests.support.keys import KeyState
+
+    state_dir = workdir / "keys-state"
+    keys = KeyState(state_dir, quota_capacity=1 << 15)
+    plain = [
+        keys.generate(f"consumer-{i}", quota=(4_000_000_000, 86400))[1].encode()
+        for i in range(API_KEYS)
+    ]
+    keys.table()  # published where the worker's SharedKeys maps it
+    wired = wire_gateway(loop, API_KEY_CONFIG.format(state_dir=state_dir))
+    requests = [HEAD % b"/keyed/hello" + b"X-API-Key: " + k + b"\r\n\r\n" for k in plain]
+    return wired, requests, keys.close

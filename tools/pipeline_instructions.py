@@ -1,0 +1,73 @@
+"""Instructions per proxied request, in-process, under callgrind: a figure this noisy VM
+cannot move, for judging a change to the request path before any timed run.
+
+    .venv/bin/python tools/pipeline_instructions.py [public jwt api_key] [--requests N]
+
+Each scenario of bench/support/pipeline.py runs twice under ``valgrind --tool=callgrind``,
+with a few and with N more requests; the difference of the two instruction totals over N is
+the cost of one request (set-up, imports and the first requests cancel out). Needs valgrind
+(Debian: ``apt-get install valgrind``); not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WARM = 2_000
+
+
+def run_scenario(name: str, requests: int) -> None:
+    """Child mode: build the scenario and proxy ``requests`` requests."""
+    sys.path.insert(0, str(ROOT))
+    from bench.support.pipeline import scenario
+
+    with tempfile.TemporaryDirectory() as workdir:
+        built = scenario(name, Path(workdir))
+        for _ in range(requests):
+            built.one()
+        built.close()
+
+
+def instructions(name: str, requests: int) -> int:
+    """Total instructions (callgrind's Ir) of one child run."""
+    with tempfile.TemporaryDirectory() as out:
+        done = subprocess.run(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/cg.out",
+             sys.executable, __file__, "--child", name, "--requests", str(requests)],
+            capture_output=True, text=True, timeout=1800, check=False,
+        )  # fmt: skip
+        found = re.search(r"Collected\s*:\s*(\d+)", done.stderr)
+        if done.returncode != 0 or found is None:
+            raise SystemExit(f"callgrind run of {name} failed:\n{done.stderr[-2000:]}")
+        return int(found.group(1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("scenarios", nargs="*", default=["public", "jwt", "api_key"])
+    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        run_scenario(args.child, args.requests)
+        return
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is not installed (apt-get install valgrind)")
+    print(f"instructions per request (callgrind, {args.requests:,} requests after {WARM:,}), "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    for name in args.scenarios:
+        few = instructions(name, WARM)
+        many = instructions(name, WARM + args.requests)
+        print(f"  {name:8s} {(many - few) / args.requests:10,.0f}")
+
+
+if __name__ == "__main__":
+    main()
