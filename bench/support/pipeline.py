@@ -36,6 +36,7 @@ SCENARIOS = ("public", "jwt", "api_key")
 
 PUBLIC_CONFIG = """\
 access_log: null
+state_dir: {state_dir}
 routes:
   - route: /api
     upstream: http://127.0.0.1:9
@@ -43,6 +44,7 @@ routes:
 """
 JWT_CONFIG = """\
 access_log: null
+state_dir: {state_dir}
 routes:
   - route: /jwt
     upstream: http://127.0.0.1:9
@@ -83,22 +85,19 @@ def scenario(name: str, workdir: Path) -> Scenario:
     """Build one scenario (``SCENARIOS``) with its state under ``workdir``."""
     from fluxgate.metrics import MetricsTable
 
+    if name not in SCENARIOS:
+        raise ValueError(f"unknown scenario {name!r}")
     loop = uvloop.new_event_loop()
-    cleanup: list[Callable[[], None]] = [loop.close]
+    metrics = MetricsTable.create(str(workdir / f"metrics-{name}.bin"))
+    cleanup: list[Callable[[], None]] = [metrics.close, loop.close]
     if name == "public":
-        wired = wire_gateway(loop, PUBLIC_CONFIG)
+        wired = wire_gateway(loop, PUBLIC_CONFIG.format(state_dir=workdir), metrics=metrics)
         requests = [HEAD % b"/api/items" + b"\r\n"]
     elif name == "jwt":
-        wired, requests = _jwt(loop)
-    elif name == "api_key":
-        wired, requests, close_keys = _api_key(loop, workdir)
-        cleanup.append(close_keys)
+        wired, requests = _jwt(loop, metrics, workdir)
     else:
-        raise ValueError(f"unknown scenario {name!r}")
-    metrics = MetricsTable.create(str(workdir / f"metrics-{name}.bin"))
-    wired.gateway.metrics = metrics
-    wired.gateway._count_request = metrics.recorder.record
-    cleanup.insert(0, metrics.close)
+        wired, requests, close_keys = _api_key(loop, metrics, workdir)
+        cleanup.append(close_keys)
 
     client, upstream = wired.client, wired.upstream
     client_writes, upstream_writes = wired.client_transport.writes, wired.upstream_transport.writes
@@ -117,12 +116,15 @@ def scenario(name: str, workdir: Path) -> Scenario:
     return Scenario(wired, one, close)
 
 
-def _jwt(loop: asyncio.AbstractEventLoop) -> tuple[Wired, list[bytes]]:
+def _jwt(
+    loop: asyncio.AbstractEventLoop, metrics: object, workdir: Path
+) -> tuple[Wired, list[bytes]]:
     from bench.support.jwt import AUDIENCE, ISSUER, bench_key, claims
     from fluxgate.auth.jwk import build_keyset
 
     key = bench_key()
-    wired = wire_gateway(loop, JWT_CONFIG.format(issuer=ISSUER, audience=AUDIENCE))
+    config = JWT_CONFIG.format(state_dir=workdir, issuer=ISSUER, audience=AUDIENCE)
+    wired = wire_gateway(loop, config, metrics=metrics)
     middleware = wired.gateway.routes[0].chain[0]
     # No master here: install the key set the master would publish.
     middleware.verifier.set_keys(build_keyset([key.jwk()], 1))
@@ -131,7 +133,7 @@ def _jwt(loop: asyncio.AbstractEventLoop) -> tuple[Wired, list[bytes]]:
 
 
 def _api_key(
-    loop: asyncio.AbstractEventLoop, workdir: Path
+    loop: asyncio.AbstractEventLoop, metrics: object, workdir: Path
 ) -> tuple[Wired, list[bytes], Callable[[], None]]:
     from tests.support.keys import KeyState
 
@@ -142,6 +144,6 @@ def _api_key(
         for i in range(API_KEYS)
     ]
     keys.table()  # published where the worker's SharedKeys maps it
-    wired = wire_gateway(loop, API_KEY_CONFIG.format(state_dir=state_dir))
+    wired = wire_gateway(loop, API_KEY_CONFIG.format(state_dir=state_dir), metrics=metrics)
     requests = [HEAD % b"/keyed/hello" + b"X-API-Key: " + k + b"\r\n\r\n" for k in plain]
     return wired, requests, keys.close

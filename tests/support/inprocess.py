@@ -54,10 +54,13 @@ class Wired:
     upstream_transport: CollectingTransport
 
 
-def wire_gateway(loop: asyncio.AbstractEventLoop, config_text: str) -> Wired:
+def wire_gateway(
+    loop: asyncio.AbstractEventLoop, config_text: str, *, metrics: object = None
+) -> Wired:
     """A Gateway on ``config_text``, one client connection, and one idle upstream connection
-    already in the first route's pool (a warm pooled connection, as under load)."""
-    gateway = Gateway(loop, load_config_text(config_text))
+    already in the first route's pool (a warm pooled connection, as under load); ``metrics``
+    as a worker passes its shared table."""
+    gateway = Gateway(loop, load_config_text(config_text), metrics=metrics)
     pool = gateway.routes[0].group.pools[0]
     upstream = UpstreamConnection(pool)
     upstream_transport = CollectingTransport()
