@@ -602,3 +602,19 @@ def test_header_names_are_reused_across_requests_and_never_confused():
     second = check(b"GET / HTTP/1.1\r\nHost: a\r\nAccept: */*\r\n\r\n")
     assert first.headers[1][0] is second.headers[1][0]
 
+
+def test_request_state_fields_are_member_slots_with_their_defaults():
+    # Python reads and writes every field through a member descriptor on the C slot (the
+    # fast path CPython specializes); each field holds what it is given, independently.
+    slots = {n for n, v in vars(RequestState).items() if type(v).__name__ == "member_descriptor"}
+    fresh = RequestState(1.5)
+    assert {n for n in dir(fresh) if not n.startswith("_")} <= slots
+    assert len(slots) == 38
+    assert (fresh.started, fresh.method, fresh.http_minor, fresh.keep_alive) == (1.5, b"", 1, True)
+    assert (fresh.status, fresh.finished, fresh.route, fresh.headers) == (0, False, None, [])
+    assert fresh.headers is not fresh.forward_headers is not fresh.response_headers
+    for i, name in enumerate(sorted(slots)):
+        setattr(fresh, name, ("value", i))
+    for i, name in enumerate(sorted(slots)):
+        assert getattr(fresh, name) == ("value", i), name
+
