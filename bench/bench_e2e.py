@@ -9,8 +9,9 @@ installed with apt when missing (the test skips if HAProxy cannot be). Method:
   process. tools.loadgen drives a closed loop: 50 connections, one loadgen process.
 * On a machine with 2+ usable CPUs the proxy under test is pinned to the last CPU, loadgen and
   upstream to the first (so a proxy gets one core, as the target is per core).
-* Every target first gets a 1 s warm-up, then its measured time in two halves, interleaved
-  A B C D D C B A, so slow drifts of a shared machine hit every target alike.
+* Every target first gets a 1 s warm-up, then its measured time in four slices, interleaved
+  A B C D D C B A A B C D D C B A, so slow drifts of a shared machine hit every target
+  alike.
 * Besides req/s and latency, each row reports the proxy's CPU use (cores) and req/s per proxy
   core; when the client core saturates first (a fast proxy), only the per-core figure
   compares proxies. "others' CPU" is what processes outside the run used meanwhile.
@@ -31,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from bench.support import cpu, peers
-from bench.support.measure import Measurement, Target, interleaved, proxy_target
+from bench.support.measure import SLICES, Measurement, Target, interleaved, proxy_target
 from bench.support.results import command, ratios, table, update_results
 from bench.support.upstream import start_upstream
 from tests.support.gateway import GatewayProcess
@@ -60,7 +61,7 @@ SECTION_HEADER = """\
 
 Closed loop through each target to the same fixed-response upstream
 (bench/support/upstream.py); see the docstring of bench/bench_e2e.py for the method.
-Columns: req/s over the measured time; p50 is the request-weighted mean of the two halves'
+Columns: req/s over the measured time; p50 is the request-weighted mean of the slices'
 p50, p99 the worse half's; proxy CPU in cores (CPU seconds per second, master + workers);
 req/s per proxy core = req/s ÷ proxy CPU; others' CPU = cores used meanwhile by processes
 outside the run (other users of the machine).
@@ -77,7 +78,8 @@ def _run_text(config, facts, plan, versions, rows, ratio_lines, skipped) -> str:
         f"Linux {facts['kernel']}",
         f"- software: Python {platform.python_version()}; {'; '.join(versions)}",
         f"- load: closed loop, {CONNECTIONS} connections, 1 loadgen process, "
-        f"{WARMUP_SECONDS:g} s warm-up then 2 × {SECONDS / 2:g} s interleaved per target; {plan}",
+        f"{WARMUP_SECONDS:g} s warm-up then {SLICES} × {SECONDS / SLICES:g} s interleaved per "
+        f"target; {plan}",
         "",
         *table(list(rows.values())),
         "",

@@ -6,8 +6,8 @@ pinned, ``iss`` and ``exp`` checked; ``nbthread 1``), same machine, same upstrea
 ``pytest bench/ -k e2e_jwt`` runs it (``-m "not e2e"`` skips it). Method as bench_e2e.py:
 the fixed-response upstream (bench/support/upstream.py) in its own process; closed loop, 50
 connections, one loadgen process; proxies pinned to the last CPU, loadgen and upstream to
-the first; a 1 s warm-up per target, then the measured time in two halves interleaved
-A B C D E E D C B A. The distinct tokens rotate through loadgen's ``--header-file``; they are
+the first; a 1 s warm-up per target, then the measured time in four slices interleaved
+A B C D E E D C B A A B C D E E D C B A. The distinct tokens rotate through loadgen's ``--header-file``; they are
 made once and cached (bench/support/jwt.py). The identity provider (tests/support/idp.py)
 serves the JWKS FluxGate fetches at start.
 
@@ -27,7 +27,7 @@ import pytest
 
 from bench.support import cpu, peers
 from bench.support.jwt import AUDIENCE, ISSUER, bench_key, haproxy_jwt, token_file
-from bench.support.measure import Measurement, interleaved, proxy_target
+from bench.support.measure import SLICES, Measurement, interleaved, proxy_target
 from bench.support.results import command, table, update_results
 from bench.support.upstream import start_upstream
 from tests.support.gateway import GatewayProcess
@@ -153,7 +153,8 @@ def test_e2e_jwt(benchmark, tmp_path, request, e2e_summary):
         f"Linux {facts['kernel']}",
         f"- software: Python {platform.python_version()}; {peers.version(haproxy_bin)}",
         f"- load: closed loop, {CONNECTIONS} connections, 1 loadgen process, "
-        f"{WARMUP_SECONDS:g} s warm-up then 2 × {SECONDS / 2:g} s interleaved per target; {plan}",
+        f"{WARMUP_SECONDS:g} s warm-up then {SLICES} × {SECONDS / SLICES:g} s interleaved per "
+        f"target; {plan}",
         "",
         *table(list(rows.values())),
         "",

@@ -7,7 +7,7 @@ lock-protected ``multiprocessing.Value`` counter — the stdlib way to be exact 
 workers). The table holds 10,000 keys; each round takes the next key.
 
 End to end (one worker, closed loop, the e2e method of bench_e2e.py: proxy pinned to one CPU,
-loadgen and the fixed-response upstream to the other, interleaved halves): FluxGate's public
+loadgen and the fixed-response upstream to the other, interleaved slices): FluxGate's public
 route, FluxGate's api_key route with 10,000 distinct keys (rotating X-API-Key header, each key
 with a quota; and again with 10,000 keys without a quota, so without RateLimit-* headers), and
 HAProxy doing the same job: ``hmac(sha256)`` of the key, a map lookup of its hex (10,000
@@ -34,6 +34,12 @@ from fluxgate.auth.keystore import KeySpec, KeyStore
 from tests.support.keys import KeyState
 
 N_KEYS = 10_000
+# A trial run can write elsewhere: FLUXGATE_BENCH_KEYS_RESULTS=/tmp/r.md pytest bench/ -k e2e
+RESULTS = Path(os.environ.get("FLUXGATE_BENCH_KEYS_RESULTS",
+                              Path(__file__).resolve().parent / "RESULTS.md"))
+E2E_BEGIN = "<!-- keys-e2e-runs:begin (written by bench/bench_keys.py; newest first) -->"
+E2E_END = "<!-- keys-e2e-runs:end -->"
+SECTION_HEADER = "## End-to-end: api_key route — FluxGate vs HAProxy (bench/bench_keys.py)"
 REASONS = KEY_FORMAT["reasons"]
 BIG_QUOTA = (4_000_000_000, 86400)  # never reached: every consume is counted and passes
 
@@ -230,8 +236,8 @@ backend upstream
 @pytest.mark.e2e
 def test_e2e_api_key_route(benchmark, tmp_path, request, e2e_summary):
     from bench.support import cpu, peers
-    from bench.support.measure import interleaved, proxy_target
-    from bench.support.results import command, table
+    from bench.support.measure import SLICES, interleaved, proxy_target
+    from bench.support.results import command, table, update_results
     from bench.support.upstream import start_upstream
     from fluxgate.auth.keys import load_signing_key
     from tests.support.gateway import GatewayProcess
@@ -304,8 +310,8 @@ def test_e2e_api_key_route(benchmark, tmp_path, request, e2e_summary):
         f"- command: `{command(request.config)}` (from the repository root)",
         f"- machine: {cpu.machine_facts()['model']}, nproc {cpu.machine_facts()['nproc']}; "
         f"Python {platform.python_version()}; {peers.version(haproxy_bin)}",
-        f"- load: closed loop, {CONNECTIONS} connections, {WARMUP:g} s warm-up then 2 x "
-        f"{E2E_SECONDS / 2:g} s interleaved per row; {plan}; {N_KEYS:,} keys rotating",
+        f"- load: closed loop, {CONNECTIONS} connections, {WARMUP:g} s warm-up then {SLICES} x "
+        f"{E2E_SECONDS / SLICES:g} s interleaved per row; {plan}; {N_KEYS:,} keys rotating",
         "",
         *table(list(rows.values())),
         "",
@@ -317,6 +323,7 @@ def test_e2e_api_key_route(benchmark, tmp_path, request, e2e_summary):
         f"per proxy core {per_core(keyed) / max(per_core(hap_row), 1):.2f}x (target >= 1.0x)",
     ]
     text = "\n".join(lines) + "\n"
+    update_results(RESULTS, text, SECTION_HEADER, begin=E2E_BEGIN, end=E2E_END, keep=4)
     e2e_summary(text)
     benchmark.extra_info["text"] = text
     for m in warmups + list(rows.values()):
