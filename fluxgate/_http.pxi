@@ -418,3 +418,72 @@ def longest_prefix(dict table not None, bytes path not None):
         while n > 0 and p[n] != b"/":
             n -= 1
     return None
+
+
+# ---- HTTP/1.1 bytes, shared by both head parsers (_reqhead.pxi, _resphead.pxi) ----------
+#
+# What a header line may hold (RFC 9110 §5.1, §5.5, §5.6.2) and the two header values the
+# parsers read themselves, defined once: the request and the response parser accept the
+# same header-line grammar and must never drift apart.
+
+cdef unsigned char _TCHAR[256]        # 1: a header-name byte (tchar)
+cdef unsigned char _FIELD_VALUE[256]  # 1: a field-value byte llhttp takes (VCHAR, SP, HTAB)
+cdef unsigned char _LOWER[256]        # ASCII lower-casing
+
+cdef enum:
+    _CL_MAX_DIGITS = 18     # < 2**63: a Content-Length fits a long long without checks
+    # The Connection options llhttp's should_keep_alive acts on (its F_CONNECTION_* flags).
+    _CONN_CLOSE = 1
+    _CONN_KEEP_ALIVE = 2
+
+
+cdef int _init_http_tables() except -1:
+    cdef int c
+    cdef bytes tchar_punct = b"!#$%&'*+-.^_`|~"
+    for c in range(256):
+        _LOWER[c] = c + 32 if 0x41 <= c <= 0x5A else c
+        _TCHAR[c] = (0x30 <= c <= 0x39) or (0x41 <= c <= 0x5A) or (0x61 <= c <= 0x7A)
+        _FIELD_VALUE[c] = (0x21 <= c <= 0x7E) or c == 0x20 or c == 0x09
+    for c in tchar_punct:
+        _TCHAR[c] = 1
+    return 0
+
+
+_init_http_tables()
+
+
+cdef inline bint _ieq(const unsigned char* s, const char* lower, Py_ssize_t n) noexcept nogil:
+    # s[0:n] equals the lower-case ASCII literal, ignoring case.
+    cdef Py_ssize_t j
+    for j in range(n):
+        if _LOWER[s[j]] != <unsigned char>lower[j]:
+            return False
+    return True
+
+
+cdef inline bint _content_length(const unsigned char* s, Py_ssize_t n,
+                                 long long* out) noexcept nogil:
+    # A Content-Length value both llhttp and int() read the same way: 1-18 digits, no OWS,
+    # sign or list (anything else is left to llhttp).
+    cdef long long value = 0
+    cdef Py_ssize_t j
+    if n == 0 or n > _CL_MAX_DIGITS:
+        return False
+    for j in range(n):
+        if s[j] < 0x30 or s[j] > 0x39:  # "0" .. "9"
+            return False
+        value = value * 10 + (s[j] - 0x30)
+    out[0] = value
+    return True
+
+
+cdef inline int _connection_option(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    # _CONN_CLOSE / _CONN_KEEP_ALIVE for a Connection value that is exactly that one option
+    # (any case; leading OWS is already gone, trailing OWS is trimmed here), else 0.
+    while n > 0 and (s[n - 1] == 0x20 or s[n - 1] == 0x09):
+        n -= 1
+    if n == 5 and _ieq(s, b"close", 5):
+        return _CONN_CLOSE
+    if n == 10 and _ieq(s, b"keep-alive", 10):
+        return _CONN_KEEP_ALIVE
+    return 0

@@ -670,23 +670,27 @@ cdef class JwtVerifier:
             raise TokenError("ambiguous_credentials")
         if start == end:
             raise TokenError("malformed")
-        cdef const char* p = PyBytes_AS_STRING(<bytes>value) + start
-        key = _cache_key(p, end - start)
-        cdef _Entry entry = self._cached(key, p, end - start, now)
-        if entry is None:
-            entry = self._verify_and_remember(
-                key, PyBytes_FromStringAndSize(p, end - start), now)
-        return entry.prepared
+        return self._entry_of(PyBytes_AS_STRING(<bytes>value) + start, end - start, None,
+                              now).prepared
 
     # -- internals ---------------------------------------------------------------
 
     cdef _Entry _entry(self, bytes token, double now):
-        cdef const char* p = PyBytes_AS_STRING(token)
-        cdef Py_ssize_t n = PyBytes_GET_SIZE(token)
+        return self._entry_of(PyBytes_AS_STRING(token), PyBytes_GET_SIZE(token), token, now)
+
+    cdef _Entry _entry_of(self, const char* p, Py_ssize_t n, bytes token, double now):
+        # The cached or newly verified entry of the token p[0:n]; ``token`` is it as a
+        # bytes object, or None to make one only on a miss (a hit copies nothing).
         key = _cache_key(p, n)
         cdef _Entry entry = self._cached(key, p, n, now)
-        if entry is None:
-            entry = self._verify_and_remember(key, token, now)
+        if entry is not None:
+            return entry
+        if token is None:
+            token = PyBytes_FromStringAndSize(p, n)
+        entry = self._verify_full(token, now)  # raises TokenError: nothing is cached
+        if self._half:
+            entry.token = token
+            self._remember(key, entry)
         return entry
 
     cdef _Entry _cached(self, object key, const char* token, Py_ssize_t n, double now):
@@ -718,13 +722,6 @@ cdef class JwtVerifier:
         self._young.pop(key, None)
         self._old.pop(key, None)
         return None
-
-    cdef _Entry _verify_and_remember(self, object key, bytes token, double now):
-        cdef _Entry entry = self._verify_full(token, now)
-        if self._half:
-            entry.token = token
-            self._remember(key, entry)
-        return entry
 
     cdef void _remember(self, object key, _Entry entry):
         # Two generations: when the young dict is full it becomes the old one and the

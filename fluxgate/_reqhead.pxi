@@ -42,7 +42,7 @@
 # headers, the limits and the total length, and records each header line's span (at most
 # _MAX_HEADERS lines, else None), so the common declines -- a partial read, a pipelined or
 # chunked request -- cost ~0.1 us and no allocation. Pass 2 makes only the objects
-# RequestState keeps (url, names, values, their tuples, forwardable lines, the body) and
+# RequestState keeps (url, names, values, their tuples, the body) and
 # classifies the headers; it may still decline (Expect, Host count). CPython keeps a NUL
 # after every bytes object's data (p[n] == 0), and NUL is in none of the tables, so the
 # scanning loops stop at the end of the data without a separate bounds test.
@@ -89,10 +89,8 @@ cdef bytes _M_DELETE = b"DELETE"
 cdef bytes _M_OPTIONS = b"OPTIONS"
 cdef bytes _RQ_COMMA = b", "
 
-cdef unsigned char _RQ_TCHAR[256]    # 1: RFC 9110 tchar (header name byte)
+# Header names, values and lower-casing: the shared tables of _http.pxi.
 cdef unsigned char _RQ_TARGET[256]   # 1: request-target byte taken here
-cdef unsigned char _RQ_VALUE[256]    # 1: field-value byte (VCHAR, SP, HTAB)
-cdef unsigned char _RQ_LOWER[256]    # ASCII lower-casing
 
 
 cdef inline Py_ssize_t _plain_run(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept:
@@ -113,28 +111,13 @@ cdef inline Py_ssize_t _plain_run(const unsigned char* p, Py_ssize_t i, Py_ssize
 
 cdef int _init_reqhead_tables() except -1:
     cdef int c
-    cdef bytes tchar_punct = b"!#$%&'*+-.^_`|~"
     for c in range(256):
-        _RQ_LOWER[c] = c + 32 if 0x41 <= c <= 0x5A else c
-        _RQ_TCHAR[c] = (0x30 <= c <= 0x39) or (0x41 <= c <= 0x5A) or (0x61 <= c <= 0x7A)
         _RQ_TARGET[c] = 0x21 <= c <= 0x7E
-        _RQ_VALUE[c] = (0x21 <= c <= 0x7E) or c == 0x20 or c == 0x09
-    for c in tchar_punct:
-        _RQ_TCHAR[c] = 1
     _RQ_TARGET[ord("#")] = 0  # llhttp switches to its fragment state: not the simple case
     return 0
 
 
 _init_reqhead_tables()
-
-
-cdef inline bint _ieq(const unsigned char* s, const char* lower, Py_ssize_t n) noexcept nogil:
-    # s[0:n] equals the lower-case ASCII literal, ignoring case.
-    cdef Py_ssize_t j
-    for j in range(n):
-        if _RQ_LOWER[s[j]] != <unsigned char>lower[j]:
-            return False
-    return True
 
 
 cdef inline int _llhttp_role(const unsigned char* s, Py_ssize_t n) noexcept nogil:
@@ -173,6 +156,10 @@ def classify_header(bytes name not None, dict kinds not None, dict special not N
     """What the gateway does with a request header named ``name`` (as sent): ``special``
     maps lower-cased names to their kind; other ``x-fluxgate-*`` names are H_FLUXGATE, the
     rest H_FORWARD. ``kinds`` caches the answer per spelling (bounded)."""
+    return _kind_of(name, kinds, special)
+
+
+cdef inline int _kind_of(bytes name, dict kinds, dict special) except -1:
     cdef PyObject* cached = PyDict_GetItem(kinds, name)
     if cached != NULL:
         return <object>cached
@@ -188,7 +175,7 @@ cdef int _classify(bytes name, const unsigned char* s, Py_ssize_t n,
     cdef unsigned char* d = <unsigned char*>PyBytes_AS_STRING(lname)
     cdef Py_ssize_t j
     for j in range(n):
-        d[j] = _RQ_LOWER[s[j]]
+        d[j] = _LOWER[s[j]]
     kind = special.get(lname)
     if kind is None:
         kind = _H_FLUXGATE if n >= 11 and memcmp(d, b"x-fluxgate-", 11) == 0 else _H_FORWARD
@@ -244,16 +231,15 @@ def parse_request_head(bytes data not None, dict kinds not None, dict special no
     """
     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
-    cdef Py_ssize_t i, url_start, url_end, path_end, path_len, ns, nl, vs, vl, j, header_bytes
+    cdef Py_ssize_t i, url_start, url_end, path_end, path_len, ns, nl, vs, vl, header_bytes
     cdef Py_ssize_t head_len, h, nheaders = 0
     cdef long long cl = 0
-    cdef int minor, kind, role, hosts = 0, reason = FG_PATH_OK
+    cdef int minor, kind, role, option, hosts = 0, reason = FG_PATH_OK
     cdef bint seen_cl = False, seen_conn = False, conn_close = False, conn_keep = False
     cdef unsigned char c
     cdef unsigned char path_buf[FG_PATH_STACK_BUF]
     cdef _Span spans[_MAX_HEADERS]
     cdef bytes method, name, value
-    cdef PyObject* cached
     cdef RequestState req
 
     # Pass 1, C only: the request line, every header line's span and llhttp's framing
@@ -327,7 +313,7 @@ def parse_request_head(bytes data not None, dict kinds not None, dict special no
         if nheaders == _MAX_HEADERS:
             return None
         ns = i
-        while _RQ_TCHAR[p[i]]:
+        while _TCHAR[p[i]]:
             i += 1
         nl = i - ns
         # Empty name: obs-fold (SP/HTAB first), a bare LF, or the end of the data.
@@ -338,7 +324,7 @@ def parse_request_head(bytes data not None, dict kinds not None, dict special no
             i += 1
         vs = i
         i = _plain_run(p, i, n)
-        while _RQ_VALUE[p[i]]:
+        while _FIELD_VALUE[p[i]]:
             i += 1
         if p[i] != b"\r" or p[i + 1] != b"\n":
             return None  # bare CR/LF, NUL, controls, DEL, >= 0x80, or a partial head
@@ -352,31 +338,21 @@ def parse_request_head(bytes data not None, dict kinds not None, dict special no
         if role == _LL_OTHER:
             return None
         if role == _LL_CONTENT_LENGTH:
-            # Digits only (no OWS, sign, list): what int() and llhttp read the same way.
-            # 18 digits cannot overflow a long long. A second one, even equal: slow path.
-            if seen_cl or vl == 0 or vl > 18:
+            # A second one, even equal: slow path.
+            if seen_cl or not _content_length(p + vs, vl, &cl):
                 return None
             seen_cl = True
-            for j in range(vs, vs + vl):
-                c = p[j]
-                if c < 0x30 or c > 0x39:  # "0" .. "9"
-                    return None
-                cl = cl * 10 + (c - 0x30)
         elif role == _LL_CONNECTION:
             # One header holding one option: should_keep_alive is then plain to compute.
             # A second Connection header would join into a list: slow path.
             if seen_conn:
                 return None
             seen_conn = True
-            j = vl
-            while j > 0 and (p[vs + j - 1] == 0x20 or p[vs + j - 1] == 0x09):
-                j -= 1
-            if j == 5 and _ieq(p + vs, b"close", 5):
-                conn_close = True
-            elif j == 10 and _ieq(p + vs, b"keep-alive", 10):
-                conn_keep = True
-            else:
+            option = _connection_option(p + vs, vl)
+            if option == 0:
                 return None
+            conn_close = option == _CONN_CLOSE
+            conn_keep = option == _CONN_KEEP_ALIVE
         spans[nheaders].ns = ns
         spans[nheaders].nl = nl
         spans[nheaders].vs = vs
@@ -415,11 +391,7 @@ def parse_request_head(bytes data not None, dict kinds not None, dict special no
         value = PyBytes_FromStringAndSize(<const char*>p + vs, vl)
         pair = (name, value)
         req.headers.append(pair)
-        cached = PyDict_GetItem(kinds, name)
-        if cached == NULL:
-            kind = _classify(name, p + ns, nl, kinds, special)
-        else:
-            kind = <object>cached
+        kind = _kind_of(name, kinds, special)
         # llhttp frames the message by its own reading of these two: the gateway's
         # classification must be the same one, or this is not the simple case.
         if (kind == _H_CONTENT_LENGTH) != (role == _LL_CONTENT_LENGTH):

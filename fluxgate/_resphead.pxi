@@ -41,7 +41,6 @@ from libc.string cimport memcpy
 cdef enum:
     _RH_HEAD_MAX = 65536      # longest head taken; a longer one goes to httptools
     _RH_STACK_OUT = 8192      # `lines` built on the stack for heads up to 6 KiB
-    _RH_CL_DIGITS = 18        # < 2**63: the length fits a Py_ssize_t without checks
 
     # What a header name means here (_rh_name_kind).
     _RH_FORWARD = 0
@@ -51,26 +50,14 @@ cdef enum:
     _RH_CONNECTION = 4        # dropped; its token sets keep-alive flags
     _RH_PROXY_CONNECTION = 5  # dropped (hop-by-hop); llhttp reads it like Connection
 
-    # llhttp's F_CONNECTION_* flags, the only ones should_keep_alive looks at here.
-    _RH_F_CLOSE = 1
-    _RH_F_KEEP_ALIVE = 2
-
-cdef unsigned char _RH_TCHAR[256]    # header-name byte (tchar)
-cdef unsigned char _RH_VCHAR[256]    # header-value byte: 0x21-0x7E, SP, HTAB
+# Header names, values and lower-casing: the shared tables of _http.pxi.
 cdef unsigned char _RH_RCHAR[256]    # reason-phrase byte: 0x20-0x7E, HTAB
-cdef unsigned char _RH_LOWER[256]    # ASCII lower-casing
 
 
 cdef int _init_resphead_tables() except -1:
     cdef int c
-    cdef bytes tchar_extra = b"!#$%&'*+-.^_`|~"
     for c in range(256):
-        _RH_LOWER[c] = c + 32 if b"A" <= c <= b"Z" else c
-        _RH_TCHAR[c] = (b"0" <= c <= b"9") or (b"A" <= c <= b"Z") or (b"a" <= c <= b"z")
-        _RH_VCHAR[c] = 0x21 <= c <= 0x7E or c == b" " or c == b"\t"
         _RH_RCHAR[c] = 0x20 <= c <= 0x7E or c == b"\t"
-    for c in tchar_extra:
-        _RH_TCHAR[c] = 1
     return 0
 
 
@@ -80,7 +67,7 @@ _init_resphead_tables()
 cdef struct _RespParse:
     int status
     int minor
-    int flags                     # _RH_F_* seen in Connection / Proxy-Connection
+    int flags                     # _CONN_* seen in Connection / Proxy-Connection
     bint keep_alive
     Py_ssize_t head_len
     Py_ssize_t cl_start           # span of the Content-Length digits; cl_len 0: none
@@ -89,49 +76,28 @@ cdef struct _RespParse:
     Py_ssize_t out_len            # bytes of `lines` written
 
 
-cdef inline bint _rh_ieq(const unsigned char* p, const char* lower, Py_ssize_t n) noexcept nogil:
-    # p[0:n] equals the lower-case literal, ignoring ASCII case.
-    cdef Py_ssize_t k
-    for k in range(n):
-        if _RH_LOWER[p[k]] != <unsigned char>lower[k]:
-            return False
-    return True
-
-
 cdef inline int _rh_name_kind(const unsigned char* p, Py_ssize_t n) noexcept nogil:
     # The names UpstreamConnection.on_header sets aside: HOP_BY_HOP plus the framing
     # headers. Length first, so most names cost one switch and no comparison.
     if n == 2:
-        return _RH_HOP if _rh_ieq(p, "te", 2) else _RH_FORWARD
+        return _RH_HOP if _ieq(p, "te", 2) else _RH_FORWARD
     if n == 7:
-        return _RH_HOP if _rh_ieq(p, "upgrade", 7) or _rh_ieq(p, "trailer", 7) else _RH_FORWARD
+        return _RH_HOP if _ieq(p, "upgrade", 7) or _ieq(p, "trailer", 7) else _RH_FORWARD
     if n == 10:
-        if _rh_ieq(p, "connection", 10):
+        if _ieq(p, "connection", 10):
             return _RH_CONNECTION
-        return _RH_HOP if _rh_ieq(p, "keep-alive", 10) else _RH_FORWARD
+        return _RH_HOP if _ieq(p, "keep-alive", 10) else _RH_FORWARD
     if n == 14:
-        return _RH_CONTENT_LENGTH if _rh_ieq(p, "content-length", 14) else _RH_FORWARD
+        return _RH_CONTENT_LENGTH if _ieq(p, "content-length", 14) else _RH_FORWARD
     if n == 16:
-        return _RH_PROXY_CONNECTION if _rh_ieq(p, "proxy-connection", 16) else _RH_FORWARD
+        return _RH_PROXY_CONNECTION if _ieq(p, "proxy-connection", 16) else _RH_FORWARD
     if n == 17:
-        return _RH_TRANSFER_ENCODING if _rh_ieq(p, "transfer-encoding", 17) else _RH_FORWARD
+        return _RH_TRANSFER_ENCODING if _ieq(p, "transfer-encoding", 17) else _RH_FORWARD
     if n == 18:
-        return _RH_HOP if _rh_ieq(p, "proxy-authenticate", 18) else _RH_FORWARD
+        return _RH_HOP if _ieq(p, "proxy-authenticate", 18) else _RH_FORWARD
     if n == 19:
-        return _RH_HOP if _rh_ieq(p, "proxy-authorization", 19) else _RH_FORWARD
+        return _RH_HOP if _ieq(p, "proxy-authorization", 19) else _RH_FORWARD
     return _RH_FORWARD
-
-
-cdef inline int _rh_connection_flag(const unsigned char* p, Py_ssize_t n) noexcept nogil:
-    # The flag of a Connection value that is exactly one token close / keep-alive (leading
-    # OWS is already gone; trailing OWS is trimmed here), else 0.
-    while n > 0 and (p[n - 1] == b" " or p[n - 1] == b"\t"):
-        n -= 1
-    if n == 5 and _rh_ieq(p, "close", 5):
-        return _RH_F_CLOSE
-    if n == 10 and _rh_ieq(p, "keep-alive", 10):
-        return _RH_F_KEEP_ALIVE
-    return 0
 
 
 cdef int _rh_parse(const unsigned char* p, Py_ssize_t n, bint head_request,
@@ -139,10 +105,10 @@ cdef int _rh_parse(const unsigned char* p, Py_ssize_t n, bint head_request,
     # 0: a fast-path response, r and out[0:r.out_len] filled; -1: slow path; -2: `out`
     # is too small (only when out_cap < 2 * head length; the caller retries bigger).
     cdef Py_ssize_t lim = n if n < _RH_HEAD_MAX else _RH_HEAD_MAX
-    cdef Py_ssize_t i, name_start, name_len, val_start, val_len, o = 0, k
+    cdef Py_ssize_t i, name_start, name_len, val_start, val_len, o = 0
     cdef int kind, flag, seen = 0
+    cdef long long cl
     cdef bint no_body, needs_eof
-    cdef unsigned char c
 
     r.flags = 0
     r.cl_len = 0
@@ -179,7 +145,7 @@ cdef int _rh_parse(const unsigned char* p, Py_ssize_t n, bint head_request,
             i += 2
             break
         name_start = i
-        while i < lim and _RH_TCHAR[p[i]]:
+        while i < lim and _TCHAR[p[i]]:
             i += 1
         name_len = i - name_start
         if name_len == 0 or i >= lim or p[i] != b":":
@@ -188,7 +154,7 @@ cdef int _rh_parse(const unsigned char* p, Py_ssize_t n, bint head_request,
         while i < lim and (p[i] == b" " or p[i] == b"\t"):
             i += 1
         val_start = i
-        while i < lim and _RH_VCHAR[p[i]]:
+        while i < lim and _FIELD_VALUE[p[i]]:
             i += 1
         if i + 1 >= lim or p[i] != b"\r" or p[i + 1] != b"\n":
             return -1
@@ -215,13 +181,9 @@ cdef int _rh_parse(const unsigned char* p, Py_ssize_t n, bint head_request,
             pass
         elif kind == _RH_CONTENT_LENGTH:
             # llhttp refuses a second one; a value with OWS or signs is left to it too.
-            if r.cl_len != 0 or val_len == 0 or val_len > _RH_CL_DIGITS:
+            if r.cl_len != 0 or not _content_length(p + val_start, val_len, &cl):
                 return -1
-            for k in range(val_start, val_start + val_len):
-                c = p[k]
-                if c < b"0" or c > b"9":
-                    return -1
-                r.content_length = r.content_length * 10 + (c - c'0')
+            r.content_length = <Py_ssize_t>cl
             r.cl_start = val_start
             r.cl_len = val_len
         elif kind == _RH_TRANSFER_ENCODING:
@@ -232,7 +194,7 @@ cdef int _rh_parse(const unsigned char* p, Py_ssize_t n, bint head_request,
             if seen & (1 << kind):
                 return -1
             seen |= 1 << kind
-            flag = _rh_connection_flag(p + val_start, val_len)
+            flag = _connection_option(p + val_start, val_len)
             if flag == 0:
                 return -1
             r.flags |= flag
@@ -253,9 +215,9 @@ cdef int _rh_parse(const unsigned char* p, Py_ssize_t n, bint head_request,
     # and never when the message would need EOF (no framing on a status with a body).
     needs_eof = r.cl_len == 0 and r.status != 204 and r.status != 304
     if r.minor == 1:
-        r.keep_alive = not (r.flags & _RH_F_CLOSE) and not needs_eof
+        r.keep_alive = not (r.flags & _CONN_CLOSE) and not needs_eof
     else:
-        r.keep_alive = (r.flags & _RH_F_KEEP_ALIVE) != 0 and not needs_eof
+        r.keep_alive = (r.flags & _CONN_KEEP_ALIVE) != 0 and not needs_eof
     return 0
 
 
