@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from fluxgate._core import HEADER_KINDS_CACHE_MAX, RequestState, normalize_path, parse_request_head
 from fluxgate.proxy import headers as hdr
 from fluxgate.proxy.protocol import ClientConnection
+from tests.support.headers import forwardable_headers, header_kind
 from tests.support.mutations import random_case
 
 SPECIAL = {**hdr.REQUEST_SPECIAL, b"x-api-key": hdr.H_DROP}  # as fluxgate/proxy/app.py builds it
@@ -121,7 +122,7 @@ def assert_same_as_httptools(
     assert state.method != b"CONNECT"
 
     # Forwarded lines are the hygiene module's, minus the API key header.
-    assert state.forward_headers == hdr.forwardable_headers(
+    assert state.forward_headers == forwardable_headers(
         [(n, v) for n, v in state.headers if n.lower() != b"x-api-key"]
     )
 
@@ -265,7 +266,7 @@ def test_kinds_cache_filled_as_the_protocol_fills_it_and_bounded():
     data = b"GET / HTTP/1.1\r\nhOsT: a\r\nX-Fluxgate-A: 1\r\nX-Api-Key: k\r\nAccept: */*\r\nConnection: close\r\n\r\n"
     assert parse(data, kinds) is not None
     assert kinds == {
-        name: hdr.header_kind(name.lower(), SPECIAL)
+        name: header_kind(name.lower(), SPECIAL)
         for name in (b"hOsT", b"X-Fluxgate-A", b"X-Api-Key", b"Accept", b"Connection")
     }
     assert kinds[b"hOsT"] == hdr.H_HOST and kinds[b"X-Fluxgate-A"] == hdr.H_FLUXGATE

@@ -5,10 +5,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fluxgate._core import RequestIds, RequestState, response_head, upstream_head
-from fluxgate.proxy.headers import (
-    connection_tokens,
-    forwardable_headers,
-)
+from fluxgate.proxy.headers import connection_tokens
+from tests.support.headers import forwardable_headers
 
 _REQUEST_ID_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 

@@ -81,7 +81,7 @@ class Exchange:
             return
         self.conn = conn
         conn.begin(self, self.req.method == b"HEAD")
-        self.deadline = self.client.loop_time() + self.group.read_timeout
+        self.touch()
         conn.write(self.head)
         if self.pending:
             conn.write(b"".join(self.pending))

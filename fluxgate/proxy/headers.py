@@ -8,20 +8,20 @@ dropped so only the gateway can speak with that prefix.
 
 from __future__ import annotations
 
+import functools
+
 from fluxgate._core import (
     H_CONNECTION,
     H_CONTENT_LENGTH,
     H_DROP,
     H_EXPECT,
-    H_FLUXGATE,  # noqa: F401 - read as hdr.H_FLUXGATE by proxy/protocol.py
-    H_FORWARD,
+    H_FLUXGATE,  # noqa: F401 - the x-fluxgate-* kind, which REQUEST_SPECIAL cannot list
     H_FORWARDED_FOR,
     H_FORWARDED_PROTO,
     H_HOST,
     H_REQUEST_ID,
     H_TRANSFER_ENCODING,
     H_UPGRADE,
-    classify_header,
 )
 
 # RFC 9110 §7.6.1 plus the de-facto ones every proxy drops (Proxy-Connection, Keep-Alive).
@@ -41,7 +41,7 @@ HOP_BY_HOP: frozenset[bytes] = frozenset(
 
 # Request headers the gateway reads or sets itself, by kind (the H_* numbers and the
 # classifier live in _core, shared by the fast head parser and the llhttp path). Everything
-# else is forwarded as the client wrote it, formatted once when the header is parsed.
+# else is forwarded as the client wrote it (req.forward_headers, the parser's own pairs).
 # Client values of X-Forwarded-* and X-Request-Id are replaced, or extended when they come
 # from a trusted proxy; a client-sent X-FluxGate-* is dropped (only the gateway speaks with
 # that prefix).
@@ -71,24 +71,15 @@ def connection_tokens(value: bytes | None) -> frozenset[bytes]:
 _CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})
 
 
-def header_kind(lname: bytes, special: dict[bytes, int] = REQUEST_SPECIAL) -> int:
-    """What the gateway does with a request header, by its lower-cased name."""
-    return classify_header(lname, {}, special)
-
-
+@functools.lru_cache(maxsize=256)
 def named_by_connection(value: bytes) -> frozenset[bytes]:
-    """Header names a Connection header declares hop-by-hop (its options left out)."""
+    """Header names a Connection header declares hop-by-hop (its options left out).
+
+    Called for every request and response carrying Connection, whose values repeat
+    ("keep-alive", "close"): each value is split once per worker (a bounded cache)."""
     return connection_tokens(value) - _CONNECTION_OPTIONS
 
 
 def drop_lines(lines: list[bytes], names: frozenset[bytes]) -> list[bytes]:
     """Formatted header lines without those whose (lower-cased) name is in `names`."""
     return [ln for ln in lines if ln.split(b":", 1)[0].lower() not in names]
-
-
-def forwardable_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """The headers forwarded as written (``req.forward_headers``): what ClientConnection.on_header
-    keeps."""
-    return [
-        (name, value) for name, value in headers if header_kind(name.lower()) in (H_FORWARD, H_HOST)
-    ]

@@ -17,6 +17,18 @@ from typing import TYPE_CHECKING
 import httptools
 
 from fluxgate._core import (
+    H_CONNECTION,
+    H_CONTENT_LENGTH,
+    H_DROP,
+    H_EXPECT,
+    H_FLUXGATE,
+    H_FORWARD,
+    H_FORWARDED_FOR,
+    H_FORWARDED_PROTO,
+    H_HOST,
+    H_REQUEST_ID,
+    H_TRANSFER_ENCODING,
+    H_UPGRADE,
     PathError,
     RequestState,
     classify_header,
@@ -208,33 +220,33 @@ class ClientConnection(asyncio.Protocol):
         # Header names repeat across requests in the spelling clients use: each spelling is
         # classified once per worker, as the fast head parser does (a bounded cache).
         kind = classify_header(name, self.header_kinds, self.special)
-        if kind == hdr.H_FORWARD:
+        if kind == H_FORWARD:
             req.forward_headers.append(pair)
-        elif kind == hdr.H_DROP or kind == hdr.H_FLUXGATE:  # hop-by-hop, API key, X-FluxGate-*
+        elif kind == H_DROP or kind == H_FLUXGATE:  # hop-by-hop, API key, X-FluxGate-*
             return
-        elif kind == hdr.H_HOST:
+        elif kind == H_HOST:
             req.hosts += 1
             req.host = value
             req.forward_headers.append(pair)
-        elif kind == hdr.H_CONTENT_LENGTH:
+        elif kind == H_CONTENT_LENGTH:
             req.content_length = int(value)  # llhttp accepted only digits, at most once
-        elif kind == hdr.H_TRANSFER_ENCODING:
+        elif kind == H_TRANSFER_ENCODING:
             req.transfer_encoding = value
-        elif kind == hdr.H_EXPECT:
+        elif kind == H_EXPECT:
             if value.lower() != b"100-continue":
                 raise ExpectationFailed()
             req.expect_continue = True
-        elif kind == hdr.H_FORWARDED_FOR:
+        elif kind == H_FORWARDED_FOR:
             req.forwarded_for = (
                 value if req.forwarded_for is None else req.forwarded_for + b", " + value
             )
-        elif kind == hdr.H_FORWARDED_PROTO:
+        elif kind == H_FORWARDED_PROTO:
             req.forwarded_proto = value
-        elif kind == hdr.H_REQUEST_ID:
+        elif kind == H_REQUEST_ID:
             req.client_request_id = value
-        elif kind == hdr.H_CONNECTION:
+        elif kind == H_CONNECTION:
             req.connection = value if req.connection is None else req.connection + b", " + value
-        elif kind == hdr.H_UPGRADE:
+        elif kind == H_UPGRADE:
             req.upgrade_token = value
 
     def on_headers_complete(self) -> None:
