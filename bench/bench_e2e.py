@@ -24,16 +24,14 @@ reported, not asserted (see RESULTS.md for the target).
 from __future__ import annotations
 
 import contextlib
-import datetime
 import os
-import platform
 from pathlib import Path
 
 import pytest
 
 from bench.support import cpu, peers
-from bench.support.measure import SLICES, Measurement, Target, interleaved, proxy_target
-from bench.support.results import command, ratios, table, update_results
+from bench.support.measure import Measurement, Target, interleaved, proxy_target
+from bench.support.results import ratios, run_text, update_results
 from bench.support.upstream import start_upstream
 from tests.support.gateway import GatewayProcess
 
@@ -68,28 +66,6 @@ outside the run (other users of the machine).
 """
 
 
-def _run_text(config, facts, plan, versions, rows, ratio_lines, skipped) -> str:
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [
-        f"### Run {now}",
-        "",
-        f"- command: `{command(config)}` (from the repository root)",
-        f"- machine: nproc {facts['nproc']} ({facts['cpu_count']} CPUs), {facts['model']}, "
-        f"Linux {facts['kernel']}",
-        f"- software: Python {platform.python_version()}; {'; '.join(versions)}",
-        f"- load: closed loop, {CONNECTIONS} connections, 1 loadgen process, "
-        f"{WARMUP_SECONDS:g} s warm-up then {SLICES} × {SECONDS / SLICES:g} s interleaved per "
-        f"target; {plan}",
-        "",
-        *table(list(rows.values())),
-        "",
-        *(f"- {line}" for line in ratio_lines),
-        *(f"- {note}" for note in skipped),
-        "",
-    ]
-    return "\n".join(lines)
-
-
 def test_e2e_public_route(benchmark, tmp_path, request, e2e_summary):
     benchmark.group = "e2e: public route"
     try:
@@ -104,7 +80,6 @@ def test_e2e_public_route(benchmark, tmp_path, request, e2e_summary):
         skipped.append(f"nginx not measured: {exc}")
     versions = [peers.version(haproxy_bin)] + ([peers.version(nginx_bin)] if nginx_bin else [])
     client_cpus, proxy_cpus, plan = cpu.plan()
-    facts = cpu.machine_facts()
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(cpu.pinned(client_cpus))  # the upstream and loadgen inherit it
@@ -139,9 +114,12 @@ def test_e2e_public_route(benchmark, tmp_path, request, e2e_summary):
         warmups, rows = benchmark.pedantic(run, rounds=1, iterations=1)
 
     ratio_lines = ratios(rows)
-    run_text = _run_text(request.config, facts, plan, versions, rows, ratio_lines, skipped)
-    update_results(RESULTS, run_text, SECTION_HEADER)
-    e2e_summary(run_text)
+    text = run_text(
+        request.config, versions=versions, plan=plan, connections=CONNECTIONS,
+        warmup=WARMUP_SECONDS, seconds=SECONDS, rows=rows, notes=ratio_lines + skipped,
+    )
+    update_results(RESULTS, text, SECTION_HEADER)
+    e2e_summary(text)
     benchmark.extra_info.update(
         {
             "plan": plan,

@@ -18,17 +18,15 @@ proxies). The ratios against the issue's targets are reported, not asserted.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import os
-import platform
 from pathlib import Path
 
 import pytest
 
 from bench.support import cpu, peers
 from bench.support.jwt import AUDIENCE, ISSUER, bench_key, haproxy_jwt, token_file
-from bench.support.measure import SLICES, Measurement, interleaved, proxy_target
-from bench.support.results import command, table, update_results
+from bench.support.measure import Measurement, interleaved, proxy_target
+from bench.support.results import run_text, update_results
 from bench.support.upstream import start_upstream
 from tests.support.gateway import GatewayProcess
 from tests.support.idp import IdentityProvider
@@ -107,7 +105,6 @@ def test_e2e_jwt(benchmark, tmp_path, request, e2e_summary):
     with open(tokens) as f:
         one_token = f.readline().strip()  # "Bearer ..."
     client_cpus, proxy_cpus, plan = cpu.plan()
-    facts = cpu.machine_facts()
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(cpu.pinned(client_cpus))
@@ -144,25 +141,12 @@ def test_e2e_jwt(benchmark, tmp_path, request, e2e_summary):
         warmups, rows = benchmark.pedantic(run, rounds=1, iterations=1)
 
     lines = ratio_lines(rows)
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    run_text = "\n".join([
-        f"### Run {now}",
-        "",
-        f"- command: `{command(request.config)}` (from the repository root)",
-        f"- machine: nproc {facts['nproc']} ({facts['cpu_count']} CPUs), {facts['model']}, "
-        f"Linux {facts['kernel']}",
-        f"- software: Python {platform.python_version()}; {peers.version(haproxy_bin)}",
-        f"- load: closed loop, {CONNECTIONS} connections, 1 loadgen process, "
-        f"{WARMUP_SECONDS:g} s warm-up then {SLICES} × {SECONDS / SLICES:g} s interleaved per "
-        f"target; {plan}",
-        "",
-        *table(list(rows.values())),
-        "",
-        *(f"- {line}" for line in lines),
-        "",
-    ])
-    update_results(RESULTS, run_text, SECTION_HEADER, begin=BEGIN, end=END, keep=KEEP_RUNS)
-    e2e_summary(run_text)
+    text = run_text(
+        request.config, versions=[peers.version(haproxy_bin)], plan=plan,
+        connections=CONNECTIONS, warmup=WARMUP_SECONDS, seconds=SECONDS, rows=rows, notes=lines,
+    )
+    update_results(RESULTS, text, SECTION_HEADER, begin=BEGIN, end=END, keep=KEEP_RUNS)
+    e2e_summary(text)
     benchmark.extra_info.update({
         "rows": {name: {"rps": round(m.rps), "p50_us": m.p50_us, "p99_us": m.p99_us,
                         "proxy_cores": round(m.proxy_cores, 3)} for name, m in rows.items()},

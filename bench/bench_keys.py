@@ -17,13 +17,11 @@ entries), a stick-table counter per consumer with a limit, the header removed.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import hashlib
 import hmac
 import itertools
 import multiprocessing
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -236,8 +234,8 @@ backend upstream
 @pytest.mark.e2e
 def test_e2e_api_key_route(benchmark, tmp_path, request, e2e_summary):
     from bench.support import cpu, peers
-    from bench.support.measure import SLICES, interleaved, proxy_target
-    from bench.support.results import command, table, update_results
+    from bench.support.measure import interleaved, proxy_target
+    from bench.support.results import run_text, update_results
     from bench.support.upstream import start_upstream
     from fluxgate.auth.keys import load_signing_key
     from tests.support.gateway import GatewayProcess
@@ -304,25 +302,19 @@ def test_e2e_api_key_route(benchmark, tmp_path, request, e2e_summary):
     def per_core(m):
         return m.rps_per_proxy_core or 0.0
 
-    lines = [
-        f"### Run {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}",
-        "",
-        f"- command: `{command(request.config)}` (from the repository root)",
-        f"- machine: {cpu.machine_facts()['model']}, nproc {cpu.machine_facts()['nproc']}; "
-        f"Python {platform.python_version()}; {peers.version(haproxy_bin)}",
-        f"- load: closed loop, {CONNECTIONS} connections, {WARMUP:g} s warm-up then {SLICES} x "
-        f"{E2E_SECONDS / SLICES:g} s interleaved per row; {plan}; {N_KEYS:,} keys rotating",
-        "",
-        *table(list(rows.values())),
-        "",
-        f"- api_key route / public route: req/s {keyed.rps / public.rps:.2f}x, "
+    notes = [
+        f"api_key route / public route: req/s {keyed.rps / public.rps:.2f}x, "
         f"per proxy core {per_core(keyed) / max(per_core(public), 1):.2f}x (target >= 0.9x); "
         f"without quota: req/s {unmetered.rps / public.rps:.2f}x, "
         f"per proxy core {per_core(unmetered) / max(per_core(public), 1):.2f}x",
-        f"- fluxgate api_key route / haproxy api keys: req/s {keyed.rps / hap_row.rps:.2f}x, "
+        f"fluxgate api_key route / haproxy api keys: req/s {keyed.rps / hap_row.rps:.2f}x, "
         f"per proxy core {per_core(keyed) / max(per_core(hap_row), 1):.2f}x (target >= 1.0x)",
     ]
-    text = "\n".join(lines) + "\n"
+    text = run_text(
+        request.config, versions=[peers.version(haproxy_bin)], plan=plan,
+        connections=CONNECTIONS, warmup=WARMUP, seconds=E2E_SECONDS, rows=rows, notes=notes,
+        load=f"; {N_KEYS:,} keys rotating",
+    )
     update_results(RESULTS, text, SECTION_HEADER, begin=E2E_BEGIN, end=E2E_END, keep=4)
     e2e_summary(text)
     benchmark.extra_info["text"] = text

@@ -34,20 +34,16 @@ HEAD = b"GET %s HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: loadgen\r\nAccep
 API_KEYS = 1000
 SCENARIOS = ("public", "jwt", "api_key")
 
-PUBLIC_CONFIG = """\
+# One route of each kind, behind the same config (``route``: the route's own lines).
+CONFIG = """\
 access_log: null
 state_dir: {state_dir}
 routes:
-  - route: /api
+  - route: {prefix}
     upstream: http://127.0.0.1:9
-    public: true
-"""
-JWT_CONFIG = """\
-access_log: null
-state_dir: {state_dir}
-routes:
-  - route: /jwt
-    upstream: http://127.0.0.1:9
+{route}"""
+PUBLIC_ROUTE = "    public: true\n"
+JWT_ROUTE = """\
     middleware:
       - jwt:
           issuer: {issuer}
@@ -55,15 +51,7 @@ routes:
           jwks_uri: http://127.0.0.1:9/jwks.json
           algorithms: [RS256]
 """
-API_KEY_CONFIG = """\
-access_log: null
-state_dir: {state_dir}
-routes:
-  - route: /keyed
-    upstream: http://127.0.0.1:9
-    middleware:
-      - api_key: {{}}
-"""
+API_KEY_ROUTE = "    middleware:\n      - api_key: {}\n"
 
 
 @dataclass
@@ -91,7 +79,8 @@ def scenario(name: str, workdir: Path) -> Scenario:
     metrics = MetricsTable.create(str(workdir / f"metrics-{name}.bin"))
     cleanup: list[Callable[[], None]] = [metrics.close, loop.close]
     if name == "public":
-        wired = wire_gateway(loop, PUBLIC_CONFIG.format(state_dir=workdir), metrics=metrics)
+        config = CONFIG.format(state_dir=workdir, prefix="/api", route=PUBLIC_ROUTE)
+        wired = wire_gateway(loop, config, metrics=metrics)
         requests = [HEAD % b"/api/items" + b"\r\n"]
     elif name == "jwt":
         wired, requests = _jwt(loop, metrics, workdir)
@@ -123,7 +112,8 @@ def _jwt(
     from fluxgate.auth.jwk import build_keyset
 
     key = bench_key()
-    config = JWT_CONFIG.format(state_dir=workdir, issuer=ISSUER, audience=AUDIENCE)
+    route = JWT_ROUTE.format(issuer=ISSUER, audience=AUDIENCE)
+    config = CONFIG.format(state_dir=workdir, prefix="/jwt", route=route)
     wired = wire_gateway(loop, config, metrics=metrics)
     middleware = wired.gateway.routes[0].chain[0]
     # No master here: install the key set the master would publish.
@@ -144,6 +134,7 @@ def _api_key(
         for i in range(API_KEYS)
     ]
     keys.table()  # published where the worker's SharedKeys maps it
-    wired = wire_gateway(loop, API_KEY_CONFIG.format(state_dir=state_dir), metrics=metrics)
+    config = CONFIG.format(state_dir=state_dir, prefix="/keyed", route=API_KEY_ROUTE)
+    wired = wire_gateway(loop, config, metrics=metrics)
     requests = [HEAD % b"/keyed/hello" + b"X-API-Key: " + k + b"\r\n\r\n" for k in plain]
     return wired, requests, keys.close

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import datetime
 import os
+import platform
 import re
 import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
-from .measure import Measurement
+from . import cpu
+from .measure import SLICES, Measurement
 
 BEGIN = "<!-- e2e-runs:begin (written by bench/bench_e2e.py; newest first) -->"
 END = "<!-- e2e-runs:end -->"
@@ -78,3 +81,30 @@ def update_results(path: Path, run_text: str, header: str, *, begin: str = BEGIN
     runs = [run_text.strip("\n") + "\n"] + [r.rstrip("\n") + "\n" for r in runs]
     body = "\n".join(runs[:keep])
     path.write_text(f"{before}{begin}\n{body}{end}{after}")
+
+
+def run_text(
+    config: Any, *, versions: list[str], plan: str, connections: int, warmup: float,
+    seconds: float, rows: dict[str, Measurement], notes: list[str], load: str = "",
+) -> str:
+    """One e2e run as a RESULTS.md section: what ran where (the command from ``config``, the
+    pytest.Config; the machine; the peers' ``versions``; the load), the table of ``rows``
+    and the ``notes`` (ratios, targets), each a "- " line. ``load`` adds to the load line."""
+    facts = cpu.machine_facts()
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        f"### Run {now}",
+        "",
+        f"- command: `{command(config)}` (from the repository root)",
+        f"- machine: nproc {facts['nproc']} ({facts['cpu_count']} CPUs), {facts['model']}, "
+        f"Linux {facts['kernel']}",
+        f"- software: Python {platform.python_version()}; {'; '.join(versions)}",
+        f"- load: closed loop, {connections} connections, 1 loadgen process, {warmup:g} s "
+        f"warm-up then {SLICES} × {seconds / SLICES:g} s interleaved per target; {plan}{load}",
+        "",
+        *table(list(rows.values())),
+        "",
+        *(f"- {note}" for note in notes),
+        "",
+    ]
+    return "\n".join(lines)
