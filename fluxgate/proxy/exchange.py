@@ -233,9 +233,7 @@ class Exchange:
             # The upstream answered before reading the whole request body (or asked to
             # close): the connection is not at a message boundary, so it cannot be reused.
             conn.close()
-        if not self.finished:
-            self.finished = True
-            self.client.exchange_done(self.req)
+        self._finish()
 
     def upstream_upgraded(self, conn: UpstreamConnection, rest: bytes) -> None:
         """101 Switching Protocols: from now on bytes flow unchanged both ways."""
