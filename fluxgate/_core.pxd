@@ -191,7 +191,7 @@ cdef enum:
     FG_QUOTA_RESERVED_SPINS = 4096
     FG_QUOTA_RESERVED_TIMEOUT = 60
 
-# The outcome of KeyTable.check: index into _core._KEY_REASONS (the stable reason codes
+# The outcome of KeyTable.check and .authorize: index into _core._KEY_REASONS (stable codes
 # of InvalidKey.reason and of the auth-failure metrics). 0 means the request may pass.
 cdef enum KeyCode:
     FG_KEY_OK = 0
@@ -206,6 +206,8 @@ cdef enum KeyCode:
     FG_KEY_IP_DENIED        # the client address is outside the key's allowlist
     FG_KEY_QUOTA_EXCEEDED   # the key's quota for this window is used up
     FG_KEY_QUOTA_FULL       # no quota bucket could be found or taken (fails closed)
+    FG_KEY_MISSING          # KeyTable.authorize: the request carries no key
+    FG_KEY_AMBIGUOUS        # KeyTable.authorize: it carries more than one
 
 # The outcome of QuotaCounters consumption.
 cdef enum QuotaCode:

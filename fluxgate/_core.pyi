@@ -13,7 +13,7 @@ __all__ = (
     "KeyTable",
     "QuotaCounters",
     "extract_api_key",
-    "ratelimit_fields",
+    "merge_ratelimit",
     "strip_query_param",
     "B64Error",
     "Counters",
@@ -183,6 +183,20 @@ class KeyTable:
     ) -> tuple[int, int, int, int, int]:
         """(code, entry index, quota limit, remaining, window_end); code indexes
         KEY_FORMAT["reasons"], 0 = accepted."""
+    def authorize(
+        self,
+        req: RequestState,
+        lname: bytes,
+        qname: bytes,
+        scopes: tuple[bytes, ...],
+        any_scopes: tuple[bytes, ...] | None,
+        now: float,
+        /,
+    ) -> tuple[int, int, int, int]:
+        """``check`` for one request, the key found as ``extract_api_key`` finds it and an
+        accepted key's quota merged into ``req.response_headers``: (code, entry index,
+        quota limit, reset seconds); code as ``check``'s or "missing_credentials" /
+        "ambiguous_credentials"."""
     def verify(self, key: bytes, now: float, /) -> tuple[int, int]:
         """(code, entry index) for the credential alone: no usage stamp, no quota."""
     def find(self, key_id: str, /) -> int: ...
@@ -197,10 +211,11 @@ def extract_api_key(
 
 RATELIMIT_NAMES: tuple[bytes, bytes, bytes]
 
-def ratelimit_fields(
-    limit: int, remaining: int, reset: int, /
-) -> tuple[tuple[bytes, bytes], tuple[bytes, bytes], tuple[bytes, bytes]]:
-    """The RateLimit-Limit/Remaining/Reset (name, value) pairs (reset in seconds, >= 0)."""
+def merge_ratelimit(
+    headers: list[tuple[bytes, bytes]], limit: int, remaining: int, reset: int
+) -> None:
+    """Put RateLimit-Limit/Remaining/Reset (reset in seconds) into ``headers``; when a
+    stricter quota already set them (no more remaining), keep that one."""
 
 def strip_query_param(query: bytes, name: bytes, /) -> bytes:
     """``query`` without every ``name`` parameter (the same object when there is none)."""

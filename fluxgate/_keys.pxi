@@ -236,7 +236,7 @@ __all__ += (
     "KeyTable",
     "QuotaCounters",
     "extract_api_key",
-    "ratelimit_fields",
+    "merge_ratelimit",
     "strip_query_param",
 )
 
@@ -253,6 +253,8 @@ cdef tuple _KEY_REASONS = (
     "ip_not_allowed",
     "quota_exceeded",
     "quota_table_full",
+    "missing_credentials",      # authorize only: no key in the request
+    "ambiguous_credentials",    # authorize only: more than one
 )
 
 # What fluxgate/auth (mint, table and file writers) must agree on with this file.
@@ -763,6 +765,68 @@ cdef class KeyTable:
         fg_atomic_store(&slot[2], words[1])
         return 0
 
+    cdef int _decide(self, bytes key, double now, bytes path, tuple scopes, tuple any_scopes,
+                     str ip, uint32_t* index, uint32_t* limit, uint64_t* remaining,
+                     uint64_t* end) except -1:
+        # The whole decision for one key (see ``check``); index is set once the secret is
+        # proven, limit/remaining/end once the quota was consulted (limit 0: not).
+        cdef const fg_key_entry* e
+        cdef const unsigned char* pool
+        cdef int code
+        cdef Py_ssize_t i, n
+        cdef unsigned char addr[16]
+        cdef const char* text
+        cdef bytes scope
+        cdef bint any_ok
+        cdef uint32_t k
+        cdef const fg_cidr* cidr
+        code = self._verify(<const unsigned char*>PyBytes_AS_STRING(key),
+                            PyBytes_GET_SIZE(key), <int64_t>now, index)
+        if code != FG_KEY_OK:
+            return code
+        e = &self._entries[index[0]]
+        pool = self._pool
+        self._stamp(e, now, ip)
+        if not _route_ok(pool + e.routes_off, e.n_routes, PyBytes_AS_STRING(path),
+                         PyBytes_GET_SIZE(path)):
+            return FG_KEY_ROUTE_DENIED
+        n = len(scopes)
+        for i in range(n):
+            scope = scopes[i]
+            if not _has_string(pool + e.scopes_off, e.n_scopes,
+                               PyBytes_AS_STRING(scope), PyBytes_GET_SIZE(scope)):
+                return FG_KEY_SCOPE_DENIED
+        if any_scopes is not None:
+            any_ok = False
+            for scope in any_scopes:
+                if _has_string(pool + e.scopes_off, e.n_scopes,
+                               PyBytes_AS_STRING(scope), PyBytes_GET_SIZE(scope)):
+                    any_ok = True
+                    break
+            if not any_ok:
+                return FG_KEY_SCOPE_DENIED
+        if e.n_cidrs:
+            text = PyUnicode_AsUTF8AndSize(ip, NULL)
+            if text == NULL or not fg_ip16(text, addr):
+                return FG_KEY_IP_DENIED
+            cidr = <const fg_cidr*>(pool + e.cidrs_off)
+            for k in range(e.n_cidrs):
+                if _cidr_match(addr, &cidr[k]):
+                    break
+            else:
+                return FG_KEY_IP_DENIED
+        if e.quota_tag == 0 or self._quotas is None:
+            return FG_KEY_OK
+        limit[0] = e.quota_limit
+        if not _time_ok(now):
+            return FG_KEY_QUOTA_FULL
+        code = quota_consume(self._quotas, e.quota_tag, e.quota_limit, e.quota_period,
+                             <uint64_t>now, remaining, end)
+        if code == FG_QUOTA_OK:
+            return FG_KEY_OK
+        remaining[0] = 0
+        return FG_KEY_QUOTA_EXCEEDED if code == FG_QUOTA_EXCEEDED else FG_KEY_QUOTA_FULL
+
     def check(self, bytes key not None, double now, bytes path not None,
               tuple scopes not None, tuple any_scopes, str ip not None, /):
         """Authenticate and authorize one request with API key ``key``.
@@ -776,67 +840,48 @@ cdef class KeyTable:
         secret is proven); the last three describe the key's quota (limit 0: none)
         once it was consulted.
         """
-        cdef uint32_t index = 0
-        cdef const fg_key_entry* e
-        cdef const unsigned char* pool
-        cdef int code
-        cdef Py_ssize_t i, n
+        cdef uint32_t index = 0, limit = 0
         cdef uint64_t remaining = 0, end = 0
-        cdef unsigned char addr[16]
-        cdef const char* text
-        cdef bytes scope
-        cdef bint any_ok
-        cdef uint32_t k
-        cdef const fg_cidr* cidr
-        code = self._verify(<const unsigned char*>PyBytes_AS_STRING(key),
-                            PyBytes_GET_SIZE(key), <int64_t>now, &index)
-        if code == FG_KEY_MALFORMED or code == FG_KEY_BAD_TAG \
-                or code == FG_KEY_UNKNOWN or code == FG_KEY_BAD_SECRET:
+        cdef int code = self._decide(key, now, path, scopes, any_scopes, ip, &index, &limit,
+                                     &remaining, &end)
+        if code <= FG_KEY_BAD_SECRET and code != FG_KEY_OK:
             return code, -1, 0, 0, 0
-        if code != FG_KEY_OK:
-            return code, index, 0, 0, 0
-        e = &self._entries[index]
-        pool = self._pool
-        self._stamp(e, now, ip)
-        if not _route_ok(pool + e.routes_off, e.n_routes, PyBytes_AS_STRING(path),
-                         PyBytes_GET_SIZE(path)):
-            return FG_KEY_ROUTE_DENIED, index, 0, 0, 0
-        n = len(scopes)
-        for i in range(n):
-            scope = scopes[i]
-            if not _has_string(pool + e.scopes_off, e.n_scopes,
-                               PyBytes_AS_STRING(scope), PyBytes_GET_SIZE(scope)):
-                return FG_KEY_SCOPE_DENIED, index, 0, 0, 0
-        if any_scopes is not None:
-            any_ok = False
-            for scope in any_scopes:
-                if _has_string(pool + e.scopes_off, e.n_scopes,
-                               PyBytes_AS_STRING(scope), PyBytes_GET_SIZE(scope)):
-                    any_ok = True
-                    break
-            if not any_ok:
-                return FG_KEY_SCOPE_DENIED, index, 0, 0, 0
-        if e.n_cidrs:
-            text = PyUnicode_AsUTF8AndSize(ip, NULL)
-            if text == NULL or not fg_ip16(text, addr):
-                return FG_KEY_IP_DENIED, index, 0, 0, 0
-            cidr = <const fg_cidr*>(pool + e.cidrs_off)
-            for k in range(e.n_cidrs):
-                if _cidr_match(addr, &cidr[k]):
-                    break
-            else:
-                return FG_KEY_IP_DENIED, index, 0, 0, 0
-        if e.quota_tag == 0 or self._quotas is None:
-            return FG_KEY_OK, index, 0, 0, 0
-        if not _time_ok(now):
-            return FG_KEY_QUOTA_FULL, index, e.quota_limit, 0, 0
-        code = quota_consume(self._quotas, e.quota_tag, e.quota_limit, e.quota_period,
-                             <uint64_t>now, &remaining, &end)
-        if code == FG_QUOTA_OK:
-            return FG_KEY_OK, index, e.quota_limit, remaining, end
-        if code == FG_QUOTA_EXCEEDED:
-            return FG_KEY_QUOTA_EXCEEDED, index, e.quota_limit, 0, end
-        return FG_KEY_QUOTA_FULL, index, e.quota_limit, 0, end
+        return code, index, limit, remaining, end
+
+    def authorize(self, RequestState req not None, bytes lname not None,
+                  bytes qname not None, tuple scopes not None, tuple any_scopes,
+                  double now, /):
+        """``check`` for one request as the api_key middleware sees it, in one call.
+
+        The key is found in ``req.headers`` / ``req.query`` as ``extract_api_key`` finds
+        it (header ``lname``, parameter ``qname``); ``req.path`` and ``req.client_ip``
+        are checked as ``check`` checks them. An accepted key's quota goes into
+        ``req.response_headers`` as ``merge_ratelimit`` puts it.
+
+        Returns (code, index, limit, reset): code as ``check``'s, or KEY_MISSING /
+        KEY_AMBIGUOUS (no key / more than one); index as ``check``'s; when the quota was
+        consulted, its limit and the seconds to its window's end (at least 0), else 0, 0.
+        """
+        cdef uint32_t index = 0, limit = 0
+        cdef uint64_t remaining = 0, end = 0
+        cdef int64_t reset
+        cdef int code
+        cdef Py_ssize_t count
+        key = _find_api_key(req.headers, lname, req.query, qname, &count)
+        if count != 1:
+            return (FG_KEY_MISSING if count == 0 else FG_KEY_AMBIGUOUS), -1, 0, 0
+        code = self._decide(key, now, req.path, scopes, any_scopes, req.client_ip, &index,
+                            &limit, &remaining, &end)
+        if code <= FG_KEY_BAD_SECRET and code != FG_KEY_OK:
+            return code, -1, 0, 0
+        if limit == 0:
+            return code, index, 0, 0
+        reset = <int64_t>end - <int64_t>now
+        if reset < 0:
+            reset = 0
+        if code == FG_KEY_OK:
+            merge_ratelimit(req.response_headers, limit, remaining, reset)
+        return code, index, limit, reset
 
     def verify(self, bytes key not None, double now, /):
         """Only the credential: (code, index) after parse, tag, lookup, digest, revoked
@@ -913,13 +958,25 @@ cdef bytes _RL_RESET = b"RateLimit-Reset"
 RATELIMIT_NAMES = (_RL_LIMIT, _RL_REMAINING, _RL_RESET)
 
 
-def ratelimit_fields(unsigned long limit, unsigned long remaining, long reset, /):
-    """The three RateLimit-* (name, value) pairs; ``reset`` in seconds (negative: 0)."""
-    return (
-        (_RL_LIMIT, _decimal(limit)),
-        (_RL_REMAINING, _decimal(remaining)),
-        (_RL_RESET, _decimal(reset if reset > 0 else 0)),
-    )
+cpdef merge_ratelimit(list headers, unsigned long limit, unsigned long remaining, long reset):
+    """Put RateLimit-Limit/Remaining/Reset (``reset`` in seconds) into ``headers`` (a
+    request's response headers); when a stricter quota already set them (no more
+    remaining than this one), keep that one. The three are always added together, in
+    order, so the Remaining pair's neighbours are its Limit and Reset."""
+    cdef Py_ssize_t i
+    cdef tuple item
+    if headers is None:
+        raise TypeError("headers must be a list")
+    for i in range(len(headers)):
+        item = headers[i]
+        if item[0] is _RL_REMAINING:
+            if int(item[1]) <= remaining:
+                return
+            del headers[i - 1 : i + 2]
+            break
+    headers.append((_RL_LIMIT, _decimal(limit)))
+    headers.append((_RL_REMAINING, _decimal(remaining)))
+    headers.append((_RL_RESET, _decimal(reset if reset > 0 else 0)))
 
 
 cdef bytes _decimal(unsigned long value):
@@ -1000,6 +1057,15 @@ def extract_api_key(list headers not None, bytes lname not None, bytes query not
     Returns (count, value): count 0 (no key), 1 (value is the key, the query form
     percent-decoded) or 2 (more than one: an ambiguous request, value None).
     """
+    cdef Py_ssize_t count
+    value = _find_api_key(headers, lname, query, qname, &count)
+    return count, value
+
+
+cdef object _find_api_key(list headers, bytes lname, bytes query, bytes qname,
+                          Py_ssize_t* found):
+    # extract_api_key's search: the key (None unless exactly one) and, in found[0], the
+    # count capped at 2.
     cdef Py_ssize_t count = 0, i, start, end, eq, n, m
     cdef const unsigned char* q
     cdef const unsigned char* ln = <const unsigned char*>PyBytes_AS_STRING(lname)
@@ -1038,8 +1104,10 @@ def extract_api_key(list headers not None, bytes lname not None, bytes query not
                     value = b""
             start = end + 1
     if count > 1:
-        return 2, None
-    return count, value
+        found[0] = 2
+        return None
+    found[0] = count
+    return value
 
 
 def strip_query_param(bytes query not None, bytes name not None, /):

@@ -19,9 +19,11 @@ from fluxgate._core import (
     KEY_FORMAT,
     KeyTable,
     QuotaCounters,
+    RequestState,
     b64url_decode,
     b64url_encode,
     extract_api_key,
+    merge_ratelimit,
     strip_query_param,
 )
 from fluxgate.auth import keytable as kt
@@ -183,6 +185,79 @@ def test_order_scope_before_ip_before_quota(state):
     # Neither refusal spent the quota.
     assert check(table, key, ip="10.0.0.1")[:4] == (OK, table.find(key[3:15]), 1, 0)
     assert check(table, key, ip="10.0.0.1")[0] == code("quota_exceeded")
+
+
+def _request(headers, query=b"", path=b"/api", ip="127.0.0.1"):
+    req = RequestState()
+    req.headers, req.query, req.path, req.client_ip = headers, query, path, ip
+    return req
+
+
+def test_authorize_decides_as_extract_api_key_and_check_do(state):
+    """The middleware's one call finds the key as extract_api_key does and decides as
+    check does (keys without a quota here: deciding twice spends nothing)."""
+    plain = state.generate("plain", scopes=["a"])[1].encode()
+    fenced = state.generate("fenced", routes=["/api"], allow_ips=["10.0.0.0/8"])[1].encode()
+    revoked = state.generate("gone")[1].encode()
+    state.store.revoke("gone")
+    table = state.table()
+    forged = plain[:-1] + (b"A" if plain[-1:] != b"A" else b"B")
+    shapes = [  # (headers, query, path, ip, required scopes)
+        ([], b"", b"/api", "127.0.0.1", ()),
+        ([(b"X-API-Key", plain)], b"", b"/api", "127.0.0.1", ()),
+        ([(b"x-api-key", plain)], b"", b"/api", "127.0.0.1", (b"a",)),
+        ([(b"X-API-Key", plain)], b"", b"/api", "127.0.0.1", (b"b",)),
+        ([], b"x=1&api_key=" + plain, b"/api", "127.0.0.1", ()),
+        ([(b"X-API-Key", plain)], b"api_key=" + plain, b"/api", "127.0.0.1", ()),
+        ([(b"X-API-Key", plain), (b"X-Api-Key", plain)], b"", b"/api", "127.0.0.1", ()),
+        ([(b"X-API-Key", fenced)], b"", b"/api/x", "10.1.2.3", ()),
+        ([(b"X-API-Key", fenced)], b"", b"/other", "10.1.2.3", ()),
+        ([(b"X-API-Key", fenced)], b"", b"/api", "192.0.2.1", ()),
+        ([(b"X-API-Key", revoked)], b"", b"/api", "127.0.0.1", ()),
+        ([(b"X-API-Key", forged)], b"", b"/api", "127.0.0.1", ()),
+        ([(b"X-API-Key", b"fg_" + b"A" * 60)], b"", b"/api", "127.0.0.1", ()),
+        ([(b"X-API-Key", b"\x00garbage\r\n")], b"", b"/api", "127.0.0.1", ()),
+    ]
+    seen = set()
+    for headers, query, path, ip, scopes in shapes:
+        count, key = extract_api_key(headers, b"x-api-key", query, b"api_key")
+        req = _request(headers, query, path, ip)
+        got = table.authorize(req, b"x-api-key", b"api_key", scopes, None, NOW)
+        if count == 0:
+            assert got == (code("missing_credentials"), -1, 0, 0)
+        elif count == 2:
+            assert got == (code("ambiguous_credentials"), -1, 0, 0)
+        else:
+            assert got == check(table, key, path=path, scopes=scopes, ip=ip)[:2] + (0, 0)
+        assert req.response_headers == []  # no quota: no RateLimit-*
+        seen.add(REASONS[got[0]])
+    assert seen == {"ok", "missing_credentials", "ambiguous_credentials", "insufficient_scope",
+                    "route_not_allowed", "ip_not_allowed", "revoked", "bad_tag", "malformed"}
+
+
+def test_authorize_spends_the_quota_and_merges_ratelimit(state):
+    key = state.generate("metered", quota=(2, 60))[1].encode()
+    table = state.table()
+    index = table.find(key[3:15].decode())
+    reset = 60 - int(NOW) % 60  # the fixed UTC minute's end
+    for remaining in (1, 0):
+        req = _request([(b"X-API-Key", key)])
+        assert table.authorize(req, b"x-api-key", b"", (), None, NOW) == (OK, index, 2, reset)
+        assert req.response_headers == [(b"RateLimit-Limit", b"2"),
+                                         (b"RateLimit-Remaining", b"%d" % remaining),
+                                         (b"RateLimit-Reset", b"%d" % reset)]
+    req = _request([(b"X-API-Key", key)])
+    assert table.authorize(req, b"x-api-key", b"", (), None, NOW) == (
+        code("quota_exceeded"), index, 2, reset)
+    assert req.response_headers == []  # the middleware's 429 adds them, with Retry-After
+    # A stricter quota met earlier in the chain keeps its figures.
+    key2 = state.generate("roomy", quota=(100, 3600))[1].encode()
+    table = state.table()
+    req = _request([(b"X-API-Key", key2)])
+    merge_ratelimit(req.response_headers, 5, 1, 9)
+    assert table.authorize(req, b"x-api-key", b"", (), None, NOW)[0] == OK
+    assert req.response_headers == [(b"RateLimit-Limit", b"5"), (b"RateLimit-Remaining", b"1"),
+                                     (b"RateLimit-Reset", b"9")]
 
 
 # ---- usage ---------------------------------------------------------------------------------

@@ -7,9 +7,8 @@ import os
 
 import pytest
 
-from fluxgate._core import KeyTable
+from fluxgate._core import KeyTable, merge_ratelimit
 from fluxgate.auth import keytable as kt
-from fluxgate.auth.quotas import ratelimit_headers
 from tests.support.keys import KeyState
 
 NOW = 1_795_000_000.0
@@ -123,10 +122,10 @@ def test_build_table_sizes(state):
         table.release()
 
 
-def test_ratelimit_headers_keep_the_stricter_quota():
+def test_merge_ratelimit_keeps_the_stricter_quota():
     headers: list[tuple[bytes, bytes]] = [(b"X-Other", b"1")]
-    ratelimit_headers(headers, 100, 40, 60)
-    ratelimit_headers(headers, 10, 3, 5)  # stricter: replaces
-    ratelimit_headers(headers, 1000, 999, 3600)  # looser: ignored
+    merge_ratelimit(headers, 100, 40, 60)
+    merge_ratelimit(headers, 10, 3, 5)  # stricter: replaces
+    merge_ratelimit(headers, 1000, 999, 3600)  # looser: ignored
     assert headers == [(b"X-Other", b"1"), (b"RateLimit-Limit", b"10"),
                        (b"RateLimit-Remaining", b"3"), (b"RateLimit-Reset", b"5")]

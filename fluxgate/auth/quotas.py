@@ -22,7 +22,7 @@ import os
 import secrets
 import struct
 
-from fluxgate._core import KEY_LAYOUT, RATELIMIT_NAMES, QuotaCounters, ratelimit_fields
+from fluxgate._core import KEY_LAYOUT, QuotaCounters, merge_ratelimit
 from fluxgate.errors import QuotaExceeded
 
 QUOTA_FILE = "quotas.bin"
@@ -90,23 +90,7 @@ def rule_identity(route: str, by: str, window: int) -> bytes:
 
 
 # ---- response headers (IETF draft-ietf-httpapi-ratelimit-headers, RFC 9110 §10.2.3) --------
-
-_REMAINING = RATELIMIT_NAMES[1]
-
-
-def ratelimit_headers(
-    headers: list[tuple[bytes, bytes]], limit: int, remaining: int, reset: int
-) -> None:
-    """Put RateLimit-Limit/Remaining/Reset (reset in seconds) into ``headers`` (a request's
-    response headers); when a stricter quota already set them (fewer remaining), keep it."""
-    if headers:
-        for i, (name, value) in enumerate(headers):
-            if name is _REMAINING:
-                if int(value) <= remaining:
-                    return
-                del headers[i - 1 : i + 2]  # the three are always added together, in order
-                break
-    headers += ratelimit_fields(limit, remaining, reset)
+# RateLimit-* go into a request's response headers through _core.merge_ratelimit.
 
 
 def quota_exceeded(
@@ -114,5 +98,5 @@ def quota_exceeded(
 ) -> QuotaExceeded:
     """The 429 of a spent budget: RateLimit-* with nothing remaining into ``headers`` (a
     request's response headers), and Retry-After (RFC 9110 §10.2.3) in seconds."""
-    ratelimit_headers(headers, limit, 0, retry)
+    merge_ratelimit(headers, limit, 0, retry)
     return QuotaExceeded(description, headers=((b"Retry-After", b"%d" % retry),))

@@ -22,11 +22,10 @@ import ipaddress
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit
 
-from fluxgate._core import KeyTable, PathError, normalize_path
+from fluxgate._core import KeyTable, PathError, RequestState, normalize_path
 from fluxgate.auth.jwks import provider_source, read_snapshot, snapshot_keys, snapshot_path
 from fluxgate.auth.keyops import KeyOps
 from fluxgate.auth.keys import key_id_of, load_signing_key
@@ -312,12 +311,12 @@ def findings(config: schema.Config, route: schema.Route) -> list[Finding]:
 
 
 def _request(method: str, path: str, headers: list[tuple[bytes, bytes]],
-             client_ip: str) -> SimpleNamespace:
-    """What the auth middleware reads of a worker's ``RequestState``."""
-    return SimpleNamespace(
-        method=method.encode(), path=path.encode("latin-1"), query=b"", headers=headers,
-        client_ip=client_ip, principal=None, response_headers=[],
-    )
+             client_ip: str) -> RequestState:
+    """A request as a worker's parser would hand it to the auth middleware."""
+    req = RequestState()
+    req.method, req.path, req.headers = method.encode(), path.encode("latin-1"), headers
+    req.client_ip = client_ip
+    return req
 
 
 def _denied(refusal: ClientError, method: str) -> dict[str, Any]:

@@ -6,9 +6,9 @@ The key comes from the ``api_keys.header`` header (X-API-Key) or the ``api_keys.
 parameter (api_key; ``query: false`` on the route refuses it there). Neither ever reaches
 an upstream, on any route: the gateway drops the header as it parses it and strips the
 parameter from the upstream request (``proxy/app.py``, DESIGN §4).
-One call into ``_core.KeyTable.check`` does the whole decision: parse, HMAC tag, lookup,
-digest, revoked/expiry, the key's routes, scopes (and a covering scope_map rule), the key's
-IP allowlist and its quota. The principal and the headers for the upstream are built once
+One call into ``_core.KeyTable.authorize`` does the whole decision: find the key, parse,
+HMAC tag, lookup, digest, revoked/expiry, the key's routes, scopes (and a covering
+scope_map rule), the key's IP allowlist and its quota. The principal and the headers for the upstream are built once
 per key and table generation.
 
 Answers: 401 missing_credentials (no key), 401 invalid_key (malformed, forged, unknown,
@@ -24,10 +24,10 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from fluxgate._core import extract_api_key, ratelimit_fields
+from fluxgate._core import extract_api_key
 from fluxgate.auth.failures import AuthFailures
 from fluxgate.auth.keytable import REASONS, STAT_KEY_QUOTA, STAT_KEY_QUOTA_FULL, SharedKeys
-from fluxgate.auth.quotas import quota_exceeded, ratelimit_headers
+from fluxgate.auth.quotas import quota_exceeded
 from fluxgate.auth.scopes import ScopePolicy
 from fluxgate.config.schema import ApiKey
 from fluxgate.errors import (
@@ -46,7 +46,9 @@ _now = time.time  # bound once: the hot path does no module attribute lookup
 
 _OK, _MALFORMED, _BAD_TAG, _UNKNOWN, _BAD_SECRET, _REVOKED, _EXPIRED = range(7)
 _ROUTE_DENIED, _SCOPE_DENIED, _IP_DENIED, _QUOTA_EXCEEDED, _QUOTA_FULL = range(7, 12)
+_MISSING, _AMBIGUOUS = 12, 13
 assert REASONS[_QUOTA_FULL] == "quota_table_full" and REASONS[_BAD_SECRET] == "bad_secret"
+assert REASONS[_MISSING] == "missing_credentials" and REASONS[_AMBIGUOUS] == "ambiguous_credentials"
 
 INVALID_DESCRIPTION = "The API key is invalid, expired or revoked."
 
@@ -55,7 +57,7 @@ class ApiKeyMiddleware:
     """Per route: the required scopes and where the key may come from; the table is shared."""
 
     __slots__ = ("shared", "required", "policy", "scoped", "lname", "qname", "failures",
-                 "_covering")  # fmt: skip
+                 "_covering_encoded")  # fmt: skip
 
     def __init__(
         self, shared: SharedKeys, policy: ScopePolicy, header: str, query: str,
@@ -68,7 +70,7 @@ class ApiKeyMiddleware:
         self.lname = header.lower().encode()
         self.qname = query.encode() if accept_query else b""
         self.failures = failures
-        self._covering: dict[frozenset[str], tuple[bytes, ...]] = {}
+        self._covering_encoded: dict[frozenset[str], tuple[bytes, ...]] = {}
 
     @classmethod
     def from_config(cls, config: ApiKey, gateway: Any, route: Any = None) -> ApiKeyMiddleware:
@@ -88,44 +90,45 @@ class ApiKeyMiddleware:
         return extract_api_key(req.headers, self.lname, req.query, self.qname)[0] != 0
 
     def __call__(self, req: RequestState) -> ClientError | None:
-        count, key = extract_api_key(req.headers, self.lname, req.query, self.qname)
-        if count != 1:
-            if count == 0:
-                self._fail("missing_credentials")
-                return MissingCredentials("This route requires an API key.")
-            self._fail("ambiguous_credentials")
-            return InvalidKey("More than one API key in the request.", reason="ambiguous")
-        shared = self.shared
-        now = _now()
-        covering = None
-        if self.scoped:
-            covering = self.policy.covering(req.method, req.path)
-            if covering:
-                encoded = self._covering.get(covering)
-                if encoded is None:
-                    encoded = self._covering[covering] = tuple(s.encode() for s in covering)
-                covering = encoded
-            else:
-                covering = None
-        code, index, limit, remaining, end = shared.table.check(
-            key, now, req.path, self.required, covering, req.client_ip
-        )
+        code, index, limit, reset = self.shared.table.authorize(
+            req, self.lname, self.qname, self.required,
+            self._covering(req) if self.scoped else None, _now(),
+        )  # fmt: skip
         if code == _OK:
+            shared = self.shared
             info = shared.infos[index] or shared.info(index)
             req.principal = info.principal
             if info.response_headers:
                 req.response_headers.extend(info.response_headers)
-            if limit:
-                if req.response_headers:
-                    ratelimit_headers(req.response_headers, limit, remaining, end - int(now))
-                else:  # the common case, without a call
-                    req.response_headers += ratelimit_fields(limit, remaining, end - int(now))
             return None
+        return self._refuse(req, code, index, limit, reset)
+
+    def _covering(self, req: RequestState) -> tuple[bytes, ...] | None:
+        """The scopes of the scope_map rule covering this request, one of which the key
+        must hold (None: no rule covers it)."""
+        covering = self.policy.covering(req.method, req.path)
+        if not covering:
+            return None
+        encoded = self._covering_encoded.get(covering)
+        if encoded is None:
+            encoded = self._covering_encoded[covering] = tuple(s.encode() for s in covering)
+        return encoded
+
+    def _refuse(
+        self, req: RequestState, code: int, index: int, limit: int, reset: int
+    ) -> ClientError:
+        if code == _MISSING:
+            self._fail("missing_credentials")
+            return MissingCredentials("This route requires an API key.")
+        if code == _AMBIGUOUS:
+            self._fail("ambiguous_credentials")
+            return InvalidKey("More than one API key in the request.", reason="ambiguous")
         if code <= _EXPIRED:
             self._fail(REASONS[code])
             return InvalidKey(INVALID_DESCRIPTION, reason=REASONS[code])
         if code == _SCOPE_DENIED:
             self._fail("insufficient_scope")
+            covering = self._covering(req) if self.scoped else None
             scope = self.policy.challenge or " ".join(sorted(s.decode() for s in covering or ()))
             return InsufficientScope("The API key lacks a scope this request needs.", scope=scope)
         if code == _ROUTE_DENIED:
@@ -134,7 +137,8 @@ class ApiKeyMiddleware:
         if code == _IP_DENIED:
             self._fail("ip_not_allowed")
             return IpNotAllowed("The client address is not allowed for this API key.")
-        retry = max(end - int(now), 1)
+        retry = max(reset, 1)
+        shared = self.shared
         if code == _QUOTA_FULL:
             shared.usage.count(STAT_KEY_QUOTA_FULL)
             log.warning("quota table full: key %s refused", shared.info(index).key_id)

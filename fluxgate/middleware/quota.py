@@ -18,8 +18,9 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from fluxgate._core import merge_ratelimit
 from fluxgate.auth.keytable import STAT_RULE_FULL, STAT_RULE_REJECTED, SharedKeys
-from fluxgate.auth.quotas import quota_exceeded, ratelimit_headers, rule_identity
+from fluxgate.auth.quotas import quota_exceeded, rule_identity
 from fluxgate.config.schema import Quota
 from fluxgate.config.units import parse_rate
 from fluxgate.errors import ClientError, MissingCredentials
@@ -76,7 +77,7 @@ class QuotaMiddleware:
         now = _now()
         code, remaining, end = quotas.consume(tag, self.limit, self.window, now)
         if code == 0:
-            ratelimit_headers(req.response_headers, self.limit, remaining, end - int(now))
+            merge_ratelimit(req.response_headers, self.limit, remaining, end - int(now))
             return None
         retry = max(end - int(now), 1)
         if code == 2:
