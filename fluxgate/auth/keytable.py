@@ -32,6 +32,7 @@ row id.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import mmap
@@ -210,6 +211,17 @@ class Usage:
     requests: int
 
 
+@functools.lru_cache(maxsize=4096)
+def _address_text(hi: int, lo: int) -> str | None:
+    # A usage slot's address words as text. Cached: a key is used from few addresses, and
+    # ipaddress took most of the master's periodic flush over every key's slot.
+    raw = struct.pack("=QQ", hi, lo)
+    if not any(raw):
+        return None
+    ip = ipaddress.IPv6Address(raw)
+    return str(ip.ipv4_mapped or ip)
+
+
 class UsageFile:
     """``keys.usage`` mapped read-write (master, fluxctl, and each worker)."""
 
@@ -275,12 +287,12 @@ class UsageFile:
             if load(base) == at:
                 break
         requests = load(base + 3)
-        address = None
-        if at:
-            raw = struct.pack("=QQ", hi, lo)
-            ip = ipaddress.IPv6Address(raw)
-            address = str(ip.ipv4_mapped or ip) if any(raw) else None
-        return Usage(at, address, requests)
+        return Usage(at, _address_text(hi, lo) if at else None, requests)
+
+    def snapshot(self) -> bytes:
+        """Every slot's bytes in one copy: a cheap way to see which slots changed (a slot
+        being stamped meanwhile may be torn; ``read`` gives a consistent one)."""
+        return self.mapping[: self.slots * SLOT_SIZE]
 
     def seed(self, slot: int, last_used_at: int | None, address: str | None, requests: int) -> None:
         """Fill a slot from keys.db (a usage file created after keys were used)."""

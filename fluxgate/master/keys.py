@@ -33,6 +33,7 @@ from fluxgate.auth.keyops import KeyOps
 from fluxgate.auth.keys import load_signing_key, signing_key_from_config
 from fluxgate.auth.keystore import KeyRecord, UnknownKey
 from fluxgate.auth.keytable import (
+    SLOT_SIZE,
     STAT_KEY_QUOTA,
     STAT_KEY_QUOTA_FULL,
     STAT_RULE_FULL,
@@ -87,7 +88,7 @@ class KeyService:
         self.generation = 0
         self.keys = 0
         self._data_version = -1
-        self._flushed: dict[int, tuple[int, str | None, int]] = {}
+        self._flushed: dict[int, bytes] = {}  # key slot -> its usage bytes when flushed
         self._records: list[KeyRecord] = []
         self._task: asyncio.Task[None] | None = None
         self._next_prune = float("inf")  # when a key in the table has been dead KEEP_DEAD
@@ -185,14 +186,20 @@ class KeyService:
 
     def flush_usage(self) -> None:
         """Copy changed last-use stamps and request counts into keys.db."""
+        # Every FLUSH_INTERVAL over every key: only slots whose bytes changed since the
+        # last flush are decoded (one copy of the file finds them).
+        snapshot = self.usage.snapshot()
         rows = []
         for r in self._records:
-            u = self.usage.read(usage_slot(r))
-            seen = (u.last_used_ms, u.address, u.requests)
-            if u.requests and self._flushed.get(r.slot) != seen:
+            slot = usage_slot(r)
+            raw = snapshot[slot * SLOT_SIZE : (slot + 1) * SLOT_SIZE]
+            if raw == self._flushed.get(r.slot):
+                continue
+            self._flushed[r.slot] = raw
+            u = self.usage.read(slot)
+            if u.requests:
                 at = u.last_used_ms // 1000 if u.last_used_ms else None
                 rows.append((r.slot, at, u.address, u.requests))
-                self._flushed[r.slot] = seen
         self.ops.store.record_usage(rows)
 
     def _seed_usage(self) -> None:
