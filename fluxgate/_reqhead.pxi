@@ -93,13 +93,44 @@ cdef bytes _RQ_COMMA = b", "
 cdef unsigned char _RQ_TARGET[256]   # 1: request-target byte taken here
 
 
+cdef extern from *:
+    """
+    #if defined(__SSE2__)
+    #include <emmintrin.h>
+    /* 16 bytes a step: a signed compare below 0x20 catches 0x00-0x1F and 0x80-0xFF at
+       once, an equality catches DEL (0x7F). SSE2 is part of x86-64 itself. */
+    static inline Py_ssize_t fg_plain_run16(const unsigned char *p, Py_ssize_t i,
+                                            Py_ssize_t n) {
+        const __m128i space = _mm_set1_epi8(0x20), del = _mm_set1_epi8(0x7F);
+        while (i + 16 <= n) {
+            __m128i x = _mm_loadu_si128((const __m128i *)(p + i));
+            __m128i bad = _mm_or_si128(_mm_cmplt_epi8(x, space), _mm_cmpeq_epi8(x, del));
+            if (_mm_movemask_epi8(bad))
+                break;
+            i += 16;
+        }
+        return i;
+    }
+    #else
+    static inline Py_ssize_t fg_plain_run16(const unsigned char *p, Py_ssize_t i,
+                                            Py_ssize_t n) {
+        (void)p; (void)n;
+        return i;
+    }
+    #endif
+    """
+    Py_ssize_t fg_plain_run16(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept
+
+
 cdef inline Py_ssize_t _plain_run(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept:
-    # Skips 8 bytes at a time while every byte is 0x20..0x7E: long field values (a bearer
-    # token is ~600 bytes) are most of a head, and a table lookup per byte shows in the
-    # profile. Word tricks from "Bit Twiddling Hacks" (hasless / hasmore): a word has a
-    # byte < 0x20 iff (x - 0x20..20) & ~x & 0x80..80, a byte > 0x7E iff
-    # ((x + 0x01..01) | x) & 0x80..80. The byte loop that follows decides exactly.
+    # Skips bytes while every one is 0x20..0x7E, 16 at a time (SSE2) and then 8 at a time:
+    # long field values (a bearer token is ~600 bytes) are most of a head, and a table
+    # lookup per byte shows in the profile. Word tricks from "Bit Twiddling Hacks"
+    # (hasless / hasmore): a word has a byte < 0x20 iff (x - 0x20..20) & ~x & 0x80..80, a
+    # byte > 0x7E iff ((x + 0x01..01) | x) & 0x80..80. The byte loop that follows decides
+    # exactly.
     cdef uint64_t x
+    i = fg_plain_run16(p, i, n)
     while i + 8 <= n:
         memcpy(&x, p + i, 8)
         if ((((x - 0x2020202020202020ULL) & ~x) | (x + 0x0101010101010101ULL) | x)

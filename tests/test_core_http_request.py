@@ -590,6 +590,21 @@ def test_every_single_byte_substitution_and_insertion():
     assert hits > 1000, hits
 
 
+def test_every_byte_at_every_offset_of_a_long_value():
+    """A value long enough for the 16-byte and 8-byte scans and the byte loop after them:
+    each byte value at each offset is decided as httptools decides it."""
+    head, tail = b"GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer ", b"\r\n\r\n"
+    value = bytes(0x21 + i % 94 for i in range(70))
+    accepted = 0
+    for pos in range(len(value)):
+        for byte in range(256):
+            state = check(head + value[:pos] + bytes((byte,)) + value[pos + 1 :] + tail)
+            accepted += state is not None
+    # Every byte 0x20..0x7E, tab and the obs-text bytes llhttp takes (>= 0x80) do not
+    # end the simple case by themselves; controls do.
+    assert accepted >= len(value) * (0x7F - 0x20), accepted
+
+
 def test_header_names_are_reused_across_requests_and_never_confused():
     # The parser hands out one bytes object per name spelling (its hash is then cached);
     # spellings that differ, even only in case, stay distinct objects with their bytes.
