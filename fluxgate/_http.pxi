@@ -108,6 +108,7 @@ cdef extern from "structmember.h":
         int flags
         const char* doc
     int T_OBJECT_EX
+    int READONLY
 
 cdef extern from "Python.h":
     object PyDescr_NewMember(PyTypeObject* type, PyMemberDef* member)
@@ -117,9 +118,10 @@ cdef extern from "Python.h":
 cdef tuple _member_names = ()  # the descriptors' names: kept alive with the type
 
 
-cdef void _as_member_fields(type cls) except *:
+cdef void _as_member_fields(type cls, bint readonly=False) except *:
     """Replace the getset property of each public object field of `cls` by a T_OBJECT_EX
-    member descriptor on the same slot (see the top of this file for why).
+    member descriptor on the same slot (see the top of this file for why); `readonly`
+    members refuse assignment from Python (C code still sets the fields).
 
     Each field's offset is found, not assumed: a probe instance gets a fresh sentinel
     through the field's property, and the instance's memory is searched for it.
@@ -150,7 +152,7 @@ cdef void _as_member_fields(type cls) except *:
         members[i].name = name
         members[i].type = T_OBJECT_EX
         members[i].offset = found
-        members[i].flags = 0
+        members[i].flags = READONLY if readonly else 0
         members[i].doc = NULL
         (<dict>tp.tp_dict)[name.decode()] = PyDescr_NewMember(tp, &members[i])
     PyType_Modified(tp)

@@ -224,12 +224,15 @@ cdef int _rh_parse(const unsigned char* p, Py_ssize_t n, bint head_request,
 cdef class ResponseHead:
     """A complete upstream response taken by parse_response_head (fields read-only)."""
 
-    cdef readonly int status
-    cdef readonly bytes lines            # forwardable header lines, b"Name: value\r\n"...
-    cdef readonly object content_length  # bytes | None: the Content-Length digits
-    cdef readonly bint keep_alive
-    cdef readonly Py_ssize_t body_start
-    cdef readonly Py_ssize_t body_length
+    # Python-object fields behind read-only member descriptors (_as_member_fields in
+    # _http.pxi): the exchange reads all six once per response, and CPython 3.11 takes
+    # the generic attribute lookup for the getset properties `cdef readonly` would give.
+    cdef public object status            # int
+    cdef public object lines             # bytes: forwardable header lines, b"Name: value\r\n"...
+    cdef public object content_length    # bytes | None: the Content-Length digits
+    cdef public object keep_alive        # bool
+    cdef public object body_start        # int
+    cdef public object body_length       # int
 
     def __repr__(self):
         return (
@@ -238,6 +241,8 @@ cdef class ResponseHead:
             f"body_start={self.body_start}, body_length={self.body_length})"
         )
 
+
+_as_member_fields(ResponseHead, readonly=True)
 
 RH_FORWARD = _RH_FORWARD
 RH_CONTENT_LENGTH = _RH_CONTENT_LENGTH
