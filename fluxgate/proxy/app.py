@@ -163,8 +163,9 @@ class Gateway:
         seconds = perf_counter() - req.started
         route = req.route
         slot = route.slot if route is not None else 0
-        if self._count_request is not None:
-            self._count_request(slot, req.status, seconds)
+        count = self._count_request
+        if count is not None:
+            count(slot, req.status, seconds)
         if self.access_log.stream is not None:
             self.access_log.add(
                 "%s %s %s %d %.1fms %s\n"

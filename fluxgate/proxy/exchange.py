@@ -65,12 +65,12 @@ class Exchange:
         """Acquire a connection (possibly at once) and send the head."""
         self.attempts += 1
         group = self.group
-        pool = group.pick()
+        pool = next(group.targets)  # round-robin
         conn = pool.take_idle()  # under load, a warm pooled connection: no callback needed
         if conn is not None:
             self._on_connection(conn, None)
             return
-        self.deadline = self.client.loop_time() + group.connect_timeout + group.read_timeout
+        self.deadline = self.client.loop.time() + group.connect_timeout + group.read_timeout
         pool.acquire(self._on_connection)
 
     def _on_connection(self, conn: UpstreamConnection | None, exc: BaseException | None) -> None:
@@ -138,7 +138,7 @@ class Exchange:
 
     def touch(self) -> None:
         """Progress was made: push the read deadline out."""
-        self.deadline = self.client.loop_time() + self.group.read_timeout
+        self.deadline = self.client.loop.time() + self.group.read_timeout
 
     # -- response from the upstream -------------------------------------------------------
     def upstream_headers(

@@ -72,7 +72,6 @@ class ClientConnection(asyncio.Protocol):
         self.special = gateway.request_special  # header name (lower case) -> kind
         self.header_kinds = gateway.header_kinds  # header name as sent -> kind
         self.loop = gateway.loop
-        self.loop_time = gateway.loop.time  # bound once: every exchange reads the clock
         limits = gateway.limits
         self.max_header_bytes = limits.max_header_bytes
         self.max_body_bytes = limits.max_body_bytes

@@ -12,7 +12,7 @@ import asyncio
 import itertools
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import httptools
@@ -374,8 +374,10 @@ class UpstreamGroup:
             )
             for host, port in spec.targets
         ]
-        # The next target in round-robin order: a C-level iterator step per request.
-        self.pick: Callable[[], TargetPool] = itertools.cycle(self.pools).__next__
+        # Round-robin: next(group.targets) is a C-level iterator step per request. (Not a
+        # bound `__next__` kept on the group: CPython 3.11 specializes next() and an
+        # attribute load, but not a method call through an instance attribute.)
+        self.targets: Iterator[TargetPool] = itertools.cycle(self.pools)
 
     def close(self) -> None:
         for pool in self.pools:
