@@ -28,6 +28,8 @@ IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"
 PENDING_BODY_LIMIT = 256 * 1024
 
 _FRAME_NONE, _FRAME_LENGTH, _FRAME_CHUNKED, _FRAME_CLOSE = 0, 1, 2, 3
+# A deadline that never passes (float("inf") parses a string on every call).
+_NO_DEADLINE = float("inf")
 
 
 class Exchange:
@@ -58,7 +60,7 @@ class Exchange:
         self.client_chunked = False
         self.finished = False
         self.attempts = 0
-        self.deadline = float("inf")  # set by start(), before anything can time out
+        self.deadline = _NO_DEADLINE  # set by start(), before anything can time out
 
     # -- start / body from the client ---------------------------------------------------
     def start(self) -> None:
