@@ -366,5 +366,8 @@ class RequestIds:
     def __init__(self, prefix: bytes, /) -> None: ...
     def take(self, client_value: bytes | None, /) -> bytes: ...
 
-def longest_prefix(table: dict[bytes, Any], path: bytes, /) -> Any:
-    """The value of the longest key that is `path` or a segment-boundary prefix of it."""
+def longest_prefix(
+    table: dict[bytes, Any], path: bytes, longest: int, default: Any = None, /
+) -> Any:
+    """The value of the longest key that is `path` or a segment-boundary prefix of it, or
+    `default`; no key is longer than `longest` bytes."""

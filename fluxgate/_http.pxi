@@ -400,17 +400,26 @@ cdef class RequestIds:
         return PyBytes_FromStringAndSize(buf, plen + digits)
 
 
-def longest_prefix(dict table not None, bytes path not None):
+def longest_prefix(dict table not None, bytes path not None, Py_ssize_t longest,
+                   default=None):
     """The value of the longest key of ``table`` that is ``path`` or a prefix of it ending
-    on a segment boundary (a trailing ``/`` of ``path`` ignored), or None.
+    on a segment boundary (a trailing ``/`` of ``path`` ignored), or ``default``.
 
-    Keys are normalized route prefixes without a trailing slash (fluxgate/proxy/router.py).
+    Keys are normalized route prefixes without a trailing slash (fluxgate/proxy/router.py),
+    none longer than ``longest`` bytes.
     """
     cdef const char* p = PyBytes_AS_STRING(path)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(path)
     cdef _PyObject* hit
     if n > 1 and p[n - 1] == b"/":
         n -= 1
+    if n > longest:
+        # Prefixes longer than every key cannot match: start at the last segment boundary
+        # within reach, without building and hashing the candidates above it (a request
+        # path is usually longer than its route's prefix).
+        n = longest
+        while n > 0 and p[n] != b"/":
+            n -= 1
     while n > 0:
         candidate = PyBytes_FromStringAndSize(p, n) if n != PyBytes_GET_SIZE(path) else path
         hit = _dict_get(table, candidate)
@@ -419,7 +428,7 @@ def longest_prefix(dict table not None, bytes path not None):
         n -= 1
         while n > 0 and p[n] != b"/":
             n -= 1
-    return None
+    return default
 
 
 # ---- HTTP/1.1 bytes, shared by both head parsers (_reqhead.pxi, _resphead.pxi) ----------

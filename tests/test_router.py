@@ -31,3 +31,14 @@ def test_root_route_catches_everything_else():
 
 def test_empty_table():
     assert make().match(b"/x") is None
+
+
+def test_paths_longer_and_shorter_than_every_prefix():
+    # The matcher skips candidates longer than the longest prefix without looking them up.
+    router = make("/", "/ab", "/abc/de")
+    assert router.match(b"/abc/de/f/g/h") == "/abc/de"
+    assert router.match(b"/abc/def/g") == "/"
+    assert router.match(b"/ab/cdefgh/i") == "/ab"
+    assert router.match(b"/abcdefgh") == "/"
+    assert router.match(b"/a") == "/"
+    assert make("/ab").match(b"/abcdefgh/") is None

@@ -18,7 +18,7 @@ T = TypeVar("T")
 class Router(Generic[T]):
     """Maps normalized paths to the route of the longest matching prefix."""
 
-    __slots__ = ("_table", "_root")
+    __slots__ = ("_table", "_root", "_longest")
 
     def __init__(self, routes: Iterable[tuple[str, T]]) -> None:
         self._table: dict[bytes, T] = {}
@@ -31,11 +31,9 @@ class Router(Generic[T]):
                 self._root = route
             else:
                 self._table[key] = route
+        self._longest = max(map(len, self._table), default=0)
 
     def match(self, path: bytes) -> T | None:
         """Return the route for `path` (already normalized), or None."""
-        if self._table:
-            route = longest_prefix(self._table, path)  # one dict lookup per segment, in C
-            if route is not None:
-                return route
-        return self._root
+        # In C: one dict lookup per segment no longer than the longest prefix, then the root.
+        return longest_prefix(self._table, path, self._longest, self._root)
