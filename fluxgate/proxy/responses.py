@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from http import HTTPStatus
 
 import orjson
@@ -16,17 +17,18 @@ def reason(status: int) -> bytes:
     return _REASONS.get(status, b"")
 
 
-_STATUS_LINES: dict[int, bytes] = {
-    code: b"HTTP/1.1 %d %s\r\n" % (code, phrase) for code, phrase in _REASONS.items()
-}
+class _StatusLines(dict[int, bytes]):
+    """`HTTP/1.1 200 OK\\r\\n` by status code; a code without a phrase is built when asked."""
+
+    def __missing__(self, status: int) -> bytes:
+        return b"HTTP/1.1 %d %s\r\n" % (status, reason(status))
 
 
-def status_line(status: int) -> bytes:
-    """`HTTP/1.1 200 OK\\r\\n` for a status code."""
-    line = _STATUS_LINES.get(status)
-    if line is None:
-        line = b"HTTP/1.1 %d %s\r\n" % (status, reason(status))
-    return line
+# `status_line(status)` is a C-level dict lookup: every proxied response asks for one, and
+# a Python function around the lookup would cost a frame each time.
+status_line: Callable[[int], bytes] = _StatusLines(
+    {code: b"HTTP/1.1 %d %s\r\n" % (code, phrase) for code, phrase in _REASONS.items()}
+).__getitem__
 
 
 def error_response(
