@@ -361,7 +361,12 @@ class ClientConnection(asyncio.Protocol):
                 refusal = middleware(req)
                 if refusal is not None:
                     raise refusal
-            head = self._upstream_head(req, route)
+            # The head sent upstream leaves out the route's middleware-owned headers and
+            # those the client's Connection header names (hop-by-hop, RFC 9110 §7.6.1).
+            drop = route.drop_headers
+            if req.connection is not None:
+                drop = drop | hdr.named_by_connection(req.connection)
+            head = upstream_head(req, drop, route.strip_length, self.peer_bytes, gw.api_key_query)
         except ClientError as err:
             self._local_reply(req, err)
             return
@@ -405,12 +410,6 @@ class ClientConnection(asyncio.Protocol):
         if req.upgrade is not None and not route.websocket:
             raise BadRequest("WebSocket is not enabled on this route")
         return route
-
-    def _upstream_head(self, req: RequestState, route: CompiledRoute) -> bytes:
-        drop = route.drop_headers
-        if req.connection is not None:
-            drop = drop | hdr.named_by_connection(req.connection)
-        return upstream_head(req, drop, route.strip_length, self.peer_bytes, self.gw.api_key_query)
 
     # -- endings -----------------------------------------------------------------------------
     def can_keep_alive(self, req: RequestState) -> bool:
