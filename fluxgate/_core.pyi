@@ -36,7 +36,7 @@ __all__ = (
     "classify_header",
     "RequestIds",
     "RequestState",
-    "longest_prefix",
+    "PrefixTable",
     "response_head",
     "upstream_head",
 )
@@ -366,8 +366,10 @@ class RequestIds:
     def __init__(self, prefix: bytes, /) -> None: ...
     def take(self, client_value: bytes | None, /) -> bytes: ...
 
-def longest_prefix(
-    table: dict[bytes, Any], path: bytes, longest: int, default: Any = None, /
-) -> Any:
-    """The value of the longest key that is `path` or a segment-boundary prefix of it, or
-    `default`; no key is longer than `longest` bytes."""
+class PrefixTable:
+    """Longest-prefix matching on segment boundaries (the body of proxy.router.Router)."""
+
+    def __init__(self, table: dict[bytes, Any], root: Any = None) -> None: ...
+    def match(self, path: bytes) -> Any:
+        """The value of the longest key that is `path` or a segment-boundary prefix of it,
+        else the root's."""

@@ -68,7 +68,7 @@ from fluxgate.errors import B64Error, PathError
 __all__ = (
     "RequestIds",
     "RequestState",
-    "longest_prefix",
+    "PrefixTable",
     "response_head",
     "upstream_head",
     "ResponseHead",

@@ -400,35 +400,48 @@ cdef class RequestIds:
         return PyBytes_FromStringAndSize(buf, plen + digits)
 
 
-def longest_prefix(dict table not None, bytes path not None, Py_ssize_t longest,
-                   default=None):
-    """The value of the longest key of ``table`` that is ``path`` or a prefix of it ending
-    on a segment boundary (a trailing ``/`` of ``path`` ignored), or ``default``.
+cdef class PrefixTable:
+    """Longest-prefix matching on segment boundaries, the body of fluxgate/proxy/router.py's
+    Router (a Python subclass): ``match`` is a C method, so a request's route lookup costs
+    no Python frame.
 
-    Keys are normalized route prefixes without a trailing slash (fluxgate/proxy/router.py),
-    none longer than ``longest`` bytes.
+    ``table`` maps normalized route prefixes without a trailing slash to their values;
+    ``root`` answers a path no prefix matches.
     """
-    cdef const char* p = PyBytes_AS_STRING(path)
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(path)
-    cdef _PyObject* hit
-    if n > 1 and p[n - 1] == b"/":
-        n -= 1
-    if n > longest:
-        # Prefixes longer than every key cannot match: start at the last segment boundary
-        # within reach, without building and hashing the candidates above it (a request
-        # path is usually longer than its route's prefix).
-        n = longest
-        while n > 0 and p[n] != b"/":
+
+    cdef dict _table
+    cdef object _root
+    cdef Py_ssize_t _longest
+
+    def __init__(self, dict table not None, root=None):
+        self._table = table
+        self._root = root
+        self._longest = max([len(key) for key in table], default=0)
+
+    def match(self, bytes path not None):
+        """The value of the longest key that is ``path`` or a prefix of it ending on a
+        segment boundary (a trailing ``/`` of ``path`` ignored), else the root's."""
+        cdef const char* p = PyBytes_AS_STRING(path)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(path)
+        cdef _PyObject* hit
+        if n > 1 and p[n - 1] == b"/":
             n -= 1
-    while n > 0:
-        candidate = PyBytes_FromStringAndSize(p, n) if n != PyBytes_GET_SIZE(path) else path
-        hit = _dict_get(table, candidate)
-        if hit != NULL:
-            return <object>hit
-        n -= 1
-        while n > 0 and p[n] != b"/":
+        if n > self._longest:
+            # Prefixes longer than every key cannot match: start at the last segment
+            # boundary within reach, without building and hashing the candidates above it
+            # (a request path is usually longer than its route's prefix).
+            n = self._longest
+            while n > 0 and p[n] != b"/":
+                n -= 1
+        while n > 0:
+            candidate = PyBytes_FromStringAndSize(p, n) if n != PyBytes_GET_SIZE(path) else path
+            hit = _dict_get(self._table, candidate)
+            if hit != NULL:
+                return <object>hit
             n -= 1
-    return default
+            while n > 0 and p[n] != b"/":
+                n -= 1
+        return self._root
 
 
 # ---- HTTP/1.1 bytes, shared by both head parsers (_reqhead.pxi, _resphead.pxi) ----------

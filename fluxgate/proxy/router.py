@@ -2,38 +2,39 @@
 
 A route `/api` matches `/api`, `/api/` and `/api/x`, never `/apix`: prefixes end on a
 segment boundary. The table is a dict keyed by prefix, so a match costs one dict lookup per
-path segment, from the longest candidate down.
+path segment, from the longest candidate down; the lookup is _core's PrefixTable.match, a C
+method, so the per-request call costs no Python frame.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
-from fluxgate._core import longest_prefix
+from fluxgate._core import PrefixTable
 
 T = TypeVar("T")
 
 
-class Router(Generic[T]):
+class Router(PrefixTable, Generic[T]):
     """Maps normalized paths to the route of the longest matching prefix."""
 
-    __slots__ = ("_table", "_root", "_longest")
+    __slots__ = ()
 
     def __init__(self, routes: Iterable[tuple[str, T]]) -> None:
-        self._table: dict[bytes, T] = {}
-        self._root: T | None = None
+        table: dict[bytes, T] = {}
+        root: T | None = None
         for prefix, route in routes:
             key = prefix.encode()
             if len(key) > 1 and key.endswith(b"/"):
                 key = key.rstrip(b"/")
             if key == b"/" or key == b"":
-                self._root = route
+                root = route
             else:
-                self._table[key] = route
-        self._longest = max(map(len, self._table), default=0)
+                table[key] = route
+        super().__init__(table, root)
 
-    def match(self, path: bytes) -> T | None:
-        """Return the route for `path` (already normalized), or None."""
-        # In C: one dict lookup per segment no longer than the longest prefix, then the root.
-        return longest_prefix(self._table, path, self._longest, self._root)
+    if TYPE_CHECKING:
+
+        def match(self, path: bytes) -> T | None:
+            """Return the route for `path` (already normalized), or None."""
