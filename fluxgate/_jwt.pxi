@@ -731,8 +731,9 @@ cdef class JwtVerifier:
             self._young = {}
         self._young[key] = entry
 
-    cdef object _json_part(self, const unsigned char* src, Py_ssize_t n):
-        # A JSON object from one base64url part, or None when it is not one.
+    cdef dict _json_part(self, const unsigned char* src, Py_ssize_t n):
+        # A JSON object from one base64url part, or None when it is not one. Typed as a
+        # dict, so the claim lookups that follow are PyDict calls, not method calls.
         cdef Py_ssize_t m = b64url_decode_into(src, n, self._scratch)
         if m < 0:
             return None
@@ -755,6 +756,7 @@ cdef class JwtVerifier:
         cdef unsigned char mac[EVP_MAX_MD_SIZE]
         cdef unsigned int maclen = 0
         cdef bint ok
+        cdef dict header
 
         if n > self._max_bytes:
             raise TokenError(_JWT_REASONS[FG_JWT_TOO_LARGE])
@@ -824,12 +826,12 @@ cdef class JwtVerifier:
             entry.prepared = entry.claims
         return entry
 
-    cdef object _check_claims(self, const unsigned char* src, Py_ssize_t n, double now,
-                              _Entry entry):
+    cdef dict _check_claims(self, const unsigned char* src, Py_ssize_t n, double now,
+                            _Entry entry):
         # The claims dict, or TokenError; fills entry's deadlines when given.
         cdef double exp_deadline = INFINITY, nbf_deadline = -INFINITY
         cdef double iat_deadline = -INFINITY, d = 0.0
-        claims = self._json_part(src, n)
+        cdef dict claims = self._json_part(src, n)
         if claims is None:
             raise TokenError(_JWT_REASONS[FG_JWT_MALFORMED])
         value = claims.get("exp", _MISSING)

@@ -106,9 +106,11 @@ def build_verifier(config: Jwt) -> JwtVerifier:
             *(claims.get(claim) for claim in forwarded_claims),
         )
         # Only strings (and absent claims) make a key: 1, 1.0 and true are equal in Python
-        # but become different scopes and header values.
-        if not all(v is None or type(v) is str or (type(v) is tuple and _all_str(v)) for v in key):
-            return build_principal(claims)
+        # but become different scopes and header values. (A loop, not all() over a
+        # generator: this runs for every newly verified token.)
+        for v in key:
+            if v is not None and type(v) is not str and not (type(v) is tuple and _all_str(v)):
+                return build_principal(claims)
         principal = principals.get(key)
         if principal is None:
             principal = build_principal(claims)
