@@ -482,7 +482,7 @@ def test_crashing_middleware_fails_closed(monkeypatch, upstream):
     def broken(req):
         raise RuntimeError("boom")
 
-    gateway.routes[0].chain = (broken,)
+    gateway.routes[0].chain = gateway.routes[0].steps = (broken,)  # steps: what runs
 
     class Transport(asyncio.Transport):
         def __init__(self):

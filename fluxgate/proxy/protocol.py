@@ -357,8 +357,8 @@ class ClientConnection(asyncio.Protocol):
             req.client_ip, req.peer_trusted = gw.resolver.resolve(self.peer, req.forwarded_for)
         try:
             route = self._route(req)
-            for middleware in route.chain:
-                refusal = middleware(req)
+            for step in route.steps:
+                refusal = step(req)
                 if refusal is not None:
                     raise refusal
             # The head sent upstream leaves out the route's middleware-owned headers and
