@@ -209,8 +209,6 @@ def extract_api_key(
     """(0, None) none | (1, key) one | (2, None) several: from header ``lname`` or query
     parameter ``qname`` (names percent-decoded)."""
 
-RATELIMIT_NAMES: tuple[bytes, bytes, bytes]
-
 def merge_ratelimit(
     headers: list[tuple[bytes, bytes]], limit: int, remaining: int, reset: int
 ) -> None:

@@ -708,8 +708,9 @@ cdef class KeyTable:
             slot = (slot + 1) & self._mask
 
     cdef int _verify(self, const unsigned char* text, Py_ssize_t n, int64_t now,
-                     uint32_t* index) noexcept nogil:
-        # parse -> tag -> lookup -> digest -> revoked / expired
+                     Py_ssize_t* index) noexcept nogil:
+        # parse -> tag -> lookup -> digest -> revoked / expired. index is set only once the
+        # secret is proven (the caller's -1 stays for a malformed, forged or unknown key).
         cdef unsigned char raw[FG_KEY_RAW_BYTES]
         cdef unsigned char msg[4 + FG_KEY_ID_BYTES + FG_KEY_SECRET_BYTES]
         cdef unsigned char mac[32]
@@ -735,7 +736,7 @@ cdef class KeyTable:
         e = &self._entries[v - 1]
         if not fg_ct_equal(mac, e.digest, FG_KEY_DIGEST_BYTES):
             return FG_KEY_BAD_SECRET
-        index[0] = v - 1
+        index[0] = <Py_ssize_t>v - 1
         if e.flags & FG_KEYF_REVOKED:
             return FG_KEY_REVOKED
         if now >= e.expires_at:
@@ -766,7 +767,7 @@ cdef class KeyTable:
         return 0
 
     cdef int _decide(self, bytes key, double now, bytes path, tuple scopes, tuple any_scopes,
-                     str ip, uint32_t* index, uint32_t* limit, uint64_t* remaining,
+                     str ip, Py_ssize_t* index, uint32_t* limit, uint64_t* remaining,
                      uint64_t* end) except -1:
         # The whole decision for one key (see ``check``); index is set once the secret is
         # proven, limit/remaining/end once the quota was consulted (limit 0: not).
@@ -840,12 +841,11 @@ cdef class KeyTable:
         secret is proven); the last three describe the key's quota (limit 0: none)
         once it was consulted.
         """
-        cdef uint32_t index = 0, limit = 0
+        cdef Py_ssize_t index = -1
+        cdef uint32_t limit = 0
         cdef uint64_t remaining = 0, end = 0
         cdef int code = self._decide(key, now, path, scopes, any_scopes, ip, &index, &limit,
                                      &remaining, &end)
-        if code <= FG_KEY_BAD_SECRET and code != FG_KEY_OK:
-            return code, -1, 0, 0, 0
         return code, index, limit, remaining, end
 
     def authorize(self, RequestState req not None, bytes lname not None,
@@ -862,7 +862,8 @@ cdef class KeyTable:
         KEY_AMBIGUOUS (no key / more than one); index as ``check``'s; when the quota was
         consulted, its limit and the seconds to its window's end (at least 0), else 0, 0.
         """
-        cdef uint32_t index = 0, limit = 0
+        cdef Py_ssize_t index = -1
+        cdef uint32_t limit = 0
         cdef uint64_t remaining = 0, end = 0
         cdef int64_t reset
         cdef int code
@@ -872,8 +873,6 @@ cdef class KeyTable:
             return (FG_KEY_MISSING if count == 0 else FG_KEY_AMBIGUOUS), -1, 0, 0
         code = self._decide(key, now, req.path, scopes, any_scopes, req.client_ip, &index,
                             &limit, &remaining, &end)
-        if code <= FG_KEY_BAD_SECRET and code != FG_KEY_OK:
-            return code, -1, 0, 0
         if limit == 0:
             return code, index, 0, 0
         reset = <int64_t>end - <int64_t>now
@@ -886,12 +885,10 @@ cdef class KeyTable:
     def verify(self, bytes key not None, double now, /):
         """Only the credential: (code, index) after parse, tag, lookup, digest, revoked
         and expiry checks; no usage stamp, no quota."""
-        cdef uint32_t index = 0
+        cdef Py_ssize_t index = -1
         cdef int code = self._verify(<const unsigned char*>PyBytes_AS_STRING(key),
                                      PyBytes_GET_SIZE(key), <int64_t>now, &index)
-        if code == FG_KEY_OK or code == FG_KEY_REVOKED or code == FG_KEY_EXPIRED:
-            return code, index
-        return code, -1
+        return code, index
 
     def find(self, str key_id not None, /):
         """The entry index of a key id (its 12 base64url characters), or -1."""
@@ -955,7 +952,6 @@ cdef class KeyTable:
 cdef bytes _RL_LIMIT = b"RateLimit-Limit"
 cdef bytes _RL_REMAINING = b"RateLimit-Remaining"
 cdef bytes _RL_RESET = b"RateLimit-Reset"
-RATELIMIT_NAMES = (_RL_LIMIT, _RL_REMAINING, _RL_RESET)
 
 
 cpdef merge_ratelimit(list headers, unsigned long limit, unsigned long remaining, long reset):

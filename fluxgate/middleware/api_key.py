@@ -90,10 +90,10 @@ class ApiKeyMiddleware:
         return extract_api_key(req.headers, self.lname, req.query, self.qname)[0] != 0
 
     def __call__(self, req: RequestState) -> ClientError | None:
+        covering = self._covering(req) if self.scoped else None
         code, index, limit, reset = self.shared.table.authorize(
-            req, self.lname, self.qname, self.required,
-            self._covering(req) if self.scoped else None, _now(),
-        )  # fmt: skip
+            req, self.lname, self.qname, self.required, covering, _now()
+        )
         if code == _OK:
             shared = self.shared
             info = shared.infos[index] or shared.info(index)
@@ -101,7 +101,7 @@ class ApiKeyMiddleware:
             if info.response_headers:
                 req.response_headers.extend(info.response_headers)
             return None
-        return self._refuse(req, code, index, limit, reset)
+        return self._refuse(code, index, limit, reset, covering, req.response_headers)
 
     def _covering(self, req: RequestState) -> tuple[bytes, ...] | None:
         """The scopes of the scope_map rule covering this request, one of which the key
@@ -115,7 +115,8 @@ class ApiKeyMiddleware:
         return encoded
 
     def _refuse(
-        self, req: RequestState, code: int, index: int, limit: int, reset: int
+        self, code: int, index: int, limit: int, reset: int,
+        covering: tuple[bytes, ...] | None, response_headers: list[tuple[bytes, bytes]],
     ) -> ClientError:
         if code == _MISSING:
             self._fail("missing_credentials")
@@ -128,7 +129,6 @@ class ApiKeyMiddleware:
             return InvalidKey(INVALID_DESCRIPTION, reason=REASONS[code])
         if code == _SCOPE_DENIED:
             self._fail("insufficient_scope")
-            covering = self._covering(req) if self.scoped else None
             scope = self.policy.challenge or " ".join(sorted(s.decode() for s in covering or ()))
             return InsufficientScope("The API key lacks a scope this request needs.", scope=scope)
         if code == _ROUTE_DENIED:
@@ -146,7 +146,7 @@ class ApiKeyMiddleware:
         else:
             shared.usage.count(STAT_KEY_QUOTA)
         return quota_exceeded(
-            req.response_headers, limit, retry, "The API key's quota for this window is used up."
+            response_headers, limit, retry, "The API key's quota for this window is used up."
         )
 
     def _fail(self, reason: str) -> None:
