@@ -910,17 +910,6 @@ cdef int _check_audience(object aud, frozenset audiences) except -1:
 
 # ---- the bearer credential of a request ----------------------------------------------
 
-cdef inline bint _lower_eq(const unsigned char* p, const char* lower,
-                           Py_ssize_t n) noexcept nogil:
-    # ASCII case-insensitive compare against a lower-case, letters-only word: c | 0x20
-    # maps only A-Z onto a-z, so no other byte can pass for a letter.
-    cdef Py_ssize_t i
-    for i in range(n):
-        if (p[i] | 0x20) != <unsigned char>lower[i]:
-            return False
-    return True
-
-
 cdef object _bearer_span(list headers, Py_ssize_t* start_out, Py_ssize_t* end_out):
     # The value of the ``Authorization: Bearer`` header, with the token's [start, end)
     # in it; None without one (or another scheme), False for several Authorization
@@ -931,7 +920,7 @@ cdef object _bearer_span(list headers, Py_ssize_t* start_out, Py_ssize_t* end_ou
     cdef Py_ssize_t n, start, end
     for item in headers:
         name = <bytes?>(<tuple?>item)[0]
-        if PyBytes_GET_SIZE(name) != 13 or not _lower_eq(
+        if PyBytes_GET_SIZE(name) != 13 or not _ieq(
                 <const unsigned char*>PyBytes_AS_STRING(name), b"authorization", 13):
             continue
         if found is not None:
@@ -943,7 +932,7 @@ cdef object _bearer_span(list headers, Py_ssize_t* start_out, Py_ssize_t* end_ou
     p = <const unsigned char*>PyBytes_AS_STRING(value)
     n = PyBytes_GET_SIZE(value)
     # RFC 9110 §11.1: the scheme is case-insensitive; one or more SP before the token.
-    if n < 6 or not _lower_eq(p, b"bearer", 6):
+    if n < 6 or not _ieq(p, b"bearer", 6):
         return None
     if n == 6:
         start = end = 6

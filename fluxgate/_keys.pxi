@@ -989,21 +989,6 @@ cdef bytes _decimal(unsigned long value):
     return PyBytes_FromStringAndSize(buf + i, 24 - i)
 
 
-cdef inline unsigned char _lower(unsigned char c) noexcept nogil:
-    return c | 0x20 if b"A" <= c <= b"Z" else c
-
-
-cdef bint _name_is(const unsigned char* a, Py_ssize_t n, const unsigned char* lname,
-                   Py_ssize_t ln) noexcept nogil:
-    cdef Py_ssize_t i
-    if n != ln:
-        return False
-    for i in range(n):
-        if _lower(a[i]) != lname[i]:
-            return False
-    return True
-
-
 cdef Py_ssize_t _pct_decode(const unsigned char* s, Py_ssize_t n, unsigned char* out,
                             Py_ssize_t cap) noexcept nogil:
     # application/x-www-form-urlencoded: %XX and "+" (space). -1 if longer than cap or a
@@ -1073,8 +1058,8 @@ cdef object _find_api_key(list headers, bytes lname, bytes query, bytes qname,
     value = None
     for item in headers:
         name = item[0]
-        if _name_is(<const unsigned char*>PyBytes_AS_STRING(name),
-                    PyBytes_GET_SIZE(name), ln, lnn):
+        if PyBytes_GET_SIZE(name) == lnn and _ieq(
+                <const unsigned char*>PyBytes_AS_STRING(name), <const char*>ln, lnn):
             count += 1
             value = item[1]
     n = PyBytes_GET_SIZE(query)
