@@ -284,14 +284,91 @@ def normalize_path(bytes raw not None, /):
 
 # ---- base64url -----------------------------------------------------------------------
 
+cdef extern from *:
+    """
+    #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+    #include <tmmintrin.h>
+    /* 16 base64url characters to 12 bytes a step, with the SSSE3 byte shuffle (the method
+       of W. Mula and D. Lemire, "Faster Base64 Encoding and Decoding Using AVX2
+       Instructions", ACM TWEB 2018, adapted to the URL alphabet). Stops before the
+       first block holding a byte outside the alphabet and returns the characters it
+       decoded (a multiple of 16); the scalar loop after it decides that block. Checked
+       at run time: SSSE3 is not part of x86-64 itself. */
+    static int fg_have_ssse3 = -1;
+
+    __attribute__((target("ssse3")))
+    static Py_ssize_t fg_b64url_decode16_ssse3(const unsigned char *src, Py_ssize_t n,
+                                               unsigned char *dst) {
+        /* By high nibble, one class bit; by low nibble, the classes it is invalid in:
+           2x: only '-' (0x2D); 3x: '0'-'9'; 4x, 6x: not 0x40/0x60; 5x: 'P'-'Z' and '_';
+           7x: 'p'-'z'; 0x, 1x, 8x-Fx: nothing. */
+        const __m128i lut_hi = _mm_setr_epi8(0x20, 0x20, 0x01, 0x02, 0x04, 0x08, 0x04, 0x10,
+                                             0x20, 0x20, 0x20, 0x20, 0x20, 0x20, 0x20, 0x20);
+        const __m128i lut_lo = _mm_setr_epi8(0x25, 0x21, 0x21, 0x21, 0x21, 0x21, 0x21, 0x21,
+                                             0x21, 0x21, 0x23, 0x3B, 0x3B, 0x3A, 0x3B, 0x33);
+        /* value = byte + offset[high nibble]; '_' (0x5F) is fixed up on its own. */
+        const __m128i offsets = _mm_setr_epi8(0, 0, 62 - 0x2D, 52 - 0x30, -0x41, -0x41,
+                                              26 - 0x61, 26 - 0x61, 0, 0, 0, 0, 0, 0, 0, 0);
+        const __m128i underscore = _mm_set1_epi8(0x5F);
+        const __m128i underscore_fix = _mm_set1_epi8(63 - 0x5F + 0x41);
+        const __m128i nibble = _mm_set1_epi8(0x0F);
+        const __m128i pack_pairs = _mm_set1_epi32(0x01400140);
+        const __m128i pack_quads = _mm_set1_epi32(0x00011000);
+        const __m128i order = _mm_setr_epi8(2, 1, 0, 6, 5, 4, 10, 9, 8, 14, 13, 12,
+                                            -1, -1, -1, -1);
+        Py_ssize_t i = 0;
+        while (i + 16 <= n) {
+            __m128i x = _mm_loadu_si128((const __m128i *)(src + i));
+            __m128i hi = _mm_and_si128(_mm_srli_epi32(x, 4), nibble);
+            __m128i lo = _mm_and_si128(x, nibble);
+            __m128i bad = _mm_and_si128(_mm_shuffle_epi8(lut_lo, lo),
+                                        _mm_shuffle_epi8(lut_hi, hi));
+            if (_mm_movemask_epi8(_mm_cmpgt_epi8(bad, _mm_setzero_si128())))
+                break;
+            __m128i fix = _mm_and_si128(_mm_cmpeq_epi8(x, underscore), underscore_fix);
+            __m128i v = _mm_add_epi8(x, _mm_add_epi8(_mm_shuffle_epi8(offsets, hi), fix));
+            v = _mm_maddubs_epi16(v, pack_pairs);       /* a*64 + b per 16 bits */
+            v = _mm_madd_epi16(v, pack_quads);          /* 24 bits per 32 */
+            v = _mm_shuffle_epi8(v, order);             /* 12 bytes, big-endian */
+            _mm_storel_epi64((__m128i *)dst, v);
+            int tail = _mm_cvtsi128_si32(_mm_srli_si128(v, 8));
+            memcpy(dst + 8, &tail, 4);
+            i += 16;
+            dst += 12;
+        }
+        return i;
+    }
+
+    static inline Py_ssize_t fg_b64url_decode16(const unsigned char *src, Py_ssize_t n,
+                                                unsigned char *dst) {
+        if (fg_have_ssse3 < 0)
+            fg_have_ssse3 = __builtin_cpu_supports("ssse3") ? 1 : 0;
+        return fg_have_ssse3 ? fg_b64url_decode16_ssse3(src, n, dst) : 0;
+    }
+    #else
+    static inline Py_ssize_t fg_b64url_decode16(const unsigned char *src, Py_ssize_t n,
+                                                unsigned char *dst) {
+        (void)src; (void)n; (void)dst;
+        return 0;
+    }
+    #endif
+    """
+    Py_ssize_t fg_b64url_decode16(const unsigned char* src, Py_ssize_t n,
+                                  unsigned char* dst) noexcept nogil
+
+
 cdef Py_ssize_t b64url_decode_into(const unsigned char* src, Py_ssize_t n,
                                    unsigned char* dst) noexcept nogil:
-    cdef Py_ssize_t quads = n >> 2, rem = n & 3, _q
+    cdef Py_ssize_t quads, rem = n & 3, _q, done
     cdef uint32_t a, b, c, d, v
-    cdef unsigned char* out = dst
+    cdef unsigned char* out
 
     if rem == 1:
         return -1
+    done = fg_b64url_decode16(src, n - rem, dst)
+    src += done
+    out = dst + done // 4 * 3
+    quads = (n - rem - done) >> 2
     for _q in range(quads):
         a = _B64_DEC[src[0]]
         b = _B64_DEC[src[1]]
