@@ -578,6 +578,12 @@ cdef class JwtVerifier:
     cdef dict _old
     cdef Py_ssize_t _half
     cdef unsigned char* _scratch
+    # The last verified token's header part (base64url, as sent) and what it decided:
+    # an IdP signs every token with the same few header bytes, and the same bytes
+    # decide the same alg and key for as long as the key set stays (flush() clears it).
+    cdef bytes _known_header
+    cdef JwtKey _known_key
+    cdef unsigned int _known_alg
 
     def __cinit__(self, *, algorithms, issuer=None, audiences=None, double leeway=60.0,
                   bint require_exp=True, Py_ssize_t max_token_bytes=FG_JWT_MAX_TOKEN,
@@ -647,6 +653,8 @@ cdef class JwtVerifier:
         """Forget every cached verification."""
         self._young = {}
         self._old = {}
+        self._known_header = None
+        self._known_key = None
 
     def verify(self, bytes token not None, double now):
         """The claims of a valid token, or TokenError(reason)."""
@@ -743,6 +751,42 @@ cdef class JwtVerifier:
             return None
         return value if type(value) is dict else None
 
+    cdef JwtKey _header_key(self, const unsigned char* p, Py_ssize_t hlen,
+                            const unsigned char* payload, Py_ssize_t plen, double now,
+                            unsigned int* alg):
+        # The header's (RFC 7515 §4) alg, into *alg, and the key it names (None for HS*),
+        # or TokenError.
+        cdef int reason = FG_JWT_OK
+        cdef JwtKey key = None
+        cdef dict header = self._json_part(p, hlen)
+        if header is None:
+            raise TokenError(_JWT_REASONS[FG_JWT_MALFORMED])
+        name = header.get("alg")
+        bit = _ALG_BITS.get(name) if type(name) is str else None
+        if bit is None or not self._algs & <unsigned int>bit:
+            raise TokenError(_JWT_REASONS[FG_JWT_ALG_NOT_ALLOWED])
+        alg[0] = <unsigned int>bit
+        if "crit" in header:
+            raise TokenError(_JWT_REASONS[FG_JWT_CRIT_UNSUPPORTED])
+        if header.get("b64", True) is not True:
+            raise TokenError(_JWT_REASONS[FG_JWT_MALFORMED])
+        kid = header.get("kid")
+        if kid is not None and not _kid_ok(kid):
+            raise TokenError(_JWT_REASONS[FG_JWT_MALFORMED])
+
+        # -- key --
+        if not alg[0] & FG_JWT_HMAC_ALGS:
+            if self._keys is None or len(self._keys) == 0:
+                raise TokenError(_JWT_REASONS[FG_JWT_NO_KEYS])
+            key = self._keys._select(kid, alg[0], &reason)
+            if key is None:
+                if reason == FG_JWT_UNKNOWN_KID:
+                    # Only a token that would otherwise pass may ask for a refresh.
+                    self._check_claims(payload, plen, now, None)
+                    raise TokenError(_JWT_REASONS[FG_JWT_UNKNOWN_KID], kid)
+                raise TokenError(_JWT_REASONS[reason])
+        return key
+
     cdef _Entry _verify_full(self, bytes token, double now):
         cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(token)
         cdef Py_ssize_t n = PyBytes_GET_SIZE(token)
@@ -755,8 +799,7 @@ cdef class JwtVerifier:
         cdef _Entry entry
         cdef unsigned char mac[EVP_MAX_MD_SIZE]
         cdef unsigned int maclen = 0
-        cdef bint ok
-        cdef dict header
+        cdef bint ok, known
 
         if n > self._max_bytes:
             raise TokenError(_JWT_REASONS[FG_JWT_TOO_LARGE])
@@ -772,34 +815,16 @@ cdef class JwtVerifier:
         if hlen == 0 or plen == 0:
             raise TokenError(_JWT_REASONS[FG_JWT_MALFORMED])
 
-        # -- header (RFC 7515 §4) --
-        header = self._json_part(p, hlen)
-        if header is None:
-            raise TokenError(_JWT_REASONS[FG_JWT_MALFORMED])
-        name = header.get("alg")
-        bit = _ALG_BITS.get(name) if type(name) is str else None
-        if bit is None or not self._algs & <unsigned int>bit:
-            raise TokenError(_JWT_REASONS[FG_JWT_ALG_NOT_ALLOWED])
-        alg = <unsigned int>bit
-        if "crit" in header:
-            raise TokenError(_JWT_REASONS[FG_JWT_CRIT_UNSUPPORTED])
-        if header.get("b64", True) is not True:
-            raise TokenError(_JWT_REASONS[FG_JWT_MALFORMED])
-        kid = header.get("kid")
-        if kid is not None and not _kid_ok(kid):
-            raise TokenError(_JWT_REASONS[FG_JWT_MALFORMED])
-
-        # -- key --
-        if not alg & FG_JWT_HMAC_ALGS:
-            if self._keys is None or len(self._keys) == 0:
-                raise TokenError(_JWT_REASONS[FG_JWT_NO_KEYS])
-            key = self._keys._select(kid, alg, &reason)
-            if key is None:
-                if reason == FG_JWT_UNKNOWN_KID:
-                    # Only a token that would otherwise pass may ask for a refresh.
-                    self._check_claims(dot1 + 1, plen, now, None)
-                    raise TokenError(_JWT_REASONS[FG_JWT_UNKNOWN_KID], kid)
-                raise TokenError(_JWT_REASONS[reason])
+        # -- header (RFC 7515 §4): the alg, and the key it names --
+        if (self._known_header is not None
+                and PyBytes_GET_SIZE(self._known_header) == hlen
+                and memcmp(PyBytes_AS_STRING(self._known_header), p, hlen) == 0):
+            alg = self._known_alg
+            key = self._known_key
+            known = True
+        else:
+            key = self._header_key(p, hlen, dot1 + 1, plen, now, &alg)
+            known = False
 
         # -- signature over ASCII(header) || '.' || ASCII(payload) (RFC 7515 §5.2) --
         m = b64url_decode_into(dot2 + 1, slen, self._scratch)
@@ -816,6 +841,12 @@ cdef class JwtVerifier:
                   and CRYPTO_memcmp(mac, self._scratch, maclen) == 0)
         if not ok:
             raise TokenError(_JWT_REASONS[FG_JWT_BAD_SIGNATURE])
+        if not known:
+            # Only a header that led to a good signature is remembered, so junk headers
+            # cannot evict it.
+            self._known_header = PyBytes_FromStringAndSize(<char*>p, hlen)
+            self._known_key = key
+            self._known_alg = alg
 
         # -- claims (RFC 7519 §4.1) --
         entry = _Entry.__new__(_Entry)

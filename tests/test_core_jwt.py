@@ -501,6 +501,32 @@ def test_cache_is_flushed_when_keys_change(keys, keyset):
     assert reason(v, token) == "unknown_kid"
 
 
+def test_known_header_decides_nothing_a_full_parse_would_not(keys):
+    # A verifier remembers the last good token's header part and the key it named. The
+    # same bytes signed badly still fail; the memory goes with the key set, so a kid that
+    # now names another key is checked against that key; other headers are parsed in full.
+    old, new = keys["rs"], SigningKey.generate("RS256", "rs-1")  # same kid, new key
+    v = make_verifier(build_keyset([old.jwk()], 1), cache_size=0)
+    token = old.mint(claims()).encode()
+    assert v.verify(token, NOW)["sub"] == "user-1"
+    head, payload, sig = token.split(b".")
+    assert reason(v, b".".join((head, b64json(claims(sub="user-2")).encode(), sig))) == "bad_signature"
+    assert reason(v, b".".join((head, payload, b64(b"\0" * 256).encode()))) == "bad_signature"
+    assert v.verify(token, NOW)["sub"] == "user-1"
+
+    v.set_keys(build_keyset([new.jwk()], 2))
+    assert reason(v, token) == "bad_signature"
+    assert v.verify(new.mint(claims()).encode(), NOW)["sub"] == "user-1"
+
+    forged = new.mint(claims(), header={"kid": "rs-1", "alg": "RS256", "x": 1}).encode()
+    forged = forged.rsplit(b".", 1)[0] + b"." + b64(b"\1" * 256).encode()
+    assert reason(v, forged) == "bad_signature"
+    both = [new.mint(claims()).encode(), keys["es"].mint(claims()).encode()]
+    v.set_keys(build_keyset([new.jwk(), keys["es"].jwk()], 3))
+    for token in both + both:  # two headers in turn: each is decided afresh
+        assert v.verify(token, NOW)["sub"] == "user-1"
+
+
 def test_cache_is_bounded_and_keeps_recent_tokens(keys, keyset):
     v = make_verifier(keyset, cache_size=8)
     hot = keys["ed"].mint(claims(jti="hot")).encode()
