@@ -90,6 +90,27 @@ def refresh_interval(headers: dict[str, str], refresh: float) -> float:
     return min(max(float(found.group(1)), JWKS_MIN_REFRESH), refresh)
 
 
+async def discover_jwks_uri(issuer: str, timeout: float = FETCH_TIMEOUT) -> str:
+    """The ``jwks_uri`` of ``issuer``'s OIDC discovery document, whose ``issuer`` must be
+    ``issuer`` itself (OpenID Connect Discovery §4.3); raises FetchError (or ValueError for
+    a document that is not JSON)."""
+    url = issuer.rstrip("/") + "/.well-known/openid-configuration"
+    response = await fetch(url, timeout=timeout, max_bytes=MAX_JWKS_BYTES)
+    if response.status != 200:
+        raise FetchError(f"OIDC discovery {url} answered HTTP {response.status}")
+    document = orjson.loads(response.body)
+    if not isinstance(document, dict) or document.get("issuer") != issuer:
+        raise FetchError(f"OIDC discovery {url} does not name issuer {issuer!r}")
+    jwks_uri = document.get("jwks_uri")
+    if not isinstance(jwks_uri, str):
+        raise FetchError(f"OIDC discovery {url} has no jwks_uri")
+    try:
+        parse_key_url(jwks_uri)
+    except ValueError as exc:
+        raise FetchError(f"OIDC discovery {url}: {exc}") from None
+    return jwks_uri
+
+
 class Provider:
     """One key URL in the master: its shared files, last good keys, and history."""
 
@@ -319,23 +340,8 @@ class JwksService:
         return "ok", interval
 
     async def _discover(self, provider: Provider) -> str:
-        issuer = provider.issuer or ""
-        url = issuer.rstrip("/") + "/.well-known/openid-configuration"
-        response = await fetch(url, timeout=FETCH_TIMEOUT, max_bytes=MAX_JWKS_BYTES)
-        if response.status != 200:
-            raise FetchError(f"OIDC discovery {url} answered HTTP {response.status}")
-        document = orjson.loads(response.body)
-        if not isinstance(document, dict) or document.get("issuer") != issuer:
-            raise FetchError(f"OIDC discovery {url} does not name issuer {issuer!r}")
-        jwks_uri = document.get("jwks_uri")
-        if not isinstance(jwks_uri, str):
-            raise FetchError(f"OIDC discovery {url} has no jwks_uri")
-        try:
-            parse_key_url(jwks_uri)
-        except ValueError as exc:
-            raise FetchError(f"OIDC discovery {url}: {exc}") from None
-        provider.discovered = jwks_uri
-        return jwks_uri
+        provider.discovered = await discover_jwks_uri(provider.issuer or "")
+        return provider.discovered
 
     # ---- admin and metrics --------------------------------------------------------------
 
