@@ -4,21 +4,31 @@
     fluxctl routes explain METHOD PATH [--scopes a,b]
     fluxctl auth verify --endpoint PATH [--method GET] --mode strict|audit
                         [--token T | --api-key K [--client-ip IP]]
+                        [--probe URL [--flood N]]
 
-Both work on the config and its state_dir alone (``--admin-url`` is not used). Exit codes:
-``routes explain`` 0 whenever it could explain (a 404 or 405 is an answer, not a failure);
-``auth verify`` 0 in audit mode, 1 in strict mode when a finding of severity warning or
-higher exists or the credential is refused, 2 when the command cannot answer (usage, config,
-no route at the endpoint, no key snapshot or signing secret).
+Both work on the config and its state_dir alone. With ``--probe URL``, ``auth verify`` also
+fires the hostile battery of ``fluxgate.cli.probe`` at the live route (``URL`` + endpoint)
+and judges each answer; a ``--token``/``--api-key`` is then sent live as a sanity probe (and
+tampered) instead of being checked offline, and ``--admin-url``, when given, reports what
+the battery cost the identity provider in JWKS fetches. Exit codes: ``routes explain`` 0
+whenever it could explain (a 404 or 405 is an answer, not a failure); ``auth verify`` 0 in
+audit mode, 1 in strict mode when a finding of severity warning or higher exists, the
+credential is refused or a probe fails, 2 when the command cannot answer (usage, config, no
+route at the endpoint, no key snapshot or signing secret; with ``--probe``: a bad URL, a
+gateway that does not answer, a route that refuses the method).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from typing import Any
 
-from fluxgate.cli import audit
+from fluxgate.auth.jwks import provider_source
+from fluxgate.auth.keys import load_signing_key
+from fluxgate.cli import audit, probe
+from fluxgate.config import schema
 from fluxgate.errors import FluxGateError
 
 EXIT_FAILED = 2
@@ -50,7 +60,21 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     cred.add_argument("--api-key", metavar="KEY", help="check this API key")
     p.add_argument("--client-ip", default="127.0.0.1", metavar="IP",
                    help="client address for a key's IP allowlist (default: 127.0.0.1)")
+    p.add_argument("--probe", metavar="URL",
+                   help="fire hostile requests at the live route at URL + endpoint (URL: "
+                   "the gateway, e.g. http://127.0.0.1:8080) and judge each answer; a "
+                   "--token or --api-key is then sent live as a sanity check")
+    p.add_argument("--flood", type=_flood_size, default=probe.FLOOD_DEFAULT, metavar="N",
+                   help=f"with --probe: tokens in the random-kid flood (default "
+                   f"{probe.FLOOD_DEFAULT}, at most {probe.FLOOD_MAX})")
     p.set_defaults(func=cmd_verify)
+
+
+def _flood_size(text: str) -> int:
+    n = int(text)
+    if not 1 <= n <= probe.FLOOD_MAX:
+        raise argparse.ArgumentTypeError(f"must be 1 to {probe.FLOOD_MAX}")
+    return n
 
 
 def _failed(ctx: Any, message: str) -> int:
@@ -91,19 +115,69 @@ def cmd_verify(ctx: Any) -> int:
     doc["findings"] = [f.to_dict() for f in found]
     doc["credential"] = None
     try:
-        if a.token is not None:
+        if a.probe is not None:
+            doc["probe"] = _probe(ctx, config, route, doc)
+        elif a.token is not None:
             doc["credential"] = audit.check_token(config, route, method, path, a.token)
         elif a.api_key is not None:
             doc["credential"] = audit.check_api_key(config, route, method, path, a.api_key,
                                                     a.client_ip)
-    except audit.AuditError as exc:
+    except (audit.AuditError, probe.ProbeError) as exc:
         return _failed(ctx, str(exc))
     worst = audit.worst(found)
     failing = worst in ("warning", "error") or (
-        doc["credential"] is not None and doc["credential"]["decision"] != "allow")
+        doc["credential"] is not None and doc["credential"]["decision"] != "allow") or (
+        "probe" in doc and doc["probe"]["summary"]["fail"] > 0)
     doc["result"] = "fail" if failing else "pass"
     _print(ctx, doc, render_verify)
     return 1 if failing and a.mode == "strict" else 0
+
+
+def _probe(ctx: Any, config: schema.Config, route: schema.Route,
+           doc: dict[str, Any]) -> dict[str, Any]:
+    """Run the probe battery against the live route (ProbeError when it cannot run)."""
+    a = ctx.args
+    refusal = doc["refusal"]
+    if refusal is not None:  # a 405: every probe would get it, whatever it sent
+        raise probe.ProbeError(f"the gateway answers {refusal['status']} {refusal['code']} to "
+                               f"{doc['request']['method']} {a.endpoint} ({refusal['message']})"
+                               ": nothing to probe")
+    target = probe.Target(a.probe, doc["request"]["method"], a.endpoint)
+    probes = probe.battery(config, route, token=a.token, api_key=a.api_key, flood=a.flood,
+                           signing_key=_signing_key(config))
+    return probe.run(target, probes, _jwks_counter(ctx, route))
+
+
+def _signing_key(config: schema.Config) -> bytes | None:
+    # Lets the probe mint a key whose tag verifies (an unknown id gets past the tag check);
+    # fluxctl may well run where the gateway's state_dir is not: then that probe is skipped.
+    try:
+        return load_signing_key(config.api_keys.signing_secret, config.state_dir, create=False)
+    except (OSError, FluxGateError):
+        return None
+
+
+def _jwks_counter(ctx: Any, route: schema.Route) -> Callable[[], int | None] | None:
+    """With --admin-url: a function counting the route's provider's JWKS fetches (the
+    admin API's /admin/jwks), else None. Any admin failure only leaves the count out."""
+    jwt = next((m for m in audit.auth_methods(route) if isinstance(m, schema.Jwt)), None)
+    source = provider_source(jwt) if jwt is not None else None
+    if not ctx.remote or source is None:
+        return None
+    try:
+        client = ctx.admin()
+    except FluxGateError:
+        return None
+
+    def count() -> int | None:
+        try:
+            providers = client.call("GET", "/admin/jwks").get("providers", [])
+        except FluxGateError:
+            return None
+        found = [p for p in providers if p.get("source") == source]
+        return sum(found[0].get("results", {}).values()) if found else None
+
+    return count
 
 
 # ---- rendering ------------------------------------------------------------------------------
@@ -186,6 +260,40 @@ def render_verify(doc: dict[str, Any]) -> list[str]:
                          "(not spent by this check)")
         if cred.get("note"):
             lines.append(f"  note        {cred['note']}")
+    if doc.get("probe"):
+        lines += render_probe(doc["probe"])
     lines.append(f"result: {doc['result']} ({doc['mode']} mode)")
+    return lines
+
+
+def _got(answers: list[dict[str, Any]]) -> str:
+    """``401 invalid_token``, ``50x 401 invalid_token``, ``no answer (timed out)``."""
+    labels = []
+    for a in answers:
+        if a["status"] is None:
+            label = f"no answer ({a['failure']})"
+        else:
+            label = f"{a['status']} {a['error'] or ''}".rstrip()
+        labels.append(label if a["count"] == 1 else f"{a['count']}x {label}")
+    return ", ".join(labels) or "-"
+
+
+def render_probe(probed: dict[str, Any]) -> list[str]:
+    """The probe table: one row per probe, its why and note on lines below."""
+    rows = [(r["result"] if r["result"] != "fail" else "FAIL", r["name"], r["expected"],
+             _got(r["got"]), r["sent"]) for r in probed["probes"]]
+    heads = ("result", "probe", "expected", "got", "sent")
+    widths = [max(len(row[i]) for row in [heads, *rows]) for i in range(4)]
+    lines = [f"probe {probed['request'].split()[0]} {probed['url'].rstrip('/')}"
+             f"{probed['request'].split(' ', 1)[1]}:"]
+    for row, r in zip([heads, *rows], [None, *probed["probes"]], strict=True):
+        cells = [f"{cell:<{w}}" for cell, w in zip(row, widths, strict=False)]
+        lines.append("  " + "  ".join([*cells, row[4]]))
+        for label in ("why", "note"):
+            if r is not None and r[label]:
+                lines.append(f"  {'':<{widths[0]}}  {label}: {r[label]}")
+    s = probed["summary"]
+    lines.append(f"probes: {s['pass']} passed, {s['fail']} failed, {s['skip']} skipped "
+                 f"({s['requests']} requests)")
     return lines
 
