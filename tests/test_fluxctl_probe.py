@@ -46,6 +46,20 @@ routes:
           - jwt: {{issuer: "{issuer}", audience: {audience}, algorithms: [RS256]}}
           - api_key: {{}}
       - quota: {{limit: 1000/s}}
+  - route: /shared
+    upstream: app
+    websocket: false
+    middleware:
+      - jwt: {{secret: "probe-test-secret-0123456789abcdef", algorithms: [HS256],
+               issuer: "{issuer}", audience: {audience}}}
+      - quota: {{limit: 1000/s}}
+  - route: /internal
+    upstream: app
+    websocket: false
+    middleware:
+      - ip_allow: [10.0.0.0/8]
+      - api_key: {{query: false}}
+      - quota: {{limit: 1000/s, by: key}}
   - route: /open
     upstream: app
     public: true
@@ -177,6 +191,21 @@ def test_any_route_gets_both_batteries_and_no_credential_once(world, capsys):
     assert by_name(doc)["hs256_public_key_pem"]["note"] is None
     assert set(names) == JWT_PROBES | KEY_PROBES - {"key_in_refused_query"} | {
         "forged_key_in_query"}
+    assert len(upstream.requests) == before
+
+
+def test_a_shared_secret_route_and_an_ip_allowed_one(world, capsys):
+    _, upstream, gw, _ = world
+    before = len(upstream.requests)
+    code, doc = probe_json(capsys, gw, "/shared", mode="audit")
+    rows = by_name(doc)
+    assert doc["probe"]["summary"]["fail"] == 0 and JWT_PROBES <= rows.keys()
+    assert "the route verifies a shared secret" in rows["hs256_public_key_pem"]["note"]
+    # The ip_allow refusal comes first: a pass, said to prove nothing about the key check.
+    code, doc = probe_json(capsys, gw, "/internal")
+    rows = by_name(doc)
+    assert code == 0 and rows["forged_key"]["got"][0]["error"] == "ip_not_allowed"
+    assert rows["forged_key"]["note"].startswith("refused by ip_allow before authentication")
     assert len(upstream.requests) == before
 
 

@@ -187,6 +187,14 @@ class JwtSetup:
                                  claims_for(self.jwt, **claims))
 
     @cached_property
+    def offered(self) -> Forger:
+        """The key a jwk/x5c header offers: the forger's, or an RSA one when the route
+        only takes HS* (a shared secret has no public half to offer)."""
+        if not self.forger.alg.startswith("HS"):
+            return self.forger
+        return Forger.for_route(schema.Jwt(algorithms=["RS256"]))
+
+    @cached_property
     def base(self) -> tuple[str, str]:
         """The token the malformed variants are made of, and its name: the valid one when
         given (a lenient parser would accept it), else a forged one."""
@@ -261,15 +269,18 @@ def _valid_token(s: JwtSetup) -> list[Probe]:
 
 def _header_tricks(s: JwtSetup) -> list[Probe]:
     own_keys = "signed by the probe's key, which the header offers"
+    offered, claims = s.offered, claims_for(s.jwt)
     return [
         _token_probe("jku_loopback", f"jku {LOOPBACK_KEYS}", s.forged(header={"jku": LOOPBACK_KEYS}),
                      note=own_keys),
         _token_probe("x5u_loopback", "x5u http://127.0.0.1:9/cert.pem",
                      s.forged(header={"x5u": "http://127.0.0.1:9/cert.pem"}), note=own_keys),
         _token_probe("jwk_embedded", "the probe's public key in a jwk header",
-                     s.forged(header={"jwk": s.forger.public_jwk()}), note=own_keys),
+                     offered.token({"kid": s.kid, "jwk": offered.public_jwk()}, claims),
+                     note=own_keys),
         _token_probe("x5c_embedded", "a self-signed certificate in x5c",
-                     s.forged(header={"x5c": [s.forger.self_signed_cert()]}), note=own_keys),
+                     offered.token({"kid": s.kid, "x5c": [offered.self_signed_cert()]}, claims),
+                     note=own_keys),
         _token_probe("crit_unknown", 'crit ["urn:fluxctl:probe"]',
                      s.forged(header={"crit": ["urn:fluxctl:probe"], "urn:fluxctl:probe": True}),
                      note="signed by an untrusted key too: the refusal may be the signature's"),
@@ -525,7 +536,12 @@ def run_probe(target: Target, probe: Probe) -> dict[str, Any]:
             failures.append(why)
         if answer.status is None:
             break
-    return _result(probe, answers, failures)
+    result = _result(probe, answers, failures)
+    if any(a["error"] == "ip_not_allowed" for a in result["got"]):
+        # A pass, but the credential check was never reached: say so.
+        result["note"] = ("refused by ip_allow before authentication: probe from an allowed "
+                          "address to test the credential check")
+    return result
 
 
 def run(target: Target, probes: list[Probe],
