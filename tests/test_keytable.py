@@ -129,3 +129,11 @@ def test_merge_ratelimit_keeps_the_stricter_quota():
     merge_ratelimit(headers, 1000, 999, 3600)  # looser: ignored
     assert headers == [(b"X-Other", b"1"), (b"RateLimit-Limit", b"10"),
                        (b"RateLimit-Remaining", b"3"), (b"RateLimit-Reset", b"5")]
+
+
+@pytest.mark.parametrize("value", [0, 7, 10, 99, 100, 101, 1_000, 4_000_000_000, 2**64 - 1])
+def test_merge_ratelimit_writes_plain_decimals(value):
+    headers: list[tuple[bytes, bytes]] = []
+    merge_ratelimit(headers, value, value, -3)  # a reset in the past is 0
+    assert headers == [(b"RateLimit-Limit", b"%d" % value),
+                       (b"RateLimit-Remaining", b"%d" % value), (b"RateLimit-Reset", b"0")]
