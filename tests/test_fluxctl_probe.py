@@ -325,3 +325,25 @@ def test_cannot_probe_exits_2(world, capsys):
     with pytest.raises(SystemExit) as usage:
         fluxctl(capsys, gw.config_path, *verify, "--probe", gw.url, "--flood", "0")
     assert usage.value.code == 2
+
+
+def test_a_credential_that_cannot_be_a_header_exits_2_without_showing_it(world, capsys):
+    # A token pasted with a line break (two files cat'ed together, a stray space) would make
+    # http.client raise with the value in its message: refused first, and never echoed.
+    idp, upstream, gw, key = world
+    token = idp.mint()
+    before = len(upstream.requests)
+    for option, value in (("--token", f"{token}\n{token}"), ("--token", f"{token} x"),
+                          ("--api-key", f"{key}\r\nX-Injected: 1")):
+        code, out, err = fluxctl(capsys, gw.config_path, "--endpoint", "/orders", "--mode",
+                                 "strict", "--probe", gw.url, option, value)
+        assert code == 2 and f"{option} must be the credential alone" in err
+        assert token not in out + err and key not in out + err
+    assert len(upstream.requests) == before
+    # And should a header value ever fail inside http.client, the probe reports no answer.
+    target = probe.Target(gw.url, "GET", "/orders")
+    try:
+        answer = target.send(probe.Request([("Authorization", f"Bearer {token}\nX: 1")]))
+    finally:
+        target.close()
+    assert answer.status is None and token not in (answer.failure or "")

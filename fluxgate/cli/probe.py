@@ -410,6 +410,11 @@ def battery(config: schema.Config, route: schema.Route, *, token: str | None = N
     """The probes for ``route``: no credential, then the battery of each auth method it
     takes (both when it takes none). Probes a route's ip_allow may answer first accept its
     403 too."""
+    for option, value in (("--token", token), ("--api-key", api_key)):
+        if value is not None and not _header_safe(value):
+            # Never echo it: a credential pasted with a line break is still a credential.
+            raise ProbeError(f"{option} must be the credential alone: printable ASCII with no "
+                             "space or line break")
     methods = list(audit.auth_methods(route))
     jwts = [m for m in methods if isinstance(m, schema.Jwt)]
     keys = [m for m in methods if isinstance(m, schema.ApiKey)]
@@ -428,6 +433,12 @@ def battery(config: schema.Config, route: schema.Route, *, token: str | None = N
         for probe in probes:
             probe.expect = probe.expect.or_ip_refused()
     return probes
+
+
+def _header_safe(value: str) -> bool:
+    """Can ``value`` be sent as (part of) a header value as it is (RFC 9110 §5.5 visible
+    characters, no whitespace)?"""
+    return value != "" and all("!" <= c <= "~" for c in value)
 
 
 # ---- sending and judging --------------------------------------------------------------------
@@ -482,6 +493,9 @@ class Target:
             except (OSError, http.client.HTTPException) as exc:
                 self.close()
                 return Answer(None, failure=str(exc) or type(exc).__name__)
+            except ValueError:  # http.client refused a header; its message quotes the value
+                self.close()
+                return Answer(None, failure="a header value http.client cannot send")
         return Answer(None, failure="connection closed")
 
     def _exchange(self, conn: http.client.HTTPConnection, target: str,
