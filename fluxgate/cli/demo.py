@@ -121,6 +121,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
               curl -i -H "Authorization: Bearer $(cat {token_path})" {base}/jwt/hello
                                                       # 200: a JWT the demo minted (valid 1 h)
               curl -i {base}/jwt/hello                # 401 missing_credentials
+              fluxctl --config {config_path} auth verify --endpoint /jwt/hello --mode audit \\
+                  --probe {base} --token "$(cat {token_path})"
+                                                      # hostile tokens at the live route: all refused
               curl -i -H "X-API-Key: {demo_keys.key}" {base}/api-key/hello
                                                       # 200 + RateLimit-*: the key issued just now
                                                       # (shown once; 5 per minute, then 429)
