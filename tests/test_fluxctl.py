@@ -212,3 +212,22 @@ routes:
     status, body = admin(gw, "POST", "/admin/keys/renew", {"name": "ghost"})
     assert status == 404 and body["error"] == "not_found"
     assert admin(gw, "GET", "/admin/keys/usage")[0] == 400
+
+
+def test_an_internal_error_never_prints_what_it_was_passed(config, capsys, monkeypatch):
+    # http.client's ValueError quotes a header value whole: a bug of that kind must not
+    # print the token it was handed.
+    import fluxgate.cli.keys as keys_cli
+
+    def broken(ctx):
+        raise ValueError("Invalid header value b'Bearer eyJhbGciOi.secret'")
+
+    monkeypatch.setattr(keys_cli, "cmd_list", broken)
+    monkeypatch.delenv("FLUXCTL_TRACEBACK", raising=False)
+    code = main(["--config", str(config), "keys", "list"])
+    out, err = capsys.readouterr()
+    assert code == 1 and "internal error (ValueError)" in err and "FLUXCTL_TRACEBACK=1" in err
+    assert "secret" not in out + err
+    monkeypatch.setenv("FLUXCTL_TRACEBACK", "1")
+    with pytest.raises(ValueError):
+        main(["--config", str(config), "keys", "list"])

@@ -8,7 +8,8 @@ runs. With ``--admin-url`` (e.g. ``http://127.0.0.1:9901``) they go through a ru
 gateway's admin API instead; the token comes from ``--admin-token``, else
 ``$FLUXGATE_ADMIN_TOKEN``, else the config's ``admin.token`` or ``state_dir/admin.token``.
 Every command prints a human-readable answer, or with ``--json`` one JSON document. Exit
-codes: 0 done, 1 refused (the message says why), 2 bad usage.
+codes: 0 done, 1 refused (the message says why; an internal error too, without its message
+unless ``FLUXCTL_TRACEBACK=1``), 2 bad usage.
 
 Command groups register in ``GROUPS``: each module has ``add_parser(subparsers, common)``.
 """
@@ -31,6 +32,7 @@ from fluxgate.errors import ConfigError, FluxGateError
 
 ADMIN_TIMEOUT = 10.0
 EXIT_REFUSED = 1
+TRACEBACK_ENV = "FLUXCTL_TRACEBACK"  # "1": let an internal error print its traceback
 
 
 class CommandError(FluxGateError):
@@ -184,6 +186,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(ctx, str(exc))
     except OSError as exc:
         return fail(ctx, f"{exc.filename or ''}{': ' if exc.filename else ''}{exc.strerror or exc}")
+    except Exception as exc:
+        # A bug. Its message and traceback can quote what was passed (http.client's
+        # ValueError quotes a header value whole), and fluxctl is passed tokens and keys.
+        if os.environ.get(TRACEBACK_ENV) == "1":
+            raise
+        return fail(ctx, f"internal error ({type(exc).__name__}); the message is left out, "
+                         f"as it may quote a credential: rerun with {TRACEBACK_ENV}=1 to see it")
 
 
 if __name__ == "__main__":
