@@ -11,12 +11,19 @@ Groups (``pytest bench/ -k jwt``; ratios printed as peer / fluxgate):
   makes, no JWT parsing) and ``cryptography`` (``public_key.verify`` from the ``cryptography``
   package: what a core built on that package would pay for the math alone).
 
+* ``test_paired_uncached``: the same three uncached verifies (FluxGate, the bare libcrypto
+  call, PyJWT) timed in alternation, round after round, and the median of each round's
+  ratio. The groups above time one implementation after another, so a change in the VM's
+  speed between them shows up as a ratio (1.4x one run, 0.74x the next, on the same code);
+  here a change hits all three alike.
+
 Every benchmark asserts what it computed. Targets (issue 3): cached <= 1.5 us; uncached
 within 1.25x of the bare verify; >= 4x faster than PyJWT uncached, >= 50x cached.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import jwt as pyjwt
@@ -160,3 +167,47 @@ class TestUncached:
 
         assert benchmark(verify) is True
         record_impl("cryptography")
+
+
+# ---- uncached, in alternation --------------------------------------------------------------
+
+PAIRED_ROUNDS = 101
+PAIRED_BUDGET_S = 0.003  # about this long per implementation per round
+
+
+def _per_call(fn, calls: int) -> float:
+    started = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - started) / calls
+
+
+@pytest.mark.parametrize("alg", ["RS256", "ES256"])
+def test_paired_uncached(material, record_paired, alg):
+    keys, tokens, keyset = material
+    v = fluxgate_verifier(keyset, cache_size=0)
+    token = tokens[alg].encode()
+    key = next(k for k in keyset if k.kid == ("rsa-1" if alg == "RS256" else "ec-1"))
+    signing_input, _, sig = token.rpartition(b".")
+    signature = b64url_decode(sig)
+    public, now = keys[alg].public, time.time()
+    impls = {
+        "fluxgate": lambda: v.verify(token, now),
+        "bare": lambda: key.verify_signature(alg, signing_input, signature),
+        "pyjwt": lambda: pyjwt_decode(tokens[alg], public, alg),
+    }
+    assert impls["fluxgate"]()["sub"] == "user-42" and v.cached == 0
+    assert impls["bare"]() is True and impls["pyjwt"]()["sub"] == "user-42"
+    calls = {name: max(1, round(PAIRED_BUDGET_S / _per_call(fn, 20))) for name, fn in impls.items()}
+    rounds: dict[str, list[float]] = {name: [] for name in impls}
+    names = list(impls)
+    for r in range(PAIRED_ROUNDS):
+        for name in names[r % 3:] + names[: r % 3]:  # each goes first in a third of the rounds
+            rounds[name].append(_per_call(impls[name], calls[name]))
+    fg_bare = statistics.median(f / b for f, b in zip(rounds["fluxgate"], rounds["bare"], strict=True))
+    pyjwt_fg = statistics.median(p / f for p, f in zip(rounds["pyjwt"], rounds["fluxgate"], strict=True))
+    fg_us = statistics.median(rounds["fluxgate"]) * 1e6
+    record_paired(f"jwt uncached {alg}: fluxgate {fg_us:.1f} us = {fg_bare:.3f}x the bare "
+                  f"libcrypto verify; pyjwt / fluxgate {pyjwt_fg:.2f}x "
+                  f"(medians of {PAIRED_ROUNDS} rounds' ratios)")
+    assert fg_bare > 0 and pyjwt_fg > 0

@@ -22,7 +22,20 @@ def record_impl(benchmark):
     return record
 
 
+_PAIRED: list[str] = []
+
+
+@pytest.fixture
+def record_paired():
+    """Lines for the summary from benchmarks that time implementations in alternation."""
+    return _PAIRED.append
+
+
 def pytest_terminal_summary(terminalreporter):
+    if _PAIRED:
+        terminalreporter.section("paired ratios (implementations timed in alternation)")
+        for line in _PAIRED:
+            terminalreporter.write_line(line)
     if not _MEDIANS:
         return
     terminalreporter.section("median time ratios: peer / fluxgate (> 1: fluxgate faster)")
