@@ -293,8 +293,12 @@ cdef extern from *:
        Instructions", ACM TWEB 2018, adapted to the URL alphabet). Stops before the
        first block holding a byte outside the alphabet and returns the characters it
        decoded (a multiple of 16); the scalar loop after it decides that block. Checked
-       at run time: SSSE3 is not part of x86-64 itself. */
-    static int fg_have_ssse3 = -1;
+       once at import (fg_b64url_init): SSSE3 is not part of x86-64 itself. */
+    static int fg_have_ssse3 = 0;
+
+    static void fg_b64url_init(void) {
+        fg_have_ssse3 = __builtin_cpu_supports("ssse3") ? 1 : 0;
+    }
 
     __attribute__((target("ssse3")))
     static Py_ssize_t fg_b64url_decode16_ssse3(const unsigned char *src, Py_ssize_t n,
@@ -341,11 +345,11 @@ cdef extern from *:
 
     static inline Py_ssize_t fg_b64url_decode16(const unsigned char *src, Py_ssize_t n,
                                                 unsigned char *dst) {
-        if (fg_have_ssse3 < 0)
-            fg_have_ssse3 = __builtin_cpu_supports("ssse3") ? 1 : 0;
         return fg_have_ssse3 ? fg_b64url_decode16_ssse3(src, n, dst) : 0;
     }
     #else
+    static void fg_b64url_init(void) {}
+
     static inline Py_ssize_t fg_b64url_decode16(const unsigned char *src, Py_ssize_t n,
                                                 unsigned char *dst) {
         (void)src; (void)n; (void)dst;
@@ -353,8 +357,12 @@ cdef extern from *:
     }
     #endif
     """
+    void fg_b64url_init() noexcept nogil
     Py_ssize_t fg_b64url_decode16(const unsigned char* src, Py_ssize_t n,
                                   unsigned char* dst) noexcept nogil
+
+
+fg_b64url_init()
 
 
 cdef Py_ssize_t b64url_decode_into(const unsigned char* src, Py_ssize_t n,

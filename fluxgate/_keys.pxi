@@ -723,12 +723,16 @@ cdef class KeyTable:
             raise ValueError("key table released")
         return self._hdr.generation
 
-    cdef uint32_t _lookup(self, const unsigned char* raw) noexcept nogil:
-        # The entry index + 1 of key id raw[0:FG_KEY_ID_BYTES], 0 when absent. Ids are
-        # random: their first bytes are the hash.
-        cdef uint32_t h, slot, v
+    cdef inline uint32_t _home_slot(self, const unsigned char* raw) noexcept nogil:
+        # Where key id raw[0:FG_KEY_ID_BYTES]'s probe starts. Ids are random: their first
+        # bytes are the hash.
+        cdef uint32_t h
         memcpy(&h, raw, 4)
-        slot = h & self._mask
+        return h & self._mask
+
+    cdef uint32_t _lookup(self, const unsigned char* raw) noexcept nogil:
+        # The entry index + 1 of key id raw[0:FG_KEY_ID_BYTES], 0 when absent.
+        cdef uint32_t slot = self._home_slot(raw), v
         while True:
             v = self._buckets[slot]
             if v == 0 or memcmp(self._entries[v - 1].id, raw, FG_KEY_ID_BYTES) == 0:
@@ -752,8 +756,7 @@ cdef class KeyTable:
                 != FG_KEY_RAW_BYTES):
             return FG_KEY_MALFORMED
         # The id's bucket (10,000 keys in turn miss every cache) loads while the HMAC runs.
-        memcpy(&v, raw, 4)
-        fg_prefetch(&self._buckets[v & self._mask], 0)
+        fg_prefetch(&self._buckets[self._home_slot(raw)], 0)
         memcpy(msg, _MAC_DOMAIN, 4)
         memcpy(msg + 4, raw, FG_KEY_ID_BYTES + FG_KEY_SECRET_BYTES)
         if fg_hmac_sha256(&self._mac, msg, sizeof(msg), mac) != 0:

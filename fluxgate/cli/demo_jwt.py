@@ -16,22 +16,14 @@ import time
 from typing import Any
 
 import orjson
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
-from fluxgate._core import b64url_encode
+from fluxgate.cli.jws import b64_uint, compact
 
 KID = "demo-1"
 AUDIENCE = "demo-api"
 JWKS_PATH = "/.well-known/jwks.json"
-
-
-def _b64(data: bytes) -> str:
-    return b64url_encode(data).decode()
-
-
-def _b64_uint(n: int) -> str:
-    return _b64(n.to_bytes((n.bit_length() + 7) // 8, "big"))
 
 
 class DemoIssuer:
@@ -65,7 +57,7 @@ class DemoIssuer:
         numbers = self.key.public_key().public_numbers()
         return orjson.dumps({"keys": [{
             "kty": "RSA", "kid": KID, "use": "sig", "alg": "RS256",
-            "n": _b64_uint(numbers.n), "e": _b64_uint(numbers.e),
+            "n": b64_uint(numbers.n), "e": b64_uint(numbers.e),
         }]})
 
     def mint(self, seconds: int = 3600, **claims: Any) -> str:
@@ -73,10 +65,7 @@ class DemoIssuer:
         now = int(time.time())
         body = {"iss": self.issuer, "aud": AUDIENCE, "sub": "demo-user", "iat": now,
                 "exp": now + seconds, "scope": "demo:read", **claims}
-        head = _b64(orjson.dumps({"alg": "RS256", "typ": "JWT", "kid": KID}))
-        signing_input = f"{head}.{_b64(orjson.dumps(body))}".encode()
-        sig = self.key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
-        return f"{signing_input.decode()}.{_b64(sig)}"
+        return compact({"alg": "RS256", "typ": "JWT", "kid": KID}, body, self.key, "RS256")
 
     def write_token(self) -> str:
         """Mint a one-hour token into the token file (0600); returns its path."""

@@ -38,14 +38,13 @@ import orjson
 
 from fluxgate.auth.keys import TEXT_LEN, mint_key
 from fluxgate.cli import audit
+from fluxgate.cli.jws import b64, part
 from fluxgate.cli.probe_jws import (
     Forger,
     ProviderKeys,
-    b64,
     claims_for,
     decode_payload,
     fingerprint,
-    part,
     provider_keys,
 )
 from fluxgate.config import schema

@@ -13,7 +13,6 @@ import asyncio
 import base64  # x5c is the one standard-alphabet base64 in JOSE
 import datetime
 import hashlib
-import hmac
 import secrets
 import time
 from dataclasses import dataclass
@@ -22,28 +21,16 @@ from typing import Any
 import orjson
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
-from fluxgate._core import b64url_decode, b64url_encode
+from fluxgate._core import b64url_decode
 from fluxgate.auth.jwk import JwkError, parse_jwk, usable_keys
 from fluxgate.auth.jwks import provider_source
+from fluxgate.cli.jws import b64, b64_uint, compact
 from fluxgate.config import schema
 from fluxgate.master.fetch import FetchError, fetch
 from fluxgate.master.jwks import MAX_JWKS_BYTES, discover_jwks_uri
-
-_HASHES = {"256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512}
-_HMAC = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}
-
-
-def b64(data: bytes) -> str:
-    return b64url_encode(data).decode()
-
-
-def part(obj: Any) -> str:
-    """A header or payload segment: compact JSON, base64url."""
-    return b64(orjson.dumps(obj))
 
 
 def fingerprint(secret: str) -> str:
@@ -61,23 +48,6 @@ def decode_payload(token: str) -> dict[str, Any] | None:
     except ValueError:  # B64Error and orjson.JSONDecodeError are both ValueErrors
         return None
     return claims if isinstance(claims, dict) else None
-
-
-def sign(private: Any, alg: str, signing_input: bytes) -> bytes:
-    """The JWS signature of ``signing_input`` (RFC 7518 §3; ECDSA as raw r||s, §3.4)."""
-    if alg.startswith("HS"):
-        return hmac.new(private, signing_input, _HMAC[alg]).digest()
-    if alg == "EdDSA":
-        return private.sign(signing_input)
-    digest = _HASHES[alg[2:]]()
-    if alg.startswith("RS"):
-        return private.sign(signing_input, padding.PKCS1v15(), digest)
-    if alg.startswith("PS"):
-        pss = padding.PSS(mgf=padding.MGF1(digest), salt_length=digest.digest_size)
-        return private.sign(signing_input, pss, digest)
-    r, s = decode_dss_signature(private.sign(signing_input, ec.ECDSA(digest)))
-    size = (private.curve.key_size + 7) // 8
-    return r.to_bytes(size, "big") + s.to_bytes(size, "big")
 
 
 def generate_key(alg: str) -> Any:
@@ -113,16 +83,15 @@ class Forger:
               alg: str | None = None, key: Any = None) -> str:
         """A compact JWS of ``claims`` signed by this key (or ``key``) under ``header``."""
         alg = alg or self.alg
-        signing_input = f"{part({'alg': alg, 'typ': 'JWT', **header})}.{part(claims)}"
-        signature = sign(self.private if key is None else key, alg, signing_input.encode())
-        return f"{signing_input}.{b64(signature)}"
+        return compact({"alg": alg, "typ": "JWT", **header}, claims,
+                       self.private if key is None else key, alg)
 
     def public_jwk(self) -> dict[str, Any]:
         """The public half as a JWK (for the embedded ``jwk`` header probe)."""
         pub = self.private.public_key()
         if isinstance(pub, rsa.RSAPublicKey):
             nums = pub.public_numbers()
-            return {"kty": "RSA", "n": b64(_uint(nums.n)), "e": b64(_uint(nums.e))}
+            return {"kty": "RSA", "n": b64_uint(nums.n), "e": b64_uint(nums.e)}
         if isinstance(pub, ec.EllipticCurvePublicKey):
             size = (pub.curve.key_size + 7) // 8
             nums = pub.public_numbers()
@@ -143,10 +112,6 @@ class Forger:
                 .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
                 .sign(self.private, digest))
         return base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()
-
-
-def _uint(n: int) -> bytes:
-    return n.to_bytes((n.bit_length() + 7) // 8, "big")
 
 
 def claims_for(jwt: schema.Jwt, **overrides: Any) -> dict[str, Any]:

@@ -8,8 +8,8 @@ an upstream, on any route: the gateway drops the header as it parses it and stri
 parameter from the upstream request (``proxy/app.py``, DESIGN §4).
 One call into ``_core.KeyTable.authorize`` does the whole decision: find the key, parse,
 HMAC tag, lookup, digest, revoked/expiry, the key's routes, scopes (and a covering
-scope_map rule), the key's IP allowlist and its quota. The principal and the headers for the upstream are built once
-per key and table generation.
+scope_map rule), the key's IP allowlist and its quota. The principal and the headers for
+the upstream are built once per key and table generation.
 
 Answers: 401 missing_credentials (no key), 401 invalid_key (malformed, forged, unknown,
 revoked or expired: one answer, so a probe learns nothing about which ids exist), 403
