@@ -194,7 +194,7 @@ class KeyTable:
         /,
     ) -> tuple[int, int, int, int]:
         """``check`` for one request, the key found as ``extract_api_key`` finds it and an
-        accepted key's quota merged into ``req.response_headers``: (code, entry index,
+        accepted key's quota merged into ``req``'s RateLimit-*: (code, entry index,
         quota limit, reset seconds); code as ``check``'s or "missing_credentials" /
         "ambiguous_credentials"."""
     def verify(self, key: bytes, now: float, /) -> tuple[int, int]:
@@ -208,12 +208,6 @@ def extract_api_key(
 ) -> tuple[int, bytes | None]:
     """(0, None) none | (1, key) one | (2, None) several: from header ``lname`` or query
     parameter ``qname`` (names percent-decoded)."""
-
-def merge_ratelimit(
-    headers: list[tuple[bytes, bytes]], limit: int, remaining: int, reset: int
-) -> None:
-    """Put RateLimit-Limit/Remaining/Reset (reset in seconds) into ``headers``; when a
-    stricter quota already set them (no more remaining), keep that one."""
 
 def strip_query_param(query: bytes, name: bytes, /) -> bytes:
     """``query`` without every ``name`` parameter (the same object when there is none)."""
@@ -262,6 +256,12 @@ class RequestState:
     body_buffer: list[bytes]
     response_headers: list[tuple[bytes, bytes]]
     def __init__(self, started: float = 0.0) -> None: ...
+    def ratelimit_headers(self) -> list[tuple[bytes, bytes]]:
+        """The RateLimit-* pairs of this request's response (empty without a quota)."""
+
+def merge_ratelimit(req: RequestState, limit: int, remaining: int, reset: int) -> None:
+    """Set ``req``'s RateLimit-Limit/Remaining/Reset (reset in seconds); when a stricter
+    quota already set them (no more remaining), keep that one."""
 
 def upstream_head(
     req: RequestState, drop: frozenset[bytes], strip: int, peer: bytes, api_key_query: bytes, /
@@ -271,7 +271,7 @@ def upstream_head(
 def response_head(
     status_line: bytes,
     lines: bytes,
-    request_id: bytes,
+    req: RequestState,
     extra: list[tuple[bytes, bytes]],
     content_length: bytes | None,
     chunked: bool,
@@ -280,7 +280,8 @@ def response_head(
     body_start: int = 0,
     body_length: int = 0,
 ) -> bytes:
-    """The response head sent to the client (and the body, when `data` holds it)."""
+    """The response head sent to the client (and the body, when `data` holds it); X-Request-Id
+    and RateLimit-* come from `req`."""
 
 # ---- upstream response fast path (fluxgate/_resphead.pxi) ---------------------------------
 

@@ -60,7 +60,7 @@ from cpython.bytes cimport (
     PyBytes_GET_SIZE,
 )
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
-from libc.stdint cimport uint32_t, uint64_t, uintptr_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t, uintptr_t
 from libc.string cimport memcmp
 
 from fluxgate.errors import B64Error, PathError
@@ -70,6 +70,7 @@ __all__ = (
     "RequestState",
     "PrefixTable",
     "response_head",
+    "merge_ratelimit",
     "upstream_head",
     "ResponseHead",
     "B64Error",

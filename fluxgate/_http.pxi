@@ -58,6 +58,12 @@ cdef class RequestState:
     cdef public object forward_headers
     cdef public object body_buffer       # list[bytes]
     cdef public object response_headers  # list[(name, value)] added to the response
+    # RateLimit-* of the strictest quota the request consulted, as integers (rl_limit 0:
+    # none): written into the response head as digits, so a quota route allocates no
+    # header objects for them. Set through merge_ratelimit, read through ratelimit().
+    cdef uint64_t rl_limit
+    cdef uint64_t rl_remaining
+    cdef uint64_t rl_reset
 
     def __cinit__(self, started=0.0):
         self.started = started
@@ -98,6 +104,15 @@ cdef class RequestState:
         self.forward_headers = []
         self.body_buffer = []
         self.response_headers = []
+
+    def ratelimit_headers(self):
+        """The RateLimit-* (name, value) pairs of this request's response (empty without
+        a quota), for the replies written in Python; response_head writes them itself."""
+        if self.rl_limit == 0:
+            return []
+        return [(_RL_LIMIT, _decimal(self.rl_limit)),
+                (_RL_REMAINING, _decimal(self.rl_remaining)),
+                (_RL_RESET, _decimal(self.rl_reset))]
 
 
 cdef extern from "structmember.h":
@@ -178,6 +193,93 @@ cdef inline char* _put(char* out, bytes piece) noexcept:
 cdef inline char* _put_c(char* out, const char* piece, Py_ssize_t n) noexcept:
     _memcpy(out, piece, n)
     return out + n
+
+
+# ---- RateLimit-* (draft-ietf-httpapi-ratelimit-headers) ----------------------------
+
+cdef bytes _RL_LIMIT = b"RateLimit-Limit"
+cdef bytes _RL_REMAINING = b"RateLimit-Remaining"
+cdef bytes _RL_RESET = b"RateLimit-Reset"
+
+cdef const char* _DIGIT_PAIRS = (
+    b"00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+    b"40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+    b"8081828384858687888990919293949596979899"
+)
+
+cdef enum:
+    _DIGITS_MAX = 20  # 2**64 - 1 in decimal
+
+
+cdef inline int _digits(char* buf, uint64_t value) noexcept:
+    # ``value`` in decimal at the end of buf[_DIGITS_MAX]; returns where it starts.
+    # Two digits a division: a limit is often 10 digits, and three a request showed up
+    # in profiles of the api_key route when PyBytes_FromFormat wrote them.
+    cdef int i = _DIGITS_MAX
+    cdef uint64_t pair
+    while value >= 100:
+        pair = value % 100
+        value //= 100
+        i -= 2
+        buf[i] = _DIGIT_PAIRS[2 * pair]
+        buf[i + 1] = _DIGIT_PAIRS[2 * pair + 1]
+    if value >= 10:
+        i -= 2
+        buf[i] = _DIGIT_PAIRS[2 * value]
+        buf[i + 1] = _DIGIT_PAIRS[2 * value + 1]
+    else:
+        i -= 1
+        buf[i] = <char>(48 + value)
+    return i
+
+
+cdef bytes _decimal(uint64_t value):
+    cdef char buf[_DIGITS_MAX]
+    cdef int i = _digits(buf, value)
+    return PyBytes_FromStringAndSize(buf + i, _DIGITS_MAX - i)
+
+
+cpdef merge_ratelimit(RequestState req, uint64_t limit, uint64_t remaining, int64_t reset):
+    """Set the RateLimit-Limit/Remaining/Reset of ``req``'s response (``reset`` in
+    seconds; one in the past is 0). When a stricter quota already set them (no more
+    remaining than this one), keep that one."""
+    if req is None:
+        raise TypeError("req must be a RequestState")
+    if limit == 0:
+        raise ValueError("a quota's limit is at least 1")
+    if req.rl_limit != 0 and req.rl_remaining <= remaining:
+        return
+    req.rl_limit = limit
+    req.rl_remaining = remaining
+    req.rl_reset = <uint64_t>reset if reset > 0 else 0
+
+
+cdef struct _RateLimitText:
+    char limit[_DIGITS_MAX]
+    char remaining[_DIGITS_MAX]
+    char reset[_DIGITS_MAX]
+    int limit_at, remaining_at, reset_at  # where each number starts in its buffer
+
+
+cdef inline Py_ssize_t _ratelimit_text(RequestState req, _RateLimitText* t) noexcept:
+    # The three numbers as digits; returns the bytes their header lines take (0: none).
+    if req.rl_limit == 0:
+        return 0
+    t.limit_at = _digits(t.limit, req.rl_limit)
+    t.remaining_at = _digits(t.remaining, req.rl_remaining)
+    t.reset_at = _digits(t.reset, req.rl_reset)
+    return (17 + _DIGITS_MAX - t.limit_at + 2 + 21 + _DIGITS_MAX - t.remaining_at + 2
+            + 17 + _DIGITS_MAX - t.reset_at + 2)
+
+
+cdef inline char* _put_ratelimit(char* out, _RateLimitText* t) noexcept:
+    out = _put_c(out, "RateLimit-Limit: ", 17)
+    out = _put_c(out, t.limit + t.limit_at, _DIGITS_MAX - t.limit_at)
+    out = _put_c(out, "\r\nRateLimit-Remaining: ", 23)
+    out = _put_c(out, t.remaining + t.remaining_at, _DIGITS_MAX - t.remaining_at)
+    out = _put_c(out, "\r\nRateLimit-Reset: ", 19)
+    out = _put_c(out, t.reset + t.reset_at, _DIGITS_MAX - t.reset_at)
+    return _put_c(out, "\r\n", 2)
 
 
 def upstream_head(RequestState req not None, drop, Py_ssize_t strip, bytes peer not None,
@@ -283,21 +385,25 @@ cdef bytes _build_upstream_head(RequestState req, bytes target, drop, bytes forw
 
 
 def response_head(bytes status_line not None, bytes lines not None,
-                  bytes request_id not None, list extra not None, content_length,
+                  RequestState req not None, list extra not None, content_length,
                   bint chunked, bint close,
                   bytes data=None, Py_ssize_t body_start=0, Py_ssize_t body_length=0):
     """The response head sent to the client in one bytes object, maybe with a body.
 
-    ``lines`` is the upstream's forwardable header block; ``extra`` the (name, value)
-    pairs the gateway adds (RateLimit-*, Deprecation...); ``content_length`` the digits
-    to re-emit or None; ``chunked`` adds Transfer-Encoding: chunked, ``close``
-    Connection: close. When ``data`` is given, ``data[body_start:body_start +
-    body_length]`` follows the head, so a whole small response leaves in one write.
+    ``lines`` is the upstream's forwardable header block; ``req`` gives X-Request-Id and
+    the RateLimit-* of its quotas; ``extra`` the (name, value) pairs the gateway adds
+    (Deprecation, Sunset...); ``content_length`` the digits to re-emit or None;
+    ``chunked`` adds Transfer-Encoding: chunked, ``close`` Connection: close. When
+    ``data`` is given, ``data[body_start:body_start + body_length]`` follows the head,
+    so a whole small response leaves in one write.
     """
-    cdef Py_ssize_t total, i, n_extra = len(extra)
+    cdef Py_ssize_t total, i, n_extra = len(extra), ratelimit_len
     cdef tuple pair
     cdef char* out
-    total = len(status_line) + len(lines) + 14 + len(request_id) + 2
+    cdef bytes request_id = <bytes?>req.request_id
+    cdef _RateLimitText ratelimit
+    ratelimit_len = _ratelimit_text(req, &ratelimit)
+    total = len(status_line) + len(lines) + 14 + len(request_id) + 2 + ratelimit_len
     for i in range(n_extra):
         pair = <tuple?>extra[i]
         total += len(<bytes?>pair[0]) + 2 + len(<bytes?>pair[1]) + 2
@@ -319,6 +425,8 @@ def response_head(bytes status_line not None, bytes lines not None,
     out = _put_c(out, "X-Request-Id: ", 14)
     out = _put(out, request_id)
     out = _put_c(out, "\r\n", 2)
+    if ratelimit_len:
+        out = _put_ratelimit(out, &ratelimit)
     for i in range(n_extra):
         pair = <tuple?>extra[i]
         out = _put(out, <bytes?>pair[0])

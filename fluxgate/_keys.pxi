@@ -258,7 +258,6 @@ __all__ += (
     "KeyTable",
     "QuotaCounters",
     "extract_api_key",
-    "merge_ratelimit",
     "strip_query_param",
 )
 
@@ -896,7 +895,7 @@ cdef class KeyTable:
         The key is found in ``req.headers`` / ``req.query`` as ``extract_api_key`` finds
         it (header ``lname``, parameter ``qname``); ``req.path`` and ``req.client_ip``
         are checked as ``check`` checks them. An accepted key's quota goes into
-        ``req.response_headers`` as ``merge_ratelimit`` puts it.
+        ``req``'s RateLimit-* as ``merge_ratelimit`` sets them.
 
         Returns (code, index, limit, reset): code as ``check``'s, or KEY_MISSING /
         KEY_AMBIGUOUS (no key / more than one); index as ``check``'s; when the quota was
@@ -919,7 +918,7 @@ cdef class KeyTable:
         if reset < 0:
             reset = 0
         if code == FG_KEY_OK:
-            merge_ratelimit(req.response_headers, limit, remaining, reset)
+            merge_ratelimit(req, limit, remaining, reset)
         return code, index, limit, reset
 
     def verify(self, bytes key not None, double now, /):
@@ -986,63 +985,6 @@ cdef class KeyTable:
 
 
 # ---- request helpers -----------------------------------------------------------------
-
-# The RateLimit-* names (draft-ietf-httpapi-ratelimit-headers): one object each, so that
-# fluxgate.auth.quotas can find them in a response-header list by identity.
-cdef bytes _RL_LIMIT = b"RateLimit-Limit"
-cdef bytes _RL_REMAINING = b"RateLimit-Remaining"
-cdef bytes _RL_RESET = b"RateLimit-Reset"
-
-
-cpdef merge_ratelimit(list headers, unsigned long limit, unsigned long remaining, long reset):
-    """Put RateLimit-Limit/Remaining/Reset (``reset`` in seconds) into ``headers`` (a
-    request's response headers); when a stricter quota already set them (no more
-    remaining than this one), keep that one. The three are always added together, in
-    order, so the Remaining pair's neighbours are its Limit and Reset."""
-    cdef Py_ssize_t i
-    cdef tuple item
-    if headers is None:
-        raise TypeError("headers must be a list")
-    for i in range(len(headers)):
-        item = headers[i]
-        if item[0] is _RL_REMAINING:
-            if int(item[1]) <= remaining:
-                return
-            del headers[i - 1 : i + 2]
-            break
-    headers.append((_RL_LIMIT, _decimal(limit)))
-    headers.append((_RL_REMAINING, _decimal(remaining)))
-    headers.append((_RL_RESET, _decimal(reset if reset > 0 else 0)))
-
-
-cdef const char* _DIGIT_PAIRS = (
-    b"00010203040506070809101112131415161718192021222324252627282930313233343536373839"
-    b"40414243444546474849505152535455565758596061626364656667686970717273747576777879"
-    b"8081828384858687888990919293949596979899"
-)
-
-
-cdef bytes _decimal(unsigned long value):
-    # PyBytes_FromFormat parses its format on every call; three per request showed up in
-    # profiles of the api_key route. Two digits a division: a limit is often 10 digits.
-    cdef char buf[24]
-    cdef int i = 24
-    cdef unsigned long pair
-    while value >= 100:
-        pair = value % 100
-        value //= 100
-        i -= 2
-        buf[i] = _DIGIT_PAIRS[2 * pair]
-        buf[i + 1] = _DIGIT_PAIRS[2 * pair + 1]
-    if value >= 10:
-        i -= 2
-        buf[i] = _DIGIT_PAIRS[2 * value]
-        buf[i + 1] = _DIGIT_PAIRS[2 * value + 1]
-    else:
-        i -= 1
-        buf[i] = <char>(48 + value)
-    return PyBytes_FromStringAndSize(buf + i, 24 - i)
-
 
 cdef Py_ssize_t _pct_decode(const unsigned char* s, Py_ssize_t n, unsigned char* out,
                             Py_ssize_t cap) noexcept nogil:

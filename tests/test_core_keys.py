@@ -229,7 +229,7 @@ def test_authorize_decides_as_extract_api_key_and_check_do(state):
             assert got == (code("ambiguous_credentials"), -1, 0, 0)
         else:
             assert got == check(table, key, path=path, scopes=scopes, ip=ip)[:2] + (0, 0)
-        assert req.response_headers == []  # no quota: no RateLimit-*
+        assert req.ratelimit_headers() == [] == req.response_headers  # no quota, no RateLimit-*
         seen.add(REASONS[got[0]])
     assert seen == {"ok", "missing_credentials", "ambiguous_credentials", "insufficient_scope",
                     "route_not_allowed", "ip_not_allowed", "revoked", "bad_tag", "malformed"}
@@ -243,21 +243,21 @@ def test_authorize_spends_the_quota_and_merges_ratelimit(state):
     for remaining in (1, 0):
         req = _request([(b"X-API-Key", key)])
         assert table.authorize(req, b"x-api-key", b"", (), None, NOW) == (OK, index, 2, reset)
-        assert req.response_headers == [(b"RateLimit-Limit", b"2"),
-                                         (b"RateLimit-Remaining", b"%d" % remaining),
-                                         (b"RateLimit-Reset", b"%d" % reset)]
+        assert req.ratelimit_headers() == [(b"RateLimit-Limit", b"2"),
+                                           (b"RateLimit-Remaining", b"%d" % remaining),
+                                           (b"RateLimit-Reset", b"%d" % reset)]
     req = _request([(b"X-API-Key", key)])
     assert table.authorize(req, b"x-api-key", b"", (), None, NOW) == (
         code("quota_exceeded"), index, 2, reset)
-    assert req.response_headers == []  # the middleware's 429 adds them, with Retry-After
+    assert req.ratelimit_headers() == []  # the middleware's 429 adds them, with Retry-After
     # A stricter quota met earlier in the chain keeps its figures.
     key2 = state.generate("roomy", quota=(100, 3600))[1].encode()
     table = state.table()
     req = _request([(b"X-API-Key", key2)])
-    merge_ratelimit(req.response_headers, 5, 1, 9)
+    merge_ratelimit(req, 5, 1, 9)
     assert table.authorize(req, b"x-api-key", b"", (), None, NOW)[0] == OK
-    assert req.response_headers == [(b"RateLimit-Limit", b"5"), (b"RateLimit-Remaining", b"1"),
-                                     (b"RateLimit-Reset", b"9")]
+    assert req.ratelimit_headers() == [(b"RateLimit-Limit", b"5"),
+                                       (b"RateLimit-Remaining", b"1"), (b"RateLimit-Reset", b"9")]
 
 
 # ---- usage ---------------------------------------------------------------------------------

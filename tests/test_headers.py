@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fluxgate._core import RequestIds, RequestState, response_head, upstream_head
+from fluxgate._core import RequestIds, RequestState, merge_ratelimit, response_head, upstream_head
 from fluxgate.proxy.headers import connection_tokens
 from tests.support.headers import forwardable_headers
 
@@ -93,16 +93,24 @@ def test_upstream_head_principal_websocket_and_framing():
 
 
 def test_response_head_frames_and_appends_body():
-    head = response_head(b"HTTP/1.1 200 OK\r\n", b"A: 1\r\n", b"rid", [(b"RateLimit-Limit", b"5")],
+    req = RequestState()
+    req.request_id = b"rid"
+    head = response_head(b"HTTP/1.1 200 OK\r\n", b"A: 1\r\n", req, [(b"Deprecation", b"@5")],
                          b"5", False, True, b"xxhello", 2, 5)
-    assert head == (b"HTTP/1.1 200 OK\r\nA: 1\r\nX-Request-Id: rid\r\nRateLimit-Limit: 5\r\n"
+    assert head == (b"HTTP/1.1 200 OK\r\nA: 1\r\nX-Request-Id: rid\r\nDeprecation: @5\r\n"
                     b"Content-Length: 5\r\nConnection: close\r\n\r\nhello")
-    assert response_head(b"HTTP/1.1 200 OK\r\n", b"", b"r", [], None, True, False) == (
-        b"HTTP/1.1 200 OK\r\nX-Request-Id: r\r\nTransfer-Encoding: chunked\r\n\r\n")
+    merge_ratelimit(req, 5, 4, 30)  # RateLimit-* come from the request, before the extras
+    assert response_head(b"HTTP/1.1 200 OK\r\n", b"", req, [(b"Sunset", b"x")], None, True,
+                         False) == (
+        b"HTTP/1.1 200 OK\r\nX-Request-Id: rid\r\nRateLimit-Limit: 5\r\n"
+        b"RateLimit-Remaining: 4\r\nRateLimit-Reset: 30\r\nSunset: x\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n")
     with pytest.raises(ValueError):
-        response_head(b"HTTP/1.1 200 OK\r\n", b"", b"r", [], None, False, False, b"abc", 2, 5)
+        response_head(b"HTTP/1.1 200 OK\r\n", b"", req, [], None, False, False, b"abc", 2, 5)
     with pytest.raises(TypeError):
-        response_head(b"HTTP/1.1 200 OK\r\n", b"", b"r", [("str", b"v")], None, False, False)
+        response_head(b"HTTP/1.1 200 OK\r\n", b"", req, [("str", b"v")], None, False, False)
+    with pytest.raises(TypeError):
+        response_head(b"HTTP/1.1 200 OK\r\n", b"", b"rid", [], None, False, False)
 
 
 @given(st.binary(max_size=140) | st.text(alphabet="aZ09-_.: <>\x00é", max_size=140).map(str.encode))

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from fluxgate._core import KeyTable, merge_ratelimit
+from fluxgate._core import KeyTable, RequestState, merge_ratelimit, response_head
 from fluxgate.auth import keytable as kt
 from tests.support.keys import KeyState
 
@@ -123,17 +123,28 @@ def test_build_table_sizes(state):
 
 
 def test_merge_ratelimit_keeps_the_stricter_quota():
-    headers: list[tuple[bytes, bytes]] = [(b"X-Other", b"1")]
-    merge_ratelimit(headers, 100, 40, 60)
-    merge_ratelimit(headers, 10, 3, 5)  # stricter: replaces
-    merge_ratelimit(headers, 1000, 999, 3600)  # looser: ignored
-    assert headers == [(b"X-Other", b"1"), (b"RateLimit-Limit", b"10"),
-                       (b"RateLimit-Remaining", b"3"), (b"RateLimit-Reset", b"5")]
+    req = RequestState()
+    assert req.ratelimit_headers() == []
+    merge_ratelimit(req, 100, 40, 60)
+    merge_ratelimit(req, 10, 3, 5)  # stricter: replaces
+    merge_ratelimit(req, 1000, 999, 3600)  # looser: ignored
+    assert req.ratelimit_headers() == [(b"RateLimit-Limit", b"10"),
+                                       (b"RateLimit-Remaining", b"3"), (b"RateLimit-Reset", b"5")]
+    merge_ratelimit(req, 5, 3, 1)  # as strict: the first one stays
+    assert req.ratelimit_headers()[0] == (b"RateLimit-Limit", b"10")
+    assert req.response_headers == []  # no header objects until a reply is written
+    with pytest.raises(ValueError):
+        merge_ratelimit(req, 0, 0, 0)  # a limit of 0 would read as "no quota"
 
 
 @pytest.mark.parametrize("value", [0, 7, 10, 99, 100, 101, 1_000, 4_000_000_000, 2**64 - 1])
 def test_merge_ratelimit_writes_plain_decimals(value):
-    headers: list[tuple[bytes, bytes]] = []
-    merge_ratelimit(headers, value, value, -3)  # a reset in the past is 0
-    assert headers == [(b"RateLimit-Limit", b"%d" % value),
-                       (b"RateLimit-Remaining", b"%d" % value), (b"RateLimit-Reset", b"0")]
+    req = RequestState()
+    merge_ratelimit(req, max(value, 1), value, -3)  # a reset in the past is 0
+    expected = [(b"RateLimit-Limit", b"%d" % max(value, 1)),
+                (b"RateLimit-Remaining", b"%d" % value), (b"RateLimit-Reset", b"0")]
+    assert req.ratelimit_headers() == expected
+    req.request_id = b"r"
+    head = response_head(b"HTTP/1.1 200 OK\r\n", b"", req, [], None, False, False)
+    assert head == (b"HTTP/1.1 200 OK\r\nX-Request-Id: r\r\n"
+                    + b"".join(b"%s: %s\r\n" % pair for pair in expected) + b"\r\n")

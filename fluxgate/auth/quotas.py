@@ -21,9 +21,13 @@ import mmap
 import os
 import secrets
 import struct
+from typing import TYPE_CHECKING
 
 from fluxgate._core import KEY_LAYOUT, QuotaCounters, merge_ratelimit
 from fluxgate.errors import QuotaExceeded
+
+if TYPE_CHECKING:
+    from fluxgate._core import RequestState
 
 QUOTA_FILE = "quotas.bin"
 DEFAULT_CAPACITY = 1 << 20
@@ -90,13 +94,14 @@ def rule_identity(route: str, by: str, window: int) -> bytes:
 
 
 # ---- response headers (IETF draft-ietf-httpapi-ratelimit-headers, RFC 9110 §10.2.3) --------
-# RateLimit-* go into a request's response headers through _core.merge_ratelimit.
+# RateLimit-* live on the request as integers (_core.merge_ratelimit) until the response
+# head is written.
 
 
 def quota_exceeded(
-    headers: list[tuple[bytes, bytes]], limit: int, retry: int, description: str
+    req: RequestState, limit: int, retry: int, description: str
 ) -> QuotaExceeded:
-    """The 429 of a spent budget: RateLimit-* with nothing remaining into ``headers`` (a
-    request's response headers), and Retry-After (RFC 9110 §10.2.3) in seconds."""
-    merge_ratelimit(headers, limit, 0, retry)
+    """The 429 of a spent budget: RateLimit-* with nothing remaining on ``req``, and
+    Retry-After (RFC 9110 §10.2.3) in seconds."""
+    merge_ratelimit(req, limit, 0, retry)
     return QuotaExceeded(description, headers=((b"Retry-After", b"%d" % retry),))

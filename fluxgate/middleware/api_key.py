@@ -101,7 +101,7 @@ class ApiKeyMiddleware:
             if info.response_headers:
                 req.response_headers.extend(info.response_headers)
             return None
-        return self._refuse(code, index, limit, reset, covering, req.response_headers)
+        return self._refuse(code, index, limit, reset, covering, req)
 
     def _covering(self, req: RequestState) -> tuple[bytes, ...] | None:
         """The scopes of the scope_map rule covering this request, one of which the key
@@ -116,7 +116,7 @@ class ApiKeyMiddleware:
 
     def _refuse(
         self, code: int, index: int, limit: int, reset: int,
-        covering: tuple[bytes, ...] | None, response_headers: list[tuple[bytes, bytes]],
+        covering: tuple[bytes, ...] | None, req: RequestState,
     ) -> ClientError:
         if code == _MISSING:
             self._fail("missing_credentials")
@@ -146,7 +146,7 @@ class ApiKeyMiddleware:
         else:
             shared.usage.count(STAT_KEY_QUOTA)
         return quota_exceeded(
-            response_headers, limit, retry, "The API key's quota for this window is used up."
+            req, limit, retry, "The API key's quota for this window is used up."
         )
 
     def _fail(self, reason: str) -> None:

@@ -77,7 +77,7 @@ class QuotaMiddleware:
         now = _now()
         code, remaining, end = quotas.consume(tag, self.limit, self.window, now)
         if code == 0:
-            merge_ratelimit(req.response_headers, self.limit, remaining, end - int(now))
+            merge_ratelimit(req, self.limit, remaining, end - int(now))
             return None
         retry = max(end - int(now), 1)
         if code == 2:
@@ -87,5 +87,5 @@ class QuotaMiddleware:
         else:
             self.shared.usage.count(STAT_RULE_REJECTED)
         return quota_exceeded(
-            req.response_headers, self.limit, retry, "The quota for this window is used up."
+            req, self.limit, retry, "The quota for this window is used up."
         )

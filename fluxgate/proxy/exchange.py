@@ -218,7 +218,7 @@ class Exchange:
         req.status = status
         self.client.write(
             response_head(
-                status_line(status), lines, req.request_id, extra, length, chunked, close,
+                status_line(status), lines, req, extra, length, chunked, close,
                 data, body_start, body_length,
             )  # fmt: skip
         )

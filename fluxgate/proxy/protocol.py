@@ -429,7 +429,7 @@ class ClientConnection(asyncio.Protocol):
                 req.request_id.decode(),
                 close=close,
                 head_only=req.method == b"HEAD",
-                extra_headers=req.response_headers,
+                extra_headers=[*req.ratelimit_headers(), *req.response_headers],
             )
         )
         if close:
