@@ -3,7 +3,9 @@ new generations, keeps the old one when a publication is broken, and never loses
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import struct
 
 import pytest
 
@@ -109,6 +111,94 @@ def test_usage_file_grows_and_keeps_data(tmp_path):
     assert os.stat(path).st_mode & 0o777 == 0o600
     with pytest.raises(FileNotFoundError):
         kt.UsageFile(str(tmp_path / "missing"), create=False)
+
+
+def address_words(text: str) -> tuple[int, int]:
+    """An address as a usage slot holds it (IPv4 mapped into IPv6, two native words)."""
+    packed = ipaddress.ip_address(text).packed
+    return struct.unpack("=QQ", packed if len(packed) == 16 else b"\0" * 10 + b"\xff\xff" + packed)
+
+
+def rows_from_read(usage: kt.UsageFile, slots: list[int]) -> list[tuple]:
+    """What the flush wrote before snapshot rows: one ``read`` per slot."""
+    rows = []
+    for slot in slots:
+        u = usage.read(slot)
+        if u.requests:
+            rows.append((slot, u.last_used_ms // 1000 if u.last_used_ms else None, u.address,
+                         u.requests))
+    return rows
+
+
+@pytest.mark.parametrize("slots", [None, 3 * kt.USAGE_GROWTH, kt.RESERVED_SLOTS + 9])
+def test_snapshot_rows_equal_what_read_gives(tmp_path, slots):
+    path = str(tmp_path / "keys.usage")
+    if slots is not None and slots % 16:  # a size this module does not make, still valid
+        with open(path, "wb") as f:
+            f.truncate(slots * kt.SLOT_SIZE)
+    usage = kt.UsageFile(path, create=True)
+    if slots is not None:
+        usage.ensure(slots)
+        assert usage.slots == slots
+    usage.seed(16, 1_700_000_000, "10.0.0.9", 42)
+    usage.seed(17, 1_700_000_001, "2001:db8::1", 7)
+    usage.seed(18, None, None, 3)  # counted, never stamped (a row from an older keys.db)
+    usage.counters.store(19 * kt.WORDS, 1_700_000_002_999)  # stamped from no usable address
+    usage.counters.store(19 * kt.WORDS + 3, 1)
+    usage.seed(20, 1_700_000_003, "10.0.0.9", 0)  # no request: no row
+    last = usage.slots - 1
+    usage.seed(last, 1_700_000_004, "::ffff:10.1.2.3", 2**64 - 1)
+    snapshot = usage.snapshot()
+    assert len(snapshot) == usage.slots and all(len(raw) == kt.SLOT_SIZE for raw in snapshot)
+    used = [16, 17, 18, 19, 20, 21, last]  # 21: never used
+    rows = kt.usage_rows(used, [snapshot[slot] for slot in used])
+    assert rows == rows_from_read(usage, used)
+    assert [row[0] for row in rows] == [16, 17, 18, 19, last]
+    assert rows[0] == (16, 1_700_000_000, "10.0.0.9", 42)
+    assert rows[2] == (18, None, None, 3) and rows[3] == (19, 1_700_000_002, None, 1)
+    usage.close()
+
+
+OLD = (1_700_000_000_000, *address_words("10.0.0.1"), 5)
+NEW = (1_700_000_001_000, *address_words("10.0.0.2"), 6)
+HALF = (NEW[0], *OLD[1:3], NEW[3])  # the time stamped, the address not yet stored
+
+
+@pytest.mark.parametrize("first, second", [
+    (HALF, NEW),  # the first copy caught the stamp half done
+    (OLD, NEW),   # stamped between the copies
+    (OLD, HALF),  # stamped between the copies, the address still to come in the second
+], ids=["half-then-done", "old-then-new", "old-then-half"])
+def test_snapshot_reads_again_a_slot_stamped_between_its_copies(tmp_path, monkeypatch,
+                                                               first, second):
+    usage = kt.UsageFile(str(tmp_path / "keys.usage"), create=True)
+    slot = 30
+    at, hi, lo, requests = NEW  # the stamp is done by the time the slot is read again
+    usage.counters.store(slot * kt.WORDS + 1, hi)
+    usage.counters.store(slot * kt.WORDS + 2, lo)
+    usage.counters.store(slot * kt.WORDS + 3, requests)
+    usage.counters.store(slot * kt.WORDS, at)
+    copies = []
+    for words in (first, second):
+        copy = bytearray(usage._copy())
+        struct.pack_into("=4Q", copy, slot * kt.SLOT_SIZE, *words)
+        copies.append(bytes(copy))
+    monkeypatch.setattr(usage, "_copy", iter(copies).__next__)
+    raw = usage.snapshot()[slot]
+    # Never 10.0.0.1 with the new time: the slot is read again, as ``read`` reads it.
+    assert kt.usage_rows([slot], [raw]) == [(slot, 1_700_000_001, "10.0.0.2", 6)]
+    assert kt.usage_rows([slot], [raw]) == rows_from_read(usage, [slot])
+    monkeypatch.undo()
+    usage.close()
+
+
+def test_snapshot_reads_no_slot_again_when_both_copies_agree(tmp_path, monkeypatch):
+    usage = kt.UsageFile(str(tmp_path / "keys.usage"), create=True)
+    usage.seed(16, 1_700_000_000, "10.0.0.9", 42)
+    monkeypatch.setattr(usage, "_words", lambda slot: pytest.fail(f"slot {slot} read again"))
+    assert kt.usage_rows([16], [usage.snapshot()[16]]) == [(16, 1_700_000_000, "10.0.0.9", 42)]
+    monkeypatch.undo()
+    usage.close()
 
 
 def test_build_table_sizes(state):

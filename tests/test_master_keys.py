@@ -1,15 +1,20 @@
 """The master's key service (fluxgate/master/keys.py): it never lets the signing secret drift
-from the keys already issued, at start or on reload, and keeps no key in its log."""
+from the keys already issued, at start or on reload, and keeps no key in its log; its flush
+copies the usage of the keys used since the last one, and only those, into keys.db."""
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
+import struct
 
 import pytest
 
+from fluxgate.auth import keytable as kt
 from fluxgate.auth.keyops import KeyOps
-from fluxgate.config import load_config
+from fluxgate.config import load_config, load_config_text
+from fluxgate.master.keys import KeyService
 from tests.support.gateway import GatewayProcess
 
 SECRET_A = "a" * 40
@@ -55,3 +60,123 @@ def test_the_gateway_will_not_start_with_another_signing_secret(tmp_path, upstre
         second.start()
     assert second.stop() == 1
     assert "signing secret differs from the one the keys" in second.log()
+
+
+# ---- usage flush (KeyService driven by hand) ------------------------------------------------
+
+SERVICE_CONFIG = """\
+state_dir: {state_dir}
+api_keys: {{signing_secret: "{secret}"}}
+routes:
+  - route: /api
+    upstream: http://127.0.0.1:9
+    middleware:
+      - api_key: {{}}
+"""
+T1, T2 = 1_795_000_000, 1_795_000_060
+
+
+class FakeMaster:
+    def __init__(self, state_dir: str) -> None:
+        self.state_dir = state_dir
+        self.loop = None
+
+
+@pytest.fixture
+def service(tmp_path):
+    loop = asyncio.new_event_loop()
+    svc = KeyService(FakeMaster(str(tmp_path)))
+    config = load_config_text(SERVICE_CONFIG.format(state_dir=tmp_path, secret=SECRET_A))
+    loop.run_until_complete(svc.start(config))
+    for name in ("a", "b", "c"):
+        svc.ops.generate(name)
+    svc.rebuild()
+    try:
+        yield svc
+    finally:
+        loop.run_until_complete(svc.stop())
+        loop.close()
+
+
+@pytest.fixture
+def written(service, monkeypatch):
+    """The rows of each flush's ``record_usage`` call, in order."""
+    calls: list[list[tuple]] = []
+    record = service.ops.store.record_usage
+
+    def spy(rows):
+        calls.append(list(rows))
+        record(calls[-1])
+
+    monkeypatch.setattr(service.ops.store, "record_usage", spy)
+    return calls
+
+
+def slots(service: KeyService) -> dict[str, int]:
+    return {r.name: r.slot for r in service._records}
+
+
+def stamp(service: KeyService, name: str, at: int, address: str, requests: int) -> None:
+    """What a worker's stamps leave in a key's usage slot."""
+    service.usage.seed(kt.RESERVED_SLOTS + slots(service)[name], at, address, requests)
+
+
+def stored(service: KeyService, name: str) -> tuple:
+    (r,) = service.ops.store.by_name(name)
+    return r.last_used_at, r.last_used_from, r.requests
+
+
+def test_a_flush_writes_only_the_keys_used_since_the_last_one(service, written):
+    service.flush_usage()
+    assert written == [[]]  # nothing used yet
+    stamp(service, "a", T1, "10.0.0.1", 3)
+    stamp(service, "c", T1, "2001:db8::1", 1)
+    service.flush_usage()
+    ids = slots(service)
+    assert written[-1] == [(ids["a"], T1, "10.0.0.1", 3), (ids["c"], T1, "2001:db8::1", 1)]
+    stamp(service, "c", T2, "10.0.0.2", 4)
+    service.flush_usage()
+    assert written[-1] == [(ids["c"], T2, "10.0.0.2", 4)]
+    assert stored(service, "a") == (T1, "10.0.0.1", 3)
+    assert stored(service, "b") == (None, None, 0)
+    assert stored(service, "c") == (T2, "10.0.0.2", 4)
+    # A key created since: the next generation's keys are followed.
+    service.ops.generate("d")
+    service.rebuild()
+    stamp(service, "d", T2, "10.0.0.3", 1)
+    service.flush_usage()
+    assert written[-1] == [(slots(service)["d"], T2, "10.0.0.3", 1)]
+    # The rows are what a slot-by-slot ``read`` gives.
+    usage = [service.usage.read(kt.RESERVED_SLOTS + ids[n]) for n in ("a", "c")]
+    assert [(u.last_used_ms // 1000, u.address, u.requests) for u in usage] == [
+        (T1, "10.0.0.1", 3), (T2, "10.0.0.2", 4)]
+
+
+def test_a_flush_after_no_change_writes_nothing(service, written):
+    stamp(service, "b", T1, "10.0.0.1", 3)
+    service.flush_usage()
+    assert len(written[-1]) == 1
+    version = service.ops.store.data_version()
+    service.flush_usage()
+    service.rebuild()  # a new generation: the same keys, nothing written again
+    service.flush_usage()
+    assert written[1:] == [[], []]
+    assert service.ops.store.data_version() == version
+
+
+def test_a_flush_never_writes_a_half_stamped_slot(service, written, monkeypatch):
+    stamp(service, "a", T1, "10.0.0.1", 3)
+    service.flush_usage()
+    slot = kt.RESERVED_SLOTS + slots(service)["a"]
+    # The first copy of the file catches a worker between its time and address stores
+    # (the time of T2, the address of T1); the second copy, and the slot after it, are done.
+    half = bytearray(service.usage._copy())
+    words = list(struct.unpack_from("=4Q", half, slot * kt.SLOT_SIZE))
+    stamp(service, "a", T2, "10.0.0.2", 4)
+    words[0], words[3] = T2 * 1000, 4
+    struct.pack_into("=4Q", half, slot * kt.SLOT_SIZE, *words)
+    copies = iter([bytes(half), service.usage._copy()])
+    monkeypatch.setattr(service.usage, "_copy", lambda: next(copies))
+    service.flush_usage()
+    assert written[-1] == [(slots(service)["a"], T2, "10.0.0.2", 4)]
+    assert stored(service, "a") == (T2, "10.0.0.2", 4)
