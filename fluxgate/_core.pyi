@@ -191,12 +191,14 @@ class KeyTable:
         scopes: tuple[bytes, ...],
         any_scopes: tuple[bytes, ...] | None,
         now: float,
+        principals: list[Any],
         /,
-    ) -> tuple[int, int, int, int]:
+    ) -> tuple[int, int, int, int] | None:
         """``check`` for one request, the key found as ``extract_api_key`` finds it and an
-        accepted key's quota merged into ``req``'s RateLimit-*: (code, entry index,
-        quota limit, reset seconds); code as ``check``'s or "missing_credentials" /
-        "ambiguous_credentials"."""
+        accepted key's quota merged into ``req``'s RateLimit-*. None: accepted, not in a
+        grace period, and ``req.principal`` set from ``principals[index]``. Otherwise
+        (code, entry index, quota limit, reset seconds); code as ``check``'s (ok: the
+        caller sets the principal) or "missing_credentials" / "ambiguous_credentials"."""
     def verify(self, key: bytes, now: float, /) -> tuple[int, int]:
         """(code, entry index) for the credential alone: no usage stamp, no quota."""
     def find(self, key_id: str, /) -> int: ...

@@ -33,6 +33,11 @@
 
 from cpython.buffer cimport PyBUF_SIMPLE
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
+
+cdef extern from "Python.h":
+    # Borrowed: authorize only stores the item if it is not None (a counted reference).
+    PyObject* _list_item "PyList_GET_ITEM" (object, Py_ssize_t) noexcept
+    Py_ssize_t _list_size "PyList_GET_SIZE" (object) noexcept
 from libc.stdint cimport int64_t, uint8_t, uint16_t
 from libc.string cimport memchr, memcpy, memset
 
@@ -889,7 +894,7 @@ cdef class KeyTable:
 
     def authorize(self, RequestState req not None, bytes lname not None,
                   bytes qname not None, tuple scopes not None, tuple any_scopes,
-                  double now, /):
+                  double now, list principals not None, /):
         """``check`` for one request as the api_key middleware sees it, in one call.
 
         The key is found in ``req.headers`` / ``req.query`` as ``extract_api_key`` finds
@@ -897,28 +902,40 @@ cdef class KeyTable:
         are checked as ``check`` checks them. An accepted key's quota goes into
         ``req``'s RateLimit-* as ``merge_ratelimit`` sets them.
 
-        Returns (code, index, limit, reset): code as ``check``'s, or KEY_MISSING /
-        KEY_AMBIGUOUS (no key / more than one); index as ``check``'s; when the quota was
-        consulted, its limit and the seconds to its window's end (at least 0), else 0, 0.
+        ``principals`` holds, by entry index, the principals the caller built so far
+        (None: not yet). When the key is accepted, is not in a rotation grace period and
+        its principal is there, that principal becomes ``req.principal`` and the answer
+        is None: the common request allocates nothing here.
+
+        Otherwise (code, index, limit, reset): code as ``check``'s (OK for an accepted
+        key whose principal the caller sets), or KEY_MISSING / KEY_AMBIGUOUS (no key /
+        more than one); index as ``check``'s; when the quota was consulted, its limit and
+        the seconds to its window's end (at least 0), else 0, 0.
         """
         cdef Py_ssize_t index = -1
         cdef uint32_t limit = 0
         cdef uint64_t remaining = 0, end = 0
-        cdef int64_t reset
+        cdef int64_t reset = 0
         cdef int code
         cdef Py_ssize_t count
+        cdef PyObject* principal
         key = _find_api_key(req.headers, lname, req.query, qname, &count)
         if count != 1:
             return (FG_KEY_MISSING if count == 0 else FG_KEY_AMBIGUOUS), -1, 0, 0
         code = self._decide(key, now, req.path, scopes, any_scopes, req.client_ip, &index,
                             &limit, &remaining, &end)
-        if limit == 0:
-            return code, index, 0, 0
-        reset = <int64_t>end - <int64_t>now
-        if reset < 0:
-            reset = 0
-        if code == FG_KEY_OK:
-            merge_ratelimit(req, limit, remaining, reset)
+        if limit != 0:
+            reset = <int64_t>end - <int64_t>now
+            if reset < 0:
+                reset = 0
+            if code == FG_KEY_OK:
+                merge_ratelimit(req, limit, remaining, reset)
+        if code == FG_KEY_OK and self._entries[index].sunset_at == 0 \
+                and index < _list_size(principals):
+            principal = _list_item(principals, index)
+            if principal != <PyObject*>None:
+                req.principal = <object>principal
+                return None
         return code, index, limit, reset
 
     def verify(self, bytes key not None, double now, /):

@@ -222,7 +222,7 @@ def test_authorize_decides_as_extract_api_key_and_check_do(state):
     for headers, query, path, ip, scopes in shapes:
         count, key = extract_api_key(headers, b"x-api-key", query, b"api_key")
         req = _request(headers, query, path, ip)
-        got = table.authorize(req, b"x-api-key", b"api_key", scopes, None, NOW)
+        got = table.authorize(req, b"x-api-key", b"api_key", scopes, None, NOW, [])
         if count == 0:
             assert got == (code("missing_credentials"), -1, 0, 0)
         elif count == 2:
@@ -242,12 +242,12 @@ def test_authorize_spends_the_quota_and_merges_ratelimit(state):
     reset = 60 - int(NOW) % 60  # the fixed UTC minute's end
     for remaining in (1, 0):
         req = _request([(b"X-API-Key", key)])
-        assert table.authorize(req, b"x-api-key", b"", (), None, NOW) == (OK, index, 2, reset)
+        assert table.authorize(req, b"x-api-key", b"", (), None, NOW, []) == (OK, index, 2, reset)
         assert req.ratelimit_headers() == [(b"RateLimit-Limit", b"2"),
                                            (b"RateLimit-Remaining", b"%d" % remaining),
                                            (b"RateLimit-Reset", b"%d" % reset)]
     req = _request([(b"X-API-Key", key)])
-    assert table.authorize(req, b"x-api-key", b"", (), None, NOW) == (
+    assert table.authorize(req, b"x-api-key", b"", (), None, NOW, []) == (
         code("quota_exceeded"), index, 2, reset)
     assert req.ratelimit_headers() == []  # the middleware's 429 adds them, with Retry-After
     # A stricter quota met earlier in the chain keeps its figures.
@@ -255,9 +255,44 @@ def test_authorize_spends_the_quota_and_merges_ratelimit(state):
     table = state.table()
     req = _request([(b"X-API-Key", key2)])
     merge_ratelimit(req, 5, 1, 9)
-    assert table.authorize(req, b"x-api-key", b"", (), None, NOW)[0] == OK
+    assert table.authorize(req, b"x-api-key", b"", (), None, NOW, [])[0] == OK
     assert req.ratelimit_headers() == [(b"RateLimit-Limit", b"5"),
                                        (b"RateLimit-Remaining", b"1"), (b"RateLimit-Reset", b"9")]
+
+
+def test_authorize_sets_a_known_principal_and_answers_none(state):
+    _, plain = state.generate("known")
+    _, other = state.generate("other")
+    _, graced = state.generate("rotating")
+    state.store.rotate("rotating", grace=3600, expires_in=None, signing_key=state.signing_key)
+    table = state.table()
+    index, other_index = table.find(plain[3:15]), table.find(other[3:15])
+    graced_key_index = table.find(graced[3:15])
+    principals: list = [None] * len(table)
+    marker, graced_marker = object(), object()
+    principals[index] = marker
+    principals[graced_key_index] = graced_marker
+
+    def authorize(key: bytes, path: bytes = b"/api", scopes: tuple = (), plist=principals):
+        req = _request([(b"X-API-Key", key)], path=path)
+        return table.authorize(req, b"x-api-key", b"", scopes, None, NOW, plist), req
+
+    got, req = authorize(plain.encode())
+    assert got is None and req.principal is marker
+    # Not built yet (None), or beyond the list: the caller builds and sets it.
+    got, req = authorize(other.encode())
+    assert got == (OK, other_index, 0, 0) and req.principal is None
+    got, req = authorize(plain.encode(), plist=principals[:index])
+    assert got == (OK, index, 0, 0) and req.principal is None
+    # Refused, even with a principal at hand: no principal is set.
+    got, req = authorize(plain.encode(), scopes=(b"missing",))
+    assert got[0] == code("insufficient_scope") and req.principal is None
+    forged = plain[:-2] + ("AA" if plain[-2:] != "AA" else "BB")
+    got, req = authorize(forged.encode())
+    assert got[0] == code("bad_tag") and req.principal is None
+    # A key in its rotation grace period goes back to the caller (Deprecation / Sunset).
+    got, req = authorize(graced.encode())
+    assert got == (OK, graced_key_index, 0, 0) and req.principal is None
 
 
 # ---- usage ---------------------------------------------------------------------------------

@@ -411,6 +411,9 @@ class SharedKeys:
         self.signing_key = signing_key
         self.table: KeyTable | None = None
         self.infos: list[KeyInfo | None] = []
+        # The same keys' principals, by entry index: KeyTable.authorize sets req.principal
+        # from here itself, so the common request touches no KeyInfo.
+        self.principals: list[Principal | None] = []
         self._mapping: mmap.mmap | None = None
         self._stamp: tuple[int, int, int] | None = None
         self.usage = UsageFile(os.path.join(state_dir, USAGE_FILE), create=False)
@@ -467,6 +470,7 @@ class SharedKeys:
         old_table, old_mapping = self.table, self._mapping
         self.table, self._mapping, self._stamp = table, mapping, stamp
         self.infos = [None] * len(table)
+        self.principals = [None] * len(table)
         if old_table is not None:
             old_table.release()
         if old_mapping is not None:
@@ -478,4 +482,5 @@ class SharedKeys:
         info = self.infos[index]
         if info is None:
             info = self.infos[index] = _key_info(self.table.entry(index))
+            self.principals[index] = info.principal
         return info

@@ -8,8 +8,9 @@ an upstream, on any route: the gateway drops the header as it parses it and stri
 parameter from the upstream request (``proxy/app.py``, DESIGN §4).
 One call into ``_core.KeyTable.authorize`` does the whole decision: find the key, parse,
 HMAC tag, lookup, digest, revoked/expiry, the key's routes, scopes (and a covering
-scope_map rule), the key's IP allowlist and its quota. The principal and the headers for
-the upstream are built once per key and table generation.
+scope_map rule), the key's IP allowlist and its quota; it also sets the request's
+principal once this worker has built it. The principal and the headers for the upstream
+are built at a key's first request in each table generation.
 
 Answers: 401 missing_credentials (no key), 401 invalid_key (malformed, forged, unknown,
 revoked or expired: one answer, so a probe learns nothing about which ids exist), 403
@@ -91,12 +92,15 @@ class ApiKeyMiddleware:
 
     def __call__(self, req: RequestState) -> ClientError | None:
         covering = self._covering(req) if self.scoped else None
-        code, index, limit, reset = self.shared.table.authorize(
-            req, self.lname, self.qname, self.required, covering, _now()
+        shared = self.shared
+        answer = shared.table.authorize(
+            req, self.lname, self.qname, self.required, covering, _now(), shared.principals
         )
-        if code == _OK:
-            shared = self.shared
-            info = shared.infos[index] or shared.info(index)
+        if answer is None:
+            return None  # accepted, and authorize set req.principal
+        code, index, limit, reset = answer
+        if code == _OK:  # the key's first request of this table generation, or in its grace
+            info = shared.info(index)
             req.principal = info.principal
             if info.response_headers:
                 req.response_headers.extend(info.response_headers)
