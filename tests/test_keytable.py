@@ -210,6 +210,9 @@ def test_build_table_sizes(state):
         assert len(table) == n and table.generation == 5
         assert all(table.find(r.key_id) >= 0 for r in records)
         table.release()
+        # Entries on a 128-byte boundary: two cache lines each, not three.
+        entries_off = kt._HEADER.unpack_from(data)[7]
+        assert entries_off % kt.ENTRY_ALIGN == 0 and kt.ENTRY_ALIGN == 128
 
 
 def test_merge_ratelimit_keeps_the_stricter_quota():
