@@ -144,7 +144,7 @@ cdef extern from *:
         uint32_t n_entries;
         uint32_t n_buckets;     /* power of two > n_entries */
         uint64_t buckets_off;   /* n_buckets x uint32: entry index + 1, 0 = empty */
-        uint64_t entries_off;   /* n_entries x fg_key_entry, 8-aligned */
+        uint64_t entries_off;   /* n_entries x fg_key_entry, 8-aligned (the master writes 128) */
         uint64_t pool_off;      /* names, scope and route lists, CIDRs */
         uint64_t pool_len;
         uint64_t usage_slots;   /* the usage file holds at least this many slots */
