@@ -60,7 +60,7 @@ cdef class RequestState:
     cdef public object response_headers  # list[(name, value)] added to the response
     # RateLimit-* of the strictest quota the request consulted, as integers (rl_limit 0:
     # none): written into the response head as digits, so a quota route allocates no
-    # header objects for them. Set through merge_ratelimit, read through ratelimit().
+    # header objects for them. Set through merge_ratelimit, read through ratelimit_headers().
     cdef uint64_t rl_limit
     cdef uint64_t rl_remaining
     cdef uint64_t rl_reset

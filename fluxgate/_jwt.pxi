@@ -9,7 +9,9 @@
 #
 # 1. size (max_token_bytes); exactly two '.', header and payload non-empty;
 # 2. the verified-token cache, keyed by the whole token; a hit re-does the time checks;
-# 3. header: strict base64url (RFC 4648 §5: canonical, no padding) of a JSON object;
+# 3. header (a header part byte-identical to the last one that led to a good signature
+#    reuses its alg and key, until set_keys or flush): strict base64url (RFC 4648 §5:
+#    canonical, no padding) of a JSON object;
 #    `alg` a string in the allowlist ("none", in any casing, never is; HS* only with a
 #    configured secret); `crit` refused (no extension is understood, RFC 7515
 #    §4.1.11); `b64` other than true refused (RFC 7797); `kid` a short printable
@@ -816,9 +818,8 @@ cdef class JwtVerifier:
             raise TokenError(_JWT_REASONS[FG_JWT_MALFORMED])
 
         # -- header (RFC 7515 §4): the alg, and the key it names --
-        if (self._known_header is not None
-                and PyBytes_GET_SIZE(self._known_header) == hlen
-                and memcmp(PyBytes_AS_STRING(self._known_header), p, hlen) == 0):
+        if self._known_header is not None and _same_token(self._known_header, <const char*>p,
+                                                          hlen):
             alg = self._known_alg
             key = self._known_key
             known = True

@@ -33,13 +33,13 @@
 
 from cpython.buffer cimport PyBUF_SIMPLE
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
+from libc.stdint cimport int64_t, uint8_t, uint16_t
+from libc.string cimport memchr, memcpy, memset
 
 cdef extern from "Python.h":
     # Borrowed: authorize only stores the item if it is not None (a counted reference).
     PyObject* _list_item "PyList_GET_ITEM" (object, Py_ssize_t) noexcept
     Py_ssize_t _list_size "PyList_GET_SIZE" (object) noexcept
-from libc.stdint cimport int64_t, uint8_t, uint16_t
-from libc.string cimport memchr, memcpy, memset
 
 cdef extern from *:
     """

@@ -475,13 +475,17 @@ class SharedKeys:
             return False
         old_table, old_mapping = self.table, self._mapping
         self.table, self._mapping, self._stamp = table, mapping, stamp
-        self.infos = [None] * len(table)
-        self.principals = [None] * len(table)
+        self._forget_infos()
         if old_table is not None:
             old_table.release()
         if old_mapping is not None:
             old_mapping.close()
         return True
+
+    def _forget_infos(self) -> None:
+        # Built per entry index at a key's first request in the current table.
+        self.infos = [None] * len(self.table)
+        self.principals = [None] * len(self.table)
 
     def info(self, index: int) -> KeyInfo:
         """The cached principal and headers of entry ``index`` of the current table."""

@@ -384,8 +384,7 @@ class _OfflineKeys(SharedKeys):
 
     def __init__(self, table: KeyTable) -> None:  # no shared files: nothing to map
         self.table = table
-        self.infos = [None] * len(table)
-        self.principals = [None] * len(table)
+        self._forget_infos()
 
 
 def check_api_key(config: schema.Config, route: schema.Route, method: str, path: str,

@@ -36,7 +36,7 @@ from urllib.parse import quote, urlsplit
 
 import orjson
 
-from fluxgate.auth.keys import TEXT_LEN, mint_key
+from fluxgate.auth.keys import PREFIX, TEXT_LEN, mint_key
 from fluxgate.cli import audit
 from fluxgate.cli.jws import b64, part
 from fluxgate.cli.probe_jws import (
@@ -45,6 +45,7 @@ from fluxgate.cli.probe_jws import (
     claims_for,
     decode_payload,
     fingerprint,
+    generate_key,
     provider_keys,
 )
 from fluxgate.config import schema
@@ -61,7 +62,6 @@ NONE_CASINGS = ("none", "None", "NONE", "nOnE")
 # per 30 s per provider) and one periodic poll falling inside it.
 MAX_BATTERY_FETCHES = 2
 _ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-_ALNUM = _ALPHABET[:62]
 
 
 class ProbeError(FluxGateError):
@@ -191,7 +191,7 @@ class JwtSetup:
         only takes HS* (a shared secret has no public half to offer)."""
         if not self.forger.alg.startswith("HS"):
             return self.forger
-        return Forger.for_route(schema.Jwt(algorithms=["RS256"]))
+        return Forger("RS256", generate_key("RS256"))
 
     @cached_property
     def base(self) -> tuple[str, str]:
@@ -286,7 +286,7 @@ def _header_tricks(s: JwtSetup) -> list[Probe]:
         _token_probe("kid_path_traversal", 'kid "../../etc/passwd"',
                      s.forged(kid="../../etc/passwd")),
         _token_probe("kid_dev_null_hmac", 'HS256 with an empty secret, kid "../../../dev/null"',
-                     s.forger.token({"kid": "../../../../../../dev/null"}, claims_for(s.jwt),
+                     s.forger.token({"kid": "../../../../../../dev/null"}, claims,
                                     alg="HS256", key=b"")),
     ]
 
@@ -358,8 +358,9 @@ class KeySetup:
 
 
 def forged_key() -> str:
-    """A key of the right shape (prefix, length, alphabet) whose tag cannot match."""
-    return "fg_" + "".join(secrets.choice(_ALNUM) for _ in range(TEXT_LEN - 3))
+    """A key of the right shape (prefix, length, alphabet) whose tag cannot match: minted
+    under a secret nobody else holds."""
+    return mint_key(secrets.token_bytes(32)).text
 
 
 def _key_probe(name: str, sent: str, k: KeySetup, *keys: str) -> Probe:
@@ -373,8 +374,8 @@ def api_key_battery(k: KeySetup) -> list[Probe]:
     probes = [
         _key_probe("forged_key", "fg_ key, right length, random tag", k, forged_key()),
         _key_probe("truncated_key", f"{what} without its last character", k, base[:-1]),
-        _key_probe("garbage_key", "63 characters outside the key alphabet", k,
-                   "fg_" + "*" * (TEXT_LEN - 3)),
+        _key_probe("garbage_key", f"{TEXT_LEN} characters outside the key alphabet", k,
+                   PREFIX.decode() + "*" * (TEXT_LEN - len(PREFIX))),
         _key_probe("empty_key", f"an empty {k.header}", k, ""),
         _key_probe("two_keys", f"two {k.header} headers", k, base, forged_key()),
     ]
@@ -422,8 +423,9 @@ def battery(config: schema.Config, route: schema.Route, *, token: str | None = N
     probes = [Probe("no_credential", "-", "no Authorization, no API key", MISSING, [Request()])]
     if jwts:
         jwt = jwts[0]  # several jwt entries all run: the first one refuses first
-        probes += jwt_battery(JwtSetup(jwt, Forger.for_route(jwt),
-                                       provider_keys(jwt, REQUEST_TIMEOUT), token, flood))
+        provider = (provider_keys(jwt, REQUEST_TIMEOUT) if methods
+                    else ProviderKeys([], "no identity provider configured"))
+        probes += jwt_battery(JwtSetup(jwt, Forger.for_route(jwt), provider, token, flood))
     if keys:
         names = config.api_keys
         probes += api_key_battery(KeySetup(names.header, names.query, keys[0].query, api_key,
@@ -567,8 +569,8 @@ def run(target: Target, probes: list[Probe],
     try:
         for probe in probes:
             row = run_probe(target, probe)
-            if not results and row["requests"] and row["why"] and row["why"].startswith(
-                    "no answer"):  # the first probe: is anybody there at all?
+            if not results and row["got"] and row["got"][0]["status"] is None:
+                # The first probe had no answer: is anybody there at all?
                 raise ProbeError(f"cannot reach {target.url}: {row['why']}")
             results.append(row)
     finally:

@@ -92,7 +92,8 @@ class KeyService:
         self._data_version = -1
         self._flushed: dict[int, bytes] = {}  # key slot -> its usage bytes when flushed
         self._records: list[KeyRecord] = []
-        self._slots: tuple[list[KeyRecord], list[int], list[int]] = ([], [], [])
+        # The table's keys as (keys.db slots, usage slots), set with each generation.
+        self._usage_keys: tuple[list[int], list[int]] = ([], [])
         self._task: asyncio.Task[None] | None = None
         self._next_prune = float("inf")  # when a key in the table has been dead KEEP_DEAD
 
@@ -184,6 +185,7 @@ class KeyService:
         )
         publish_table(self.master.state_dir, data)
         self._records = records
+        self._usage_keys = ([r.slot for r in records], [usage_slot(r) for r in records])
         self.keys = len(records)
         log.debug("key table generation %s: %s keys", self.generation, len(records))
 
@@ -191,7 +193,7 @@ class KeyService:
         """Copy changed last-use stamps and request counts into keys.db."""
         # Every FLUSH_INTERVAL over every key, on the master's loop: the per-key work runs in
         # C (map, compress, iter_unpack); only the rows of changed keys are built in Python.
-        keys, slots = self._key_slots()
+        keys, slots = self._usage_keys
         snapshot = self.usage.snapshot()
         current = list(map(snapshot.__getitem__, slots))
         changed = list(map(ne, current, map(self._flushed.get, keys)))
@@ -199,17 +201,6 @@ class KeyService:
         current = list(compress(current, changed))
         self._flushed.update(zip(keys, current, strict=True))
         self.ops.store.record_usage(usage_rows(keys, current))
-
-    def _key_slots(self) -> tuple[list[int], list[int]]:
-        # The keys.db slots and usage slots of the table's keys, worked out once per
-        # generation rather than at every flush.
-        records, keys, slots = self._slots
-        if records is not self._records:
-            records = self._records
-            keys = [r.slot for r in records]
-            slots = [usage_slot(r) for r in records]
-            self._slots = (records, keys, slots)
-        return keys, slots
 
     def _seed_usage(self) -> None:
         for r in self.ops.store.all():
