@@ -24,6 +24,7 @@ import argparse
 import json
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from fluxgate.auth.jwks import provider_source
 from fluxgate.auth.keys import load_signing_key
@@ -284,8 +285,9 @@ def render_probe(probed: dict[str, Any]) -> list[str]:
              _got(r["got"]), r["sent"]) for r in probed["probes"]]
     heads = ("result", "probe", "expected", "got", "sent")
     widths = [max(len(row[i]) for row in [heads, *rows]) for i in range(4)]
-    lines = [f"probe {probed['request'].split()[0]} {probed['url'].rstrip('/')}"
-             f"{probed['request'].split(' ', 1)[1]}:"]
+    method, path = probed["request"].split(" ", 1)  # the path holds the URL's own path
+    origin = urlsplit(probed["url"])
+    lines = [f"probe {method} {origin.scheme}://{origin.netloc}{path}:"]
     for row, r in zip([heads, *rows], [None, *probed["probes"]], strict=True):
         cells = [f"{cell:<{w}}" for cell, w in zip(row, widths, strict=False)]
         lines.append("  " + "  ".join([*cells, row[4]]))
