@@ -347,3 +347,12 @@ def test_a_credential_that_cannot_be_a_header_exits_2_without_showing_it(world, 
     finally:
         target.close()
     assert answer.status is None and token not in (answer.failure or "")
+
+
+def test_the_heading_names_a_path_prefixed_url_once():
+    from fluxgate.cli.audit_commands import render_probe
+
+    summary = {"pass": 0, "fail": 0, "skip": 0, "requests": 0}
+    probed = {"url": "http://127.0.0.1:8080/gw/", "request": "GET /gw/orders",
+              "probes": [], "summary": summary}
+    assert render_probe(probed)[0] == "probe GET http://127.0.0.1:8080/gw/orders:"
