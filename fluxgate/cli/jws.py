@@ -10,8 +10,8 @@ import hmac
 from typing import Any
 
 import orjson
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from fluxgate._core import b64url_encode
@@ -33,6 +33,27 @@ def b64_uint(n: int) -> str:
 def part(obj: Any) -> str:
     """A header or payload segment: compact JSON, base64url."""
     return b64(orjson.dumps(obj))
+
+
+def public_jwk(public: Any) -> dict[str, Any]:
+    """The required members of ``public``'s JWK (RSA, EC P-256/P-384, Ed25519)."""
+    if isinstance(public, rsa.RSAPublicKey):
+        nums = public.public_numbers()
+        return {"kty": "RSA", "n": b64_uint(nums.n), "e": b64_uint(nums.e)}
+    if isinstance(public, ec.EllipticCurvePublicKey):
+        size = (public.curve.key_size + 7) // 8
+        nums = public.public_numbers()
+        crv = "P-256" if size == 32 else "P-384"
+        return {"kty": "EC", "crv": crv, "x": b64(nums.x.to_bytes(size, "big")),
+                "y": b64(nums.y.to_bytes(size, "big"))}
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return {"kty": "OKP", "crv": "Ed25519", "x": b64(raw)}
+
+
+def thumbprint(jwk: dict[str, Any]) -> str:
+    """The RFC 7638 SHA-256 thumbprint of a JWK holding only its required members:
+    sorted keys, no whitespace (§3.3), base64url."""
+    return b64(hashlib.sha256(orjson.dumps(jwk, option=orjson.OPT_SORT_KEYS)).digest())
 
 
 def sign(private: Any, alg: str, signing_input: bytes) -> bytes:

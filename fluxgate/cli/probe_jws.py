@@ -27,7 +27,7 @@ from cryptography.x509.oid import NameOID
 from fluxgate._core import b64url_decode
 from fluxgate.auth.jwk import JwkError, parse_jwk, usable_keys
 from fluxgate.auth.jwks import provider_source
-from fluxgate.cli.jws import b64, b64_uint, compact
+from fluxgate.cli.jws import compact, public_jwk
 from fluxgate.config import schema
 from fluxgate.master.fetch import FetchError, fetch
 from fluxgate.master.jwks import MAX_JWKS_BYTES, discover_jwks_uri
@@ -88,18 +88,7 @@ class Forger:
 
     def public_jwk(self) -> dict[str, Any]:
         """The public half as a JWK (for the embedded ``jwk`` header probe)."""
-        pub = self.private.public_key()
-        if isinstance(pub, rsa.RSAPublicKey):
-            nums = pub.public_numbers()
-            return {"kty": "RSA", "n": b64_uint(nums.n), "e": b64_uint(nums.e)}
-        if isinstance(pub, ec.EllipticCurvePublicKey):
-            size = (pub.curve.key_size + 7) // 8
-            nums = pub.public_numbers()
-            crv = "P-256" if size == 32 else "P-384"
-            return {"kty": "EC", "crv": crv, "x": b64(nums.x.to_bytes(size, "big")),
-                    "y": b64(nums.y.to_bytes(size, "big"))}
-        raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        return {"kty": "OKP", "crv": "Ed25519", "x": b64(raw)}
+        return public_jwk(self.private.public_key())
 
     def self_signed_cert(self) -> str:
         """A one-day self-signed certificate of the public half, DER in standard base64 as

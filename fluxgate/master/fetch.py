@@ -9,6 +9,9 @@ name verification (``ssl.create_default_context``: the system CAs, or ``SSL_CERT
 plain http only where the config allowed it (loopback, checked by
 ``config.resolve.parse_key_url``); no redirects followed; the whole exchange bounded by
 ``timeout`` seconds, the head by 64 KiB and the body by ``max_bytes``.
+
+The pieces below the error classes (``parse_url``, ``tls_context``, ``ResponseReader``,
+``connect_error``) are shared with the keep-alive pool of ``master/http_pool.py``.
 """
 
 from __future__ import annotations
@@ -23,11 +26,33 @@ import httptools
 MAX_HEAD_BYTES = 64 * 1024
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_MAX_BYTES = 1024 * 1024
-_SSL_CONTEXT: ssl.SSLContext | None = None
+_SSL_CONTEXTS: dict[str | None, ssl.SSLContext] = {}
 
 
 class FetchError(Exception):
-    """The document could not be fetched (the message says why; never a secret)."""
+    """The document could not be fetched (the message says why; never a secret).
+
+    ``reason`` is a stable code for metrics; subclasses narrow it."""
+
+    reason = "invalid_response"
+
+
+class Unreachable(FetchError):
+    """No connection, or it broke before a response."""
+
+    reason = "unreachable"
+
+
+class TlsFailure(FetchError):
+    """The TLS handshake failed (certificate, host name, protocol)."""
+
+    reason = "tls"
+
+
+class TooLarge(FetchError):
+    """The response head or body is over its bound."""
+
+    reason = "too_large"
 
 
 @dataclass
@@ -37,15 +62,46 @@ class Response:
     body: bytes = b""
 
 
-def _ssl_context() -> ssl.SSLContext:
-    global _SSL_CONTEXT
-    if _SSL_CONTEXT is None:
-        _SSL_CONTEXT = ssl.create_default_context()
-    return _SSL_CONTEXT
+@dataclass(frozen=True)
+class Target:
+    """Where a URL points: ``tls`` for https, ``authority`` as the Host header carries it."""
+
+    tls: bool
+    host: str
+    port: int
+    path: str
+    authority: str
 
 
-class _Reader:
-    """httptools callbacks collecting one response, bounded."""
+def parse_url(url: str) -> Target:
+    """Split an http(s) URL; raises FetchError for anything else."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise FetchError(f"unsupported URL {url!r}")
+    tls = parts.scheme == "https"
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return Target(tls, parts.hostname, parts.port or (443 if tls else 80), path, parts.netloc)
+
+
+def tls_context(ca_file: str | None = None) -> ssl.SSLContext:
+    """A verifying client context (certificate and host name): the system CAs, or only
+    those of ``ca_file``; one per file, built on first use."""
+    context = _SSL_CONTEXTS.get(ca_file)
+    if context is None:
+        context = _SSL_CONTEXTS[ca_file] = ssl.create_default_context(cafile=ca_file)
+    return context
+
+
+def connect_error(host: str, port: int, exc: OSError) -> FetchError:
+    """The FetchError for a failed connect or TLS handshake."""
+    if isinstance(exc, ssl.SSLError):
+        why = getattr(exc, "verify_message", None) or exc.reason or exc
+        return TlsFailure(f"TLS handshake with {host} failed: {why}")
+    return Unreachable(f"cannot connect to {host}:{port}: {exc.strerror or exc}")
+
+
+class ResponseReader:
+    """httptools callbacks collecting one response, bounded; owns its parser."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
@@ -55,24 +111,54 @@ class _Reader:
         self.head_size = 0
         self.head_done = False
         self.complete = False
+        self.parser = httptools.HttpResponseParser(self)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.head_size += len(name) + len(value)
         if self.head_size > MAX_HEAD_BYTES:
-            raise FetchError("response head too large")
+            raise TooLarge("response head too large")
         self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         self.head_done = True
+        # Refused before reading: a body announced too large will not shrink.
+        length = self.headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_bytes:
+            raise TooLarge(f"response body larger than {self.max_bytes} bytes")
 
     def on_body(self, chunk: bytes) -> None:
         self.size += len(chunk)
         if self.size > self.max_bytes:
-            raise FetchError(f"response body larger than {self.max_bytes} bytes")
+            raise TooLarge(f"response body larger than {self.max_bytes} bytes")
         self.body.append(chunk)
 
     def on_message_complete(self) -> None:
         self.complete = True
+
+    def feed(self, data: bytes) -> None:
+        """Parse ``data``; raises FetchError (a bound, or malformed HTTP)."""
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, FetchError):
+                raise cause from None
+            raise FetchError(str(cause) if cause else "bad response") from None
+        except httptools.HttpParserError as exc:
+            raise FetchError(f"malformed HTTP response: {exc}") from None
+
+    def finish_at_eof(self) -> None:
+        """The connection closed: raise unless the response is whole."""
+        if not self.head_done:
+            raise Unreachable("connection closed before a complete response head")
+        if not self.complete:
+            # Only a body delimited by the close itself may end without llhttp's say-so.
+            te = self.headers.get("transfer-encoding", "").lower()
+            if "content-length" in self.headers or "chunked" in te:
+                raise FetchError("connection closed before the response was complete")
+
+    def response(self) -> Response:
+        return Response(self.parser.get_status_code(), self.headers, b"".join(self.body))
 
 
 async def fetch(
@@ -83,18 +169,13 @@ async def fetch(
     max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> Response:
     """GET ``url``; raises FetchError for anything but a complete HTTP response."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise FetchError(f"unsupported URL {url!r}")
-    host = parts.hostname
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    host_header = parts.netloc
-    lines = [f"GET {target} HTTP/1.1", f"Host: {host_header}", "Accept: application/json",
-             "User-Agent: fluxgate", "Connection: close"]
+    target = parse_url(url)
+    host, port = target.host, target.port
+    lines = [f"GET {target.path} HTTP/1.1", f"Host: {target.authority}",
+             "Accept: application/json", "User-Agent: fluxgate", "Connection: close"]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-    tls = _ssl_context() if parts.scheme == "https" else None
+    tls = tls_context() if target.tls else None
     writer = None
     try:
         async with asyncio.timeout(timeout):
@@ -103,39 +184,23 @@ async def fetch(
                     host, port, ssl=tls, server_hostname=host if tls else None,
                     limit=MAX_HEAD_BYTES,
                 )
-            except ssl.SSLError as exc:
-                raise FetchError(f"TLS handshake with {host} failed: {exc.reason}") from None
             except OSError as exc:
-                raise FetchError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
+                raise connect_error(host, port, exc) from None
             writer.write(request)
-            collector = _Reader(max_bytes)
-            parser = httptools.HttpResponseParser(collector)
+            collector = ResponseReader(max_bytes)
             while not collector.complete:
                 data = await reader.read(65536)
                 if not data:
+                    collector.finish_at_eof()
                     break
-                try:
-                    parser.feed_data(data)
-                except httptools.HttpParserCallbackError as exc:
-                    cause = exc.__context__
-                    raise FetchError(str(cause) if cause else "bad response") from None
-                except httptools.HttpParserError as exc:
-                    raise FetchError(f"malformed HTTP response: {exc}") from None
-            if not collector.head_done:
-                raise FetchError("connection closed before a complete response head")
-            status = parser.get_status_code()
-            if not collector.complete:
-                # Only a body delimited by the close itself may end without llhttp's say-so.
-                te = collector.headers.get("transfer-encoding", "").lower()
-                if "content-length" in collector.headers or "chunked" in te:
-                    raise FetchError("connection closed before the response was complete")
-            return Response(status, collector.headers, b"".join(collector.body))
+                collector.feed(data)
+            return collector.response()
     except TimeoutError:
         raise FetchError(f"no complete response from {host}:{port} within {timeout:g}s") from None
     except ssl.SSLError as exc:
-        raise FetchError(f"TLS error with {host}: {exc.reason}") from None
+        raise TlsFailure(f"TLS error with {host}: {exc.reason}") from None
     except (ConnectionError, OSError) as exc:
-        raise FetchError(f"connection to {host}:{port} failed: {exc}") from None
+        raise Unreachable(f"connection to {host}:{port} failed: {exc}") from None
     finally:
         if writer is not None:
             writer.close()
