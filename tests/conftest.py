@@ -33,3 +33,7 @@ def gateway_factory(tmp_path):
     finally:
         for gw in started:
             gw.stop()
+
+
+# A real django-oauth-toolkit authorization server (session scope), for token introspection.
+from tests.support.authserver import django_auth_server  # noqa: E402, F401

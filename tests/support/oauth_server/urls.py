@@ -1,0 +1,17 @@
+"""URLs of the test authorization server: DOT under /o/ (token, revoke_token, introspect,
+OIDC discovery and JWKS), RFC 8414 metadata also at the root, and the /test/ control views."""
+
+from django.urls import include, path
+from oauth2_provider import urls as dot_urls
+
+from tests.support.oauth_server import control
+
+urlpatterns = [
+    path("o/", include("oauth2_provider.urls", namespace="oauth2_provider")),
+    # RFC 8414 puts the metadata of issuer http://host/o at
+    # /.well-known/oauth-authorization-server/o, outside the /o/ prefix.
+    path("", include((dot_urls.metadata_urlpatterns, "oauth2_provider_root"))),
+    path("test/health", control.health),
+    path("test/counters", control.counters),
+    path("test/users", control.users),
+]
