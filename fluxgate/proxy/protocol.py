@@ -49,6 +49,7 @@ from fluxgate.errors import (
 from fluxgate.proxy import headers as hdr
 from fluxgate.proxy.exchange import Exchange
 from fluxgate.proxy.responses import CONTINUE_100, error_response
+from fluxgate.proxy.suspend import Suspended
 
 if TYPE_CHECKING:
     from fluxgate.proxy.app import CompiledRoute, Gateway
@@ -66,6 +67,7 @@ class ClientConnection(asyncio.Protocol):
     PAUSE_CONNECTING = 1
     PAUSE_UPSTREAM_FULL = 2
     PAUSE_PIPELINE = 4
+    PAUSE_AUTH = 8  # a middleware waits for an answer (proxy/suspend.py)
 
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
@@ -361,14 +363,13 @@ class ClientConnection(asyncio.Protocol):
                 refusal = step(req)
                 if refusal is not None:
                     raise refusal
-            # The head sent upstream leaves out the route's middleware-owned headers and
-            # those the client's Connection header names (hop-by-hop, RFC 9110 §7.6.1).
-            drop = route.drop_headers
-            if req.connection is not None:
-                drop = drop | hdr.named_by_connection(req.connection)
-            head = upstream_head(req, drop, route.strip_length, self.peer_bytes, gw.api_key_query)
+            head = self._upstream_head(req, route)
         except ClientError as err:
             self._local_reply(req, err)
+            return
+        except Suspended as wait:
+            # `step` is the stage that raised: the chain goes on after it once answered.
+            self._suspend(req, route, route.steps.index(step) + 1, wait)
             return
         except Exception:
             # A bug in a stage must not leave the client hanging nor let the request through:
@@ -376,6 +377,55 @@ class ClientConnection(asyncio.Protocol):
             log.exception("request %s: the middleware chain failed", req.request_id.decode())
             self._local_reply(req, InternalError())
             return
+        self._forward(req, route, head)
+
+    def _upstream_head(self, req: RequestState, route: CompiledRoute) -> bytes:
+        # The head sent upstream leaves out the route's middleware-owned headers and
+        # those the client's Connection header names (hop-by-hop, RFC 9110 §7.6.1).
+        drop = route.drop_headers
+        if req.connection is not None:
+            drop = drop | hdr.named_by_connection(req.connection)
+        return upstream_head(req, drop, route.strip_length, self.peer_bytes, self.gw.api_key_query)
+
+    def _suspend(self, req: RequestState, route: CompiledRoute, resume_at: int,
+                 wait: Suspended) -> None:
+        """Wait for a stage's answer without blocking the loop; the client is not read
+        meanwhile, so a body cannot pile up behind a request nobody has authorized."""
+        self.pause_reading(self.PAUSE_AUTH)
+        wait.future.add_done_callback(lambda _f: self._resume(req, route, resume_at, wait))
+
+    def _resume(self, req: RequestState, route: CompiledRoute, resume_at: int,
+                wait: Suspended) -> None:
+        if self.closed or req.finished or self.active is not req:
+            return  # the client went away while the answer was on its way
+        self.resume_reading(self.PAUSE_AUTH)
+        self.corked += 1
+        try:
+            refusal = wait.resume(req)
+            if refusal is not None:
+                raise refusal
+            steps = route.steps
+            for index in range(resume_at, len(steps)):
+                resume_at = index + 1
+                refusal = steps[index](req)
+                if refusal is not None:
+                    raise refusal
+            head = self._upstream_head(req, route)
+        except ClientError as err:
+            self._local_reply(req, err)
+            return
+        except Suspended as again:
+            self._suspend(req, route, resume_at, again)
+            return
+        except Exception:
+            log.exception("request %s: the middleware chain failed", req.request_id.decode())
+            self._local_reply(req, InternalError())
+            return
+        finally:
+            self.uncork()
+        self._forward(req, route, head)
+
+    def _forward(self, req: RequestState, route: CompiledRoute, head: bytes) -> None:
         exchange = Exchange(self, req, route.group, head)
         req.exchange = exchange
         if req.expect_continue and not req.message_complete:
