@@ -39,11 +39,24 @@ cdef extern from *:
         return __atomic_compare_exchange_n(p, &expected, desired, 0,
                                            __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
     }
+    /* Stand-alone fences, for a seqlock (fluxgate/_introspect.pxi): release orders the
+       writer's "being written" mark before the plain stores that follow it; acquire
+       orders a reader's plain loads of the data before its second look at the mark
+       (H.-J. Boehm, "Can Seqlocks Get Along With Programming Language Memory Models?",
+       MSPC 2012). Compiler barriers on x86-64; dmb on arm64. */
+    static inline void fg_fence_acquire(void) {
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    }
+    static inline void fg_fence_release(void) {
+        __atomic_thread_fence(__ATOMIC_RELEASE);
+    }
     """
     uint64_t fg_atomic_add(uint64_t* p, uint64_t d) noexcept nogil
     uint64_t fg_atomic_load(uint64_t* p) noexcept nogil
     void fg_atomic_store(uint64_t* p, uint64_t v) noexcept nogil
     bint fg_atomic_cas(uint64_t* p, uint64_t expected, uint64_t desired) noexcept nogil
+    void fg_fence_acquire() noexcept nogil
+    void fg_fence_release() noexcept nogil
 
 
 # ---- request paths (DESIGN §4; rules in the _core.pyx docstring) -------------------
@@ -218,3 +231,31 @@ cdef enum QuotaCode:
 # Python-facing classes (fluxgate/_core.pyi): KeyTable (one generation of the shared
 # key table; file layout in fluxgate/auth/keytable.py) and QuotaCounters (the quota
 # buckets of fluxgate/auth/quotas.py). They are private to _core at the C level.
+
+
+# ---- token-introspection results (fluxgate/_introspect.pxi; RFC 7662) ---------------
+
+cdef enum:
+    # Slots per bucket: a digest lives in one of the FG_INTRO_WAYS slots of its bucket.
+    FG_INTRO_WAYS = 8
+    FG_INTRO_DIGEST_BYTES = 32
+    # Slot sizes: a multiple of 64, so that slots stay cache-line aligned (the file
+    # header and a slot's fixed fields are 64 bytes each; the payload follows them),
+    # 1024 unless configured, at least one line of payload, at most 64 KiB.
+    FG_INTRO_SLOT_DEFAULT = 1024
+    FG_INTRO_SLOT_MIN = 128
+    FG_INTRO_SLOT_MAX = 65536
+    # At most this many buckets (a file stays below 2**48 bytes).
+    FG_INTRO_MAX_BUCKETS = 1 << 28
+    # A reader that finds a slot being written (or changed under it) looks again this
+    # many times, then treats it as a miss.
+    FG_INTRO_READ_TRIES = 64
+    # flags bit 0: an active (positive) result; clear: an ``active: false`` one.
+    FG_INTRO_ACTIVE = 1
+
+# SHA-256 (FIPS 180-4) of src[0:n] into out[0:32]; 0, or -1 if libcrypto failed.
+cdef int sha256_into(const unsigned char* src, Py_ssize_t n,
+                     unsigned char* out) noexcept nogil
+
+# Python-facing class (fluxgate/_core.pyi): IntrospectionCache, one view of the shared
+# result table. It is private to _core at the C level.

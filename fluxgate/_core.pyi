@@ -10,6 +10,8 @@ from fluxgate.errors import PathError as PathError
 from fluxgate.errors import TokenError as TokenError
 
 __all__ = (
+    "IntrospectionCache",
+    "sha256",
     "KeyTable",
     "QuotaCounters",
     "extract_api_key",
@@ -213,6 +215,57 @@ def extract_api_key(
 
 def strip_query_param(query: bytes, name: bytes, /) -> bytes:
     """``query`` without every ``name`` parameter (the same object when there is none)."""
+
+# ---- token-introspection results (fluxgate/_introspect.pxi; RFC 7662) -----------------------
+
+INTROSPECT_LAYOUT: dict[str, int]
+"""Magic, version, header/slot-header sizes, ways, digest bytes, slot size bounds, max
+buckets and the active flag of the shared introspection-result file."""
+
+def sha256(data: bytes, /) -> bytes:
+    """SHA-256 (FIPS 180-4) of ``data``: the 32-byte digest, the key of IntrospectionCache."""
+
+class IntrospectionCache:
+    """One view of the shared introspection-result table (master writes, workers read)."""
+
+    @property
+    def writable(self) -> bool: ...
+    @property
+    def buckets(self) -> int: ...
+    @property
+    def capacity(self) -> int:
+        """Slots in the table (buckets x 8): the most entries it can hold."""
+    @property
+    def slot_bytes(self) -> int: ...
+    @property
+    def payload_capacity(self) -> int:
+        """The largest payload ``store`` accepts (slot_bytes - 64)."""
+    def __init__(self, buffer: Buffer, *, writable: bool) -> None:
+        """View a mapping of a formatted table; ValueError if its header is wrong."""
+    @staticmethod
+    def size_for(entries: int, slot_bytes: int = 1024) -> int:
+        """Bytes of a table file holding at least ``entries`` entries of ``slot_bytes``."""
+    @classmethod
+    def format(cls, buffer: Buffer, entries: int, slot_bytes: int = 1024) -> IntrospectionCache:
+        """Write the header into a fresh zero-filled mapping of exactly
+        ``size_for(entries, slot_bytes)`` bytes; the writer's view of it."""
+    def lookup(self, token: bytes, now: float, known: dict[int, Any] | None, /) -> Any:
+        """The live entry for ``token``: ``known[stamp]`` when its stamp is there, else
+        (stamp, active, expires_at, payload); None on a miss, expired or torn read."""
+    def lookup_digest(self, digest: bytes, now: float, known: dict[int, Any] | None, /) -> Any:
+        """``lookup`` for a token's SHA-256."""
+    def live_entries(self, now: float) -> tuple[int, int]:
+        """(positive, negative) entries whose expiry is after ``now``."""
+    def store(
+        self, digest: bytes, expires_at: float, active: bool, payload: bytes, now: float
+    ) -> bool:
+        """Publish a result; False (nothing written) when the payload does not fit or
+        the bucket has no slot it may take (a negative never evicts a live positive)."""
+    def purge(self, digest: bytes) -> bool:
+        """Empty the slot holding ``digest``; whether there was one."""
+    def clear(self) -> None:
+        """Empty every slot."""
+    def release(self) -> None: ...
 
 # ---- the data plane's per-request state (fluxgate/_http.pxi) ------------------------------
 
