@@ -244,7 +244,8 @@ class IntrospectionCache:
         """View a mapping of a formatted table; ValueError if its header is wrong."""
     @staticmethod
     def size_for(entries: int, slot_bytes: int = 1024) -> int:
-        """Bytes of a table file holding at least ``entries`` entries of ``slot_bytes``."""
+        """Bytes of a table file with room for ``entries`` entries of ``slot_bytes`` (8-way
+        buckets: keep it under half full, or full buckets evict live entries)."""
     @classmethod
     def format(cls, buffer: Buffer, entries: int, slot_bytes: int = 1024) -> IntrospectionCache:
         """Write the header into a fresh zero-filled mapping of exactly

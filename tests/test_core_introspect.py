@@ -23,7 +23,7 @@ SLOT = struct.Struct("<QQdII32s")  # seq, stamp, expires_at, flags, length, dige
 
 
 def token(i: int) -> bytes:
-    return b"opaque-access-token-%08d-0123456789abcdef" % i  # 40 bytes
+    return b"opaque-access-token-%08d-0123456789abcdef" % i
 
 
 def digest(i: int) -> bytes:
