@@ -67,12 +67,10 @@ def provider_id(source: str) -> str:
 
 def jwt_configs(config: schema.Config) -> Iterator[schema.Jwt]:
     """Every jwt middleware of a config, inside `any` too."""
+    from fluxgate.middleware import auth_methods  # the jwt middleware imports this module
+
     for route in config.routes:
-        for middleware in route.middleware:
-            if isinstance(middleware, schema.Jwt):
-                yield middleware
-            elif isinstance(middleware, schema.AnyOf):
-                yield from (m for m in middleware.methods if isinstance(m, schema.Jwt))
+        yield from auth_methods(route, "jwt")
 
 
 def ctl_path(state_dir: str, source: str) -> str:

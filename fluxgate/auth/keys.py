@@ -24,6 +24,7 @@ import secrets
 from dataclasses import dataclass
 
 from fluxgate._core import KEY_FORMAT, b64url_decode, b64url_encode
+from fluxgate.config.parsers import MIN_SECRET_CHARS
 from fluxgate.errors import ConfigError
 
 log = logging.getLogger("fluxgate.keys")
@@ -35,13 +36,10 @@ TAG_BYTES: int = KEY_FORMAT["tag_bytes"]
 TEXT_LEN: int = KEY_FORMAT["text_len"]
 ID_CHARS = ID_BYTES * 4 // 3  # 12
 SECRET_FILE = "keys.secret"
-MIN_SECRET_CHARS = 32
 
 # A key's name is the consumer (quotas belong to it); it is sent upstream in
 # X-FluxGate-Subject, so it is a plain token.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
-# RFC 6749 §3.3 scope-token: printable ASCII except space, '"' and '\'.
-_SCOPE = re.compile(r'[\x21\x23-\x5b\x5d-\x7e]{1,128}')
 _KEY_ID = re.compile(r"[A-Za-z0-9_-]{12}")
 
 
@@ -103,16 +101,6 @@ def check_name(name: str) -> str:
             "starting with a letter or digit"
         )
     return name
-
-
-def check_scope(scope: str) -> str:
-    """A scope token (RFC 6749 §3.3: no spaces, quotes or backslashes); ValueError if not."""
-    if not _SCOPE.fullmatch(scope):
-        raise ValueError(
-            f"invalid scope {scope!r}: a scope is 1-128 printable characters without "
-            "spaces, '\"' or '\\'"
-        )
-    return scope
 
 
 # ---- the signing secret ----------------------------------------------------------------------

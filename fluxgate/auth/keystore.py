@@ -27,8 +27,13 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from fluxgate.auth.keys import MintedKey, check_name, check_scope, is_key_id, mint_key
-from fluxgate.config.resolve import did_you_mean, parse_network, parse_route_path
+from fluxgate.auth.keys import MintedKey, check_name, is_key_id, mint_key
+from fluxgate.config.parsers import (
+    check_scope,
+    did_you_mean,
+    parse_network,
+    parse_route_path,
+)
 from fluxgate.config.units import MAX_RATE_LIMIT
 from fluxgate.errors import KeyStoreError
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,6 +33,7 @@ from fluxgate.auth.scopes import ScopePolicy
 from fluxgate.config import schema
 from fluxgate.config.resolve import is_loopback
 from fluxgate.errors import ClientError, FluxGateError
+from fluxgate.middleware import auth_methods, kind_of
 from fluxgate.middleware.api_key import ApiKeyMiddleware
 from fluxgate.middleware.jwt import JwtMiddleware, build_verifier
 from fluxgate.proxy.app import route_methods
@@ -101,42 +101,12 @@ def _refusal(status: int, code: str, message: str) -> dict[str, Any]:
 
 
 def describe_middleware(m: Any) -> dict[str, Any]:
-    """One chain entry as ``{"kind", "summary"}``; a shared secret is said to be set, never shown."""
-    if isinstance(m, schema.IpAllow):
-        return {"kind": "ip_allow", "summary": "ip_allow " + " ".join(m.cidrs)}
-    if isinstance(m, schema.Jwt):
-        parts = [f"algorithms={','.join(m.algorithms)}"]
-        if m.issuer:
-            parts.append(f"issuer={m.issuer}")
-        if m.audience:
-            aud = m.audience if isinstance(m.audience, str) else ",".join(m.audience)
-            parts.append(f"audience={aud}")
-        if m.jwks_uri:
-            parts.append(f"jwks_uri={m.jwks_uri}")
-        if m.secret is not None:
-            parts.append("secret=(set)")
-        if m.scopes:
-            parts.append(f"scopes={','.join(m.scopes)}")
-        return {"kind": "jwt", "summary": "jwt " + " ".join(parts)}
-    if isinstance(m, schema.ApiKey):
-        scopes = ",".join(m.scopes) or "-"
-        return {"kind": "api_key",
-                "summary": f"api_key scopes={scopes} query={'on' if m.query else 'off'}"}
-    if isinstance(m, schema.Quota):
-        return {"kind": "quota", "summary": f"quota {m.limit} by {m.by}"}
-    if isinstance(m, schema.AnyOf):
-        members = [describe_middleware(x)["summary"] for x in m.methods]
-        return {"kind": "any", "summary": "any [" + "; ".join(members) + "]"}
-    return {"kind": type(m).__name__, "summary": type(m).__name__}
-
-
-def auth_methods(route: schema.Route) -> Iterator[schema.Jwt | schema.ApiKey]:
-    """The route's authentication middleware, in chain order, ``any`` members included."""
-    for m in route.middleware:
-        if isinstance(m, schema.Jwt | schema.ApiKey):
-            yield m
-        elif isinstance(m, schema.AnyOf):
-            yield from m.methods
+    """One chain entry as ``{"kind", "summary"}``, the summary its kind's ``describe``."""
+    try:
+        kind = kind_of(m)
+    except ValueError:  # a hand-built config may hold anything
+        return {"kind": type(m).__name__, "summary": type(m).__name__}
+    return {"kind": kind.name, "summary": kind.describe(m)}
 
 
 # ---- scopes ---------------------------------------------------------------------------------
@@ -151,7 +121,8 @@ def scope_decisions(
     out = []
     m, p = method.encode(), path.encode("latin-1")
     for auth in auth_methods(route):
-        policy = ScopePolicy(auth.scopes, config.scope_map)
+        kind = kind_of(auth)
+        policy = ScopePolicy(kind.scopes(auth), config.scope_map)
         covering = [
             {"scope": scope, "rule": rule}
             for scope, rules in config.scope_map.items()
@@ -159,7 +130,7 @@ def scope_decisions(
             if ScopePolicy((), {scope: [rule]}).covering(m, p)
         ]
         doc: dict[str, Any] = {
-            "method": "jwt" if isinstance(auth, schema.Jwt) else "api_key",
+            "method": kind.name,
             "required": sorted(policy.required),
             "covering": covering,
         }
@@ -241,8 +212,9 @@ def route_findings(config: schema.Config, route: schema.Route) -> list[Finding]:
     """Findings about one route."""
     found = []
     auths = list(auth_methods(route))
+    kinds = {kind_of(m).name for m in route.middleware}
     if not auths:
-        if any(isinstance(m, schema.IpAllow) for m in route.middleware):
+        if "ip_allow" in kinds:
             found.append(Finding(
                 "ip_allow_only", "warning",
                 "only ip_allow guards this route: callers are never identified"))
@@ -251,15 +223,8 @@ def route_findings(config: schema.Config, route: schema.Route) -> list[Finding]:
                 "public_route", "warning",
                 "public: true and no authentication: anyone who reaches the gateway gets in"))
     for auth in auths:
-        if isinstance(auth, schema.Jwt):
-            found += _jwt_findings(auth)
-        elif auth.query:  # api_keys.query always names a parameter
-            found.append(Finding(
-                "api_key_in_query", "warning",
-                f"API keys are accepted in the query string (?{config.api_keys.query}=): they "
-                "end up in browser history and intermediary logs; set query: false on the "
-                "route's api_key"))
-    if not any(isinstance(m, schema.Quota) for m in route.middleware):
+        found += kind_of(auth).findings(config, auth)
+    if "quota" not in kinds:
         found.append(Finding(
             "no_quota", "warning",
             "no quota middleware on this route (API keys may still carry their own quota)"))
@@ -271,7 +236,8 @@ def route_findings(config: schema.Config, route: schema.Route) -> list[Finding]:
     return found
 
 
-def _jwt_findings(jwt: schema.Jwt) -> list[Finding]:
+def jwt_findings(config: schema.Config, jwt: schema.Jwt) -> list[Finding]:
+    """A jwt entry's findings: no audience, a shared secret, keys fetched in clear text."""
     found = []
     if jwt.audience is None:
         found.append(Finding(
@@ -299,6 +265,17 @@ def _jwt_findings(jwt: schema.Jwt) -> list[Finding]:
                 f"jwt {field} is plain http to {host}: signing keys fetched in clear text can "
                 "be swapped on the way"))
     return found
+
+
+def api_key_findings(config: schema.Config, entry: schema.ApiKey) -> list[Finding]:
+    """An api_key entry's findings: keys taken from the query string."""
+    if not entry.query:  # api_keys.query always names a parameter
+        return []
+    return [Finding(
+        "api_key_in_query", "warning",
+        f"API keys are accepted in the query string (?{config.api_keys.query}=): they "
+        "end up in browser history and intermediary logs; set query: false on the "
+        "route's api_key")]
 
 
 def findings(config: schema.Config, route: schema.Route) -> list[Finding]:
@@ -329,7 +306,7 @@ def _denied(refusal: ClientError, method: str) -> dict[str, Any]:
 def check_token(config: schema.Config, route: schema.Route, method: str, path: str,
                 token: str) -> dict[str, Any]:
     """Verify ``token`` with the route's jwt middleware (``any`` members included)."""
-    jwts = [a for a in auth_methods(route) if isinstance(a, schema.Jwt)]
+    jwts = list(auth_methods(route, "jwt"))
     if not jwts:
         return {"method": "jwt", "decision": "deny", "status": 401, "code": "invalid_token",
                 "reason": "route_takes_no_jwt"}
@@ -391,7 +368,7 @@ def check_api_key(config: schema.Config, route: schema.Route, method: str, path:
                   key: str, client_ip: str = "127.0.0.1") -> dict[str, Any]:
     """Check ``key`` with the route's api_key middleware (``any`` members included) against
     keys.db, compiled as the master compiles it for the workers."""
-    entries = [a for a in auth_methods(route) if isinstance(a, schema.ApiKey)]
+    entries = list(auth_methods(route, "api_key"))
     result: dict[str, Any] = {"method": "api_key", "key_id": key_id_of(key)}
     if not entries:
         return {**result, "decision": "deny", "status": 401, "code": "invalid_key",

@@ -31,6 +31,7 @@ from fluxgate.auth.keys import load_signing_key
 from fluxgate.cli import audit, probe
 from fluxgate.config import schema
 from fluxgate.errors import FluxGateError
+from fluxgate.middleware import auth_methods
 
 EXIT_FAILED = 2
 
@@ -161,7 +162,7 @@ def _signing_key(config: schema.Config) -> bytes | None:
 def _jwks_counter(ctx: Any, route: schema.Route) -> Callable[[], int | None] | None:
     """With --admin-url: a function counting the route's provider's JWKS fetches (the
     admin API's /admin/jwks), else None. Any admin failure only leaves the count out."""
-    jwt = next((m for m in audit.auth_methods(route) if isinstance(m, schema.Jwt)), None)
+    jwt = next(auth_methods(route, "jwt"), None)
     source = provider_source(jwt) if jwt is not None else None
     if not ctx.remote or source is None:
         return None

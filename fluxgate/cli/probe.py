@@ -1,14 +1,16 @@
 """``fluxctl auth verify --probe URL``: hostile requests at a live route, each judged against
 the contract (DESIGN §4, §5, §6).
 
-``battery`` builds the requests from the route's authentication (``audit.auth_methods``):
-for a jwt route ``alg: none`` in four casings with and without a signature, HS256 MACed with
-the provider's public key (RS/HS confusion), keys the provider never published, bad claims,
+``battery`` builds the requests from the route's authentication: each method's kind names
+its battery (``MiddlewareKind.probes``). For a jwt route (``jwt_probes``, here) ``alg: none``
+in four casings with and without a signature, HS256 MACed with the provider's public key
+(RS/HS confusion), keys the provider never published, bad claims,
 ``jku``/``x5u``/``jwk``/``x5c``/``crit`` headers, a path in ``kid``, wrong part counts,
 non-canonical base64url, an oversized token, a token in the query string and a random-kid
-flood; for an api_key route forged, truncated, garbage, unknown, doubled and misplaced keys.
-A route without authentication gets both batteries (it should refuse nothing, so every probe
-fails: the strict mode says so). ``run`` sends them and ``judge`` decides each answer.
+flood; for an api_key route (``probe_keys.py``) forged, truncated, garbage, unknown, doubled
+and misplaced keys. A route without authentication gets every battery (it should refuse
+nothing, so every probe fails: the strict mode says so). ``run`` sends them and ``judge``
+decides each answer.
 
 A hostile probe passes on the refusal the contract names — 401 with ``WWW-Authenticate:
 Bearer realm="fluxgate"`` (``error="invalid_token"`` for a bad token or key), 400 or 401 for a
@@ -36,8 +38,6 @@ from urllib.parse import quote, urlsplit
 
 import orjson
 
-from fluxgate.auth.keys import PREFIX, TEXT_LEN, mint_key
-from fluxgate.cli import audit
 from fluxgate.cli.jws import b64, part
 from fluxgate.cli.probe_jws import (
     Forger,
@@ -50,6 +50,7 @@ from fluxgate.cli.probe_jws import (
 )
 from fluxgate.config import schema
 from fluxgate.errors import FluxGateError
+from fluxgate.middleware import KINDS, auth_methods, kind_of
 
 REQUEST_TIMEOUT = 5.0
 FLOOD_DEFAULT, FLOOD_MAX = 50, 1000
@@ -343,94 +344,51 @@ def jwt_battery(s: JwtSetup) -> list[Probe]:
             *_header_tricks(s), *_malformed(s), *_query_token(s), _kid_flood(s)]
 
 
-@dataclass
-class KeySetup:
-    """What the api_key battery is built from."""
+@dataclass(frozen=True)
+class Battery:
+    """What a kind's ``probes`` builds its battery from."""
 
-    header: str  # api_keys.header
-    query: str  # api_keys.query
-    query_accepted: bool  # the route's api_key takes keys from the query string
-    key: str | None  # the user's valid key (--api-key), if any
+    config: schema.Config
+    entries: list[Any]  # the route's entries of the kind; a default one when it has no auth
+    authenticated: bool  # False: a route without authentication (no provider to ask)
+    token: str | None  # --token
+    api_key: str | None  # --api-key
+    flood: int
     signing_key: bytes | None  # the gateway's key signing secret, when fluxctl can read it
 
-    def request(self, *keys: str) -> Request:
-        return Request([(self.header, k) for k in keys])
 
-
-def forged_key() -> str:
-    """A key of the right shape (prefix, length, alphabet) whose tag cannot match: minted
-    under a secret nobody else holds."""
-    return mint_key(secrets.token_bytes(32)).text
-
-
-def _key_probe(name: str, sent: str, k: KeySetup, *keys: str) -> Probe:
-    prints = " ".join(fingerprint(key) for key in keys)
-    return Probe(name, "api_key", f"{sent} [{prints}]", INVALID_KEY, [k.request(*keys)])
-
-
-def api_key_battery(k: KeySetup) -> list[Probe]:
-    """Every api_key probe."""
-    base, what = (k.key, "the valid key") if k.key else (forged_key(), "a forged key")
-    probes = [
-        _key_probe("forged_key", "fg_ key, right length, random tag", k, forged_key()),
-        _key_probe("truncated_key", f"{what} without its last character", k, base[:-1]),
-        _key_probe("garbage_key", f"{TEXT_LEN} characters outside the key alphabet", k,
-                   PREFIX.decode() + "*" * (TEXT_LEN - len(PREFIX))),
-        _key_probe("empty_key", f"an empty {k.header}", k, ""),
-        _key_probe("two_keys", f"two {k.header} headers", k, base, forged_key()),
-    ]
-    if k.signing_key is not None:
-        probes.append(_key_probe("unknown_key_valid_tag", "a key signed with the gateway's "
-                                 "secret, random id", k, mint_key(k.signing_key).text))
-    else:
-        probes.append(Probe("unknown_key_valid_tag", "api_key", "-", INVALID_KEY, [],
-                            skip="the key signing secret is not readable here"))
-    if k.query_accepted:  # the route takes keys there: a forged one must still be refused
-        forged = forged_key()
-        probes.append(Probe("forged_key_in_query", "api_key", f"a forged key as ?{k.query}= "
-                            f"[{fingerprint(forged)}]", INVALID_KEY,
-                            [Request(query=f"{quote(k.query)}={forged}")]))
-    else:
-        probes.append(Probe("key_in_refused_query", "api_key", f"{what} as ?{k.query}= "
-                            f"(refused there) [{fingerprint(base)}]", MISSING,
-                            [Request(query=f"{quote(k.query)}={quote(base, safe='')}")]))
-    if k.key:
-        flip = min(20, len(k.key) - 1)
-        flipped = k.key[:flip] + ("B" if k.key[flip] != "B" else "C") + k.key[flip + 1:]
-        probes[:0] = [Probe("valid_key", "api_key", f"the given key [{fingerprint(k.key)}]",
-                            SANITY, [k.request(k.key)])]
-        probes.append(_key_probe("flipped_key", "the valid key, one character changed", k,
-                                 flipped))
-    return probes
+def jwt_probes(b: Battery) -> list[Probe]:
+    """The jwt battery, against the route's first jwt entry (several all run: the first
+    one refuses first)."""
+    jwt = b.entries[0]
+    provider = (provider_keys(jwt, REQUEST_TIMEOUT) if b.authenticated
+                else ProviderKeys([], "no identity provider configured"))
+    return jwt_battery(JwtSetup(jwt, Forger.for_route(jwt), provider, b.token, b.flood))
 
 
 def battery(config: schema.Config, route: schema.Route, *, token: str | None = None,
             api_key: str | None = None, flood: int = FLOOD_DEFAULT,
             signing_key: bytes | None = None) -> list[Probe]:
     """The probes for ``route``: no credential, then the battery of each auth method it
-    takes (both when it takes none). Probes a route's ip_allow may answer first accept its
-    403 too."""
+    takes (every kind's that has one when it takes none). Probes a route's ip_allow may
+    answer first accept its 403 too."""
     for option, value in (("--token", token), ("--api-key", api_key)):
         if value is not None and not _header_safe(value):
             # Never echo it: a credential pasted with a line break is still a credential.
             raise ProbeError(f"{option} must be the credential alone: printable ASCII with no "
                              "space or line break")
-    methods = list(audit.auth_methods(route))
-    jwts = [m for m in methods if isinstance(m, schema.Jwt)]
-    keys = [m for m in methods if isinstance(m, schema.ApiKey)]
-    if not methods:  # a public route: show that it lets every hostile request through
-        jwts, keys = [schema.Jwt()], [schema.ApiKey()]
+    methods = list(auth_methods(route))
     probes = [Probe("no_credential", "-", "no Authorization, no API key", MISSING, [Request()])]
-    if jwts:
-        jwt = jwts[0]  # several jwt entries all run: the first one refuses first
-        provider = (provider_keys(jwt, REQUEST_TIMEOUT) if methods
-                    else ProviderKeys([], "no identity provider configured"))
-        probes += jwt_battery(JwtSetup(jwt, Forger.for_route(jwt), provider, token, flood))
-    if keys:
-        names = config.api_keys
-        probes += api_key_battery(KeySetup(names.header, names.query, keys[0].query, api_key,
-                                           signing_key))
-    if any(isinstance(m, schema.IpAllow) for m in route.middleware):
+    for kind in KINDS.values():
+        if kind.probes is None:
+            continue
+        entries = [m for m in methods if kind_of(m) is kind]
+        if not methods:  # a public route: show that it lets every hostile request through
+            entries = [kind.struct()]
+        if entries:
+            probes += kind.probes(Battery(config, entries, bool(methods), token, api_key, flood,
+                                          signing_key))
+    if any(kind_of(m).name == "ip_allow" for m in route.middleware):
         for probe in probes:
             probe.expect = probe.expect.or_ip_refused()
     return probes

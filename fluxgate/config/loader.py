@@ -7,7 +7,8 @@ known, the line:
    and scalars, recording the line of every key and list item, and substitutes ``${VAR}``
    in string scalars — after parsing, so a variable's value can never inject YAML structure.
 2. ``_rewrite_middleware`` turns ``- ip_allow: [...]`` into the tagged form msgspec expects,
-   remembering how the new paths map back to what the user wrote.
+   as each kind's record in the middleware registry says (its shorthand field, whether it
+   nests entries), remembering how the new paths map back to what the user wrote.
 3. ``_Prepare`` walks the data along the Struct annotations: unknown keys, durations and
    sizes (found by the ``unit`` in their ``Meta``), values substituted from the environment
    into non-string fields.
@@ -23,17 +24,21 @@ import re
 import types
 import typing
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal, NamedTuple, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 import msgspec
 import yaml
 
 from fluxgate.config import schema
-from fluxgate.config.resolve import Path, check_config, did_you_mean, format_path
+from fluxgate.config.parsers import Path, did_you_mean, format_path
+from fluxgate.config.resolve import check_config
 from fluxgate.config.units import parse_duration, parse_size
 from fluxgate.errors import ConfigError
 
-__all__ = ["MIDDLEWARE_FORMS", "MiddlewareForm", "load_config", "load_config_text"]
+if TYPE_CHECKING:
+    from fluxgate.middleware.kind import MiddlewareKind
+
+__all__ = ["load_config", "load_config_text"]
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _SCALARS = yaml.constructor.SafeConstructor()  # PyYAML's own int/float/bool rules (YAML 1.1)
@@ -41,30 +46,19 @@ _TAG = "tag:yaml.org,2002:"
 _MAX_DEPTH = 32  # a config is ~6 levels deep; this stops a "[[[[..." bomb early
 
 
-class MiddlewareForm(NamedTuple):
-    """How one middleware kind is written in YAML.
-
-    ``struct`` is its member of ``schema.Middleware``. ``shorthand`` names the field that a
-    non-mapping value fills: ``- ip_allow: [10.0.0.0/8]`` means ``{cidrs: [10.0.0.0/8]}``
-    (a single string becomes a one-item list when that field is a list).
-    """
-
-    struct: type[msgspec.Struct]
-    shorthand: str | None = None
-    # The shorthand list holds middleware entries of its own (``- any: [jwt: {...}, ...]``),
-    # rewritten the same way; only authentication kinds may appear there.
-    nested: bool = False
+def __getattr__(name: str) -> Any:
+    # MIDDLEWARE_FORMS: how each kind is written in YAML, which the middleware registry
+    # says. Looked up on use: importing the registry imports every middleware implementation.
+    if name == "MIDDLEWARE_FORMS":
+        return _kinds()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-# A new kind plugs in by adding its Struct to schema.Middleware (which makes it one of
-# schema.AVAILABLE_KINDS) and a line here.
-MIDDLEWARE_FORMS: dict[str, MiddlewareForm] = {
-    "ip_allow": MiddlewareForm(schema.IpAllow, shorthand="cidrs"),
-    "jwt": MiddlewareForm(schema.Jwt),
-    "api_key": MiddlewareForm(schema.ApiKey, shorthand="scopes"),
-    "quota": MiddlewareForm(schema.Quota, shorthand="limit"),
-    "any": MiddlewareForm(schema.AnyOf, shorthand="methods", nested=True),
-}
+def _kinds() -> dict[str, MiddlewareKind]:
+    """The registry of middleware kinds (how each is written in YAML: shorthand, nested)."""
+    from fluxgate.middleware import KINDS
+
+    return KINDS
 
 
 def load_config(
@@ -360,7 +354,7 @@ def _rewrite_entry(entry: object, path: Path, doc: _Document) -> object:
             f"unknown middleware {kind!r}{did_you_mean(kind, schema.KNOWN_KINDS)}"
             f"; known kinds: {', '.join(sorted(schema.KNOWN_KINDS))}",
         )
-    form = MIDDLEWARE_FORMS.get(kind)
+    form = _kinds().get(kind)
     if form is None:
         raise doc.error(kind_path, f"middleware {kind!r} is not available yet in this version")
     tag_field = form.struct.__struct_config__.tag_field or "kind"
@@ -388,15 +382,18 @@ def _rewrite_members(members: object, path: Path, doc: _Document) -> object:
     """The entries of ``- any: [...]``: each an authentication method's one-key mapping."""
     if not isinstance(members, list):
         return members  # msgspec reports the wrong type
+    kinds = _kinds()
+    methods = sorted(name for name, form in kinds.items() if form.authenticates and not form.nested)
     out = []
     for k, member in enumerate(members):
         if isinstance(member, dict) and len(member) == 1:
             (kind,) = member
-            if kind in schema.KNOWN_KINDS and (kind not in schema.AUTH_KINDS or kind == "any"):
+            form = kinds.get(kind)  # unknown and planned kinds get _rewrite_entry's answer
+            if form is not None and (not form.authenticates or form.nested):
                 raise doc.error(
                     (*path, k, kind),
-                    f"'any' combines authentication methods "
-                    f"({', '.join(sorted(schema.AUTH_KINDS - {'any'}))}); {kind!r} is not one",
+                    f"'any' combines authentication methods ({', '.join(methods)}); "
+                    f"{kind!r} is not one",
                 )
         out.append(_rewrite_entry(member, (*path, k), doc))
     return out

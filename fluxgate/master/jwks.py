@@ -52,7 +52,7 @@ from fluxgate.auth.jwks import (
     snapshot_path,
     write_snapshot,
 )
-from fluxgate.config.resolve import JWKS_MIN_REFRESH, parse_key_url
+from fluxgate.config.parsers import JWKS_MIN_REFRESH, parse_key_url
 from fluxgate.master.fetch import FetchError, fetch
 from fluxgate.metrics import ProcessMetric
 

@@ -15,8 +15,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from fluxgate.auth.failures import AuthFailures
+from fluxgate.config.parsers import Path
 from fluxgate.config.schema import AnyOf
 from fluxgate.errors import ClientError, MissingCredentials
+from fluxgate.middleware.kind import ConfigChecker, MiddlewareKind
 
 if TYPE_CHECKING:
     from fluxgate.proxy.protocol import RequestState
@@ -52,3 +54,29 @@ class AnyMiddleware:
         if self.failures is not None:
             self.failures.count("any", "missing_credentials")
         return MissingCredentials()
+
+
+def check(checker: ConfigChecker, entry: AnyOf, path: Path) -> None:
+    """Each member by its own kind's checks (the loader let only authentication kinds in)."""
+    for k, method in enumerate(entry.methods):
+        checker.middleware(method, (*path, "methods", k))
+
+
+def describe(entry: AnyOf) -> str:
+    """``any [jwt ...; api_key ...]``: each member as its own kind describes it."""
+    from fluxgate.middleware import kind_of  # the registry imports this module
+
+    members = [kind_of(method).describe(method) for method in entry.methods]
+    return "any [" + "; ".join(members) + "]"
+
+
+KIND = MiddlewareKind(
+    name="any",
+    struct=AnyOf,
+    build=AnyMiddleware.from_config,
+    describe=describe,
+    shorthand="methods",
+    nested=True,
+    authenticates=True,
+    check=check,
+)

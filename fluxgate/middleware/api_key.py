@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from fluxgate._core import extract_api_key
@@ -30,6 +31,7 @@ from fluxgate.auth.failures import AuthFailures
 from fluxgate.auth.keytable import REASONS, STAT_KEY_QUOTA, STAT_KEY_QUOTA_FULL, SharedKeys
 from fluxgate.auth.quotas import quota_exceeded
 from fluxgate.auth.scopes import ScopePolicy
+from fluxgate.config.parsers import Path, check_scope
 from fluxgate.config.schema import ApiKey
 from fluxgate.errors import (
     ClientError,
@@ -38,6 +40,7 @@ from fluxgate.errors import (
     IpNotAllowed,
     MissingCredentials,
 )
+from fluxgate.middleware.kind import ConfigChecker, MiddlewareKind, lazy
 
 if TYPE_CHECKING:
     from fluxgate.proxy.protocol import RequestState
@@ -156,3 +159,29 @@ class ApiKeyMiddleware:
     def _fail(self, reason: str) -> None:
         if self.failures is not None:
             self.failures.count("api_key", reason)
+
+
+def check(checker: ConfigChecker, entry: ApiKey, path: Path) -> None:
+    """Every required scope is a scope token (a key could never hold anything else)."""
+    for k, scope in enumerate(entry.scopes):
+        checker.parse(check_scope, scope, (*path, "scopes", k))
+
+
+def describe(entry: ApiKey) -> str:
+    """``api_key scopes=read:metrics query=off``."""
+    scopes = ",".join(entry.scopes) or "-"
+    return f"api_key scopes={scopes} query={'on' if entry.query else 'off'}"
+
+
+KIND = MiddlewareKind(
+    name="api_key",
+    struct=ApiKey,
+    build=ApiKeyMiddleware.from_config,
+    describe=describe,
+    shorthand="scopes",
+    authenticates=True,
+    check=check,
+    scopes=attrgetter("scopes"),  # every one is required
+    findings=lazy("fluxgate.cli.audit:api_key_findings"),
+    probes=lazy("fluxgate.cli.probe_keys:api_key_probes"),
+)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from fluxgate.config.parsers import Path, parse_network
 from fluxgate.config.schema import IpAllow
 from fluxgate.errors import ClientError, IpNotAllowed
+from fluxgate.middleware.kind import ConfigChecker, MiddlewareKind
 from fluxgate.proxy.forwarded import parse_ip, parse_networks
 
 if TYPE_CHECKING:
@@ -48,3 +50,25 @@ class IpAllowMiddleware:
         if self.allows(req.client_ip):
             return None
         return IpNotAllowed()
+
+
+def check(checker: ConfigChecker, entry: IpAllow, path: Path) -> None:
+    """Every CIDR parses, host bits clear."""
+    for k, cidr in enumerate(entry.cidrs):
+        checker.parse(parse_network, cidr, (*path, "cidrs", k))
+
+
+def describe(entry: IpAllow) -> str:
+    """``ip_allow 10.0.0.0/8 ::1/128``."""
+    return "ip_allow " + " ".join(entry.cidrs)
+
+
+# Not authentication: an address is not an identity.
+KIND = MiddlewareKind(
+    name="ip_allow",
+    struct=IpAllow,
+    build=IpAllowMiddleware.from_config,
+    describe=describe,
+    shorthand="cidrs",
+    check=check,
+)

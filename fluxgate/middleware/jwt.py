@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
@@ -35,6 +36,16 @@ from fluxgate.auth.failures import AuthFailures
 from fluxgate.auth.jwks import KeySource, provider_source
 from fluxgate.auth.principal import Principal
 from fluxgate.auth.scopes import ScopePolicy, token_scopes
+from fluxgate.config.parsers import (
+    JWKS_MIN_REFRESH,
+    JWT_ALGORITHMS,
+    Path,
+    did_you_mean,
+    is_header_name,
+    is_query_name,
+    is_reserved_header,
+    parse_key_url,
+)
 from fluxgate.config.schema import Jwt
 from fluxgate.errors import (
     AuthServerUnavailable,
@@ -42,6 +53,7 @@ from fluxgate.errors import (
     InvalidToken,
     MissingCredentials,
 )
+from fluxgate.middleware.kind import ConfigChecker, MiddlewareKind, lazy
 
 if TYPE_CHECKING:
     from fluxgate.proxy.protocol import RequestState
@@ -293,3 +305,142 @@ class JwtMiddleware:
     def _count(self, reason: str) -> None:
         if self.failures is not None:
             self.failures.count("jwt", reason)
+
+
+# ---- the kind -------------------------------------------------------------------------------
+
+
+def check(checker: ConfigChecker, jwt: Jwt, path: Path) -> None:
+    """DESIGN §5: algorithms, where keys come from, claims forwarded, token sources."""
+    _check_algorithms(checker, jwt, path)
+    hmac_algs = [a for a in jwt.algorithms if a.startswith("HS")]
+    if len(hmac_algs) < len(jwt.algorithms):
+        checker.check(
+            jwt.jwks_uri is not None or jwt.issuer is not None,
+            path,
+            "needs jwks_uri, or issuer for OIDC discovery, to find the signing keys",
+        )
+    if jwt.jwks_uri is not None:
+        checker.parse(parse_key_url, jwt.jwks_uri, (*path, "jwks_uri"))
+    elif jwt.issuer is not None and len(hmac_algs) < len(jwt.algorithms):
+        checker.parse(parse_key_url, jwt.issuer, (*path, "issuer"))
+    checker.check(
+        jwt.issuer is None or bool(jwt.issuer.strip()), (*path, "issuer"), "must not be empty"
+    )
+    audiences = [jwt.audience] if isinstance(jwt.audience, str) else jwt.audience
+    if audiences is not None:
+        checker.check(bool(audiences), (*path, "audience"), "must not be empty")
+        for k, aud in enumerate(audiences):
+            checker.check(bool(aud), (*path, "audience", k), "must not be empty")
+    checker.check(
+        jwt.jwks_max_stale >= jwt.jwks_refresh,
+        (*path, "jwks_max_stale"),
+        "must be at least jwks_refresh (keys would expire between two polls)",
+    )
+    checker.check(
+        jwt.jwks_refresh >= JWKS_MIN_REFRESH,
+        (*path, "jwks_refresh"),
+        f"must be at least {JWKS_MIN_REFRESH:g}s (do not hammer the identity provider)",
+    )
+    _check_forwarded_claims(checker, jwt, path)
+    for k, scope in enumerate(jwt.scopes):
+        checker.check(
+            bool(scope) and not any(c.isspace() for c in scope),
+            (*path, "scopes", k),
+            "a scope is a non-empty word without spaces",
+        )
+    if jwt.cookie is not None:
+        checker.check(is_header_name(jwt.cookie), (*path, "cookie"), "invalid cookie name")
+    if jwt.query is not None:
+        checker.check(
+            is_query_name(jwt.query),
+            (*path, "query"),
+            f"invalid query parameter name {jwt.query!r}",
+        )
+
+
+def _check_algorithms(checker: ConfigChecker, jwt: Jwt, path: Path) -> None:
+    """Known algorithms, never ``none``; an HS* one needs a long enough shared secret."""
+    for k, alg in enumerate(jwt.algorithms):
+        checker.check(
+            alg.lower() != "none",
+            (*path, "algorithms", k),
+            "alg 'none' is never accepted (an unsigned token proves nothing)",
+        )
+        checker.check(
+            alg in JWT_ALGORITHMS,
+            (*path, "algorithms", k),
+            f"unsupported algorithm {alg!r}{did_you_mean(alg, JWT_ALGORITHMS)}; "
+            f"supported: {', '.join(JWT_ALGORITHMS)}",
+        )
+    checker.check(bool(jwt.algorithms), (*path, "algorithms"), "must not be empty")
+    hmac_algs = [a for a in jwt.algorithms if a.startswith("HS")]
+    if not hmac_algs:
+        checker.check(
+            jwt.secret is None,
+            (*path, "secret"),
+            "a shared secret is only used with HS256/HS384/HS512 in algorithms",
+        )
+        return
+    checker.check(
+        jwt.secret is not None,
+        (*path, "secret"),
+        f"{', '.join(hmac_algs)} needs a shared secret (secret: ${{JWT_SECRET}})",
+    )
+    need = max(int(a[2:]) // 8 for a in hmac_algs)
+    # RFC 7518 §3.2: a key at least as long as the hash output. The value is not echoed: it
+    # is a secret.
+    checker.check(
+        jwt.secret is None or len(jwt.secret.encode()) >= need,
+        (*path, "secret"),
+        f"must be at least {need} bytes for {', '.join(hmac_algs)} (RFC 7518 §3.2)",
+    )
+
+
+def _check_forwarded_claims(checker: ConfigChecker, jwt: Jwt, path: Path) -> None:
+    """Each claim goes to its own header, one the gateway and HTTP leave alone."""
+    seen: dict[str, str] = {}
+    for claim, header in jwt.forward_claims.items():
+        where = (*path, "forward_claims", claim)
+        checker.check(bool(claim), where, "a claim name must not be empty")
+        checker.check(is_header_name(header), where, f"invalid header name {header!r}")
+        checker.check(
+            not is_reserved_header(header),
+            where,
+            f"{header} is set by the gateway or by HTTP itself; choose another name",
+        )
+        lower = header.lower()
+        checker.check(
+            lower not in seen, where, f"{header} is already the target of {seen.get(lower)!r}"
+        )
+        seen[lower] = claim
+
+
+def describe(jwt: Jwt) -> str:
+    """``jwt algorithms=RS256 issuer=... audience=...``; a shared secret is said to be set."""
+    parts = [f"algorithms={','.join(jwt.algorithms)}"]
+    if jwt.issuer:
+        parts.append(f"issuer={jwt.issuer}")
+    if jwt.audience:
+        aud = jwt.audience if isinstance(jwt.audience, str) else ",".join(jwt.audience)
+        parts.append(f"audience={aud}")
+    if jwt.jwks_uri:
+        parts.append(f"jwks_uri={jwt.jwks_uri}")
+    if jwt.secret is not None:
+        parts.append("secret=(set)")
+    if jwt.scopes:
+        parts.append(f"scopes={','.join(jwt.scopes)}")
+    return "jwt " + " ".join(parts)
+
+
+KIND = MiddlewareKind(
+    name="jwt",
+    struct=Jwt,
+    build=JwtMiddleware.from_config,
+    describe=describe,
+    authenticates=True,
+    check=check,
+    scopes=attrgetter("scopes"),  # every one is required
+    findings=lazy("fluxgate.cli.audit:jwt_findings"),
+    probes=lazy("fluxgate.cli.probe:jwt_probes"),
+)

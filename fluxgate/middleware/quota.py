@@ -21,9 +21,11 @@ from typing import TYPE_CHECKING, Any
 from fluxgate._core import merge_ratelimit
 from fluxgate.auth.keytable import STAT_RULE_FULL, STAT_RULE_REJECTED, SharedKeys
 from fluxgate.auth.quotas import quota_exceeded, rule_identity
+from fluxgate.config.parsers import Path
 from fluxgate.config.schema import Quota
 from fluxgate.config.units import parse_rate
 from fluxgate.errors import ClientError, MissingCredentials
+from fluxgate.middleware.kind import ConfigChecker, MiddlewareKind
 
 if TYPE_CHECKING:
     from fluxgate.proxy.protocol import RequestState
@@ -89,3 +91,36 @@ class QuotaMiddleware:
         return quota_exceeded(
             req, self.limit, retry, "The quota for this window is used up."
         )
+
+
+def check(checker: ConfigChecker, entry: Quota, path: Path) -> None:
+    """The limit reads ``N/window``."""
+    checker.parse(parse_rate, entry.limit, (*path, "limit"))
+
+
+def check_in_chain(checker: ConfigChecker, entry: Quota, path: Path, authenticated: bool) -> None:
+    """A quota by subject or key counts per principal: an authentication middleware must
+    come before it in the chain (by: ip needs none)."""
+    if entry.by != "ip":
+        checker.check(
+            authenticated,
+            (*path, "by"),
+            f"a quota by {entry.by} needs an authentication middleware before it "
+            "in the chain (or use by: ip)",
+        )
+
+
+def describe(entry: Quota) -> str:
+    """``quota 1000/m by subject``."""
+    return f"quota {entry.limit} by {entry.by}"
+
+
+KIND = MiddlewareKind(
+    name="quota",
+    struct=Quota,
+    build=QuotaMiddleware.from_config,
+    describe=describe,
+    shorthand="limit",
+    check=check,
+    check_in_chain=check_in_chain,
+)
