@@ -258,11 +258,12 @@ def test_private_key_jwt_audience_defaults_to_the_endpoint(tmp_path):
     ({"auth_method": "none"}, "auth_method must be one of"),
     ({"auth_method": "private_key_jwt"}, "needs private_key_file"),
     ({"auth_method": "private_key_jwt", "private_key_file": "/nonexistent.pem"}, "nonexistent"),
+    ({"ca_file": "/nonexistent-ca.pem"}, "ca_file /nonexistent-ca.pem"),
 ])
 def test_bad_settings_are_refused_at_construction(options, message):
     settings = {"client_id": "gw", "client_secret": SECRET, **options}
     with pytest.raises(ValueError, match=message):
-        AsClient("http://127.0.0.1:1/introspect", **settings)
+        AsClient("https://127.0.0.1:1/introspect", **settings)
 
 
 # -- the pool --------------------------------------------------------------------------
@@ -346,6 +347,22 @@ def test_a_partial_answer_on_a_pooled_connection_is_not_retried():
     error, server = run(main())
     assert error.reason == "invalid_response" and "before the response was complete" in str(error)
     assert len(server.requests) == 2 and server.connections == 1
+
+
+def test_a_connection_the_server_closes_while_idle_leaves_the_pool():
+    async def main():
+        async with Server(lambda r: (answer(), CLOSE)) as server:
+            client = AsClient(server.url, client_id="gw", client_secret=SECRET)
+            await client.introspect(TOKEN)
+            await asyncio.sleep(0.02)
+            stats = client.stats
+            await client.introspect(TOKEN)
+            retries = client.stats["retries"]
+            await client.close()
+            return stats, retries, server.connections
+
+    stats, retries, connections = run(main())
+    assert stats["open"] == 0 and retries == 0 and connections == 2
 
 
 def test_connection_close_and_http10_responses_retire_the_connection():

@@ -26,7 +26,7 @@ import httptools
 MAX_HEAD_BYTES = 64 * 1024
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_MAX_BYTES = 1024 * 1024
-_SSL_CONTEXTS: dict[str | None, ssl.SSLContext] = {}
+_SSL_CONTEXT: ssl.SSLContext | None = None
 
 
 class FetchError(Exception):
@@ -84,12 +84,15 @@ def parse_url(url: str) -> Target:
 
 
 def tls_context(ca_file: str | None = None) -> ssl.SSLContext:
-    """A verifying client context (certificate and host name): the system CAs, or only
-    those of ``ca_file``; one per file, built on first use."""
-    context = _SSL_CONTEXTS.get(ca_file)
-    if context is None:
-        context = _SSL_CONTEXTS[ca_file] = ssl.create_default_context(cafile=ca_file)
-    return context
+    """A verifying client context (certificate and host name): the system CAs, built once,
+    or only those of ``ca_file``, read now (a rotated file is read again by the next
+    caller)."""
+    global _SSL_CONTEXT
+    if ca_file is not None:
+        return ssl.create_default_context(cafile=ca_file)
+    if _SSL_CONTEXT is None:
+        _SSL_CONTEXT = ssl.create_default_context()
+    return _SSL_CONTEXT
 
 
 def connect_error(host: str, port: int, exc: OSError) -> FetchError:

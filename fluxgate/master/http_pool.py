@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import ssl
 
 from fluxgate.master.fetch import (
     FetchError,
@@ -133,7 +134,10 @@ class HttpPool:
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self.max_response_bytes = max_response_bytes
-        self._tls = tls_context(ca_file) if target.tls else None
+        try:
+            self._tls = tls_context(ca_file) if target.tls else None
+        except (OSError, ssl.SSLError) as exc:  # read once, here: a bad file fails the config
+            raise ValueError(f"ca_file {ca_file}: {getattr(exc, 'strerror', None) or exc}") from None
         self._idle: collections.deque[_Connection] = collections.deque()  # oldest first
         # Callers in line: each is handed a connection, or None (a free slot to connect in).
         self._waiters: collections.deque[asyncio.Future[_Connection | None]] = collections.deque()
