@@ -26,7 +26,8 @@ routes:
     middleware:
       - ip_allow: [127.0.0.0/8]
       - jwt: {jwks_uri: "http://127.0.0.1:9/jwks.json", audience: api}
-      - any: [api_key: [read], jwt: {issuer: "http://127.0.0.1:9", audience: api}]
+      - any: [api_key: [read], jwt: {issuer: "http://127.0.0.1:9", audience: api},
+              oauth2: {client_id: gw, client_secret: s, issuer: "http://127.0.0.1:9"}]
       - quota: 10/m
 """
 
@@ -124,7 +125,7 @@ def test_loader_checker_audit_and_probe_ask_the_records(calls):
     doc = audit.explain(config, "GET", "/all")
     assert [entry["kind"] for entry in doc["chain"]] == ["ip_allow", "jwt", "any", "quota"]
     assert calls["describe"] == set(KINDS)
-    assert [d["method"] for d in doc["scopes"]] == ["jwt", "api_key", "jwt"]
+    assert [d["method"] for d in doc["scopes"]] == ["jwt", "api_key", "jwt", "oauth2"]
     audit.findings(config, route)
     methods = {name for name, kind in KINDS.items() if kind.authenticates and not kind.nested}
     assert calls["findings"] == methods
@@ -134,6 +135,6 @@ def test_loader_checker_audit_and_probe_ask_the_records(calls):
 
 def test_the_any_member_check_names_the_methods_from_the_registry():
     config = EVERY_KIND.replace("api_key: [read]", "quota: 1/s")
-    with pytest.raises(ConfigError, match=r"combines authentication methods \(api_key, jwt\); "
+    with pytest.raises(ConfigError, match=r"combines authentication methods \(api_key, jwt, oauth2\); "
                                         "'quota' is not one"):
         load_config_text(config)

@@ -54,6 +54,12 @@ REASONS: tuple[str, ...] = (
     "unknown_key",
     "bad_secret",
     "ip_not_allowed",
+    # OAuth 2.0 introspection (middleware/oauth2.py)
+    "inactive",
+    "wrong_token_type",
+    "auth_server_unavailable",
+    "introspection_invalid",
+    "miss_rate_limited",
 )
 MAX_REASONS = 64
 _METHOD_INDEX = {m: i for i, m in enumerate(METHODS)}

@@ -267,6 +267,39 @@ def jwt_findings(config: schema.Config, jwt: schema.Jwt) -> list[Finding]:
     return found
 
 
+LONG_CACHE_TTL = 300.0  # beyond this, a revoked token keeps working for minutes
+
+
+def oauth2_findings(config: schema.Config, entry: schema.OAuth2) -> list[Finding]:
+    """An oauth2 entry's findings: no audience, plain http, a long cache, no miss limit."""
+    found = []
+    if entry.audience is None:
+        found.append(Finding(
+            "oauth2_no_audience", "warning",
+            "oauth2 without audience: a token the server issued for any other resource "
+            "server is accepted (set audience where the server reports aud)"))
+    for field in ("introspection_endpoint", "issuer"):
+        url = getattr(entry, field)
+        if url is not None and url.startswith("http://"):
+            host = urlsplit(url).hostname or ""
+            found.append(Finding(
+                "oauth2_plain_http_loopback", "info",
+                f"oauth2 {field} is plain http on loopback ({host}): tokens and the client "
+                "secret cross in clear text; acceptable only for a server on this machine"))
+    if entry.cache_ttl > LONG_CACHE_TTL:
+        found.append(Finding(
+            "oauth2_long_cache", "warning",
+            f"oauth2 cache_ttl is {entry.cache_ttl:g}s: a token revoked at the server keeps "
+            "working that long (purge one with fluxctl oauth2 purge)"))
+    if entry.miss_rate is None:
+        found.append(Finding(
+            "oauth2_no_miss_rate", "info",
+            "oauth2 without miss_rate: each distinct unknown token costs one introspection "
+            "call (repeats are answered from the negative cache); set miss_rate to bound "
+            "what one client can make the server do"))
+    return found
+
+
 def api_key_findings(config: schema.Config, entry: schema.ApiKey) -> list[Finding]:
     """An api_key entry's findings: keys taken from the query string."""
     if not entry.query:  # api_keys.query always names a parameter

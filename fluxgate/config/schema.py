@@ -94,8 +94,37 @@ class ApiKey(Base, tag="api_key", tag_field="kind"):
     query: bool = True
 
 
+class OAuth2(Base, tag="oauth2", tag_field="kind"):
+    """Opaque bearer tokens validated by RFC 7662 introspection through the master's side
+    pool; every listed scope is required of the token."""
+
+    client_id: str = ""  # required (checked): the gateway's client at the server
+    client_secret: str | None = None  # client_secret_basic / client_secret_post
+    issuer: str | None = None  # RFC 8414 / OIDC discovery base; `iss` must match when sent
+    introspection_endpoint: str | None = None  # default: from discovery
+    auth_method: Literal["client_secret_basic", "client_secret_post", "private_key_jwt"] = (
+        "client_secret_basic"
+    )
+    private_key: str | None = None  # PEM file signing private_key_jwt assertions (RFC 7523)
+    audience: str | list[str] | None = None  # one of these must be in the response's `aud`
+    scopes: list[str] = []
+    cache_ttl: Timeout = 60.0  # a positive answer is kept until min(exp, cache_ttl)
+    negative_cache_ttl: Timeout = 5.0  # `active: false` is kept this long
+    cache_size: Annotated[int, Meta(ge=64, le=4_000_000)] = 65536  # shared result slots
+    timeout: Timeout = 5.0  # one call to the authorization server, waiting included
+    max_connections: Annotated[int, Meta(ge=1, le=256)] = 8  # to the authorization server
+    max_pending: Annotated[int, Meta(ge=1, le=1_000_000)] = 1024  # distinct tokens queued
+    miss_rate: str | None = None  # e.g. "20/s": cache misses per client address and worker
+    clockSkewTolerance: Duration = 60.0  # leeway for nbf
+    ca_file: str | None = None  # CA bundle for an https endpoint (default: system CAs)
+    # The browser login flow (code flow + PKCE) is a separate feature of this middleware.
+    login: bool = False
+    redirect_uri: str | None = None
+    codeChallengeMethod: str = "S256"
+
+
 # Authentication methods `any` can combine: every authenticating kind but `any` itself.
-AuthMethod = Jwt | ApiKey
+AuthMethod = Jwt | ApiKey | OAuth2
 
 
 class AnyOf(Base, tag="any", tag_field="kind"):
@@ -114,7 +143,7 @@ class Quota(Base, tag="quota", tag_field="kind"):
 
 
 # Every kind's Struct; its module in fluxgate/middleware/ registers the rest of the kind.
-Middleware = IpAllow | Jwt | AnyOf | ApiKey | Quota
+Middleware = IpAllow | Jwt | AnyOf | ApiKey | Quota | OAuth2
 
 
 def _tags(union: object) -> frozenset[str]:

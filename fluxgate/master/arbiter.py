@@ -346,6 +346,9 @@ class Arbiter:
         fds = [self._lock_fd]
         fds += [s.fileno() for s in self._listen_sockets if s is not keep]
         fds += self.admin.master_only_fds() if self.admin else []
+        for service in self.services:
+            only = getattr(service, "master_only_fds", None)
+            fds += only() if only is not None else []
         fds += [w.ready_fd for w in self.workers.values()]
         return [fd for fd in fds if fd >= 0]
 

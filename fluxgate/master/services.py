@@ -10,6 +10,7 @@ store that compiles the shared key table, ... Each is created once at start from
   stop()          when the master exits
   admin_routes()  adds endpoints to the admin API (DESIGN §7)
   metrics()       extra Prometheus series for /metrics
+  master_only_fds()  (optional) descriptors the workers must not inherit
 """
 
 from __future__ import annotations
@@ -66,3 +67,13 @@ def _key_service(master: ServiceContext) -> MasterService:
 
 
 SERVICES.append(_key_service)
+
+
+def _sidepool_service(master: ServiceContext) -> MasterService:
+    """OAuth 2.0 introspection: the side pool and its shared result tables (master/sidepool.py)."""
+    from fluxgate.master.sidepool import SidePoolService
+
+    return SidePoolService(master)
+
+
+SERVICES.append(_sidepool_service)

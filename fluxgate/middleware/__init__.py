@@ -14,7 +14,7 @@ from typing import Any
 
 from fluxgate.config import schema
 from fluxgate.middleware import any as any_of
-from fluxgate.middleware import api_key, ip_allow, jwt, quota
+from fluxgate.middleware import api_key, ip_allow, jwt, oauth2, quota
 from fluxgate.middleware.kind import Middleware, MiddlewareKind
 
 __all__ = [
@@ -40,6 +40,7 @@ KINDS: dict[str, MiddlewareKind] = _registry(
     ip_allow.KIND,
     jwt.KIND,
     api_key.KIND,
+    oauth2.KIND,
     quota.KIND,
     any_of.KIND,
 )
