@@ -8,12 +8,20 @@ carries decides, alone: its refusal is the answer (a present but invalid credent
 A member is any auth middleware with ``carries(req) -> bool`` (does the request present
 this method's credential at all?) besides the usual ``__call__``; ``drop_headers`` of all
 members are dropped, whichever one decides.
+
+jwt and oauth2 both take ``Authorization: Bearer``. When an ``any`` has both, the token's
+shape decides, whatever their order: a JWS compact serialization (RFC 7515 §7.1: three
+dot-separated parts, the header a base64url JSON object, so it starts with ``eyJ``) goes
+to the first jwt member, any other token to the first oauth2 member. (An authorization
+server that issues JWT access tokens and wants them introspected is configured with
+oauth2 alone.)
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from fluxgate._core import bearer_token
 from fluxgate.auth.failures import AuthFailures
 from fluxgate.config.parsers import Path
 from fluxgate.config.schema import AnyOf
@@ -24,10 +32,13 @@ if TYPE_CHECKING:
     from fluxgate.proxy.protocol import RequestState
 
 
+_BEARER = ("jwt", "oauth2")  # the methods that take Authorization: Bearer
+
+
 class AnyMiddleware:
     """The members of one route's ``any`` entry, in order."""
 
-    __slots__ = ("members", "drop_headers", "failures")
+    __slots__ = ("members", "drop_headers", "failures", "by_shape")
 
     def __init__(self, members: tuple[Any, ...], failures: AuthFailures | None = None) -> None:
         for member in members:
@@ -36,6 +47,10 @@ class AnyMiddleware:
         self.members = members
         self.drop_headers = frozenset().union(*(getattr(m, "drop_headers", ()) for m in members))
         self.failures = failures
+        # (jwt member, oauth2 member) when both take bearer tokens here, else None.
+        jwt = next((m for m in members if getattr(m, "method", None) == "jwt"), None)
+        oauth2 = next((m for m in members if getattr(m, "method", None) == "oauth2"), None)
+        self.by_shape = (jwt, oauth2) if jwt is not None and oauth2 is not None else None
 
     @classmethod
     def from_config(cls, config: AnyOf, gateway: Any, route: Any = None) -> AnyMiddleware:
@@ -50,10 +65,25 @@ class AnyMiddleware:
     def __call__(self, req: RequestState) -> ClientError | None:
         for member in self.members:
             if member.carries(req):
+                if self.by_shape is not None and getattr(member, "method", None) in _BEARER:
+                    member = self._bearer_member(req, member)
                 return member(req)
         if self.failures is not None:
             self.failures.count("any", "missing_credentials")
         return MissingCredentials()
+
+
+    def _bearer_member(self, req: RequestState, member: Any) -> Any:
+        token = bearer_token(req.headers)
+        if not token:  # none (a jwt cookie or query token), empty, or ambiguous
+            return member
+        jwt, oauth2 = self.by_shape
+        return jwt if is_jws_shaped(token) else oauth2
+
+
+def is_jws_shaped(token: bytes) -> bool:
+    """Does ``token`` look like a JWS compact serialization (not a proof that it is one)?"""
+    return token.startswith(b"eyJ") and token.count(b".") == 2
 
 
 def check(checker: ConfigChecker, entry: AnyOf, path: Path) -> None:

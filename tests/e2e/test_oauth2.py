@@ -318,3 +318,38 @@ def test_miss_rate_limit(gateway_factory, upstream, auth_server):
     assert statuses.count(401) == 4 and statuses.count(429) == 6
     assert auth_server.calls == 5
     assert request(gw.port, "/orders", good)[0] == 200  # cached: not a miss
+
+
+@pytest.mark.parametrize("order", ["jwt_first", "oauth2_first"])
+def test_any_sends_jws_shaped_tokens_to_jwt_and_opaque_ones_to_oauth2(
+        gateway_factory, upstream, auth_server, order):
+    from tests.support.idp import IdentityProvider
+
+    idp = IdentityProvider().start()
+    try:
+        jwt = (f"jwt: {{issuer: '{idp.issuer}', audience: orders-api, "
+               f"jwks_uri: '{idp.jwks_uri}'}}")
+        oauth2 = (f"oauth2: {{client_id: {auth_server.client_id}, "
+                  f"client_secret: '{auth_server.client_secret}', "
+                  f"introspection_endpoint: '{auth_server.introspection_endpoint}'}}")
+        members = [jwt, oauth2] if order == "jwt_first" else [oauth2, jwt]
+        gw = gateway_factory(
+            "routes:\n"
+            f"  - route: /orders\n    upstream: {upstream.url}\n    middleware:\n"
+            f"      - any: [{members[0]}, {members[1]}]\n")
+        opaque = auth_server.add_token(scope="read", sub="opaque-user")
+        token = idp.mint()
+        assert request(gw.port, "/orders", token)[0] == 200
+        assert upstream.requests[-1].header("x-fluxgate-auth") == "jwt"
+        assert auth_server.calls == 0
+        # A JWS-shaped forgery is the jwt member's to refuse: the server is never asked.
+        assert request(gw.port, "/orders", token[:-4] + "AAAA")[0] == 401
+        assert auth_server.calls == 0
+        assert request(gw.port, "/orders", opaque)[0] == 200
+        assert upstream.requests[-1].header("x-fluxgate-auth") == "oauth2"
+        assert upstream.requests[-1].header("x-fluxgate-subject") == "opaque-user"
+        assert auth_server.calls == 1
+        assert request(gw.port, "/orders", "opaque-but-unknown")[0] == 401
+        assert request(gw.port, "/orders")[0] == 401
+    finally:
+        idp.stop()
