@@ -133,9 +133,9 @@ class AdminClient:
 
 
 def _groups() -> list[Any]:
-    from fluxgate.cli import audit_commands, keys
+    from fluxgate.cli import audit_commands, keys, oauth2_commands
 
-    return [keys, audit_commands]
+    return [keys, audit_commands, oauth2_commands]
 
 
 def common_options(*, suppress: bool) -> argparse.ArgumentParser:

@@ -353,3 +353,44 @@ def test_any_sends_jws_shaped_tokens_to_jwt_and_opaque_ones_to_oauth2(
         assert request(gw.port, "/orders")[0] == 401
     finally:
         idp.stop()
+
+
+def test_fluxctl_oauth2_status_purge_and_audit(gateway_factory, upstream, auth_server):
+    import subprocess
+    import sys
+
+    token = auth_server.add_token(scope="read")
+    gw = gateway_factory(oauth2_routes(upstream.url, auth_server))
+    assert request(gw.port, "/orders", token)[0] == 200
+
+    def fluxctl(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "fluxgate.cli.fluxctl", "--config", str(gw.config_path),
+             *args], input=stdin, capture_output=True, text=True, timeout=60)
+
+    status = fluxctl("oauth2", "status", "--json")
+    assert status.returncode == 0, status.stderr
+    provider = json.loads(status.stdout)["providers"][0]
+    assert provider["calls"]["active"] == 1 and provider["breaker"] == "closed"
+    purge = fluxctl("oauth2", "purge", "--token-stdin", stdin=token + "\n")
+    assert purge.returncode == 0 and "purged" in purge.stdout
+    assert token not in purge.stdout + purge.stderr
+    assert request(gw.port, "/orders", token)[0] == 200
+    assert auth_server.calls == 2  # asked again after the purge
+    assert fluxctl("oauth2", "purge", "--sha256", "nothex").returncode == 1
+
+    audit = fluxctl("auth", "verify", "--endpoint", "/orders", "--mode", "audit", "--json")
+    assert audit.returncode == 0, audit.stderr
+    codes = {f["code"] for f in json.loads(audit.stdout)["findings"]}
+    assert {"oauth2_plain_http_loopback", "oauth2_no_miss_rate"} <= codes
+    assert auth_server.client_secret not in audit.stdout
+
+    probe = fluxctl("auth", "verify", "--endpoint", "/orders", "--mode", "strict",
+                    "--probe", gw.url, "--token", token, "--flood", "10", "--json")
+    doc = json.loads(probe.stdout)
+    rows = {r["name"]: r for r in doc["probe"]["probes"]}
+    assert probe.returncode == 1  # findings (plain http) fail strict mode, not the probes
+    assert all(r["result"] == "pass" for r in rows.values() if r["method"] in ("oauth2", "-")), rows
+    assert {"valid_token", "unknown_token", "random_token_flood", "repeated_unknown_token",
+            "flipped_token"} <= set(rows)
+    assert token not in probe.stdout
