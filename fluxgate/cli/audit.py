@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from fluxgate._core import KeyTable, PathError, RequestState, normalize_path
+from fluxgate.auth.introspection import provider_source as oauth2_source
 from fluxgate.auth.jwks import provider_source, read_snapshot, snapshot_keys, snapshot_path
 from fluxgate.auth.keyops import KeyOps
 from fluxgate.auth.keys import key_id_of, load_signing_key
@@ -34,8 +35,10 @@ from fluxgate.config import schema
 from fluxgate.config.resolve import is_loopback
 from fluxgate.errors import ClientError, FluxGateError
 from fluxgate.middleware import auth_methods, kind_of
+from fluxgate.middleware.any import is_jws_shaped
 from fluxgate.middleware.api_key import ApiKeyMiddleware
 from fluxgate.middleware.jwt import JwtMiddleware, build_verifier
+from fluxgate.middleware.oauth2 import OAuth2Middleware, ProviderView
 from fluxgate.proxy.app import route_methods
 from fluxgate.proxy.router import Router
 
@@ -338,8 +341,12 @@ def _denied(refusal: ClientError, method: str) -> dict[str, Any]:
 
 def check_token(config: schema.Config, route: schema.Route, method: str, path: str,
                 token: str) -> dict[str, Any]:
-    """Verify ``token`` with the route's jwt middleware (``any`` members included)."""
+    """Verify ``token`` with the route's jwt middleware (``any`` members included), or its
+    oauth2 middleware's cached introspection answer (an opaque token, or no jwt entry)."""
     jwts = list(auth_methods(route, "jwt"))
+    oauth2 = list(auth_methods(route, "oauth2"))
+    if oauth2 and not (jwts and is_jws_shaped(token.encode())):
+        return check_oauth2_token(config, route, method, path, token, oauth2)
     if not jwts:
         return {"method": "jwt", "decision": "deny", "status": 401, "code": "invalid_token",
                 "reason": "route_takes_no_jwt"}
@@ -356,6 +363,41 @@ def check_token(config: schema.Config, route: schema.Route, method: str, path: s
         principal = req.principal
     result.update(_allowed(config, route, method, path, principal))
     return {"method": "jwt", **result}
+
+
+def check_oauth2_token(config: schema.Config, route: schema.Route, method: str, path: str,
+                       token: str, entries: list[schema.OAuth2]) -> dict[str, Any]:
+    """Decide on an opaque token as the route's oauth2 middleware would from the gateway's
+    shared introspection cache (nothing is asked of the authorization server here)."""
+    principal = None
+    result: dict[str, Any] = {}
+    now = time.time()
+    for entry in entries:  # several oauth2 entries all run; the first refusal answers
+        source = oauth2_source(entry)
+        try:
+            view = ProviderView(config.state_dir, source)
+        except (OSError, ValueError):
+            raise AuditError(
+                f"no introspection cache of {source} in {config.state_dir}/oauth2: the "
+                "gateway must be running with this route") from None
+        found = view.cache.lookup(token.encode(), now, view.known)
+        if found is None:
+            raise AuditError(
+                "the token is not in the gateway's introspection cache (never seen, or its "
+                "answer expired); fluxctl asks no authorization server itself: send one "
+                "request with it, or use --probe")
+        cached = view.remember(found) if type(found) is tuple else found
+        middleware = OAuth2Middleware(view, None, entry,  # type: ignore[arg-type]
+                                      ScopePolicy(entry.scopes, config.scope_map))
+        req = _request(method, path, [(b"authorization", b"Bearer " + token.encode())],
+                       "127.0.0.1")
+        result = {"cache": f"introspection answer cached by the gateway ({source})"}
+        refusal = middleware.decide(req, cached, now)
+        if refusal is not None:
+            return {**_denied(refusal, "oauth2"), **result}
+        principal = req.principal
+    result.update(_allowed(config, route, method, path, principal))
+    return {"method": "oauth2", **result}
 
 
 def _attach_keys(config: schema.Config, jwt: schema.Jwt, middleware: JwtMiddleware) -> str:

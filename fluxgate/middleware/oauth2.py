@@ -189,7 +189,7 @@ class OAuth2Middleware:
         if type(found) is tuple:
             found = view.remember(found)
         view.ctl.add(SLOT_HITS)
-        return self._authorize(req, found, now)
+        return self.decide(req, found, now)
 
     # ---- a miss: ask the side pool --------------------------------------------------------
 
@@ -213,7 +213,7 @@ class OAuth2Middleware:
             except ValueError:
                 log.error("side pool answered an undecodable record")
                 return self._unavailable("introspection_invalid")
-            return self._authorize(req, entry, _now())
+            return self.decide(req, entry, _now())
         if outcome == "invalid":
             return self._unavailable("introspection_invalid")
         return self._unavailable("auth_server_unavailable")
@@ -227,8 +227,10 @@ class OAuth2Middleware:
 
     # ---- what the answer allows -------------------------------------------------------------
 
-    def _authorize(self, req: RequestState, entry: IntrospectedToken,
-                   now: float) -> ClientError | None:
+    def decide(self, req: RequestState, entry: IntrospectedToken,
+               now: float) -> ClientError | None:
+        """What an introspection answer allows for ``req`` (sets its principal when it
+        does); None to go on, else the refusal."""
         if not entry.active:
             return self._refuse("inactive")
         if entry.exp is not None and entry.exp <= now:

@@ -394,3 +394,29 @@ def test_fluxctl_oauth2_status_purge_and_audit(gateway_factory, upstream, auth_s
     assert {"valid_token", "unknown_token", "random_token_flood", "repeated_unknown_token",
             "flipped_token"} <= set(rows)
     assert token not in probe.stdout
+
+
+def test_fluxctl_verify_token_reads_the_cache_offline(gateway_factory, upstream, auth_server):
+    import subprocess
+    import sys
+
+    token = auth_server.add_token(scope="read", sub="carol")
+    weak = auth_server.add_token(scope="other")
+    gw = gateway_factory(oauth2_routes(upstream.url, auth_server, scopes=["read"]))
+
+    def verify(t: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "fluxgate.cli.fluxctl", "--config", str(gw.config_path),
+             "auth", "verify", "--endpoint", "/orders", "--mode", "audit", "--token", t,
+             "--json"], capture_output=True, text=True, timeout=60)
+
+    unseen = verify(token)
+    assert unseen.returncode == 2 and "not in the gateway's introspection cache" in unseen.stdout
+    assert request(gw.port, "/orders", token)[0] == 200
+    assert request(gw.port, "/orders", weak)[0] == 403
+    calls = auth_server.calls
+    allowed = json.loads(verify(token).stdout)["credential"]
+    assert allowed["decision"] == "allow" and allowed["principal"]["subject"] == "carol"
+    denied = json.loads(verify(weak).stdout)["credential"]
+    assert denied["decision"] == "deny" and denied["status"] == 403
+    assert auth_server.calls == calls  # fluxctl asked nobody
