@@ -8,10 +8,7 @@ accepting tokens it minted before; each start mints a fresh one-hour token into
 
 from __future__ import annotations
 
-import http.server
 import os
-import socket
-import threading
 import time
 from typing import Any
 
@@ -19,7 +16,9 @@ import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from fluxgate.cli.demo_http import JsonHandler, serve_in_thread
 from fluxgate.cli.jws import b64_uint, compact
+from fluxgate.echo import bind_loopback
 
 KID = "demo-1"
 AUDIENCE = "demo-api"
@@ -43,10 +42,7 @@ class DemoIssuer:
                 f.write(pem)
         self.key = key
         self.token_path = os.path.join(state_dir, "demo-token.jwt")
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
+        self.sock = bind_loopback()
         self.issuer = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
 
     @property
@@ -92,21 +88,9 @@ class DemoIssuer:
         """Serve the JWKS from a daemon thread of the calling process (the echo upstream)."""
         body = self.jwks()
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's spelling
                 found = self.path == JWKS_PATH
-                payload = body if found else b'{"error":"not_found"}'
-                self.send_response(200 if found else 404)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                self.send_json(200 if found else 404, body if found else {"error": "not_found"})
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        server = http.server.ThreadingHTTPServer(self.sock.getsockname(), Handler,
-                                                 bind_and_activate=False)
-        server.socket.close()
-        server.socket = self.sock
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        serve_in_thread(self.sock, Handler)
