@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import signal
 import socket
 import textwrap
@@ -91,6 +92,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     demo_keys = DemoKeys(state_dir)
     extra_routes += demo_keys.route_yaml("echo")
     # ---- end API keys -------------------------------------------------------------------
+    # ---- oauth2: a local authorization server (RFC 7662 introspection), an opaque token --
+    from fluxgate.cli.demo_oauth2 import DemoAuthServer
+
+    auth_server = DemoAuthServer(state_dir)  # served by the echo child, below
+    oauth2_token_path = auth_server.write_token()
+    unknown_token = secrets.token_urlsafe(32)  # shaped like the real one, issued by nobody
+    extra_routes += auth_server.route_yaml("echo")
+    # ---- end oauth2 ---------------------------------------------------------------------
     config_path = os.path.join(state_dir, "fluxgate.yaml")
     with open(os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
         f.write(demo_config(state_dir, port, admin_port, upstream_port, extra_routes))
@@ -100,11 +109,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         try:
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # the demo stops it, not Ctrl-C
             issuer.serve_in_thread()  # JWT: the demo's JWKS, next to the echo upstream
+            auth_server.serve_in_thread()  # oauth2: the demo's introspection endpoint
             echo.serve_forever(upstream_sock)
         finally:
             os._exit(0)
     upstream_sock.close()
     issuer.sock.close()  # JWT: the child serves it
+    auth_server.sock.close()  # oauth2: likewise
     base = f"http://127.0.0.1:{port}"
     token_file = os.path.join(state_dir, TOKEN_FILE)
     print(
@@ -129,6 +140,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                                       # (shown once; 5 per minute, then 429)
               curl -i {base}/api-key/hello            # 401 missing_credentials
               fluxctl --config {config_path} keys list   # quota used, last use; never the key
+              curl -i -H "Authorization: Bearer $(cat {oauth2_token_path})" {base}/inventory/items
+                                                      # 200: an opaque token (valid 1 h); the gateway
+                                                      # asks {auth_server.introspection_endpoint}
+                                                      # once, then keeps the answer for a minute
+              curl -i {base}/inventory/items          # 401 missing_credentials
+              curl -i -H "Authorization: Bearer {unknown_token}" {base}/inventory/items
+                                                      # 401 invalid_token: the server says inactive
+              fluxctl --config {config_path} auth verify --endpoint /inventory/items --mode audit \\
+                  --probe {base} --token "$(cat {oauth2_token_path})"
+                                                      # opaque-token probes: all refused
               curl -s -H "Authorization: Bearer $(cat {token_file})" http://127.0.0.1:{admin_port}/metrics
 
             Ctrl-C stops it.
