@@ -103,7 +103,7 @@ class DemoAuthServer:
     def route_yaml(self, upstream: str) -> str:
         """The demo config's ``/inventory`` route (an item of its `routes:` list)."""
         return (
-            "  - route: /inventory              # oauth2: opaque tokens, introspected\n"
+            "  - route: /inventory              # oauth2: opaque tokens, checked by introspection\n"
             f"    upstream: {upstream}\n"
             "    middleware:\n"
             "      - oauth2:\n"
