@@ -186,11 +186,20 @@ class Snapshot:
 
     @classmethod
     def take(cls, authserver: AuthServerProcess, upstream_pid: int, master: int,
-             workers: list[int], admin_port: int) -> Snapshot:
-        return cls(time.monotonic(), authserver.stats()["calls"],
-                   cpu.cpu_seconds([authserver.pid]), cpu.cpu_seconds([upstream_pid]),
-                   cpu.cpu_seconds([master]), cpu.cpu_seconds(workers),
-                   oauth2_counters(admin_port))
+             workers: list[int], admin_port: int, *, before: bool) -> Snapshot:
+        """Before a run the two HTTP questions (the server's /stats, the gateway's /metrics)
+        are asked first and after it last, so their own CPU stays outside the window."""
+
+        def counters() -> tuple[int, dict[tuple[str, str], float]]:
+            return authserver.stats()["calls"], oauth2_counters(admin_port)
+
+        if before:
+            calls, metrics = counters()
+        times = (cpu.cpu_seconds([authserver.pid]), cpu.cpu_seconds([upstream_pid]),
+                 cpu.cpu_seconds([master]), cpu.cpu_seconds(workers))
+        if not before:
+            calls, metrics = counters()
+        return cls(time.monotonic(), calls, *times, metrics)
 
 
 class LoadgenWatch:
@@ -296,7 +305,7 @@ class Extra:
 def interleaved(
     runs: list[tuple[str, Target, str, Callable[[str], dict | None]]], *, warmup: float,
     seconds: float, connections: int, upstream_pid: int,
-    sample: Callable[[], Snapshot], exclude: set[int],
+    sample: Callable[[bool], Snapshot], exclude: set[int],
 ) -> tuple[list[Measurement], dict[str, Measurement], dict[str, Extra], dict[str, Extra]]:
     """``bench.support.measure.interleaved`` with a step between runs: each run ``(row
     name, target, path, load)`` where ``load(slice name)`` gives the run's ``run_load``
@@ -309,13 +318,13 @@ def interleaved(
     def one(name: str, target: Target, path: str, load: Callable[[str], dict | None],
             t: float, slice_name: str, extra: Extra) -> Measurement:
         options = load(slice_name)
-        before = sample()
+        before = sample(True)
         with LoadgenWatch(exclude) as watch:
             wall = time.monotonic()
             m = measure(target, path=path, seconds=t, connections=connections,
                         upstream_pid=upstream_pid, load=options)
             wall = time.monotonic() - wall
-        after = sample()
+        after = sample(False)
         m.target = name
         as_cpu = after.as_cpu - before.as_cpu
         # measure() counts the introspection server among "others": it belongs to the run
@@ -438,6 +447,12 @@ def ratio_lines(rows: dict[str, Measurement], extras: dict[str, Extra]) -> list[
     return lines
 
 
+def log_complaints(log: str) -> list[str]:
+    """The gateway log's warning, error and traceback lines (none in a clean run)."""
+    marks = ("WARNING", "ERROR", "CRITICAL", "Traceback")
+    return [line for line in log.splitlines() if any(m in line for m in marks)]
+
+
 # ---- the test -----------------------------------------------------------------------------
 
 
@@ -495,8 +510,9 @@ def test_e2e_oauth2(benchmark, tmp_path, request, e2e_summary):
              lambda s: {"header_file": str(nocache_tokens), "header_name": "Authorization"}),
         ]
 
-        def sample() -> Snapshot:
-            return Snapshot.take(authserver, upstream.pid, master, workers, gateway.admin_port)
+        def sample(before: bool) -> Snapshot:
+            return Snapshot.take(authserver, upstream.pid, master, workers, gateway.admin_port,
+                                 before=before)
 
         exclude = {upstream.pid, authserver.pid, master}
         started = time.monotonic()
@@ -510,9 +526,15 @@ def test_e2e_oauth2(benchmark, tmp_path, request, e2e_summary):
         elapsed = time.monotonic() - started
         tree_after = cpu.tree(master)
         server = authserver.stats()
-        log_tail = gateway.log()[-4000:]
+        log = gateway.log()
+        log_tail = log[-4000:]
 
     lines = ratio_lines(rows, extras)
+    complaints = log_complaints(log)
+    if complaints:
+        lines.append(f"the gateway logged {len(complaints)} warnings or errors, first: "
+                     f"{complaints[0][:300]!r}")
+        print("\ngateway warnings and errors (first 20):", *complaints[:20], sep="\n")
     if sorted(tree_after) != sorted(fluxgate.proxy_pids):
         lines.append(f"the gateway's process tree changed during the run: "
                      f"{sorted(fluxgate.proxy_pids)} -> {sorted(tree_after)}")
