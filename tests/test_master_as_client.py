@@ -460,7 +460,10 @@ def test_waiting_for_a_connection_counts_against_the_timeout():
 
     results, elapsed, stats, server = run(main())
     assert [r.reason for r in results] == ["timeout", "timeout"]
-    assert elapsed < 0.7 and len(server.requests) == 1
+    # Both callers' deadlines run from the start: the second never gets a full timeout of
+    # its own after waiting (on a loaded machine it may reach the freed connection just
+    # before its deadline and send, so the server may see one or two requests).
+    assert elapsed < 0.7 and 1 <= len(server.requests) <= 2
     assert stats["open"] == 0 and stats["waiting"] == 0
 
 

@@ -98,7 +98,9 @@ def tls_context(ca_file: str | None = None) -> ssl.SSLContext:
 def connect_error(host: str, port: int, exc: OSError) -> FetchError:
     """The FetchError for a failed connect or TLS handshake."""
     if isinstance(exc, ssl.SSLError):
-        why = getattr(exc, "verify_message", None) or exc.reason or exc
+        # The reason (CERTIFICATE_VERIFY_FAILED) and, for a certificate, what was wrong.
+        detail = getattr(exc, "verify_message", None)
+        why = f"{exc.reason}: {detail}" if detail and exc.reason else (detail or exc.reason or exc)
         return TlsFailure(f"TLS handshake with {host} failed: {why}")
     return Unreachable(f"cannot connect to {host}:{port}: {exc.strerror or exc}")
 
