@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+from fluxgate.auth.introspection import provider_source as oauth2_source
 from fluxgate.auth.jwks import provider_source
 from fluxgate.auth.keys import load_signing_key
 from fluxgate.cli import audit, probe
@@ -147,7 +148,8 @@ def _probe(ctx: Any, config: schema.Config, route: schema.Route,
     target = probe.Target(a.probe, doc["request"]["method"], a.endpoint)
     probes = probe.battery(config, route, token=a.token, api_key=a.api_key, flood=a.flood,
                            signing_key=_signing_key(config))
-    return probe.run(target, probes, _jwks_counter(ctx, route))
+    return probe.run(target, probes, _jwks_counter(ctx, route),
+                     _introspection_counter(ctx, route))
 
 
 def _signing_key(config: schema.Config) -> bytes | None:
@@ -178,6 +180,29 @@ def _jwks_counter(ctx: Any, route: schema.Route) -> Callable[[], int | None] | N
             return None
         found = [p for p in providers if p.get("source") == source]
         return sum(found[0].get("results", {}).values()) if found else None
+
+    return count
+
+
+def _introspection_counter(ctx: Any, route: schema.Route) -> Callable[[], int | None] | None:
+    """With --admin-url: a function counting the calls the route's oauth2 provider made to
+    its authorization server (``/admin/oauth2``), else None."""
+    entry = next(auth_methods(route, "oauth2"), None)
+    if not ctx.remote or entry is None:
+        return None
+    source = oauth2_source(entry)
+    try:
+        client = ctx.admin()
+    except FluxGateError:
+        return None
+
+    def count() -> int | None:
+        try:
+            providers = client.call("GET", "/admin/oauth2").get("providers", [])
+        except FluxGateError:
+            return None
+        found = [p for p in providers if p.get("provider") == source]
+        return sum(found[0].get("calls", {}).values()) if found else None
 
     return count
 

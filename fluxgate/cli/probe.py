@@ -518,11 +518,15 @@ def run_probe(target: Target, probe: Probe) -> dict[str, Any]:
 
 
 def run(target: Target, probes: list[Probe],
-        jwks_fetches: Callable[[], int | None] | None = None) -> dict[str, Any]:
+        jwks_fetches: Callable[[], int | None] | None = None,
+        introspections: Callable[[], int | None] | None = None) -> dict[str, Any]:
     """Send every probe and judge it. The first answer proves the gateway is there
     (ProbeError if not). With ``jwks_fetches`` (the admin API's count of the provider's
-    JWKS fetches), the flood's row also says what the whole battery cost the provider."""
+    JWKS fetches), the flood's row also says what the whole battery cost the provider;
+    with ``introspections`` (its count of calls to the authorization server), what it cost
+    that server."""
     before = jwks_fetches() if jwks_fetches else None
+    calls_before = introspections() if introspections else None
     results = []
     try:
         for probe in probes:
@@ -536,6 +540,11 @@ def run(target: Target, probes: list[Probe],
     if before is not None and jwks_fetches is not None:
         time.sleep(1.0)  # the master looks at refresh requests 4x a second
         _account_fetches(results, before, jwks_fetches())
+    if calls_before is not None and introspections is not None:
+        from fluxgate.cli.probe_oauth2 import account_introspections  # it imports this module
+
+        time.sleep(0.2)  # the last answers are counted as they are published
+        account_introspections(results, probes, calls_before, introspections())
     counts = Counter(r["result"] for r in results)
     return {
         "url": target.url, "request": f"{target.method} {target.path}",

@@ -11,6 +11,7 @@ the authorization server's to issue: pass such a token with ``--token`` and expe
 from __future__ import annotations
 
 import secrets
+from typing import Any
 
 from fluxgate.cli.probe import (
     INVALID_TOKEN,
@@ -69,3 +70,31 @@ def oauth2_probes(b: Battery) -> list[Probe]:
         probes.append(_probe("flipped_token", "the valid token, one character changed",
                              changed))
     return probes
+
+
+def _askable(request: Request) -> str | None:
+    """The token a request would make the gateway ask about (one well-formed bearer token),
+    else None (refused before any call)."""
+    tokens = [v[len("Bearer "):] for k, v in request.headers if k == "Authorization"]
+    if len(tokens) != 1 or not 0 < len(tokens[0]) <= 8192:
+        return None
+    return tokens[0]
+
+
+def account_introspections(results: list[dict[str, Any]], probes: list[Probe], before: int,
+                           after: int | None) -> None:
+    """Say on the flood's row how many introspection calls the battery cost; more calls
+    than distinct tokens sent means repeats were asked again (no negative cache)."""
+    flood = next((r for r in results if r["name"] == "random_token_flood"), None)
+    if flood is None or after is None:
+        return
+    distinct = {t for p in probes if p.method == "oauth2" for r in p.requests
+                if (t := _askable(r)) is not None}
+    spent = after - before
+    flood["introspections"] = {"before": before, "after": after, "distinct_tokens": len(distinct)}
+    flood["note"] = (f"introspection calls during the battery: {spent} for {len(distinct)} "
+                     "distinct tokens (admin API)")
+    if spent > len(distinct) and flood["result"] == "pass":
+        flood["result"] = "fail"
+        flood["why"] = (f"the battery cost the authorization server {spent} calls for "
+                        f"{len(distinct)} distinct tokens: repeats were asked again")

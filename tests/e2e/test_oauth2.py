@@ -385,10 +385,20 @@ def test_fluxctl_oauth2_status_purge_and_audit(gateway_factory, upstream, auth_s
     assert {"oauth2_plain_http_loopback", "oauth2_no_miss_rate"} <= codes
     assert auth_server.client_secret not in audit.stdout
 
+    calls = auth_server.calls
     probe = fluxctl("auth", "verify", "--endpoint", "/orders", "--mode", "strict",
-                    "--probe", gw.url, "--token", token, "--flood", "10", "--json")
+                    "--probe", gw.url, "--token", token, "--flood", "10", "--json",
+                    "--admin-url", f"http://127.0.0.1:{gw.admin_port}",
+                    "--admin-token", ADMIN_TOKEN)
     doc = json.loads(probe.stdout)
     rows = {r["name"]: r for r in doc["probe"]["probes"]}
+    # 14 distinct tokens: 10 flood tokens, the unknown one (asked once, its 19 repeats
+    # answered from the negative cache), the JWS-shaped forgery, the flipped token, and the
+    # valid one (already cached): 13 calls, no more.
+    flood = rows["random_token_flood"]
+    assert flood["introspections"]["distinct_tokens"] == 14
+    assert flood["introspections"]["after"] - flood["introspections"]["before"] == 13
+    assert auth_server.calls - calls == 13
     assert probe.returncode == 1  # findings (plain http) fail strict mode, not the probes
     assert all(r["result"] == "pass" for r in rows.values() if r["method"] in ("oauth2", "-")), rows
     assert {"valid_token", "unknown_token", "random_token_flood", "repeated_unknown_token",
