@@ -355,7 +355,7 @@ class _WorkerConnection(asyncio.Protocol):
             task.add_done_callback(self.tasks.discard)
 
     async def _answer(self, frame: list[Any]) -> None:
-        if len(frame) != 3 or not isinstance(frame[2], bytes):
+        if len(frame) != 3 or not isinstance(frame[1], str) or not isinstance(frame[2], bytes):
             return
         request_id, source, token = frame
         provider = self.service.providers.get(source)
