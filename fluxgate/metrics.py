@@ -85,6 +85,13 @@ class ProcessMetric:
     labels: tuple[tuple[str, str], ...] = ()
 
 
+def metric_family(name: str, kind: str, help_text: str,
+                  rows: list[tuple[tuple[tuple[str, str], ...], float]]) -> list[ProcessMetric]:
+    """The series of one family: ``rows`` of (label pairs, value), adjacent as rendering
+    needs them."""
+    return [ProcessMetric(name, kind, help_text, value, labels) for labels, value in rows]
+
+
 class MetricsTable:
     """The shared request-metrics table. Create it in the master with ``create``; workers use
     the inherited object's ``record``."""

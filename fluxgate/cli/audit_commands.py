@@ -166,6 +166,21 @@ def _jwks_counter(ctx: Any, route: schema.Route) -> Callable[[], int | None] | N
     admin API's /admin/jwks), else None. Any admin failure only leaves the count out."""
     jwt = next(auth_methods(route, "jwt"), None)
     source = provider_source(jwt) if jwt is not None else None
+    return _admin_counter(ctx, "/admin/jwks", "source", source, "results")
+
+
+def _introspection_counter(ctx: Any, route: schema.Route) -> Callable[[], int | None] | None:
+    """With --admin-url: a function counting the calls the route's oauth2 provider made to
+    its authorization server (``/admin/oauth2``), else None."""
+    entry = next(auth_methods(route, "oauth2"), None)
+    source = oauth2_source(entry) if entry is not None else None
+    return _admin_counter(ctx, "/admin/oauth2", "provider", source, "calls")
+
+
+def _admin_counter(ctx: Any, path: str, key: str, source: str | None,
+                   counts: str) -> Callable[[], int | None] | None:
+    """A function summing ``counts`` of the provider whose ``key`` is ``source`` in the
+    admin API's ``path`` document; None without --admin-url or a provider."""
     if not ctx.remote or source is None:
         return None
     try:
@@ -175,34 +190,11 @@ def _jwks_counter(ctx: Any, route: schema.Route) -> Callable[[], int | None] | N
 
     def count() -> int | None:
         try:
-            providers = client.call("GET", "/admin/jwks").get("providers", [])
+            providers = client.call("GET", path).get("providers", [])
         except FluxGateError:
             return None
-        found = [p for p in providers if p.get("source") == source]
-        return sum(found[0].get("results", {}).values()) if found else None
-
-    return count
-
-
-def _introspection_counter(ctx: Any, route: schema.Route) -> Callable[[], int | None] | None:
-    """With --admin-url: a function counting the calls the route's oauth2 provider made to
-    its authorization server (``/admin/oauth2``), else None."""
-    entry = next(auth_methods(route, "oauth2"), None)
-    if not ctx.remote or entry is None:
-        return None
-    source = oauth2_source(entry)
-    try:
-        client = ctx.admin()
-    except FluxGateError:
-        return None
-
-    def count() -> int | None:
-        try:
-            providers = client.call("GET", "/admin/oauth2").get("providers", [])
-        except FluxGateError:
-            return None
-        found = [p for p in providers if p.get("provider") == source]
-        return sum(found[0].get("calls", {}).values()) if found else None
+        found = [p for p in providers if p.get(key) == source]
+        return sum(found[0].get(counts, {}).values()) if found else None
 
     return count
 

@@ -54,7 +54,7 @@ from fluxgate.auth.jwks import (
 )
 from fluxgate.config.parsers import JWKS_MIN_REFRESH, parse_key_url
 from fluxgate.master.fetch import FetchError, fetch
-from fluxgate.metrics import ProcessMetric
+from fluxgate.metrics import ProcessMetric, metric_family
 
 if TYPE_CHECKING:
     from fluxgate.config.schema import Config
@@ -373,24 +373,20 @@ class JwksService:
     def metrics(self) -> list[ProcessMetric]:
         providers = list(self.providers.values())
         out = []
-
-        def family(name: str, kind: str, help_text: str, rows: list[tuple[tuple, float]]) -> None:
-            out.extend(ProcessMetric(name, kind, help_text, value, labels) for labels, value in rows)
-
-        family("fluxgate_jwks_refresh_total", "counter",
-               "JWKS fetches by provider and result (ok, not_modified, error, invalid).",
-               [((("provider", p.source), ("result", r)), p.results[r])
-                for p in providers for r in RESULTS])
-        family("fluxgate_jwks_refresh_requests_total", "counter",
-               "Unknown-kid refresh requests signalled by workers (coalesced by the master).",
-               [((("provider", p.source),), p.ctl.load(SLOT_REQUESTS)) for p in providers])
-        family("fluxgate_jwks_keys", "gauge", "Keys published for the provider.",
-               [((("provider", p.source),), 0 if p.expired else len(p.keys or ()))
-                for p in providers])
-        family("fluxgate_jwks_last_success_timestamp_seconds", "gauge",
-               "Unix time of the provider's last successful fetch (0: never).",
-               [((("provider", p.source),), p.last_success or 0) for p in providers])
-        family("fluxgate_jwks_stale", "gauge",
-               "1 when the keys were withdrawn after jwks_max_stale without a success.",
-               [((("provider", p.source),), int(p.expired)) for p in providers])
+        out += metric_family("fluxgate_jwks_refresh_total", "counter",
+                             "JWKS fetches by provider and result (ok, not_modified, error, invalid).",
+                             [((("provider", p.source), ("result", r)), p.results[r])
+                              for p in providers for r in RESULTS])
+        out += metric_family("fluxgate_jwks_refresh_requests_total", "counter",
+                             "Unknown-kid refresh requests signalled by workers (coalesced by the master).",
+                             [((("provider", p.source),), p.ctl.load(SLOT_REQUESTS)) for p in providers])
+        out += metric_family("fluxgate_jwks_keys", "gauge", "Keys published for the provider.",
+                             [((("provider", p.source),), 0 if p.expired else len(p.keys or ()))
+                              for p in providers])
+        out += metric_family("fluxgate_jwks_last_success_timestamp_seconds", "gauge",
+                             "Unix time of the provider's last successful fetch (0: never).",
+                             [((("provider", p.source),), p.last_success or 0) for p in providers])
+        out += metric_family("fluxgate_jwks_stale", "gauge",
+                             "1 when the keys were withdrawn after jwks_max_stale without a success.",
+                             [((("provider", p.source),), int(p.expired)) for p in providers])
         return out

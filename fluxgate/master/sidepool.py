@@ -67,7 +67,7 @@ from fluxgate.auth.introspection import (
 )
 from fluxgate.errors import ConfigError
 from fluxgate.master.as_client import AsClient, IntrospectionError, discover
-from fluxgate.metrics import ProcessMetric
+from fluxgate.metrics import ProcessMetric, metric_family
 from fluxgate.shm import create_mapping
 
 if TYPE_CHECKING:
@@ -492,50 +492,47 @@ class SidePoolService:
         providers = list(self.providers.values())
         out: list[ProcessMetric] = []
 
-        def family(name: str, kind: str, help_text: str, rows: list[tuple[tuple, float]]) -> None:
-            out.extend(ProcessMetric(name, kind, help_text, value, labels) for labels, value in rows)
-
         def per_provider(fn: Any) -> list[tuple[tuple, float]]:
             return [((("provider", p.source),), fn(p)) for p in providers]
 
-        family("fluxgate_oauth2_introspection_total", "counter",
-               "Calls to the authorization server by provider and result.",
-               [((("provider", p.source), ("result", r)), p.results[r])
-                for p in providers for r in CALL_RESULTS])
-        family("fluxgate_oauth2_introspection_seconds_sum", "counter",
-               "Time spent in calls to the authorization server.",
-               per_provider(lambda p: p.call_seconds))
-        family("fluxgate_oauth2_introspection_seconds_count", "counter",
-               "Calls to the authorization server (any result).", per_provider(lambda p: p.calls))
-        family("fluxgate_oauth2_cache_hits_total", "counter",
-               "Requests answered from the shared introspection cache.",
-               per_provider(lambda p: p.ctl.load(SLOT_HITS)))
-        family("fluxgate_oauth2_cache_misses_total", "counter",
-               "Requests whose token the shared cache did not know (asked the side pool).",
-               per_provider(lambda p: p.ctl.load(SLOT_MISSES)))
-        family("fluxgate_oauth2_miss_rate_limited_total", "counter",
-               "Cache misses refused by the per-client miss rate limit.",
-               per_provider(lambda p: p.ctl.load(SLOT_RATE_LIMITED)))
-        family("fluxgate_oauth2_sidepool_requests_total", "counter",
-               "Questions workers asked the side pool.", per_provider(lambda p: p.asked))
-        family("fluxgate_oauth2_sidepool_joined_total", "counter",
-               "Questions answered by a call already in flight (single-flight).",
-               per_provider(lambda p: p.joined))
-        family("fluxgate_oauth2_sidepool_rejected_total", "counter",
-               "Questions answered unavailable at once (queue full, breaker open, "
-               "no endpoint yet).", per_provider(lambda p: p.rejected))
-        family("fluxgate_oauth2_sidepool_in_flight", "gauge",
-               "Distinct tokens being introspected now (the side pool's queue depth).",
-               per_provider(lambda p: len(p.inflight)))
-        family("fluxgate_oauth2_breaker_state", "gauge",
-               "Circuit breaker to the authorization server: 0 closed, 1 open, 2 half open.",
-               per_provider(lambda p: p.breaker.state))
-        family("fluxgate_oauth2_breaker_opened_total", "counter",
-               "Times the circuit breaker opened.", per_provider(lambda p: p.breaker.opened))
+        out += metric_family("fluxgate_oauth2_introspection_total", "counter",
+                             "Calls to the authorization server by provider and result.",
+                             [((("provider", p.source), ("result", r)), p.results[r])
+                              for p in providers for r in CALL_RESULTS])
+        out += metric_family("fluxgate_oauth2_introspection_seconds_sum", "counter",
+                             "Time spent in calls to the authorization server.",
+                             per_provider(lambda p: p.call_seconds))
+        out += metric_family("fluxgate_oauth2_introspection_seconds_count", "counter",
+                             "Calls to the authorization server (any result).", per_provider(lambda p: p.calls))
+        out += metric_family("fluxgate_oauth2_cache_hits_total", "counter",
+                             "Requests answered from the shared introspection cache.",
+                             per_provider(lambda p: p.ctl.load(SLOT_HITS)))
+        out += metric_family("fluxgate_oauth2_cache_misses_total", "counter",
+                             "Requests whose token the shared cache did not know (asked the side pool).",
+                             per_provider(lambda p: p.ctl.load(SLOT_MISSES)))
+        out += metric_family("fluxgate_oauth2_miss_rate_limited_total", "counter",
+                             "Cache misses refused by the per-client miss rate limit.",
+                             per_provider(lambda p: p.ctl.load(SLOT_RATE_LIMITED)))
+        out += metric_family("fluxgate_oauth2_sidepool_requests_total", "counter",
+                             "Questions workers asked the side pool.", per_provider(lambda p: p.asked))
+        out += metric_family("fluxgate_oauth2_sidepool_joined_total", "counter",
+                             "Questions answered by a call already in flight (single-flight).",
+                             per_provider(lambda p: p.joined))
+        out += metric_family("fluxgate_oauth2_sidepool_rejected_total", "counter",
+                             "Questions answered unavailable at once (queue full, breaker open, "
+                             "no endpoint yet).", per_provider(lambda p: p.rejected))
+        out += metric_family("fluxgate_oauth2_sidepool_in_flight", "gauge",
+                             "Distinct tokens being introspected now (the side pool's queue depth).",
+                             per_provider(lambda p: len(p.inflight)))
+        out += metric_family("fluxgate_oauth2_breaker_state", "gauge",
+                             "Circuit breaker to the authorization server: 0 closed, 1 open, 2 half open.",
+                             per_provider(lambda p: p.breaker.state))
+        out += metric_family("fluxgate_oauth2_breaker_opened_total", "counter",
+                             "Times the circuit breaker opened.", per_provider(lambda p: p.breaker.opened))
         now = time.time()
         live = {p.source: p.cache.live_entries(now) for p in providers}
-        family("fluxgate_oauth2_cache_entries", "gauge",
-               "Live entries of the shared introspection cache by kind.",
-               [((("provider", p.source), ("kind", kind)), live[p.source][i])
-                for p in providers for i, kind in enumerate(("active", "inactive"))])
+        out += metric_family("fluxgate_oauth2_cache_entries", "gauge",
+                             "Live entries of the shared introspection cache by kind.",
+                             [((("provider", p.source), ("kind", kind)), live[p.source][i])
+                              for p in providers for i, kind in enumerate(("active", "inactive"))])
         return out
