@@ -76,6 +76,7 @@ cdef enum PathReason:
     FG_PATH_ENCODED_DOT_SEGMENT  # '.' or '..' segment spelled with %2E
     FG_PATH_DOT_PARAMS          # '.;…' or '..;…' segment (servlet path parameters)
     FG_PATH_ABOVE_ROOT          # '..' with nothing left to remove
+    FG_PATH_DOUBLE_ENCODED      # %25 then the escape of '.', '/', '\\', '%' or a control
 
 # Writes the normalized form of src[0:n] into dst (capacity >= n: the output is never
 # longer) and returns its length; on error returns -1 and sets reason[0] (PathReason).

@@ -24,7 +24,13 @@ is raised for:
   ``/%2e.txt`` -> ``/..txt``, ``/a%2Eb`` -> ``/a.b``, ``/%2e%2e%2e`` -> ``/...``;
 * a dot segment with servlet path parameters, ``.;…`` or ``..;…`` (a literal ``;``):
   Tomcat and Jetty upstreams resolve ``/a/..;/b`` to ``/b``;
-* a ``..`` segment with no segment left to remove (above the root; never clamped).
+* a ``..`` segment with no segment left to remove (above the root; never clamped);
+* a double encoding of a character refused or decoded above: ``%25`` (``%``) followed
+  by the hex of ``.``, ``/``, ``\\``, ``%`` or a control, in either case, whether those
+  two digits are written plainly or themselves encoded (``%252e``, ``%252F``,
+  ``%255c``, ``%2500``, ``%2525``, ``%25%32%65``): an upstream that decodes twice would
+  see ``..``, a separator or a control the gateway never routed on. Checked on the
+  decoded segment, so the rule is the same for the input and for its normal form.
 
 Otherwise, in one pass (RFC 3986 §6.2.2):
 
@@ -126,6 +132,7 @@ cdef tuple _PATH_REASONS = (
     "dot segment spelled with %2E",
     "dot segment with ';' parameters",
     "'..' climbs above the root",
+    "double-encoded '.', '/', '\\', '%' or control (%25XX) in path",
 )
 
 
@@ -166,13 +173,31 @@ _init_tables()
 
 # ---- request paths -------------------------------------------------------------------
 
+cdef inline bint _double_encoded(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    # s[0:n] is one decoded segment: does a "%25" in it precede the two hex digits of
+    # '.', '/', '\\', '%' or a control? (A second decoding would produce that byte.)
+    cdef Py_ssize_t j
+    cdef unsigned char hi, lo, c
+    for j in range(n - 4):
+        if s[j] != b"%" or s[j + 1] != b"2" or s[j + 2] != b"5":
+            continue
+        hi = _HEXVAL[s[j + 3]]
+        lo = _HEXVAL[s[j + 4]]
+        if (hi | lo) & 0xF0:
+            continue
+        c = (hi << 4) | lo
+        if c == b"." or c == b"/" or c == b"\\" or c == b"%" or c < 0x20 or c == 0x7F:
+            return True
+    return False
+
+
 cdef Py_ssize_t normalize_path_into(const unsigned char* src, Py_ssize_t n,
                                     unsigned char* dst, int* reason) noexcept nogil:
     # Invariant: dst[0:o] is "/" then finished "segment/" groups, and o <= i, so dst
     # never needs more than n bytes.
     cdef Py_ssize_t i = 1, o = 1, seg, seglen
     cdef unsigned char c, k, hi, lo
-    cdef bint encoded_dot
+    cdef bint encoded_dot, encoded_percent
 
     if n == 0:
         reason[0] = FG_PATH_EMPTY
@@ -186,6 +211,7 @@ cdef Py_ssize_t normalize_path_into(const unsigned char* src, Py_ssize_t n,
         # Copy one segment, up to the next "/" or the end, decoding as we go.
         seg = o
         encoded_dot = False
+        encoded_percent = False
         while i < n:
             c = src[i]
             if c == b"/":
@@ -219,12 +245,17 @@ cdef Py_ssize_t normalize_path_into(const unsigned char* src, Py_ssize_t n,
                 dst[o + 1] = _HEX[hi]
                 dst[o + 2] = _HEX[lo]
                 o += 3
+                if c == b"%":
+                    encoded_percent = True
             else:
                 reason[0] = k
                 return -1
             i += 3
 
         # Here i == n, or src[i] is the "/" that ends the segment.
+        if encoded_percent and _double_encoded(dst + seg, o - seg):
+            reason[0] = FG_PATH_DOUBLE_ENCODED
+            return -1
         seglen = o - seg
         if seglen == 0:
             # "//" collapses; a trailing "/" is already in dst.

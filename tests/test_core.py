@@ -47,6 +47,7 @@ REASONS = {
     "dot-segment": "spelled with %2E",
     "dot-params": "';' parameters",
     "above-root": "above the root",
+    "double-encoded": "(%25XX)",
 }
 
 
@@ -123,7 +124,8 @@ def test_long_paths_beyond_the_stack_buffer():
 # ---- request paths: properties ----------------------------------------------------------
 
 _PATH_TOKENS = st.sampled_from(
-    b"/ // . .. %2e %2E %2f %5c %00 %41 %7e %3a %3B %c3%a9 %25 % %g a b ~ ; x.y \\ #".split()
+    b"/ // . .. %2e %2E %2f %5c %00 %41 %7e %3a %3B %c3%a9 %25 %252e 2f %32 % %g a b ~ ; x.y \\ #"
+    .split()
     + [b" ", b"\x80"]
 )
 _PATHS = st.one_of(
@@ -154,6 +156,11 @@ def _assert_normal_form(out: bytes) -> None:
         escape = out[i + 1 : i + 3]
         assert escape == escape.upper() and len(escape) == 2
         assert int(escape, 16) not in _UNRESERVED
+        if escape == b"25":  # no second decoding can make '.', '/', '\\', '%' or a control
+            after = out[i + 3 : i + 5]
+            assert not (len(after) == 2 and all(c in b"0123456789abcdefABCDEF" for c in after)
+                        and (int(after, 16) in b"./\\%" or int(after, 16) < 0x20
+                             or int(after, 16) == 0x7F))
         i = out.find(b"%", i + 3)
 
 
