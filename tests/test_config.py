@@ -389,6 +389,8 @@ def test_parse_listen_refuses(text):
         ("http://app:8080/", ("app", 8080)),
         ("HTTP://App:1", ("App", 1)),
         ("http://[::1]:9000", ("::1", 9000)),
+        ("https://app", ("app", 443)),
+        ("HTTPS://app:8443", ("app", 8443)),
     ],
 )
 def test_parse_upstream_url(url, expected):
@@ -398,9 +400,9 @@ def test_parse_upstream_url(url, expected):
 @pytest.mark.parametrize(
     ("url", "why"),
     [
-        ("https://app:443", "https upstreams are not supported yet"),
-        ("ftp://app:21", "expected http://host:port"),
-        ("app:8080", "expected http://host:port"),
+        ("https://app:443/x", "without a path"),
+        ("ftp://app:21", r"expected http\(s\)://host:port"),
+        ("app:8080", r"expected http\(s\)://host:port"),
         ("http://app:8080/api", "without a path"),
         ("http://app:8080?x", "without a path, query"),
         ("http://app:8080#f", "fragment"),
@@ -408,7 +410,7 @@ def test_parse_upstream_url(url, expected):
         ("http://app:0", "invalid port"),
         ("http://app:99999", "invalid port"),
         ("http://ap\tp:80", "whitespace"),
-        ("http://", "expected http://host:port"),
+        ("http://", r"expected http\(s\)://host:port"),
     ],
 )
 def test_parse_upstream_url_refuses(url, why):

@@ -55,32 +55,49 @@ def parse_listen(value: str) -> tuple[str, int]:
 
 
 def parse_upstream_url(value: str) -> tuple[str, int]:
-    """Split an upstream URL ``http://host[:port]`` into ``(host, port)``.
+    """Split an upstream URL ``http://host[:port]`` or ``https://host[:port]`` into
+    ``(host, port)``; the port defaults to 80 or 443 (``is_https_url`` tells which).
 
-    Only plain ``http`` is spoken to upstreams for now; the port defaults to 80. A path,
-    query, fragment or user info is refused: a target names a server, not a resource.
-    Raises ``ValueError``.
+    A path, query, fragment or user info is refused: a target names a server, not a
+    resource. Raises ``ValueError``.
     """
     if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
         # urlsplit silently deletes tabs and newlines (WHATWG behaviour); refuse instead.
         raise ValueError(f"invalid upstream URL {value!r}: contains whitespace")
     parts = urlsplit(value)
-    if parts.scheme == "https":
-        raise ValueError(
-            f"upstream {value!r}: https upstreams are not supported yet; use http://host:port"
-        )
-    if parts.scheme != "http" or not parts.netloc:
-        raise ValueError(f"invalid upstream URL {value!r}: expected http://host:port")
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"invalid upstream URL {value!r}: expected http(s)://host:port")
     if "@" in parts.netloc:
         raise ValueError(f"upstream {value!r}: user info (user@) is not allowed in a target")
     if parts.path not in ("", "/") or parts.query or parts.fragment or value.endswith(("?", "#")):
         raise ValueError(
-            f"upstream {value!r}: a target is http://host:port without a path, query or fragment"
+            f"upstream {value!r}: a target is http(s)://host:port without a path, query or "
+            "fragment"
         )
+    default_port = 443 if parts.scheme == "https" else 80
     try:
-        return _split_host_port(parts.netloc, default_port=80, min_port=1)
+        return _split_host_port(parts.netloc, default_port=default_port, min_port=1)
     except ValueError as exc:
         raise ValueError(f"upstream {value!r}: {exc}") from None
+
+
+def is_https_url(value: str) -> bool:
+    """True for an ``https://`` upstream URL (any case, as urlsplit reads the scheme)."""
+    return value[:8].lower() == "https://"
+
+
+def parse_host_name(value: str) -> str:
+    """Check a DNS host name (RFC 1123 §2.1) or an IP address, e.g. an upstream's TLS
+    server_name; returns it. Raises ``ValueError``."""
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    labels = value.rstrip(".").split(".")
+    if len(value) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        raise ValueError(f"invalid host name {value!r}")
+    return value
 
 
 def parse_network(value: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:

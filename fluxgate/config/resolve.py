@@ -26,9 +26,11 @@ from fluxgate.config.parsers import (
     did_you_mean,
     format_path,
     is_header_name,
+    is_https_url,
     is_loopback,
     is_query_name,
     is_reserved_header,
+    parse_host_name,
     parse_key_url,
     parse_listen,
     parse_method,
@@ -38,6 +40,7 @@ from fluxgate.config.parsers import (
     parse_upstream_url,
 )
 from fluxgate.errors import ConfigError
+from fluxgate.tls import ListenerTls, TlsConfigError, client_context, listener_tls
 
 if TYPE_CHECKING:
     from fluxgate.middleware.kind import MiddlewareKind
@@ -45,8 +48,8 @@ if TYPE_CHECKING:
 # The value parsers are importable from here too.
 __all__ = [
     "JWKS_MIN_REFRESH", "JWT_ALGORITHMS", "RESERVED_CLAIM_HEADERS", "Fail", "Path",
-    "UpstreamSpec", "check_config", "did_you_mean", "format_path", "is_loopback",
-    "parse_key_url", "parse_listen", "parse_method", "parse_network", "parse_route_path",
+    "UpstreamSpec", "build_listener_tls", "check_config", "did_you_mean", "format_path",
+    "is_loopback", "listen_address", "listen_tls", "parse_key_url", "parse_listen", "parse_method", "parse_network", "parse_route_path",
     "parse_scope_rule", "parse_upstream_url", "resolve_upstream", "worker_count",
 ]  # fmt: skip
 
@@ -61,6 +64,8 @@ class UpstreamSpec(msgspec.Struct, frozen=True):
 
     ``name`` is the upstream's name in ``upstreams:``, or the URL itself when the route
     names a URL. ``targets`` are ``(host, port)`` pairs, IPv6 hosts without brackets.
+    ``tls`` is set when the targets are https (an empty ``UpstreamTls``: the system CAs and
+    the target's own host name).
     """
 
     name: str
@@ -69,6 +74,7 @@ class UpstreamSpec(msgspec.Struct, frozen=True):
     read_timeout: float
     pool_size: int
     pool_idle_timeout: float
+    tls: schema.UpstreamTls | None = None
 
 
 def resolve_upstream(config: schema.Config, route: schema.Route) -> UpstreamSpec:
@@ -87,6 +93,7 @@ def resolve_upstream(config: schema.Config, route: schema.Route) -> UpstreamSpec
         targets = tuple(parse_upstream_url(target) for target in upstream.targets)
     except ValueError as exc:
         raise ConfigError(str(exc), path="upstream") from None
+    https = is_https_url(upstream.targets[0])  # the checker refused mixed schemes
     return UpstreamSpec(
         name=route.upstream,
         targets=targets,
@@ -94,7 +101,35 @@ def resolve_upstream(config: schema.Config, route: schema.Route) -> UpstreamSpec
         read_timeout=upstream.read_timeout,
         pool_size=upstream.pool_size,
         pool_idle_timeout=upstream.pool_idle_timeout,
+        tls=(upstream.tls or schema.UpstreamTls()) if https else None,
     )
+
+
+def listen_address(config: schema.Config) -> str:
+    """The listener's ``host:port``, from either spelling of ``listen``."""
+    listen = config.listen
+    return listen if isinstance(listen, str) else listen.address
+
+
+def listen_tls(config: schema.Config) -> schema.ListenTls | None:
+    """The listener's TLS block, or None for plain HTTP."""
+    listen = config.listen
+    return None if isinstance(listen, str) else listen.tls
+
+
+def build_listener_tls(config: schema.Config) -> ListenerTls | None:
+    """The listener's TLS context, every certificate read now (None for plain HTTP).
+
+    The master calls it for each generation of workers, so a reload re-reads the files.
+    Raises ``ConfigError`` naming the key (``listen.tls.cert``) of a file that cannot be used.
+    """
+    tls = listen_tls(config)
+    if tls is None:
+        return None
+    try:
+        return listener_tls(tls)
+    except TlsConfigError as exc:
+        raise ConfigError(exc.message, format_path(("listen", "tls", *exc.path))) from None
 
 
 def worker_count(config: schema.Config, override: int | None = None) -> int:
@@ -159,7 +194,7 @@ class _Checker:
             raise self.fail(path, str(exc)) from None
 
     def config(self, config: schema.Config) -> schema.Config:
-        listen_addr = self.parse(parse_listen, config.listen, ("listen",))
+        listen_addr = self.listen(config.listen)
         self.check(
             bool(_STORE.fullmatch(config.store)),
             ("store",),
@@ -223,6 +258,19 @@ class _Checker:
         admin = msgspec.structs.replace(config.admin, token=token)
         return msgspec.structs.replace(config, admin=admin, routes=routes, scope_map=scope_map)
 
+    def listen(self, listen: str | schema.Listen) -> tuple[str, int]:
+        if isinstance(listen, str):
+            return self.parse(parse_listen, listen, ("listen",))
+        address = self.parse(parse_listen, listen.address, ("listen", "address"))
+        if listen.tls is not None:
+            # Every file is read now, so `fluxgate check` and a reload refuse what the
+            # workers could not serve with.
+            try:
+                listener_tls(listen.tls)
+            except TlsConfigError as exc:
+                raise self.fail(("listen", "tls", *exc.path), exc.message) from None
+        return address
+
     def upstream(self, name: str, upstream: schema.Upstream) -> None:
         self.check(
             bool(_UPSTREAM_NAME.fullmatch(name)),
@@ -240,6 +288,29 @@ class _Checker:
                 f"duplicate target (same as targets[{seen.get(host_port)}])",
             )
             seen[host_port] = i
+            self.check(
+                is_https_url(target) == is_https_url(upstream.targets[0]),
+                path,
+                "the targets of one upstream are all http:// or all https://",
+            )
+        if upstream.tls is not None:
+            self.upstream_tls(upstream, ("upstreams", name, "tls"))
+
+    def upstream_tls(self, upstream: schema.Upstream, path: Path) -> None:
+        tls = upstream.tls
+        self.check(
+            is_https_url(upstream.targets[0]),
+            path,
+            "tls applies to https:// targets; these are http://",
+        )
+        if tls.server_name is not None:
+            self.parse(parse_host_name, tls.server_name, (*path, "server_name"))
+        if tls.ca is None and tls.cert is None and tls.key is None:
+            return  # the system CAs: nothing to read
+        try:
+            client_context(tls)
+        except TlsConfigError as exc:
+            raise self.fail((*path, *exc.path), exc.message) from None
 
     def routes(self, config: schema.Config) -> list[schema.Route]:
         self.check(bool(config.routes), ("routes",), "no routes defined; add at least one route")

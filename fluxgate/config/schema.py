@@ -53,8 +53,42 @@ class ApiKeys(Base):
     signing_secret: str | None = None
 
 
+class Certificate(Base):
+    """One certificate the listener can present: PEM files (the chain, leaf first; its key)."""
+
+    cert: str
+    key: str
+
+
+class ListenTls(Base):
+    """TLS on the listener: ``cert`` + ``key``, or ``certificates`` chosen by SNI (the first
+    is the default); fluxgate/tls.py builds the context."""
+
+    cert: str | None = None
+    key: str | None = None
+    certificates: list[Certificate] = []
+
+
+class Listen(Base):
+    """``listen: {address: host:port, tls: {...}}``; a plain ``host:port`` string is the same
+    without TLS."""
+
+    address: str
+    tls: ListenTls | None = None
+
+
+class UpstreamTls(Base):
+    """How https targets are verified (and the gateway identifies itself, mTLS)."""
+
+    ca: str | None = None  # PEM CA bundle; default: the system CAs
+    cert: str | None = None  # client certificate (PEM) for mTLS; with key
+    key: str | None = None
+    server_name: str | None = None  # SNI and the name verified; default: the target's host
+
+
 class Upstream(Base):
     targets: Annotated[list[str], Meta(min_length=1)]
+    tls: UpstreamTls | None = None  # https targets only
     connect_timeout: Timeout = 2.0
     read_timeout: Timeout = 30.0
     pool_size: PositiveInt = 64  # max connections per target
@@ -170,7 +204,7 @@ class Route(Base):
 
 
 class Config(Base):
-    listen: str = "127.0.0.1:8080"
+    listen: str | Listen = "127.0.0.1:8080"
     workers: Workers | Literal["auto"] = "auto"
     state_dir: str = "./.fluxgate"
     store: str = "sqlite"

@@ -638,6 +638,27 @@ class ClientConnection(asyncio.Protocol):
             self._set_deadline(_DEADLINE_IDLE, self.gw.drain_idle_grace)
 
 
+class TlsClientConnection(ClientConnection):
+    """A client connection whose TLS the gateway terminated (the listener has ``tls``).
+
+    The only difference on the request path: the upstream hears ``X-Forwarded-Proto:
+    https``. A subclass, so a plain HTTP connection does not even test for TLS.
+    """
+
+    def _upstream_head(self, req: RequestState, route: CompiledRoute) -> bytes:
+        head = ClientConnection._upstream_head(self, req, route)
+        if req.peer_trusted and req.forwarded_for and req.forwarded_proto is not None:
+            return head  # a trusted proxy in front said how its own client connected
+        # upstream_head wrote "http" for a peer that is the client itself: here it reached
+        # the gateway over TLS. The line is the gateway's own (the client's X-Forwarded-Proto
+        # is never copied, and no header value holds CRLF), so one replace is exact.
+        return head.replace(_PROTO_HTTP, _PROTO_HTTPS, 1)
+
+
+_PROTO_HTTP = b"\r\nX-Forwarded-Proto: http\r\n"
+_PROTO_HTTPS = b"\r\nX-Forwarded-Proto: https\r\n"
+
+
 def _origin_form(url: bytes) -> bytes:
     """absolute-form (RFC 9112 §3.2.2) → origin-form; anything else is a 400."""
     lowered = url[:8].lower()
