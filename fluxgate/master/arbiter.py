@@ -27,14 +27,17 @@ from dataclasses import dataclass, field
 import uvloop
 
 from fluxgate.config import load_config, worker_count
+from fluxgate.config.resolve import build_listener_tls, listen_address
 from fluxgate.config.schema import Config
 from fluxgate.errors import ConfigError
 from fluxgate.master.admin import AdminServer, ReloadResult, build_router, resolve_admin_token
+from fluxgate.master.certificates import expiry_metrics, log_expiry
 from fluxgate.master.fork import fork_worker
 from fluxgate.master.services import SERVICES, MasterService
 from fluxgate.master.sockets import bind_admin, bind_listen, sock_address
 from fluxgate.master.state import lock_state_dir, remove_state_files, write_gateway_json
 from fluxgate.metrics import MetricsTable, ProcessMetric, RouteSlots
+from fluxgate.tls import ListenerTls
 from fluxgate.worker.worker import EXIT_BOOT_ERROR, WorkerSpec
 
 log = logging.getLogger("fluxgate.master")
@@ -77,6 +80,9 @@ class Generation:
     listen_socket: socket.socket
     route_slots: tuple[int, ...]
     size: int
+    # The listener's TLS context, certificates read when the generation was built: workers
+    # respawned later in the generation present the same ones.
+    tls: ListenerTls | None = None
     failure: str | None = None  # why a worker of this generation died before it was ready
 
 
@@ -168,7 +174,8 @@ class Arbiter:
         cfg = self.config
         os.makedirs(self._state_dir, mode=0o700, exist_ok=True)
         self._lock_fd = lock_state_dir(self._state_dir)
-        listen_sock = bind_listen(cfg.listen)
+        tls = build_listener_tls(cfg)
+        listen_sock = bind_listen(listen_address(cfg))
         self._listen_sockets.append(listen_sock)
         self._admin_sock = bind_admin(cfg.admin.listen)
         self.metrics = MetricsTable.create(os.path.join(self._state_dir, METRICS_FILE))
@@ -195,11 +202,13 @@ class Arbiter:
 
         size = worker_count(cfg, self.workers_override)
         slots = self.route_slots.assign([r.route for r in cfg.routes])
-        self.current = self._new_generation(cfg, listen_sock, slots, size)
+        self.current = self._new_generation(cfg, listen_sock, slots, size, tls)
         self._write_state()
         self.spawn_workers(self.current)
-        log.info("master %s: listening on %s:%s, admin on %s:%s, %s workers", os.getpid(),
-                 *sock_address(listen_sock), *sock_address(self._admin_sock), size)
+        log.info("master %s: listening on %s:%s%s, admin on %s:%s, %s workers", os.getpid(),
+                 *sock_address(listen_sock), " (TLS)" if tls else "",
+                 *sock_address(self._admin_sock), size)
+        log_expiry(tls)
 
     async def _cleanup(self) -> None:
         if self.loop is not None:
@@ -302,10 +311,11 @@ class Arbiter:
     # ---- workers ----------------------------------------------------------------------------
 
     def _new_generation(
-        self, config: Config, sock: socket.socket, slots: tuple[int, ...], size: int
+        self, config: Config, sock: socket.socket, slots: tuple[int, ...], size: int,
+        tls: ListenerTls | None = None,
     ) -> Generation:
         self._generations += 1
-        return Generation(self._generations, config, sock, slots, size)
+        return Generation(self._generations, config, sock, slots, size, tls)
 
     def spawn_workers(self, gen: Generation) -> None:
         """Fork every worker of ``gen`` that is not running."""
@@ -322,6 +332,7 @@ class Arbiter:
             worker_id=worker_id,
             config=gen.config,
             listen_socket=gen.listen_socket,
+            ssl_context=gen.tls.context if gen.tls is not None else None,
             metrics=self.metrics,
             route_slots=gen.route_slots,
             ready_fd=ready_w,
@@ -501,6 +512,7 @@ class Arbiter:
         try:
             config = load_config(self.config_path)
             size = worker_count(config, self.workers_override)
+            tls = build_listener_tls(config)  # certificates re-read: renewed files go live
             for service in self.services:
                 await service.reload(config)
             slots = self.route_slots.assign([r.route for r in config.routes])
@@ -514,15 +526,16 @@ class Arbiter:
         if config.admin.listen != old.config.admin.listen:
             log.warning("admin.listen changed: it takes effect on the next restart")
         sock = old.listen_socket
-        if config.listen != old.config.listen:
+        address = listen_address(config)
+        if address != listen_address(old.config):
             try:
-                sock = bind_listen(config.listen)
+                sock = bind_listen(address)
             except (ConfigError, OSError) as exc:
                 self.route_slots.retire_others([r.route for r in old.config.routes])
-                log.error("reload rejected: cannot bind %s: %s", config.listen, exc)
-                return self._result(old, f"cannot bind {config.listen}: {exc}")
+                log.error("reload rejected: cannot bind %s: %s", address, exc)
+                return self._result(old, f"cannot bind {address}: {exc}")
             self._listen_sockets.append(sock)
-        gen = self._new_generation(config, sock, slots, size)
+        gen = self._new_generation(config, sock, slots, size, tls)
         self._pending = gen
         try:
             self.spawn_workers(gen)
@@ -553,6 +566,7 @@ class Arbiter:
         self._write_state()
         log.info("reloaded: generation %s, %s workers, %s routes",
                  gen.number, size, len(config.routes))
+        log_expiry(tls)
         return self._result(gen)
 
     def _retire_worker(self, w: WorkerProcess) -> None:
@@ -637,4 +651,6 @@ class Arbiter:
             ProcessMetric("fluxgate_worker_restarts_total", "counter",
                           "Workers respawned after dying unexpectedly.", self.restarts),
             *(m for service in self.services for m in service.metrics()),
+            *(expiry_metrics(listen_address(self.current.config), self.current.tls)
+              if self.current else ()),
         ])

@@ -4,6 +4,8 @@ A pool is keyed by target (host, port), bounded in size, hands out the most rece
 idle connection first (warm, least likely to have been closed by the upstream), and closes
 connections idle longer than `pool_idle_timeout`. An upstream group round-robins over its
 targets. Events of the response are delivered to the connection's `owner` (an Exchange).
+An https upstream's pools connect through one verifying TLS context per group (built at
+worker boot, fluxgate/tls.py); its connections are pooled and reused like plain ones.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import ssl
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -26,11 +29,16 @@ from fluxgate._core import (
     response_header_kind,
 )
 from fluxgate.proxy import headers as hdr
+from fluxgate.tls import client_context, describe_error
 
 if TYPE_CHECKING:
     from fluxgate.proxy.exchange import Exchange
 
 log = logging.getLogger("fluxgate.upstream")
+
+# A target whose certificate is refused fails every connect; one log line per target and
+# this many seconds says why without flooding the log under load.
+TLS_LOG_INTERVAL = 10.0
 
 AcquireCallback = Callable[["UpstreamConnection | None", "BaseException | None"], None]
 
@@ -116,8 +124,15 @@ class UpstreamConnection(asyncio.Protocol):
             client.uncork()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        by_peer = not self.closed  # close() and abort() mark it first
         self.closed = True
         self.pool.forget(self)
+        if (by_peer and self.pool.tls is not None and self.owner is not None
+                and self.requests_served == 0 and not self.got_bytes):
+            # TLS 1.3: a server that refuses our client certificate says so only after the
+            # handshake completed on our side (RFC 8446 §4.4.2.4), and uvloop reports the
+            # alert as a plain close: say what it most likely was.
+            self.pool.log_tls_failure(exc if isinstance(exc, ssl.SSLError) else None)
         owner = self.owner
         if owner is not None:
             self.owner = None
@@ -251,11 +266,17 @@ class TargetPool:
         max_size: int,
         connect_timeout: float,
         idle_timeout: float,
+        tls: ssl.SSLContext | None = None,
+        server_name: str | None = None,
     ) -> None:
         self.loop = loop
         self.host = host
         self.port = port
         self.name = f"{host}:{port}"
+        self.tls = tls
+        # SNI and the name the certificate must carry (the host, unless tls.server_name).
+        self.server_name = (server_name or host) if tls is not None else None
+        self._tls_logged_at = float("-inf")
         self.max_size = max_size
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
@@ -297,16 +318,37 @@ class TargetPool:
     async def _connect(self, callback: AcquireCallback) -> None:
         try:
             _, conn = await asyncio.wait_for(
-                self.loop.create_connection(lambda: UpstreamConnection(self), self.host, self.port),
+                self.loop.create_connection(
+                    lambda: UpstreamConnection(self), self.host, self.port,
+                    ssl=self.tls, server_hostname=self.server_name,
+                ),
                 self.connect_timeout,
             )
         except (TimeoutError, OSError) as exc:
+            if isinstance(exc, ssl.SSLError):
+                self.log_tls_failure(exc)
             self.open_count -= 1
             callback(None, exc)
             self._serve_waiter()
             return
         self._members.add(conn)
         callback(conn, None)
+
+    def log_tls_failure(self, exc: ssl.SSLError | None) -> None:
+        """Say why TLS with this target failed (at most once per TLS_LOG_INTERVAL); None:
+        the server closed a fresh connection before answering anything."""
+        now = self.loop.time()
+        if now - self._tls_logged_at < TLS_LOG_INTERVAL:
+            return
+        self._tls_logged_at = now
+        # Never retried without verification: the request gets 502 upstream_unavailable.
+        if exc is None:
+            log.warning("upstream %s: TLS connection closed by the server before its first "
+                        "answer (server name %s): did it refuse the client certificate, or "
+                        "want one (upstreams.<name>.tls.cert/key)?", self.name, self.server_name)
+        else:
+            log.warning("upstream %s: TLS handshake failed (server name %s): %s",
+                        self.name, self.server_name, describe_error(exc))
 
     def _serve_waiter(self) -> None:
         if self.waiters and self.open_count < self.max_size:
@@ -363,6 +405,10 @@ class UpstreamGroup:
         self.name: str = spec.name
         self.read_timeout: float = spec.read_timeout
         self.connect_timeout: float = spec.connect_timeout
+        tls_settings = spec.tls
+        # One context for every target and connection of the group: built here, once.
+        tls = client_context(tls_settings) if tls_settings is not None else None
+        server_name = tls_settings.server_name if tls_settings is not None else None
         self.pools = [
             TargetPool(
                 loop,
@@ -371,6 +417,8 @@ class UpstreamGroup:
                 max_size=spec.pool_size,
                 connect_timeout=spec.connect_timeout,
                 idle_timeout=spec.pool_idle_timeout,
+                tls=tls,
+                server_name=server_name,
             )
             for host, port in spec.targets
         ]

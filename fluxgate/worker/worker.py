@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,12 +21,13 @@ import uvloop
 
 from fluxgate.config.schema import Config
 from fluxgate.proxy.app import Gateway
-from fluxgate.proxy.protocol import ClientConnection
+from fluxgate.proxy.protocol import ClientConnection, TlsClientConnection
 
 log = logging.getLogger("fluxgate.worker")
 
 EXIT_OK = 0
 EXIT_BOOT_ERROR = 3  # reserved: the master must not respawn such a worker forever
+TLS_SHUTDOWN_TIMEOUT = 5.0  # seconds to wait for a TLS peer's close_notify
 
 
 
@@ -39,6 +41,8 @@ class WorkerSpec:
     metrics: Any
     route_slots: tuple[int, ...]
     ready_fd: int
+    # The listener's TLS context (built by the master for this generation), or None.
+    ssl_context: ssl.SSLContext | None = None
 
 
 def run_worker(spec: WorkerSpec) -> int:
@@ -54,13 +58,7 @@ def run_worker(spec: WorkerSpec) -> int:
                 route_slots=spec.route_slots,
                 worker_id=spec.worker_id,
             )
-            server = loop.run_until_complete(
-                loop.create_server(
-                    lambda: ClientConnection(gateway),
-                    sock=spec.listen_socket,
-                    backlog=2048,
-                )
-            )
+            server = loop.run_until_complete(_listen(loop, spec, gateway))
         except Exception:
             log.exception("worker %d could not boot", spec.worker_id)
             return EXIT_BOOT_ERROR
@@ -70,6 +68,28 @@ def run_worker(spec: WorkerSpec) -> int:
             loop.close()
         except Exception:  # noqa: BLE001 - exiting anyway; never mask the exit code
             pass
+
+
+async def _listen(loop: asyncio.AbstractEventLoop, spec: WorkerSpec, gateway: Gateway) -> Any:
+    """Serve the listen socket: plain HTTP, or TLS terminated by uvloop's SSL transport
+    (one context for the socket, so a request pays nothing for it)."""
+    tls = spec.ssl_context
+    if tls is None:
+        return await loop.create_server(
+            lambda: ClientConnection(gateway), sock=spec.listen_socket, backlog=2048
+        )
+    limits = spec.config.limits
+    return await loop.create_server(
+        lambda: TlsClientConnection(gateway),
+        sock=spec.listen_socket,
+        backlog=2048,
+        ssl=tls,
+        # The handshake is part of sending the request head: a peer that stalls in it is
+        # the slowloris header_timeout is for. (The protocol's own clock starts after it.)
+        ssl_handshake_timeout=limits.header_timeout,
+        # A peer that never answers close_notify must not hold a draining worker.
+        ssl_shutdown_timeout=TLS_SHUTDOWN_TIMEOUT,
+    )
 
 
 async def _serve(loop: asyncio.AbstractEventLoop, spec: WorkerSpec, gateway: Gateway, server: Any) -> int:

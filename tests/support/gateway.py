@@ -17,8 +17,10 @@ REPO = Path(__file__).resolve().parents[2]
 class GatewayProcess:
     """A running `fluxgate run` (the master and its workers) on 127.0.0.1:0."""
 
-    def __init__(self, tmp_path: Path, config_text: str, workers: int = 1, env: dict | None = None):
+    def __init__(self, tmp_path: Path, config_text: str, workers: int = 1, env: dict | None = None,
+                 listen: str = "127.0.0.1:0"):
         self.dir = tmp_path
+        self.listen = listen  # YAML for `listen:`, e.g. "{address: '127.0.0.1:0', tls: {...}}"
         self.state_dir = tmp_path / "state"
         self.config_path = tmp_path / "fluxgate.yaml"
         self.log_path = tmp_path / "gateway.log"
@@ -31,7 +33,7 @@ class GatewayProcess:
 
     def write_config(self, config_text: str) -> None:
         header = (
-            "listen: 127.0.0.1:0\n"
+            f"listen: {self.listen}\n"
             f"state_dir: {self.state_dir}\n"
             "admin: {listen: '127.0.0.1:0', token: test-admin-token}\n"
         )
@@ -81,7 +83,8 @@ class GatewayProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if "tls" in self.listen else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     def log(self) -> str:
         try:

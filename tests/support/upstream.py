@@ -50,6 +50,8 @@ class RecordingUpstream:
     requests: list[Received] = field(default_factory=list)
     connections: int = 0
     raw_bytes: int = 0
+    ssl: object = None  # an ssl.SSLContext (server side): the upstream speaks https
+    peer_certs: list[dict] = field(default_factory=list)  # client certificates seen (mTLS)
 
     def start(self) -> RecordingUpstream:
         self._ready = threading.Event()
@@ -60,7 +62,7 @@ class RecordingUpstream:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ssl else 'http'}://127.0.0.1:{self.port}"
 
     def _run(self) -> None:
         import uvloop
@@ -69,7 +71,7 @@ class RecordingUpstream:
         sock = bind_loopback()
         self.port = sock.getsockname()[1]
         self.server = self.loop.run_until_complete(
-            self.loop.create_server(lambda: _UpstreamProtocol(self), sock=sock)
+            self.loop.create_server(lambda: _UpstreamProtocol(self), sock=sock, ssl=self.ssl)
         )
         self._ready.set()
         self.loop.run_forever()
@@ -99,6 +101,10 @@ class _UpstreamProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
         self.owner.connections += 1
+        if self.owner.ssl is not None:
+            cert = transport.get_extra_info("peercert")
+            if cert:
+                self.owner.peer_certs.append(cert)
 
     def data_received(self, data: bytes) -> None:
         self.owner.raw_bytes += len(data)
