@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from cryptography.x509.oid import NameOID
 
-from fluxgate.config import schema
+if TYPE_CHECKING:  # the config checker imports this module: no cycle at run time
+    from fluxgate.config import schema
 
 MIN_VERSION = ssl.TLSVersion.TLSv1_2
 # TLS 1.2 suites: ECDHE with AES-GCM or ChaCha20-Poly1305. TLS 1.3's own suites are all
@@ -86,11 +88,11 @@ def read_certificate(path: str) -> CertificateInfo:
     return CertificateInfo(path, subject, names, cert.not_valid_after_utc.timestamp())
 
 
-def listener_certificates(tls: schema.ListenTls) -> list[schema.Certificate]:
-    """The listener's certificates in order (``cert``/``key`` is a list of one)."""
+def listener_certificates(tls: schema.ListenTls) -> list[tuple[str, str]]:
+    """The listener's (cert, key) paths in order (``cert``/``key`` is a list of one)."""
     if tls.cert is not None and tls.key is not None:
-        return [schema.Certificate(cert=tls.cert, key=tls.key)]
-    return list(tls.certificates)
+        return [(tls.cert, tls.key)]
+    return [(entry.cert, entry.key) for entry in tls.certificates]
 
 
 def listener_tls(tls: schema.ListenTls) -> ListenerTls:
@@ -111,15 +113,15 @@ def listener_tls(tls: schema.ListenTls) -> ListenerTls:
     single = tls.cert is not None
     contexts: list[ssl.SSLContext] = []
     infos: list[CertificateInfo] = []
-    for i, entry in enumerate(entries):
+    for i, (cert, key) in enumerate(entries):
         where: tuple[str | int, ...] = () if single else ("certificates", i)
         context = _server_context()
-        infos.append(_load_pair(context, entry.cert, entry.key, where))
+        infos.append(_load_pair(context, cert, key, where))
         contexts.append(context)
         if i > 0 and not infos[-1].dns_names:
             raise TlsConfigError(
                 (*where, "cert"),
-                f"{entry.cert} has no DNS subjectAltName: SNI could never select it "
+                f"{cert} has no DNS subjectAltName: SNI could never select it "
                 "(only the first certificate serves clients that name no certificate)",
             )
     if len(contexts) > 1:

@@ -32,7 +32,7 @@ from fluxgate.auth.keys import key_id_of, load_signing_key
 from fluxgate.auth.keytable import SharedKeys, build_table, usage_slot
 from fluxgate.auth.scopes import ScopePolicy
 from fluxgate.config import schema
-from fluxgate.config.resolve import is_loopback
+from fluxgate.config.resolve import is_loopback, listen_address, listen_tls, parse_listen
 from fluxgate.errors import ClientError, FluxGateError
 from fluxgate.middleware import auth_methods, kind_of
 from fluxgate.middleware.any import is_jws_shaped
@@ -41,6 +41,7 @@ from fluxgate.middleware.jwt import JwtMiddleware, build_verifier
 from fluxgate.middleware.oauth2 import OAuth2Middleware, ProviderView
 from fluxgate.proxy.app import route_methods
 from fluxgate.proxy.router import Router
+from fluxgate.tls import EXPIRING_SOON, TlsConfigError, listener_certificates, read_certificate
 
 SEVERITIES = ("info", "warning", "error")
 # Revoked and expired keys stay in the master's table this long (master/keys.py KEEP_DEAD),
@@ -208,6 +209,42 @@ def config_findings(config: schema.Config) -> list[Finding]:
                 "trusted_proxies_wide", "error",
                 f"trusted_proxies has {cidr}: any peer can set X-Forwarded-For, so ip_allow, "
                 "key IP allowlists and per-IP quotas can be bypassed"))
+    return found + listener_findings(config)
+
+
+def listener_findings(config: schema.Config, now: float | None = None) -> list[Finding]:
+    """The listener: plain HTTP with nothing in front, or certificates near their end."""
+    tls = listen_tls(config)
+    if tls is None:
+        address = listen_address(config)
+        if config.trusted_proxies or is_loopback(parse_listen(address)[0]):
+            # A proxy in front is declared (TLS presumably ends there), or nothing but this
+            # host can connect: no credential crosses a network in clear text.
+            return []
+        return [Finding(
+            "plain_http_listener", "info",
+            f"the listener ({address}) is plain HTTP and trusted_proxies is "
+            "empty: tokens and keys cross the network in clear text unless something in "
+            "front terminates TLS (add listen.tls, or list that proxy in trusted_proxies)")]
+    now = time.time() if now is None else now
+    found = []
+    for cert, _key in listener_certificates(tls):
+        try:
+            info = read_certificate(cert)
+        except TlsConfigError:
+            continue  # the config loaded, so the file was readable a moment ago
+        left = info.not_after - now
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(info.not_after))
+        if left <= 0:
+            found.append(Finding(
+                "tls_certificate_expired", "error",
+                f"the listener's certificate {cert} ({info.subject}) expired on "
+                f"{when}: clients refuse it"))
+        elif left < EXPIRING_SOON:
+            found.append(Finding(
+                "tls_certificate_expiring", "warning",
+                f"the listener's certificate {cert} ({info.subject}) expires on "
+                f"{when}, in {left / 86400:.1f} days: renew it and send SIGHUP"))
     return found
 
 
