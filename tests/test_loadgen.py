@@ -503,6 +503,135 @@ def test_cli_human_summary(server):
     assert "p99.9" in out and "Status    200: 100" in out and "Errors    none" in out
 
 
+# --------------------------------------------------------------------------------------------
+# wrk driver (tools/loadgen/wrk.py + wrk.lua): the protocol with a stand-in binary always, the
+# real wrk only when installed (tests/ must not need it)
+# --------------------------------------------------------------------------------------------
+
+from tools.loadgen import wrk as wrk_driver  # noqa: E402
+
+WRK_REPORT_KEYS = {
+    "url", "engine", "connections", "threads", "duration_limit_s", "header_values", "duration_s",
+    "requests", "rps", "latency_us", "errors", "bytes_received", "sent", "next_start",
+    "generator_cpu_s", "generator_init_cpu_s", "generator_cores",
+}
+needs_wrk = pytest.mark.skipif(wrk_driver.find_wrk() is None, reason="wrk is not installed")
+
+
+def fake_wrk(tmp_path: Path, *, ready: bool = True, code: int = 0, sent: int = 7) -> str:
+    """A stand-in for wrk speaking wrk.lua's protocol: the ready line on stderr (with the
+    number of header values the script would have read), the result line on stdout."""
+    result = {
+        "duration_us": 1_000_000, "requests": 1000, "bytes": 5000,
+        "errors": {"connect": 0, "read": 0, "write": 0, "status": 2, "timeout": 0},
+        "latency_us": {"p50": 100, "p90": 200, "p99": 300, "p99_9": 400, "min": 50, "max": 500,
+                       "mean": 120.5, "stdev": 3.0},
+        "threads": [{"id": 0, "sent": sent}],
+    }
+    path = tmp_path / "wrk"
+    path.write_text(
+        f"#!{sys.executable}\n"
+        "import os, sys, json\n"
+        "f = os.environ.get('FLUXGATE_WRK_HEADER_FILE')\n"
+        "n = sum(1 for line in open(f) if line.strip()) if f else 0\n"
+        f"if {ready!r}:\n"
+        "    sys.stderr.write(f'fluxgate-wrk-ready 0 {n}\\n'); sys.stderr.flush()\n"
+        "print('Running 1s test @', sys.argv[-1])\n"
+        f"print('fluxgate-wrk-json ' + json.dumps({result!r}))\n"
+        f"sys.exit({code})\n"
+    )
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_wrk_argv_and_script_options():
+    argv = wrk_driver.wrk_argv("/usr/bin/wrk", "http://127.0.0.1:1/x", connections=32, duration=5,
+                               threads=1, timeout=5.0, headers=[("X-A", "1")])
+    assert argv == ["/usr/bin/wrk", "-t", "1", "-c", "32", "-d", "5s", "--timeout", "5s", "-s",
+                    str(wrk_driver.SCRIPT), "-H", "X-A: 1", "http://127.0.0.1:1/x"]
+    assert wrk_driver.SCRIPT.is_file()
+
+
+def test_wrk_output_parsed_or_refused():
+    line = 'noise\nfluxgate-wrk-json {"requests": 3}\n'
+    assert wrk_driver.parse_output(line) == {"requests": 3}
+    with pytest.raises(RuntimeError, match="no result line"):
+        wrk_driver.parse_output("Running 1s test\n")
+
+
+def test_wrk_refuses_bad_targets_and_parameters_before_starting(monkeypatch, tmp_path):
+    def no_process(*a, **k):
+        raise AssertionError("a process was started")
+
+    monkeypatch.setattr(subprocess, "Popen", no_process)
+    binary = fake_wrk(tmp_path)
+    with pytest.raises(TargetRefused):
+        wrk_driver.run_wrk("http://10.1.2.3/x", binary=binary)
+    for kwargs in ({"duration": 1.5}, {"duration": 0}, {"threads": 4, "connections": 2},
+                   {"header_name": "X-Token"}, {"header_file": tmp_path / "missing", "header_name": "X"},
+                   {"headers": ["no colon"]}, {"timeout": 0}):
+        with pytest.raises(ValueError):
+            wrk_driver.run_wrk("http://127.0.0.1:1/x", binary=binary, **kwargs)
+
+
+def test_wrk_missing_is_reported_with_the_install_hint(monkeypatch):
+    monkeypatch.setattr(wrk_driver, "find_wrk", lambda: None)
+    with pytest.raises(wrk_driver.WrkUnavailable, match="bench-deps"):
+        wrk_driver.run_wrk("http://127.0.0.1:1/x")
+
+
+def test_wrk_report_from_the_scripts_protocol(tmp_path):
+    values = tmp_path / "values.txt"
+    values.write_text("a\n\nb\nc\n")  # blank lines do not count
+    report = wrk_driver.run_wrk("http://127.0.0.1:1/x", duration=1, binary=fake_wrk(tmp_path, sent=7),
+                                header_file=values, header_name="X-Token", start=1)
+    assert set(report) == WRK_REPORT_KEYS
+    assert report["header_values"] == 3 and report["sent"] == 7
+    assert report["next_start"] == (1 + 7) % 3  # the next run continues the rotation
+    assert report["requests"] == 1000 and report["rps"] == 1000.0
+    assert report["errors"]["status"] == 2
+    assert report["latency_us"]["p99"] == 300 and "stdev" not in report["latency_us"]
+    assert report["generator_cores"] >= 0 and report["generator_init_cpu_s"] >= 0
+
+
+def test_wrk_failures_are_errors(tmp_path):
+    with pytest.raises(RuntimeError, match="exited with 3"):
+        wrk_driver.run_wrk("http://127.0.0.1:1/x", duration=1, binary=fake_wrk(tmp_path, code=3))
+    with pytest.raises(RuntimeError, match="before starting"):
+        wrk_driver.run_wrk("http://127.0.0.1:1/x", duration=1, binary=fake_wrk(tmp_path, ready=False))
+
+
+@needs_wrk
+def test_wrk_rotating_header_reaches_server_with_every_value(server, tmp_path):
+    tokens = [f"wrk-{i:03d}" for i in range(40)]
+    header_file = tmp_path / "tokens.txt"
+    header_file.write_text("\n".join(tokens) + "\n")
+    report = wrk_driver.run_wrk(f"{server}/ok?t=wrk-rotate", connections=4, duration=1,
+                                header_file=header_file, header_name="X-Token", start=5,
+                                headers=["X-Fixed: 1"])
+    seen = received(server, "/ok?t=wrk-rotate")
+    assert report["requests"] > 40 and sum(report["errors"].values()) == 0
+    assert seen["tokens"] == tokens and seen["count"] >= report["requests"]
+    assert report["next_start"] == (5 + report["sent"]) % 40
+    assert report["sent"] >= report["requests"]
+    lat = report["latency_us"]
+    assert 0 < lat["min"] <= lat["p50"] <= lat["p99"] <= lat["max"]
+    assert 0 < report["generator_cores"] <= 1.05  # one wrk thread
+
+
+@needs_wrk
+def test_wrk_static_request_and_error_statuses(server):
+    report = wrk_driver.run_wrk(f"{server}/close?t=wrk", connections=2, duration=1)
+    assert report["header_values"] == 1 and report["sent"] == 0  # wrk's static request path
+    assert report["requests"] > 0 and report["errors"]["status"] == report["requests"]
+
+
+def test_wrk_cli_refuses_non_loopback():
+    proc = subprocess.run([sys.executable, "-m", "tools.loadgen.wrk", "http://10.0.0.1/x"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=20)
+    assert proc.returncode == 2 and "allow-non-loopback" in proc.stderr
+
+
 if __name__ == "__main__" and sys.argv[1:] == ["--serve"]:
     serve()
     sys.exit(0)
