@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 
-.PHONY: setup sysdeps demo test bench lint clean
+.PHONY: setup sysdeps demo test bench bench-micro bench-deps lint clean
 
 # The Cython core links libcrypto (OpenSSL 3 headers: Debian's libssl-dev), and the venv needs
 # ensurepip (Debian's python3-venv for the system Python). Installed with apt when missing and
@@ -33,8 +33,25 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q tests
 
+# Micro benchmarks and the end-to-end comparisons (results: bench/results/, untracked).
 bench: setup
 	$(PY) -m pytest bench/
+
+# The micro benchmarks only: no wrk, HAProxy or nginx needed.
+bench-micro: setup
+	$(PY) -m pytest bench/ -m "not e2e"
+
+# What the end-to-end benches need besides the venv: wrk (the load generator), HAProxy (the
+# peer) and nginx (the fixed-response upstream); pytest-benchmark comes with the venv's [test]
+# extra. bench/ never installs anything: this prints the lines, `make bench-deps RUN=1` runs them.
+BENCH_APT = wrk haproxy nginx
+bench-deps:
+	@echo "apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(BENCH_APT)"
+	@echo "$(PY) -m pip install -e '.[test]'"
+	@if [ "$(RUN)" = 1 ]; then \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(BENCH_APT) && \
+	  $(PY) -m pip install -q -e '.[test]'; \
+	else echo "(printed only; 'make bench-deps RUN=1' runs them: apt needs root)"; fi
 
 lint: setup
 	$(VENV)/bin/ruff check fluxgate tests tools bench

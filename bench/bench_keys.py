@@ -6,22 +6,22 @@ stdlib: ``hmac`` tag check, a dict lookup, ``hmac.compare_digest``, an expiry co
 lock-protected ``multiprocessing.Value`` counter — the stdlib way to be exact across forked
 workers). The table holds 10,000 keys; each round takes the next key.
 
-End to end (one worker, closed loop, the e2e method of bench_e2e.py: proxy pinned to one CPU,
-loadgen and the fixed-response upstream to the other, interleaved slices): FluxGate's public
-route, FluxGate's api_key route with 10,000 distinct keys (rotating X-API-Key header, each key
-with a quota; and again with 10,000 keys without a quota, so without RateLimit-* headers), and
-HAProxy doing the same job: ``hmac(sha256)`` of the key, a map lookup of its hex (10,000
-entries), a stick-table counter per consumer with a limit, the header removed.
+End to end (``-k e2e_api_key``; needs haproxy, wrk and nginx: ``make bench-deps``): wrk →
+FluxGate (one worker) api_key route with 10,000 distinct keys, each with a quota (a rotating
+X-API-Key header, continuing its rotation from run to run), against wrk → HAProxy
+(``nbthread 1``) doing the same job: ``hmac(sha256)`` of the key, a map lookup of its hex
+(10,000 entries), a stick-table counter per consumer with a limit, the header removed. Per proxy
+core, in paired rounds (bench/support/rounds.py; the rig in bench/support/e2e.py). Results:
+bench/results/e2e-api-key.md (untracked) or ``$FLUXGATE_BENCH_RESULTS``, and the goals table
+at the end of the session (goal: ≥ 1.2× HAProxy per proxy core).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import itertools
 import multiprocessing
-import os
 import time
 from pathlib import Path
 
@@ -32,12 +32,12 @@ from fluxgate.auth.keystore import KeySpec, KeyStore
 from tests.support.keys import KeyState
 
 N_KEYS = 10_000
-# A trial run can write elsewhere: FLUXGATE_BENCH_KEYS_RESULTS=/tmp/r.md pytest bench/ -k e2e
-RESULTS = Path(os.environ.get("FLUXGATE_BENCH_KEYS_RESULTS",
-                              Path(__file__).resolve().parent / "RESULTS.md"))
-E2E_BEGIN = "<!-- keys-e2e-runs:begin (written by bench/bench_keys.py; newest first) -->"
-E2E_END = "<!-- keys-e2e-runs:end -->"
-SECTION_HEADER = "## End-to-end: api_key route — FluxGate vs HAProxy (bench/bench_keys.py)"
+SECTION_HEADER = """\
+## End-to-end: api_key + quota route — FluxGate vs HAProxy, per proxy core (bench/bench_keys.py)
+
+wrk → proxy → fixed-response upstream, 10,000 keys rotating, each with a quota; HAProxy: hmac,
+map, stick-table counter. Method in bench/support/rounds.py.
+"""
 REASONS = KEY_FORMAT["reasons"]
 BIG_QUOTA = (4_000_000_000, 86400)  # never reached: every consume is counted and passes
 
@@ -186,18 +186,13 @@ def test_quota_consume_multiprocessing_value(benchmark, record_impl):
 
 # ---- end to end -----------------------------------------------------------------------------
 
-E2E_SECONDS = float(os.environ.get("FLUXGATE_BENCH_E2E_SECONDS", "8"))  # measured, per target
-WARMUP = 1.0
-CONNECTIONS = 50
 HAPROXY_SECRET = b"haproxy-bench-secret-0123456789ab"
+E2E_NAME = "api_key + quota, 10k keys"
 
 FLUXGATE_CONFIG = """\
 workers: 1
 access_log: null
 routes:
-  - route: /bench
-    upstream: http://127.0.0.1:{port}
-    public: true
   - route: /keyed
     upstream: http://127.0.0.1:{port}
     middleware:
@@ -231,93 +226,52 @@ backend upstream
 """
 
 
+def haproxy_keys(binary: str, workdir: Path, upstream_port: int, keys: list[str]):
+    """The HAProxy peer (unstarted) with the map of ``keys``' HMACs."""
+    from bench.support.peers import PeerProcess, free_port
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    map_path = workdir / "keys.map"
+    map_path.write_text("".join(  # HAProxy's hex converter writes upper case
+        f"{hmac.new(HAPROXY_SECRET, k.encode(), hashlib.sha256).hexdigest().upper()} consumer-{i}\n"
+        for i, k in enumerate(keys)
+    ))
+    port = free_port()
+    (workdir / "haproxy.cfg").write_text(haproxy_keys_config(port, upstream_port, map_path))
+    return PeerProcess("haproxy", [binary, "-db", "-f", str(workdir / "haproxy.cfg")], port,
+                       workdir / "haproxy.log")
+
+
 @pytest.mark.e2e
-def test_e2e_api_key_route(benchmark, tmp_path, request, e2e_summary):
-    from bench.support import cpu, peers
-    from bench.support.measure import interleaved, proxy_target
-    from bench.support.results import run_text, update_results
-    from bench.support.upstream import start_upstream
+def test_e2e_api_key_route(benchmark, tmp_path, request, e2e_summary, e2e_comparisons):
+    from bench.support.e2e import report, rig
+    from bench.support.rounds import GOAL_BY_NAME, Comparison, Side
     from fluxgate.auth.keys import load_signing_key
-    from tests.support.gateway import GatewayProcess
 
     benchmark.group = "e2e: api_key route"
-    try:
-        haproxy_bin = peers.ensure_installed("haproxy")
-    except peers.PeerUnavailable as exc:
-        pytest.skip(f"HAProxy peer unavailable: {exc}")
-    client_cpus, proxy_cpus, plan = cpu.plan()
+    keys: list[str] = []
+    keys_file = tmp_path / "keys.txt"
 
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(cpu.pinned(client_cpus))  # the upstream and loadgen inherit it
-        upstream = start_upstream()
-        stack.callback(upstream.stop)
-
-        gw_dir = tmp_path / "fluxgate"
-        gw_dir.mkdir()
-        gateway = GatewayProcess(gw_dir, FLUXGATE_CONFIG.format(port=upstream.port), workers=1)
-        # 10,000 keys issued before the start (as fluxctl would), each with a quota.
+    def issue(gateway) -> None:
+        """10,000 keys with a quota, issued before the start (as fluxctl would)."""
         signing = load_signing_key(None, str(gateway.state_dir))
         store = KeyStore.open(str(gateway.state_dir))
         store.check_signing_key(signing)
-        keys = [store.generate(f"consumer-{i}", KeySpec(quota=BIG_QUOTA), expires_in=86400,
-                               signing_key=signing)[1] for i in range(N_KEYS)]
-        free_keys = [store.generate(f"unmetered-{i}", KeySpec(), expires_in=86400,
-                                    signing_key=signing)[1] for i in range(N_KEYS)]
+        keys.extend(store.generate(f"consumer-{i}", KeySpec(quota=BIG_QUOTA), expires_in=86400,
+                                   signing_key=signing)[1] for i in range(N_KEYS))
         store.close()
-        stack.callback(gateway.stop)
-        gateway.start()
-        map_path = tmp_path / "keys.map"
-        map_path.write_text("".join(  # HAProxy's hex converter writes upper case
-            f"{hmac.new(HAPROXY_SECRET, k.encode(), hashlib.sha256).hexdigest().upper()} consumer-{i}\n"
-            for i, k in enumerate(keys)
-        ))
-        hap_dir = tmp_path / "haproxy"
-        hap_dir.mkdir()
-        hap_port = peers.free_port()
-        (hap_dir / "haproxy.cfg").write_text(haproxy_keys_config(hap_port, upstream.port, map_path))
-        haproxy = peers.PeerProcess("haproxy", [haproxy_bin, "-db", "-f", str(hap_dir / "haproxy.cfg")],
-                                    hap_port, hap_dir / "haproxy.log")
-        stack.callback(haproxy.stop)
-        haproxy.start()
+        keys_file.write_text("".join(f"{k}\n" for k in keys))
 
-        fluxgate = proxy_target("fluxgate", gateway.proc.pid, gateway.url, proxy_cpus)
-        hap = proxy_target("haproxy", haproxy.pid, haproxy.url, proxy_cpus)
-        rotating = {"header_name": "X-API-Key", "header_values": keys}
-        runs = [  # (row name, target, path, load options)
-            ("fluxgate public route", fluxgate, "/bench/hello", None),
-            ("fluxgate api_key route", fluxgate, "/keyed/hello", rotating),
-            ("fluxgate api_key, no quota", fluxgate, "/keyed/hello",
-             {"header_name": "X-API-Key", "header_values": free_keys}),
-            ("haproxy api keys", hap, "/keyed/hello", rotating),
-        ]
+    def peer(binary, workdir, port):
+        return haproxy_keys(binary, workdir, port, keys)
 
-        def run():
-            return interleaved(runs, warmup=WARMUP, seconds=E2E_SECONDS,
-                               connections=CONNECTIONS, upstream_pid=upstream.pid)
-
-        warmups, rows = benchmark.pedantic(run, rounds=1, iterations=1)
-
-    public, keyed, unmetered, hap_row = (rows[r[0]] for r in runs)
-
-    def per_core(m):
-        return m.rps_per_proxy_core or 0.0
-
-    notes = [
-        f"api_key route / public route: req/s {keyed.rps / public.rps:.2f}x, "
-        f"per proxy core {per_core(keyed) / max(per_core(public), 1):.2f}x (target >= 0.9x); "
-        f"without quota: req/s {unmetered.rps / public.rps:.2f}x, "
-        f"per proxy core {per_core(unmetered) / max(per_core(public), 1):.2f}x",
-        f"fluxgate api_key route / haproxy api keys: req/s {keyed.rps / hap_row.rps:.2f}x, "
-        f"per proxy core {per_core(keyed) / max(per_core(hap_row), 1):.2f}x (target >= 1.0x)",
-    ]
-    text = run_text(
-        request.config, versions=[peers.version(haproxy_bin)], plan=plan,
-        connections=CONNECTIONS, warmup=WARMUP, seconds=E2E_SECONDS, rows=rows, notes=notes,
-        load=f"; {N_KEYS:,} keys rotating",
-    )
-    update_results(RESULTS, text, SECTION_HEADER, begin=E2E_BEGIN, end=E2E_END, keep=4)
-    e2e_summary(text)
-    benchmark.extra_info["text"] = text
-    for m in warmups + list(rows.values()):
-        assert m.requests > 0 and m.error_count == 0, (m.target, m.errors)
-        assert set(m.status) == {"200"}, (m.target, m.status)
+    with rig(tmp_path, lambda port: FLUXGATE_CONFIG.format(port=port), peer, issue) as r:
+        rotating = {"header_file": keys_file, "header_name": "X-API-Key"}
+        cmp = Comparison(E2E_NAME, Side("fluxgate", r.fluxgate, "/keyed/hello", **rotating),
+                         Side("haproxy", r.haproxy, "/keyed/hello", **rotating),
+                         GOAL_BY_NAME[E2E_NAME])
+        benchmark.pedantic(r.run, args=(cmp,), rounds=1, iterations=1)
+        report(request, benchmark, r, name="e2e-api-key", header=SECTION_HEADER,
+               comparisons=[cmp], notes=[f"{N_KEYS:,} keys rotating, each with a quota of "
+                                         f"{BIG_QUOTA[0]:,} per {BIG_QUOTA[1]} s (never reached)"],
+               e2e_summary=e2e_summary, e2e_comparisons=e2e_comparisons)

@@ -49,7 +49,7 @@ def pytest_terminal_summary(terminalreporter):
                 )
 
 
-# ---- end-to-end runs (bench_e2e.py) -----------------------------------------------------
+# ---- end-to-end runs (bench_e2e*.py, bench_keys.py) -------------------------------------
 # The repository root goes on sys.path so bench files can import tools.loadgen, bench.support
 # and tests.support however pytest is started (``pytest bench/`` puts only bench/ there).
 
@@ -61,17 +61,38 @@ if _REPO not in sys.path:
     sys.path.insert(0, _REPO)
 
 _E2E_RUNS: list[str] = []
+_COMPARISONS: list = []  # bench.support.rounds.Comparison, in the order they ran
 
 
 class _E2ESummary:
-    """Prints the e2e tables after pytest-benchmark's own (whose time for them is moot)."""
+    """Prints the e2e tables after pytest-benchmark's own (whose time for them is moot), and
+    last of all the goals table, which also goes to the results file."""
 
     def pytest_terminal_summary(self, terminalreporter):
         if _E2E_RUNS:
-            terminalreporter.section("end-to-end runs (also in bench/RESULTS.md)")
+            terminalreporter.section("end-to-end runs (also in bench/results/, untracked)")
             for text in _E2E_RUNS:
                 for line in text.splitlines():
                     terminalreporter.write_line(line)
+        if _COMPARISONS:
+            from bench.support.results import results_path, summary_lines, update_results
+
+            lines = summary_lines(_COMPARISONS)
+            terminalreporter.section("summary: FluxGate vs HAProxy per proxy core (goals)")
+            for line in lines:
+                terminalreporter.write_line(line)
+            path = results_path("summary")
+            text = "### Run " + _now() + "\n\n" + "\n".join(lines) + "\n"
+            update_results(path, text, "## Summary: FluxGate vs HAProxy per proxy core",
+                           begin="<!-- summary-runs:begin (bench/conftest.py; newest first) -->",
+                           end="<!-- summary-runs:end -->", keep=10)
+            terminalreporter.write_line(f"(summary written to {path})")
+
+
+def _now() -> str:
+    import datetime
+
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def pytest_configure(config):
@@ -83,3 +104,9 @@ def pytest_configure(config):
 @pytest.fixture
 def e2e_summary():
     return _E2E_RUNS.append
+
+
+@pytest.fixture
+def e2e_comparisons():
+    """Record a finished ``Comparison`` for the goals table at the end of the session."""
+    return _COMPARISONS.append

@@ -156,28 +156,7 @@ def combine(parts: list[Measurement]) -> Measurement:
     )
 
 
-# Measured slices per target. This VM's speed wanders by ±10 % over tens of seconds; four
+# Measured slices per target (bench_e2e_oauth2.py interleaves them). This VM's speed wanders by ±10 % over tens of seconds; four
 # slices in the order A B C C B A A B C C B A leave a wander less room to favour one target
 # than two halves did (a run of two halves once put the api_key route above the public one).
 SLICES = 4
-
-
-def interleaved(
-    runs: list[tuple[str, Target, str, dict | None]], *, warmup: float, seconds: float,
-    connections: int, upstream_pid: int,
-) -> tuple[list[Measurement], dict[str, Measurement]]:
-    """Each run ``(row name, target, path, load)`` warmed up for ``warmup`` s, then measured
-    in ``SLICES`` slices of ``seconds`` in the order A B C C B A A B C C B A; (warm-ups,
-    rows by name)."""
-
-    def one(name: str, target: Target, path: str, load: dict | None, t: float) -> Measurement:
-        m = measure(target, path=path, seconds=t, connections=connections,
-                    upstream_pid=upstream_pid, load=load)
-        m.target = name
-        return m
-
-    warmups = [one(*r, warmup) for r in runs]
-    slices: dict[str, list[Measurement]] = {r[0]: [] for r in runs}
-    for r in (runs + runs[::-1]) * (SLICES // 2):
-        slices[r[0]].append(one(*r, seconds / SLICES))
-    return warmups, {name: combine(parts) for name, parts in slices.items()}

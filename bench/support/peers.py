@@ -1,15 +1,14 @@
-"""Native peer proxies for the e2e benchmark: HAProxy and nginx, one thread / one worker.
+"""The native peer of the e2e benchmarks, HAProxy (one thread), and the binaries they need.
 
-``ensure_installed(name)`` installs the Debian package with apt when the binary is missing
-(``apt-get update`` at most once per process; every apt call is bounded in time) and returns
-the binary or raises ``PeerUnavailable`` with the reason. The config builders write plain
-reverse proxies to a single upstream, keep-alive on both sides, no logging, loopback only.
-``PeerProcess`` runs the binary in the foreground and is stopped by its own pid.
+``require(name)`` returns the binary's path or raises ``PeerUnavailable`` naming
+``make bench-deps``: bench/ never installs packages itself (``make bench-deps`` prints the
+apt line and runs it only with ``RUN=1``). ``haproxy_config`` writes a plain reverse proxy to
+a single upstream, keep-alive on both sides, no logging, loopback only. ``PeerProcess`` runs a
+binary (HAProxy, or nginx as the upstream) in the foreground and is stopped by its own pid.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
@@ -19,57 +18,24 @@ from pathlib import Path
 
 from tests.support.gateway import free_port  # the peer binds it a moment later
 
-_APT_TIMEOUT = 300.0  # s per apt-get call
-_apt_updated: bool | None = None  # None: not tried, False: update failed
+# What `make bench-deps` installs, by binary (Debian/Ubuntu package names).
+PACKAGES = {"haproxy": "haproxy", "nginx": "nginx", "wrk": "wrk"}
+DEPS_HINT = "`make bench-deps` prints the install line; `make bench-deps RUN=1` runs it"
 
 
 class PeerUnavailable(RuntimeError):
-    """The peer's binary is missing and could not be installed."""
+    """A binary the benchmark needs is not installed."""
 
 
-_PACKAGES = {"haproxy": "haproxy", "nginx": "nginx"}
-
-
-def _apt(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["apt-get", *args],
-        env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=_APT_TIMEOUT,
-    )
-
-
-def ensure_installed(binary: str) -> str:
-    """Path of ``binary``; installs its Debian package first if needed."""
-    global _apt_updated
+def require(binary: str) -> str:
+    """Path of ``binary`` (also looked for in /usr/sbin, where Debian puts haproxy and nginx);
+    ``PeerUnavailable`` with the install hint when it is missing. Nothing is installed here."""
     found = shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/sbin")
     if found:
         return found
-    if shutil.which("apt-get") is None:
-        raise PeerUnavailable(f"{binary} is not installed and apt-get is not available")
-    if os.geteuid() != 0:
-        raise PeerUnavailable(f"{binary} is not installed; installing it with apt needs root")
-    try:
-        if _apt_updated is None:
-            done = _apt("update")
-            _apt_updated = done.returncode == 0
-            if not _apt_updated:
-                raise PeerUnavailable(f"apt-get update failed: {done.stderr.strip()[-500:]}")
-        elif not _apt_updated:
-            raise PeerUnavailable("apt-get update failed earlier in this run")
-        done = _apt("install", "-y", "--no-install-recommends", _PACKAGES[binary])
-    except subprocess.TimeoutExpired:
-        raise PeerUnavailable(f"apt-get did not finish within {_APT_TIMEOUT:.0f} s") from None
-    if done.returncode != 0:
-        raise PeerUnavailable(
-            f"apt-get install {_PACKAGES[binary]} failed: {done.stderr.strip()[-500:]}"
-        )
-    found = shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/sbin")
-    if not found:
-        raise PeerUnavailable(f"{binary} still missing after apt-get install")
-    return found
+    package = PACKAGES.get(binary, binary)
+    raise PeerUnavailable(f"{binary} is not installed (Debian/Ubuntu package {package!r}); "
+                          f"bench/ does not install packages: {DEPS_HINT}")
 
 
 def version(path: str) -> str:
@@ -109,49 +75,6 @@ backend upstream
 """
 
 
-def nginx_config(workdir: Path, port: int, upstream_port: int) -> str:
-    """nginx as a plain HTTP reverse proxy: one worker, keep-alive both sides, no access log."""
-    tmp = workdir / "tmp"
-    return f"""\
-worker_processes 1;
-daemon off;
-master_process on;
-pid {workdir}/nginx.pid;
-error_log {workdir}/error.log warn;
-
-events {{
-    worker_connections 4096;
-}}
-
-http {{
-    access_log off;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    keepalive_requests 100000000;
-    keepalive_timeout 60s;
-
-    upstream bench_upstream {{
-        server 127.0.0.1:{upstream_port};
-        keepalive 64;
-        keepalive_requests 100000000;
-    }}
-
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            proxy_pass http://bench_upstream;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-        }}
-    }}
-}}
-"""
-
-
 class PeerProcess:
     """A peer proxy in the foreground; ``start()`` waits until its port accepts."""
 
@@ -162,6 +85,7 @@ class PeerProcess:
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
         self._log = None
+        self.description = name  # what the results say about it
 
     @property
     def pid(self) -> int:
@@ -214,17 +138,3 @@ def haproxy(binary: str, workdir: Path, upstream_port: int) -> PeerProcess:
     cfg.write_text(haproxy_config(port, upstream_port))
     # -db: foreground, no daemon; no master-worker mode, so the pid is the proxy itself.
     return PeerProcess("haproxy", [binary, "-db", "-f", str(cfg)], port, workdir / "haproxy.log")
-
-
-def nginx(binary: str, workdir: Path, upstream_port: int) -> PeerProcess:
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "tmp").mkdir(exist_ok=True)
-    port = free_port()
-    cfg = workdir / "nginx.conf"
-    cfg.write_text(nginx_config(workdir, port, upstream_port))
-    return PeerProcess(
-        "nginx",
-        [binary, "-p", str(workdir), "-c", str(cfg), "-e", str(workdir / "error.log")],
-        port,
-        workdir / "nginx.log",
-    )

@@ -8,6 +8,12 @@ only ``on_message_complete`` is defined, the callbacks for URL and headers are n
 Run as its own process (it must not share a core-time slice with the load generator inside
 one interpreter): ``python -m bench.support.upstream [--port N]`` prints
 ``listening 127.0.0.1:PORT`` once ready. ``start_upstream()`` does that and returns a handle.
+
+The proxy comparisons use ``start_fixed_upstream()`` instead: nginx answering the same body
+with ``return 200`` when nginx is installed. The upstream shares the client core with the load
+generator, and at a native proxy's rate this Python server alone would take most of that core
+(~20 µs of CPU per request against nginx's few), so the client side, not the proxy, would
+set the pace.
 """
 
 from __future__ import annotations
@@ -97,6 +103,7 @@ class UpstreamProcess:
     def __init__(self, proc: subprocess.Popen, port: int) -> None:
         self.proc = proc
         self.port = port
+        self.description = "Python upstream (bench/support/upstream.py)"
 
     @property
     def pid(self) -> int:
@@ -145,6 +152,65 @@ def start_upstream(timeout: float = 10.0) -> UpstreamProcess:
     except BaseException:
         handle.stop()
         raise
+
+
+NGINX_UPSTREAM = """\
+worker_processes 1;
+daemon off;
+master_process off;
+pid {workdir}/nginx.pid;
+error_log {workdir}/error.log warn;
+
+events {{
+    worker_connections 4096;
+}}
+
+http {{
+    access_log off;
+    client_body_temp_path {workdir}/tmp/body;
+    proxy_temp_path {workdir}/tmp/proxy;
+    fastcgi_temp_path {workdir}/tmp/fastcgi;
+    uwsgi_temp_path {workdir}/tmp/uwsgi;
+    scgi_temp_path {workdir}/tmp/scgi;
+    keepalive_requests 100000000;
+    keepalive_timeout 60s;
+
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            default_type text/plain;
+            return 200 "{body}";
+        }}
+    }}
+}}
+"""
+
+
+def start_fixed_upstream(workdir: Path):
+    """The fixed-response upstream for proxy comparisons: nginx (one process: no master, so
+    its pid is all its CPU, and it inherits the caller's CPU affinity) answering ``BODY``, or
+    the Python server above when nginx is not installed. The handle has ``pid``, ``port``,
+    ``url``, ``stop()`` and ``description`` (what answered, for the results)."""
+    from .peers import PeerProcess, PeerUnavailable, free_port, require, version
+
+    try:
+        binary = require("nginx")
+    except PeerUnavailable as exc:
+        handle = start_upstream()
+        handle.description = f"Python upstream (bench/support/upstream.py; {exc})"
+        return handle
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "tmp").mkdir(exist_ok=True)
+    port = free_port()
+    conf = workdir / "nginx-upstream.conf"
+    body = BODY.decode().replace("\n", "\\n")
+    conf.write_text(NGINX_UPSTREAM.format(workdir=workdir, port=port, body=body))
+    proc = PeerProcess("nginx upstream",
+                       [binary, "-p", str(workdir), "-c", str(conf), "-e", str(workdir / "error.log")],
+                       port, workdir / "nginx.log")
+    proc.start()
+    proc.description = f"nginx fixed response ({version(binary)}, one process)"
+    return proc
 
 
 if __name__ == "__main__":

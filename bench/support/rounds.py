@@ -1,0 +1,289 @@
+"""FluxGate against a peer proxy, per proxy core, in paired rounds driven by wrk.
+
+The method the goals (``GOALS``) are stated in:
+
+* The proxy under test runs on one CPU with its whole process tree (FluxGate's master and
+  worker); wrk (one thread) and the fixed-response upstream share another. Both proxies run
+  all along, so neither gets a quieter machine by being alone.
+* A comparison is a warm-up of each side, then ``ROUNDS`` rounds. A round measures the two
+  sides back to back for ``ROUND_SECONDS`` each, FluxGate first in even rounds and the peer
+  first in odd ones (A B, B A, A B, …): a drift of the shared machine within a round falls
+  on both sides alike, and a drift across rounds moves both sides of a round together.
+* Per side and run: req/s and latency percentiles from wrk; the proxy's CPU from /proc
+  (utime + stime of every process of its tree) before and after; req/s per proxy core =
+  req/s ÷ (CPU seconds ÷ run seconds). Per-core figures compare proxies even when neither
+  is saturated, which raw req/s cannot.
+* The reported ratio is the median over rounds of the per-round ratio (FluxGate ÷ peer), for
+  per-core req/s, raw req/s and p99 alike; one noisy round cannot move a median of five.
+* Every run also reports what could make it dishonest: the generator's own CPU (wrk, the
+  load only; ``GENERATOR_SATURATED`` or more and wrk, not the proxy, set the pace), how busy
+  the client CPU was (wrk + upstream), and the CPU that processes outside the run took on the
+  proxy's CPU. Those runs are flagged, in the comparison and in the summary.
+
+A rotating header (tokens, keys) continues its rotation across the runs of a side
+(``Side.next_start``), so 100,000 distinct tokens are a 100,000-request cycle per proxy and
+a cache smaller than that never sees a token twice within the cycle.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tools.loadgen.wrk import run_wrk
+
+from .cpu import cpu_seconds
+from .measure import Target
+
+ROUNDS = int(os.environ.get("FLUXGATE_BENCH_ROUNDS", "5"))
+ROUND_SECONDS = int(os.environ.get("FLUXGATE_BENCH_ROUND_SECONDS", "5"))  # per side and round
+WARMUP_SECONDS = 1
+CONNECTIONS = int(os.environ.get("FLUXGATE_BENCH_CONNECTIONS", "32"))
+GENERATOR_SATURATED = 0.9  # cores of the one wrk thread: at this, wrk sets the pace
+CLIENT_SATURATED = 0.95  # the client CPU (wrk + upstream + anything else on it)
+OTHERS_NOISY = 0.10  # cores taken on the proxy's CPU by processes outside the run
+
+
+@dataclass(frozen=True)
+class Goal:
+    """What a comparison must reach: FluxGate's req/s per proxy core at least ``per_core`` ×
+    the peer's, and (when set) FluxGate's p99 at most ``p99`` × the peer's."""
+
+    name: str
+    per_core: float
+    p99: float | None = None
+    bench: str = ""  # the -k expression that runs it
+
+
+GOALS = [
+    Goal("public", 0.95, bench="e2e_public"),
+    Goal("jwt 1 token, 300 B claims", 2.5, bench="e2e_jwt"),
+    Goal("jwt 1 token, 1 kB claims", 2.5, bench="e2e_jwt"),
+    Goal("jwt 100k tokens, 300 B claims", 1.2, 1.5, bench="e2e_jwt"),
+    Goal("jwt 100k tokens, 1 kB claims", 1.2, 1.5, bench="e2e_jwt"),
+    Goal("api_key + quota, 10k keys", 1.2, bench="e2e_api_key"),
+]
+# TLS comparisons (FluxGate and HAProxy terminating TLS) get their Goals here, one per
+# comparison name, and a bench that records Comparisons with those names through the
+# ``e2e_comparisons`` fixture; the summary then marks them like the rows above. Until
+# then it lists TLS as not measured.
+TLS_GOALS: list[Goal] = []
+GOAL_BY_NAME = {g.name: g for g in GOALS + TLS_GOALS}
+
+
+@dataclass
+class Side:
+    """One side of a comparison: a proxy (its process tree), a path, and what wrk sends."""
+
+    label: str  # "fluxgate", "haproxy", ...
+    target: Target
+    path: str
+    headers: tuple[str, ...] = ()
+    header_file: Path | None = None
+    header_name: str | None = None
+    next_start: int = 0  # the rotating header's next value, carried from run to run
+
+
+@dataclass
+class Sample:
+    """One wrk run on one side."""
+
+    label: str
+    seconds: float
+    requests: int
+    rps: float
+    p50_us: int
+    p99_us: int
+    errors: dict[str, int]  # the kinds that happened (wrk: connect, read, write, timeout, status)
+    proxy_cores: float  # the proxy tree's CPU seconds per second of load
+    generator_cores: float  # wrk's CPU over the load only
+    client_busy: float | None  # the client CPU's busy share (None: not pinned)
+    others_on_proxy_cpu: float | None  # cores others took on the proxy's CPU (None: not pinned)
+    others_cores: float  # cores used anywhere by processes outside the run
+
+    @property
+    def per_core(self) -> float | None:
+        return self.rps / self.proxy_cores if self.proxy_cores > 0.05 else None
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.errors.values())
+
+
+@dataclass
+class Comparison:
+    """FluxGate (``ours``) against a peer, with the samples of its warm-ups and rounds."""
+
+    name: str
+    ours: Side
+    peer: Side
+    goal: Goal | None = None
+    warmups: list[Sample] = field(default_factory=list)
+    rounds: list[tuple[Sample, Sample]] = field(default_factory=list)  # (ours, peer)
+    notes: list[str] = field(default_factory=list)
+
+    def _ratios(self, value) -> list[float]:
+        out = []
+        for ours, peer in self.rounds:
+            a, b = value(ours), value(peer)
+            if a is not None and b:
+                out.append(a / b)
+        return out
+
+    @property
+    def per_core_ratios(self) -> list[float]:
+        return self._ratios(lambda s: s.per_core)
+
+    @property
+    def rps_ratios(self) -> list[float]:
+        return self._ratios(lambda s: s.rps)
+
+    @property
+    def p99_ratios(self) -> list[float]:
+        return self._ratios(lambda s: s.p99_us)
+
+    @staticmethod
+    def _median(values: list[float]) -> float | None:
+        return statistics.median(values) if values else None
+
+    @property
+    def per_core_ratio(self) -> float | None:
+        return self._median(self.per_core_ratios)
+
+    @property
+    def rps_ratio(self) -> float | None:
+        return self._median(self.rps_ratios)
+
+    @property
+    def p99_ratio(self) -> float | None:
+        return self._median(self.p99_ratios)
+
+    def side_median(self, which: int, value) -> float | None:
+        """Median over rounds of ``value(sample)`` for side ``which`` (0 ours, 1 peer)."""
+        values = [v for v in (value(r[which]) for r in self.rounds) if v is not None]
+        return self._median(values)
+
+    def samples(self) -> list[Sample]:
+        return self.warmups + [s for r in self.rounds for s in r]
+
+    @property
+    def generator_peak(self) -> float:
+        return max((s.generator_cores for s in self.samples()), default=0.0)
+
+    def flags(self) -> list[str]:
+        """Why the figures may not mean what they say, from the measured runs (not warm-ups)."""
+        measured = [s for r in self.rounds for s in r]
+        out = []
+        gen = [s for s in measured if s.generator_cores >= GENERATOR_SATURATED]
+        if gen:
+            out.append(f"generator saturated in {len(gen)} run(s) (wrk ≥ {GENERATOR_SATURATED:g} "
+                       f"core, peak {max(s.generator_cores for s in gen):.2f}): req/s measures wrk")
+        busy = [s for s in measured if s.client_busy is not None and s.client_busy >= CLIENT_SATURATED]
+        if busy:
+            out.append(f"client CPU saturated in {len(busy)} run(s) (wrk + upstream ≥ "
+                       f"{CLIENT_SATURATED:g}): the proxies were not pushed to a full core")
+        noisy = [s for s in measured
+                 if s.others_on_proxy_cpu is not None and s.others_on_proxy_cpu >= OTHERS_NOISY]
+        if noisy:
+            out.append(f"others used ≥ {OTHERS_NOISY:g} core of the proxy's CPU in {len(noisy)} "
+                       f"run(s) (peak {max(s.others_on_proxy_cpu for s in noisy):.2f})")
+        return out
+
+    def verdict(self) -> str:
+        """"met" / "missed" against the goal ("-" without one)."""
+        if self.goal is None or self.per_core_ratio is None:
+            return "-"
+        ok = self.per_core_ratio >= self.goal.per_core
+        if self.goal.p99 is not None:
+            ok = ok and self.p99_ratio is not None and self.p99_ratio <= self.goal.p99
+        return "met" if ok else "missed"
+
+
+_TICK_FIELDS = 8  # user nice system idle iowait irq softirq steal
+
+
+def _cpu_times() -> dict[str, tuple[float, float]]:
+    """(busy, total) seconds so far per line of /proc/stat: "cpu" (all) and "cpuN"."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            if not line.startswith("cpu"):
+                break
+            name, *values = line.split()
+            ticks = [int(v) for v in values[:_TICK_FIELDS]]
+            idle = ticks[3] + ticks[4]
+            out[name] = ((sum(ticks) - idle) / tick, sum(ticks) / tick)
+    return out
+
+
+def _busy(before: dict, after: dict, cpu: str) -> float:
+    return after[cpu][0] - before[cpu][0]
+
+
+def run_side(side: Side, *, seconds: int, connections: int, upstream_pid: int,
+             client_cpu: int | None, proxy_cpu: int | None) -> Sample:
+    """One wrk run on ``side``; its rotation continues where the previous run stopped."""
+    proxy_before = cpu_seconds(side.target.proxy_pids)
+    upstream_before = cpu_seconds([upstream_pid])
+    stat_before = _cpu_times()
+    wall_before = time.monotonic()
+    report = run_wrk(
+        side.target.url + side.path, connections=connections, duration=seconds, threads=1,
+        headers=side.headers, header_file=side.header_file, header_name=side.header_name,
+        start=side.next_start, timeout=5.0,
+    )
+    wall = time.monotonic() - wall_before
+    stat_after = _cpu_times()
+    proxy = cpu_seconds(side.target.proxy_pids) - proxy_before
+    upstream = cpu_seconds([upstream_pid]) - upstream_before
+    side.next_start = report["next_start"]
+    load_s = report["duration_s"]
+    generator = report["generator_cpu_s"] + report["generator_init_cpu_s"]
+    others = _busy(stat_before, stat_after, "cpu") - proxy - upstream - generator
+    client_busy = others_proxy = None
+    if client_cpu is not None and proxy_cpu is not None:
+        # the file loading happens before the load: leave it out of the client's busy share
+        client = _busy(stat_before, stat_after, f"cpu{client_cpu}") - report["generator_init_cpu_s"]
+        client_busy = min(1.0, max(0.0, client / load_s))
+        others_proxy = max(0.0, _busy(stat_before, stat_after, f"cpu{proxy_cpu}") - proxy) / wall
+    lat = report["latency_us"]
+    return Sample(
+        label=side.label, seconds=load_s, requests=report["requests"], rps=report["rps"],
+        p50_us=lat["p50"], p99_us=lat["p99"],
+        errors={k: v for k, v in report["errors"].items() if v},
+        # the proxy is idle while wrk loads its file and exits: its CPU is all load time
+        proxy_cores=proxy / load_s, generator_cores=report["generator_cores"],
+        client_busy=client_busy, others_on_proxy_cpu=others_proxy,
+        others_cores=max(0.0, others) / wall,
+    )
+
+
+def run_comparison(cmp: Comparison, *, upstream_pid: int, client_cpu: int | None,
+                   proxy_cpu: int | None, rounds: int = ROUNDS, seconds: int = ROUND_SECONDS,
+                   warmup: int = WARMUP_SECONDS, connections: int = CONNECTIONS) -> Comparison:
+    """Warm both sides up, then ``rounds`` rounds in the order A B, B A, A B, …"""
+    kw = dict(connections=connections, upstream_pid=upstream_pid, client_cpu=client_cpu,
+              proxy_cpu=proxy_cpu)
+    cmp.warmups += [run_side(cmp.ours, seconds=warmup, **kw), run_side(cmp.peer, seconds=warmup, **kw)]
+    for r in range(rounds):
+        if r % 2 == 0:
+            ours = run_side(cmp.ours, seconds=seconds, **kw)
+            peer = run_side(cmp.peer, seconds=seconds, **kw)
+        else:
+            peer = run_side(cmp.peer, seconds=seconds, **kw)
+            ours = run_side(cmp.ours, seconds=seconds, **kw)
+        cmp.rounds.append((ours, peer))
+    return cmp
+
+
+def run_direct(url: str, *, upstream_pid: int, client_cpu: int | None, proxy_cpu: int | None,
+               seconds: int = ROUND_SECONDS, connections: int = CONNECTIONS) -> Sample:
+    """wrk → the upstream with no proxy: what the client side alone can do (the ceiling every
+    proxy row is under), and the generator's CPU at that rate."""
+    side = Side("direct", Target("direct", url), "/bench/direct")
+    return run_side(side, seconds=seconds, connections=connections, upstream_pid=upstream_pid,
+                    client_cpu=client_cpu, proxy_cpu=proxy_cpu)

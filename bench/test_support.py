@@ -1,0 +1,83 @@
+"""The arithmetic and bookkeeping of the e2e benches, without running any load: medians of
+per-round ratios, goals, flags, the summary table, where results go, and that nothing installs
+packages. Collected by ``pytest bench/`` (also with ``-m "not e2e"``)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.support import peers, results
+from bench.support.measure import Target
+from bench.support.rounds import GOAL_BY_NAME, Comparison, Sample, Side
+
+
+def sample(label: str, rps: float, cores: float, p99: int, *, gen: float = 0.3,
+           busy: float = 0.5, others: float = 0.0) -> Sample:
+    return Sample(label=label, seconds=5.0, requests=int(rps * 5), rps=rps, p50_us=100,
+                  p99_us=p99, errors={}, proxy_cores=cores, generator_cores=gen,
+                  client_busy=busy, others_on_proxy_cpu=others, others_cores=0.0)
+
+
+def comparison(name: str, rounds: list[tuple[Sample, Sample]]) -> Comparison:
+    t = Target("x", "http://127.0.0.1:1")
+    cmp = Comparison(name, Side("fluxgate", t, "/a"), Side("haproxy", t, "/a"), GOAL_BY_NAME.get(name))
+    cmp.rounds = rounds
+    return cmp
+
+
+def test_ratio_is_the_median_of_per_round_per_core_ratios():
+    cmp = comparison("public", [
+        (sample("fluxgate", 40_000, 1.0, 900), sample("haproxy", 40_000, 1.0, 1000)),  # 1.00
+        (sample("fluxgate", 30_000, 0.5, 900), sample("haproxy", 45_000, 1.0, 1000)),  # 1.33
+        (sample("fluxgate", 20_000, 1.0, 900), sample("haproxy", 40_000, 1.0, 1000)),  # 0.50
+    ])
+    assert cmp.per_core_ratios == pytest.approx([1.0, 60_000 / 45_000, 0.5])
+    assert cmp.per_core_ratio == pytest.approx(1.0)
+    assert cmp.rps_ratio == pytest.approx(30_000 / 45_000)
+    assert cmp.p99_ratio == pytest.approx(0.9)
+    assert cmp.verdict() == "met" and cmp.flags() == []
+
+
+def test_p99_goal_can_miss_a_met_throughput_goal():
+    rounds = [(sample("fluxgate", 30_000, 1.0, 4000), sample("haproxy", 20_000, 1.0, 2000))] * 3
+    cmp = comparison("jwt 100k tokens, 300 B claims", rounds)
+    assert cmp.per_core_ratio == pytest.approx(1.5) and cmp.p99_ratio == pytest.approx(2.0)
+    assert cmp.verdict() == "missed"
+
+
+def test_saturated_generator_busy_client_and_noisy_proxy_cpu_are_flagged():
+    cmp = comparison("public", [
+        (sample("fluxgate", 1, 1.0, 1, gen=0.95), sample("haproxy", 1, 1.0, 1, busy=0.99)),
+        (sample("fluxgate", 1, 1.0, 1, others=0.3), sample("haproxy", 1, 1.0, 1)),
+    ])
+    flags = " | ".join(cmp.flags())
+    assert "generator saturated in 1 run(s)" in flags
+    assert "client CPU saturated in 1 run(s)" in flags
+    assert "proxy's CPU in 1 run(s)" in flags
+    lines = results.summary_lines([cmp])
+    assert any(line.startswith("| public |") and line.endswith("met ⚑ |") for line in lines)
+
+
+def test_summary_lists_every_goal_and_the_tls_place():
+    lines = results.summary_lines([])
+    text = "\n".join(lines)
+    for name in GOAL_BY_NAME:
+        assert f"| {name} |" in text
+    assert "not measured in this run (`pytest bench/ -k e2e_jwt`)" in text
+    assert "TLS termination (rows to come)" in text
+
+
+def test_results_go_to_an_untracked_file_unless_told(monkeypatch, tmp_path):
+    monkeypatch.delenv(results.RESULTS_ENV, raising=False)
+    monkeypatch.setattr(results, "RESULTS_DIR", tmp_path / "results")
+    assert results.results_path("e2e-jwt") == tmp_path / "results" / "e2e-jwt.md"
+    monkeypatch.setenv(results.RESULTS_ENV, str(tmp_path / "one.md"))
+    assert results.results_path("e2e-jwt") == tmp_path / "one.md"
+    ignored = (results.Path(__file__).resolve().parents[1] / ".gitignore").read_text()
+    assert "bench/results/" in ignored.split()
+
+
+def test_missing_binaries_are_reported_not_installed(monkeypatch):
+    monkeypatch.setattr(peers.shutil, "which", lambda *a, **k: None)
+    with pytest.raises(peers.PeerUnavailable, match="make bench-deps"):
+        peers.require("haproxy")
