@@ -22,6 +22,7 @@ from fluxgate.cli import audit
 from fluxgate.config import load_config_text, schema
 from fluxgate.master.certificates import EXPIRY_METRIC, expiry_metrics, log_expiry
 from fluxgate.proxy.protocol import TlsClientConnection
+from tests.support.certs import write_pair
 from tests.support.gateway import REPO
 from tests.support.inprocess import CollectingTransport, wire_gateway
 
@@ -35,9 +36,7 @@ def ca() -> trustme.CA:
 
 
 def pair(leaf: trustme.LeafCert, directory: Path, name: str) -> tuple[str, str]:
-    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
-    leaf.private_key_and_cert_chain_pem.write_to_path(str(cert))
-    leaf.private_key_pem.write_to_path(str(key))
+    cert, key = write_pair(leaf, directory, name)
     return str(cert), str(key)
 
 

@@ -24,6 +24,7 @@ import pytest
 import trustme
 from cryptography import x509
 
+from tests.support.certs import der, write_pair
 from tests.support.gateway import REPO, wait_until
 from tests.support.upstream import RecordingUpstream
 
@@ -35,18 +36,6 @@ ADMIN_TOKEN = "test-admin-token"  # what tests/support/gateway.py writes into th
 @pytest.fixture(scope="module")
 def ca() -> trustme.CA:
     return trustme.CA()
-
-
-def write_pair(leaf: trustme.LeafCert, directory: Path, name: str) -> tuple[Path, Path]:
-    """The leaf's chain and key as PEM files ``<name>.crt`` / ``<name>.key``."""
-    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
-    leaf.private_key_and_cert_chain_pem.write_to_path(str(cert))
-    leaf.private_key_pem.write_to_path(str(key))
-    return cert, key
-
-
-def der(leaf: trustme.LeafCert) -> bytes:
-    return ssl.PEM_cert_to_DER_cert(leaf.cert_chain_pems[0].bytes().decode())
 
 
 def not_after(leaf: trustme.LeafCert) -> float:
