@@ -36,6 +36,7 @@ __all__ = (
     "response_header_kind",
     "parse_request_head",
     "classify_header",
+    "valid_host",
     "RequestIds",
     "RequestState",
     "PrefixTable",
@@ -393,11 +394,20 @@ H_CONNECTION: int
 H_UPGRADE: int
 H_DROP: int
 H_FLUXGATE: int
+H_FRAMING_ALIAS: int
 HEADER_KINDS_CACHE_MAX: int
 FLUXGATE_PREFIX: bytes
 
-def classify_header(name: bytes, kinds: dict[bytes, int], special: dict[bytes, int], /) -> int:
-    """The H_* kind of a request header named `name` (as sent); `kinds` caches it (bounded)."""
+def classify_header(
+    name: bytes, kinds: dict[bytes, int], special: dict[bytes, int],
+    allow_underscores: bool = False,
+) -> int:
+    """The H_* kind of a request header named `name` (as sent); `kinds` caches it (bounded).
+    A name with `_`: H_FRAMING_ALIAS when it reads as Content-Length / Transfer-Encoding,
+    else H_DROP unless `allow_underscores` (still H_DROP when it reads as a special name)."""
+
+def valid_host(value: bytes, /) -> bool:
+    """Is `value` a valid Host field value (RFC 9110 §7.2: uri-host [":" port])?"""
 
 def parse_request_head(
     data: bytes,
@@ -406,6 +416,8 @@ def parse_request_head(
     max_header_bytes: int,
     max_body_bytes: int,
     started: float,
+    max_header_count: int = 100,
+    allow_underscores: bool = False,
 ) -> RequestState | None:
     """A filled RequestState when ``data`` is exactly one complete, simple request (head
     and Content-Length body, nothing after it); None otherwise: feed it to httptools.

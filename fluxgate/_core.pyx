@@ -97,6 +97,7 @@ __all__ = (
     "response_header_kind",
     "parse_request_head",
     "classify_header",
+    "valid_host",
 )
 
 

@@ -291,7 +291,8 @@ def upstream_head(RequestState req not None, drop, Py_ssize_t strip, bytes peer 
     ``req.query`` without any ``api_key_query`` parameter (an API key never reaches an
     upstream). ``req.forward_headers`` are the client's headers that go upstream as
     written; ``drop`` is a set of lower-cased names to leave out on top (Connection-named
-    ones, forward_claims targets), or empty. The gateway's own lines follow:
+    ones, forward_claims targets, a route's strip_request_headers; ``_`` in a client's
+    name counts as ``-``), or empty. The gateway's own lines follow:
     X-Forwarded-For (the client's chain only from a trusted peer, then ``peer``),
     X-Forwarded-Proto, X-Forwarded-Host, X-Request-Id, the principal's X-FluxGate-*
     block, the Upgrade pair for an accepted WebSocket, and the framing line re-created
@@ -332,9 +333,11 @@ cdef bytes _build_upstream_head(RequestState req, bytes target, drop, bytes forw
     else:
         framing = b""
     if dropping:
+        # A name is compared with each "_" read as "-" (X_User_Id is X-User-Id to a
+        # CGI-style upstream); names with "_" are only forwarded when the config allows them.
         keep = bytearray(n_lines)
         for i in range(n_lines):
-            keep[i] = (<bytes?>(<tuple?>lines[i])[0]).lower() not in drop
+            keep[i] = (<bytes?>(<tuple?>lines[i])[0]).lower().replace(b"_", b"-") not in drop
     total = len(req.method) + 1 + len(target) + 11  # b"METHOD target HTTP/1.1\r\n"
     for i in range(n_lines):
         if not dropping or keep[i]:
@@ -607,6 +610,80 @@ cdef inline bint _content_length(const unsigned char* s, Py_ssize_t n,
         value = value * 10 + (s[j] - 0x30)
     out[0] = value
     return True
+
+
+# ---- Host (RFC 9110 §7.2, RFC 3986 §3.2.2) -------------------------------------------
+
+cdef extern from "arpa/inet.h" nogil:
+    int inet_pton(int af, const char* src, void* dst)
+
+cdef extern from "sys/socket.h" nogil:
+    int AF_INET6
+
+cdef unsigned char _REG_NAME[256]  # 1: unreserved / sub-delims, the bytes of a reg-name
+
+cdef enum:
+    _IPV6_TEXT_MAX = 45  # the longest IPv6 address text, "ffff:...:255.255.255.255"
+    _PORT_DIGITS_MAX = 5
+
+
+cdef int _init_host_table() except -1:
+    cdef int c
+    for c in b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=":
+        _REG_NAME[c] = 1
+    return 0
+
+
+_init_host_table()
+
+
+cdef bint _valid_host(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    # Host = uri-host [ ":" port ]: a reg-name (unreserved, sub-delims, pct-encoded;
+    # IPv4 addresses are spelled with its bytes), or an IPv6 address in brackets; then
+    # at most 5 port digits. No userinfo ("@"), path ("/"), spaces or other bytes; an
+    # empty value is allowed (RFC 9112 §3.2: the authority may be empty), a port
+    # without a host is not. IPvFuture and zone ids are refused.
+    cdef Py_ssize_t i = 0, j, end
+    cdef char text[_IPV6_TEXT_MAX + 1]
+    cdef unsigned char addr[16]
+    if n > 0 and s[0] == b"[":
+        end = 1
+        while end < n and s[end] != b"]":
+            end += 1
+        if end == n or end - 1 > _IPV6_TEXT_MAX or end == 1:
+            return False
+        _memcpy(text, s + 1, end - 1)
+        text[end - 1] = 0
+        if inet_pton(AF_INET6, text, addr) != 1:
+            return False
+        i = end + 1
+    else:
+        while i < n:
+            if _REG_NAME[s[i]]:
+                i += 1
+            elif s[i] == b"%" and i + 2 < n and not (_HEXVAL[s[i + 1]] | _HEXVAL[s[i + 2]]) & 0xF0:
+                i += 3
+            else:
+                break
+        if i == 0 and i < n:
+            return False  # ":80" names no host
+    if i == n:
+        return True
+    if s[i] != b":" or n - i - 1 > _PORT_DIGITS_MAX:
+        return False
+    for j in range(i + 1, n):
+        if s[j] < 0x30 or s[j] > 0x39:
+            return False
+    return True
+
+
+def valid_host(bytes value not None, /):
+    """Is ``value`` a valid Host field value (RFC 9110 §7.2: uri-host [":" port])?
+
+    A reg-name or IPv4 address, or an IPv6 address in brackets, then an optional port of
+    at most 5 digits; the empty value is allowed. Anything else -- a space, userinfo
+    (``@``), a path, a zone id, junk -- is a 400 for the caller (RFC 9112 §3.2)."""
+    return _valid_host(<const unsigned char*>PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value))
 
 
 cdef inline int _connection_option(const unsigned char* s, Py_ssize_t n) noexcept nogil:

@@ -21,10 +21,12 @@
 #   builds it. Paths over FG_PATH_STACK_BUF bytes decline too;
 # * one SP, "HTTP/1.1" or "HTTP/1.0", CRLF;
 # * header lines: 1+ tchars (RFC 9110 §5.6.2), ':', optional SP/HTAB, a value of
-#   0x21-0x7E with SP/HTAB inside, CRLF. The value is what llhttp hands to on_header:
-#   leading OWS removed, trailing SP/HTAB kept (measured with httptools 0.9.0;
-#   "X: \r\n" gives b""). obs-fold, a bare CR or LF, NUL, other controls, DEL and bytes
-#   >= 0x80 all decline;
+#   0x21-0x7E with SP/HTAB inside, CRLF. The value is what on_header keeps of what llhttp
+#   hands it: llhttp removes the leading OWS and keeps trailing SP/HTAB (measured with
+#   httptools 0.9.0; "X: \r\n" gives b""), on_header strips those too (RFC 9110 §5.5:
+#   whitespace around a field value is not part of it). Header bytes are counted before
+#   that strip, as on_header counts them. obs-fold, a bare CR or LF, NUL, other controls,
+#   DEL and bytes >= 0x80 all decline;
 # * an empty line, then exactly Content-Length body bytes (0 without one) and nothing more.
 #
 # Headers are classified as ClientConnection.on_header does (fluxgate/proxy/protocol.py,
@@ -32,10 +34,12 @@
 # with the gateway's classification or the request declines: Content-Length (1-18 digits,
 # once), Connection (once, exactly "close" or "keep-alive", so should_keep_alive is
 # computable here), and never Transfer-Encoding, Upgrade or Proxy-Connection (llhttp
-# treats the latter as Connection; the gateway drops it). Expect declines as well.
-# Host: exactly one in 1.1, at most one in 1.0. Limits: header bytes counted as on_url
-# and on_header count them, and Content-Length against max_body_bytes; over either, the
-# slow path raises the 431/413.
+# treats the latter as Connection; the gateway drops it). Expect declines as well,
+# and so does a header name with '_' that reads as Content-Length or Transfer-Encoding
+# (H_FRAMING_ALIAS, a 400 on the slow path). Host: exactly one in 1.1, at most one in
+# 1.0, and a valid value (_valid_host, RFC 9110 §7.2). Limits: header bytes counted as
+# on_url and on_header count them, header lines against max_header_count, and
+# Content-Length against max_body_bytes; over any, the slow path raises the 431/413.
 #
 # Implementation: typed loops over `const unsigned char*` with tables filled at import;
 # no Python call per byte. Pass 1 is C only: it checks the grammar, llhttp's framing
@@ -69,6 +73,9 @@ cdef enum:
     _H_UPGRADE = 9
     _H_DROP = 10
     _H_FLUXGATE = 11
+    # A name with '_' that is Content-Length or Transfer-Encoding once each '_' is a '-':
+    # CGI-style upstreams (WSGI, PHP) read it as that header. A 400 (smuggling attempt).
+    _H_FRAMING_ALIAS = 12
     # Distinct header-name spellings remembered per worker: random names cannot grow it.
     _KINDS_CACHE_MAX = 4096
     # Header names llhttp interprets itself (its own header state machine).
@@ -179,40 +186,67 @@ H_CONNECTION = _H_CONNECTION
 H_UPGRADE = _H_UPGRADE
 H_DROP = _H_DROP
 H_FLUXGATE = _H_FLUXGATE
+H_FRAMING_ALIAS = _H_FRAMING_ALIAS
 HEADER_KINDS_CACHE_MAX = _KINDS_CACHE_MAX
 FLUXGATE_PREFIX = b"x-fluxgate-"
 
 
-def classify_header(bytes name not None, dict kinds not None, dict special not None):
+def classify_header(bytes name not None, dict kinds not None, dict special not None,
+                    bint allow_underscores=False):
     """What the gateway does with a request header named ``name`` (as sent): ``special``
     maps lower-cased names to their kind; other ``x-fluxgate-*`` names are H_FLUXGATE, the
-    rest H_FORWARD. ``kinds`` caches the answer per spelling (bounded)."""
-    return _kind_of(name, kinds, special)
+    rest H_FORWARD. A name with ``_`` is H_FRAMING_ALIAS when it reads as Content-Length
+    or Transfer-Encoding with ``-`` for ``_``, else H_DROP unless ``allow_underscores``
+    (and then still H_DROP when it reads as a header ``special`` names). ``kinds`` caches
+    the answer per spelling (bounded; one ``allow_underscores`` per cache)."""
+    return _kind_of(name, kinds, special, allow_underscores)
 
 
-cdef inline int _kind_of(bytes name, dict kinds, dict special) except -1:
+cdef inline int _kind_of(bytes name, dict kinds, dict special, bint underscores) except -1:
     cdef PyObject* cached = PyDict_GetItem(kinds, name)
     if cached != NULL:
         return <object>cached
     return _classify(name, <const unsigned char*>PyBytes_AS_STRING(name),
-                     PyBytes_GET_SIZE(name), kinds, special)
+                     PyBytes_GET_SIZE(name), kinds, special, underscores)
 
 
 cdef int _classify(bytes name, const unsigned char* s, Py_ssize_t n,
-                   dict kinds, dict special) except -1:
+                   dict kinds, dict special, bint underscores) except -1:
     # A miss in the per-worker cache: look the lower-cased name up in ``special``, and
     # remember the answer while the cache is under its bound.
     cdef bytes lname = PyBytes_FromStringAndSize(NULL, n)
     cdef unsigned char* d = <unsigned char*>PyBytes_AS_STRING(lname)
     cdef Py_ssize_t j
+    cdef bint underscore = False
     for j in range(n):
         d[j] = _LOWER[s[j]]
+        underscore |= s[j] == b"_"
     kind = special.get(lname)
     if kind is None:
-        kind = _H_FLUXGATE if n >= 11 and memcmp(d, b"x-fluxgate-", 11) == 0 else _H_FORWARD
+        if underscore:
+            kind = _underscore_kind(lname, special, underscores)
+        elif n >= 11 and memcmp(d, b"x-fluxgate-", 11) == 0:
+            kind = _H_FLUXGATE
+        else:
+            kind = _H_FORWARD
     if PyDict_Size(kinds) < _KINDS_CACHE_MAX:
         PyDict_SetItem(kinds, name, kind)
     return kind
+
+
+cdef int _underscore_kind(bytes lname, dict special, bint allow) except -1:
+    # Servers that map header names to CGI-style variables (HTTP_CONTENT_LENGTH) read "_"
+    # and "-" alike, so "Content_Length" may be taken for the real one upstream: a name
+    # that aliases framing is refused, one that aliases a header the gateway reads or
+    # sets is dropped, any other is dropped unless underscores are allowed (nginx's
+    # underscores_in_headers off).
+    dashed = lname.replace(b"_", b"-")
+    kind = special.get(dashed)
+    if kind == _H_CONTENT_LENGTH or kind == _H_TRANSFER_ENCODING:
+        return _H_FRAMING_ALIAS
+    if not allow or kind is not None or dashed.startswith(b"x-fluxgate-"):
+        return _H_DROP
+    return _H_FORWARD
 
 
 # Header names as the parser hands them out: one bytes object per spelling, reused.
@@ -253,17 +287,20 @@ cdef struct _Span:
 
 def parse_request_head(bytes data not None, dict kinds not None, dict special not None,
                        Py_ssize_t max_header_bytes, Py_ssize_t max_body_bytes,
-                       double started):
+                       double started, Py_ssize_t max_header_count=_MAX_HEADERS,
+                       bint allow_underscores=False):
     """A RequestState for one complete, simple request in ``data``; None: use httptools.
 
     ``kinds`` is the per-worker cache {header name as sent: kind}, ``special`` the
-    gateway's {lower-case name: kind} (fluxgate.proxy.headers). The accepted grammar and
-    why None is always safe: the comment at the top of fluxgate/_reqhead.pxi.
+    gateway's {lower-case name: kind} (fluxgate.proxy.headers); ``allow_underscores`` as
+    for classify_header. The accepted grammar and why None is always safe: the comment
+    at the top of fluxgate/_reqhead.pxi.
     """
     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
     cdef Py_ssize_t i, url_start, url_end, path_end, path_len, ns, nl, vs, vl, header_bytes
     cdef Py_ssize_t head_len, h, nheaders = 0
+    cdef Py_ssize_t max_lines = min(max_header_count, <Py_ssize_t>_MAX_HEADERS)
     cdef long long cl = 0
     cdef int minor, kind, role, option, hosts = 0, reason = FG_PATH_OK
     cdef bint seen_cl = False, seen_conn = False, conn_close = False, conn_keep = False
@@ -341,8 +378,8 @@ def parse_request_head(bytes data not None, dict kinds not None, dict special no
                 return None
             i += 2
             break
-        if nheaders == _MAX_HEADERS:
-            return None
+        if nheaders == max_lines:
+            return None  # beyond max_header_count, the slow path's 431
         ns = i
         while _TCHAR[p[i]]:
             i += 1
@@ -369,7 +406,7 @@ def parse_request_head(bytes data not None, dict kinds not None, dict special no
         if role == _LL_OTHER:
             return None
         if role == _LL_CONTENT_LENGTH:
-            # A second one, even equal: slow path.
+            # A second one, even equal, or trailing OWS: slow path.
             if seen_cl or not _content_length(p + vs, vl, &cl):
                 return None
             seen_cl = True
@@ -384,6 +421,8 @@ def parse_request_head(bytes data not None, dict kinds not None, dict special no
                 return None
             conn_close = option == _CONN_CLOSE
             conn_keep = option == _CONN_KEEP_ALIVE
+        while vl > 0 and (p[vs + vl - 1] == 0x20 or p[vs + vl - 1] == 0x09):
+            vl -= 1  # RFC 9110 §5.5: trailing OWS is not part of the value
         spans[nheaders].ns = ns
         spans[nheaders].nl = nl
         spans[nheaders].vs = vs
@@ -422,7 +461,7 @@ def parse_request_head(bytes data not None, dict kinds not None, dict special no
         value = PyBytes_FromStringAndSize(<const char*>p + vs, vl)
         pair = (name, value)
         req.headers.append(pair)
-        kind = _kind_of(name, kinds, special)
+        kind = _kind_of(name, kinds, special, allow_underscores)
         # llhttp frames the message by its own reading of these two: the gateway's
         # classification must be the same one, or this is not the simple case.
         if (kind == _H_CONTENT_LENGTH) != (role == _LL_CONTENT_LENGTH):
@@ -435,6 +474,8 @@ def parse_request_head(bytes data not None, dict kinds not None, dict special no
         elif kind == _H_DROP or kind == _H_FLUXGATE:
             pass  # hop-by-hop, the API key header, a client-sent X-FluxGate-*
         elif kind == _H_HOST:
+            if not _valid_host(p + vs, vl):
+                return None  # the slow path's 400 (RFC 9112 §3.2)
             hosts += 1
             req.host = value
             req.forward_headers.append(pair)
@@ -452,7 +493,8 @@ def parse_request_head(bytes data not None, dict kinds not None, dict special no
         elif kind == _H_CONNECTION:
             req.connection = value  # checked in pass 1
         else:
-            return None  # Transfer-Encoding, Expect, Upgrade, or a kind unknown here
+            # Transfer-Encoding, Expect, Upgrade, a framing alias, or a kind unknown here.
+            return None
 
     # RFC 9112 §3.2: one Host in 1.1; 1.0 may omit it.
     if hosts > 1 or (hosts == 0 and minor == 1):

@@ -168,6 +168,14 @@ def test_durations_and_sizes_file():
 # --- the example config ---------------------------------------------------------------------
 
 
+def test_example_config_shows_the_default_strip_list():
+    config = load_config(ROOT / "fluxgate.example.yaml", env={})
+    assert tuple(config.strip_request_headers) == schema.DEFAULT_STRIP_REQUEST_HEADERS
+    assert load_config_text(ROUTE).strip_request_headers == list(
+        schema.DEFAULT_STRIP_REQUEST_HEADERS
+    )
+
+
 def test_example_config_loads_and_stays_on_loopback():
     config = load_config(ROOT / "fluxgate.example.yaml", env={})
     hosts = [parse_listen(config.listen)[0], parse_listen(config.admin.listen)[0]]

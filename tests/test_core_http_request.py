@@ -17,7 +17,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fluxgate._core import HEADER_KINDS_CACHE_MAX, RequestState, normalize_path, parse_request_head
+from fluxgate._core import (
+    HEADER_KINDS_CACHE_MAX,
+    RequestState,
+    normalize_path,
+    parse_request_head,
+    valid_host,
+)
 from fluxgate.proxy import headers as hdr
 from fluxgate.proxy.protocol import ClientConnection
 from tests.support.headers import forwardable_headers, header_kind
@@ -26,14 +32,21 @@ from tests.support.mutations import random_case
 SPECIAL = {**hdr.REQUEST_SPECIAL, b"x-api-key": hdr.H_DROP}  # as fluxgate/proxy/app.py builds it
 MAX_HEADER = 16384  # fluxgate/config/schema.py defaults
 MAX_BODY = 10 * 1024 * 1024
+MAX_COUNT = 100
 INVALID = Path(__file__).parent / "data" / "http" / "invalid"
 
 
 def parse(
-    data: bytes, kinds: dict | None = None, max_header: int = MAX_HEADER, max_body: int = MAX_BODY
+    data: bytes,
+    kinds: dict | None = None,
+    max_header: int = MAX_HEADER,
+    max_body: int = MAX_BODY,
+    max_count: int = MAX_COUNT,
+    allow_underscores: bool = False,
 ):
     return parse_request_head(
-        data, {} if kinds is None else kinds, SPECIAL, max_header, max_body, 12.5
+        data, {} if kinds is None else kinds, SPECIAL, max_header, max_body, 12.5, max_count,
+        allow_underscores,
     )
 
 
@@ -43,12 +56,17 @@ def parse(
 class SlowPath:
     """httptools plus the protocol's own on_url/on_header: what the gateway sees today."""
 
-    def __init__(self, kinds: dict, max_header: int, max_body: int) -> None:
+    def __init__(
+        self, kinds: dict, max_header: int, max_body: int, max_count: int = MAX_COUNT,
+        allow_underscores: bool = False,
+    ) -> None:
         self.conn = SimpleNamespace(
             parsing=RequestState(0.0),
             header_kinds=kinds,
             special=SPECIAL,
             max_header_bytes=max_header,
+            max_header_count=max_count,
+            allow_underscores=allow_underscores,
         )
         self.max_body = max_body
         self.parser = httptools.HttpRequestParser(self)
@@ -118,6 +136,7 @@ def assert_same_as_httptools(
         assert getattr(state, field) == getattr(ref, field), field
     assert ref.transfer_encoding is None and ref.upgrade_token is None and not ref.expect_continue
     assert ref.hosts == 1 if state.http_minor == 1 else ref.hosts <= 1
+    assert ref.host is None or valid_host(ref.host)
     assert ref.content_length <= max_body and ref.header_bytes <= max_header
     assert state.method != b"CONNECT"
 
@@ -234,12 +253,19 @@ def test_forwarded_headers_request_id_and_whitespace():
     )
     state = check(data)
     assert state is not None
-    assert state.forwarded_for == b"1.1.1.1, 2.2.2.2 "  # llhttp keeps trailing OWS
+    # RFC 9110 §5.5: OWS around a value is not part of it (llhttp keeps the trailing one;
+    # on_header and the fast path strip it), inner whitespace is.
+    assert state.forwarded_for == b"1.1.1.1, 2.2.2.2"
     assert (state.forwarded_proto, state.client_request_id) == (b"https", b"r2")
     assert state.forward_headers == [
-        (b"Host", b"a"), (b"X-Empty", b""), (b"X-Blank", b""), (b"X-Trail", b"v \t"),
+        (b"Host", b"a"), (b"X-Empty", b""), (b"X-Blank", b""), (b"X-Trail", b"v"),
         (b"X-Inner", b"a \t b"),
     ]
+    # Header bytes are counted as they came, whitespace included.
+    assert state.header_bytes == len(b"/") + sum(
+        len(line.partition(b":")[0]) + len(line.partition(b":")[2].lstrip(b" \t")) + 4
+        for line in data.split(b"\r\n")[1:-2]
+    )
 
 
 def test_api_key_and_fluxgate_headers_not_forwarded_but_kept_in_headers():
@@ -338,12 +364,93 @@ DECLINED = {
     "Connection list": b"GET /a HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-A\r\n\r\n",
     "Connection other": b"GET /a HTTP/1.0\r\nConnection: keep-alivex\r\n\r\n",
     "bad path": b"GET /a/%2e%2e/b HTTP/1.1\r\nHost: a\r\n\r\n",
+    "double-encoded path": b"GET /a/%252e%252e/b HTTP/1.1\r\nHost: a\r\n\r\n",
+    "Host with a space": b"GET /a HTTP/1.1\r\nHost: a b\r\n\r\n",
+    "Host with userinfo": b"GET /a HTTP/1.1\r\nHost: u@a\r\n\r\n",
+    "Host with a path": b"GET /a HTTP/1.1\r\nHost: a/b\r\n\r\n",
+    "Host bad port": b"GET /a HTTP/1.1\r\nHost: a:8o\r\n\r\n",
+    "Host port only": b"GET /a HTTP/1.1\r\nHost: :80\r\n\r\n",
+    "Host zone id": b"GET /a HTTP/1.1\r\nHost: [fe80::1%25eth0]\r\n\r\n",
+    "bad Host on 1.0": b"GET /a HTTP/1.0\r\nHost: a:b\r\n\r\n",
+    "Content_Length": b"POST /a HTTP/1.1\r\nHost: a\r\nContent_Length: 3\r\n\r\n",
+    "transfer_encoding": b"GET /a HTTP/1.1\r\nHost: a\r\ntransfer_encoding: chunked\r\n\r\n",
 }
 
 
 @pytest.mark.parametrize("data", DECLINED.values(), ids=DECLINED.keys())
 def test_declined(data):
     assert parse(data) is None
+
+
+def test_trailing_whitespace_is_not_part_of_a_value():
+    """RFC 9110 §5.5, on both paths: a bearer token followed by spaces or tabs is the token."""
+    state = check(b"GET / HTTP/1.1\r\nHost: a \t\r\nAuthorization: Bearer t.o.k \t \r\n\r\n")
+    assert state is not None
+    assert state.headers == [(b"Host", b"a"), (b"Authorization", b"Bearer t.o.k")]
+    assert state.host == b"a"
+    slow = SlowPath({}, MAX_HEADER, MAX_BODY)
+    slow.parser.feed_data(b"GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer t.o.k\t\t\r\n\r\n")
+    assert slow.conn.parsing.headers[1] == (b"Authorization", b"Bearer t.o.k")
+
+
+HOSTS_OK = [
+    b"", b"a", b"example.com", b"EXAMPLE.com.", b"a:80", b"a:", b"a:65535", b"1.2.3.4:8080",
+    b"[::1]", b"[::1]:8080", b"[2001:db8::ffff:1.2.3.4]", b"xn--bcher-kva.example",
+    b"a_b~c-d", b"%41b", b"a!$&'()*+,;=b",
+]
+HOSTS_BAD = [
+    b"a b", b"u@a", b"u:p@a", b"a/b", b"a?b", b"a#b", b"a:8o", b"a:123456", b":80",
+    b"[::1", b"::1", b"[::1]x", b"[x::1]", b"[]", b"[fe80::1%25eth0]", b"[v1.x]",
+    b"a\\b", b'a"b', b"a<b>", b"%4", b"%zz", b"a:80:80", b"a\tb",
+]
+
+
+def test_host_values():
+    """RFC 9110 §7.2: uri-host [":" port]; the fast path declines what the slow path refuses."""
+    for host in HOSTS_OK:
+        assert valid_host(host), host
+        if host:
+            state = check(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+            assert state is not None and state.host == host, host
+    for host in HOSTS_BAD:
+        assert not valid_host(host), host
+        if b"\t" not in host:
+            assert parse(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n") is None, host
+
+
+def test_header_field_count():
+    """limits.max_header_count: the fast path declines beyond it, the slow path says 431."""
+    head = b"GET / HTTP/1.1\r\nHost: a\r\n" + b"".join(b"X-N%d: v\r\n" % i for i in range(9))
+    assert check(head + b"\r\n") is not None
+    assert parse(head + b"\r\n", max_count=10) is not None
+    assert parse(head + b"X-More: 1\r\n\r\n", max_count=10) is None
+    slow = SlowPath({}, MAX_HEADER, MAX_BODY, max_count=10)
+    with pytest.raises(httptools.HttpParserCallbackError) as exc:
+        slow.parser.feed_data(head + b"X-More: 1\r\n\r\n")
+    assert type(exc.value.__context__).__name__ == "HeadersTooLarge"
+
+
+def test_header_names_with_underscores():
+    """Dropped by default; with allow_underscores forwarded, unless the name reads as one
+    the gateway reads or sets; Content_Length / Transfer_Encoding never pass."""
+    data = (
+        b"GET / HTTP/1.1\r\nHost: a\r\nX_Custom: 1\r\nX_Forwarded_For: 6.6.6.6\r\n"
+        b"x_fluxgate_auth: forged\r\nX-Plain: 2\r\n\r\n"
+    )
+    state = check(data)
+    assert state is not None
+    assert state.forward_headers == [(b"Host", b"a"), (b"X-Plain", b"2")]
+    assert state.forwarded_for is None and len(state.headers) == 5
+    allowed = parse(data, allow_underscores=True)
+    assert allowed.forward_headers == [(b"Host", b"a"), (b"X_Custom", b"1"), (b"X-Plain", b"2")]
+    for name in (b"Content_Length", b"transfer_encoding", b"CONTENT_length"):
+        bad = b"GET / HTTP/1.1\r\nHost: a\r\n" + name + b": 0\r\n\r\n"
+        assert parse(bad) is None and parse(bad, allow_underscores=True) is None
+        for allow in (False, True):
+            slow = SlowPath({}, MAX_HEADER, MAX_BODY, allow_underscores=allow)
+            with pytest.raises(httptools.HttpParserCallbackError) as exc:
+                slow.parser.feed_data(bad)
+            assert "aliases" in str(exc.value.__context__)
 
 
 def test_limits():
@@ -493,7 +600,8 @@ def generated_request(draw):
     lines = []
     body = draw(st.binary(max_size=8)) if draw(st.booleans()) else b""
     if clean or draw(st.integers(0, 5)):
-        lines.append((random_case(draw, b"host"), b"example.com"))
+        hosts = HOSTS_OK[1:] if clean else HOSTS_OK[1:] + HOSTS_BAD
+        lines.append((random_case(draw, b"host"), draw(st.sampled_from(hosts))))
     for _ in range(draw(st.integers(0, 6))):
         if not draw(st.integers(0, 2)):
             name = random_case(draw, draw(st.sampled_from(special_names)))

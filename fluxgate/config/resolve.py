@@ -249,6 +249,7 @@ class _Checker:
             ("api_keys", "signing_secret"),
             f"must be at least {MIN_SECRET_CHARS} characters (e.g. `openssl rand -base64 32`)",
         )
+        self.strip_headers(config.strip_request_headers, ("strip_request_headers",))
         for name, upstream in config.upstreams.items():
             self.upstream(name, upstream)
         routes = self.routes(config)
@@ -328,6 +329,7 @@ class _Checker:
             for j, middleware in enumerate(route.middleware):
                 self.middleware(middleware, ("routes", i, "middleware", j))
             self.chain(route.middleware, ("routes", i, "middleware"))
+            self.strip_headers(route.strip_request_headers, ("routes", i, "strip_request_headers"))
             # Zero trust (DESIGN §3): no authentication only when said out loud.
             self.check(
                 route.public or any(self.kind_of(m).authenticates for m in route.middleware),
@@ -343,6 +345,16 @@ class _Checker:
                 methods = list(dict.fromkeys(parsed))  # "GET, get" is one method
             routes.append(msgspec.structs.replace(route, methods=methods))
         return routes
+
+    def strip_headers(self, names: list[str], path: Path) -> None:
+        """Header names a strip list may hold: tokens, none the gateway reads or sets."""
+        for k, name in enumerate(names):
+            self.check(is_header_name(name), (*path, k), f"invalid header name {name!r}")
+            self.check(
+                not is_reserved_header(name),
+                (*path, k),
+                f"{name} is used by HTTP or the gateway itself and cannot be stripped",
+            )
 
     def middleware(self, entry: object, path: Path) -> None:
         """The entry's own checks, by its kind (``path`` is its Struct path)."""

@@ -33,6 +33,10 @@ class Base(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
 
 class Limits(Base):
     max_header_bytes: HeaderBytes = 16384
+    max_header_count: Annotated[int, Meta(ge=8, le=10000)] = 100  # header fields; 431 beyond
+    # Header names with "_" are dropped unless this is true (nginx: underscores_in_headers);
+    # one that reads as Content-Length / Transfer-Encoding is a 400 either way.
+    allow_underscores_in_headers: bool = False
     max_body_bytes: Size = 10 * 1024 * 1024
     header_timeout: Timeout = 10.0
     idle_timeout: Duration = 60.0
@@ -193,6 +197,22 @@ KNOWN_KINDS: frozenset[str] = AVAILABLE_KINDS | PLANNED_KINDS
 AUTH_KINDS: frozenset[str] = _tags(AuthMethod) | {AnyOf.__struct_config__.tag}
 
 
+# Request headers never forwarded unless `strip_request_headers` says otherwise: identities
+# an authenticating proxy or TLS terminator asserts to the app behind it (a client must not
+# be able to claim one), and method overrides (the route's `methods` and scope_map rules
+# judged the request's own method). A route's forward_claims headers are the gateway's own.
+DEFAULT_STRIP_REQUEST_HEADERS: tuple[str, ...] = (
+    "Remote-User", "X-Remote-User", "X-Remote-Group", "X-User", "X-User-Id", "X-Username",
+    "X-Auth-User", "X-Auth-User-Id", "X-Authenticated-User", "X-Authenticated-Userid",
+    "X-Authenticated-Groups", "X-Forwarded-User", "X-Forwarded-Email", "X-Forwarded-Groups",
+    "X-Forwarded-Preferred-Username", "X-Auth-Request-User", "X-Auth-Request-Email",
+    "X-Auth-Request-Groups", "X-Auth-Request-Preferred-Username", "X-Consumer-Id",
+    "X-Consumer-Username", "X-Consumer-Custom-Id", "X-Credential-Identifier",
+    "X-Forwarded-Client-Cert", "X-Client-Cert", "X-SSL-Client-Cert", "X-SSL-Client-DN",
+    "X-SSL-Client-Verify", "X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override",
+)  # fmt: skip
+
+
 class Route(Base):
     route: str
     upstream: str
@@ -200,6 +220,7 @@ class Route(Base):
     public: bool = False
     strip_prefix: bool = False
     websocket: bool = True
+    strip_request_headers: list[str] = []  # on top of the top-level list, on this route
     middleware: list[Middleware] = []
 
 
@@ -211,6 +232,10 @@ class Config(Base):
     admin: Admin = msgspec.field(default_factory=Admin)
     trusted_proxies: list[str] = []
     limits: Limits = msgspec.field(default_factory=Limits)
+    # Request headers dropped before proxying, on every route (replaces the default list).
+    strip_request_headers: list[str] = msgspec.field(
+        default_factory=lambda: list(DEFAULT_STRIP_REQUEST_HEADERS)
+    )
     api_keys: ApiKeys = msgspec.field(default_factory=ApiKeys)
     upstreams: dict[str, Upstream] = {}
     routes: list[Route] = []

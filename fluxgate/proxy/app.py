@@ -69,10 +69,16 @@ class CompiledRoute:
         # Bytes of the path the upstream does not see (strip_prefix), or -1 (upstream_head).
         self.strip_length = len(self.prefix) if route.strip_prefix else -1
         self.websocket = route.websocket
-        # Request headers (lower-case names) that a middleware owns and the upstream must
-        # never see from the client: forward_claims targets, the API key header, ...
-        self.drop_headers: frozenset[bytes] = frozenset().union(
-            *(getattr(m, "drop_headers", ()) for m in self.chain)
+        # Request headers (lower-case names) the upstream must never see from the client on
+        # this route: those a middleware owns (forward_claims targets, ...) and the route's
+        # own strip_request_headers (the top-level list is dropped as headers are parsed).
+        # Spelled with "-" for "_", as upstream_head compares them.
+        self.drop_headers: frozenset[bytes] = frozenset(
+            name.replace(b"_", b"-")
+            for name in frozenset().union(
+                *(getattr(m, "drop_headers", ()) for m in self.chain),
+                (name.lower().encode() for name in route.strip_request_headers),
+            )
         )
 
 
@@ -128,6 +134,7 @@ class Gateway:
         # when the upstream request is built.
         self.header_kinds: dict[bytes, int] = {}  # filled by ClientConnection.on_header
         self.request_special = {
+            **{name.lower().encode(): hdr.H_DROP for name in config.strip_request_headers},
             **hdr.REQUEST_SPECIAL, config.api_keys.header.lower().encode(): hdr.H_DROP,
         }
         self.api_key_query = config.api_keys.query.encode()

@@ -3,7 +3,9 @@
 Hop-by-hop headers, and every header named in `Connection`, are never forwarded. Framing
 (Content-Length / Transfer-Encoding) is re-created by the proxy, never copied, so the two
 sides cannot disagree about where a message ends. Client-sent `X-FluxGate-*` headers are
-dropped so only the gateway can speak with that prefix.
+dropped so only the gateway can speak with that prefix, and so are path overrides
+(`X-Original-URL`, `X-Rewrite-URL`), the `strip_request_headers` lists and, unless
+`limits.allow_underscores_in_headers`, names with `_` (see _core.classify_header).
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ HOP_BY_HOP: frozenset[bytes] = frozenset(
     }
 )
 
+# Path overrides some frameworks and servers honour (IIS URL Rewrite, Symfony, Laravel):
+# the upstream would serve a path the gateway never routed nor authorized. Always dropped.
+PATH_OVERRIDES: frozenset[bytes] = frozenset({b"x-original-url", b"x-rewrite-url"})
+
 # Request headers the gateway reads or sets itself, by kind (the H_* numbers and the
 # classifier live in _core, shared by the fast head parser and the llhttp path). Everything
 # else is forwarded as the client wrote it (req.forward_headers, the parser's own pairs).
@@ -47,6 +53,7 @@ HOP_BY_HOP: frozenset[bytes] = frozenset(
 # that prefix).
 REQUEST_SPECIAL: dict[bytes, int] = {
     **{name: H_DROP for name in HOP_BY_HOP},
+    **{name: H_DROP for name in PATH_OVERRIDES},
     b"host": H_HOST,
     b"content-length": H_CONTENT_LENGTH,
     b"transfer-encoding": H_TRANSFER_ENCODING,
@@ -83,3 +90,11 @@ def named_by_connection(value: bytes) -> frozenset[bytes]:
 def drop_lines(lines: list[bytes], names: frozenset[bytes]) -> list[bytes]:
     """Formatted header lines without those whose (lower-cased) name is in `names`."""
     return [ln for ln in lines if ln.split(b":", 1)[0].lower() not in names]
+
+
+@functools.lru_cache(maxsize=256)
+def dropped_by_connection(value: bytes) -> frozenset[bytes]:
+    """named_by_connection for a request, each ``_`` read as ``-``: upstream_head compares
+    the client's header names that way (a CGI-style upstream reads them alike)."""
+    return frozenset(name.replace(b"_", b"-") for name in named_by_connection(value))
+

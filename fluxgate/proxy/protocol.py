@@ -25,6 +25,7 @@ from fluxgate._core import (
     H_FORWARD,
     H_FORWARDED_FOR,
     H_FORWARDED_PROTO,
+    H_FRAMING_ALIAS,
     H_HOST,
     H_REQUEST_ID,
     H_TRANSFER_ENCODING,
@@ -35,6 +36,7 @@ from fluxgate._core import (
     normalize_path,
     parse_request_head,
     upstream_head,
+    valid_host,
 )
 from fluxgate.errors import (
     BadRequest,
@@ -76,6 +78,8 @@ class ClientConnection(asyncio.Protocol):
         self.loop = gateway.loop
         limits = gateway.limits
         self.max_header_bytes = limits.max_header_bytes
+        self.max_header_count = limits.max_header_count
+        self.allow_underscores = limits.allow_underscores_in_headers
         self.max_body_bytes = limits.max_body_bytes
         self.header_timeout = limits.header_timeout
         self.idle_timeout = limits.idle_timeout
@@ -144,6 +148,8 @@ class ClientConnection(asyncio.Protocol):
                 self.max_header_bytes,
                 self.max_body_bytes,
                 perf_counter(),
+                self.max_header_count,
+                self.allow_underscores,
             )
             if req is not None:
                 self.deadline_kind = _DEADLINE_NONE
@@ -216,11 +222,16 @@ class ClientConnection(asyncio.Protocol):
         req.header_bytes += len(name) + len(value) + 4
         if req.header_bytes > self.max_header_bytes:
             raise HeadersTooLarge()
+        if len(req.headers) >= self.max_header_count:
+            raise HeadersTooLarge("more header fields than limits.max_header_count")
+        # RFC 9110 §5.5: whitespace around a field value is not part of it (llhttp has
+        # removed the leading OWS, not the trailing one).
+        value = value.rstrip(b" \t")
         pair = (name, value)
         req.headers.append(pair)
         # Header names repeat across requests in the spelling clients use: each spelling is
         # classified once per worker, as the fast head parser does (a bounded cache).
-        kind = classify_header(name, self.header_kinds, self.special)
+        kind = classify_header(name, self.header_kinds, self.special, self.allow_underscores)
         if kind == H_FORWARD:
             req.forward_headers.append(pair)
         elif kind == H_DROP or kind == H_FLUXGATE:  # hop-by-hop, API key, X-FluxGate-*
@@ -249,6 +260,9 @@ class ClientConnection(asyncio.Protocol):
             req.connection = value if req.connection is None else req.connection + b", " + value
         elif kind == H_UPGRADE:
             req.upgrade_token = value
+        elif kind == H_FRAMING_ALIAS:
+            # Content_Length / Transfer_Encoding: a CGI-style upstream reads it as framing.
+            raise BadRequest("header name aliases Content-Length or Transfer-Encoding")
 
     def on_headers_complete(self) -> None:
         req = self.parsing
@@ -268,6 +282,8 @@ class ClientConnection(asyncio.Protocol):
         # RFC 9112 §3.2: a 1.1 request without exactly one Host, or with several, is a 400.
         if req.hosts > 1 or (req.hosts == 0 and req.http_minor == 1):
             raise BadRequest("exactly one Host header is required")
+        if req.host is not None and not valid_host(req.host):
+            raise BadRequest("invalid Host header")  # RFC 9110 §7.2: uri-host [":" port]
         if req.transfer_encoding is not None:
             # RFC 9112 §6.1: TE in a 1.0 request is faulty framing; only plain "chunked" is
             # forwarded, so codings the upstream might read differently never pass.
@@ -384,7 +400,7 @@ class ClientConnection(asyncio.Protocol):
         # those the client's Connection header names (hop-by-hop, RFC 9110 §7.6.1).
         drop = route.drop_headers
         if req.connection is not None:
-            drop = drop | hdr.named_by_connection(req.connection)
+            drop = drop | hdr.dropped_by_connection(req.connection)
         return upstream_head(req, drop, route.strip_length, self.peer_bytes, self.gw.api_key_query)
 
     def _suspend(self, req: RequestState, route: CompiledRoute, resume_at: int,
