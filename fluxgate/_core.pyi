@@ -37,6 +37,7 @@ __all__ = (
     "parse_request_head",
     "classify_header",
     "valid_host",
+    "ChunkedBody",
     "RequestIds",
     "RequestState",
     "PrefixTable",
@@ -408,6 +409,21 @@ def classify_header(
 
 def valid_host(value: bytes, /) -> bool:
     """Is `value` a valid Host field value (RFC 9110 §7.2: uri-host [":" port])?"""
+
+CHUNK_LINE_TOO_LONG: int
+CHUNK_TRAILERS_TOO_LARGE: int
+
+class ChunkedBody:
+    """Follows one chunked request body beside llhttp (fluxgate/_chunked.pxi) to bound its
+    chunk-size lines at `max_line` bytes and its trailer section at `max_trailers`."""
+
+    def __init__(self, max_line: int, max_trailers: int) -> None: ...
+    @property
+    def done(self) -> bool:
+        """The body's last byte has been seen."""
+    def scan(self, data: bytes, start: int = 0) -> int:
+        """The offset just past the body's end in `data`, else len(data); -1 / -2 when a
+        chunk-size line / the trailer section passed its bound."""
 
 def parse_request_head(
     data: bytes,

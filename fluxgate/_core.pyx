@@ -98,6 +98,7 @@ __all__ = (
     "parse_request_head",
     "classify_header",
     "valid_host",
+    "ChunkedBody",
 )
 
 
@@ -625,6 +626,7 @@ cdef class RequestRecorder:
 include "_http.pxi"
 include "_resphead.pxi"
 include "_reqhead.pxi"
+include "_chunked.pxi"
 include "_jwt.pxi"
 include "_keys.pxi"
 include "_introspect.pxi"

@@ -18,7 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fluxgate._core import (
+    CHUNK_LINE_TOO_LONG,
+    CHUNK_TRAILERS_TOO_LARGE,
     HEADER_KINDS_CACHE_MAX,
+    ChunkedBody,
     RequestState,
     normalize_path,
     parse_request_head,
@@ -743,3 +746,81 @@ def test_request_state_fields_are_member_slots_with_their_defaults():
     for i, name in enumerate(sorted(slots)):
         assert getattr(fresh, name) == ("value", i), name
 
+
+
+# ---- ChunkedBody: a chunked body's framing, followed beside llhttp --------------------------
+
+
+class BodyEnd:
+    """httptools as the reference: where a chunked message ends, fed byte by byte."""
+
+    def __init__(self) -> None:
+        self.complete = False
+        self.parser = httptools.HttpRequestParser(self)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+    def end_of(self, head: bytes, body: bytes) -> int | None:
+        self.parser.feed_data(head)
+        for i in range(len(body)):
+            self.parser.feed_data(body[i : i + 1])
+            if self.complete:
+                return i + 1
+        return None
+
+
+CHUNKED_HEAD = b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@st.composite
+def chunked_body(draw):
+    out = b""
+    for _ in range(draw(st.integers(0, 4))):
+        data = draw(st.binary(min_size=1, max_size=40))
+        size = draw(st.sampled_from([b"%x" % len(data), b"%X" % len(data), b"000%x" % len(data)]))
+        ext = draw(st.sampled_from([b"", b";a", b";a=b", b';a="q;\\"x"', b";a=b;c=d"]))
+        out += size + ext + b"\r\n" + data + b"\r\n"
+    out += draw(st.sampled_from([b"0", b"00", b"0;last"])) + b"\r\n"
+    for _ in range(draw(st.integers(0, 2))):
+        out += draw(st.sampled_from([b"T: v", b"Trailer-X: 1 2", b"x:"])) + b"\r\n"
+    return out + b"\r\n"
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(chunked_body(), st.lists(st.integers(1, 30), max_size=8), st.binary(max_size=10))
+def test_chunked_body_ends_where_llhttp_ends_it(body, cuts, after):
+    """Whatever the reads, ChunkedBody finds the end llhttp finds, and the bytes after it
+    (the next request's) are left alone."""
+    assert BodyEnd().end_of(CHUNKED_HEAD, body) == len(body)
+    data = body + after
+    scanner, start, ends = ChunkedBody(4096, 16384), 0, []
+    for size in [*cuts, len(data)]:
+        piece = data[start : start + size]
+        if not piece:
+            break
+        at = scanner.scan(piece)
+        ends.append(start + at)
+        start += at if scanner.done else len(piece)
+        if scanner.done:
+            break
+    assert scanner.done and ends[-1] == len(body)
+
+
+def test_chunk_size_lines_and_trailers_are_bounded():
+    ok = b"5;" + b"e" * 4094 + b"\r\nhello\r\n0\r\n\r\n"
+    assert ChunkedBody(4096, 100).scan(ok) == len(ok)
+    assert ChunkedBody(4096, 100).scan(b"5;" + b"e" * 4095 + b"\r\n") == CHUNK_LINE_TOO_LONG
+    scanner = ChunkedBody(4096, 100)  # a line that never ends, a byte at a time
+    results = [scanner.scan(b"5;"), *(scanner.scan(b"e") for _ in range(5000))]
+    assert results[:4096] == [2] + [1] * 4095 and results[4096] == CHUNK_LINE_TOO_LONG
+    # Many chunks each under the bound pass, however many there are.
+    many = (b"1;" + b"e" * 4000 + b"\r\nx\r\n") * 50 + b"0\r\n\r\n"
+    assert ChunkedBody(4096, 100).scan(many) == len(many)
+    trailers = b"0\r\n" + b"T: " + b"v" * 200 + b"\r\n\r\n"
+    assert ChunkedBody(4096, 100).scan(trailers) == CHUNK_TRAILERS_TOO_LARGE
+    assert ChunkedBody(4096, 300).scan(trailers) == len(trailers)
+    # A huge chunk is skipped by its size, not read byte by byte.
+    big = ChunkedBody(16, 16)
+    assert big.scan(b"10000000\r\n") == 10 and not big.done
+    assert big.scan(b"y" * 1000) == 1000

@@ -220,6 +220,49 @@ def test_strip_list_replaced_at_top_level(gateway_factory, upstream):
     assert upstream.requests[0].header("X-Remote-User") == "r"  # no longer in the list
 
 
+# ---- chunk-size lines -----------------------------------------------------------------------
+
+CHUNKED = b"POST /api/a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def test_chunk_extensions_up_to_the_bound_pass(gw, upstream):
+    line = b"5;e=" + b"x" * (4096 - 4)  # 4096 bytes before its CRLF
+    data = CHUNKED.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+    response = raw_request(gw.port, data + line + b"\r\nhello\r\n0\r\n\r\n")
+    assert status_of(response) == 200
+    assert upstream.requests[0].body_bytes == 5 and upstream.requests[0].complete
+
+
+def test_endless_chunk_extension_is_400_across_reads(gw, upstream):
+    """One byte of data behind an extension that keeps coming, a read at a time."""
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=3) as sock:
+        sock.sendall(CHUNKED)
+        time.sleep(0.05)
+        sock.sendall(b"1;ext=")
+        response = b""
+        try:
+            for _ in range(50):
+                sock.sendall(b"y" * 200)
+                time.sleep(0.002)
+        except OSError:
+            pass
+        try:
+            while chunk := sock.recv(65536):
+                response += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass
+    assert status_of(response) == 400
+    assert b"chunk-size line" in response
+    assert all(not r.complete for r in upstream.requests)
+
+
+def test_chunked_trailers_count_against_max_header_bytes(gw, upstream):
+    data = CHUNKED + b"5\r\nhello\r\n0\r\nX-T: " + b"t" * 17000 + b"\r\n\r\n"
+    response = raw_request(gw.port, data)
+    assert status_of(response) == 431
+    assert all(not r.complete for r in upstream.requests)
+
+
 def test_pipelined_after_chunked_keeps_working(gw, upstream):
     data = (
         b"POST /api/a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"

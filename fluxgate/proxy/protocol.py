@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import httptools
 
 from fluxgate._core import (
+    CHUNK_TRAILERS_TOO_LARGE,
     H_CONNECTION,
     H_CONTENT_LENGTH,
     H_DROP,
@@ -30,6 +31,7 @@ from fluxgate._core import (
     H_REQUEST_ID,
     H_TRANSFER_ENCODING,
     H_UPGRADE,
+    ChunkedBody,
     PathError,
     RequestState,
     classify_header,
@@ -61,6 +63,9 @@ log = logging.getLogger("fluxgate.proxy")
 _DEADLINE_NONE, _DEADLINE_HEADERS, _DEADLINE_IDLE = 0, 1, 2
 # Status recorded when the client disconnects before its response was sent (nginx's 499).
 CLIENT_CLOSED = 499
+# Bytes a chunk-size line may hold, extensions included (RFC 9112 §7.1.1: a server ought to
+# limit them); a longer one is a 400. Trailer fields count against limits.max_header_bytes.
+MAX_CHUNK_LINE = 4096
 
 
 class ClientConnection(asyncio.Protocol):
@@ -92,6 +97,8 @@ class ClientConnection(asyncio.Protocol):
         self.closing = False
         self.closed = False
         self.fatal: ClientError | None = None
+        self.chunked_body: ChunkedBody | None = None  # the chunked body being read, followed
+        self.head_tail = b""  # the last bytes fed of a head not yet complete
         self.tunnel: Exchange | None = None
         self.tunnel_pending: list[bytes] = []
         self.upgrading = False
@@ -158,13 +165,50 @@ class ClientConnection(asyncio.Protocol):
         self._feed(data)
 
     def _feed(self, data: bytes) -> None:
-        parsing_before = self.parsing
+        """Give `data` to llhttp in pieces that end where a head or a body ends, so that a
+        chunked body is followed (ChunkedBody) from its first byte: llhttp bounds no chunk
+        extension (RFC 9112 §7.1.1). A read inside one body is one piece."""
         self.corked += 1  # gather what this data makes us write (pipelined replies) into one send
         try:
-            self.parser.feed_data(data)
+            start, size = 0, len(data)
+            while start < size and not self.closing:
+                end = self._piece_end(data, start)
+                if end < 0 or not self._feed_piece(data, start, end):
+                    return
+                start = end
+        finally:
+            self.uncork()
+
+    def _piece_end(self, data: bytes, start: int) -> int:
+        req, body = self.parsing, self.chunked_body
+        if body is not None:
+            end = body.scan(data, start)
+            if end < 0:
+                self._reject(
+                    HeadersTooLarge("trailer section larger than limits.max_header_bytes")
+                    if end == CHUNK_TRAILERS_TOO_LARGE
+                    else BadRequest(f"chunk-size line over {MAX_CHUNK_LINE} bytes (chunk extensions)")
+                )
+            elif body.done:
+                self.chunked_body = None
+            return end
+        if req is None or not req.method:  # between requests or in a head
+            return _head_end(self.head_tail, data, start)
+        size = len(data)
+        if not req.chunked:  # a Content-Length body: the next request starts after it
+            left = req.content_length - req.body_bytes
+            return start + left if 0 < left < size - start else size
+        return size
+
+    def _feed_piece(self, data: bytes, start: int, end: int) -> bool:
+        """Feed data[start:end] to llhttp; False when the connection stops being parsed."""
+        piece = data if start == 0 and end == len(data) else data[start:end]
+        parsing_before = self.parsing
+        try:
+            self.parser.feed_data(piece)
         except httptools.HttpParserUpgrade as upgrade:
-            self._on_parser_upgrade(data[upgrade.args[0] :])
-            return
+            self._on_parser_upgrade(data[start + upgrade.args[0] :])
+            return False
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, ClientError):
@@ -172,22 +216,24 @@ class ClientConnection(asyncio.Protocol):
             else:
                 log.error("request callback failed", exc_info=cause)
                 self._reject(BadRequest("request could not be processed"))
-            return
+            return False
         except httptools.HttpParserError as exc:
             self._reject(BadRequest(f"malformed request: {exc}"))
-            return
-        finally:
-            self.uncork()
-        # A chunk that began and ended inside one request's header section is all header
+            return False
+        req = self.parsing
+        if req is not None and req.method:
+            self.head_tail = b""
+            return True
+        # Still in a head: its last bytes, for a CRLF CRLF split across reads (_head_end).
+        self.head_tail = (self.head_tail + piece[-3:])[-3:]
+        # A piece that began and ended inside one request's header section is all header
         # bytes: count it, so a header that never ends cannot grow without bound.
-        if (
-            parsing_before is not None
-            and self.parsing is parsing_before
-            and not parsing_before.method
-        ):
-            parsing_before.header_bytes += len(data)
-            if parsing_before.header_bytes > self.max_header_bytes * 2:
+        if req is not None and req is parsing_before:
+            req.header_bytes += len(piece)
+            if req.header_bytes > self.max_header_bytes * 2:
                 self._reject(HeadersTooLarge())
+                return False
+        return True
 
     def pause_writing(self) -> None:
         req = self.active
@@ -290,6 +336,7 @@ class ClientConnection(asyncio.Protocol):
             if req.http_minor == 0 or req.transfer_encoding.strip().lower() != b"chunked":
                 raise BadRequest("unsupported Transfer-Encoding")
             req.chunked = True
+            self.chunked_body = ChunkedBody(MAX_CHUNK_LINE, self.max_header_bytes)
         req.has_body = req.chunked or req.content_length > 0
         if req.content_length > self.max_body_bytes:
             raise BodyTooLarge()
@@ -339,6 +386,7 @@ class ClientConnection(asyncio.Protocol):
         if req is not None and req.reparse:
             # Not a tunnel: keep parsing what follows as ordinary requests.
             self.parser = httptools.HttpRequestParser(self)
+            self.head_tail = b""
             if rest:
                 self._feed(rest)
             return
@@ -673,6 +721,20 @@ class TlsClientConnection(ClientConnection):
 
 _PROTO_HTTP = b"\r\nX-Forwarded-Proto: http\r\n"
 _PROTO_HTTPS = b"\r\nX-Forwarded-Proto: https\r\n"
+
+
+def _head_end(tail: bytes, data: bytes, start: int) -> int:
+    """Just past the first CRLF CRLF in data[start:] (`tail`: the last bytes of the head
+    fed before it), else len(data). In a head that is where llhttp ends it (RFC 9112 §2.1;
+    a bare LF is an error); a split before it, at CRLFs llhttp skips before a request line,
+    only costs one more piece."""
+    if tail:
+        window = tail + data[start : start + 3]
+        at = window.find(b"\r\n\r\n")
+        if at >= 0:
+            return start + at + 4 - len(tail)
+    at = data.find(b"\r\n\r\n", start)
+    return len(data) if at < 0 else at + 4
 
 
 def _origin_form(url: bytes) -> bytes:
