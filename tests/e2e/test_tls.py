@@ -16,6 +16,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 import warnings
 from pathlib import Path
@@ -133,7 +134,8 @@ def offers(context: ssl.SSLContext, leaf: trustme.LeafCert, version: ssl.TLSVers
 
 def test_tls_listener_serves_modern_tls_only(gateway_factory, upstream, ca, tmp_path):
     leaf = ca.issue_cert("127.0.0.1", "gateway.test", key_type=trustme.KeyType.RSA)
-    gw = gateway_factory(public_route(upstream.url), listen=tls_listen(write_pair(leaf, tmp_path, "gw")))
+    gw = gateway_factory(public_route(upstream.url) + "limits: {header_timeout: 1s}\n",
+                         listen=tls_listen(write_pair(leaf, tmp_path, "gw")))
     assert gw.url.startswith("https://")
 
     # A verified TLS 1.3 connection; keep-alive; the upstream hears the client came over https.
@@ -188,6 +190,15 @@ def test_tls_listener_serves_modern_tls_only(gateway_factory, upstream, ca, tmp_
             pass
     assert b"HTTP/" not in received
     assert len(upstream.requests) == seen
+
+    # A peer that connects and never starts the handshake: cut after limits.header_timeout.
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        started = time.monotonic()
+        try:
+            assert sock.recv(4096) == b""
+        except ConnectionResetError:
+            pass
+        assert 0.5 < time.monotonic() - started < 5
 
     # The expiry gauge, from the master.
     text = metrics(gw)
