@@ -27,6 +27,10 @@ routes:
     upstream: "{upstream_url}"
     public: true
     strip_request_headers: [X-Debug, X_Trace]
+  - route: /buffered
+    upstream: "{upstream_url}"
+    public: true
+    buffer_request_body: true
 {extra}
 """
 
@@ -273,3 +277,79 @@ def test_pipelined_after_chunked_keeps_working(gw, upstream):
     assert [r[0] for r in responses] == [200, 200]
     assert [r.target for r in upstream.requests] == ["/api/a", "/api/b"]
     assert upstream.requests[0].body_bytes == 5
+
+
+# ---- buffer_request_body ---------------------------------------------------------------------
+
+
+def chunked_to(path: bytes) -> bytes:
+    return b"POST " + path + b" HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def test_streamed_route_forwards_the_head_before_a_bad_body(gw, upstream):
+    """The trade-off buffer_request_body removes: without it the head (and the good chunks)
+    are already upstream when a bad chunk arrives; the upstream sees a truncated message."""
+    response = send_split(gw.port, chunked_to(b"/api/a") + b"5\r\nhello\r\n",
+                          b"zz\r\nbad\r\n0\r\n\r\n")
+    assert status_of(response) == 400
+    time.sleep(0.1)
+    assert len(upstream.requests) == 1 and not upstream.requests[0].complete
+
+
+def test_buffered_route_sends_nothing_for_a_bad_body(gw, upstream):
+    for bad in (b"zz\r\nbad\r\n0\r\n\r\n", b"3\r\nabcd\r\n0\r\n\r\n",
+                b"1;" + b"e" * 5000 + b"\r\nx\r\n0\r\n\r\n"):
+        response = send_split(gw.port, chunked_to(b"/buffered/a") + b"5\r\nhello\r\n", bad)
+        assert status_of(response) == 400, bad[:20]
+    time.sleep(0.1)
+    assert upstream.requests == [] and upstream.raw_bytes == 0
+
+
+def test_buffered_route_sends_a_good_body_with_content_length(gw, upstream):
+    body = [b"%x\r\n%s\r\n" % (len(p), p) for p in (b"hello", b" ", b"world" * 1000)]
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=3) as sock:
+        sock.sendall(chunked_to(b"/buffered/a"))
+        for piece in body:
+            time.sleep(0.02)
+            sock.sendall(piece)
+        time.sleep(0.05)
+        assert upstream.requests == []  # nothing before the whole body is in
+        sock.sendall(b"0\r\nX-Trailer: t\r\n\r\nGET /buffered/b HTTP/1.1\r\nHost: a\r\n"
+                     b"Connection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert [r[0] for r in split_responses(data)] == [200, 200]
+    posted, got = upstream.requests
+    assert posted.complete and posted.body_bytes == 5006
+    assert posted.header("Content-Length") == "5006"
+    assert posted.header("Transfer-Encoding") is None
+    assert got.target == "/buffered/b"
+
+
+def test_buffered_route_limits_and_expect(gw, upstream):
+    too_big = b"%x\r\n%s\r\n" % (40000, b"z" * 40000)
+    response = send_split(gw.port, chunked_to(b"/buffered/a"), too_big * 2 + b"0\r\n\r\n")
+    assert status_of(response) == 413
+    assert upstream.requests == []
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=3) as sock:
+        sock.sendall(b"PUT /buffered/e HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n"
+                     b"Expect: 100-continue\r\nConnection: close\r\n\r\n")
+        assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        assert upstream.requests == []
+        sock.sendall(b"data")
+        assert status_of(sock.recv(65536)) == 200
+    assert upstream.requests[0].body_bytes == 4
+    assert upstream.requests[0].header("Content-Length") == "4"
+
+
+def test_held_body_that_stops_coming_is_closed(gateway_factory, upstream):
+    gw = gateway_factory(config(upstream.url).replace("header_timeout: 2s", "header_timeout: 2s, "
+                                                      "idle_timeout: 1s"))
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock:
+        sock.sendall(chunked_to(b"/buffered/a") + b"5\r\nhello\r\n")
+        started = time.monotonic()
+        assert sock.recv(100) == b""
+        assert 0.8 < time.monotonic() - started < 4
+    assert upstream.requests == []
+

@@ -220,6 +220,9 @@ class Route(Base):
     public: bool = False
     strip_prefix: bool = False
     websocket: bool = True
+    # Read and validate the whole body (<= limits.max_body_bytes) before anything goes
+    # upstream, then send it with Content-Length (nginx's proxy_request_buffering on).
+    buffer_request_body: bool = False
     strip_request_headers: list[str] = []  # on top of the top-level list, on this route
     middleware: list[Middleware] = []
 

@@ -47,7 +47,7 @@ class CompiledRoute:
 
     __slots__ = (
         "index", "prefix", "methods", "allow_header", "chain", "steps", "group", "slot",
-        "strip_length", "websocket", "drop_headers", "label",
+        "strip_length", "websocket", "drop_headers", "label", "buffer_body",
     )  # fmt: skip
 
     def __init__(
@@ -69,6 +69,7 @@ class CompiledRoute:
         # Bytes of the path the upstream does not see (strip_prefix), or -1 (upstream_head).
         self.strip_length = len(self.prefix) if route.strip_prefix else -1
         self.websocket = route.websocket
+        self.buffer_body = route.buffer_request_body
         # Request headers (lower-case names) the upstream must never see from the client on
         # this route: those a middleware owns (forward_claims targets, ...) and the route's
         # own strip_request_headers (the top-level list is dropped as headers are parsed).

@@ -60,7 +60,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fluxgate.proxy")
 
-_DEADLINE_NONE, _DEADLINE_HEADERS, _DEADLINE_IDLE = 0, 1, 2
+# _DEADLINE_BODY: a held request (buffer_request_body) whose body stopped arriving.
+_DEADLINE_NONE, _DEADLINE_HEADERS, _DEADLINE_IDLE, _DEADLINE_BODY = 0, 1, 2, 3
 # Status recorded when the client disconnects before its response was sent (nginx's 499).
 CLIENT_CLOSED = 499
 # Bytes a chunk-size line may hold, extensions included (RFC 9112 §7.1.1: a server ought to
@@ -98,6 +99,8 @@ class ClientConnection(asyncio.Protocol):
         self.closed = False
         self.fatal: ClientError | None = None
         self.chunked_body: ChunkedBody | None = None  # the chunked body being read, followed
+        # The active request and its route while buffer_request_body reads its body.
+        self.held: tuple[RequestState, CompiledRoute] | None = None
         self.head_tail = b""  # the last bytes fed of a head not yet complete
         self.tunnel: Exchange | None = None
         self.tunnel_pending: list[bytes] = []
@@ -364,6 +367,8 @@ class ClientConnection(asyncio.Protocol):
         req.body_bytes += len(chunk)
         if req.body_bytes > self.max_body_bytes:
             raise BodyTooLarge()
+        if self.held is not None:  # the body is still coming: the held request waits on
+            self.deadline = self.loop.time() + self.idle_timeout
         exchange = req.exchange
         if exchange is not None:
             exchange.send_body(chunk)
@@ -375,6 +380,12 @@ class ClientConnection(asyncio.Protocol):
         assert req is not None
         self.parsing = None
         req.message_complete = True
+        held = self.held
+        if held is not None and held[0] is req:
+            self.held = None
+            self._clear_deadline()
+            self._forward_buffered(req, held[1])
+            return
         exchange = req.exchange
         if exchange is not None and not exchange.finished:
             exchange.end_body()
@@ -490,6 +501,15 @@ class ClientConnection(asyncio.Protocol):
         self._forward(req, route, head)
 
     def _forward(self, req: RequestState, route: CompiledRoute, head: bytes) -> None:
+        if route.buffer_body and req.has_body and not req.message_complete:
+            # buffer_request_body: nothing goes upstream before the whole body has been
+            # read (bounded by max_body_bytes) and found well-framed; on_message_complete
+            # sends it on.
+            self.held = (req, route)
+            self._set_deadline(_DEADLINE_BODY, self.idle_timeout)
+            if req.expect_continue:
+                self.write(CONTINUE_100)  # RFC 9110 §10.1.1, as below
+            return
         exchange = Exchange(self, req, route.group, head)
         req.exchange = exchange
         if req.expect_continue and not req.message_complete:
@@ -503,6 +523,13 @@ class ClientConnection(asyncio.Protocol):
             req.body_buffer = []
         if req.message_complete and not exchange.finished:
             exchange.end_body()
+
+    def _forward_buffered(self, req: RequestState, route: CompiledRoute) -> None:
+        """A held request's whole body is in: it goes upstream with Content-Length."""
+        req.chunked = False
+        req.content_length = req.body_bytes
+        req.has_body = req.body_bytes > 0
+        self._forward(req, route, self._upstream_head(req, route))
 
     def _route(self, req: RequestState) -> CompiledRoute:
         if not req.path:  # llhttp's path (the fast parser splits and normalizes itself)
@@ -584,6 +611,7 @@ class ClientConnection(asyncio.Protocol):
     def _reject(self, err: ClientError) -> None:
         """A protocol-level error: answer it in turn, then close."""
         self.closing = True
+        self.held = None
         self.pause_reading(self.PAUSE_PIPELINE)
         active = self.active
         if active is not None:
@@ -684,10 +712,12 @@ class ClientConnection(asyncio.Protocol):
 
     def check_timeouts(self, now: float) -> None:
         """Called by the worker's sweep a few times a second."""
-        if self.deadline_kind != _DEADLINE_NONE and now >= self.deadline:
-            # Slowloris or idle keep-alive: RFC 9112 §9.8 lets us just close.
+        kind = self.deadline_kind
+        if kind != _DEADLINE_NONE and now >= self.deadline:
+            # Slowloris, idle keep-alive or a held body that stopped coming: RFC 9112 §9.8
+            # lets us just close.
             self._clear_deadline()
-            if self.active is None:
+            if self.active is None or kind == _DEADLINE_BODY:
                 self._close_soon()
                 return
         req = self.active
