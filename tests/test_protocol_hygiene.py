@@ -13,26 +13,25 @@ import pytest
 
 from tests.support.gateway import raw_request
 from tests.support.idp import AUDIENCE, IdentityProvider
-from tests.test_protocol import split_responses, status_of
+from tests.test_protocol import routes, split_responses, status_of
 
-
-def config(upstream_url: str, extra: str = "", limits: str = "") -> str:
-    return f"""
-limits: {{max_header_bytes: 16384, max_body_bytes: 64KiB, header_timeout: 2s{limits}}}
-routes:
-  - route: /api
-    upstream: "{upstream_url}"
-    public: true
+# Routes on top of test_protocol's: one with a strip list of its own, one that buffers bodies.
+ROUTES = """
   - route: /strict
-    upstream: "{upstream_url}"
+    upstream: app
     public: true
     strip_request_headers: [X-Debug, X_Trace]
   - route: /buffered
-    upstream: "{upstream_url}"
+    upstream: app
     public: true
     buffer_request_body: true
-{extra}
 """
+
+
+def config(upstream_url: str, extra: str = "", limits: str = "") -> str:
+    return routes(upstream_url, ROUTES + extra).replace(
+        "max_body_bytes: 1MiB", "max_body_bytes: 64KiB" + limits
+    )
 
 
 @pytest.fixture
@@ -157,10 +156,10 @@ def idp():
         provider.stop()
 
 
-def jwt_route(idp: IdentityProvider, upstream_url: str, forward: str = "") -> str:
+def jwt_route(idp: IdentityProvider, forward: str = "") -> str:
     return f"""
   - route: /jwt
-    upstream: "{upstream_url}"
+    upstream: app
     middleware:
       - jwt:
           issuer: "{idp.issuer}"
@@ -173,7 +172,7 @@ def jwt_route(idp: IdentityProvider, upstream_url: str, forward: str = "") -> st
 @BOTH_PATHS
 def test_bearer_token_with_trailing_whitespace(gateway_factory, upstream, idp, split):
     """RFC 9110 §5.5: the spaces and tabs after the token are not part of the field value."""
-    gw = gateway_factory(config(upstream.url, jwt_route(idp, upstream.url)))
+    gw = gateway_factory(config(upstream.url, jwt_route(idp)))
     token = idp.mint().encode()
     for tail in (b"   ", b"\t", b" \t "):
         data = (
@@ -190,7 +189,7 @@ def test_bearer_token_with_trailing_whitespace(gateway_factory, upstream, idp, s
 
 @BOTH_PATHS
 def test_path_overrides_and_identity_headers_are_stripped(gateway_factory, upstream, idp, split):
-    gw = gateway_factory(config(upstream.url, jwt_route(idp, upstream.url, "sub: X-User-Id")))
+    gw = gateway_factory(config(upstream.url, jwt_route(idp, "sub: X-User-Id")))
     identity = (
         b"X-Original-URL: /admin\r\nx-rewrite-url: /admin\r\nX-User-Id: root\r\n"
         b"X-Remote-User: root\r\nX-Forwarded-User: root\r\nX-Auth-User: root\r\n"
@@ -344,8 +343,7 @@ def test_buffered_route_limits_and_expect(gw, upstream):
 
 
 def test_held_body_that_stops_coming_is_closed(gateway_factory, upstream):
-    gw = gateway_factory(config(upstream.url).replace("header_timeout: 2s", "header_timeout: 2s, "
-                                                      "idle_timeout: 1s"))
+    gw = gateway_factory(config(upstream.url).replace("idle_timeout: 2s", "idle_timeout: 1s"))
     with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock:
         sock.sendall(chunked_to(b"/buffered/a") + b"5\r\nhello\r\n")
         started = time.monotonic()
