@@ -119,6 +119,9 @@ class JwtVerifier:
 
     keys: JwtKeySet | None
     algorithms: tuple[str, ...]
+    claims: tuple[str, ...] | None
+    """The claim names parsed out of a token (exp, nbf, iat, iss, aud, sub and those asked
+    for), or None for every claim."""
     cached: int
 
     def __init__(
@@ -133,6 +136,7 @@ class JwtVerifier:
         cache_size: int = 16384,
         secret: bytes | None = None,
         prepare: Callable[[dict[str, Any]], Any] | None = None,
+        claims: Iterable[str] | None = None,
     ) -> None: ...
     def set_keys(self, keys: JwtKeySet | None) -> None: ...
     def flush(self) -> None: ...

@@ -106,6 +106,9 @@ cdef extern from "openssl/crypto.h" nogil:
 cdef extern from "openssl/err.h" nogil:
     void ERR_clear_error()
 
+cdef extern from "Python.h":
+    void PyObject_GC_UnTrack(void* op)
+
 cdef extern from *:
     """
     static inline int fg_ctz32(unsigned int x) { return __builtin_ctz(x); }
@@ -500,8 +503,11 @@ cdef class JwtKeySet:
 cdef class _Entry:
     # One verified token: what verify()/authenticate() return, and until when. Not
     # tracked by the cycle collector (it can be in no cycle: claims and prepared never
-    # refer back to it), so 16,384 cached tokens do not lengthen every full collection.
-    cdef bytes token             # the whole token: a cache hit must equal it byte for byte
+    # refer back to it), and neither are its claims (_untrack), so 16,384 cached tokens
+    # do not lengthen every full collection.
+    cdef bytes owner             # holds the token at [start, start + n): the bytes the
+    cdef Py_ssize_t start        # caller passed (the Authorization value, not a copy);
+    cdef Py_ssize_t n            # a cache hit must equal them byte for byte
     cdef object claims
     cdef object prepared
     cdef double cache_until      # exp + leeway, or insertion + FG_JWT_CACHE_NO_EXP_TTL
@@ -523,6 +529,11 @@ cdef inline object _cache_key(const char* token, Py_ssize_t n):
 cdef inline bint _same_token(bytes cached, const char* token, Py_ssize_t n) noexcept:
     return (PyBytes_GET_SIZE(cached) == n
             and memcmp(PyBytes_AS_STRING(cached), token, n) == 0)
+
+
+cdef inline bint _entry_is(_Entry entry, const char* token, Py_ssize_t n) noexcept:
+    return (entry.n == n
+            and memcmp(PyBytes_AS_STRING(entry.owner) + entry.start, token, n) == 0)
 
 
 cdef object _MISSING = object()
@@ -548,23 +559,317 @@ cdef int _numeric_date(object value, double* out) noexcept:
     return 0
 
 
+# ---- the claims FluxGate reads, and nothing else -------------------------------------
+#
+# A token carries claims the gateway never reads (jti, tenant, roles, email, ...): an
+# identity provider's token is mostly those. The payload is scanned once in C, every value
+# checked to be JSON that orjson accepts, without building anything; only the members the
+# verifier and its ``prepare`` read are copied, as a smaller JSON object, for orjson to
+# build. The scanner never refuses a payload: whatever it cannot vouch for (an escape in
+# a member name, a surrogate escape, a number that might not fit a double, nesting deeper
+# than _JSON_MAX_DEPTH, anything not well-formed) is parsed in full by orjson as before,
+# so every payload is accepted or refused exactly as orjson decides, and a member named
+# twice keeps its last value either way (both copies are passed on, in order).
+
+cdef enum:
+    _JSON_MAX_DEPTH = 64          # deeper: orjson decides (its own limit is 1024)
+    _JSON_MAX_MAGNITUDE = 300     # digits + exponent beyond this: orjson decides (inf?)
+
+# RFC 8259 §7: the escapes after a backslash, other than \uXXXX.
+cdef const unsigned char* _JSON_ESCAPES = <const unsigned char*>b'"\\/bfnrt'
+
+
+cdef inline Py_ssize_t _json_ws(const unsigned char* p, Py_ssize_t i,
+                                Py_ssize_t n) noexcept nogil:
+    # RFC 8259 §2: insignificant whitespace is space, tab, LF and CR only.
+    while i < n and (p[i] == 0x20 or p[i] == 0x0A or p[i] == 0x0D or p[i] == 0x09):
+        i += 1
+    return i
+
+
+cdef inline int _hex_digit(unsigned char c) noexcept nogil:
+    if 0x30 <= c <= 0x39:
+        return c - 0x30
+    c |= 0x20
+    if 0x61 <= c <= 0x66:
+        return c - 0x61 + 10
+    return -1
+
+
+cdef inline Py_ssize_t _utf8_len(const unsigned char* p, Py_ssize_t n) noexcept nogil:
+    # Length of the well-formed UTF-8 sequence at p (Unicode §3.9 table 3-7: no overlong
+    # form, no surrogate, nothing past U+10FFFF), or 0.
+    cdef unsigned char c = p[0], lo = 0x80, hi = 0xBF
+    cdef Py_ssize_t k, i
+    if 0xC2 <= c <= 0xDF:
+        k = 2
+    elif 0xE0 <= c <= 0xEF:
+        k = 3
+        if c == 0xE0:
+            lo = 0xA0
+        elif c == 0xED:
+            hi = 0x9F
+    elif 0xF0 <= c <= 0xF4:
+        k = 4
+        if c == 0xF0:
+            lo = 0x90
+        elif c == 0xF4:
+            hi = 0x8F
+    else:
+        return 0
+    if k > n or not lo <= p[1] <= hi:
+        return 0
+    for i in range(2, k):
+        if not 0x80 <= p[i] <= 0xBF:
+            return 0
+    return k
+
+
+cdef Py_ssize_t _json_string(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
+                             bint* escaped) noexcept nogil:
+    # p[i] is '"': the index just past the string (RFC 8259 §7), or -1. Sets *escaped
+    # when the string holds a backslash.
+    cdef unsigned char c
+    cdef Py_ssize_t k
+    cdef int a, b, cc, d
+    i += 1
+    while i < n:
+        c = p[i]
+        if c == 0x22:
+            return i + 1
+        if c == 0x5C:
+            escaped[0] = True
+            if i + 1 >= n:
+                return -1
+            c = p[i + 1]
+            if c == 0x75:  # \uXXXX, not a surrogate (orjson's pairing rules decide those)
+                if i + 6 > n:
+                    return -1
+                a = _hex_digit(p[i + 2])
+                b = _hex_digit(p[i + 3])
+                cc = _hex_digit(p[i + 4])
+                d = _hex_digit(p[i + 5])
+                if a < 0 or b < 0 or cc < 0 or d < 0 or (a == 0xD and b >= 8):
+                    return -1
+                i += 6
+            elif memchr(_JSON_ESCAPES, c, 8) != NULL:
+                i += 2
+            else:
+                return -1
+        elif c < 0x20:
+            return -1
+        elif c < 0x80:
+            i += 1
+        else:
+            k = _utf8_len(p + i, n - i)
+            if k == 0:
+                return -1
+            i += k
+    return -1
+
+
+cdef Py_ssize_t _json_number(const unsigned char* p, Py_ssize_t i,
+                             Py_ssize_t n) noexcept nogil:
+    # RFC 8259 §6: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?, and small enough that
+    # orjson's double cannot overflow (it refuses 1e400); the index past it, or -1.
+    cdef Py_ssize_t digits = 0, start
+    cdef long exponent = 0
+    cdef bint negative = False
+    if i < n and p[i] == 0x2D:
+        i += 1
+    if i >= n:
+        return -1
+    if p[i] == 0x30:
+        i += 1
+        digits = 1
+    elif 0x31 <= p[i] <= 0x39:
+        while i < n and 0x30 <= p[i] <= 0x39:
+            i += 1
+            digits += 1
+    else:
+        return -1
+    if i < n and p[i] == 0x2E:
+        i += 1
+        start = i
+        while i < n and 0x30 <= p[i] <= 0x39:
+            i += 1
+        if i == start:
+            return -1
+    if i < n and (p[i] == 0x65 or p[i] == 0x45):
+        i += 1
+        if i < n and (p[i] == 0x2B or p[i] == 0x2D):
+            negative = p[i] == 0x2D
+            i += 1
+        start = i
+        while i < n and 0x30 <= p[i] <= 0x39:
+            if exponent < 100000:
+                exponent = exponent * 10 + (p[i] - 0x30)
+            i += 1
+        if i == start:
+            return -1
+        if negative and exponent > _JSON_MAX_MAGNITUDE:
+            return -1
+    if digits + (0 if negative else exponent) > _JSON_MAX_MAGNITUDE:
+        return -1
+    return i
+
+
+cdef Py_ssize_t _json_value(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
+                            int depth) noexcept nogil:
+    # The index just past the JSON value at p[i] (RFC 8259 §3), or -1.
+    cdef unsigned char c, close
+    cdef bint escaped = False
+    if i >= n:
+        return -1
+    c = p[i]
+    if c == 0x22:
+        return _json_string(p, i, n, &escaped)
+    if c == 0x7B or c == 0x5B:  # { or [
+        if depth >= _JSON_MAX_DEPTH:
+            return -1
+        close = c + 2  # } or ]
+        i = _json_ws(p, i + 1, n)
+        if i < n and p[i] == close:
+            return i + 1
+        while True:
+            if c == 0x7B:
+                if i >= n or p[i] != 0x22:
+                    return -1
+                i = _json_string(p, i, n, &escaped)
+                if i < 0:
+                    return -1
+                i = _json_ws(p, i, n)
+                if i >= n or p[i] != 0x3A:
+                    return -1
+                i = _json_ws(p, i + 1, n)
+            i = _json_value(p, i, n, depth + 1)
+            if i < 0:
+                return -1
+            i = _json_ws(p, i, n)
+            if i >= n:
+                return -1
+            if p[i] == close:
+                return i + 1
+            if p[i] != 0x2C:
+                return -1
+            i = _json_ws(p, i + 1, n)
+    if c == 0x74:
+        return i + 4 if i + 4 <= n and memcmp(p + i, b"true", 4) == 0 else -1
+    if c == 0x66:
+        return i + 5 if i + 5 <= n and memcmp(p + i, b"false", 5) == 0 else -1
+    if c == 0x6E:
+        return i + 4 if i + 4 <= n and memcmp(p + i, b"null", 4) == 0 else -1
+    return _json_number(p, i, n)
+
+
+cdef Py_ssize_t _select_members(const unsigned char* p, Py_ssize_t n, unsigned char* out,
+                                const char** names, const Py_ssize_t* lens,
+                                Py_ssize_t count) noexcept nogil:
+    # The JSON object p[0:n] cut down to its members named in names[0:count], written to
+    # out (room for n + 2 bytes) as a JSON object: its length, or -1 when p[0:n] is not
+    # something this scanner vouches for (see above; the caller parses it in full).
+    cdef Py_ssize_t i, key, key_end, value, o = 1, j
+    cdef bint escaped
+    out[0] = 0x7B
+    i = _json_ws(p, 0, n)
+    if i >= n or p[i] != 0x7B:
+        return -1
+    i = _json_ws(p, i + 1, n)
+    if i < n and p[i] == 0x7D:
+        i = _json_ws(p, i + 1, n)
+    else:
+        while True:
+            if i >= n or p[i] != 0x22:
+                return -1
+            key = i
+            escaped = False
+            key_end = _json_string(p, i, n, &escaped)
+            if key_end < 0 or escaped:  # an escaped name: only orjson decodes it
+                return -1
+            i = _json_ws(p, key_end, n)
+            if i >= n or p[i] != 0x3A:
+                return -1
+            value = _json_ws(p, i + 1, n)
+            i = _json_value(p, value, n, 1)
+            if i < 0:
+                return -1
+            for j in range(count):
+                if (lens[j] == key_end - key - 2
+                        and memcmp(p + key + 1, names[j], lens[j]) == 0):
+                    if o > 1:
+                        out[o] = 0x2C
+                        o += 1
+                    memcpy(out + o, p + key, key_end - key)
+                    o += key_end - key
+                    out[o] = 0x3A
+                    memcpy(out + o + 1, p + value, i - value)
+                    o += 1 + i - value
+                    break
+            i = _json_ws(p, i, n)
+            if i >= n:
+                return -1
+            if p[i] == 0x7D:
+                i = _json_ws(p, i + 1, n)
+                break
+            if p[i] != 0x2C:
+                return -1
+            i = _json_ws(p, i + 1, n)
+    if i != n:
+        return -1
+    out[o] = 0x7D
+    return o + 1
+
+
+cdef void _untrack(object value) noexcept:
+    # A parsed claims tree (dicts and lists of scalars, in no cycle, as orjson builds it)
+    # taken out of the cycle collector: a cached token's claims then cost a full
+    # collection nothing, however many tokens are cached. They could only join a cycle
+    # if mutated, which verify()'s callers must not do (the dict is shared with the cache).
+    if type(value) is dict:
+        PyObject_GC_UnTrack(<void*>value)
+        for item in (<dict>value).values():
+            if type(item) is dict or type(item) is list:
+                _untrack(item)
+    elif type(value) is list:
+        PyObject_GC_UnTrack(<void*>value)
+        for item in <list>value:
+            if type(item) is dict or type(item) is list:
+                _untrack(item)
+
+
+cdef dict _json_object(const unsigned char* p, Py_ssize_t n):
+    # The JSON object p[0:n], or None when it is not one.
+    try:
+        value = _json_loads(PyBytes_FromStringAndSize(<const char*>p, n))
+    except _JSONDecodeError:
+        return None
+    return value if type(value) is dict else None
+
+
+# The registered claims the verifier itself checks (RFC 7519 §4.1); always parsed.
+cdef tuple _CHECKED_CLAIMS = ("exp", "nbf", "iat", "iss", "aud", "sub")
+
+
 cdef class JwtVerifier:
     """Verifies JWTs for one jwt middleware configuration.
 
     ``JwtVerifier(*, algorithms, issuer=None, audiences=None, leeway=60.0,
     require_exp=True, max_token_bytes=8192, cache_size=16384, secret=None,
-    prepare=None)``
+    prepare=None, claims=None)``
 
     * ``algorithms``: the allowlist (JWS names); HS* only with ``secret`` (bytes).
     * ``audiences``: accepted ``aud`` values, or None to leave ``aud`` unchecked.
     * ``prepare(claims)``: run once per newly verified token; ``authenticate``
       returns (and caches) its result, e.g. the request's Principal. It may raise
       TokenError.
+    * ``claims``: the names of the claims ``prepare`` reads, besides exp, nbf, iat,
+      iss, aud and sub (always read): the claims dict then holds only these, and the
+      others are checked to be JSON but never built. None: every claim.
 
-    ``verify(token, now)`` returns the claims dict (shared with the cache: do not
-    mutate it) or raises TokenError. ``set_keys(keyset)`` installs a new JWKS
-    generation and empties the cache. Single-threaded: one verifier per worker, like
-    everything else on the hot path.
+    ``verify(token, now)`` returns the claims dict (shared with the cache, and outside
+    the cycle collector: do not mutate it) or raises TokenError. ``set_keys(keyset)``
+    installs a new JWKS generation and empties the cache. Single-threaded: one verifier
+    per worker, like everything else on the hot path.
     """
 
     cdef unsigned int _algs
@@ -576,6 +881,12 @@ cdef class JwtVerifier:
     cdef bytes _secret
     cdef JwtKeySet _keys
     cdef object _prepare
+    # The claim names parsed (None: all), as str, and UTF-8 for the scanner: _names[i]
+    # points into _names_utf8[i].
+    cdef tuple _selected
+    cdef tuple _names_utf8
+    cdef const char** _names
+    cdef Py_ssize_t* _name_lens
     cdef dict _young
     cdef dict _old
     cdef Py_ssize_t _half
@@ -590,7 +901,8 @@ cdef class JwtVerifier:
     def __cinit__(self, *, algorithms, issuer=None, audiences=None, double leeway=60.0,
                   bint require_exp=True, Py_ssize_t max_token_bytes=FG_JWT_MAX_TOKEN,
                   Py_ssize_t cache_size=FG_JWT_CACHE_SIZE, bytes secret=None,
-                  prepare=None):
+                  prepare=None, claims=None):
+        cdef Py_ssize_t i
         self._algs = jwt_alg_mask(algorithms)
         if self._algs == 0:
             raise ValueError("algorithms must not be empty")
@@ -614,18 +926,37 @@ cdef class JwtVerifier:
         self._max_bytes = max_token_bytes
         self._secret = secret
         self._prepare = prepare
+        if claims is not None:
+            if isinstance(claims, str) or not all(isinstance(c, str) for c in claims):
+                raise TypeError("claims must be an iterable of claim names")
+            self._selected = tuple(dict.fromkeys((*_CHECKED_CLAIMS, *claims)))
+            self._names_utf8 = tuple(c.encode("utf-8", "surrogatepass")
+                                     for c in self._selected)
+            self._names = <const char**>PyMem_Malloc(
+                len(self._selected) * sizeof(const char*))
+            self._name_lens = <Py_ssize_t*>PyMem_Malloc(
+                len(self._selected) * sizeof(Py_ssize_t))
+            if self._names == NULL or self._name_lens == NULL:
+                raise MemoryError()
+            for i in range(len(self._selected)):
+                self._names[i] = PyBytes_AS_STRING(<bytes>self._names_utf8[i])
+                self._name_lens[i] = PyBytes_GET_SIZE(<bytes>self._names_utf8[i])
         self._young = {}
         self._old = {}
         self._half = (cache_size + 1) // 2
         self._keys = None
-        self._scratch = <unsigned char*>PyMem_Malloc(max_token_bytes)
+        # Two halves: a decoded part, then the payload's selected members (_claims_of).
+        self._scratch = <unsigned char*>PyMem_Malloc(2 * max_token_bytes)
         if self._scratch == NULL:
             raise MemoryError()
 
     def __dealloc__(self):
-        if self._scratch != NULL:
-            PyMem_Free(self._scratch)
-            self._scratch = NULL
+        PyMem_Free(self._scratch)
+        PyMem_Free(self._names)
+        PyMem_Free(self._name_lens)
+        self._scratch = NULL
+        self._names = NULL
+        self._name_lens = NULL
 
     def __repr__(self):
         # Never the secret.
@@ -640,6 +971,11 @@ cdef class JwtVerifier:
     @property
     def algorithms(self):
         return jwt_alg_names(self._algs)
+
+    @property
+    def claims(self):
+        """The claim names parsed out of a token, or None for every claim."""
+        return self._selected
 
     @property
     def cached(self):
@@ -680,26 +1016,28 @@ cdef class JwtVerifier:
             raise TokenError("ambiguous_credentials")
         if start == end:
             raise TokenError("malformed")
-        return self._entry_of(PyBytes_AS_STRING(<bytes>value) + start, end - start, None,
-                              now).prepared
+        return self._entry_of(<bytes>value, start, end - start, now).prepared
 
     # -- internals ---------------------------------------------------------------
 
     cdef _Entry _entry(self, bytes token, double now):
-        return self._entry_of(PyBytes_AS_STRING(token), PyBytes_GET_SIZE(token), token, now)
+        return self._entry_of(token, 0, PyBytes_GET_SIZE(token), now)
 
-    cdef _Entry _entry_of(self, const char* p, Py_ssize_t n, bytes token, double now):
-        # The cached or newly verified entry of the token p[0:n]; ``token`` is it as a
-        # bytes object, or None to make one only on a miss (a hit copies nothing).
+    cdef _Entry _entry_of(self, bytes owner, Py_ssize_t start, Py_ssize_t n, double now):
+        # The cached or newly verified entry of the token owner[start:start + n]. The
+        # entry keeps a reference to owner rather than a copy of the token: neither a
+        # hit nor a miss copies it.
+        cdef const char* p = PyBytes_AS_STRING(owner) + start
         key = _cache_key(p, n)
         cdef _Entry entry = self._cached(key, p, n, now)
         if entry is not None:
             return entry
-        if token is None:
-            token = PyBytes_FromStringAndSize(p, n)
-        entry = self._verify_full(token, now)  # raises TokenError: nothing is cached
+        # raises TokenError: nothing is cached
+        entry = self._verify_full(<const unsigned char*>p, n, now)
         if self._half:
-            entry.token = token
+            entry.owner = owner
+            entry.start = start
+            entry.n = n
             self._remember(key, entry)
         return entry
 
@@ -715,9 +1053,9 @@ cdef class JwtVerifier:
             hit = PyDict_GetItem(self._old, key)
             if hit != NULL:
                 entry = <_Entry>hit
-                if _same_token(entry.token, token, n):
+                if _entry_is(entry, token, n):
                     self._remember(key, entry)  # still in use: keep it young
-        if entry is None or not _same_token(entry.token, token, n):
+        if entry is None or not _entry_is(entry, token, n):
             # A miss, or another token with the same tail (never a valid one in practice:
             # the tail is signature bytes): the caller verifies it in full, and only a
             # valid token replaces the entry.
@@ -747,11 +1085,34 @@ cdef class JwtVerifier:
         cdef Py_ssize_t m = b64url_decode_into(src, n, self._scratch)
         if m < 0:
             return None
-        try:
-            value = _json_loads(PyBytes_FromStringAndSize(<char*>self._scratch, m))
-        except _JSONDecodeError:
+        return _json_object(self._scratch, m)
+
+    cdef dict _claims_of(self, const unsigned char* src, Py_ssize_t n):
+        # The claims of the payload part src[0:n] (base64url), as _json_part, but only
+        # the _selected ones when the verifier has a selection; taken out of the cycle
+        # collector (_untrack) either way.
+        cdef Py_ssize_t m = b64url_decode_into(src, n, self._scratch)
+        cdef Py_ssize_t k
+        cdef unsigned char* members = self._scratch + self._max_bytes
+        cdef dict claims
+        if m < 0:
             return None
-        return value if type(value) is dict else None
+        if self._selected is None:
+            claims = _json_object(self._scratch, m)
+        else:
+            k = _select_members(self._scratch, m, members, self._names, self._name_lens,
+                                len(self._selected))
+            # The selection is a JSON object orjson accepts, or the scanner would have
+            # said -1; parsed in full all the same if not.
+            claims = _json_object(members, k) if k >= 0 else None
+            if claims is None:
+                claims = _json_object(self._scratch, m)
+                if claims is not None:
+                    claims = {name: claims[name] for name in self._selected
+                              if name in claims}
+        if claims is not None:
+            _untrack(claims)
+        return claims
 
     cdef JwtKey _header_key(self, const unsigned char* p, Py_ssize_t hlen,
                             const unsigned char* payload, Py_ssize_t plen, double now,
@@ -789,9 +1150,7 @@ cdef class JwtVerifier:
                 raise TokenError(_JWT_REASONS[reason])
         return key
 
-    cdef _Entry _verify_full(self, bytes token, double now):
-        cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(token)
-        cdef Py_ssize_t n = PyBytes_GET_SIZE(token)
+    cdef _Entry _verify_full(self, const unsigned char* p, Py_ssize_t n, double now):
         cdef const unsigned char* dot1
         cdef const unsigned char* dot2
         cdef Py_ssize_t hlen, plen, slen, m
@@ -863,7 +1222,7 @@ cdef class JwtVerifier:
         # The claims dict, or TokenError; fills entry's deadlines when given.
         cdef double exp_deadline = INFINITY, nbf_deadline = -INFINITY
         cdef double iat_deadline = -INFINITY, d = 0.0
-        cdef dict claims = self._json_part(src, n)
+        cdef dict claims = self._claims_of(src, n)
         if claims is None:
             raise TokenError(_JWT_REASONS[FG_JWT_MALFORMED])
         value = claims.get("exp", _MISSING)

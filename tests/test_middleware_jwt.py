@@ -644,3 +644,57 @@ def test_tokens_of_one_caller_share_a_principal_and_claims_keep_their_types():
     assert scp_list.scopes == frozenset({"x", "y"})
     with pytest.raises(Exception, match="invalid_claim"):  # a bad scope type is still refused
         verifier.authenticate(_hs256(sub="bob", jti="10", scope=7), now)
+
+
+def test_array_claims_and_scope_sets_are_shared_too():
+    verifier = _hs256_verifier({"roles": "X-Roles"})
+    now = time.time()
+    first = verifier.authenticate(_hs256(sub="alice", jti="1", scope="a b", roles=["r", "s"]), now)
+    again = verifier.authenticate(_hs256(sub="alice", jti="2", scope="a b", roles=["r", "s"]), now)
+    as_str = verifier.authenticate(_hs256(sub="alice", jti="3", scope="a b", roles="r, s"), now)
+    bob = verifier.authenticate(_hs256(sub="bob", jti="4", scope="b a", roles=["r", "s"]), now)
+    assert again is first and b"X-Roles: r, s\r\n" in first.upstream_lines
+    assert as_str is not first and as_str.upstream_lines == first.upstream_lines
+    assert bob.scopes == first.scopes and bob.subject == "bob"
+    carol = verifier.authenticate(_hs256(sub="carol", jti="5", scope="a b"), now)
+    assert carol.scopes is first.scopes  # one set for every holder of "a b"
+    mixed = verifier.authenticate(_hs256(sub="alice", jti="6", scope="a b", roles=["r", 1]), now)
+    assert b"X-Roles: r, 1\r\n" in mixed.upstream_lines
+
+
+def test_only_the_claims_the_route_reads_are_built():
+    verifier = _hs256_verifier({"email": "X-Email", "https://idp.test/roles": "X-Roles"})
+    assert verifier.claims == ("exp", "nbf", "iat", "iss", "aud", "sub", "scope", "scp", "email",
+                               "https://idp.test/roles")
+    token = _hs256(sub="alice", jti="j", scope="a", email="a@x.test", tenant={"id": 7},
+                   plan="pro", roles=["unused"], **{"https://idp.test/roles": ["admin"]})
+    principal = verifier.authenticate(token, time.time())
+    assert principal.claims_headers == ((b"X-Email", b"a@x.test"), (b"X-Roles", b"admin"))
+    claims = verifier.verify(token, time.time())
+    assert set(claims) == {"iss", "aud", "iat", "exp", "sub", "scope", "email",
+                           "https://idp.test/roles"}
+
+
+def test_a_full_token_cache_gives_the_cycle_collector_nothing_to_walk():
+    # 16,384 cached tokens of 100 callers: their claims are outside the collector and their
+    # principals shared, so a full collection walks about as many objects as before.
+    import gc
+
+    from fluxgate.middleware.jwt import PRINCIPAL_CACHE_SIZE
+
+    verifier = _hs256_verifier({"roles": "X-Roles"})
+    tokens = [_hs256(sub=f"user-{i % 100}", jti=str(i), scope="a b", aud=["api", "account"],
+                     roles=["r1", "r2"], tenant={"id": i, "tags": ["x"]}) for i in range(16384)]
+    now = time.time()
+    gc.collect()
+    gc.disable()
+    try:
+        before = len(gc.get_objects())
+        for token in tokens:
+            verifier.authenticate_bearer([(b"Authorization", b"Bearer " + token)], now)
+        gc.collect()  # as the collector would: tuples of strings leave its lists
+        added = len(gc.get_objects()) - before
+    finally:
+        gc.enable()
+    assert verifier.cached == 16384 and PRINCIPAL_CACHE_SIZE > 100
+    assert added < 1000, added
