@@ -16,6 +16,14 @@ Groups (``pytest bench/ -k jwt``; ratios printed as peer / fluxgate):
   ratio. The groups above time one implementation after another, so a change in the VM's
   speed between them shows up as a ratio (1.4x one run, 0.74x the next, on the same code);
   here a change hits all three alike.
+* ``test_paired_miss_by_size``: the middleware's verifier (``build_verifier``, as a worker
+  builds it) on 20,000 distinct RS256 tokens in turn (of the e2e bench's token files), beyond its 16,384-token cache, so every
+  call is a full verification from the ``Authorization`` header; the bare libcrypto verify and
+  PyJWT on the same tokens, in alternation. Three claim sets: the minimal ``claims`` of
+  bench/support/jwt.py (~600-byte tokens) and its ``realistic_claims`` at 300 B and 1 kB of
+  JSON (~820- and ~1,760-byte tokens, claims FluxGate never reads included), so what a
+  token's size costs shows as the time above the bare verify. Also printed: the allocator
+  blocks each cached token keeps, and the objects it adds to the cycle collector's lists.
 
 Every benchmark asserts what it computed. Targets (issue 3): cached <= 1.5 us; uncached
 within 1.25x of the bare verify; >= 4x faster than PyJWT uncached, >= 50x cached.
@@ -23,10 +31,13 @@ within 1.25x of the bare verify; >= 4x faster than PyJWT uncached, >= 50x cached
 
 from __future__ import annotations
 
+import gc
 import statistics
+import sys
 import time
 
 import jwt as pyjwt
+import msgspec
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding
@@ -34,8 +45,11 @@ from joserfc import jwt as jose_jwt
 from joserfc.jwk import ECKey, RSAKey
 from joserfc.jwt import JWTClaimsRegistry
 
+from bench.support import jwt as bench_tokens
 from fluxgate._core import JwtVerifier, b64url_decode
 from fluxgate.auth.jwk import build_keyset
+from fluxgate.config.schema import Jwt
+from fluxgate.middleware.jwt import build_verifier
 from tests.support.tokens import SigningKey
 
 ISS = "https://idp.bench.test"
@@ -213,3 +227,96 @@ def test_paired_uncached(material, record_paired, alg):
                   f"libcrypto verify; pyjwt / fluxgate {pyjwt_fg:.2f}x "
                   f"(medians of {PAIRED_ROUNDS} rounds' ratios)")
     assert fg_bare > 0 and pyjwt_fg > 0
+
+
+# ---- misses, by token size ---------------------------------------------------------------
+
+MISS_TOKENS = 20_000  # distinct tokens in turn: more than the cache holds, so each call misses
+E2E_TOKENS = 100_000  # the e2e bench's token files, made once (bench/support/jwt.py)
+MISS_ROUNDS = 41
+CACHE_FILL = 16_384  # the default cache_size
+
+
+def _middleware_verifier(public_jwk: dict) -> JwtVerifier:
+    """The verifier a worker builds for the e2e bench's jwt route, with its key set."""
+    config = msgspec.convert({"issuer": bench_tokens.ISSUER, "audience": bench_tokens.AUDIENCE,
+                              "jwks_uri": "http://127.0.0.1:9/jwks.json",
+                              "algorithms": ["RS256"]}, Jwt)
+    verifier = build_verifier(config)
+    verifier.set_keys(build_keyset([public_jwk], 1))
+    return verifier
+
+
+def _per_cached_token(verifier: JwtVerifier, headers: list) -> tuple[float, float]:
+    """Allocator blocks kept, and objects added to the cycle collector's lists, per token
+    of an empty cache filled with ``CACHE_FILL`` distinct tokens."""
+    verifier.flush()
+    gc.collect()
+    gc.disable()
+    try:
+        objects, blocks = len(gc.get_objects()), sys.getallocatedblocks()
+        now = time.time()
+        for h in headers[:CACHE_FILL]:
+            verifier.authenticate_bearer(h, now)
+        assert verifier.cached == CACHE_FILL
+        return ((sys.getallocatedblocks() - blocks) / CACHE_FILL,
+                (len(gc.get_objects()) - objects) / CACHE_FILL)
+    finally:
+        gc.enable()
+
+
+@pytest.mark.parametrize("size", [0, *bench_tokens.PAYLOAD_SIZES.values()],
+                         ids=["minimal", *bench_tokens.PAYLOAD_SIZES])
+def test_paired_miss_by_size(record_paired, size):
+    key = bench_tokens.bench_key()
+    with open(bench_tokens.token_file(E2E_TOKENS, size)) as f:
+        tokens = [line.split(" ", 1)[1].strip() for _, line in zip(range(MISS_TOKENS), f, strict=False)]
+    raw = [t.encode() for t in tokens]
+    verifier = _middleware_verifier(key.jwk())
+    jwt_key = next(iter(verifier.keys))
+    headers = [[(b"Host", b"bench"), (b"Authorization", b"Bearer " + t)] for t in raw]
+    bare = [(t.rpartition(b".")[0], b64url_decode(t.rpartition(b".")[2])) for t in raw]
+    public = key.public
+    principal = verifier.authenticate_bearer(headers[0], time.time())
+    assert principal.subject and jwt_key.verify_signature("RS256", *bare[0])
+    assert pyjwt_decode_ok(tokens[0], public)
+    blocks, tracked = _per_cached_token(verifier, headers)
+    verifier.flush()  # from here on, every call of the rotation misses
+
+    def rotation(fn, items):
+        # Each call takes the next token, across rounds: FluxGate never meets a cached one.
+        position = [0]
+
+        def call() -> None:
+            fn(items[position[0]])
+            position[0] = (position[0] + 1) % len(items)
+
+        return call
+
+    impls = {
+        "fluxgate": rotation(lambda h: verifier.authenticate_bearer(h, time.time()), headers),
+        "bare": rotation(lambda b: jwt_key.verify_signature("RS256", *b), bare),
+        "pyjwt": rotation(lambda t: pyjwt.decode(
+            t, public, algorithms=["RS256"], audience=bench_tokens.AUDIENCE,
+            issuer=bench_tokens.ISSUER, leeway=60, options={"require": ["exp"]}), tokens),
+    }
+    calls = {name: max(1, round(PAIRED_BUDGET_S / _per_call(fn, 20))) for name, fn in impls.items()}
+    rounds: dict[str, list[float]] = {name: [] for name in impls}
+    names = list(impls)
+    for r in range(MISS_ROUNDS):
+        for name in names[r % 3:] + names[: r % 3]:
+            rounds[name].append(_per_call(impls[name], calls[name]))
+    above = statistics.median(f - b for f, b in zip(rounds["fluxgate"], rounds["bare"], strict=True))
+    pyjwt_fg = statistics.median(p / f for p, f in zip(rounds["pyjwt"], rounds["fluxgate"], strict=True))
+    fg_us = statistics.median(rounds["fluxgate"]) * 1e6
+    record_paired(f"jwt miss, {len(raw[0])}-byte RS256 token ({size or 'minimal'} claims): "
+                  f"fluxgate {fg_us:.1f} us, {above * 1e6:.2f} us above the bare libcrypto "
+                  f"verify; pyjwt / fluxgate {pyjwt_fg:.2f}x; per cached token "
+                  f"{blocks:.1f} allocator blocks, {tracked:.2f} objects the cycle collector "
+                  f"tracks (medians of {MISS_ROUNDS} rounds)")
+    assert fg_us > 0 and pyjwt_fg > 0 and verifier.cached <= CACHE_FILL
+
+
+def pyjwt_decode_ok(token: str, public) -> bool:
+    return pyjwt.decode(token, public, algorithms=["RS256"], audience=bench_tokens.AUDIENCE,
+                        issuer=bench_tokens.ISSUER, leeway=60)["iss"] == bench_tokens.ISSUER

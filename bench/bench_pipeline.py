@@ -5,7 +5,8 @@ metrics table) are driven in-process with transports that only collect bytes
 (bench/support/pipeline.py), so the figure is the Python + Cython cost of parsing, routing,
 authenticating, rewriting both heads, pooling and counting — the part FluxGate controls.
 Three routes: public; jwt with one RS256 token (a verified-token cache hit, the e2e "1 token"
-case); api_key over 1,000 keys with quotas, taken in turn. The e2e benches add the two reads
+case) and with 100,000 distinct ~820-byte ones (each a full verification, the e2e "100k
+tokens" case); api_key over 1,000 keys with quotas, taken in turn. The e2e benches add the two reads
 and two writes per request the kernel does for any proxy (strace shows HAProxy makes the
 same four calls).
 

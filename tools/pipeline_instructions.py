@@ -1,11 +1,15 @@
 """Instructions per proxied request, in-process, under callgrind: a figure this noisy VM
 cannot move, for judging a change to the request path before any timed run.
 
-    .venv/bin/python tools/pipeline_instructions.py [public jwt api_key] [--requests N]
+    .venv/bin/python tools/pipeline_instructions.py [public jwt jwt_distinct api_key]
+        [--requests N]
 
 Each scenario of bench/support/pipeline.py runs twice under ``valgrind --tool=callgrind``,
 with a few and with N more requests; the difference of the two instruction totals over N is
-the cost of one request (set-up, imports and the first requests cancel out). Needs valgrind
+the cost of one request (set-up, imports and the first requests cancel out). The same
+difference of the calls to the allocators gives the allocations per request: ``pymalloc``
+counts every Python object and PyMem block (``_PyObject_Malloc``/``Calloc``/``Realloc``),
+``malloc`` the C library's (pymalloc's blocks over 512 bytes, OpenSSL's own). Needs valgrind
 (Debian: ``apt-get install valgrind``); not part of the test suite.
 """
 
@@ -22,6 +26,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 WARM = 2_000
+PYMALLOC = frozenset({"_PyObject_Malloc", "_PyObject_Calloc", "_PyObject_Realloc"})
+LIBC_MALLOC = frozenset({"malloc", "calloc", "realloc"})
 
 
 def run_scenario(name: str, requests: int) -> None:
@@ -36,8 +42,31 @@ def run_scenario(name: str, requests: int) -> None:
         built.close()
 
 
-def instructions(name: str, requests: int) -> int:
-    """Total instructions (callgrind's Ir) of one child run."""
+def allocator_calls(path: Path) -> tuple[int, int]:
+    """Calls into pymalloc and into the C library's allocator, from a callgrind output file
+    (its ``cfn=`` lines name the callee of the ``calls=`` line that follows)."""
+    names: dict[str, str] = {}
+    pymalloc = libc = 0
+    callee = ""
+    with open(path) as f:
+        for line in f:
+            if line.startswith(("fn=", "cfn=")):
+                ref, _, name = line.partition("=")[2].strip().partition(" ")
+                if name:
+                    names[ref] = name.split("'")[0]  # "f'2": f in recursion
+                if line.startswith("cfn="):
+                    callee = names.get(ref, "")
+            elif line.startswith("calls="):
+                count = int(line[6:].split()[0])
+                if callee in PYMALLOC:
+                    pymalloc += count
+                elif callee in LIBC_MALLOC:
+                    libc += count
+    return pymalloc, libc
+
+
+def instructions(name: str, requests: int) -> tuple[int, int, int]:
+    """Total instructions (callgrind's Ir) of one child run, and its allocator calls."""
     with tempfile.TemporaryDirectory() as out:
         done = subprocess.run(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/cg.out",
@@ -47,7 +76,7 @@ def instructions(name: str, requests: int) -> int:
         found = re.search(r"Collected\s*:\s*(\d+)", done.stderr)
         if done.returncode != 0 or found is None:
             raise SystemExit(f"callgrind run of {name} failed:\n{done.stderr[-2000:]}")
-        return int(found.group(1))
+        return (int(found.group(1)), *allocator_calls(Path(out) / "cg.out"))
 
 
 def main() -> None:
@@ -63,10 +92,12 @@ def main() -> None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
     print(f"instructions per request (callgrind, {args.requests:,} requests after {WARM:,}), "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print(f"  {'':12s} {'instructions':>12s} {'pymalloc':>9s} {'malloc':>7s}")
     for name in args.scenarios:
         few = instructions(name, WARM)
         many = instructions(name, WARM + args.requests)
-        print(f"  {name:8s} {(many - few) / args.requests:10,.0f}")
+        ir, pymalloc, libc = ((m - f) / args.requests for m, f in zip(many, few, strict=True))
+        print(f"  {name:12s} {ir:12,.0f} {pymalloc:9.1f} {libc:7.1f}")
 
 
 if __name__ == "__main__":
