@@ -15,7 +15,8 @@ def sample(label: str, rps: float, cores: float, p99: int, *, gen: float = 0.3,
            busy: float = 0.5, others: float = 0.0) -> Sample:
     return Sample(label=label, seconds=5.0, requests=int(rps * 5), rps=rps, p50_us=100,
                   p99_us=p99, errors={}, proxy_cores=cores, generator_cores=gen,
-                  client_busy=busy, others_on_proxy_cpu=others, others_cores=0.0)
+                  client_busy=busy, others_on_client_cpu=0.0, others_on_proxy_cpu=others,
+                  others_cores=0.0)
 
 
 def comparison(name: str, rounds: list[tuple[Sample, Sample]]) -> Comparison:

@@ -133,8 +133,9 @@ def comparison_lines(cmp: Any) -> list[str]:
         f"#### {cmp.name}: {cmp.ours.label} {cmp.ours.path} vs {cmp.peer.label} {cmp.peer.path}",
         "",
         "| side | req/s | p50 µs | p99 µs | proxy CPU (cores) | req/s per proxy core "
-        "| wrk CPU (cores, peak) | client CPU busy (peak) | others on proxy CPU (peak) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| wrk CPU (cores, peak) | client CPU busy (peak) | others on client CPU (peak) "
+        "| others on proxy CPU (peak) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for which, side in ((0, cmp.ours), (1, cmp.peer)):
         runs = [r[which] for r in cmp.rounds]
@@ -151,6 +152,7 @@ def comparison_lines(cmp: Any) -> list[str]:
             f"| {_n(med(lambda s: s.p99_us))} | {_n(med(lambda s: s.proxy_cores), '.2f')} "
             f"| {_n(med(lambda s: s.per_core))} | {_n(peak(lambda s: s.generator_cores), '.2f')} "
             f"| {_n(peak(lambda s: s.client_busy), '.2f')} "
+            f"| {_n(peak(lambda s: s.others_on_client_cpu), '.2f')} "
             f"| {_n(peak(lambda s: s.others_on_proxy_cpu), '.2f')} |"
         )
     rounds = ", ".join(f"{r:.2f}" for r in cmp.per_core_ratios)
@@ -173,7 +175,8 @@ def comparison_lines(cmp: Any) -> list[str]:
 
 def direct_line(sample: Any, upstream: str) -> str:
     """The client side's ceiling: wrk straight to the upstream."""
-    busy = "" if sample.client_busy is None else f", client CPU busy {sample.client_busy:.2f}"
+    busy = "" if sample.client_busy is None else (
+        f", client CPU busy {sample.client_busy:.2f} (others {sample.others_on_client_cpu:.2f})")
     return (f"client side alone (wrk → {upstream}, no proxy): {sample.rps:,.0f} req/s, "
             f"p99 {sample.p99_us:,} µs, wrk CPU {sample.generator_cores:.2f} cores{busy}")
 

@@ -17,8 +17,9 @@ The method the goals (``GOALS``) are stated in:
   per-core req/s, raw req/s and p99 alike; one noisy round cannot move a median of five.
 * Every run also reports what could make it dishonest: the generator's own CPU (wrk, the
   load only; ``GENERATOR_SATURATED`` or more and wrk, not the proxy, set the pace), how busy
-  the client CPU was (wrk + upstream), and the CPU that processes outside the run took on the
-  proxy's CPU. Those runs are flagged, in the comparison and in the summary.
+  the client CPU was (wrk + upstream, and how much of it processes outside the run took), and
+  the CPU those processes took on the proxy's CPU. Those runs are flagged, in the comparison
+  and in the summary.
 
 A rotating header (tokens, keys) continues its rotation across the runs of a side
 (``Side.next_start``), so 100,000 distinct tokens are a 100,000-request cycle per proxy and
@@ -101,6 +102,7 @@ class Sample:
     proxy_cores: float  # the proxy tree's CPU seconds per second of load
     generator_cores: float  # wrk's CPU over the load only
     client_busy: float | None  # the client CPU's busy share (None: not pinned)
+    others_on_client_cpu: float | None  # of which processes outside the run (None: not pinned)
     others_on_proxy_cpu: float | None  # cores others took on the proxy's CPU (None: not pinned)
     others_cores: float  # cores used anywhere by processes outside the run
 
@@ -183,8 +185,10 @@ class Comparison:
                        f"core, peak {max(s.generator_cores for s in gen):.2f}): req/s measures wrk")
         busy = [s for s in measured if s.client_busy is not None and s.client_busy >= CLIENT_SATURATED]
         if busy:
-            out.append(f"client CPU saturated in {len(busy)} run(s) (wrk + upstream ≥ "
-                       f"{CLIENT_SATURATED:g}): the proxies were not pushed to a full core")
+            others = max(s.others_on_client_cpu or 0.0 for s in busy)
+            out.append(f"client CPU saturated in {len(busy)} run(s) (busy ≥ {CLIENT_SATURATED:g}; "
+                       f"processes outside the run took up to {others:.2f} of it): the proxies "
+                       "may not have been pushed to a full core")
         noisy = [s for s in measured
                  if s.others_on_proxy_cpu is not None and s.others_on_proxy_cpu >= OTHERS_NOISY]
         if noisy:
@@ -244,11 +248,12 @@ def run_side(side: Side, *, seconds: int, connections: int, upstream_pid: int,
     load_s = report["duration_s"]
     generator = report["generator_cpu_s"] + report["generator_init_cpu_s"]
     others = _busy(stat_before, stat_after, "cpu") - proxy - upstream - generator
-    client_busy = others_proxy = None
+    client_busy = others_client = others_proxy = None
     if client_cpu is not None and proxy_cpu is not None:
         # the file loading happens before the load: leave it out of the client's busy share
-        client = _busy(stat_before, stat_after, f"cpu{client_cpu}") - report["generator_init_cpu_s"]
-        client_busy = min(1.0, max(0.0, client / load_s))
+        client = _busy(stat_before, stat_after, f"cpu{client_cpu}")
+        client_busy = min(1.0, max(0.0, (client - report["generator_init_cpu_s"]) / load_s))
+        others_client = max(0.0, client - generator - upstream) / wall
         others_proxy = max(0.0, _busy(stat_before, stat_after, f"cpu{proxy_cpu}") - proxy) / wall
     lat = report["latency_us"]
     return Sample(
@@ -257,7 +262,8 @@ def run_side(side: Side, *, seconds: int, connections: int, upstream_pid: int,
         errors={k: v for k, v in report["errors"].items() if v},
         # the proxy is idle while wrk loads its file and exits: its CPU is all load time
         proxy_cores=proxy / load_s, generator_cores=report["generator_cores"],
-        client_busy=client_busy, others_on_proxy_cpu=others_proxy,
+        client_busy=client_busy, others_on_client_cpu=others_client,
+        others_on_proxy_cpu=others_proxy,
         others_cores=max(0.0, others) / wall,
     )
 
