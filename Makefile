@@ -18,7 +18,9 @@ sysdeps:
 	  else echo "missing system packages:$$missing (Debian/Ubuntu: apt-get install$$missing)"; exit 1; fi; \
 	fi
 
-$(VENV)/.installed: pyproject.toml setup.py fluxgate/_core.pyx $(wildcard fluxgate/*.pxi fluxgate/*.pxd)
+# Both extensions: _core, and the data plane _proxy that cimports it (fluxgate/_proxy.pxd).
+$(VENV)/.installed: pyproject.toml setup.py fluxgate/_core.pyx fluxgate/_proxy.pyx \
+		$(wildcard fluxgate/*.pxi fluxgate/*.pxd)
 	$(MAKE) sysdeps
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -57,4 +59,5 @@ lint: setup
 	$(VENV)/bin/ruff check fluxgate tests tools bench
 
 clean:
-	rm -rf build *.egg-info fluxgate/_core.c fluxgate/_core*.so $(VENV)/.installed
+	rm -rf build *.egg-info fluxgate/_core.c fluxgate/_core*.so fluxgate/_proxy.c fluxgate/_proxy*.so \
+		$(VENV)/.installed

@@ -12,7 +12,10 @@ extensions = [
         # headers at build time (Debian: libssl-dev), measured faster than going through
         # `cryptography` (bench/RESULTS.md, "JWT core").
         libraries=["crypto"],
-    )
+    ),
+    # The per-request data plane (client connection, exchange, upstream connection, pool):
+    # its own extension, since _core does no I/O; it cimports _core (fluxgate/_proxy.pxd).
+    Extension("fluxgate._proxy", ["fluxgate/_proxy.pyx"], extra_compile_args=["-O2"]),
 ]
 
 setup(

@@ -260,3 +260,67 @@ cdef int sha256_into(const unsigned char* src, Py_ssize_t n,
 
 # Python-facing class (fluxgate/_core.pyi): IntrospectionCache, one view of the shared
 # result table. It is private to _core at the C level.
+
+
+# ---- the data plane's per-request objects (fluxgate/_http.pxi, _resphead.pxi) ---------
+#
+# Declared here so fluxgate._proxy (the compiled client connection, exchange and
+# upstream connection) reads and writes their fields at C level, as _core does.
+# Python reaches the same fields through member descriptors (_as_member_fields).
+
+cdef class RequestState:
+    cdef public object started           # float: perf_counter() at the first byte
+    cdef public object method            # bytes
+    cdef public object http_minor        # int: 0 or 1
+    cdef public object keep_alive        # bool
+    cdef public object upgrade           # bytes | None: b"websocket" once accepted
+    cdef public object reparse           # bool: a declined Upgrade (h2c), parse on
+    cdef public object chunked           # bool
+    cdef public object content_length    # int (llhttp may report up to 2**64 - 1)
+    cdef public object has_body          # bool
+    cdef public object body_bytes        # int
+    cdef public object message_complete  # bool
+    cdef public object response_done     # bool
+    cdef public object exchange          # Exchange | None
+    cdef public object close_after       # bool
+    cdef public object status            # int
+    cdef public object request_id        # bytes
+    cdef public object route             # CompiledRoute | None
+    cdef public object path              # bytes
+    cdef public object query             # bytes
+    cdef public object client_ip         # str
+    cdef public object peer_trusted      # bool
+    cdef public object principal         # Principal | None
+    cdef public object expect_continue   # bool
+    cdef public object host              # bytes | None
+    cdef public object forwarded_for     # bytes | None
+    cdef public object forwarded_proto   # bytes | None
+    cdef public object client_request_id  # bytes | None
+    cdef public object connection        # bytes | None: Connection values, joined
+    cdef public object hosts             # int
+    cdef public object transfer_encoding  # bytes | None
+    cdef public object upgrade_token     # bytes | None
+    cdef public object finished          # bool
+    cdef public object url               # bytes
+    cdef public object header_bytes      # int
+    cdef public object headers           # list[(name, value)] as the client sent them
+    # The (name, value) pairs of `headers` that go upstream as written (same tuples).
+    cdef public object forward_headers
+    cdef public object body_buffer       # list[bytes]
+    cdef public object response_headers  # list[(name, value)] added to the response
+    # RateLimit-* of the strictest quota the request consulted, as integers (rl_limit 0:
+    # none): written into the response head as digits, so a quota route allocates no
+    # header objects for them. Set through merge_ratelimit, read through ratelimit_headers().
+    cdef uint64_t rl_limit
+    cdef uint64_t rl_remaining
+    cdef uint64_t rl_reset
+
+
+cdef class ResponseHead:
+    # A complete upstream response taken by parse_response_head (read-only in Python).
+    cdef public object status            # int
+    cdef public object lines             # bytes: forwardable header lines, b"Name: value\r\n"...
+    cdef public object content_length    # bytes | None: the Content-Length digits
+    cdef public object keep_alive        # bool
+    cdef public object body_start        # int
+    cdef public object body_length       # int

@@ -224,15 +224,10 @@ cdef int _rh_parse(const unsigned char* p, Py_ssize_t n, bint head_request,
 cdef class ResponseHead:
     """A complete upstream response taken by parse_response_head (fields read-only)."""
 
-    # Python-object fields behind read-only member descriptors (_as_member_fields in
-    # _http.pxi): the exchange reads all six once per response, and CPython 3.11 takes
-    # the generic attribute lookup for the getset properties `cdef readonly` would give.
-    cdef public object status            # int
-    cdef public object lines             # bytes: forwardable header lines, b"Name: value\r\n"...
-    cdef public object content_length    # bytes | None: the Content-Length digits
-    cdef public object keep_alive        # bool
-    cdef public object body_start        # int
-    cdef public object body_length       # int
+    # The fields are declared in _core.pxd: Python-object fields behind read-only member
+    # descriptors (_as_member_fields in _http.pxi): the exchange reads all six once per
+    # response, and CPython 3.11 takes the generic attribute lookup for the getset
+    # properties `cdef readonly` would give.
 
     def __repr__(self):
         return (

@@ -476,9 +476,11 @@ def test_cython_lint_is_clean():
             exe,
             "--max-line-length",
             "100",  # as ruff's line-length in pyproject.toml
-            "fluxgate/_core.pyx",
-            "fluxgate/_core.pxd",
-            *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "fluxgate").glob("_*.pxi")),
+            *sorted(
+                str(p.relative_to(ROOT))
+                for pattern in ("_*.pyx", "_*.pxd", "_*.pxi")  # _core, _proxy and their pieces
+                for p in (ROOT / "fluxgate").glob(pattern)
+            ),
         ],
         capture_output=True,
         text=True,

@@ -1,16 +1,18 @@
 """The client side of the proxy: one asyncio protocol per accepted connection.
 
-The protocol feeds llhttp (through httptools) and never lets a parse error escape: malformed
-input becomes a 400 and the connection is closed (aiohttp's web_protocol does the same).
-Requests are answered strictly in order; a pipelined request waits in a queue (reading
-pauses meanwhile, so a pipelining client cannot make the queue grow without bound).
+The request path itself is compiled (``fluxgate._proxy.ClientConnectionBase``, in
+``fluxgate/_proxy_client.pxi``): a whole simple request in one read is parsed by one
+``_core`` call, routed, authorized and forwarded without a Python frame. This subclass
+keeps llhttp's side: it feeds httptools whatever the fast parser declines and never lets a
+parse error escape: malformed input becomes a 400 and the connection is closed (aiohttp's
+web_protocol does the same). It also keeps the error replies, suspension of a request by a
+middleware, the WebSocket switch and the timeout sweep: rare events, written in Python.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from time import perf_counter
 from typing import TYPE_CHECKING
 
@@ -32,13 +34,22 @@ from fluxgate._core import (
     H_TRANSFER_ENCODING,
     H_UPGRADE,
     ChunkedBody,
-    PathError,
     RequestState,
     classify_header,
-    normalize_path,
-    parse_request_head,
-    upstream_head,
     valid_host,
+)
+from fluxgate._proxy import (
+    CLIENT_CLOSED,
+    DEADLINE_BODY,
+    DEADLINE_HEADERS,
+    DEADLINE_IDLE,
+    DEADLINE_NONE,
+    MAX_CHUNK_LINE,
+    PAUSE_AUTH,
+    PAUSE_CONNECTING,
+    PAUSE_PEER_FULL,
+    PAUSE_PIPELINE,
+    ClientConnectionBase,
 )
 from fluxgate.errors import (
     BadRequest,
@@ -47,126 +58,34 @@ from fluxgate.errors import (
     ExpectationFailed,
     HeadersTooLarge,
     InternalError,
-    MethodNotAllowed,
-    NoRoute,
 )
-from fluxgate.proxy import headers as hdr
-from fluxgate.proxy.exchange import Exchange
-from fluxgate.proxy.responses import CONTINUE_100, error_response
+from fluxgate.proxy.responses import error_response
 from fluxgate.proxy.suspend import Suspended
 
 if TYPE_CHECKING:
     from fluxgate.proxy.app import CompiledRoute, Gateway
+    from fluxgate.proxy.exchange import Exchange
+
+__all__ = ["CLIENT_CLOSED", "MAX_CHUNK_LINE", "ClientConnection", "RequestState",
+           "TlsClientConnection"]
 
 log = logging.getLogger("fluxgate.proxy")
 
-# _DEADLINE_BODY: a held request (buffer_request_body) whose body stopped arriving.
-_DEADLINE_NONE, _DEADLINE_HEADERS, _DEADLINE_IDLE, _DEADLINE_BODY = 0, 1, 2, 3
-# Status recorded when the client disconnects before its response was sent (nginx's 499).
-CLIENT_CLOSED = 499
-# Bytes a chunk-size line may hold, extensions included (RFC 9112 §7.1.1: a server ought to
-# limit them); a longer one is a 400. Trailer fields count against limits.max_header_bytes.
-MAX_CHUNK_LINE = 4096
-
-
-class ClientConnection(asyncio.Protocol):
+class ClientConnection(ClientConnectionBase, asyncio.Protocol):
     """One downstream HTTP/1.1 connection."""
 
-    PAUSE_CONNECTING = 1
-    PAUSE_UPSTREAM_FULL = 2
-    PAUSE_PIPELINE = 4
-    PAUSE_AUTH = 8  # a middleware waits for an answer (proxy/suspend.py)
+    __slots__ = ()  # every field is the compiled base's
+
+    PAUSE_CONNECTING = PAUSE_CONNECTING
+    PAUSE_UPSTREAM_FULL = PAUSE_PEER_FULL
+    PAUSE_PIPELINE = PAUSE_PIPELINE
+    PAUSE_AUTH = PAUSE_AUTH  # a middleware waits for an answer (proxy/suspend.py)
 
     def __init__(self, gateway: Gateway) -> None:
-        self.gw = gateway
-        self.special = gateway.request_special  # header name (lower case) -> kind
-        self.header_kinds = gateway.header_kinds  # header name as sent -> kind
-        self.loop = gateway.loop
-        limits = gateway.limits
-        self.max_header_bytes = limits.max_header_bytes
-        self.max_header_count = limits.max_header_count
-        self.allow_underscores = limits.allow_underscores_in_headers
-        self.max_body_bytes = limits.max_body_bytes
-        self.header_timeout = limits.header_timeout
-        self.idle_timeout = limits.idle_timeout
-        self.transport: asyncio.Transport | None = None
+        super().__init__(gateway)
         self.parser = httptools.HttpRequestParser(self)
-        self.parsing: RequestState | None = None
-        self.active: RequestState | None = None
-        self.queue: deque[RequestState] = deque()
-        self.paused = 0
-        self.closing = False
-        self.closed = False
-        self.fatal: ClientError | None = None
-        self.chunked_body: ChunkedBody | None = None  # the chunked body being read, followed
-        # The active request and its route while buffer_request_body reads its body.
-        self.held: tuple[RequestState, CompiledRoute] | None = None
-        self.head_tail = b""  # the last bytes fed of a head not yet complete
-        self.tunnel: Exchange | None = None
-        self.tunnel_pending: list[bytes] = []
-        self.upgrading = False
-        self.advancing = False
-        self.peer = ""
-        self.peer_bytes = b""
-        self.deadline = 0.0
-        self.deadline_kind = _DEADLINE_NONE
-        self.corked = 0
-        self.out: list[bytes] = []
 
-    # -- asyncio.Protocol ------------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        peer = transport.get_extra_info("peername")
-        self.peer = peer[0] if peer else ""
-        self.peer_bytes = self.peer.encode()
-        self.gw.connections.add(self)
-        self._set_deadline(_DEADLINE_HEADERS, self.header_timeout)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self.gw.connections.discard(self)
-        if self.tunnel is not None:
-            tunnel, self.tunnel = self.tunnel, None
-            tunnel.cancel()
-        for req in (self.active, *self.queue):
-            if req is not None and not req.finished:
-                if req.exchange is not None:
-                    req.exchange.cancel()
-                if not req.response_done:
-                    req.status = CLIENT_CLOSED
-                self.gw.record(req)
-        self.active = None
-        self.queue.clear()
-
-    def data_received(self, data: bytes) -> None:
-        if self.tunnel is not None:
-            self.tunnel.tunnel_from_client(data)
-            return
-        if self.upgrading:
-            self.tunnel_pending.append(data)
-            return
-        if self.closing:
-            return
-        if self.active is None and self.parsing is None and not self.queue:
-            # The common case, one whole simple request in one read, is parsed by one _core
-            # call; anything else (partial, pipelined, chunked, Expect, Upgrade, malformed)
-            # goes through llhttp, which has the final word on what is valid.
-            req = parse_request_head(
-                data,
-                self.header_kinds,
-                self.special,
-                self.max_header_bytes,
-                self.max_body_bytes,
-                perf_counter(),
-                self.max_header_count,
-                self.allow_underscores,
-            )
-            if req is not None:
-                self.deadline_kind = _DEADLINE_NONE
-                self._start(req)
-                return
-        self._feed(data)
-
+    # -- llhttp's path -----------------------------------------------------------------------
     def _feed(self, data: bytes) -> None:
         """Give `data` to llhttp in pieces that end where a head or a body ends, so that a
         chunked body is followed (ChunkedBody) from its first byte: llhttp bounds no chunk
@@ -238,23 +157,11 @@ class ClientConnection(asyncio.Protocol):
                 return False
         return True
 
-    def pause_writing(self) -> None:
-        req = self.active
-        exchange = self.tunnel or (req.exchange if req is not None else None)
-        if exchange is not None:
-            exchange.client_pause_writing()
-
-    def resume_writing(self) -> None:
-        req = self.active
-        exchange = self.tunnel or (req.exchange if req is not None else None)
-        if exchange is not None:
-            exchange.client_resume_writing()
-
     # -- httptools callbacks -----------------------------------------------------------------
     def on_message_begin(self) -> None:
         self.parsing = RequestState(perf_counter())
         if self.active is None:
-            self.deadline_kind = _DEADLINE_HEADERS
+            self.deadline_kind = DEADLINE_HEADERS
             self.deadline = self.loop.time() + self.header_timeout
 
     def on_url(self, piece: bytes) -> None:
@@ -351,7 +258,7 @@ class ClientConnection(asyncio.Protocol):
                 # Only WebSocket is tunnelled: an h2c tunnel would carry later requests
                 # past the gateway's checks. The request is served as plain HTTP/1.1.
                 req.reparse = True
-        self.deadline_kind = _DEADLINE_NONE
+        self.deadline_kind = DEADLINE_NONE
         if self.active is None and not self.queue and not self.advancing:
             self._start(req)  # the common case: nothing in flight, nothing queued
         else:
@@ -405,63 +312,7 @@ class ClientConnection(asyncio.Protocol):
         if rest:
             self.tunnel_pending.append(rest)
 
-    # -- the request path --------------------------------------------------------------------
-    def _advance(self) -> None:
-        """Start queued requests, in order, while nothing is in flight."""
-        if self.advancing:
-            return
-        if self.queue:
-            self.advancing = True
-            try:
-                while self.active is None and self.queue and not self.closing:
-                    req = self.queue.popleft()
-                    if len(self.queue) < 2:
-                        self.resume_reading(self.PAUSE_PIPELINE)
-                    self._start(req)
-            finally:
-                self.advancing = False
-        if self.active is None and self.parsing is None and not self.closing:
-            grace = self.gw.drain_idle_grace if self.gw.draining else self.idle_timeout
-            self._set_deadline(_DEADLINE_IDLE, grace)
-
-    def _start(self, req: RequestState) -> None:
-        self.active = req
-        gw = self.gw
-        req.request_id = gw.request_ids.take(req.client_request_id)
-        if req.forwarded_for is None:
-            req.client_ip = self.peer  # what the resolver answers without X-Forwarded-For
-        else:
-            req.client_ip, req.peer_trusted = gw.resolver.resolve(self.peer, req.forwarded_for)
-        try:
-            route = self._route(req)
-            for step in route.steps:
-                refusal = step(req)
-                if refusal is not None:
-                    raise refusal
-            head = self._upstream_head(req, route)
-        except ClientError as err:
-            self._local_reply(req, err)
-            return
-        except Suspended as wait:
-            # `step` is the stage that raised: the chain goes on after it once answered.
-            self._suspend(req, route, route.steps.index(step) + 1, wait)
-            return
-        except Exception:
-            # A bug in a stage must not leave the client hanging nor let the request through:
-            # fail closed with a 500 and the traceback in the log.
-            log.exception("request %s: the middleware chain failed", req.request_id.decode())
-            self._local_reply(req, InternalError())
-            return
-        self._forward(req, route, head)
-
-    def _upstream_head(self, req: RequestState, route: CompiledRoute) -> bytes:
-        # The head sent upstream leaves out the route's middleware-owned headers and
-        # those the client's Connection header names (hop-by-hop, RFC 9110 §7.6.1).
-        drop = route.drop_headers
-        if req.connection is not None:
-            drop = drop | hdr.dropped_by_connection(req.connection)
-        return upstream_head(req, drop, route.strip_length, self.peer_bytes, self.gw.api_key_query)
-
+    # -- suspension (proxy/suspend.py) -------------------------------------------------------
     def _suspend(self, req: RequestState, route: CompiledRoute, resume_at: int,
                  wait: Suspended) -> None:
         """Wait for a stage's answer without blocking the loop; the client is not read
@@ -500,63 +351,7 @@ class ClientConnection(asyncio.Protocol):
             self.uncork()
         self._forward(req, route, head)
 
-    def _forward(self, req: RequestState, route: CompiledRoute, head: bytes) -> None:
-        if route.buffer_body and req.has_body and not req.message_complete:
-            # buffer_request_body: nothing goes upstream before the whole body has been
-            # read (bounded by max_body_bytes) and found well-framed; on_message_complete
-            # sends it on.
-            self.held = (req, route)
-            self._set_deadline(_DEADLINE_BODY, self.idle_timeout)
-            if req.expect_continue:
-                self.write(CONTINUE_100)  # RFC 9110 §10.1.1, as below
-            return
-        exchange = Exchange(self, req, route.group, head)
-        req.exchange = exchange
-        if req.expect_continue and not req.message_complete:
-            # RFC 9110 §10.1.1: the client waits for this before sending the body; it is
-            # only sent once the request is known to be authorized.
-            self.write(CONTINUE_100)
-        exchange.start()
-        if req.body_buffer:
-            for chunk in req.body_buffer:
-                exchange.send_body(chunk)
-            req.body_buffer = []
-        if req.message_complete and not exchange.finished:
-            exchange.end_body()
-
-    def _forward_buffered(self, req: RequestState, route: CompiledRoute) -> None:
-        """A held request's whole body is in: it goes upstream with Content-Length."""
-        req.chunked = False
-        req.content_length = req.body_bytes
-        req.has_body = req.body_bytes > 0
-        self._forward(req, route, self._upstream_head(req, route))
-
-    def _route(self, req: RequestState) -> CompiledRoute:
-        if not req.path:  # llhttp's path (the fast parser splits and normalizes itself)
-            url = req.url
-            if url[:1] != b"/":
-                url = _origin_form(url)
-            path, _, query = url.partition(b"?")
-            req.query = query
-            try:
-                req.path = normalize_path(path)
-            except PathError as exc:
-                raise BadRequest(f"ambiguous or malformed path: {exc}") from None
-        route = self.gw.router.match(req.path)
-        if route is None:
-            raise NoRoute()
-        req.route = route
-        if route.methods is not None and req.method not in route.methods:
-            raise MethodNotAllowed(headers=((b"Allow", route.allow_header),))
-        if req.upgrade is not None and not route.websocket:
-            raise BadRequest("WebSocket is not enabled on this route")
-        return route
-
     # -- endings -----------------------------------------------------------------------------
-    def can_keep_alive(self, req: RequestState) -> bool:
-        """May this connection carry another request after `req`'s response?"""
-        return req.keep_alive and req.upgrade is None and not self.gw.draining and not self.closing
-
     def _local_reply(self, req: RequestState, err: ClientError) -> None:
         req.status = err.status
         req.response_done = True
@@ -579,34 +374,6 @@ class ClientConnection(asyncio.Protocol):
             self._finish_request(req)
         elif req.message_complete:
             self._finish_request(req)
-
-    def exchange_failed(self, req: RequestState, err: ClientError) -> None:
-        """The exchange ended before any response byte was sent: answer locally."""
-        if not self.closed:
-            self._local_reply(req, err)
-
-    def exchange_done(self, req: RequestState) -> None:
-        """The upstream's response was fully relayed."""
-        req.response_done = True
-        if req.message_complete:
-            self._finish_request(req)
-
-    def _finish_request(self, req: RequestState) -> None:
-        if req.finished:
-            return
-        req.finished = True
-        self.gw.record(req)
-        if self.active is req:
-            self.active = None
-        req.exchange = None
-        if self.fatal is not None and self.active is None:
-            fatal, self.fatal = self.fatal, None
-            self._write_fatal(fatal)
-            return
-        if req.close_after or self.closing or not req.keep_alive:
-            self._close_soon()
-            return
-        self._advance()
 
     def _reject(self, err: ClientError) -> None:
         """A protocol-level error: answer it in turn, then close."""
@@ -654,70 +421,18 @@ class ClientConnection(asyncio.Protocol):
         for data in pending:
             exchange.tunnel_from_client(data)
 
-    # -- transport helpers ---------------------------------------------------------------------
-    def write(self, data: bytes) -> None:
-        """Send bytes to the client; while corked they are gathered into one send."""
-        if self.corked:
-            self.out.append(data)
-            return
-        transport = self.transport
-        if transport is not None and not self.closed:
-            transport.write(data)
-
-    def uncork(self) -> None:
-        """End one `corked += 1` section: what it wrote leaves in one send (one syscall per
-        event-loop callback, not per piece)."""
-        self.corked -= 1
-        if self.corked == 0 and self.out:
-            self._flush()
-
-    def _flush(self) -> None:
-        out, self.out = self.out, []
-        transport = self.transport
-        if transport is not None and not self.closed:
-            transport.write(out[0] if len(out) == 1 else b"".join(out))
-
-    def pause_reading(self, reason: int) -> None:
-        if not self.paused and self.transport is not None and not self.closed:
-            self.transport.pause_reading()
-        self.paused |= reason
-
-    def resume_reading(self, reason: int) -> None:
-        if not self.paused & reason:
-            return
-        self.paused &= ~reason
-        if not self.paused and self.transport is not None and not self.closed:
-            self.transport.resume_reading()
-
-    def abort(self) -> None:
-        """Cut the connection (a response already started cannot be turned into an error)."""
-        self.closing = True
-        if self.transport is not None and not self.closed:
-            self.transport.abort()
-
-    def _close_soon(self) -> None:
-        """Close once everything written so far has been flushed."""
-        self.closing = True
-        if self.out:
-            self._flush()
-        if self.transport is not None and not self.closed:
-            self.transport.close()
-
-    def _set_deadline(self, kind: int, seconds: float) -> None:
-        self.deadline_kind = kind
-        self.deadline = self.loop.time() + seconds
-
+    # -- deadlines (the worker's sweep) -----------------------------------------------------
     def _clear_deadline(self) -> None:
-        self.deadline_kind = _DEADLINE_NONE
+        self.deadline_kind = DEADLINE_NONE
 
     def check_timeouts(self, now: float) -> None:
         """Called by the worker's sweep a few times a second."""
         kind = self.deadline_kind
-        if kind != _DEADLINE_NONE and now >= self.deadline:
+        if kind != DEADLINE_NONE and now >= self.deadline:
             # Slowloris, idle keep-alive or a held body that stopped coming: RFC 9112 §9.8
             # lets us just close.
             self._clear_deadline()
-            if self.active is None or kind == _DEADLINE_BODY:
+            if self.active is None or kind == DEADLINE_BODY:
                 self._close_soon()
                 return
         req = self.active
@@ -729,28 +444,22 @@ class ClientConnection(asyncio.Protocol):
     def begin_drain(self) -> None:
         """Stop taking new requests on this connection once the current one is answered."""
         if self.active is None and self.parsing is None and self.tunnel is None:
-            self._set_deadline(_DEADLINE_IDLE, self.gw.drain_idle_grace)
+            self._set_deadline(DEADLINE_IDLE, self.gw.drain_idle_grace)
 
 
 class TlsClientConnection(ClientConnection):
     """A client connection whose TLS the gateway terminated (the listener has ``tls``).
 
     The only difference on the request path: the upstream hears ``X-Forwarded-Proto:
-    https``. A subclass, so a plain HTTP connection does not even test for TLS.
+    https`` (unless a trusted proxy in front said how its own client connected). A
+    subclass, so a plain HTTP connection does not even test for TLS.
     """
 
-    def _upstream_head(self, req: RequestState, route: CompiledRoute) -> bytes:
-        head = ClientConnection._upstream_head(self, req, route)
-        if req.peer_trusted and req.forwarded_for and req.forwarded_proto is not None:
-            return head  # a trusted proxy in front said how its own client connected
-        # upstream_head wrote "http" for a peer that is the client itself: here it reached
-        # the gateway over TLS. The line is the gateway's own (the client's X-Forwarded-Proto
-        # is never copied, and no header value holds CRLF), so one replace is exact.
-        return head.replace(_PROTO_HTTP, _PROTO_HTTPS, 1)
+    __slots__ = ()
 
-
-_PROTO_HTTP = b"\r\nX-Forwarded-Proto: http\r\n"
-_PROTO_HTTPS = b"\r\nX-Forwarded-Proto: https\r\n"
+    def __init__(self, gateway: Gateway) -> None:
+        super().__init__(gateway)
+        self.tls = True
 
 
 def _head_end(tail: bytes, data: bytes, start: int) -> int:
@@ -765,18 +474,3 @@ def _head_end(tail: bytes, data: bytes, start: int) -> int:
             return start + at + 4 - len(tail)
     at = data.find(b"\r\n\r\n", start)
     return len(data) if at < 0 else at + 4
-
-
-def _origin_form(url: bytes) -> bytes:
-    """absolute-form (RFC 9112 §3.2.2) → origin-form; anything else is a 400."""
-    lowered = url[:8].lower()
-    if lowered.startswith(b"http://"):
-        rest = url[7:]
-    elif lowered.startswith(b"https://"):
-        rest = url[8:]
-    else:
-        raise BadRequest("request target must be origin-form or absolute-form")
-    slash = rest.find(b"/")
-    if slash < 0:
-        return b"/"
-    return rest[slash:]

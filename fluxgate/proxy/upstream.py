@@ -6,6 +6,12 @@ connections idle longer than `pool_idle_timeout`. An upstream group round-robins
 targets. Events of the response are delivered to the connection's `owner` (an Exchange).
 An https upstream's pools connect through one verifying TLS context per group (built at
 worker boot, fluxgate/tls.py); its connections are pooled and reused like plain ones.
+
+What runs on every request is compiled (``fluxgate/_proxy_upstream.pxi``): a whole response
+in one read is parsed and relayed without a Python frame, and a pool hands out and takes
+back its connections in C. The classes here derive from those bases and keep llhttp's path
+(interim, chunked, partial and close-delimited responses), connecting, waiters, the idle
+sweep and TLS failure reports.
 """
 
 from __future__ import annotations
@@ -14,7 +20,6 @@ import asyncio
 import itertools
 import logging
 import ssl
-from collections import deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -25,9 +30,9 @@ from fluxgate._core import (
     RH_CONTENT_LENGTH,
     RH_FORWARD,
     RH_TRANSFER_ENCODING,
-    parse_response_head,
     response_header_kind,
 )
+from fluxgate._proxy import TargetPoolBase, UpstreamConnectionBase
 from fluxgate.proxy import headers as hdr
 from fluxgate.tls import client_context, describe_error
 
@@ -52,52 +57,19 @@ class _HeadResponseDone(Exception):
     """
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection(UpstreamConnectionBase, asyncio.Protocol):
     """One keep-alive connection to one upstream target."""
 
+    # llhttp's state for a response it parses (the base holds the rest).
+    __slots__ = ("parser", "lines", "content_length", "chunked", "connection", "keep_alive",
+                 "switching")
+
     def __init__(self, pool: TargetPool) -> None:
-        self.pool = pool
-        self.transport: asyncio.Transport | None = None
-        self.owner: Exchange | None = None
+        super().__init__(pool)
         self.parser = httptools.HttpResponseParser(self)
         self._reset_head()
-        self.requests_served = 0
-        self.got_bytes = False
-        self.head_request = False
-        self.skip_interim = False
-        self.tunnel = False
-        self.closed = False
-        self.paused_by_owner = False
         self.keep_alive = False
         self.switching = False
-        self.partial = False
-        self.idle_since = 0.0
-
-    # -- asyncio.Protocol --------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        owner = self.owner
-        if self.tunnel:
-            if owner is not None:
-                owner.tunnel_from_upstream(data)
-            return
-        if owner is None:
-            # Bytes on an idle connection are a protocol violation: never hand it out again.
-            self.close()
-            return
-        self.got_bytes = True
-        if not self.partial:
-            # The common case, a whole response in one read, is parsed and relayed by one
-            # _core call; anything else (interim, chunked, partial...) goes through llhttp.
-            head = parse_response_head(data, self.head_request)
-            if head is not None:
-                self.owner = None
-                self.requests_served += 1
-                owner.upstream_response(self, head, data)
-                return
-        self.feed_parser(owner, data)
 
     def feed_parser(self, owner: Exchange, data: bytes) -> None:
         """The general path: llhttp parses `data` and reports each event to `owner`."""
@@ -137,14 +109,6 @@ class UpstreamConnection(asyncio.Protocol):
         if owner is not None:
             self.owner = None
             owner.upstream_lost(self, exc)
-
-    def pause_writing(self) -> None:
-        if self.owner is not None:
-            self.owner.upstream_pause_writing()
-
-    def resume_writing(self) -> None:
-        if self.owner is not None:
-            self.owner.upstream_resume_writing()
 
     # -- httptools callbacks -----------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -204,47 +168,11 @@ class UpstreamConnection(asyncio.Protocol):
             self.requests_served += 1
             owner.upstream_complete(self, self.keep_alive)
 
-    # -- used by the exchange ----------------------------------------------------------
-    def begin(self, owner: Exchange, head_request: bool) -> None:
-        """Attach the connection to one request/response exchange."""
-        self.owner = owner
-        self.head_request = head_request
-        self.got_bytes = False
-        self.skip_interim = False
-
     def _reset_head(self) -> None:
         self.lines: list[bytes] = []
         self.content_length: bytes | None = None
         self.chunked = False
         self.connection: bytes | None = None
-
-    def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.write(data)
-
-    def pause_reading(self) -> None:
-        if self.transport is not None and not self.closed and not self.paused_by_owner:
-            self.paused_by_owner = True
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self.transport is not None and not self.closed and self.paused_by_owner:
-            self.paused_by_owner = False
-            self.transport.resume_reading()
-
-    def close(self) -> None:
-        """Close for good (never returns to the pool)."""
-        if not self.closed:
-            self.closed = True
-            self.pool.forget(self)
-            if self.transport is not None:
-                self.transport.close()
-
-    def abort(self) -> None:
-        """Drop the connection at once (mid-message: the upstream must see the cut)."""
-        if self.transport is not None:
-            self.transport.abort()
-        self.close()
 
     def _fail(self, exc: BaseException) -> None:
         owner = self.owner
@@ -254,7 +182,7 @@ class UpstreamConnection(asyncio.Protocol):
             owner.upstream_lost(self, exc)
 
 
-class TargetPool:
+class TargetPool(TargetPoolBase):
     """Keep-alive connections to one (host, port), bounded by `max_size`."""
 
     def __init__(
@@ -269,7 +197,7 @@ class TargetPool:
         tls: ssl.SSLContext | None = None,
         server_name: str | None = None,
     ) -> None:
-        self.loop = loop
+        super().__init__(loop)  # idle, waiters, the sweeper
         self.host = host
         self.port = port
         self.name = f"{host}:{port}"
@@ -280,20 +208,8 @@ class TargetPool:
         self.max_size = max_size
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
-        self.idle: list[UpstreamConnection] = []
         self.open_count = 0
-        self.waiters: deque[AcquireCallback] = deque()
-        self._sweeper: asyncio.TimerHandle | None = None
         self._members: set[UpstreamConnection] = set()
-
-    def take_idle(self) -> UpstreamConnection | None:
-        """The most recently used idle connection, or None."""
-        idle = self.idle
-        while idle:
-            conn = idle.pop()
-            if not conn.closed:
-                return conn
-        return None
 
     def acquire(self, callback: AcquireCallback) -> None:
         """Give `callback` a connection: idle at once, else a new one, else when one frees."""
@@ -353,18 +269,6 @@ class TargetPool:
     def _serve_waiter(self) -> None:
         if self.waiters and self.open_count < self.max_size:
             self.acquire(self.waiters.popleft())
-
-    def release(self, conn: UpstreamConnection) -> None:
-        """Return a healthy connection after a complete exchange."""
-        if conn.closed:
-            return
-        if self.waiters:
-            self.waiters.popleft()(conn, None)
-            return
-        conn.idle_since = self.loop.time()
-        self.idle.append(conn)
-        if self._sweeper is None:
-            self._sweeper = self.loop.call_later(1.0, self._sweep)
 
     def forget(self, conn: UpstreamConnection) -> None:
         """A connection closed: free its slot."""

@@ -1,0 +1,46 @@
+# One request proxied to one upstream connection (fluxgate/_proxy_exchange.pxi).
+
+cpdef enum:
+    # How the response's body is delimited upstream (RFC 9112 §6.3).
+    FRAME_NONE = 0
+    FRAME_LENGTH = 1
+    FRAME_CHUNKED = 2
+    FRAME_CLOSE = 3
+    # Bytes of request body kept while no upstream connection is writable yet.
+    PENDING_BODY_LIMIT = 256 * 1024
+
+
+cdef class Exchange:
+    cdef public ClientConnectionBase client
+    cdef public RequestState req
+    cdef public object group           # UpstreamGroup (fluxgate/proxy/upstream.py)
+    cdef public bytes head             # the request head sent upstream
+    cdef double read_timeout           # group.read_timeout
+    cdef public UpstreamConnectionBase conn
+    cdef public list pending           # body bytes while no connection is writable
+    cdef Py_ssize_t pending_bytes
+    cdef public bint body_done
+    cdef public bint response_started
+    cdef public int response_frame
+    cdef public bint client_chunked
+    cdef public bint finished
+    cdef public int attempts
+    cdef public double deadline
+
+    cdef int start(self) except -1
+    cdef int connected(self, UpstreamConnectionBase conn) except -1
+    cpdef send_body(self, chunk)
+    cpdef end_body(self)
+    cpdef touch(self)
+    cdef int upstream_response(self, UpstreamConnectionBase conn, ResponseHead head,
+                               bytes data) except -1
+    cdef int send_head(self, int status, bytes lines, list extra, content_length,
+                       bint chunked, bint close, bytes data, Py_ssize_t body_start,
+                       Py_ssize_t body_length) except -1
+    cpdef upstream_complete(self, UpstreamConnectionBase conn, bint reusable)
+    cpdef tunnel_from_upstream(self, data)
+    cpdef tunnel_from_client(self, data)
+    cpdef upstream_lost(self, UpstreamConnectionBase conn, exc)
+    cpdef finish_with_error(self, error)
+    cpdef cancel(self)
+    cdef int _finish(self) except -1
