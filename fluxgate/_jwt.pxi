@@ -8,7 +8,8 @@
 # Order of checks in JwtVerifier.verify (each failure raises TokenError(reason)):
 #
 # 1. size (max_token_bytes); exactly two '.', header and payload non-empty;
-# 2. the verified-token cache, keyed by the whole token; a hit re-does the time checks;
+# 2. the verified-token cache (keyed by the token's tail, a hit compared byte for byte
+#    with the whole token); a hit re-does the time checks;
 # 3. header (a header part byte-identical to the last one that led to a good signature
 #    reuses its alg and key, until set_keys or flush): strict base64url (RFC 4648 §5:
 #    canonical, no padding) of a JSON object;
@@ -29,12 +30,14 @@
 # 6. claims: a JSON object; `exp` required (unless configured off), `nbf`, `iat`, each
 #    a JSON number (not a string or boolean) in [0, 253402300799], checked with the
 #    leeway; `iss` exact; `aud` a string or an array of strings holding a configured
-#    audience; `sub`, when present, a string.
+#    audience; `sub`, when present, a string. With a claim selection (``claims=``) only
+#    those and the selected ones are built, the rest checked to be JSON (_select_members).
 
 cimport cython
 from cpython.dict cimport PyDict_GetItem
 from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_CheckExact
-from cpython.long cimport PyLong_CheckExact, PyLong_FromUnsignedLongLong
+from cpython.long cimport PyLong_CheckExact, PyLong_FromLongLong, PyLong_FromUnsignedLongLong
+from cpython.unicode cimport PyUnicode_DecodeUTF8
 from cpython.object cimport PyObject
 from libc.math cimport INFINITY
 from libc.string cimport memchr, memcpy
@@ -108,6 +111,7 @@ cdef extern from "openssl/err.h" nogil:
 
 cdef extern from "Python.h":
     void PyObject_GC_UnTrack(void* op)
+    dict _PyDict_NewPresized(Py_ssize_t minused)
 
 cdef extern from *:
     """
@@ -564,16 +568,38 @@ cdef int _numeric_date(object value, double* out) noexcept:
 # A token carries claims the gateway never reads (jti, tenant, roles, email, ...): an
 # identity provider's token is mostly those. The payload is scanned once in C, every value
 # checked to be JSON that orjson accepts, without building anything; only the members the
-# verifier and its ``prepare`` read are copied, as a smaller JSON object, for orjson to
-# build. The scanner never refuses a payload: whatever it cannot vouch for (an escape in
-# a member name, a surrogate escape, a number that might not fit a double, nesting deeper
-# than _JSON_MAX_DEPTH, anything not well-formed) is parsed in full by orjson as before,
-# so every payload is accepted or refused exactly as orjson decides, and a member named
-# twice keeps its last value either way (both copies are passed on, in order).
+# verifier and its ``prepare`` read are built (_json_built), in order, so a member named
+# twice keeps its last value as in orjson. The scanner never refuses a payload: whatever
+# it cannot vouch for (an escape in a member name, a surrogate escape, a number that might
+# not fit a double, nesting deeper than _JSON_MAX_DEPTH, anything not well-formed) is
+# parsed in full by orjson as before, so every payload is accepted or refused exactly as
+# orjson decides.
 
 cdef enum:
     _JSON_MAX_DEPTH = 64          # deeper: orjson decides (its own limit is 1024)
     _JSON_MAX_MAGNITUDE = 300     # digits + exponent beyond this: orjson decides (inf?)
+    _JSON_MAX_SELECTED = 64       # selected members of one payload; more: orjson decides
+    _JSON_MAX_INT_DIGITS = 18     # an integer this short fits int64 (orjson: an int)
+
+
+cdef struct _Member:
+    # A selected member of the payload: which name, and its value's bytes [start, end).
+    Py_ssize_t name
+    Py_ssize_t start
+    Py_ssize_t end
+
+
+cdef unsigned char _JSON_PLAIN[256]  # 1: a string byte that needs no further look
+
+
+cdef int _init_json_tables() except -1:
+    cdef int c
+    for c in range(256):
+        _JSON_PLAIN[c] = 0x20 <= c < 0x80 and c != 0x22 and c != 0x5C
+    return 0
+
+
+_init_json_tables()
 
 # RFC 8259 §7: the escapes after a backslash, other than \uXXXX.
 cdef const unsigned char* _JSON_ESCAPES = <const unsigned char*>b'"\\/bfnrt'
@@ -634,6 +660,9 @@ cdef Py_ssize_t _json_string(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
     cdef int a, b, cc, d
     i += 1
     while i < n:
+        if _JSON_PLAIN[p[i]]:
+            i += 1
+            continue
         c = p[i]
         if c == 0x22:
             return i + 1
@@ -656,10 +685,8 @@ cdef Py_ssize_t _json_string(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
                 i += 2
             else:
                 return -1
-        elif c < 0x20:
+        elif c < 0x80:  # a control character
             return -1
-        elif c < 0x80:
-            i += 1
         else:
             k = _utf8_len(p + i, n - i)
             if k == 0:
@@ -762,15 +789,14 @@ cdef Py_ssize_t _json_value(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
     return _json_number(p, i, n)
 
 
-cdef Py_ssize_t _select_members(const unsigned char* p, Py_ssize_t n, unsigned char* out,
+cdef Py_ssize_t _select_members(const unsigned char* p, Py_ssize_t n, _Member* out,
                                 const char** names, const Py_ssize_t* lens,
                                 Py_ssize_t count) noexcept nogil:
-    # The JSON object p[0:n] cut down to its members named in names[0:count], written to
-    # out (room for n + 2 bytes) as a JSON object: its length, or -1 when p[0:n] is not
-    # something this scanner vouches for (see above; the caller parses it in full).
-    cdef Py_ssize_t i, key, key_end, value, o = 1, j
+    # The members of the JSON object p[0:n] named in names[0:count], in order, into out
+    # (room for _JSON_MAX_SELECTED): how many, or -1 when p[0:n] is not something this
+    # scanner vouches for (see above; the caller parses it in full).
+    cdef Py_ssize_t i, key, key_end, value, o = 0, j
     cdef bint escaped
-    out[0] = 0x7B
     i = _json_ws(p, 0, n)
     if i >= n or p[i] != 0x7B:
         return -1
@@ -796,14 +822,12 @@ cdef Py_ssize_t _select_members(const unsigned char* p, Py_ssize_t n, unsigned c
             for j in range(count):
                 if (lens[j] == key_end - key - 2
                         and memcmp(p + key + 1, names[j], lens[j]) == 0):
-                    if o > 1:
-                        out[o] = 0x2C
-                        o += 1
-                    memcpy(out + o, p + key, key_end - key)
-                    o += key_end - key
-                    out[o] = 0x3A
-                    memcpy(out + o + 1, p + value, i - value)
-                    o += 1 + i - value
+                    if o == _JSON_MAX_SELECTED:
+                        return -1
+                    out[o].name = j
+                    out[o].start = value
+                    out[o].end = i
+                    o += 1
                     break
             i = _json_ws(p, i, n)
             if i >= n:
@@ -816,8 +840,54 @@ cdef Py_ssize_t _select_members(const unsigned char* p, Py_ssize_t n, unsigned c
             i = _json_ws(p, i + 1, n)
     if i != n:
         return -1
-    out[o] = 0x7D
-    return o + 1
+    return o
+
+
+cdef object _json_built(const unsigned char* p, Py_ssize_t start, Py_ssize_t end):
+    # The value p[start:end], which _json_value accepted, as orjson builds it: strings
+    # without escapes, integers of up to 18 digits, literals and arrays of those here;
+    # anything else by orjson itself. Outside the cycle collector either way (_untrack).
+    cdef unsigned char c = p[start]
+    cdef Py_ssize_t i, j
+    cdef long long v = 0
+    cdef bint negative
+    cdef list items
+    if c == 0x22:
+        if memchr(p + start + 1, 0x5C, end - start - 2) == NULL:
+            return PyUnicode_DecodeUTF8(<const char*>p + start + 1, end - start - 2, NULL)
+    elif c == 0x74:
+        return True
+    elif c == 0x66:
+        return False
+    elif c == 0x6E:
+        return None
+    elif c == 0x5B:
+        items = []
+        PyObject_GC_UnTrack(<void*>items)
+        i = _json_ws(p, start + 1, end)
+        if p[i] == 0x5D:
+            return items
+        while True:
+            j = _json_value(p, i, end, 1)
+            if j < 0:  # not after the scan: for orjson all the same
+                break
+            items.append(_json_built(p, i, j))
+            i = _json_ws(p, j, end)
+            if p[i] == 0x5D:
+                return items
+            i = _json_ws(p, i + 1, end)  # past the ','
+    elif c != 0x7B:
+        negative = c == 0x2D
+        i = start + negative
+        if end - i <= _JSON_MAX_INT_DIGITS:
+            while i < end and 0x30 <= p[i] <= 0x39:
+                v = v * 10 + (p[i] - 0x30)
+                i += 1
+            if i == end:
+                return PyLong_FromLongLong(-v if negative else v)
+    value = _json_loads(PyBytes_FromStringAndSize(<const char*>p + start, end - start))
+    _untrack(value)
+    return value
 
 
 cdef void _untrack(object value) noexcept:
@@ -945,8 +1015,7 @@ cdef class JwtVerifier:
         self._old = {}
         self._half = (cache_size + 1) // 2
         self._keys = None
-        # Two halves: a decoded part, then the payload's selected members (_claims_of).
-        self._scratch = <unsigned char*>PyMem_Malloc(2 * max_token_bytes)
+        self._scratch = <unsigned char*>PyMem_Malloc(max_token_bytes)
         if self._scratch == NULL:
             raise MemoryError()
 
@@ -1092,8 +1161,8 @@ cdef class JwtVerifier:
         # the _selected ones when the verifier has a selection; taken out of the cycle
         # collector (_untrack) either way.
         cdef Py_ssize_t m = b64url_decode_into(src, n, self._scratch)
-        cdef Py_ssize_t k
-        cdef unsigned char* members = self._scratch + self._max_bytes
+        cdef Py_ssize_t k, i
+        cdef _Member members[_JSON_MAX_SELECTED]
         cdef dict claims
         if m < 0:
             return None
@@ -1102,14 +1171,18 @@ cdef class JwtVerifier:
         else:
             k = _select_members(self._scratch, m, members, self._names, self._name_lens,
                                 len(self._selected))
-            # The selection is a JSON object orjson accepts, or the scanner would have
-            # said -1; parsed in full all the same if not.
-            claims = _json_object(members, k) if k >= 0 else None
-            if claims is None:
-                claims = _json_object(self._scratch, m)
-                if claims is not None:
-                    claims = {name: claims[name] for name in self._selected
-                              if name in claims}
+            if k >= 0:
+                claims = _PyDict_NewPresized(k)
+                for i in range(k):
+                    claims[<str>self._selected[members[i].name]] = _json_built(
+                        self._scratch, members[i].start, members[i].end)
+                # Its values are untracked already (_json_built); a list among them tracked
+                # the dict again (CPython's MAINTAIN_TRACKING cannot see they are).
+                PyObject_GC_UnTrack(<void*>claims)
+                return claims
+            claims = _json_object(self._scratch, m)
+            if claims is not None:
+                claims = {name: claims[name] for name in self._selected if name in claims}
         if claims is not None:
             _untrack(claims)
         return claims

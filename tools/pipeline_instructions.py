@@ -1,8 +1,8 @@
 """Instructions per proxied request, in-process, under callgrind: a figure this noisy VM
 cannot move, for judging a change to the request path before any timed run.
 
-    .venv/bin/python tools/pipeline_instructions.py [public jwt jwt_distinct api_key]
-        [--requests N]
+    .venv/bin/python tools/pipeline_instructions.py [public jwt jwt_distinct jwt_distinct_1k
+        api_key] [--requests N]
 
 Each scenario of bench/support/pipeline.py runs twice under ``valgrind --tool=callgrind``,
 with a few and with N more requests; the difference of the two instruction totals over N is

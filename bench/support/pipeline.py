@@ -10,7 +10,8 @@ proxies one request: the client's bytes in, the upstream's response in, the repl
   request is a verified-token cache hit (the e2e "1 token" case).
 * ``jwt_distinct``: the same route with the e2e bench's 100,000 distinct ~820-byte tokens
   (realistic claims, bench/support/jwt.py) in turn, beyond the verified-token cache: every
-  request is a full verification (the e2e "100k tokens" case).
+  request is a full verification (the e2e "100k tokens" case). ``jwt_distinct_1k``: the
+  same with its ~1,760-byte tokens (1 kB of claims).
 * ``api_key``: an api_key route over ``API_KEYS`` keys, each with a quota, taken in turn.
 
 bench/bench_pipeline.py times them; tools/pipeline_instructions.py counts their instructions
@@ -35,9 +36,10 @@ RESPONSE = (
 )
 HEAD = b"GET %s HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: loadgen\r\nAccept: */*\r\n"
 API_KEYS = 1000
-SCENARIOS = ("public", "jwt", "jwt_distinct", "api_key")
+SCENARIOS = ("public", "jwt", "jwt_distinct", "jwt_distinct_1k", "api_key")
 DISTINCT_TOKENS = 100_000
-DISTINCT_PAYLOAD = 300  # bytes of claims JSON: ~820-byte RS256 tokens
+# Bytes of claims JSON of each scenario's distinct tokens: ~820- and ~1,760-byte RS256 tokens.
+DISTINCT_PAYLOAD = {"jwt_distinct": 300, "jwt_distinct_1k": 1000}
 
 # One route of each kind, behind the same config (``route``: the route's own lines).
 CONFIG = """\
@@ -87,8 +89,8 @@ def scenario(name: str, workdir: Path) -> Scenario:
         config = CONFIG.format(state_dir=workdir, prefix="/api", route=PUBLIC_ROUTE)
         wired = wire_gateway(loop, config, metrics=metrics)
         requests = [HEAD % b"/api/items" + b"\r\n"]
-    elif name in ("jwt", "jwt_distinct"):
-        wired, requests = _jwt(loop, metrics, workdir, distinct=name == "jwt_distinct")
+    elif name.startswith("jwt"):
+        wired, requests = _jwt(loop, metrics, workdir, DISTINCT_PAYLOAD.get(name, 0))
     else:
         wired, requests, close_keys = _api_key(loop, metrics, workdir)
         cleanup.append(close_keys)
@@ -111,7 +113,7 @@ def scenario(name: str, workdir: Path) -> Scenario:
 
 
 def _jwt(
-    loop: asyncio.AbstractEventLoop, metrics: object, workdir: Path, *, distinct: bool = False
+    loop: asyncio.AbstractEventLoop, metrics: object, workdir: Path, payload: int = 0
 ) -> tuple[Wired, list[bytes]]:
     from bench.support.jwt import AUDIENCE, ISSUER, bench_key, claims, token_file
     from fluxgate.auth.jwk import build_keyset
@@ -123,9 +125,9 @@ def _jwt(
     middleware = wired.gateway.routes[0].chain[0]
     # No master here: install the key set the master would publish.
     middleware.verifier.set_keys(build_keyset([key.jwk()], 1))
-    if distinct:
+    if payload:  # the e2e bench's distinct tokens with this much claims JSON
         head = HEAD % b"/jwt/hello"
-        with open(token_file(DISTINCT_TOKENS, DISTINCT_PAYLOAD), "rb") as f:
+        with open(token_file(DISTINCT_TOKENS, payload), "rb") as f:
             return wired, [head + b"Authorization: " + line.rstrip() + b"\r\n\r\n" for line in f]
     token = key.mint(claims(0, int(time.time()) + 3600))
     return wired, [HEAD % b"/jwt/hello" + b"Authorization: Bearer " + token.encode() + b"\r\n\r\n"]
