@@ -123,6 +123,14 @@ cdef inline uint64_t counters_add(Counters c, Py_ssize_t slot,
 cdef inline uint64_t counters_load(Counters c, Py_ssize_t slot) noexcept nogil:
     return fg_atomic_load(&c._slots[slot])
 
+# The metrics table's per-request update (fluxgate/metrics.py): one call per request.
+cdef class RequestRecorder:
+    cdef Counters _counters
+    cdef Py_ssize_t _header, _block, _capacity, _buckets_offset, _sum_offset
+    cdef int _status_min, _status_max, _nbounds
+    cdef double _bounds[32]
+    cpdef record(self, Py_ssize_t route_slot, int status, double seconds)
+
 
 # ---- JWT verification (fluxgate/_jwt.pxi; RFC 7515, 7518, 7519, 8037) ---------------
 
@@ -324,3 +332,44 @@ cdef class ResponseHead:
     cdef public object keep_alive        # bool
     cdef public object body_start        # int
     cdef public object body_length       # int
+
+
+cdef class RequestIds:
+    cdef bytes _prefix
+    cdef unsigned long long _counter
+    # A client's X-Request-Id when acceptable, else a new id (see _http.pxi).
+    cpdef bytes take(self, client_value)
+
+
+cdef class PrefixTable:
+    cdef dict _table
+    cdef object _root
+    cdef Py_ssize_t _longest
+    # The value of the longest matching prefix of a normalized path, else the root's.
+    cpdef match(self, bytes path)
+
+
+# The data plane's parsers and head builders for Cython callers: the def functions of the
+# same names without _c (their docstrings say what they do) check their arguments and
+# call these. Unlike the functions above they take and return Python objects and raise
+# as the def functions do; arguments are never None unless said.
+
+# A RequestState for one complete, simple request, or None (_reqhead.pxi).
+cdef RequestState parse_request_head_c(bytes data, dict kinds, dict special,
+                                       Py_ssize_t max_header_bytes,
+                                       Py_ssize_t max_body_bytes, double started,
+                                       Py_ssize_t max_header_count,
+                                       bint allow_underscores)
+
+# A ResponseHead for a complete, simple response, or None (_resphead.pxi).
+cdef ResponseHead parse_response_head_c(bytes data, bint head_request)
+
+# The request head sent upstream; `drop` may be None or empty (_http.pxi).
+cdef bytes upstream_head_c(RequestState req, drop, Py_ssize_t strip, bytes peer,
+                           bytes api_key_query)
+
+# The response head for the client, maybe with data[body_start:][:body_length] after it;
+# content_length and data may be None (_http.pxi).
+cdef bytes response_head_c(bytes status_line, bytes lines, RequestState req, list extra,
+                           content_length, bint chunked, bint close, bytes data,
+                           Py_ssize_t body_start, Py_ssize_t body_length)

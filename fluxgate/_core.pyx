@@ -574,10 +574,7 @@ cdef class RequestRecorder:
     microseconds to the sum, in its route's block. The layout is given once, by the table.
     """
 
-    cdef Counters _counters
-    cdef Py_ssize_t _header, _block, _capacity, _buckets_offset, _sum_offset
-    cdef int _status_min, _status_max, _nbounds
-    cdef double _bounds[32]
+    # Fields declared in _core.pxd (fluxgate._proxy records each request at C level).
 
     def __cinit__(self, Counters counters not None, *, Py_ssize_t header_slots,
                   Py_ssize_t block_slots, Py_ssize_t capacity, int status_min,
@@ -599,7 +596,7 @@ cdef class RequestRecorder:
         for i, bound in enumerate(buckets):
             self._bounds[i] = bound
 
-    def record(self, Py_ssize_t route_slot, int status, double seconds):
+    cpdef record(self, Py_ssize_t route_slot, int status, double seconds):
         """Count one finished request. A route slot outside the table counts under slot 0
         (never drop a request from the totals); a status outside the range raises
         ValueError before anything is counted."""

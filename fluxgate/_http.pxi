@@ -254,6 +254,13 @@ def upstream_head(RequestState req not None, drop, Py_ssize_t strip, bytes peer 
     block, the Upgrade pair for an accepted WebSocket, and the framing line re-created
     from what the parser saw, never copied.
     """
+    return upstream_head_c(req, drop, strip, peer, api_key_query)
+
+
+cdef bytes upstream_head_c(RequestState req, drop, Py_ssize_t strip, bytes peer,
+                           bytes api_key_query):
+    # upstream_head for Cython callers (fluxgate/_proxy_client.pxi); no argument is None
+    # but `drop`.
     cdef bytes path = req.path, query = req.query, target
     if strip >= 0:
         path = path[strip:]
@@ -356,6 +363,15 @@ def response_head(bytes status_line not None, bytes lines not None,
     ``data`` is given, ``data[body_start:body_start + body_length]`` follows the head,
     so a whole small response leaves in one write.
     """
+    return response_head_c(status_line, lines, req, extra, content_length, chunked, close,
+                           data, body_start, body_length)
+
+
+cdef bytes response_head_c(bytes status_line, bytes lines, RequestState req, list extra,
+                           content_length, bint chunked, bint close, bytes data,
+                           Py_ssize_t body_start, Py_ssize_t body_length):
+    # response_head for Cython callers (fluxgate/_proxy_exchange.pxi); only content_length
+    # and data may be None.
     cdef Py_ssize_t total, i, n_extra = len(extra), ratelimit_len
     cdef tuple pair
     cdef char* out
@@ -427,8 +443,7 @@ cdef class RequestIds:
     """Request ids for one worker: a client's X-Request-Id when short and plainly spelled
     (at most 128 bytes of ``A-Z a-z 0-9 - _ . :``), else ``<prefix><counter in hex>``."""
 
-    cdef bytes _prefix
-    cdef unsigned long long _counter
+    # Fields declared in _core.pxd.
 
     def __cinit__(self, bytes prefix not None):
         if len(prefix) > 64:
@@ -436,7 +451,7 @@ cdef class RequestIds:
         self._prefix = prefix
         self._counter = 0
 
-    def take(self, client_value):
+    cpdef bytes take(self, client_value):
         """The id of a request: ``client_value`` (bytes or None) when acceptable, else a
         new one."""
         cdef const unsigned char* s
@@ -476,18 +491,18 @@ cdef class PrefixTable:
     ``root`` answers a path no prefix matches.
     """
 
-    cdef dict _table
-    cdef object _root
-    cdef Py_ssize_t _longest
+    # Fields declared in _core.pxd.
 
     def __init__(self, dict table not None, root=None):
         self._table = table
         self._root = root
         self._longest = max([len(key) for key in table], default=0)
 
-    def match(self, bytes path not None):
+    cpdef match(self, bytes path):
         """The value of the longest key that is ``path`` or a prefix of it ending on a
         segment boundary (a trailing ``/`` of ``path`` ignored), else the root's."""
+        if path is None:
+            raise TypeError("path must be bytes, not None")
         cdef const char* p = PyBytes_AS_STRING(path)
         cdef Py_ssize_t n = PyBytes_GET_SIZE(path)
         cdef _PyObject* hit

@@ -11,11 +11,22 @@
 # what does not pay to compile: llhttp's callbacks (the slow path for partial, pipelined,
 # chunked or malformed messages), error replies, suspension, timeouts and pool policy.
 
-from fluxgate._core cimport RequestState, ResponseHead
+from fluxgate._core cimport (
+    PrefixTable,
+    RequestIds,
+    RequestRecorder,
+    RequestState,
+    ResponseHead,
+    parse_request_head_c,
+    parse_response_head_c,
+    response_head_c,
+    upstream_head_c,
+)
 
 cdef class Exchange
 cdef class UpstreamConnectionBase
 
+include "_proxy_accounting.pxd"
 include "_proxy_flow.pxd"
 include "_proxy_client.pxd"
 include "_proxy_exchange.pxd"

@@ -28,6 +28,14 @@ FRAME_CLOSE: int
 PENDING_BODY_LIMIT: int
 IDEMPOTENT: frozenset[bytes]
 
+def now() -> float:
+    """CLOCK_MONOTONIC in seconds (time.perf_counter's and the event loop's clock)."""
+
+class Accounting:
+    """Counts a finished request in the shared metrics and the access log."""
+    def __init__(self, recorder: Any, access_log: Any) -> None: ...
+    def record(self, req: RequestState) -> None: ...
+
 class FlowControl:
     transport: Any
     closed: bool

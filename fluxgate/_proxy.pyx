@@ -21,16 +21,8 @@ from cpython.object cimport PyObject
 
 import logging
 from collections import deque
-from time import perf_counter
 
-from fluxgate._core import (
-    PathError,
-    normalize_path,
-    parse_request_head,
-    parse_response_head,
-    response_head,
-    upstream_head,
-)
+from fluxgate._core import PathError, normalize_path
 from fluxgate.errors import (
     BadRequest,
     ClientError,
@@ -50,6 +42,7 @@ log = logging.getLogger("fluxgate.proxy")
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 
+include "_proxy_accounting.pxi"
 include "_proxy_flow.pxi"
 include "_proxy_client.pxi"
 include "_proxy_exchange.pxi"

@@ -18,9 +18,9 @@ cdef class ClientConnectionBase(FlowControl):
     # The worker's Gateway and what the request path reads of it, bound once.
     cdef public object gw
     cdef public object loop
-    cdef object _time                  # loop.time
-    cdef object _router                # gw.router (PrefixTable)
-    cdef object _request_ids           # gw.request_ids (RequestIds)
+    cdef Accounting _accounting        # gw.accounting
+    cdef PrefixTable _router           # gw.router
+    cdef RequestIds _request_ids       # gw.request_ids
     cdef object _resolver              # gw.resolver (ClientAddressResolver)
     cdef bytes _api_key_query
     cdef public dict special           # header name (lower case) -> kind

@@ -16,7 +16,7 @@ cdef class ClientConnectionBase(FlowControl):
     def __init__(self, gateway):
         self.gw = gateway
         self.loop = gateway.loop
-        self._time = gateway.loop.time
+        self._accounting = gateway.accounting
         self._router = gateway.router
         self._request_ids = gateway.request_ids
         self._resolver = gateway.resolver
@@ -97,9 +97,9 @@ cdef class ClientConnectionBase(FlowControl):
             # The common case, one whole simple request in one read, is parsed by one _core
             # call; anything else (partial, pipelined, chunked, Expect, Upgrade, malformed)
             # goes through llhttp, which has the final word on what is valid.
-            req = parse_request_head(
+            req = parse_request_head_c(
                 data, self.header_kinds, self.special, self.max_header_bytes,
-                self.max_body_bytes, perf_counter(), self.max_header_count,
+                self.max_body_bytes, monotonic(), self.max_header_count,
                 self.allow_underscores,
             )
             if req is not None:
@@ -179,8 +179,8 @@ cdef class ClientConnectionBase(FlowControl):
         drop = route.drop_headers
         if req.connection is not None:
             drop = drop | dropped_by_connection(req.connection)
-        cdef bytes head = upstream_head(req, drop, route.strip_length, self.peer_bytes,
-                                        self._api_key_query)
+        cdef bytes head = upstream_head_c(req, drop, route.strip_length, self.peer_bytes,
+                                          self._api_key_query)
         if self.tls and not (req.peer_trusted and req.forwarded_for
                              and req.forwarded_proto is not None):
             # upstream_head wrote "http" for a peer that is the client itself: it reached
@@ -259,7 +259,7 @@ cdef class ClientConnectionBase(FlowControl):
         self._advance()
 
     cdef int _record(self, RequestState req) except -1:
-        self.gw.record(req)
+        self._accounting.record(req)
         return 0
 
     cpdef _advance(self):
@@ -318,7 +318,7 @@ cdef class ClientConnectionBase(FlowControl):
 
     cpdef _set_deadline(self, int kind, double seconds):
         self.deadline_kind = kind
-        self.deadline = self._time() + seconds
+        self.deadline = monotonic() + seconds
 
 
 cdef bytes _origin_form(bytes url):

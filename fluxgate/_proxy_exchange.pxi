@@ -50,7 +50,7 @@ cdef class Exchange:
         if conn is not None:
             self.connected(conn)
             return 0
-        self.deadline = self.client._time() + group.connect_timeout + self.read_timeout
+        self.deadline = monotonic() + group.connect_timeout + self.read_timeout
         pool.acquire(self._on_connection)
         return 0
 
@@ -109,7 +109,7 @@ cdef class Exchange:
 
     cpdef touch(self):
         """Progress was made: push the read deadline out."""
-        self.deadline = self.client._time() + self.read_timeout
+        self.deadline = monotonic() + self.read_timeout
 
     # -- response from the upstream -------------------------------------------------------
     def upstream_headers(self, conn, int status, header_lines, content_length,
@@ -166,8 +166,8 @@ cdef class Exchange:
         req.status = status
         cdef PyObject* found = PyDict_GetItem(_STATUS_LINES, status)
         line = <object>found if found != NULL else status_line(status)
-        self.client.write(response_head(line, lines, req, extra, content_length, chunked,
-                                        close, data, body_start, body_length))
+        self.client.write(response_head_c(line, lines, req, extra, content_length, chunked,
+                                          close, data, body_start, body_length))
         return 0
 
     def upstream_body(self, chunk):

@@ -22,7 +22,6 @@ cdef class UpstreamConnectionBase(FlowControl):
 
 cdef class TargetPoolBase:
     cdef public object loop
-    cdef object _time                  # loop.time
     cdef public list idle              # idle connections, the most recently used last
     cdef public object waiters         # deque of acquire callbacks
     cdef public object _sweeper        # TimerHandle of the idle sweep, or None

@@ -26,6 +26,7 @@ cdef class UpstreamConnectionBase(FlowControl):
         self.transport = transport
 
     def data_received(self, data):
+        cdef ResponseHead head
         owner = self.owner
         if self.tunnel:
             if owner is not None:
@@ -39,7 +40,7 @@ cdef class UpstreamConnectionBase(FlowControl):
         if not self.partial:
             # The common case, a whole response in one read, is parsed and relayed by one
             # _core call; anything else (interim, chunked, partial...) goes through llhttp.
-            head = parse_response_head(data, self.head_request)
+            head = parse_response_head_c(data, self.head_request)
             if head is not None:
                 self.owner = None
                 self.requests_served += 1
@@ -84,7 +85,6 @@ cdef class TargetPoolBase:
 
     def __init__(self, loop):
         self.loop = loop
-        self._time = loop.time
         self.idle = []
         self.waiters = deque()
         self._sweeper = None
@@ -106,7 +106,7 @@ cdef class TargetPoolBase:
         if self.waiters:
             self.waiters.popleft()(conn, None)
             return
-        conn.idle_since = self._time()
+        conn.idle_since = monotonic()
         self.idle.append(conn)
         if self._sweeper is None:
             self._sweeper = self.loop.call_later(1.0, self._sweep)

@@ -296,6 +296,17 @@ def parse_request_head(bytes data not None, dict kinds not None, dict special no
     for classify_header. The accepted grammar and why None is always safe: the comment
     at the top of fluxgate/_reqhead.pxi.
     """
+    return parse_request_head_c(data, kinds, special, max_header_bytes, max_body_bytes,
+                                started, max_header_count, allow_underscores)
+
+
+cdef RequestState parse_request_head_c(bytes data, dict kinds, dict special,
+                                       Py_ssize_t max_header_bytes,
+                                       Py_ssize_t max_body_bytes, double started,
+                                       Py_ssize_t max_header_count,
+                                       bint allow_underscores):
+    # parse_request_head for Cython callers (fluxgate/_proxy_client.pxi), who pass
+    # non-None objects.
     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
     cdef Py_ssize_t i, url_start, url_end, path_end, path_len, ns, nl, vs, vl, header_bytes

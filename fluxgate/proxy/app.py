@@ -10,10 +10,10 @@ import asyncio
 import os
 import sys
 from collections.abc import Callable
-from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from fluxgate._core import RequestIds
+from fluxgate._proxy import Accounting
 from fluxgate.config import schema
 from fluxgate.config.resolve import resolve_upstream
 from fluxgate.middleware import compile_middleware
@@ -126,8 +126,6 @@ class Gateway:
         self.limits = config.limits
         self.state_dir = config.state_dir
         self.metrics = metrics
-        # The shared table's C recorder, bound once: one call per finished request.
-        self._count_request = metrics.recorder.record if metrics is not None else None
         self.worker_id = worker_id
         self.resolver = ClientAddressResolver(config.trusted_proxies)
         # An API key never reaches an upstream, on any route and whichever method decided
@@ -158,6 +156,13 @@ class Gateway:
         self.drain_deadline = float("inf")
         self.drain_idle_grace = DRAIN_IDLE_GRACE
         self.access_log = AccessLog(config.access_log)
+        # A finished request is counted in the shared metrics and the access log by one C
+        # call (fluxgate/_proxy_accounting.pxi); record(req) is that call.
+        self.accounting = Accounting(
+            metrics.recorder if metrics is not None else None,
+            self.access_log if self.access_log.stream is not None else None,
+        )
+        self.record: Callable[[RequestState], None] = self.accounting.record
         # A client's X-Request-Id is kept when short and plainly spelled, else one is minted.
         self.request_ids = RequestIds(os.urandom(6).hex().encode() + b"-")
         self._sweeper: asyncio.TimerHandle | None = None
@@ -169,27 +174,6 @@ class Gateway:
     def request_id(self, client_value: bytes | None) -> bytes:
         """Keep a well-formed client X-Request-Id, else mint a unique one."""
         return self.request_ids.take(client_value)
-
-    def record(self, req: RequestState) -> None:
-        """Count a finished request in the shared metrics and the access log."""
-        seconds = perf_counter() - req.started
-        route = req.route
-        slot = route.slot if route is not None else 0
-        count = self._count_request
-        if count is not None:
-            count(slot, req.status, seconds)
-        if self.access_log.stream is not None:
-            self.access_log.add(
-                "%s %s %s %d %.1fms %s\n"
-                % (
-                    req.client_ip or "-",
-                    req.method.decode("latin-1") or "-",
-                    (req.path or b"-").decode("latin-1"),
-                    req.status,
-                    seconds * 1000.0,
-                    req.request_id.decode("latin-1") or "-",
-                )
-            )
 
     def _sweep(self) -> None:
         now = self.loop.time()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from time import perf_counter
 from typing import TYPE_CHECKING
 
 import httptools
@@ -50,6 +49,7 @@ from fluxgate._proxy import (
     PAUSE_PEER_FULL,
     PAUSE_PIPELINE,
     ClientConnectionBase,
+    now,
 )
 from fluxgate.errors import (
     BadRequest,
@@ -159,10 +159,10 @@ class ClientConnection(ClientConnectionBase, asyncio.Protocol):
 
     # -- httptools callbacks -----------------------------------------------------------------
     def on_message_begin(self) -> None:
-        self.parsing = RequestState(perf_counter())
+        self.parsing = RequestState(now())
         if self.active is None:
             self.deadline_kind = DEADLINE_HEADERS
-            self.deadline = self.loop.time() + self.header_timeout
+            self.deadline = now() + self.header_timeout
 
     def on_url(self, piece: bytes) -> None:
         req = self.parsing
@@ -275,7 +275,7 @@ class ClientConnection(ClientConnectionBase, asyncio.Protocol):
         if req.body_bytes > self.max_body_bytes:
             raise BodyTooLarge()
         if self.held is not None:  # the body is still coming: the held request waits on
-            self.deadline = self.loop.time() + self.idle_timeout
+            self.deadline = now() + self.idle_timeout
         exchange = req.exchange
         if exchange is not None:
             exchange.send_body(chunk)
@@ -399,11 +399,11 @@ class ClientConnection(ClientConnectionBase, asyncio.Protocol):
         self._write_fatal(err)
 
     def _write_fatal(self, err: ClientError) -> None:
-        req = self.parsing or RequestState(perf_counter())
+        req = self.parsing or RequestState(now())
         req.request_id = self.gw.request_id(None)
         req.status = err.status
         req.finished = True
-        self.gw.record(req)
+        self.gw.accounting.record(req)
         self.write(error_response(err, req.request_id.decode(), close=True))
         self._close_soon()
 

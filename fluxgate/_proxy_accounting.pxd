@@ -1,0 +1,14 @@
+# The end of every request: the shared metrics and the access log
+# (fluxgate/_proxy_accounting.pxi), and the clock the data plane reads.
+
+# CLOCK_MONOTONIC in seconds, read without a Python call: the clock of time.perf_counter
+# and of the event loop (asyncio's time.monotonic, uvloop's uv_now) on Linux, so the
+# deadlines set here compare with the worker's sweep's loop.time().
+cdef double monotonic() noexcept nogil
+
+
+cdef class Accounting:
+    cdef RequestRecorder _recorder     # the shared metrics table's, or None
+    cdef object _access_log            # AccessLog when it writes somewhere, else None
+
+    cpdef record(self, RequestState req)
