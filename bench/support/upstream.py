@@ -10,10 +10,11 @@ one interpreter): ``python -m bench.support.upstream [--port N]`` prints
 ``listening 127.0.0.1:PORT`` once ready. ``start_upstream()`` does that and returns a handle.
 
 The proxy comparisons use ``start_fixed_upstream()`` instead: nginx answering the same body
-with ``return 200`` when nginx is installed. The upstream shares the client core with the load
-generator, and at a native proxy's rate this Python server alone would take most of that core
-(~20 µs of CPU per request against nginx's few), so the client side, not the proxy, would
-set the pace.
+with ``return 200`` when nginx is installed, as independent wrk + nginx checks of FluxGate
+do. On the development VM both upstreams cost about the same CPU per request (7-11 µs, most
+of it in the kernel; ``python -m bench.support.generators`` measures it); nginx's cost does
+not depend on the interpreter's build or version, which keeps the client side the same
+from machine to machine.
 """
 
 from __future__ import annotations

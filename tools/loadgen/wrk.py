@@ -1,10 +1,10 @@
 """run_wrk(): closed-loop load through wrk (C, epoll), with loadgen's rotating header and a
 report that says what the generator itself cost.
 
-The Python engine of this package spends ~25-30 µs of CPU per request, so on one core it tops
-out near 35,000 req/s: a single-threaded native proxy is faster than that, and a comparison
-driven by it measures the generator. wrk spends a few µs per request; README.md has the
-figures. This module keeps what bench/ needs from loadgen and adds what wrk lacks:
+wrk is what bench/ drives its proxy comparisons with: a C generator whose cost per request is
+wrk's syscalls and little else, the tool independent checks of FluxGate use, and one whose own
+CPU can be read and reported with every run (README.md has the measurements). This module keeps
+what bench/ needs from loadgen and adds what wrk lacks:
 
 * the loopback-only rule (``target.parse_target``) and loadgen's header checks;
 * a rotating header (``header_file`` + ``header_name``): every distinct request is built
