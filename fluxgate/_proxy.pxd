@@ -25,6 +25,7 @@ from fluxgate._core cimport (
 
 cdef class Exchange
 cdef class UpstreamConnectionBase
+cdef class UpstreamGroupBase
 
 include "_proxy_accounting.pxd"
 include "_proxy_flow.pxd"

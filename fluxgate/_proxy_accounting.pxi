@@ -26,7 +26,7 @@ cdef class Accounting:
     cpdef record(self, RequestState req):
         """Count ``req``, finished now: its status and latency under its route's slot."""
         cdef double seconds = monotonic() - <double>req.started
-        route = req.route
+        cdef RouteBase route = req.route
         cdef Py_ssize_t slot = route.slot if route is not None else 0
         if self._recorder is not None:
             self._recorder.record(slot, req.status, seconds)

@@ -14,6 +14,20 @@ cpdef enum:
     MAX_CHUNK_LINE = 4096
 
 
+cdef class RouteBase:
+    # What the request path reads of a route; fluxgate.proxy.app.CompiledRoute, its Python
+    # subclass, fills it once per worker.
+    cdef public tuple steps            # the middleware chain's bound __call__s
+    cdef public UpstreamGroupBase group
+    cdef public object methods         # frozenset[bytes] the route accepts, or None: any
+    cdef public bytes allow_header     # the 405's Allow value
+    cdef public frozenset drop_headers  # lower-case names the upstream never sees
+    cdef public Py_ssize_t strip_length  # bytes of the path not sent upstream, or -1
+    cdef public Py_ssize_t slot        # the route's block in the metrics table
+    cdef public bint websocket
+    cdef public bint buffer_body       # buffer_request_body
+
+
 cdef class ClientConnectionBase(FlowControl):
     # The worker's Gateway and what the request path reads of it, bound once.
     cdef public object gw
@@ -56,9 +70,9 @@ cdef class ClientConnectionBase(FlowControl):
     cdef public list out
 
     cpdef _start(self, RequestState req)
-    cdef object _route(self, RequestState req)
-    cpdef bytes _upstream_head(self, RequestState req, route)
-    cpdef _forward(self, RequestState req, route, bytes head)
+    cdef RouteBase _route(self, RequestState req)
+    cpdef bytes _upstream_head(self, RequestState req, RouteBase route)
+    cpdef _forward(self, RequestState req, RouteBase route, bytes head)
     cpdef bint can_keep_alive(self, RequestState req)
     cdef int exchange_failed(self, RequestState req, err) except -1
     cdef int exchange_done(self, RequestState req) except -1

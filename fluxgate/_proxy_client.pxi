@@ -10,6 +10,10 @@ cdef bytes _PROTO_HTTP = b"\r\nX-Forwarded-Proto: http\r\n"
 cdef bytes _PROTO_HTTPS = b"\r\nX-Forwarded-Proto: https\r\n"
 
 
+cdef class RouteBase:
+    """One route as the request path reads it (fluxgate.proxy.app.CompiledRoute)."""
+
+
 cdef class ClientConnectionBase(FlowControl):
     """One downstream HTTP/1.1 connection: the compiled request path."""
 
@@ -120,7 +124,7 @@ cdef class ClientConnectionBase(FlowControl):
         """Route `req`, run its route's chain, and forward it (or answer it here)."""
         cdef Py_ssize_t index = 0
         cdef tuple steps
-        route = None
+        cdef RouteBase route = None
         self.active = req
         req.request_id = self._request_ids.take(req.client_request_id)
         if req.forwarded_for is None:
@@ -151,7 +155,7 @@ cdef class ClientConnectionBase(FlowControl):
             return
         self._forward(req, route, head)
 
-    cdef object _route(self, RequestState req):
+    cdef RouteBase _route(self, RequestState req):
         if not req.path:  # llhttp's path (the fast parser splits and normalizes itself)
             url = req.url
             if url[:1] != b"/":
@@ -162,18 +166,17 @@ cdef class ClientConnectionBase(FlowControl):
                 req.path = normalize_path(path)
             except PathError as exc:
                 raise BadRequest(f"ambiguous or malformed path: {exc}") from None
-        route = self._router.match(req.path)
+        cdef RouteBase route = self._router.match(req.path)
         if route is None:
             raise NoRoute()
         req.route = route
-        methods = route.methods
-        if methods is not None and req.method not in methods:
+        if route.methods is not None and req.method not in route.methods:
             raise MethodNotAllowed(headers=((b"Allow", route.allow_header),))
         if req.upgrade is not None and not route.websocket:
             raise BadRequest("WebSocket is not enabled on this route")
         return route
 
-    cpdef bytes _upstream_head(self, RequestState req, route):
+    cpdef bytes _upstream_head(self, RequestState req, RouteBase route):
         # The head sent upstream leaves out the route's middleware-owned headers and
         # those the client's Connection header names (hop-by-hop, RFC 9110 §7.6.1).
         drop = route.drop_headers
@@ -190,7 +193,7 @@ cdef class ClientConnectionBase(FlowControl):
             head = head.replace(_PROTO_HTTP, _PROTO_HTTPS, 1)
         return head
 
-    cpdef _forward(self, RequestState req, route, bytes head):
+    cpdef _forward(self, RequestState req, RouteBase route, bytes head):
         cdef Exchange exchange
         if route.buffer_body and req.has_body and not req.message_complete:
             # buffer_request_body: nothing goes upstream before the whole body has been
@@ -215,7 +218,7 @@ cdef class ClientConnectionBase(FlowControl):
         if req.message_complete and not exchange.finished:
             exchange.end_body()
 
-    def _forward_buffered(self, RequestState req, route):
+    def _forward_buffered(self, RequestState req, RouteBase route):
         """A held request's whole body is in: it goes upstream with Content-Length."""
         req.chunked = False
         req.content_length = req.body_bytes

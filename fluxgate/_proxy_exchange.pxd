@@ -13,9 +13,8 @@ cpdef enum:
 cdef class Exchange:
     cdef public ClientConnectionBase client
     cdef public RequestState req
-    cdef public object group           # UpstreamGroup (fluxgate/proxy/upstream.py)
+    cdef public UpstreamGroupBase group
     cdef public bytes head             # the request head sent upstream
-    cdef double read_timeout           # group.read_timeout
     cdef public UpstreamConnectionBase conn
     cdef public list pending           # body bytes while no connection is writable
     cdef Py_ssize_t pending_bytes

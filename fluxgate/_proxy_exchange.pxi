@@ -12,14 +12,14 @@ cdef bytes _HEAD = b"HEAD"
 cdef object _STATUS_LINES = status_line.__self__
 
 
-cdef Exchange _new_exchange(ClientConnectionBase client, RequestState req, group, bytes head):
+cdef Exchange _new_exchange(ClientConnectionBase client, RequestState req,
+                            UpstreamGroupBase group, bytes head):
     # Exchange(...) without the argument parsing of a Python-level constructor call.
     cdef Exchange self = Exchange.__new__(Exchange)
     self.client = client
     self.req = req
     self.group = group
     self.head = head
-    self.read_timeout = group.read_timeout
     self.conn = None
     self.pending = None
     self.pending_bytes = 0
@@ -42,15 +42,13 @@ cdef class Exchange:
     # -- start / body from the client ---------------------------------------------------
     cdef int start(self) except -1:
         # Acquire a connection (possibly at once) and send the head.
-        cdef TargetPoolBase pool
+        cdef TargetPoolBase pool = self.group.next_pool()
         self.attempts += 1
-        group = self.group
-        pool = next(group.targets)  # round-robin
         conn = pool.take_idle()  # under load, a warm pooled connection: no callback needed
         if conn is not None:
             self.connected(conn)
             return 0
-        self.deadline = monotonic() + group.connect_timeout + self.read_timeout
+        self.deadline = monotonic() + self.group.connect_timeout + self.group.read_timeout
         pool.acquire(self._on_connection)
         return 0
 
@@ -109,7 +107,7 @@ cdef class Exchange:
 
     cpdef touch(self):
         """Progress was made: push the read deadline out."""
-        self.deadline = monotonic() + self.read_timeout
+        self.deadline = monotonic() + self.group.read_timeout
 
     # -- response from the upstream -------------------------------------------------------
     def upstream_headers(self, conn, int status, header_lines, content_length,

@@ -20,6 +20,18 @@ cdef class UpstreamConnectionBase(FlowControl):
     cpdef abort(self)
 
 
+cdef class UpstreamGroupBase:
+    # A named upstream: round-robin over its targets' pools (fluxgate.proxy.upstream's
+    # UpstreamGroup builds them).
+    cdef public str name
+    cdef public double read_timeout
+    cdef public double connect_timeout
+    cdef public list pools             # TargetPool per target
+    cdef Py_ssize_t _turn              # the pool next_pool() hands out
+
+    cdef TargetPoolBase next_pool(self)
+
+
 cdef class TargetPoolBase:
     cdef public object loop
     cdef public list idle              # idle connections, the most recently used last

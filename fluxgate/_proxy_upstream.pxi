@@ -79,6 +79,26 @@ cdef class UpstreamConnectionBase(FlowControl):
         self.close()
 
 
+cdef class UpstreamGroupBase:
+    """A named upstream: round-robin over its targets' pools."""
+
+    def __init__(self, str name, double read_timeout, double connect_timeout, list pools):
+        if not pools:
+            raise ValueError(f"upstream {name} has no target")
+        self.name = name
+        self.read_timeout = read_timeout
+        self.connect_timeout = connect_timeout
+        self.pools = pools
+        self._turn = 0
+
+    cdef TargetPoolBase next_pool(self):
+        cdef TargetPoolBase pool = self.pools[self._turn]
+        self._turn += 1
+        if self._turn == len(self.pools):
+            self._turn = 0
+        return pool
+
+
 cdef class TargetPoolBase:
     """The pool's per-request half: hand out the most recently used idle connection (warm,
     least likely to have been closed by the upstream) and take it back."""

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fluxgate._core import RequestIds
-from fluxgate._proxy import Accounting
+from fluxgate._proxy import Accounting, RouteBase
 from fluxgate.config import schema
 from fluxgate.config.resolve import resolve_upstream
 from fluxgate.middleware import compile_middleware
@@ -42,13 +42,11 @@ def route_methods(route: schema.Route) -> frozenset[bytes] | None:
     return methods
 
 
-class CompiledRoute:
-    """One route, ready for the hot path."""
+class CompiledRoute(RouteBase):
+    """One route, ready for the hot path: what it reads is the compiled base's (typed
+    fields, read in C by fluxgate/_proxy_client.pxi)."""
 
-    __slots__ = (
-        "index", "prefix", "methods", "allow_header", "chain", "steps", "group", "slot",
-        "strip_length", "websocket", "drop_headers", "label", "buffer_body",
-    )  # fmt: skip
+    __slots__ = ("index", "prefix", "chain", "label")
 
     def __init__(
         self, index: int, route: schema.Route, group: UpstreamGroup, slot: int, gateway: Gateway

@@ -17,10 +17,9 @@ sweep and TLS failure reports.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import httptools
@@ -32,7 +31,7 @@ from fluxgate._core import (
     RH_TRANSFER_ENCODING,
     response_header_kind,
 )
-from fluxgate._proxy import TargetPoolBase, UpstreamConnectionBase
+from fluxgate._proxy import TargetPoolBase, UpstreamConnectionBase, UpstreamGroupBase
 from fluxgate.proxy import headers as hdr
 from fluxgate.tls import client_context, describe_error
 
@@ -302,18 +301,15 @@ class TargetPool(TargetPoolBase):
         self.waiters.clear()
 
 
-class UpstreamGroup:
-    """A named upstream: round-robin over target pools."""
+class UpstreamGroup(UpstreamGroupBase):
+    """A named upstream: round-robin over target pools (the turn is taken in C)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, spec: Any) -> None:
-        self.name: str = spec.name
-        self.read_timeout: float = spec.read_timeout
-        self.connect_timeout: float = spec.connect_timeout
         tls_settings = spec.tls
         # One context for every target and connection of the group: built here, once.
         tls = client_context(tls_settings) if tls_settings is not None else None
         server_name = tls_settings.server_name if tls_settings is not None else None
-        self.pools = [
+        pools = [
             TargetPool(
                 loop,
                 host,
@@ -326,10 +322,7 @@ class UpstreamGroup:
             )
             for host, port in spec.targets
         ]
-        # Round-robin: next(group.targets) is a C-level iterator step per request. (Not a
-        # bound `__next__` kept on the group: CPython 3.11 specializes next() and an
-        # attribute load, but not a method call through an instance attribute.)
-        self.targets: Iterator[TargetPool] = itertools.cycle(self.pools)
+        super().__init__(spec.name, spec.read_timeout, spec.connect_timeout, pools)
 
     def close(self) -> None:
         for pool in self.pools:
