@@ -459,6 +459,24 @@ def test_stub_matches_module():
             assert hasattr(Counters, method.name), method.name
 
 
+def test_proxy_stub_matches_module():
+    """fluxgate/_proxy.pyi names what the compiled data plane defines, members included."""
+    from fluxgate import _proxy
+
+    stub = ast.parse((ROOT / "fluxgate" / "_proxy.pyi").read_text())
+    for node in stub.body:
+        if isinstance(node, ast.ClassDef | ast.FunctionDef):
+            assert hasattr(_proxy, node.name), node.name
+        elif isinstance(node, ast.AnnAssign):
+            assert hasattr(_proxy, node.target.id), node.target.id
+        if isinstance(node, ast.ClassDef):
+            for member in node.body:
+                name = member.target.id if isinstance(member, ast.AnnAssign) else (
+                    member.name if isinstance(member, ast.FunctionDef) else None)
+                if name is not None:
+                    assert hasattr(getattr(_proxy, node.name), name), f"{node.name}.{name}"
+
+
 def test_c_api_is_exported_for_cimport():
     capi = _core.__pyx_capi__
     for name in ("normalize_path_into", "b64url_decode_into", "b64url_encode_into"):
