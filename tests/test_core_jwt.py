@@ -553,6 +553,28 @@ def test_cache_is_bounded_and_keeps_recent_tokens(keys, keyset):
     assert len(calls) == 2 and v2.cached == 0
 
 
+def test_a_dropped_generation_is_freed_a_little_at_a_time(keys, keyset):
+    # Half a cache freed at once (its entries, claims, principals) stalled the worker for
+    # milliseconds: no insertion frees more than two entries, and all of them go.
+    freed = []
+
+    class Prepared:
+        def __init__(self, jti: str) -> None:
+            self.jti = jti
+
+        def __del__(self) -> None:
+            freed.append(self.jti)
+
+    v = make_verifier(keyset, cache_size=16, prepare=lambda c: Prepared(c["jti"]))
+    tokens = [keys["ed"].mint(claims(jti=str(i))).encode() for i in range(40)]
+    for token in tokens:
+        before = len(freed)
+        assert v.authenticate(token, NOW).jti == json.loads(b64url_decode(
+            token.split(b".")[1]))["jti"]
+        assert len(freed) - before <= 2 and v.cached <= 16
+    assert sorted(freed, key=int) == [str(i) for i in range(24)] and v.cached == 16
+
+
 def test_cache_never_serves_a_token_past_exp_even_without_exp_check(keys, keyset):
     v = make_verifier(keyset, require_exp=False)
     token = keys["es"].mint(claims(exp=None)).encode()
