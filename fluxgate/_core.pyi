@@ -1,13 +1,15 @@
 """What Python sees of fluxgate._core (the Cython hot path; rules in its module docstring)."""
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from typing_extensions import Buffer  # collections.abc.Buffer from 3.12
 
 from fluxgate.errors import B64Error as B64Error
 from fluxgate.errors import PathError as PathError
 from fluxgate.errors import TokenError as TokenError
+
+_T = TypeVar("_T")
 
 __all__ = (
     "IntrospectionCache",
@@ -28,6 +30,7 @@ __all__ = (
     "b64url_decode",
     "b64url_encode",
     "bearer_token",
+    "gc_untrack",
     "jwt_alg_mask",
     "jwt_alg_names",
     "normalize_path",
@@ -113,6 +116,9 @@ class JwtKeySet:
     def __len__(self) -> int: ...
     def __iter__(self) -> Iterator[JwtKey]: ...
     def __contains__(self, kid: object) -> bool: ...
+
+def gc_untrack(obj: _T, /) -> _T:
+    """``obj`` taken out of the cycle collector; only for objects in no reference cycle."""
 
 class JwtVerifier:
     """Verifies tokens for one jwt middleware config; raises TokenError(reason)."""

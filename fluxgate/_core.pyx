@@ -90,6 +90,7 @@ __all__ = (
     "b64url_decode",
     "b64url_encode",
     "bearer_token",
+    "gc_untrack",
     "jwt_alg_mask",
     "jwt_alg_names",
     "normalize_path",

@@ -111,6 +111,7 @@ cdef extern from "openssl/err.h" nogil:
 
 cdef extern from "Python.h":
     void PyObject_GC_UnTrack(void* op)
+    bint PyObject_IS_GC(object obj)
     dict _PyDict_NewPresized(Py_ssize_t minused)
 
 cdef extern from *:
@@ -914,6 +915,19 @@ cdef dict _json_object(const unsigned char* p, Py_ssize_t n):
     except _JSONDecodeError:
         return None
     return value if type(value) is dict else None
+
+
+def gc_untrack(obj, /):
+    """``obj``, taken out of the cycle collector (``gc.is_tracked(obj)`` is then False).
+
+    Only for an object in no reference cycle, now or later (a cycle through it would never
+    be collected): a verified token's principal, which ``prepare`` builds for each caller
+    and the cache keeps with each of up to 16,384 tokens, for every full collection to walk
+    otherwise. Objects the collector does not track are returned as they are.
+    """
+    if PyObject_IS_GC(obj):
+        PyObject_GC_UnTrack(<void*>obj)
+    return obj
 
 
 # The registered claims the verifier itself checks (RFC 7519 §4.1); always parsed.

@@ -28,6 +28,7 @@ from fluxgate._core import (
     TokenError,
     b64url_decode,
     bearer_token,
+    gc_untrack,
     jwt_alg_mask,
     jwt_alg_names,
 )
@@ -1089,6 +1090,12 @@ def _containers(value) -> list:
     if isinstance(value, list):
         return [value, *(c for v in value for c in _containers(v))]
     return []
+
+
+def test_gc_untrack():
+    values = [1, "x"]
+    assert gc.is_tracked(values) and gc_untrack(values) is values and not gc.is_tracked(values)
+    assert gc_untrack(7) == 7 and gc_untrack(None) is None  # not collected: as it is
 
 
 @pytest.mark.parametrize("selection", [None, ("scp", "tenant")])

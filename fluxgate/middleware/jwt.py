@@ -31,7 +31,7 @@ from urllib.parse import unquote_to_bytes
 
 import orjson
 
-from fluxgate._core import JwtVerifier, TokenError, bearer_token
+from fluxgate._core import JwtVerifier, TokenError, bearer_token, gc_untrack
 from fluxgate.auth.failures import AuthFailures
 from fluxgate.auth.jwks import KeySource, provider_source
 from fluxgate.auth.principal import Principal
@@ -153,13 +153,16 @@ def build_verifier(config: Jwt) -> JwtVerifier:
                 value = claim_header_value(claims[claim])
                 if value is not None:
                     headers.append((header, value))
-        return Principal(
+        # Cached with each of its tokens (up to cache_size of them, one principal per
+        # caller): outside the cycle collector, which has nothing to find in a principal
+        # (strings, bytes, tuples of them, a frozenset; treated as immutable).
+        return gc_untrack(Principal(
             id=f"jwt:{claims.get('iss') or ''}|{subject}",
             method="jwt",
             subject=subject,
             scopes=scopes,
             claims_headers=tuple(headers),
-        )
+        ))
 
     audiences = config.audience
     if isinstance(audiences, str):
