@@ -259,7 +259,7 @@ def upstream_head(RequestState req not None, drop, Py_ssize_t strip, bytes peer 
 
 cdef bytes upstream_head_c(RequestState req, drop, Py_ssize_t strip, bytes peer,
                            bytes api_key_query):
-    # upstream_head for Cython callers (fluxgate/_proxy_client.pxi); no argument is None
+    # upstream_head for Cython callers (fluxgate/_proxy.pyx); no argument is None
     # but `drop`.
     cdef bytes path = req.path, query = req.query, target
     if strip >= 0:
@@ -370,7 +370,7 @@ def response_head(bytes status_line not None, bytes lines not None,
 cdef bytes response_head_c(bytes status_line, bytes lines, RequestState req, list extra,
                            content_length, bint chunked, bint close, bytes data,
                            Py_ssize_t body_start, Py_ssize_t body_length):
-    # response_head for Cython callers (fluxgate/_proxy_exchange.pxi); only content_length
+    # response_head for Cython callers (fluxgate/_proxy.pyx); only content_length
     # and data may be None.
     cdef Py_ssize_t total, i, n_extra = len(extra), ratelimit_len
     cdef tuple pair

@@ -1,8 +1,8 @@
 # cython: language_level=3
 # The C-level contract of fluxgate._proxy, the compiled per-request data plane: a table of
 # contents, one .pxd per piece (asyncpg's protocol.pxd is the model). Python sees
-# fluxgate/_proxy.pyi; the implementation is fluxgate/_proxy.pyx and the .pxi files it
-# includes, one per piece below.
+# fluxgate/_proxy.pyi; the implementation is fluxgate/_proxy.pyx, one section per piece
+# in the order below.
 #
 # The pieces form one cyclic cluster, hence one compilation unit: a client connection
 # starts an Exchange per request, the exchange borrows an upstream connection from a

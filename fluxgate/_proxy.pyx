@@ -3,7 +3,8 @@
 connection and the hot half of the pool.
 
 Contract for Cython callers: ``_proxy.pxd`` (a table of contents of one ``.pxd`` per
-piece); for Python: ``_proxy.pyi``. Unlike ``_core`` ("no I/O"), this module talks to
+piece; this file has one section per piece, in the same order); for Python:
+``_proxy.pyi``. Unlike ``_core`` ("no I/O"), this module talks to
 asyncio transports; like ``_core`` it holds no policy. The asyncio protocols are the
 Python subclasses in ``fluxgate/proxy/protocol.py`` and ``fluxgate/proxy/upstream.py``
 (asyncpg's ``class Protocol(BaseProtocol, asyncio.Protocol)``), which keep llhttp's
@@ -18,6 +19,7 @@ middleware chain is the route's tuple of bound methods (Python, as it must be).
 
 from cpython.dict cimport PyDict_GetItem
 from cpython.object cimport PyObject
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 import logging
 from collections import deque
@@ -42,8 +44,849 @@ log = logging.getLogger("fluxgate.proxy")
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 
-include "_proxy_accounting.pxi"
-include "_proxy_flow.pxi"
-include "_proxy_client.pxi"
-include "_proxy_exchange.pxi"
-include "_proxy_upstream.pxi"
+# ---- accounting and the clock (contract: _proxy_accounting.pxd) -----------------------
+
+
+cdef double monotonic() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+def now():
+    """monotonic() for Python: when a request began (RequestState.started)."""
+    return monotonic()
+
+
+cdef class Accounting:
+    """Counts a finished request in the shared metrics table and the access log; one per
+    worker (Gateway.accounting). Query strings can carry credentials (``?api_key=``), so
+    the access log has only the path."""
+
+    def __init__(self, RequestRecorder recorder, access_log):
+        self._recorder = recorder
+        self._access_log = access_log
+
+    cpdef record(self, RequestState req):
+        """Count ``req``, finished now: its status and latency under its route's slot."""
+        cdef double seconds = monotonic() - <double>req.started
+        cdef RouteBase route = req.route
+        cdef Py_ssize_t slot = route.slot if route is not None else 0
+        if self._recorder is not None:
+            self._recorder.record(slot, req.status, seconds)
+        if self._access_log is not None:
+            self._access_log.add(
+                "%s %s %s %d %.1fms %s\n"
+                % (
+                    req.client_ip or "-",
+                    req.method.decode("latin-1") or "-",
+                    (req.path or b"-").decode("latin-1"),
+                    req.status,
+                    seconds * 1000.0,
+                    req.request_id.decode("latin-1") or "-",
+                )
+            )
+
+
+# ---- back-pressure (contract: _proxy_flow.pxd) -----------------------------------------
+#
+# Written once for both sides. aiohttp's base_protocol is the model, with reasons added: a
+# client connection stops reading for several reasons at once (its body waits for an upstream
+# connection, the upstream's buffer is full, requests are queued, a middleware waits), and
+# reading resumes only when the last one is gone.
+
+
+cdef class FlowControl:
+    """Reading paused for reasons; writing paused by asyncio, relayed to the other side.
+
+    When a connection's own write buffer goes over its high-water mark, asyncio calls
+    ``pause_writing``: the connection on the other side of the exchange (``counterpart``)
+    stops reading, so neither body piles up in the gateway; ``resume_writing`` lets it
+    read again. The client and upstream connections both derive from this class.
+    """
+
+    cdef int pause(self, int reason) except -1:
+        if not self.paused and self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+        self.paused |= reason
+        return 0
+
+    cdef int resume(self, int reason) except -1:
+        if not self.paused & reason:
+            return 0
+        self.paused &= ~reason
+        if not self.paused and self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+        return 0
+
+    cdef FlowControl counterpart(self):
+        return None
+
+    def pause_reading(self, int reason):
+        """Stop reading for ``reason`` (a PAUSE_* bit)."""
+        self.pause(reason)
+
+    def resume_reading(self, int reason):
+        """``reason`` is gone; reading resumes when no other is left."""
+        self.resume(reason)
+
+    # -- asyncio.Protocol's flow control ---------------------------------------------
+    def pause_writing(self):
+        cdef FlowControl other = self.counterpart()
+        if other is not None:
+            other.pause(PAUSE_PEER_FULL)
+
+    def resume_writing(self):
+        cdef FlowControl other = self.counterpart()
+        if other is not None:
+            other.resume(PAUSE_PEER_FULL)
+
+
+# ---- the client connection (contract: _proxy_client.pxd) -------------------------------
+#
+# The request path. fluxgate.proxy.protocol.ClientConnection derives from the base and adds
+# llhttp's side: partial, pipelined, chunked, Expect and Upgrade requests, and every
+# malformed one, are fed to httptools there and come back here through _start.
+#
+# Requests are answered strictly in order; a pipelined request waits in `queue` (reading
+# pauses meanwhile, so a pipelining client cannot make the queue grow without bound).
+
+cdef bytes _PROTO_HTTP = b"\r\nX-Forwarded-Proto: http\r\n"
+cdef bytes _PROTO_HTTPS = b"\r\nX-Forwarded-Proto: https\r\n"
+
+
+cdef class RouteBase:
+    """One route as the request path reads it (fluxgate.proxy.app.CompiledRoute)."""
+
+
+cdef class ClientConnectionBase(FlowControl):
+    """One downstream HTTP/1.1 connection: the compiled request path."""
+
+    def __init__(self, gateway):
+        self.gw = gateway
+        self.loop = gateway.loop
+        self._accounting = gateway.accounting
+        self._router = gateway.router
+        self._request_ids = gateway.request_ids
+        self._resolver = gateway.resolver
+        self._api_key_query = gateway.api_key_query
+        self.special = gateway.request_special
+        self.header_kinds = gateway.header_kinds
+        limits = gateway.limits
+        self.max_header_bytes = limits.max_header_bytes
+        self.max_header_count = limits.max_header_count
+        self.allow_underscores = limits.allow_underscores_in_headers
+        self.max_body_bytes = limits.max_body_bytes
+        self.header_timeout = limits.header_timeout
+        self.idle_timeout = limits.idle_timeout
+        self.tls = False
+        self.transport = None
+        self.peer = ""
+        self.peer_bytes = b""
+        self.parser = None
+        self.parsing = None
+        self.active = None
+        self.queue = deque()
+        self.paused = 0
+        self.closing = False
+        self.closed = False
+        self.advancing = False
+        self.fatal = None
+        self.chunked_body = None
+        self.held = None
+        self.head_tail = b""
+        self.tunnel = None
+        self.tunnel_pending = []
+        self.upgrading = False
+        self.deadline = 0.0
+        self.deadline_kind = DEADLINE_NONE
+        self.corked = 0
+        self.out = []
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+    def connection_made(self, transport):
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if peer else ""
+        self.peer_bytes = self.peer.encode()
+        self.gw.connections.add(self)
+        self._set_deadline(DEADLINE_HEADERS, self.header_timeout)
+
+    def connection_lost(self, exc):
+        cdef RequestState req
+        self.closed = True
+        self.gw.connections.discard(self)
+        if self.tunnel is not None:
+            tunnel, self.tunnel = self.tunnel, None
+            tunnel.cancel()
+        for item in (self.active, *self.queue):
+            if item is None:
+                continue
+            req = <RequestState?>item
+            if not req.finished:
+                if req.exchange is not None:
+                    (<Exchange?>req.exchange).cancel()
+                if not req.response_done:
+                    req.status = CLIENT_CLOSED
+                self._record(req)
+        self.active = None
+        self.queue.clear()
+
+    def data_received(self, data):
+        cdef RequestState req
+        if self.tunnel is not None:
+            self.tunnel.tunnel_from_client(data)
+            return
+        if self.upgrading:
+            self.tunnel_pending.append(data)
+            return
+        if self.closing:
+            return
+        if self.active is None and self.parsing is None and not self.queue:
+            # The common case, one whole simple request in one read, is parsed by one _core
+            # call; anything else (partial, pipelined, chunked, Expect, Upgrade, malformed)
+            # goes through llhttp, which has the final word on what is valid.
+            req = parse_request_head_c(
+                data, self.header_kinds, self.special, self.max_header_bytes,
+                self.max_body_bytes, monotonic(), self.max_header_count,
+                self.allow_underscores,
+            )
+            if req is not None:
+                self.deadline_kind = DEADLINE_NONE
+                self._start(req)
+                return
+        self._feed(data)
+
+    cdef FlowControl counterpart(self):
+        # The upstream connection of the exchange in flight (or of the tunnel).
+        cdef Exchange exchange = self.tunnel
+        if exchange is None and self.active is not None:
+            exchange = self.active.exchange
+        return exchange.conn if exchange is not None else None
+
+    # -- the request path --------------------------------------------------------------------
+    cpdef _start(self, RequestState req):
+        """Route `req`, run its route's chain, and forward it (or answer it here)."""
+        cdef Py_ssize_t index = 0
+        cdef tuple steps
+        cdef RouteBase route = None
+        self.active = req
+        req.request_id = self._request_ids.take(req.client_request_id)
+        if req.forwarded_for is None:
+            req.client_ip = self.peer  # what the resolver answers without X-Forwarded-For
+        else:
+            req.client_ip, req.peer_trusted = self._resolver.resolve(self.peer, req.forwarded_for)
+        try:
+            route = self._route(req)
+            steps = route.steps
+            while index < len(steps):
+                refusal = steps[index](req)
+                if refusal is not None:
+                    raise refusal
+                index += 1
+            head = self._upstream_head(req, route)
+        except ClientError as err:
+            self._local_reply(req, err)
+            return
+        except Suspended as wait:
+            # steps[index] raised: the chain goes on after it once answered.
+            self._suspend(req, route, index + 1, wait)
+            return
+        except Exception:
+            # A bug in a stage must not leave the client hanging nor let the request through:
+            # fail closed with a 500 and the traceback in the log.
+            log.exception("request %s: the middleware chain failed", req.request_id.decode())
+            self._local_reply(req, InternalError())
+            return
+        self._forward(req, route, head)
+
+    cdef RouteBase _route(self, RequestState req):
+        if not req.path:  # llhttp's path (the fast parser splits and normalizes itself)
+            url = req.url
+            if url[:1] != b"/":
+                url = _origin_form(url)
+            path, _, query = url.partition(b"?")
+            req.query = query
+            try:
+                req.path = normalize_path(path)
+            except PathError as exc:
+                raise BadRequest(f"ambiguous or malformed path: {exc}") from None
+        cdef RouteBase route = self._router.match(req.path)
+        if route is None:
+            raise NoRoute()
+        req.route = route
+        if route.methods is not None and req.method not in route.methods:
+            raise MethodNotAllowed(headers=((b"Allow", route.allow_header),))
+        if req.upgrade is not None and not route.websocket:
+            raise BadRequest("WebSocket is not enabled on this route")
+        return route
+
+    cpdef bytes _upstream_head(self, RequestState req, RouteBase route):
+        # The head sent upstream leaves out the route's middleware-owned headers and
+        # those the client's Connection header names (hop-by-hop, RFC 9110 §7.6.1).
+        drop = route.drop_headers
+        if req.connection is not None:
+            drop = drop | dropped_by_connection(req.connection)
+        cdef bytes head = upstream_head_c(req, drop, route.strip_length, self.peer_bytes,
+                                          self._api_key_query)
+        if self.tls and not (req.peer_trusted and req.forwarded_for
+                             and req.forwarded_proto is not None):
+            # upstream_head wrote "http" for a peer that is the client itself: it reached
+            # the gateway over TLS. (A trusted proxy in front said how its own client
+            # connected.) The line is the gateway's own (the client's X-Forwarded-Proto is
+            # never copied, and no header value holds CRLF), so one replace is exact.
+            head = head.replace(_PROTO_HTTP, _PROTO_HTTPS, 1)
+        return head
+
+    cpdef _forward(self, RequestState req, RouteBase route, bytes head):
+        cdef Exchange exchange
+        if route.buffer_body and req.has_body and not req.message_complete:
+            # buffer_request_body: nothing goes upstream before the whole body has been
+            # read (bounded by max_body_bytes) and found well-framed; on_message_complete
+            # sends it on.
+            self.held = (req, route)
+            self._set_deadline(DEADLINE_BODY, self.idle_timeout)
+            if req.expect_continue:
+                self.write(CONTINUE_100)  # RFC 9110 §10.1.1, as below
+            return
+        exchange = _new_exchange(self, req, route.group, head)
+        req.exchange = exchange
+        if req.expect_continue and not req.message_complete:
+            # RFC 9110 §10.1.1: the client waits for this before sending the body; it is
+            # only sent once the request is known to be authorized.
+            self.write(CONTINUE_100)
+        exchange.start()
+        if req.body_buffer:
+            for chunk in req.body_buffer:
+                exchange.send_body(chunk)
+            req.body_buffer = []
+        if req.message_complete and not exchange.finished:
+            exchange.end_body()
+
+    def _forward_buffered(self, RequestState req, RouteBase route):
+        """A held request's whole body is in: it goes upstream with Content-Length."""
+        req.chunked = False
+        req.content_length = req.body_bytes
+        req.has_body = req.body_bytes > 0
+        self._forward(req, route, self._upstream_head(req, route))
+
+    # -- endings -----------------------------------------------------------------------------
+    cpdef bint can_keep_alive(self, RequestState req):
+        """May this connection carry another request after `req`'s response?"""
+        return (req.keep_alive and req.upgrade is None and not self.gw.draining
+                and not self.closing)
+
+    cdef int exchange_failed(self, RequestState req, err) except -1:
+        # The exchange ended before any response byte was sent: answer locally.
+        if not self.closed:
+            self._local_reply(req, err)
+        return 0
+
+    cdef int exchange_done(self, RequestState req) except -1:
+        # The upstream's response was fully relayed.
+        req.response_done = True
+        if req.message_complete:
+            self._finish_request(req)
+        return 0
+
+    cpdef _finish_request(self, RequestState req):
+        if req.finished:
+            return
+        req.finished = True
+        self._record(req)
+        if self.active is req:
+            self.active = None
+        req.exchange = None
+        if self.fatal is not None and self.active is None:
+            fatal, self.fatal = self.fatal, None
+            self._write_fatal(fatal)
+            return
+        if req.close_after or self.closing or not req.keep_alive:
+            self._close_soon()
+            return
+        self._advance()
+
+    cdef int _record(self, RequestState req) except -1:
+        self._accounting.record(req)
+        return 0
+
+    cpdef _advance(self):
+        """Start queued requests, in order, while nothing is in flight."""
+        if self.advancing:
+            return
+        if self.queue:
+            self.advancing = True
+            try:
+                while self.active is None and self.queue and not self.closing:
+                    req = self.queue.popleft()
+                    if len(self.queue) < 2:
+                        self.resume(PAUSE_PIPELINE)
+                    self._start(req)
+            finally:
+                self.advancing = False
+        if self.active is None and self.parsing is None and not self.closing:
+            gw = self.gw
+            self._set_deadline(DEADLINE_IDLE,
+                               gw.drain_idle_grace if gw.draining else self.idle_timeout)
+
+    # -- transport helpers ---------------------------------------------------------------------
+    cpdef write(self, data):
+        """Send bytes to the client; while corked they are gathered into one send."""
+        if self.corked:
+            self.out.append(data)
+        elif self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    cpdef uncork(self):
+        """End one `corked += 1` section: what it wrote leaves in one send (one syscall per
+        event-loop callback, not per piece)."""
+        self.corked -= 1
+        if self.corked == 0 and self.out:
+            self._flush()
+
+    cdef int _flush(self) except -1:
+        out, self.out = self.out, []
+        if self.transport is not None and not self.closed:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        return 0
+
+    cpdef abort(self):
+        """Cut the connection (a response already started cannot be turned into an error)."""
+        self.closing = True
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+
+    cpdef _close_soon(self):
+        """Close once everything written so far has been flushed."""
+        self.closing = True
+        if self.out:
+            self._flush()
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+
+    cpdef _set_deadline(self, int kind, double seconds):
+        self.deadline_kind = kind
+        self.deadline = monotonic() + seconds
+
+
+cdef bytes _origin_form(bytes url):
+    """absolute-form (RFC 9112 §3.2.2) → origin-form; anything else is a 400."""
+    lowered = url[:8].lower()
+    if lowered.startswith(b"http://"):
+        rest = url[7:]
+    elif lowered.startswith(b"https://"):
+        rest = url[8:]
+    else:
+        raise BadRequest("request target must be origin-form or absolute-form")
+    slash = rest.find(b"/")
+    if slash < 0:
+        return b"/"
+    return rest[slash:]
+
+
+# ---- the exchange (contract: _proxy_exchange.pxd) --------------------------------------
+#
+# One request proxied to one upstream connection, streaming both ways. The exchange is the
+# terminal stage of the chain (Envoy's router filter): it takes a pooled connection, sends
+# the rewritten head and then the body as the client sends it, and streams the response
+# back as it arrives. Neither body is ever buffered whole: when one side's write buffer is
+# full, reading from the other side pauses (FlowControl).
+
+cdef bytes _LAST_CHUNK = b"0\r\n\r\n"
+cdef bytes _HEAD = b"HEAD"
+# {status: b"HTTP/1.1 200 OK\r\n"}, a dict subclass that builds a missing code's line.
+cdef object _STATUS_LINES = status_line.__self__
+
+
+cdef Exchange _new_exchange(ClientConnectionBase client, RequestState req,
+                            UpstreamGroupBase group, bytes head):
+    # Exchange(...) without the argument parsing of a Python-level constructor call.
+    cdef Exchange self = Exchange.__new__(Exchange)
+    self.client = client
+    self.req = req
+    self.group = group
+    self.head = head
+    self.conn = None
+    self.pending = None
+    self.pending_bytes = 0
+    self.body_done = False
+    self.response_started = False
+    self.response_frame = FRAME_NONE
+    self.client_chunked = False
+    self.finished = False
+    self.attempts = 0
+    self.deadline = float("inf")  # set by start(), before anything can time out
+    return self
+
+
+cdef class Exchange:
+    """Proxies `req` from `client` through `group` (made by the client connection)."""
+
+    def __init__(self):
+        raise TypeError("an Exchange is made by its client connection")
+
+    # -- start / body from the client ---------------------------------------------------
+    cdef int start(self) except -1:
+        # Acquire a connection (possibly at once) and send the head.
+        cdef TargetPoolBase pool = self.group.next_pool()
+        self.attempts += 1
+        conn = pool.take_idle()  # under load, a warm pooled connection: no callback needed
+        if conn is not None:
+            self.connected(conn)
+            return 0
+        self.deadline = monotonic() + self.group.connect_timeout + self.group.read_timeout
+        pool.acquire(self._on_connection)
+        return 0
+
+    def _on_connection(self, conn, exc):
+        """The pool's answer to acquire(): a connection, or None and why not."""
+        if self.finished:
+            if conn is not None:
+                conn.pool.release(conn)
+            return
+        if conn is None:
+            if self.attempts < len(self.group.pools):
+                # Another target may be up: try each once before answering 502.
+                self.start()
+                return
+            self.finish_with_error(UpstreamUnavailable(f"upstream {self.group.name} unreachable"))
+            return
+        self.connected(conn)
+
+    cdef int connected(self, UpstreamConnectionBase conn) except -1:
+        self.conn = conn
+        conn.begin(self, self.req.method == _HEAD)
+        self.touch()
+        conn.write(self.head)
+        if self.pending:
+            conn.write(b"".join(self.pending))
+            self.pending = None
+            self.pending_bytes = 0
+            self.client.resume(PAUSE_CONNECTING)
+        if self.body_done and self.req.chunked:
+            conn.write(_LAST_CHUNK)
+        return 0
+
+    cpdef send_body(self, chunk):
+        """A piece of the request body arrived from the client."""
+        if self.finished:
+            return  # the upstream already answered; the rest of the body is discarded
+        if self.req.chunked:
+            chunk = b"%x\r\n%s\r\n" % (len(chunk), chunk)
+        conn = self.conn
+        if conn is not None:
+            self.touch()
+            conn.write(chunk)
+            return
+        if self.pending is None:
+            self.pending = []
+        self.pending.append(chunk)
+        self.pending_bytes += len(chunk)
+        if self.pending_bytes > PENDING_BODY_LIMIT:
+            self.client.pause(PAUSE_CONNECTING)
+
+    cpdef end_body(self):
+        """The client's request message is complete."""
+        self.body_done = True
+        if self.req.chunked and self.conn is not None and not self.finished:
+            self.conn.write(_LAST_CHUNK)
+
+    cpdef touch(self):
+        """Progress was made: push the read deadline out."""
+        self.deadline = monotonic() + self.group.read_timeout
+
+    # -- response from the upstream -------------------------------------------------------
+    def upstream_headers(self, conn, int status, header_lines, content_length,
+                         bint upstream_chunked):
+        """The response head arrived (llhttp's path): frame it for the client, send it on."""
+        cdef RequestState req = self.req
+        cdef bint no_body = req.method == _HEAD or status in (204, 304) or status == 101
+        cdef bint keep_alive = self.client.can_keep_alive(req)
+        cdef bint chunked = False
+        extra = req.response_headers
+        length = None
+        if status == 101:
+            self.response_frame = FRAME_NONE
+            extra = [*extra, (b"Connection", b"Upgrade"), (b"Upgrade", req.upgrade or b"websocket")]
+        elif no_body:
+            self.response_frame = FRAME_NONE
+            if status != 204:
+                length = content_length
+        elif upstream_chunked:
+            self.response_frame = FRAME_CHUNKED
+        elif content_length is not None:
+            self.response_frame = FRAME_LENGTH
+            length = content_length
+        else:
+            self.response_frame = FRAME_CLOSE
+        if self.response_frame == FRAME_CHUNKED or self.response_frame == FRAME_CLOSE:
+            if req.http_minor >= 1 and keep_alive:
+                self.client_chunked = chunked = True
+            else:
+                keep_alive = False
+        self.send_head(status, b"".join(header_lines), extra, length, chunked,
+                       not keep_alive and status != 101, None, 0, 0)
+
+    cdef int upstream_response(self, UpstreamConnectionBase conn, ResponseHead head,
+                               bytes data) except -1:
+        # A whole response arrived in one read (parsed in _core): relay it in one write.
+        cdef int status = head.status
+        self.send_head(
+            status, head.lines, self.req.response_headers,
+            None if status == 204 else head.content_length, False,
+            not self.client.can_keep_alive(self.req), data, head.body_start, head.body_length,
+        )
+        self.upstream_complete(conn, head.keep_alive)
+        return 0
+
+    cdef int send_head(self, int status, bytes lines, list extra, content_length,
+                       bint chunked, bint close, bytes data, Py_ssize_t body_start,
+                       Py_ssize_t body_length) except -1:
+        # Write the client's response head (and a body already at hand) in one write.
+        cdef RequestState req = self.req
+        if close:
+            req.close_after = True
+        self.response_started = True
+        req.status = status
+        cdef PyObject* found = PyDict_GetItem(_STATUS_LINES, status)
+        line = <object>found if found != NULL else status_line(status)
+        self.client.write(response_head_c(line, lines, req, extra, content_length, chunked,
+                                          close, data, body_start, body_length))
+        return 0
+
+    def upstream_body(self, chunk):
+        """A piece of the response body (llhttp's path)."""
+        if self.client_chunked:
+            self.client.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        else:
+            self.client.write(chunk)
+
+    cpdef upstream_complete(self, UpstreamConnectionBase conn, bint reusable):
+        """The response is complete: the connection goes back to its pool, or closes."""
+        if self.client_chunked:
+            self.client.write(_LAST_CHUNK)
+        self.conn = None
+        conn.resume(PAUSE_PEER_FULL)
+        if reusable and self.body_done and not self.finished:
+            (<TargetPoolBase?>conn.pool).release(conn)
+        else:
+            # The upstream answered before reading the whole request body (or asked to
+            # close): the connection is not at a message boundary, so it cannot be reused.
+            conn.close()
+        self._finish()
+
+    def upstream_upgraded(self, UpstreamConnectionBase conn, rest):
+        """101 Switching Protocols: from now on bytes flow unchanged both ways."""
+        self.conn = conn
+        conn.pool.forget(conn)  # a tunnel never returns to the pool
+        self.client.start_tunnel(self, rest)
+
+    cpdef tunnel_from_upstream(self, data):
+        self.client.write(data)
+
+    cpdef tunnel_from_client(self, data):
+        if self.conn is not None:
+            self.conn.write(data)
+
+    cpdef upstream_lost(self, UpstreamConnectionBase conn, exc):
+        """The upstream connection closed or failed while serving this exchange."""
+        cdef RequestState req = self.req
+        self.conn = None
+        if self.finished:
+            return
+        if conn.tunnel:
+            self.finished = True
+            self.client.abort()
+            return
+        if not self.response_started:
+            if (conn.requests_served > 0 and not conn.got_bytes and self.attempts < 2
+                    and req.method in IDEMPOTENT and not req.has_body):
+                # A pooled connection the upstream closed while idle (RFC 9112 §9.3.1):
+                # safe to replay once because nothing was consumed.
+                self.start()
+                return
+            self.finish_with_error(
+                UpstreamUnavailable(f"upstream {self.group.name} closed the connection")
+            )
+            return
+        if self.response_frame == FRAME_CLOSE:
+            # A close-delimited response ends when the upstream closes (RFC 9112 §6.3).
+            if self.client_chunked:
+                self.client.write(_LAST_CHUNK)
+            self._finish()
+            return
+        # The response was cut short: the client must see the cut, not a short body.
+        self.finished = True
+        self.client.abort()
+
+    # -- endings ----------------------------------------------------------------------------
+    def check_timeout(self, double now):
+        """Called by the worker's timer sweep."""
+        if self.finished or now < self.deadline:
+            return
+        if not self.response_started:
+            self.finish_with_error(
+                UpstreamTimeout(f"upstream {self.group.name} did not answer in time")
+            )
+        else:
+            self.cancel()
+            self.client.abort()
+
+    cpdef finish_with_error(self, error):
+        """End before any response byte was sent: the client gets a local reply."""
+        if self.finished:
+            return
+        self.cancel()
+        self.client.exchange_failed(self.req, error)
+
+    cpdef cancel(self):
+        """Drop the upstream side (mid-message, so never back to the pool)."""
+        if self.finished:
+            return
+        self.finished = True
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.owner = None
+            conn.abort()
+
+    cdef int _finish(self) except -1:
+        if self.finished:
+            return 0
+        self.finished = True
+        self.client.exchange_done(self.req)
+        return 0
+
+
+# ---- the upstream side (contract: _proxy_upstream.pxd) ---------------------------------
+#
+# Its hot half: a pooled connection's response fast path, the round-robin turn and the
+# pool's take/release. What happens once per connection or per unusual response stays in
+# fluxgate/proxy/upstream.py: llhttp's callbacks (interim, chunked, partial and
+# close-delimited responses), connecting, waiters, the idle sweep and TLS failure reports.
+
+
+cdef class UpstreamConnectionBase(FlowControl):
+    """One keep-alive connection to one upstream target; events go to its `owner`."""
+
+    def __init__(self, pool):
+        self.pool = pool
+        self.transport = None
+        self.owner = None
+        self.requests_served = 0
+        self.got_bytes = False
+        self.head_request = False
+        self.tunnel = False
+        self.closed = False
+        self.paused = 0
+        self.partial = False
+        self.skip_interim = False
+        self.idle_since = 0.0
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        cdef ResponseHead head
+        owner = self.owner
+        if self.tunnel:
+            if owner is not None:
+                (<Exchange?>owner).tunnel_from_upstream(data)
+            return
+        if owner is None:
+            # Bytes on an idle connection are a protocol violation: never hand it out again.
+            self.close()
+            return
+        self.got_bytes = True
+        if not self.partial:
+            # The common case, a whole response in one read, is parsed and relayed by one
+            # _core call; anything else (interim, chunked, partial...) goes through llhttp.
+            head = parse_response_head_c(data, self.head_request)
+            if head is not None:
+                self.owner = None
+                self.requests_served += 1
+                (<Exchange?>owner).upstream_response(self, head, data)
+                return
+        self.feed_parser(owner, data)
+
+    cdef FlowControl counterpart(self):
+        # The client connection of the exchange this connection serves.
+        owner = self.owner
+        return (<Exchange>owner).client if isinstance(owner, Exchange) else None
+
+    cpdef begin(self, owner, bint head_request):
+        """Attach the connection to one request/response exchange."""
+        self.owner = owner
+        self.head_request = head_request
+        self.got_bytes = False
+        self.skip_interim = False
+
+    cpdef write(self, data):
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    cpdef close(self):
+        """Close for good (never returns to the pool)."""
+        if not self.closed:
+            self.closed = True
+            self.pool.forget(self)
+            if self.transport is not None:
+                self.transport.close()
+
+    cpdef abort(self):
+        """Drop the connection at once (mid-message: the upstream must see the cut)."""
+        if self.transport is not None:
+            self.transport.abort()
+        self.close()
+
+
+cdef class UpstreamGroupBase:
+    """A named upstream: round-robin over its targets' pools."""
+
+    def __init__(self, str name, double read_timeout, double connect_timeout, list pools):
+        if not pools:
+            raise ValueError(f"upstream {name} has no target")
+        self.name = name
+        self.read_timeout = read_timeout
+        self.connect_timeout = connect_timeout
+        self.pools = pools
+        self._turn = 0
+
+    cdef TargetPoolBase next_pool(self):
+        cdef TargetPoolBase pool = self.pools[self._turn]
+        self._turn += 1
+        if self._turn == len(self.pools):
+            self._turn = 0
+        return pool
+
+
+cdef class TargetPoolBase:
+    """The pool's per-request half: hand out the most recently used idle connection (warm,
+    least likely to have been closed by the upstream) and take it back."""
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.idle = []
+        self.waiters = deque()
+        self._sweeper = None
+
+    cpdef take_idle(self):
+        """The most recently used idle connection, or None."""
+        cdef UpstreamConnectionBase conn
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                return conn
+        return None
+
+    cpdef release(self, UpstreamConnectionBase conn):
+        """Return a healthy connection after a complete exchange."""
+        if conn.closed:
+            return
+        if self.waiters:
+            self.waiters.popleft()(conn, None)
+            return
+        conn.idle_since = monotonic()
+        self.idle.append(conn)
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_later(1.0, self._sweep)

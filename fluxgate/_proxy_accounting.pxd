@@ -1,5 +1,5 @@
 # The end of every request: the shared metrics and the access log
-# (fluxgate/_proxy_accounting.pxi), and the clock the data plane reads.
+# (a section of fluxgate/_proxy.pyx), and the clock the data plane reads.
 
 # CLOCK_MONOTONIC in seconds, read without a Python call: the clock of time.perf_counter
 # and of the event loop (asyncio's time.monotonic, uvloop's uv_now) on Linux, so the

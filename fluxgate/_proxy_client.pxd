@@ -1,4 +1,4 @@
-# One downstream HTTP/1.1 connection (fluxgate/_proxy_client.pxi); the asyncio protocol is
+# One downstream HTTP/1.1 connection (a section of fluxgate/_proxy.pyx); the protocol is
 # fluxgate.proxy.protocol.ClientConnection, its Python subclass.
 
 cpdef enum:

@@ -1,4 +1,4 @@
-# One request proxied to one upstream connection (fluxgate/_proxy_exchange.pxi).
+# One request proxied to one upstream connection (a section of fluxgate/_proxy.pyx).
 
 cpdef enum:
     # How the response's body is delimited upstream (RFC 9112 §6.3).

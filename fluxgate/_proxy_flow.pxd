@@ -1,4 +1,4 @@
-# Back-pressure, written once for both sides of an exchange (fluxgate/_proxy_flow.pxi).
+# Back-pressure, written once for both sides of an exchange (fluxgate/_proxy.pyx).
 
 cpdef enum:
     # Why reading from a connection is paused: one bit per reason; reading resumes when

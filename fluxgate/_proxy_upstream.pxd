@@ -1,4 +1,4 @@
-# Upstream side (fluxgate/_proxy_upstream.pxi): one keep-alive connection to a target and
+# Upstream side (a section of fluxgate/_proxy.pyx): one keep-alive connection to a target and
 # the hot half of its pool; the asyncio protocol and the pool policy (connecting, waiters,
 # idle sweep) are the Python subclasses in fluxgate/proxy/upstream.py.
 

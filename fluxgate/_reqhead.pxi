@@ -305,7 +305,7 @@ cdef RequestState parse_request_head_c(bytes data, dict kinds, dict special,
                                        Py_ssize_t max_body_bytes, double started,
                                        Py_ssize_t max_header_count,
                                        bint allow_underscores):
-    # parse_request_head for Cython callers (fluxgate/_proxy_client.pxi), who pass
+    # parse_request_head for Cython callers (fluxgate/_proxy.pyx), who pass
     # non-None objects.
     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(data)

@@ -258,7 +258,7 @@ def parse_response_head(bytes data not None, bint head_request):
 
 
 cdef ResponseHead parse_response_head_c(bytes data, bint head_request):
-    # parse_response_head for Cython callers (fluxgate/_proxy_upstream.pxi); data not None.
+    # parse_response_head for Cython callers (fluxgate/_proxy.pyx); data not None.
     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
     cdef unsigned char stack_out[_RH_STACK_OUT]

@@ -44,7 +44,7 @@ def route_methods(route: schema.Route) -> frozenset[bytes] | None:
 
 class CompiledRoute(RouteBase):
     """One route, ready for the hot path: what it reads is the compiled base's (typed
-    fields, read in C by fluxgate/_proxy_client.pxi)."""
+    fields, read in C by fluxgate/_proxy.pyx)."""
 
     __slots__ = ("index", "prefix", "chain", "label")
 
@@ -155,7 +155,7 @@ class Gateway:
         self.drain_idle_grace = DRAIN_IDLE_GRACE
         self.access_log = AccessLog(config.access_log)
         # A finished request is counted in the shared metrics and the access log by one C
-        # call (fluxgate/_proxy_accounting.pxi); record(req) is that call.
+        # call (fluxgate/_proxy.pyx, Accounting); record(req) is that call.
         self.accounting = Accounting(
             metrics.recorder if metrics is not None else None,
             self.access_log if self.access_log.stream is not None else None,

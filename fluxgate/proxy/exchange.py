@@ -6,7 +6,8 @@ the response back as it arrives. Neither body is ever buffered whole: when one s
 buffer is full, reading from the other side pauses (back-pressure, as aiohttp does).
 
 It runs once per request and calls both connections on every event, so it is compiled
-whole: ``fluxgate/_proxy_exchange.pxi``. This module names it where the layout says it is.
+whole: ``fluxgate/_proxy.pyx`` (contract: ``_proxy_exchange.pxd``). This module names it
+where the layout says it is.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The client side of the proxy: one asyncio protocol per accepted connection.
 
 The request path itself is compiled (``fluxgate._proxy.ClientConnectionBase``, in
-``fluxgate/_proxy_client.pxi``): a whole simple request in one read is parsed by one
+``fluxgate/_proxy.pyx``): a whole simple request in one read is parsed by one
 ``_core`` call, routed, authorized and forwarded without a Python frame. This subclass
 keeps llhttp's side: it feeds httptools whatever the fast parser declines and never lets a
 parse error escape: malformed input becomes a 400 and the connection is closed (aiohttp's

@@ -7,7 +7,7 @@ targets. Events of the response are delivered to the connection's `owner` (an Ex
 An https upstream's pools connect through one verifying TLS context per group (built at
 worker boot, fluxgate/tls.py); its connections are pooled and reused like plain ones.
 
-What runs on every request is compiled (``fluxgate/_proxy_upstream.pxi``): a whole response
+What runs on every request is compiled (``fluxgate/_proxy.pyx``): a whole response
 in one read is parsed and relayed without a Python frame, and a pool hands out and takes
 back its connections in C. The classes here derive from those bases and keep llhttp's path
 (interim, chunked, partial and close-delimited responses), connecting, waiters, the idle
