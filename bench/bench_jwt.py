@@ -25,7 +25,7 @@ Groups (``pytest bench/ -k jwt``; ratios printed as peer / fluxgate):
   token's size costs shows as the time above the bare verify. Also printed: the allocator
   blocks each cached token keeps, and the objects it adds to the cycle collector's lists.
 
-Every benchmark asserts what it computed. Targets (issue 3): cached <= 1.5 us; uncached
+Every benchmark asserts what it computed. Targets: cached <= 1.5 us; uncached
 within 1.25x of the bare verify; >= 4x faster than PyJWT uncached, >= 50x cached.
 """
 

@@ -59,7 +59,7 @@ cdef extern from *:
     void fg_fence_release() noexcept nogil
 
 
-# ---- request paths (DESIGN §4; rules in the _core.pyx docstring) -------------------
+# ---- request paths (rules in the _core.pyx docstring) -----------------------------
 
 cdef enum PathReason:
     # Index into _core._PATH_REASONS (the PathError message). 0 means success.
@@ -190,7 +190,7 @@ cdef enum JwtReason:
 # claims rules, verified-token cache). They are private to _core at the C level.
 
 
-# ---- API keys and quota counters (fluxgate/_keys.pxi; DESIGN §5 "API keys") ---------
+# ---- API keys and quota counters (fluxgate/_keys.pxi) ---------
 
 cdef enum:
     # Key text: "fg_" + base64url(id || secret || tag), 3 + 60 bytes. Each part is a

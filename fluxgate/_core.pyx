@@ -6,7 +6,7 @@ in, small values out; no I/O, asyncio or logging here. Errors are defined in
 ``fluxgate.errors`` and raised by the thin Python wrappers; the C functions return -1
 and a reason code.
 
-Request paths -- ``normalize_path(raw)`` (DESIGN §4)
+Request paths -- ``normalize_path(raw)``
 ----------------------------------------------------
 Input is the request-target path, already split at the first ``?``. The result is what
 routes are matched on and what the upstream receives. ``PathError`` (400 bad_request)

@@ -240,7 +240,7 @@ cdef inline char* _put_ratelimit(char* out, _RateLimitText* t) noexcept:
 
 def upstream_head(RequestState req not None, drop, Py_ssize_t strip, bytes peer not None,
                   bytes api_key_query not None):
-    """The request head sent upstream (DESIGN §4), in one bytes object.
+    """The request head sent upstream, in one bytes object.
 
     The target is ``req.path`` without its first ``strip`` bytes when ``strip >= 0``
     (a route's strip_prefix; what remains always starts with ``/``), then ``?`` and

@@ -1,4 +1,4 @@
-# Included into _core.pyx: JWT verification (issue: JWT authentication).
+# Included into _core.pyx: JWT verification (docs/jwt.md).
 #
 # JWS compact serialization (RFC 7515 §7.1) of a JWT (RFC 7519), verified against
 # public keys prepared once per JWKS generation, with the signature math in OpenSSL's

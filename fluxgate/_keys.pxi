@@ -1,4 +1,4 @@
-# Included into _core.pyx: API keys and quota counters (issue: API keys, DESIGN §5).
+# Included into _core.pyx: API keys and quota counters (docs/api-keys.md).
 #
 # API keys
 # --------

@@ -1,6 +1,6 @@
 """One error tree for FluxGate.
 
-Client-facing errors carry the HTTP status and the stable snake_case code of DESIGN §4;
+Client-facing errors carry the HTTP status and the stable snake_case code documented in README (HTTP behaviour);
 only ``fluxgate.proxy.responses`` turns them into bytes.
 """
 
@@ -24,7 +24,7 @@ class ConfigError(FluxGateError):
 
 
 class ClientError(FluxGateError):
-    """An error answered to the client with a local reply (JSON body, DESIGN §4)."""
+    """An error answered to the client with a local reply (JSON body)."""
 
     status = 400
     code = "bad_request"
@@ -97,7 +97,7 @@ class UpstreamTimeout(ClientError):
 
 
 class PathError(BadRequest, ValueError):
-    """Malformed or ambiguous request path (DESIGN §4); raised by ``_core.normalize_path``.
+    """Malformed or ambiguous request path; raised by ``_core.normalize_path``.
 
     The message framing is intact, so the connection may stay open.
     """
@@ -113,7 +113,7 @@ class B64Error(FluxGateError, ValueError):
 
 
 class TokenError(FluxGateError, ValueError):
-    """A JWT failed verification; raised by ``_core.JwtVerifier`` (issue: JWT authentication).
+    """A JWT failed verification; raised by ``_core.JwtVerifier``.
 
     ``reason`` is a stable snake_case code for logs and metrics (``malformed``,
     ``alg_not_allowed``, ``unknown_kid``, ``bad_signature``, ``expired``, ...); ``kid`` is the

@@ -1,4 +1,4 @@
-"""Request metrics in shared memory, rendered as Prometheus text (DESIGN §7).
+"""Request metrics in shared memory, rendered as Prometheus text.
 
 The master creates one file-backed ``MAP_SHARED`` mapping before it forks; every worker inherits
 the mapping and records each finished request with a few atomic adds (``_core.Counters``), so N

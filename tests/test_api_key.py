@@ -1,4 +1,4 @@
-"""API keys end to end: real `fluxgate run` processes, real SQLite, the shared table (issue 4).
+"""API keys end to end: real `fluxgate run` processes, real SQLite, the shared table.
 
 One 4-worker gateway serves most tests (each with its own key names); the restart test has
 its own. Keys are issued the way fluxctl does it (KeyOps on the config's state_dir), while
@@ -364,7 +364,7 @@ def test_the_key_never_reaches_the_upstream_logs_or_metrics(gw, upstream):
 
 
 def test_keys_are_stripped_on_every_route(gw, upstream):
-    # DESIGN §4: whatever decides (here: nothing, a public route), no upstream sees a key.
+    # Whatever decides (here: nothing, a public route), no upstream sees a key.
     status = request(gw.port, "/open/x?a=1&api_key=fg_anything&b=2",
                      {"X-API-Key": "fg_whatever", "x-api-KEY": "second"})[0]
     assert status == 200

@@ -429,7 +429,7 @@ def test_key_rotation_is_picked_up_without_restart(single):
     t0 = time.monotonic()
     assert wait_until(lambda: client.get("/api/x", token=new_token)[0] == 200, timeout=5)
     assert time.monotonic() - t0 < 3.0
-    # DESIGN §1: every worker sees a new signing key within one second. The first 200 came
+    # Every worker sees a new signing key within one second. The first 200 came
     # from whichever worker swept first; give the other the contract's second (a busy CI
     # machine can delay its 250 ms sweep), then fresh connections, spread over both, must
     # all be accepted.

@@ -1,5 +1,5 @@
-"""Authentication failures by method and reason, counted across workers (DESIGN §7:
-``fluxgate_auth_failures_total{method,reason}``).
+"""Authentication failures by method and reason, counted across workers
+(``fluxgate_auth_failures_total{method,reason}``, README: admin listener).
 
 The master creates ``state_dir/auth_failures.bin`` before it forks (the ``auth_metrics``
 service); each worker maps it once and counts a refusal with one atomic add

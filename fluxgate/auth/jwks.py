@@ -46,7 +46,7 @@ CTL_MAGIC = 0x4647_4A57_4B53_0001  # "FGJWKS" v1
 CTL_SLOTS = 8
 SLOT_MAGIC, SLOT_GENERATION, SLOT_REQUESTS = 0, 1, 2
 # How long a worker stays quiet about a kid it already asked for (the master's cooldown
-# between two on-demand fetches of one provider is the same 30 s, DESIGN §5).
+# between two on-demand fetches of one provider is the same 30 s).
 REFRESH_COOLDOWN = 30.0
 NEGATIVE_CACHE_SIZE = 4096
 

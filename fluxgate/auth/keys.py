@@ -1,4 +1,4 @@
-"""API key text, minting, and the gateway's signing secret (DESIGN §5 "API keys").
+"""API key text, minting, and the gateway's signing secret.
 
 A key reads ``fg_`` + base64url(id[9] ‖ secret[24] ‖ tag[12]): 63 characters from the URL
 alphabet, so it needs no escaping in a header or a query string, and the ``fg_`` prefix lets

@@ -1,4 +1,4 @@
-"""The API key store: SQLite in ``state_dir/keys.db`` (DESIGN §5, issue: API keys).
+"""The API key store: SQLite in ``state_dir/keys.db``.
 
 One row per key, never deleted: a revoked or expired key keeps its row (and its last use)
 for the record. Only the HMAC-SHA256 digest of a key is stored; the key itself is returned

@@ -1,4 +1,4 @@
-"""The shared key table and the usage file (DESIGN §1 "Shared tables", §5).
+"""The shared key table and the usage file.
 
 The master compiles the keys of keys.db into ``state_dir/keys.table`` and replaces the file
 atomically (write, fsync, rename) whenever keys.db changes: a copy-on-write snapshot with a

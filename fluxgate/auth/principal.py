@@ -1,4 +1,4 @@
-"""The principal: who a request is, whatever method proved it (DESIGN §3).
+"""The principal: who a request is, whatever method proved it.
 
 Quotas, logs, metrics and the upstream headers all read this one object.
 """
@@ -44,7 +44,7 @@ class Principal:
         self.upstream_lines = b"".join([name + b": " + value + b"\r\n" for name, value in headers])
 
     def upstream_headers(self) -> list[tuple[bytes, bytes]]:
-        """The X-FluxGate-* headers the upstream receives (DESIGN §4)."""
+        """The X-FluxGate-* headers the upstream receives."""
         return list(self._headers)
 
     def __eq__(self, other: object) -> bool:

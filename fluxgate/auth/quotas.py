@@ -1,4 +1,4 @@
-"""Quota counters in ``state_dir/quotas.bin`` (DESIGN §1 "Quota counters", §5).
+"""Quota counters in ``state_dir/quotas.bin``.
 
 The file is created once (mode 0600) and never recreated, so counts survive restarts; every
 worker maps it ``MAP_SHARED`` and counts with compare-exchange in ``_core.QuotaCounters``,

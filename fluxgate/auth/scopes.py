@@ -1,11 +1,11 @@
-"""Scopes: what a credential holds, and what a request needs (DESIGN §3).
+"""Scopes: what a credential holds, and what a request needs.
 
 A request is authorized when it holds every scope its route's auth middleware lists and,
 where a ``scope_map`` entry covers its method and path, at least one of the scopes that
 cover it. ``scope_map`` rules are ``"METHOD /path/pattern"``: a segment ``*`` matches one
 path segment, ``**`` any number of them (zero included), ``*`` inside a segment any run of
 characters but ``/``; a trailing ``/`` on the request path is ignored; a GET rule covers
-HEAD too. Rules match the normalized path (DESIGN §4), the one the upstream receives.
+HEAD too. Rules match the normalized path, the one the upstream receives.
 
 Any auth middleware (jwt, api_key, ...) builds one ``ScopePolicy`` in ``from_config`` and
 calls ``check`` once it knows the principal.

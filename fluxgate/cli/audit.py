@@ -1,4 +1,4 @@
-"""What ``fluxctl routes explain`` and ``fluxctl auth verify`` compute (DESIGN §6).
+"""What ``fluxctl routes explain`` and ``fluxctl auth verify`` compute.
 
 * ``explain``: route a request the way a worker does (``_core.normalize_path``, the worker's
   ``Router`` and method sets) and say which route, which middleware, which scope rules and,

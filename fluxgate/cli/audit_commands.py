@@ -1,4 +1,4 @@
-"""``fluxctl routes explain`` and ``fluxctl auth verify`` (DESIGN §6); the logic is in
+"""``fluxctl routes explain`` and ``fluxctl auth verify``; the logic is in
 ``fluxgate.cli.audit``, this module parses arguments and prints.
 
     fluxctl routes explain METHOD PATH [--scopes a,b]
@@ -39,7 +39,7 @@ EXIT_FAILED = 2
 
 def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     routes = sub.add_parser("routes", help="how requests are routed", parents=[common],
-                            description="Explain routing and scope decisions (DESIGN §6).")
+                            description="Explain routing and scope decisions.")
     cmds = routes.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = cmds.add_parser("explain", parents=[common],
                         help="which route, middleware and scope rule a request meets")
@@ -50,7 +50,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.set_defaults(func=cmd_explain)
 
     auth = sub.add_parser("auth", help="audit authentication", parents=[common],
-                          description="Audit a route's authentication (DESIGN §6).")
+                          description="Audit a route's authentication.")
     cmds = auth.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = cmds.add_parser("verify", parents=[common],
                         help="a route's chain and findings; with a credential, its decision")

@@ -79,14 +79,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     admin_port = _free_port(args.admin_port)
     upstream_sock = echo.bind_loopback()
     upstream_port = upstream_sock.getsockname()[1]
-    # ---- JWT (issue 3): a demo signing key, its JWKS on loopback, a /jwt route ----------
+    # ---- JWT: a demo signing key, its JWKS on loopback, a /jwt route ----------
     from fluxgate.cli.demo_jwt import DemoIssuer
 
     issuer = DemoIssuer(state_dir)  # the JWKS is served by the echo child, below
     token_path = issuer.write_token()
     extra_routes = issuer.route_yaml("echo")
     # ---- end JWT ------------------------------------------------------------------------
-    # ---- API keys (issue 4): a key issued at start, shown once below; an /api-key route --
+    # ---- API keys: a key issued at start, shown once below; an /api-key route --
     from fluxgate.cli.demo_keys import DemoKeys
 
     demo_keys = DemoKeys(state_dir)

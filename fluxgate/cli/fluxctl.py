@@ -1,4 +1,4 @@
-"""``fluxctl``: the operator's command line (DESIGN §6).
+"""``fluxctl``: the operator's command line.
 
     fluxctl [--config FILE] [--admin-url URL] [--json] <group> <command> ...
 

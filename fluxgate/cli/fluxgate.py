@@ -1,4 +1,4 @@
-"""The ``fluxgate`` command (DESIGN §6): ``run``, ``check`` and ``demo``.
+"""The ``fluxgate`` command: ``run``, ``check`` and ``demo``.
 
 The config is found as fluxctl finds it: ``--config``, else ``$FLUXGATE_CONFIG``, else
 ``./fluxgate.yaml``.

@@ -1,4 +1,4 @@
-"""``fluxctl keys``: generate, list, show, rotate, renew, revoke, usage (DESIGN §5, §6).
+"""``fluxctl keys``: generate, list, show, rotate, renew, revoke, usage.
 
 Locally (keys.db of the config's state_dir) or through ``--admin-url``; both return the same
 documents (``fluxgate.auth.keyops``), printed as tables or, with ``--json``, as JSON. A new
@@ -18,7 +18,7 @@ from fluxgate.auth.keyops import KeyOps
 
 def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     keys = sub.add_parser("keys", help="API keys", parents=[common],
-                          description="Manage API keys (DESIGN §5).")
+                          description="Manage API keys.")
     cmds = keys.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = cmds.add_parser("generate", parents=[common], help="issue a key for a new consumer",

@@ -1,5 +1,5 @@
 """``fluxctl auth verify --probe URL``: hostile requests at a live route, each judged against
-the contract (DESIGN §4, §5, §6).
+the statuses and challenges README documents.
 
 ``battery`` builds the requests from the route's authentication: each method's kind names
 its battery (``MiddlewareKind.probes``). For a jwt route (``jwt_probes``, here) ``alg: none``
@@ -59,8 +59,8 @@ FLOOD_DEFAULT, FLOOD_MAX = 50, 1000
 LOOPBACK_KEYS = "http://127.0.0.1:9/jwks.json"
 OTHER_AUDIENCE = "fluxctl-probe-other-api"
 NONE_CASINGS = ("none", "None", "NONE", "nOnE")
-# JWKS fetches a whole battery may cause: one unknown-kid refresh (DESIGN §5: at most one
-# per 30 s per provider) and one periodic poll falling inside it.
+# JWKS fetches a whole battery may cause: one unknown-kid refresh (at most one per 30 s per
+# provider, docs/jwt.md) and one periodic poll falling inside it.
 MAX_BATTERY_FETCHES = 2
 _ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
@@ -94,7 +94,7 @@ class Expect:
         return Expect((*self.statuses, 403), (*self.codes, "ip_not_allowed"), self.challenge)
 
 
-# Statuses and codes pair up (DESIGN §4): 401 invalid_token, or 400 bad_request for a
+# Statuses and codes pair up: 401 invalid_token, or 400 bad_request for a
 # request the gateway's parser refuses before any middleware sees it.
 SANITY = Expect((), ())
 MISSING = Expect((401,), ("missing_credentials",), 'Bearer realm="fluxgate"')

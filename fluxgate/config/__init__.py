@@ -1,4 +1,4 @@
-"""fluxgate.yaml: the typed schema, the loader and the helpers that resolve it (DESIGN §3)."""
+"""fluxgate.yaml: the typed schema, the loader and the helpers that resolve it."""
 
 from fluxgate.config.loader import load_config, load_config_text
 from fluxgate.config.resolve import (

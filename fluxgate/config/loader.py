@@ -1,4 +1,4 @@
-"""fluxgate.yaml → PyYAML events → plain data → msgspec Structs, with precise errors (DESIGN §3).
+"""fluxgate.yaml → PyYAML events → plain data → msgspec Structs, with precise errors.
 
 The stages, each raising ``ConfigError`` with the key path as the user wrote it and, where
 known, the line:

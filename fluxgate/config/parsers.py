@@ -121,7 +121,7 @@ def parse_route_path(value: str) -> str:
     """Check a route path and return the prefix the router matches on (``/api/`` → ``/api``).
 
     Requests are matched after percent-decoding, ``//`` collapse and dot-segment removal
-    (DESIGN §4), so a route spelled with ``%``, ``//``, ``.`` or ``..`` could never match;
+    (README, "HTTP behaviour"), so a route spelled with ``%``, ``//``, ``.`` or ``..`` could never match;
     ``?`` and ``#`` are not part of a path. Raises ``ValueError``.
     """
     if not value.startswith("/"):

@@ -231,7 +231,7 @@ class _Checker:
             ("api_keys", "header"),
             f"invalid header name {header!r}",
         )
-        # The key header is dropped from every request as it is parsed (DESIGN §4): it must
+        # The key header is dropped from every request as it is parsed: it must
         # not be one that HTTP or the gateway itself relies on.
         self.check(
             not is_reserved_header(header),
@@ -330,7 +330,7 @@ class _Checker:
                 self.middleware(middleware, ("routes", i, "middleware", j))
             self.chain(route.middleware, ("routes", i, "middleware"))
             self.strip_headers(route.strip_request_headers, ("routes", i, "strip_request_headers"))
-            # Zero trust (DESIGN §3): no authentication only when said out loud.
+            # Zero trust: no authentication only when said out loud.
             self.check(
                 route.public or any(self.kind_of(m).authenticates for m in route.middleware),
                 ("routes", i),

@@ -1,4 +1,4 @@
-"""The typed shape of fluxgate.yaml (DESIGN §3).
+"""The typed shape of fluxgate.yaml (every key is documented in fluxgate.example.yaml).
 
 Structs are frozen and refuse unknown keys. ``Duration`` fields hold seconds (float) and
 ``Size`` fields bytes (int); the loader turns "60s", "5m", "10MiB" into those before
@@ -104,7 +104,7 @@ class IpAllow(Base, tag="ip_allow", tag_field="kind"):
 
 
 class Jwt(Base, tag="jwt", tag_field="kind"):
-    """Bearer JWTs verified against a JWKS (or an HS* shared secret), DESIGN §5."""
+    """Bearer JWTs verified against a JWKS (or an HS* shared secret)."""
 
     issuer: str | None = None  # exact `iss`; also the OIDC discovery base without jwks_uri
     audience: str | list[str] | None = None  # one of these must be in `aud`
@@ -124,7 +124,7 @@ class Jwt(Base, tag="jwt", tag_field="kind"):
 
 
 class ApiKey(Base, tag="api_key", tag_field="kind"):
-    """API keys (DESIGN §5) from the ``api_keys.header`` header or ``api_keys.query``
+    """API keys from the ``api_keys.header`` header or ``api_keys.query``
     parameter; every scope listed is required of the key. ``query: false`` refuses keys in
     the query string on this route (they are still stripped before proxying)."""
 

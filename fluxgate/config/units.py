@@ -1,4 +1,4 @@
-"""Durations and sizes as people write them in fluxgate.yaml (DESIGN §3).
+"""Durations and sizes as people write them in fluxgate.yaml.
 
 Both parsers take what YAML produced (a number or a string) and return seconds (float) or
 bytes (int). They raise ``ValueError`` with a message meant for the user; the loader adds

@@ -1,4 +1,4 @@
-"""The admin API: a small, strict HTTP/1.1 server on the master's event loop (DESIGN §7).
+"""The admin API: a small, strict HTTP/1.1 server on the master's event loop.
 
 Endpoints (more register on the same router as they land: /admin/keys, /admin/routes, …):
 
@@ -160,7 +160,7 @@ class AdminRouter:
 
 
 def build_router(backend: AdminBackend) -> AdminRouter:
-    """The admin routes of DESIGN §7 that exist today, bound to ``backend``."""
+    """The admin routes, bound to ``backend``."""
     router = AdminRouter()
 
     async def healthz(req: AdminRequest) -> AdminResponse:

@@ -1,4 +1,4 @@
-"""The pre-fork master (DESIGN §1), after gunicorn's arbiter.
+"""The pre-fork master, after gunicorn's arbiter.
 
 The master binds the sockets, forks N workers that share the listen socket, and then only
 supervises: it reaps and respawns workers (with backoff), drains them on SIGTERM/SIGINT, replaces

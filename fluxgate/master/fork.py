@@ -1,4 +1,4 @@
-"""Forking a worker from the master's running uvloop loop (DESIGN §1).
+"""Forking a worker from the master's running uvloop loop.
 
 The child shares the master's epoll fd, wakeup fd and signal handlers until it lets go of
 them; ``fork_worker`` makes that hand-over safe and the child never returns into the master's

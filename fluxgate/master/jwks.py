@@ -1,5 +1,5 @@
 """The JWKS service: the master fetches every provider's keys, workers only read them
-(DESIGN §1, §5).
+(docs/jwt.md).
 
 One provider per key URL (``auth.jwks.provider_source``), however many routes and workers
 use it. For each one the service:

@@ -7,7 +7,7 @@ a second, it asks SQLite whether another connection (``fluxctl``) committed
 rotated or renewed key reaches every worker within a second. Every few seconds it copies the
 workers' last-use stamps from the usage file into keys.db; at stop it does so one last time.
 
-Admin API (bearer token, DESIGN §7), JSON in and out, the same operations as ``fluxctl keys``:
+Admin API (bearer token), JSON in and out, the same operations as ``fluxctl keys``:
 
     GET  /admin/keys                     list (``?all=1``: revoked and expired too)
     POST /admin/keys                     create {name, scopes, quota, expiry, allow_ips, routes}

@@ -8,7 +8,7 @@ store that compiles the shared key table, ... Each is created once at start from
   reload(config)  before a new generation forks; raising ConfigError refuses the reload and
                   the old config keeps serving
   stop()          when the master exits
-  admin_routes()  adds endpoints to the admin API (DESIGN §7)
+  admin_routes()  adds endpoints to the admin API
   metrics()       extra Prometheus series for /metrics
   master_only_fds()  (optional) descriptors the workers must not inherit
 """

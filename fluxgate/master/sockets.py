@@ -1,4 +1,4 @@
-"""Listening sockets, bound by the master before it forks (DESIGN §1).
+"""Listening sockets, bound by the master before it forks.
 
 Workers inherit the listen socket through fork and all accept from the one kernel queue, so a
 worker that dies or drains leaves its share of connections to the others, and a reload can

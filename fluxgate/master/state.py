@@ -1,4 +1,4 @@
-"""The master's state_dir (DESIGN §1): one master per directory, and how tools find it.
+"""The master's state_dir: one master per directory, and how tools find it.
 
 ``gateway.lock`` is flocked for the master's lifetime; ``gateway.json`` publishes the bound
 addresses for fluxctl and tests, and goes away at exit with the master's other runtime files.

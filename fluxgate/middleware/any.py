@@ -1,4 +1,4 @@
-"""any: a route that accepts several authentication methods (DESIGN §3).
+"""any: a route that accepts several authentication methods.
 
 ``- any: [jwt: {...}, api_key: {...}]``: the first member whose credential the request
 carries decides, alone: its refusal is the answer (a present but invalid credential is a

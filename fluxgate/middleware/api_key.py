@@ -1,11 +1,12 @@
-"""api_key: authenticate with an API key from the shared key table (DESIGN §5).
+"""api_key: authenticate with an API key from the shared key table
+(docs/api-keys.md).
 
     - api_key: {scopes: [read:metrics]}      # every listed scope is required of the key
 
 The key comes from the ``api_keys.header`` header (X-API-Key) or the ``api_keys.query``
 parameter (api_key; ``query: false`` on the route refuses it there). Neither ever reaches
 an upstream, on any route: the gateway drops the header as it parses it and strips the
-parameter from the upstream request (``proxy/app.py``, DESIGN §4).
+parameter from the upstream request (``proxy/app.py``).
 One call into ``_core.KeyTable.authorize`` does the whole decision: find the key, parse,
 HMAC tag, lookup, digest, revoked/expiry, the key's routes, scopes (and a covering
 scope_map rule), the key's IP allowlist and its quota; it also sets the request's

@@ -1,4 +1,5 @@
-"""jwt: bearer JWTs verified in the Cython core against keys the master fetched (DESIGN §5).
+"""jwt: bearer JWTs verified in the Cython core against keys the master fetched
+(docs/jwt.md).
 
 Per request: take the token (``Authorization: Bearer``; the configured cookie or query
 parameter only when named), verify it (``_core.JwtVerifier``, cached), check the route's
@@ -331,7 +332,7 @@ class JwtMiddleware:
 
 
 def check(checker: ConfigChecker, jwt: Jwt, path: Path) -> None:
-    """DESIGN §5: algorithms, where keys come from, claims forwarded, token sources."""
+    """Algorithms, where keys come from, claims forwarded, token sources."""
     _check_algorithms(checker, jwt, path)
     hmac_algs = [a for a in jwt.algorithms if a.startswith("HS")]
     if len(hmac_algs) < len(jwt.algorithms):

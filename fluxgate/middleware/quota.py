@@ -1,4 +1,4 @@
-"""quota: a request budget per fixed UTC window, after any authentication method (DESIGN §3).
+"""quota: a request budget per fixed UTC window, after any authentication method.
 
     - quota: {limit: 1000/m, by: subject}   # by: subject (default) | key | ip
 

@@ -127,7 +127,7 @@ class Gateway:
         self.worker_id = worker_id
         self.resolver = ClientAddressResolver(config.trusted_proxies)
         # An API key never reaches an upstream, on any route and whichever method decided
-        # (DESIGN §4): its header is dropped as the parser reports it, its query parameter
+        # (docs/api-keys.md): its header is dropped as the parser reports it, its query parameter
         # when the upstream request is built.
         self.header_kinds: dict[bytes, int] = {}  # filled by ClientConnection.on_header
         self.request_special = {

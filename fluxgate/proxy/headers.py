@@ -1,4 +1,4 @@
-"""Header hygiene in both directions (DESIGN §4, RFC 9110 §7.6.1).
+"""Header hygiene in both directions (README "HTTP behaviour", RFC 9110 §7.6.1).
 
 Hop-by-hop headers, and every header named in `Connection`, are never forwarded. Framing
 (Content-Length / Transfer-Encoding) is re-created by the proxy, never copied, so the two

@@ -1,4 +1,4 @@
-"""Local replies: the only place where an error becomes bytes on the wire (DESIGN §4)."""
+"""Local replies: the only place where an error becomes bytes on the wire."""
 
 from __future__ import annotations
 

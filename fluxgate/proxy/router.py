@@ -1,4 +1,4 @@
-"""Longest-prefix route matching on the normalized path (DESIGN §4).
+"""Longest-prefix route matching on the normalized path.
 
 A route `/api` matches `/api`, `/api/` and `/api/x`, never `/apix`: prefixes end on a
 segment boundary. The table is a dict keyed by prefix, so a match costs one dict lookup per

@@ -1,4 +1,4 @@
-"""The process model end to end (DESIGN §1): real `fluxgate run` masters with real workers.
+"""The process model end to end: real `fluxgate run` masters with real workers.
 
 Every test starts its gateway on 127.0.0.1:0, finds it through state_dir/gateway.json, and
 kills every process it saw (master and workers, by pid) when it ends.
