@@ -31,17 +31,14 @@ import http.client
 import json
 import os
 import secrets
-import selectors
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 from urllib.parse import unquote_to_bytes
 
 import httptools
 
-from .upstream import UpstreamProcess
+from .upstream import UpstreamProcess, start_child
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -240,29 +237,7 @@ class AuthServerProcess(UpstreamProcess):
 
 def start_authserver(timeout: float = 10.0) -> AuthServerProcess:
     """Start ``python -m bench.support.authserver`` on 127.0.0.1:0 and wait for its port."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.support.authserver"],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-    )
-    handle = AuthServerProcess(proc, 0)
-    try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        with selectors.DefaultSelector() as sel:
-            sel.register(proc.stdout, selectors.EVENT_READ)
-            while time.monotonic() < deadline:
-                if sel.select(max(0.0, deadline - time.monotonic())):
-                    line = proc.stdout.readline().decode().strip()
-                    if not line.startswith("listening "):
-                        raise RuntimeError(f"auth server said {line!r} (exit {proc.poll()})")
-                    handle.port = int(line.rsplit(":", 1)[1])
-                    return handle
-        raise RuntimeError("auth server did not start in time")
-    except BaseException:
-        handle.stop()
-        raise
+    return start_child("bench.support.authserver", AuthServerProcess, "auth server", timeout)
 
 
 # ---- tokens -------------------------------------------------------------------------------

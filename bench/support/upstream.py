@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TypeVar
 
 import httptools
 
@@ -130,13 +131,23 @@ def start_upstream(timeout: float = 10.0) -> UpstreamProcess:
     """Start ``python -m bench.support.upstream`` on 127.0.0.1:0 and wait for its port.
 
     The child inherits the caller's CPU affinity (the e2e bench pins itself first)."""
+    return start_child("bench.support.upstream", UpstreamProcess, "upstream", timeout)
+
+
+_Handle = TypeVar("_Handle", bound=UpstreamProcess)
+
+
+def start_child(module: str, handle_type: type[_Handle], what: str,
+                timeout: float = 10.0) -> _Handle:
+    """Start ``python -m <module>``, a server that prints ``listening 127.0.0.1:PORT`` once
+    ready, and return its handle with the port; the child is stopped if it never says so."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.support.upstream"],
+        [sys.executable, "-m", module],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
     )
-    handle = UpstreamProcess(proc, 0)
+    handle = handle_type(proc, 0)
     try:
         assert proc.stdout is not None
         deadline = time.monotonic() + timeout
@@ -146,10 +157,10 @@ def start_upstream(timeout: float = 10.0) -> UpstreamProcess:
                 if sel.select(max(0.0, deadline - time.monotonic())):
                     line = proc.stdout.readline().decode().strip()
                     if not line.startswith("listening "):
-                        raise RuntimeError(f"upstream said {line!r} (exit {proc.poll()})")
+                        raise RuntimeError(f"{what} said {line!r} (exit {proc.poll()})")
                     handle.port = int(line.rsplit(":", 1)[1])
                     return handle
-        raise RuntimeError("upstream did not start in time")
+        raise RuntimeError(f"{what} did not start in time")
     except BaseException:
         handle.stop()
         raise
