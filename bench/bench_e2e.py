@@ -21,22 +21,13 @@ from __future__ import annotations
 import pytest
 
 from bench.support import peers
-from bench.support.e2e import report, rig
+from bench.support.e2e import PUBLIC_PATH, public_config, report, rig
 from bench.support.results import direct_line
 from bench.support.rounds import GOAL_BY_NAME, Comparison, Side
 
 pytestmark = pytest.mark.e2e
 
-PATH = "/bench/hello"
-
-FLUXGATE_CONFIG = """\
-workers: 1
-access_log: null
-routes:
-  - route: /bench
-    upstream: http://127.0.0.1:{port}
-    public: true
-"""
+PATH = PUBLIC_PATH
 
 HEADER = """\
 ## End-to-end: public route — FluxGate vs HAProxy, per proxy core (bench/bench_e2e.py)
@@ -49,7 +40,7 @@ wrk's CPU, of the client CPU's busy share and of what others took on the proxy's
 
 def test_e2e_public_route(benchmark, tmp_path, request, e2e_summary, e2e_comparisons):
     benchmark.group = "e2e: public route"
-    with rig(tmp_path, lambda port: FLUXGATE_CONFIG.format(port=port), peers.haproxy) as r:
+    with rig(tmp_path, public_config, peers.haproxy) as r:
         cmp = Comparison("public", Side("fluxgate", r.fluxgate, PATH),
                          Side("haproxy", r.haproxy, PATH), GOAL_BY_NAME["public"])
 

@@ -62,6 +62,7 @@ if _REPO not in sys.path:
 
 _E2E_RUNS: list[str] = []
 _COMPARISONS: list = []  # bench.support.rounds.Comparison, in the order they ran
+_CHECKS: list = []  # bench.support.rounds.Check: goals that are not ratios (memory)
 
 
 class _E2ESummary:
@@ -74,10 +75,10 @@ class _E2ESummary:
             for text in _E2E_RUNS:
                 for line in text.splitlines():
                     terminalreporter.write_line(line)
-        if _COMPARISONS:
+        if _COMPARISONS or _CHECKS:
             from bench.support.results import results_path, summary_lines, update_results
 
-            lines = summary_lines(_COMPARISONS)
+            lines = summary_lines(_COMPARISONS, _CHECKS)
             terminalreporter.section("summary: FluxGate vs HAProxy per proxy core (goals)")
             for line in lines:
                 terminalreporter.write_line(line)
@@ -110,3 +111,9 @@ def e2e_summary():
 def e2e_comparisons():
     """Record a finished ``Comparison`` for the goals table at the end of the session."""
     return _COMPARISONS.append
+
+
+@pytest.fixture
+def e2e_checks():
+    """Record a finished ``Check`` (a goal that is not a ratio) for the goals table."""
+    return _CHECKS.append

@@ -8,7 +8,7 @@ import pytest
 
 from bench.support import peers, results
 from bench.support.measure import Target
-from bench.support.rounds import GOAL_BY_NAME, Comparison, Sample, Side
+from bench.support.rounds import CHECK_GOALS, GOAL_BY_NAME, Check, Comparison, Sample, Side
 
 
 def sample(label: str, rps: float, cores: float, p99: int, *, gen: float = 0.3,
@@ -59,13 +59,60 @@ def test_saturated_generator_busy_client_and_noisy_proxy_cpu_are_flagged():
     assert any(line.startswith("| public |") and line.endswith("met ⚑ |") for line in lines)
 
 
-def test_summary_lists_every_goal_and_the_tls_place():
+def test_summary_lists_every_goal_measured_or_not():
     lines = results.summary_lines([])
     text = "\n".join(lines)
     for name in GOAL_BY_NAME:
         assert f"| {name} |" in text
     assert "not measured in this run (`pytest bench/ -k e2e_jwt`)" in text
-    assert "TLS termination (rows to come)" in text
+    assert "not measured in this run (`pytest bench/ -k e2e_tls`)" in text
+    for goal in CHECK_GOALS:
+        assert f"| {goal.name} |" in text and f"`pytest bench/ -k {goal.bench}`" in text
+
+
+def test_checks_are_rows_with_their_verdict_and_flags():
+    name = CHECK_GOALS[0].name
+    missed = results.summary_lines([], [Check(name, False, "2.0x its size", ("loaded",))])
+    assert any(line.startswith(f"| {name} |") and line.endswith("missed ⚑: 2.0x its size |")
+               for line in missed)
+    met = results.summary_lines([], [Check(name, True, "1.0x")])
+    assert any(line.endswith("| met: 1.0x |") for line in met)
+
+
+def test_tls_probe_sees_resumption_and_its_absence(tmp_path):
+    """The probe the TLS bench trusts to say "no resumption" must see one when it happens:
+    a server that issues tickets (OpenSSL's default) resumes the 2nd and 3rd connection."""
+    import socket
+    import ssl
+    import threading
+
+    from bench.support.tls import probe, tls_files
+
+    files = tls_files(tmp_path)
+
+    def serve(context: ssl.SSLContext) -> int:
+        listener = socket.create_server(("127.0.0.1", 0))
+
+        def run() -> None:
+            with listener:
+                for _ in range(3):
+                    conn, _ = listener.accept()
+                    with context.wrap_socket(conn, server_side=True) as tls:
+                        while b"\r\n\r\n" not in tls.recv(4096):
+                            pass
+                        tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n"
+                                    b"Connection: close\r\n\r\n")
+
+        threading.Thread(target=run, daemon=True).start()
+        return listener.getsockname()[1]
+
+    for tickets, resumed in ((2, 2), (0, 0)):
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(files.cert, files.key)
+        context.num_tickets = tickets
+        seen = probe(serve(context), "/")
+        assert seen.resumed == resumed, seen
+        assert [c[0] for c in seen.connections] == ["TLSv1.3"] * 3
 
 
 def test_results_go_to_an_untracked_file_unless_told(monkeypatch, tmp_path):

@@ -277,6 +277,20 @@ def test_non_loopback_targets_refused(url):
         parse_target(url)
 
 
+def test_https_only_where_the_engine_speaks_it():
+    # The Python engine speaks plain HTTP: an https URL is refused, not sent in clear.
+    with pytest.raises(ValueError, match="only http://"):
+        parse_target("https://127.0.0.1:8443/")
+    for url in ("ftp://127.0.0.1/", "ws://127.0.0.1/", "127.0.0.1:80/"):
+        with pytest.raises(ValueError, match="unsupported URL scheme"):
+            parse_target(url, schemes=("http", "https"))
+    target = parse_target("https://localhost/x", schemes=("http", "https"))
+    assert (target.port, target.host_header) == (443, "localhost")
+    assert parse_target("https://127.0.0.1:80/", schemes=("https",)).host_header == "127.0.0.1:80"
+    with pytest.raises(TargetRefused):
+        parse_target("https://10.1.2.3/", schemes=("https",))
+
+
 def test_non_loopback_refused_before_any_socket_or_process(monkeypatch):
     import multiprocessing
     import socket
@@ -565,8 +579,9 @@ def test_wrk_refuses_bad_targets_and_parameters_before_starting(monkeypatch, tmp
 
     monkeypatch.setattr(subprocess, "Popen", no_process)
     binary = fake_wrk(tmp_path)
-    with pytest.raises(TargetRefused):
-        wrk_driver.run_wrk("http://10.1.2.3/x", binary=binary)
+    for url in ("http://10.1.2.3/x", "https://10.1.2.3/x", "https://example.com/x"):
+        with pytest.raises(TargetRefused):
+            wrk_driver.run_wrk(url, binary=binary)
     for kwargs in ({"duration": 1.5}, {"duration": 0}, {"threads": 4, "connections": 2},
                    {"header_name": "X-Token"}, {"header_file": tmp_path / "missing", "header_name": "X"},
                    {"headers": ["no colon"]}, {"timeout": 0}):

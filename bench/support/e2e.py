@@ -27,6 +27,22 @@ from .results import results_path, rounds_run_text, update_results
 from .rounds import Comparison, Sample, run_comparison, run_direct
 from .upstream import start_fixed_upstream
 
+# The public route both proxies serve in the plain and the TLS comparisons (bench_e2e.py,
+# bench_e2e_tls.py): FluxGate's config for ``upstream_port``, and the path wrk asks for.
+PUBLIC_PATH = "/bench/hello"
+PUBLIC_CONFIG = """\
+workers: 1
+access_log: null
+routes:
+  - route: /bench
+    upstream: http://127.0.0.1:{port}
+    public: true
+"""
+
+
+def public_config(upstream_port: int) -> str:
+    return PUBLIC_CONFIG.format(port=upstream_port)
+
 
 @dataclass
 class Rig:
@@ -62,10 +78,12 @@ def binaries() -> tuple[str, str]:
 @contextlib.contextmanager
 def rig(tmp_path: Path, fluxgate_config: Callable[[int], str],
         haproxy: Callable[[str, Path, int], peers.PeerProcess],
-        before_start: Callable[[GatewayProcess], None] | None = None) -> Iterator[Rig]:
+        before_start: Callable[[GatewayProcess], None] | None = None, *,
+        listen: str = "127.0.0.1:0", gateway_env: dict[str, str] | None = None) -> Iterator[Rig]:
     """``fluxgate_config(upstream_port)``: the gateway's routes; ``haproxy(binary, workdir,
     upstream_port)``: the unstarted peer; ``before_start(gateway)``: state to write before
-    the gateway starts (API keys)."""
+    the gateway starts (API keys); ``listen``: the gateway's ``listen:`` value (a TLS
+    listener: bench/support/tls.py); ``gateway_env``: added to the gateway's environment."""
     haproxy_bin, wrk_bin = binaries()
     facts = cpu.machine_facts()
     client_cpus, proxy_cpus, plan = cpu.plan()
@@ -76,7 +94,8 @@ def rig(tmp_path: Path, fluxgate_config: Callable[[int], str],
         upstream = start_fixed_upstream(tmp_path / "upstream")
         stack.callback(upstream.stop)
         (tmp_path / "fluxgate").mkdir()
-        gateway = GatewayProcess(tmp_path / "fluxgate", fluxgate_config(upstream.port), workers=1)
+        gateway = GatewayProcess(tmp_path / "fluxgate", fluxgate_config(upstream.port), workers=1,
+                                 env=gateway_env, listen=listen)
         if before_start is not None:
             before_start(gateway)
         stack.callback(gateway.stop)

@@ -9,6 +9,7 @@ binary (HAProxy, or nginx as the upstream) in the foreground and is stopped by i
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -78,11 +79,14 @@ backend upstream
 class PeerProcess:
     """A peer proxy in the foreground; ``start()`` waits until its port accepts."""
 
-    def __init__(self, name: str, argv: list[str], port: int, log_path: Path) -> None:
+    def __init__(self, name: str, argv: list[str], port: int, log_path: Path, *,
+                 env: dict[str, str] | None = None, scheme: str = "http") -> None:
         self.name = name
         self.argv = argv
         self.port = port
         self.log_path = log_path
+        self.env = env or {}  # added to this process's environment
+        self.scheme = scheme  # "https" when the peer terminates TLS
         self.proc: subprocess.Popen | None = None
         self._log = None
         self.description = name  # what the results say about it
@@ -94,7 +98,7 @@ class PeerProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def log(self) -> str:
         try:
@@ -105,7 +109,8 @@ class PeerProcess:
     def start(self, timeout: float = 10.0) -> PeerProcess:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            self.argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT
+            self.argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            env={**os.environ, **self.env} if self.env else None,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -200,10 +200,11 @@ def rounds_run_text(config: Any, *, versions: list[str], plan: str, upstream: st
     return "\n".join(lines)
 
 
-def summary_lines(comparisons: list[Any]) -> list[str]:
-    """The table of every goal: measured in this session (met / missed, with the figures and
-    flags) or not; then the TLS place."""
-    from .rounds import GOALS, TLS_GOALS
+def summary_lines(comparisons: list[Any], checks: list[Any] = ()) -> list[str]:
+    """The table of every goal: the ratios to HAProxy (``rounds.Comparison``), then the goals
+    that are not ratios (``rounds.Check``), each measured in this session (met / missed, with
+    the figures and flags) or not."""
+    from .rounds import CHECK_GOALS, GOALS, TLS_GOALS
 
     by_name = {c.name: c for c in comparisons}
     out = [
@@ -235,9 +236,14 @@ def summary_lines(comparisons: list[Any]) -> list[str]:
             f"| {_n(cmp.side_median(1, lambda s: s.p99_us))} | {_x(cmp.p99_ratio)} "
             f"| {cmp.generator_peak:.2f} | {result} |"
         )
-    if not TLS_GOALS:
-        out.append("| TLS termination (rows to come) | | | | | | | | | | | not measured: "
-                   "no TLS comparison in bench/ yet |")
+    by_check = {c.name: c for c in checks}
+    for goal in CHECK_GOALS:
+        check = by_check.get(goal.name)
+        if check is None:
+            result = f"not measured in this run (`pytest bench/ -k {goal.bench}`)"
+        else:
+            result = f"{check.verdict()}{' ⚑' if check.flags else ''}: {check.detail}"
+        out.append(f"| {goal.name} | | | | {goal.goal} | | | | | | | {result} |")
     out += [
         "",
         "Ratios are medians of per-round ratios (FluxGate ÷ HAProxy); req/s and p99 are medians "

@@ -67,12 +67,41 @@ GOALS = [
     Goal("jwt 100k tokens, 1 kB claims", 1.2, 1.5, bench="e2e_jwt"),
     Goal("api_key + quota, 10k keys", 1.2, bench="e2e_api_key"),
 ]
-# TLS comparisons (FluxGate and HAProxy terminating TLS) get their Goals here, one per
-# comparison name, and a bench that records Comparisons with those names through the
-# ``e2e_comparisons`` fixture; the summary then marks them like the rows above. Until
-# then it lists TLS as not measured.
-TLS_GOALS: list[Goal] = []
+# FluxGate and HAProxy terminating TLS (bench/bench_e2e_tls.py): TLS 1.3, the same
+# certificate, key, ciphersuites and OpenSSL settings on both sides.
+TLS_GOALS: list[Goal] = [
+    Goal("tls 1.3 keep-alive", 0.9, bench="e2e_tls"),
+    Goal("tls new connection per request", 0.8, bench="e2e_tls"),
+]
 GOAL_BY_NAME = {g.name: g for g in GOALS + TLS_GOALS}
+
+
+@dataclass(frozen=True)
+class CheckGoal:
+    """A goal that is not a ratio to a peer (memory): what must hold, and the bench."""
+
+    name: str
+    goal: str
+    bench: str = ""
+
+
+@dataclass(frozen=True)
+class Check:
+    """A measured ``CheckGoal``: met or not, the figures that say so, and any flags."""
+
+    name: str
+    met: bool
+    detail: str
+    flags: tuple[str, ...] = ()
+
+    def verdict(self) -> str:
+        return "met" if self.met else "missed"
+
+
+CHECK_GOALS = [
+    CheckGoal("8 workers, 1,000,000 keys: one copy of the key table",
+              "sum of the table mapping's PSS over all processes <= 1.1x its size", bench="memory"),
+]
 
 
 @dataclass

@@ -42,22 +42,30 @@ def _loopback_ip(host: str) -> str | None:
     return str(addr) if addr.is_loopback else None
 
 
-def parse_target(url: str, *, allow_non_loopback: bool = False) -> Target:
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def parse_target(url: str, *, allow_non_loopback: bool = False,
+                 schemes: tuple[str, ...] = ("http",)) -> Target:
     """Split ``url`` into what a connection and a request line need.
 
-    Raises ``ValueError`` for a URL that is not plain ``http://host[:port][/path]`` and
-    ``TargetRefused`` for a host that is not loopback (unless ``allow_non_loopback``).
+    Raises ``ValueError`` for a URL that is not ``<scheme>://host[:port][/path]`` with a
+    scheme in ``schemes`` (the Python engine speaks plain HTTP only; wrk also speaks https)
+    and ``TargetRefused`` for a host that is not loopback (unless ``allow_non_loopback``).
     """
     parts = urlsplit(url)
-    if parts.scheme.lower() != "http":
-        raise ValueError(f"unsupported URL scheme {parts.scheme!r} in {url!r}: only http:// is supported")
+    scheme = parts.scheme.lower()
+    if scheme not in schemes:
+        allowed = " or ".join(f"{s}://" for s in schemes)
+        raise ValueError(f"unsupported URL scheme {parts.scheme!r} in {url!r}: only {allowed} "
+                         "is supported")
     host = parts.hostname
     if not host:
         raise ValueError(f"no host in URL {url!r}")
     if parts.username is not None or parts.password is not None:
         raise ValueError(f"credentials in the URL are not supported: {url!r}")
     try:
-        port = parts.port or 80
+        port = parts.port or DEFAULT_PORTS[scheme]
     except ValueError as exc:
         raise ValueError(f"bad port in URL {url!r}: {exc}") from None
     if parts.fragment:
@@ -74,7 +82,7 @@ def parse_target(url: str, *, allow_non_loopback: bool = False) -> Target:
         connect_host = host
 
     host_text = f"[{host}]" if ":" in host else host
-    host_header = host_text if port == 80 else f"{host_text}:{port}"
+    host_header = host_text if port == DEFAULT_PORTS[scheme] else f"{host_text}:{port}"
     path = parts.path or "/"
     if parts.query:
         path = f"{path}?{parts.query}"

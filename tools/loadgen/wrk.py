@@ -148,7 +148,7 @@ def run_wrk(
     bytes_received, sent (rotating header only), next_start, generator_cpu_s (the load only),
     generator_init_cpu_s (loading the file), generator_cores (generator_cpu_s / duration_s).
     """
-    parse_target(url, allow_non_loopback=allow_non_loopback)
+    parse_target(url, allow_non_loopback=allow_non_loopback, schemes=("http", "https"))
     if isinstance(duration, float) and not duration.is_integer():
         raise ValueError(f"wrk runs whole seconds, got duration {duration}")
     duration = int(duration)

@@ -1,0 +1,99 @@
+"""End to end, TLS termination: wrk → FluxGate (1 worker, a TLS listener) against wrk → HAProxy
+(``nbthread 1``) terminating TLS, per proxy core, same machine, same plain-HTTP upstream.
+
+``pytest bench/ -k e2e_tls`` runs it (``-m "not e2e"`` skips it). Needs haproxy, wrk and
+nginx (``make bench-deps``); the method is in bench/support/rounds.py, the rig in
+bench/support/e2e.py, the TLS side in bench/support/tls.py.
+
+Both proxies present the same ECDSA P-256 certificate and key and start with the same
+OpenSSL config (``OPENSSL_CONF``): no session tickets and one list of TLS 1.3 suites. Before
+the load a probe connects to each three times, offering the last session each time, and
+reports what was negotiated (version, suite, group, signature) and how many connections were
+resumed; the bench asserts that both negotiated the same and that none was resumed. Two
+comparisons:
+
+* ``tls 1.3 keep-alive``: wrk -c32 over https, keep-alive: the cost of TLS records on the
+  request path (the 32 handshakes of a run are noise). Goal ≥ 0.9× HAProxy per core.
+* ``tls new connection per request``: ``Connection: close`` on every request, so every
+  request is a new TCP connection and a full TLS 1.3 handshake (ECDHE X25519, an ECDSA
+  signature) on both sides. HAProxy's own counters (``show info``: CumSslConns) confirm one
+  TLS connection per request on its side. Goal ≥ 0.8× HAProxy per core.
+
+Results: bench/results/e2e-tls.md (untracked) or ``$FLUXGATE_BENCH_RESULTS``, and the goals
+table at the end of the session. Asserted: every run answered, with no transport error and
+no status ≥ 400; equal TLS parameters and no resumption on both sides; the ratios are
+reported, not asserted.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.support.e2e import PUBLIC_PATH, public_config, report, rig
+from bench.support.rounds import GOAL_BY_NAME, Comparison, Side
+from bench.support.tls import haproxy_info, haproxy_tls, probe, tls_files
+
+pytestmark = pytest.mark.e2e
+
+PATH = PUBLIC_PATH
+KEEP_ALIVE = "tls 1.3 keep-alive"
+NEW_CONNECTIONS = "tls new connection per request"
+
+HEADER = """\
+## End-to-end: TLS termination — FluxGate vs HAProxy, per proxy core (bench/bench_e2e_tls.py)
+
+wrk → proxy (TLS 1.3, the same ECDSA P-256 certificate, suites and OpenSSL config on both; no
+session tickets) → fixed-response upstream over plain HTTP; method in bench/support/rounds.py.
+`keep-alive`: 32 connections kept open. `new connection per request`: `Connection: close` on
+every request, a full handshake each.
+"""
+
+
+def test_e2e_tls(benchmark, tmp_path, request, e2e_summary, e2e_comparisons):
+    benchmark.group = "e2e: tls"
+    files = tls_files(tmp_path / "tls")
+    with rig(tmp_path, public_config, haproxy_tls(files),
+             listen=files.fluxgate_listen(), gateway_env=files.env) as r:
+        stats = tmp_path / "haproxy" / "stats.sock"
+        seen = {"fluxgate": probe(r.gateway.port, PATH), "haproxy": probe(_port(r.haproxy.url), PATH)}
+        for label, handshakes in seen.items():
+            assert handshakes.resumed == 0, f"{label} resumed a session: {handshakes.describe()}"
+        ours, theirs = seen["fluxgate"], seen["haproxy"]
+        assert (ours.connections[0][:2], ours.group, ours.signature) == \
+            (theirs.connections[0][:2], theirs.group, theirs.signature), seen
+
+        close = ("Connection: close",)
+        comparisons = [
+            Comparison(KEEP_ALIVE, Side("fluxgate", r.fluxgate, PATH),
+                       Side("haproxy", r.haproxy, PATH), GOAL_BY_NAME[KEEP_ALIVE]),
+            Comparison(NEW_CONNECTIONS, Side("fluxgate", r.fluxgate, PATH, close),
+                       Side("haproxy", r.haproxy, PATH, close), GOAL_BY_NAME[NEW_CONNECTIONS]),
+        ]
+        before = haproxy_info(stats)
+
+        def run():
+            return [r.run(c) for c in comparisons]
+
+        benchmark.pedantic(run, rounds=1, iterations=1)
+        after = haproxy_info(stats)
+        connections = int(after["CumSslConns"]) - int(before["CumSslConns"])
+        close_requests = sum(s.requests for s in comparisons[1].samples() if s.label == "haproxy")
+        kept_requests = sum(1 for s in comparisons[0].samples() if s.label == "haproxy")
+        notes = [
+            f"certificate: {files.description}; OpenSSL config for both: no session tickets "
+            "(NumTickets = 0), TLS 1.3 suites in OpenSSL's default order",
+            *(f"probe of {label}: {h.describe()}" for label, h in seen.items()),
+            f"HAProxy's TLS connections over both comparisons: {connections:,} for "
+            f"{close_requests:,} requests with Connection: close and {kept_requests} keep-alive "
+            "runs of 32 connections each",
+        ]
+        report(request, benchmark, r, name="e2e-tls", header=HEADER, comparisons=comparisons,
+               notes=notes, e2e_summary=e2e_summary, e2e_comparisons=e2e_comparisons)
+        # Every request with Connection: close was its own TLS connection on HAProxy's side
+        # (the probe showed neither side resumes); the keep-alive runs add 32 each, more when
+        # wrk reconnects after a timeout.
+        assert connections >= close_requests + 32 * kept_requests
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
