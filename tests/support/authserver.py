@@ -17,6 +17,35 @@ token has a resource owner and ``aud`` when it was bound to resources (RFC 8707)
 no ``iss``, ``sub``, ``iat`` or ``token_type``. Anything else (unknown, expired, revoked)
 gives ``{"active": false}``.
 
+It is also an OpenID Provider for browser logins (authorization code + PKCE S256):
+
+    client = server.register_client(redirect_uris=[f"https://127.0.0.1:{port}/callback"],
+                                    post_logout_redirect_uris=[...], access_token_seconds=3)
+    server.password("alice")                         # alice exists from the start
+    pkce = Pkce.new()
+    url = server.authorization_url(client, state=..., nonce=..., pkce=pkce)
+    # ... a browser (tests/support/browserless.py or browser.py) logs in and lands on the
+    # redirect URI with ?code=&state=&iss= ...
+    tokens = server.exchange_code(client, code, pkce.verifier)
+    claims = server.verify_id_token(tokens["id_token"], client)
+    server.refresh_token_uses(client)                # {sha256 hex of refresh token: times}
+    server.refresh_reuse_detected(client)            # any refresh token presented twice?
+    server.revocations(client)                       # RFC 7009 requests, by token digest
+    server.set_authorization_response_iss(False)     # or True, or a wrong issuer string
+    server.op_session("alice")                       # {"sub", "sid"} of ID / logout tokens
+    server.signing_key                               # tests/support/logout_tokens.py signs
+
+What DOT 3.4 does as a provider, as configured here: PKCE required, S256 only (``plain``
+refused, not advertised); the RFC 9207 ``iss`` parameter is DOT's own (its
+COMPLIANT_BCP_RFC9700_AUTHZ_RESPONSE_ISS setting, which also puts
+``authorization_response_iss_parameter_supported`` in both metadata documents), on by
+default here. Refresh tokens rotate, with no grace period and DOT's reuse protection: a
+refresh token presented a second time gets 400 ``invalid_grant`` and revokes its whole
+family (every live refresh token descended from the same authorization, and their access
+tokens). RP-initiated logout (``end_session_endpoint``) with a valid ``id_token_hint`` of the
+logged-in user logs out and redirects to a registered ``post_logout_redirect_uri`` without
+a confirmation page, deleting the user's tokens. DOT sends no back-channel logout tokens.
+
 The `django_auth_server` fixture (session scope: Django needs a second or two to start)
 is exported for tests/conftest.py.
 """
@@ -24,6 +53,7 @@ is exported for tests/conftest.py.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import secrets
@@ -33,23 +63,63 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
+
+from tests.support.tokens import SigningKey, b64
 
 REPO = Path(__file__).resolve().parents[2]
 
 # DOT's values of Application.authorization_grant_type.
 _PASSWORD = "password"
 _CLIENT_CREDENTIALS = "client-credentials"
+_AUTHORIZATION_CODE = "authorization-code"
+
+
+@dataclass(frozen=True)
+class Pkce:
+    """An RFC 7636 verifier and its S256 challenge."""
+
+    verifier: str
+    challenge: str
+
+    @classmethod
+    def new(cls) -> Pkce:
+        verifier = secrets.token_urlsafe(48)  # 64 characters of the unreserved set
+        return cls(verifier, b64(hashlib.sha256(verifier.encode("ascii")).digest()))
+
+
+@dataclass(frozen=True)
+class LoginClient:
+    """A confidential authorization-code client registered with the server."""
+
+    client_id: str
+    client_secret: str = field(repr=False)
+    redirect_uris: tuple[str, ...]
+    post_logout_redirect_uris: tuple[str, ...] = ()
+
+    @property
+    def redirect_uri(self) -> str:
+        return self.redirect_uris[0]
+
+
+def rfc7638_thumbprint(jwk: dict[str, Any]) -> str:
+    """The JWK thumbprint (SHA-256) of an RSA key: the ``kid`` DOT gives its signing key."""
+    members = json.dumps({k: jwk[k] for k in ("e", "kty", "n")}, separators=(",", ":"))
+    return b64(hashlib.sha256(members.encode()).digest())
 
 
 class DjangoAuthServer:
     """`python -m tests.support.oauth_server` in ``directory / "authserver"``: its SQLite
     database, config, state file and log live there, never in the repository."""
 
-    def __init__(self, directory: Path, *, resource_server_id: str = "fluxgate-gateway") -> None:
+    def __init__(self, directory: Path, *, resource_server_id: str = "fluxgate-gateway",
+                 authorization_response_iss: bool = True) -> None:
         self.dir = Path(directory) / "authserver"
         self.log_path = self.dir / "authserver.log"
         # The gateway's own credentials: a confidential client it introspects with.
@@ -63,6 +133,10 @@ class DjangoAuthServer:
         self._log = None
         self._passwords: dict[str, str] = {}
         self._issued_by: dict[str, tuple[str, str]] = {}
+        self.options = {"authorization_response_iss": authorization_response_iss}
+        # The OIDC signing key, generated here so that tests can sign logout tokens with it.
+        key = SigningKey.generate("RS256")
+        self.signing_key = SigningKey("RS256", rfc7638_thumbprint(key.jwk()), key.private)
 
     # ---- addresses ----------------------------------------------------------------------
 
@@ -92,6 +166,23 @@ class DjangoAuthServer:
         return f"{self.url}/o/.well-known/jwks.json"
 
     @property
+    def authorization_endpoint(self) -> str:
+        return f"{self.url}/o/authorize/"
+
+    @property
+    def userinfo_endpoint(self) -> str:
+        return f"{self.url}/o/userinfo/"
+
+    @property
+    def end_session_endpoint(self) -> str:
+        return f"{self.url}/o/logout/"
+
+    @property
+    def login_url(self) -> str:
+        """Django's login form, where /o/authorize/ sends a browser without a session."""
+        return f"{self.url}/accounts/login/"
+
+    @property
     def discovery_url(self) -> str:
         """OIDC discovery (issuer + /.well-known/openid-configuration); it has no
         ``introspection_endpoint``."""
@@ -118,7 +209,15 @@ class DjangoAuthServer:
             {"name": "service app", "grant_type": _CLIENT_CREDENTIALS,
              "client_id": self.service_client[0], "client_secret": self.service_client[1]},
         ]
-        (self.dir / "config.json").write_text(json.dumps({"clients": clients}))
+        (self.dir / "config.json").write_text(
+            json.dumps({"clients": clients, "options": self.options}))
+        key_path = self.dir / "signing_key.pem"
+        key_path.unlink(missing_ok=True)
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(self.signing_key.private.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption()))
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tests.support.oauth_server", str(self.dir)],
@@ -134,6 +233,7 @@ class DjangoAuthServer:
                 self.port = json.loads(state.read_text())["port"]
             if self.port and self._answers():
                 self.startup_seconds = time.monotonic() - began
+                self.create_user("alice")
                 return self
             time.sleep(0.05)
         self.stop()
@@ -182,6 +282,10 @@ class DjangoAuthServer:
                       {"Content-Type": "application/json"})
         self._passwords[username] = password
         return password
+
+    def password(self, username: str) -> str:
+        """The password of a user this handle created (alice exists from the start)."""
+        return self._passwords[username]
 
     def issue_token(self, scope: str = "read", expires_in: int | None = 3600,
                     user: str | None = None, resource: str | list[str] | None = None) -> str:
@@ -244,6 +348,120 @@ class DjangoAuthServer:
                                    form + [("client_id", client_id), ("client_secret", secret)])
         raise ValueError(f"unknown client authentication {auth!r}")
 
+    # ---- the OpenID Provider ---------------------------------------------------------------
+
+    def register_client(self, redirect_uris: list[str], post_logout_redirect_uris: list[str] = (),
+                        *, client_id: str | None = None, client_secret: str | None = None,
+                        skip_authorization: bool = True, access_token_seconds: int = 5,
+                        id_token_seconds: int = 60) -> LoginClient:
+        """Register a confidential authorization-code client (ID tokens RS256), or, with the
+        ``client_id`` of an existing one, replace its registration (e.g. once the gateway's
+        port, hence its redirect URI, is known). ``skip_authorization=False`` shows DOT's
+        consent page after the login. Short token lifetimes make refresh happen in a test."""
+        client = LoginClient(client_id or f"login-{secrets.token_hex(6)}",
+                             client_secret or secrets.token_urlsafe(24),
+                             tuple(redirect_uris), tuple(post_logout_redirect_uris))
+        status, body = self._request("POST", "/test/clients", json.dumps({
+            "client_id": client.client_id, "client_secret": client.client_secret,
+            "name": client.client_id, "grant_type": _AUTHORIZATION_CODE,
+            "redirect_uris": list(redirect_uris),
+            "post_logout_redirect_uris": list(post_logout_redirect_uris),
+            "skip_authorization": skip_authorization,
+            "access_token_seconds": access_token_seconds, "id_token_seconds": id_token_seconds,
+        }).encode(), {"Content-Type": "application/json"})
+        if status != 201:
+            raise RuntimeError(f"client registration answered {status}: {body!r}")
+        return client
+
+    def authorization_url(self, client: LoginClient, *, state: str, pkce: Pkce | None,
+                          nonce: str | None = None, scope: str = "openid",
+                          redirect_uri: str | None = None, **extra: str) -> str:
+        """The authorization request a relying party would send a browser to."""
+        query = {"response_type": "code", "client_id": client.client_id,
+                 "redirect_uri": redirect_uri or client.redirect_uri, "scope": scope,
+                 "state": state}
+        if pkce is not None:
+            query.update(code_challenge=pkce.challenge, code_challenge_method="S256")
+        if nonce is not None:
+            query["nonce"] = nonce
+        query.update(extra)
+        return f"{self.authorization_endpoint}?{urllib.parse.urlencode(query)}"
+
+    def exchange_code(self, client: LoginClient, code: str, verifier: str | None,
+                      redirect_uri: str | None = None) -> tuple[int, dict[str, Any]]:
+        """The token endpoint's status and JSON for an authorization code."""
+        form = [("grant_type", "authorization_code"), ("code", code),
+                ("redirect_uri", redirect_uri or client.redirect_uri)]
+        if verifier is not None:
+            form.append(("code_verifier", verifier))
+        status, body = self._post_form("/o/token/", form,
+                                       basic=(client.client_id, client.client_secret))
+        return status, json.loads(body)
+
+    def refresh(self, client: LoginClient, refresh_token: str) -> tuple[int, dict[str, Any]]:
+        """The token endpoint's status and JSON for a refresh grant."""
+        status, body = self._post_form(
+            "/o/token/", [("grant_type", "refresh_token"), ("refresh_token", refresh_token)],
+            basic=(client.client_id, client.client_secret))
+        return status, json.loads(body)
+
+    def verify_id_token(self, id_token: str, client: LoginClient, *,
+                        leeway: float = 0) -> dict[str, Any]:
+        """The ID token's claims, checked with PyJWT against the server's key (signature,
+        RS256, iss, aud, exp); raises ``jwt.InvalidTokenError`` otherwise."""
+        header = jwt.get_unverified_header(id_token)
+        if header.get("kid") != self.signing_key.kid:
+            raise jwt.InvalidTokenError(f"unexpected kid {header.get('kid')!r}")
+        return jwt.decode(id_token, self.signing_key.public, algorithms=["RS256"],
+                          audience=client.client_id, issuer=self.issuer, leeway=leeway,
+                          options={"require": ["iss", "aud", "exp", "iat", "sub"]})
+
+    def set_authorization_response_iss(self, value: bool | str) -> None:
+        """Whether authorization responses carry RFC 9207 ``iss`` (and the metadata says
+        so), or, with a string, that wrong value instead of the issuer."""
+        status, body = self._request(
+            "POST", "/test/settings", json.dumps({"authorization_response_iss": value}).encode(),
+            {"Content-Type": "application/json"})
+        if status != 200:
+            raise RuntimeError(f"settings answered {status}: {body!r}")
+
+    def op_session(self, username: str) -> dict[str, str | None]:
+        """The user's ``sub`` and current ``sid`` (None until logged in through the form)."""
+        query = urllib.parse.urlencode({"username": username})
+        return json.loads(self._request("GET", f"/test/session?{query}")[1])
+
+    def discovery(self) -> dict[str, Any]:
+        """The OIDC discovery document."""
+        return json.loads(self._request("GET", "/o/.well-known/openid-configuration")[1])
+
+    # ---- refresh and revocation logs ---------------------------------------------------
+
+    def refresh_grants(self, client: LoginClient | str | None = None) -> list[dict[str, Any]]:
+        """Every refresh grant the server answered, in order (for one client if given):
+        ``{"digest" (SHA-256 hex of the refresh token), "client_id", "status", "error"}``."""
+        return _for_client(json.loads(self._request("GET", "/test/refresh")[1]), client)
+
+    def refresh_token_uses(self, client: LoginClient | str | None = None) -> dict[str, int]:
+        """How many times each refresh token (by SHA-256 hex) was presented."""
+        uses: dict[str, int] = {}
+        for grant in self.refresh_grants(client):
+            uses[grant["digest"]] = uses.get(grant["digest"], 0) + 1
+        return uses
+
+    def refresh_reuse_detected(self, client: LoginClient | str | None = None) -> bool:
+        """Whether any refresh token was presented more than once."""
+        return any(count > 1 for count in self.refresh_token_uses(client).values())
+
+    def revocations(self, client: LoginClient | str | None = None) -> list[dict[str, Any]]:
+        """Every RFC 7009 request, in order: ``{"digest", "token_type_hint", "client_id",
+        "status", "error"}``."""
+        return _for_client(json.loads(self._request("GET", "/test/revocations")[1]), client)
+
+    def reset_logs(self) -> None:
+        """Forget the refresh and revocation logs (per-client filters usually suffice)."""
+        self._request("DELETE", "/test/refresh")
+        self._request("DELETE", "/test/revocations")
+
     # ---- counters --------------------------------------------------------------------------
 
     def counters(self) -> dict[str, int]:
@@ -277,6 +495,19 @@ class DjangoAuthServer:
                 return response.status, response.read()
         except urllib.error.HTTPError as error:
             return error.code, error.read()
+
+
+def token_digest(token: str) -> str:
+    """SHA-256 hex of a token, as the server's refresh and revocation logs name it."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _for_client(entries: list[dict[str, Any]],
+                client: LoginClient | str | None) -> list[dict[str, Any]]:
+    if client is None:
+        return entries
+    client_id = client if isinstance(client, str) else client.client_id
+    return [entry for entry in entries if entry["client_id"] == client_id]
 
 
 def basic_auth(client_id: str, secret: str) -> str:

@@ -1,6 +1,6 @@
 """Run the test authorization server: ``python -m tests.support.oauth_server DATA_DIR``.
 
-DATA_DIR/config.json names the clients to register. The runner binds 127.0.0.1:0 first (no
+DATA_DIR/config.json names the clients to register and the server's options. The runner binds 127.0.0.1:0 first (no
 race for a free port), migrates the SQLite database in DATA_DIR, registers the clients, and
 only then writes DATA_DIR/server.json ({"port", "pid"}) and starts answering.
 """
@@ -45,7 +45,10 @@ def main(argv: list[str]) -> int:
 
     call_command("migrate", verbosity=0, interactive=False)
     migrated = time.monotonic()
-    _register_clients(config["clients"])
+    from tests.support.oauth_server import clients
+
+    for client in config["clients"]:
+        clients.register(client)
 
     httpd.set_app(get_wsgi_application())
     info = {"port": port, "pid": os.getpid(), "migrate_s": round(migrated - started, 3),
@@ -56,24 +59,6 @@ def main(argv: list[str]) -> int:
     print(f"authorization server on http://127.0.0.1:{port} ({info})", flush=True)
     httpd.serve_forever()
     return 0
-
-
-def _register_clients(clients: list[dict]) -> None:
-    """Create (or, on a restart over the same database, update) the OAuth clients."""
-    from oauth2_provider.models import get_application_model
-
-    application = get_application_model()
-    for client in clients:
-        app, _ = application.objects.get_or_create(
-            client_id=client["client_id"],
-            defaults={"name": client["name"], "client_type": application.CLIENT_CONFIDENTIAL,
-                      "authorization_grant_type": client["grant_type"]},
-        )
-        app.name = client["name"]
-        app.client_type = application.CLIENT_CONFIDENTIAL
-        app.authorization_grant_type = client["grant_type"]
-        app.client_secret = client["client_secret"]  # DOT hashes it on save
-        app.save()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
-"""URLs of the test authorization server: DOT under /o/ (token, revoke_token, introspect,
-OIDC discovery and JWKS), RFC 8414 metadata also at the root, and the /test/ control views."""
+"""URLs of the test authorization server: DOT under /o/ (authorize, token, revoke_token,
+introspect, userinfo, logout, OIDC discovery and JWKS), RFC 8414 metadata also at the root,
+Django's login form at /accounts/login/, and the /test/ control views."""
 
+from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from oauth2_provider import urls as dot_urls
 
@@ -11,7 +13,13 @@ urlpatterns = [
     # RFC 8414 puts the metadata of issuer http://host/o at
     # /.well-known/oauth-authorization-server/o, outside the /o/ prefix.
     path("", include((dot_urls.metadata_urlpatterns, "oauth2_provider_root"))),
+    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("test/health", control.health),
     path("test/counters", control.counters),
     path("test/users", control.users),
+    path("test/clients", control.client_registration),
+    path("test/refresh", control.refresh_log),
+    path("test/revocations", control.revocation_log),
+    path("test/settings", control.runtime_settings),
+    path("test/session", control.op_session),
 ]
