@@ -29,6 +29,9 @@ class ClientError(FluxGateError):
     status = 400
     code = "bad_request"
     close_connection = False
+    # A reply with a body of its own (a login page, a redirect) instead of the JSON error.
+    body: bytes | None = None
+    content_type = b"application/json"
 
     def __init__(self, description: str = "", *, headers: tuple[tuple[bytes, bytes], ...] = ()):
         self.description = description or self.__class__.__doc__ or self.code
@@ -191,6 +194,20 @@ class QuotaExceeded(ClientError):
     """The quota for this window is used up."""
 
     status, code = 429, "quota_exceeded"
+
+
+class LocalReply(ClientError):
+    """A reply the gateway writes itself that is not an error of the request: a step of
+    the browser login (a redirect, a page), an answer of a gateway endpoint."""
+
+    def __init__(self, status: int, code: str, body: bytes = b"", *,
+                 content_type: bytes = b"text/html; charset=utf-8",
+                 headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+        super().__init__(code, headers=headers)
+        self.status = status
+        self.code = code
+        self.body = body
+        self.content_type = content_type
 
 
 class AuthServerUnavailable(ClientError):

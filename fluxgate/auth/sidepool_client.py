@@ -33,14 +33,24 @@ class SidePoolClient(asyncio.Protocol):
         self.connecting: asyncio.Future[None] | None = None
         self.reader = FrameReader()
         self.next_id = 1
-        self.waiting: dict[int, tuple[asyncio.Future[tuple[str, bytes]], tuple[str, bytes]]] = {}
-        self.shared: dict[tuple[str, bytes], asyncio.Future[tuple[str, bytes]]] = {}
+        self.waiting: dict[int, tuple[asyncio.Future[tuple[str, bytes]], tuple[Any, ...]]] = {}
+        self.shared: dict[tuple[Any, ...], asyncio.Future[tuple[str, bytes]]] = {}
 
     # ---- asking -------------------------------------------------------------------------
 
     def ask(self, source: str, token: bytes, timeout: float) -> asyncio.Future[tuple[str, bytes]]:
         """A future of the master's answer about ``token`` for provider ``source``."""
-        key = (source, token)
+        return self._ask((source, token), [source, token], timeout)
+
+    def call(self, op: str, source: str, payload: bytes,
+             timeout: float) -> asyncio.Future[tuple[str, bytes]]:
+        """A future of the master's answer to a step of the browser login (``op``: begin,
+        callback, refresh, logout, backchannel) for login provider ``source``; the same
+        question asked again while one is in flight shares its answer."""
+        return self._ask((op, source, payload), [op, source, payload], timeout)
+
+    def _ask(self, key: tuple[Any, ...], items: list[Any],
+             timeout: float) -> asyncio.Future[tuple[str, bytes]]:
         future = self.shared.get(key)
         if future is not None:
             return future
@@ -51,7 +61,7 @@ class SidePoolClient(asyncio.Protocol):
         self.waiting[request_id] = (future, key)
         timer = self.loop.call_later(timeout + ANSWER_GRACE, self._settle, request_id, UNAVAILABLE)
         future.add_done_callback(lambda _f: timer.cancel())
-        frame = encode_frame([request_id, source, token])
+        frame = encode_frame([request_id, *items])
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(frame)
         else:

@@ -167,6 +167,14 @@ def parse_scope_rule(value: str) -> tuple[str, str]:
     return method.upper(), pattern
 
 
+def parse_redirect_uri(value: str) -> str:
+    """Check a browser-facing URL of the login (redirect_uri, post_logout_redirect_uri):
+    https, or plain http only to a loopback host (a development machine); no user info or
+    fragment (RFC 6749 §3.1.2). Returns the URL; raises ``ValueError``."""
+    return _checked_url(value, "must be https (plain http only on loopback): a code or a "
+                               "session cookie sent in clear text is stolen")
+
+
 def parse_key_url(value: str) -> str:
     """Check a URL keys are fetched from (jwks_uri, or an issuer for OIDC discovery).
 
@@ -174,6 +182,12 @@ def parse_key_url(value: str) -> str:
     keys fetched in clear text could be swapped by anyone on the path. No user info or
     fragment. Returns the URL; raises ``ValueError``.
     """
+    return _checked_url(value, "keys must be fetched over https (plain http only on loopback)")
+
+
+def _checked_url(value: str, plain_http: str) -> str:
+    """An absolute https URL (http to loopback only; ``plain_http`` says why otherwise)
+    without whitespace, user info or fragment, with a valid port."""
     if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
         raise ValueError(f"invalid URL {value!r}: contains whitespace")
     parts = urlsplit(value)
@@ -186,9 +200,7 @@ def parse_key_url(value: str) -> str:
     except ValueError:
         raise ValueError(f"invalid port in {value!r}") from None
     if parts.scheme == "http" and not is_loopback(parts.hostname):
-        raise ValueError(
-            f"URL {value!r}: keys must be fetched over https (plain http only on loopback)"
-        )
+        raise ValueError(f"URL {value!r}: {plain_http}")
     return value
 
 

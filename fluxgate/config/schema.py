@@ -132,6 +132,15 @@ class ApiKey(Base, tag="api_key", tag_field="kind"):
     query: bool = True
 
 
+class LoginSession(Base):
+    """The server-side session of the oauth2 browser login."""
+
+    cookie: str = "__Host-fluxgate"  # the session cookie's name (holds an opaque id only)
+    idle: Timeout = 8 * 3600.0  # ended after this long without a request
+    absolute: Timeout = 24 * 3600.0  # ended this long after the login, whatever the use
+    key_rotation: Timeout = 24 * 3600.0  # a new encryption key for the store this often
+
+
 class OAuth2(Base, tag="oauth2", tag_field="kind"):
     """Opaque bearer tokens validated by RFC 7662 introspection through the master's side
     pool; every listed scope is required of the token."""
@@ -155,10 +164,24 @@ class OAuth2(Base, tag="oauth2", tag_field="kind"):
     miss_rate: str | None = None  # e.g. "20/s": cache misses per client address and worker
     clockSkewTolerance: Duration = 60.0  # leeway for nbf
     ca_file: str | None = None  # CA bundle for an https endpoint (default: system CAs)
-    # The browser login flow (code flow + PKCE) is a separate feature of this middleware.
+    # The browser login (authorization code flow with PKCE, server-side sessions): with
+    # login: true a browser without a session is sent to the server's login page.
     login: bool = False
-    redirect_uri: str | None = None
-    codeChallengeMethod: str = "S256"
+    redirect_uri: str | None = None  # the registered callback; its path is served by the gateway
+    codeChallengeMethod: str = "S256"  # S256 only: plain is refused
+    login_scopes: list[str] = msgspec.field(default_factory=lambda: ["openid"])  # asked for
+    refresh_leeway: Duration = 30.0  # refresh the access token this long before it expires
+    forward_access_token: bool = False  # upstream gets Authorization: Bearer <access token>
+    api_paths: list[str] = []  # path prefixes answered 401 (never a redirect) without a session
+    # Absolute return URLs after login are refused unless their origin is listed here.
+    allowed_return_origins: list[str] = []
+    # Origins accepted on unsafe methods and WebSocket upgrades besides redirect_uri's own.
+    allowed_origins: list[str] = []
+    logout_path: str = "/.fluxgate/logout"
+    post_logout_redirect_uri: str | None = None  # registered at the server for RP logout
+    backchannel_logout_path: str | None = None  # e.g. /.fluxgate/backchannel-logout
+    require_iss_parameter: bool = False  # RFC 9207 iss in the callback even if not advertised
+    session: LoginSession = msgspec.field(default_factory=LoginSession)
 
 
 # Authentication methods `any` can combine: every authenticating kind but `any` itself.

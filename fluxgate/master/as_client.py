@@ -155,7 +155,9 @@ class AsClient:
         head = [f"POST {target.path} HTTP/1.1", f"Host: {target.authority}",
                 "Content-Type: application/x-www-form-urlencoded",
                 "Accept: application/json", "User-Agent: fluxgate"]
-        self._form_tail = b"&token_type_hint=access_token"
+        # The client authentication's form members (client_secret_post, private_key_jwt),
+        # appended to every form this client sends.
+        self._auth_tail = b""
         self._key: Any = None
         if auth_method == "private_key_jwt":
             if not private_key_file:
@@ -165,7 +167,7 @@ class AsClient:
                                 "kid": thumbprint(public_jwk(self._key.public_key()))}
             self._audience = assertion_audience or endpoint
             # RFC 7521 §4.2: client_id may accompany the assertion; some servers want it.
-            self._form_tail += (b"&client_id=" + _form(client_id)
+            self._auth_tail += (b"&client_id=" + _form(client_id)
                                 + b"&client_assertion_type=" + _form(ASSERTION_TYPE)
                                 + b"&client_assertion=")
         else:
@@ -176,7 +178,7 @@ class AsClient:
                 pair = _form(client_id) + b":" + _form(client_secret)
                 head.append("Authorization: Basic " + base64.b64encode(pair).decode("ascii"))
             else:
-                self._form_tail += (b"&client_id=" + _form(client_id)
+                self._auth_tail += (b"&client_id=" + _form(client_id)
                                     + b"&client_secret=" + _form(client_secret))
         self._head = ("\r\n".join(head) + "\r\nContent-Length: ").encode("latin-1")
 
@@ -198,20 +200,27 @@ class AsClient:
         as they are; ``active`` is a real boolean, known members are well typed); raises
         IntrospectionError."""
         # RFC 7662 §2.1: a form POST with the token and the hint.
-        body = b"token=" + _form(token) + self._form_tail
+        response = await self.post(b"token=" + _form(token) + b"&token_type_hint=access_token",
+                                   what="introspection endpoint")
+        return check_introspection(response)
+
+    async def post(self, form: bytes, *, what: str = "endpoint") -> Response:
+        """POST ``form`` (already form-encoded; the client authentication is added) to the
+        endpoint; the response whatever its status; raises IntrospectionError for no
+        complete answer (``what`` names the endpoint in its message)."""
+        body = form + self._auth_tail
         if self._key is not None:
             body += self._assertion()
         request = b"%s%d\r\n\r\n%s" % (self._head, len(body), body)
         try:
             async with asyncio.timeout(self.timeout):
-                response = await self._pool.request(request)
+                return await self._pool.request(request)
         except TimeoutError:
             raise IntrospectionError(
                 "timeout", f"no answer from {self._pool.target.authority} within {self.timeout:g}s"
             ) from None
         except FetchError as exc:
-            raise IntrospectionError(exc.reason, f"introspection endpoint: {exc}") from None
-        return check_introspection(response)
+            raise IntrospectionError(exc.reason, f"{what}: {exc}") from None
 
     async def close(self) -> None:
         """Close the pool's connections; later calls fail with "unreachable"."""
@@ -227,12 +236,15 @@ def _metadata_urls(issuer: str) -> list[str]:
     return [rfc8414, issuer.rstrip("/") + "/.well-known/openid-configuration"]
 
 
-async def discover(issuer: str, timeout: float) -> dict[str, Any]:
+async def discover(issuer: str, timeout: float, *, oidc_first: bool = False) -> dict[str, Any]:
     """``issuer``'s authorization server metadata (RFC 8414, else OpenID Connect
-    Discovery), whose ``issuer`` must be ``issuer`` exactly (RFC 8414 §3.3); raises
-    FetchError. Each of the two tries is bounded by ``timeout``."""
+    Discovery; the other way round with ``oidc_first``, as the browser login wants the
+    OpenID Provider's document with its end_session_endpoint), whose ``issuer`` must be
+    ``issuer`` exactly (RFC 8414 §3.3); raises FetchError. Each of the two tries is
+    bounded by ``timeout``."""
     statuses = []
-    for url in _metadata_urls(issuer):
+    urls = _metadata_urls(issuer)
+    for url in reversed(urls) if oidc_first else urls:
         response = await fetch(url, timeout=timeout, max_bytes=DISCOVERY_MAX_BYTES)
         if response.status != 200:
             statuses.append(f"{url} answered HTTP {response.status}")

@@ -67,6 +67,7 @@ from fluxgate.auth.introspection import (
 )
 from fluxgate.errors import ConfigError
 from fluxgate.master.as_client import AsClient, IntrospectionError, discover
+from fluxgate.master.login import LoginService
 from fluxgate.metrics import ProcessMetric, metric_family
 from fluxgate.shm import create_mapping
 
@@ -355,6 +356,9 @@ class _WorkerConnection(asyncio.Protocol):
             task.add_done_callback(self.tasks.discard)
 
     async def _answer(self, frame: list[Any]) -> None:
+        if len(frame) == 4:
+            await self._answer_login(frame)
+            return
         if len(frame) != 3 or not isinstance(frame[1], str) or not isinstance(frame[2], bytes):
             return
         request_id, source, token = frame
@@ -371,6 +375,23 @@ class _WorkerConnection(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(encode_frame(reply))
 
+    async def _answer_login(self, frame: list[Any]) -> None:
+        """A step of the browser login (``master/login.py``)."""
+        request_id, op, source, payload = frame
+        if not isinstance(op, str) or not isinstance(source, str) or not isinstance(payload, bytes):
+            return
+        provider = self.service.logins.providers.get(source)
+        if provider is None:
+            outcome, body = "unknown_provider", b""
+        else:
+            try:
+                outcome, body = await provider.handle(op, payload)
+            except Exception:  # a bug must answer the worker, not leave it waiting
+                log.exception("side pool: a login step failed")
+                outcome, body = "unavailable", b""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(encode_frame([request_id, outcome, body]))
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
 
@@ -383,6 +404,7 @@ class SidePoolService:
     def __init__(self, master: ServiceContext) -> None:
         self.master = master
         self.providers: dict[str, Provider] = {}
+        self.logins = LoginService(master.state_dir)
         self._server: asyncio.AbstractServer | None = None
         self._sock: socket.socket | None = None
 
@@ -393,12 +415,12 @@ class SidePoolService:
         os.makedirs(directory, mode=0o700, exist_ok=True)
         os.chmod(directory, 0o700)
         await self._configure(config)
-        if self.providers:
+        if self.providers or self.logins.providers:
             await self._listen()
 
     async def reload(self, config: schema.Config) -> None:
         await self._configure(config)
-        if self.providers and self._server is None:
+        if (self.providers or self.logins.providers) and self._server is None:
             await self._listen()
 
     async def stop(self) -> None:
@@ -407,6 +429,7 @@ class SidePoolService:
         for provider in self.providers.values():
             await provider.close()
         self.providers.clear()
+        await self.logins.close()
         try:
             os.unlink(address_path(self.master.state_dir))
         except FileNotFoundError:
@@ -418,7 +441,10 @@ class SidePoolService:
 
     async def _configure(self, config: schema.Config) -> None:
         wanted: dict[str, schema.OAuth2] = {}
+        await self.logins.configure(config)
         for entry in oauth2_configs(config):
+            if entry.login:
+                continue  # the browser login: self.logins
             wanted.setdefault(provider_source(entry), entry)
         for source, entry in wanted.items():
             provider = self.providers.get(source)
@@ -473,7 +499,8 @@ class SidePoolService:
 
         async def status(req: AdminRequest) -> AdminResponse:
             return AdminResponse.json(
-                200, {"providers": [p.status() for p in self.providers.values()]})
+                200, {"providers": [p.status() for p in self.providers.values()],
+                      "logins": [p.status() for p in self.logins.providers.values()]})
 
         async def purge(req: AdminRequest) -> AdminResponse:
             try:

@@ -47,7 +47,7 @@ from fluxgate.auth.introspection import (
 from fluxgate.auth.runtime import worker_shared
 from fluxgate.auth.scopes import ScopePolicy
 from fluxgate.auth.sidepool_client import SidePoolClient
-from fluxgate.config.parsers import Path, check_scope, parse_key_url
+from fluxgate.config.parsers import Path, check_scope, parse_key_url, parse_redirect_uri
 from fluxgate.config.schema import OAuth2
 from fluxgate.config.units import parse_rate
 from fluxgate.errors import (
@@ -156,8 +156,13 @@ class OAuth2Middleware:
         self.key = id(self)
 
     @classmethod
-    def from_config(cls, config: OAuth2, gateway: Any, route: Any = None) -> OAuth2Middleware:
-        """Map the provider's table (the master created it) and bind the side-pool line."""
+    def from_config(cls, config: OAuth2, gateway: Any, route: Any = None) -> Any:
+        """Map the provider's table (the master created it) and bind the side-pool line;
+        with ``login: true``, the browser login instead (``middleware/oauth2_login.py``)."""
+        if config.login:
+            from fluxgate.middleware.oauth2_login import LoginMiddleware
+
+            return LoginMiddleware.from_config(config, gateway, route)
         source = provider_source(config)
         view = worker_shared(gateway, ("oauth2", source),
                              lambda: ProviderView(gateway.state_dir, source))
@@ -282,6 +287,8 @@ def check(checker: ConfigChecker, entry: OAuth2, path: Path) -> None:
         path,
         "needs introspection_endpoint, or issuer for RFC 8414 / OIDC discovery",
     )
+    if entry.login:
+        check_login(checker, entry, path)
     for field in ("issuer", "introspection_endpoint"):
         value = getattr(entry, field)
         if value is not None:
@@ -312,8 +319,41 @@ def check(checker: ConfigChecker, entry: OAuth2, path: Path) -> None:
         entry.codeChallengeMethod == "S256", (*path, "codeChallengeMethod"),
         "PKCE must use S256 (RFC 7636 §4.2: plain protects nothing against a code thief)",
     )
-    checker.check(not entry.login, (*path, "login"),
-                  "the browser login flow is not available yet in this version")
+
+
+def check_login(checker: ConfigChecker, entry: OAuth2, path: Path) -> None:
+    """What the browser login needs: an issuer to discover, a fixed https callback, ..."""
+    checker.check(entry.issuer is not None, (*path, "issuer"),
+                  "login: true needs issuer (the login endpoints come from its discovery)")
+    checker.check(entry.redirect_uri is not None, (*path, "redirect_uri"),
+                  "login: true needs redirect_uri, the callback registered at the server "
+                  "(e.g. https://app.example.com/oauth2/callback)")
+    for field in ("redirect_uri", "post_logout_redirect_uri"):
+        value = getattr(entry, field)
+        if value is not None:
+            checker.parse(parse_redirect_uri, value, (*path, field))
+    for field in ("logout_path", "backchannel_logout_path"):
+        value = getattr(entry, field)
+        if value is not None:
+            checker.check(value.startswith("/") and not value.startswith("//")
+                          and "?" not in value and "#" not in value,
+                          (*path, field), "must be a path such as /.fluxgate/logout")
+    checker.check("openid" in entry.login_scopes, (*path, "login_scopes"),
+                  "must include openid: the login verifies an OpenID Connect ID token")
+    for k, scope in enumerate(entry.login_scopes):
+        checker.parse(check_scope, scope, (*path, "login_scopes", k))
+    for field in ("allowed_origins", "allowed_return_origins"):
+        for k, origin in enumerate(getattr(entry, field)):
+            checker.check(origin.startswith(("https://", "http://")) and origin.count("/") == 2,
+                          (*path, field, k), "must be an origin such as https://app.example.com")
+    for k, prefix in enumerate(entry.api_paths):
+        checker.check(prefix.startswith("/"), (*path, "api_paths", k), "must start with /")
+    name = entry.session.cookie
+    checker.check(name.startswith("__Host-") and name.replace("-", "").replace("_", "").isalnum(),
+                  (*path, "session", "cookie"),
+                  "must start with __Host- (a Secure, host-only cookie) and be a plain token")
+    checker.check(entry.session.idle <= entry.session.absolute, (*path, "session", "idle"),
+                  "must not exceed session.absolute")
 
 
 def describe(entry: OAuth2) -> str:

@@ -46,12 +46,13 @@ class CompiledRoute(RouteBase):
     """One route, ready for the hot path: what it reads is the compiled base's (typed
     fields, read in C by fluxgate/_proxy.pyx)."""
 
-    __slots__ = ("index", "prefix", "chain", "label")
+    __slots__ = ("index", "prefix", "chain", "label", "body_step")
 
     def __init__(
         self, index: int, route: schema.Route, group: UpstreamGroup, slot: int, gateway: Gateway
     ) -> None:
         self.index = index
+        self.body_step: Callable[[RequestState], Any] | None = None
         self.label = route.route
         prefix = route.route.encode()
         self.prefix = prefix.rstrip(b"/") if len(prefix) > 1 else b""
@@ -147,6 +148,7 @@ class Gateway:
                 group = self.groups[spec.name] = UpstreamGroup(loop, spec)
             slot = route_slots[index] if index < len(route_slots) else index + 1
             routes.append(CompiledRoute(index, route, group, slot, self))
+        routes += self._endpoint_routes(routes)
         self.routes = routes
         self.router: Router[CompiledRoute] = Router((r.label, r) for r in routes)
         self.connections: set[ClientConnection] = set()
@@ -164,6 +166,34 @@ class Gateway:
         # A client's X-Request-Id is kept when short and plainly spelled, else one is minted.
         self.request_ids = RequestIds(os.urandom(6).hex().encode() + b"-")
         self._sweeper: asyncio.TimerHandle | None = None
+
+    def _endpoint_routes(self, routes: list[CompiledRoute]) -> list[CompiledRoute]:
+        """Routes for the paths middleware answers itself (the browser login's callback and
+        logout): one step that always replies, so nothing there reaches an upstream. They
+        count in the metrics of the route that declares them."""
+        taken = {r.label for r in routes}
+        found = []
+        for parent in routes:
+            for middleware in parent.chain:
+                endpoints = getattr(middleware, "endpoints", None)
+                if endpoints is None:
+                    continue
+                for path, methods, step in endpoints():
+                    if path in taken:
+                        continue  # the first declaration wins (the checker reports clashes)
+                    taken.add(path)
+                    spec = schema.Route(route=path, upstream=parent.group.name,
+                                        methods=list(methods), websocket=False,
+                                        buffer_request_body=True)
+                    route = CompiledRoute(len(routes) + len(found), spec, parent.group,
+                                          parent.slot, self)
+                    route.chain = ()
+                    route.steps = (step,)
+                    # A step that needs the whole body returns None until it is in; the
+                    # client connection then calls body_step (buffer_request_body holds it).
+                    route.body_step = step
+                    found.append(route)
+        return found
 
     def start(self) -> None:
         """Begin the periodic deadline sweep."""

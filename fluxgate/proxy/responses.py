@@ -39,17 +39,21 @@ def error_response(
     head_only: bool = False,
     extra_headers: list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...] = (),
 ) -> bytes:
-    """Serialize a ClientError as a JSON local reply.
+    """Serialize a ClientError as a local reply.
 
-    The body is `{"error", "error_description", "request_id"}`; `close` adds
+    The body is `{"error", "error_description", "request_id"}` in JSON, or the error's own
+    ``body`` (a ``LocalReply``: a page or a redirect of the browser login); `close` adds
     `Connection: close` (the caller then closes once the bytes are written).
     """
-    body = orjson.dumps(
-        {"error": error.code, "error_description": error.description, "request_id": request_id}
-    )
+    body = error.body
+    if body is None:
+        body = orjson.dumps(
+            {"error": error.code, "error_description": error.description,
+             "request_id": request_id}
+        )
     parts = [
         status_line(error.status),
-        b"Content-Type: application/json\r\n",
+        b"Content-Type: %s\r\n" % error.content_type,
         b"Content-Length: %d\r\n" % len(body),
         b"X-Request-Id: %s\r\n" % request_id.encode(),
         b"Cache-Control: no-store\r\n",
