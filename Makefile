@@ -6,16 +6,21 @@ PY      = $(VENV)/bin/python
 .PHONY: setup sysdeps demo test bench bench-micro bench-deps lint clean
 
 # The Cython core links libcrypto (OpenSSL 3 headers: Debian's libssl-dev), and the venv needs
-# ensurepip (Debian's python3-venv for the system Python). Installed with apt when missing and
-# we are root (CI is); otherwise say what is needed.
+# ensurepip (Debian's python3-venv for the system Python); the browser tests drive Debian's
+# chromium through its chromedriver (tests/support/browser.py: they skip without them, except
+# under CI). Installed with apt when missing and we are root (CI is); otherwise say what is
+# needed (only the build's packages stop the setup).
 sysdeps:
-	@missing=""; \
+	@missing=""; browser=""; \
 	[ -f /usr/include/openssl/evp.h ] || missing="$$missing libssl-dev"; \
 	$(PYTHON) -c "import ensurepip" 2>/dev/null || missing="$$missing python3-venv"; \
-	if [ -n "$$missing" ]; then \
+	[ -x /usr/bin/chromium ] || browser="$$browser chromium"; \
+	[ -x /usr/bin/chromedriver ] || browser="$$browser chromium-driver"; \
+	if [ -n "$$missing$$browser" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	  else echo "missing system packages:$$missing (Debian/Ubuntu: apt-get install$$missing)"; exit 1; fi; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing $$browser; \
+	  else echo "missing system packages:$$missing$$browser (Debian/Ubuntu: apt-get install$$missing$$browser)"; \
+	    [ -z "$$missing" ] || exit 1; fi; \
 	fi
 
 # Both extensions: _core, and the data plane _proxy that cimports it (fluxgate/_proxy.pxd).

@@ -35,5 +35,9 @@ def gateway_factory(tmp_path):
             gw.stop()
 
 
-# A real django-oauth-toolkit authorization server (session scope), for token introspection.
+# A real django-oauth-toolkit authorization server (session scope): token introspection, and
+# the OpenID Provider of the browser login.
 from tests.support.authserver import django_auth_server  # noqa: E402, F401
+
+# Headless chromium (Debian's, through Selenium): a fresh profile per test.
+from tests.support.browser import chromium, chromium_factory  # noqa: E402, F401

@@ -3,6 +3,7 @@ introspect, userinfo, logout, OIDC discovery and JWKS), RFC 8414 metadata also a
 Django's login form at /accounts/login/, and the /test/ control views."""
 
 from django.contrib.auth import views as auth_views
+from django.http import HttpResponse
 from django.urls import include, path
 from oauth2_provider import urls as dot_urls
 
@@ -14,6 +15,8 @@ urlpatterns = [
     # /.well-known/oauth-authorization-server/o, outside the /o/ prefix.
     path("", include((dot_urls.metadata_urlpatterns, "oauth2_provider_root"))),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    # Browsers ask every origin for one; a 404 would be a console error in browser tests.
+    path("favicon.ico", lambda request: HttpResponse(status=204)),
     path("test/health", control.health),
     path("test/counters", control.counters),
     path("test/users", control.users),
