@@ -214,6 +214,20 @@ def test_revocation_is_logged_and_ends_the_refresh_token(django_auth_server, cli
     assert server.refresh_reuse_detected(client) is False  # presented once, refused
 
 
+def test_revoking_a_users_tokens_makes_refresh_fail(django_auth_server, client):
+    server = django_auth_server
+    other = server.register_client([CALLBACK])
+    _, _, query, pkce = login(server, client)
+    tokens = server.exchange_code(client, query["code"], pkce.verifier)[1]
+    _, _, query, pkce = login(server, other)
+    kept = server.exchange_code(other, query["code"], pkce.verifier)[1]
+    assert server.revoke_user_tokens("alice", client) == {"refresh_tokens": 1,
+                                                          "access_tokens": 0}
+    assert json.loads(server.introspect(tokens["access_token"])[1]) == {"active": False}
+    assert server.refresh(client, tokens["refresh_token"])[1]["error"] == "invalid_grant"
+    assert server.refresh(other, kept["refresh_token"])[0] == 200  # another client's: kept
+
+
 def test_access_tokens_expire_after_the_clients_lifetime(django_auth_server):
     server = django_auth_server
     client = server.register_client([CALLBACK], access_token_seconds=1)

@@ -33,6 +33,7 @@ It is also an OpenID Provider for browser logins (authorization code + PKCE S256
     server.revocations(client)                       # RFC 7009 requests, by token digest
     server.set_authorization_response_iss(False)     # or True, or a wrong issuer string
     server.op_session("alice")                       # {"sub", "sid"} of ID / logout tokens
+    server.revoke_user_tokens("alice", client)       # as an administrator: refresh fails
     server.signing_key                               # tests/support/logout_tokens.py signs
 
 What DOT 3.4 does as a provider, as configured here: PKCE required, S256 only (``plain``
@@ -415,6 +416,21 @@ class DjangoAuthServer:
         return jwt.decode(id_token, self.signing_key.public, algorithms=["RS256"],
                           audience=client.client_id, issuer=self.issuer, leeway=leeway,
                           options={"require": ["iss", "aud", "exp", "iat", "sub"]})
+
+    def revoke_user_tokens(self, username: str,
+                           client: LoginClient | str | None = None) -> dict[str, int]:
+        """End every token of the user (of one client, if given) inside the server, as an
+        administrator would: refresh tokens revoked, access tokens deleted, so the next
+        refresh gets ``invalid_grant``. How many refresh and access tokens it ended."""
+        body = {"username": username}
+        if client is not None:
+            body["client_id"] = client if isinstance(client, str) else client.client_id
+        status, answer = self._request("POST", "/test/revoke-user-tokens",
+                                       json.dumps(body).encode(),
+                                       {"Content-Type": "application/json"})
+        if status != 200:
+            raise RuntimeError(f"revoke-user-tokens answered {status}: {answer!r}")
+        return json.loads(answer)
 
     def set_authorization_response_iss(self, value: bool | str) -> None:
         """Whether authorization responses carry RFC 9207 ``iss`` (and the metadata says

@@ -238,3 +238,23 @@ def op_session(request: HttpRequest) -> HttpResponse:
     except get_user_model().DoesNotExist:
         return JsonResponse({"error": "no such user"}, status=404)
     return JsonResponse({"sub": str(user.pk), "sid": sessions.current(user.pk)})
+
+
+@csrf_exempt
+def revoke_user_tokens(request: HttpRequest) -> HttpResponse:
+    """POST {"username", "client_id" (optional)}: revoke the user's refresh tokens and delete
+    their access tokens (for that client only, if given), as an administrator would; the
+    next refresh with any of them gets invalid_grant. Answers how many of each it ended."""
+    from oauth2_provider.models import get_access_token_model, get_refresh_token_model
+
+    if request.method != "POST":
+        return JsonResponse({"error": "method_not_allowed"}, status=405)
+    body = json.loads(request.body)
+    scope = {"user__username": body["username"]}
+    if body.get("client_id"):
+        scope["application__client_id"] = body["client_id"]
+    refresh_tokens = list(get_refresh_token_model().objects.filter(revoked__isnull=True, **scope))
+    for refresh_token in refresh_tokens:
+        refresh_token.revoke()  # deletes its access token too
+    deleted, _ = get_access_token_model().objects.filter(**scope).delete()
+    return JsonResponse({"refresh_tokens": len(refresh_tokens), "access_tokens": deleted})

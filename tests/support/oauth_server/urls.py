@@ -25,4 +25,5 @@ urlpatterns = [
     path("test/revocations", control.revocation_log),
     path("test/settings", control.runtime_settings),
     path("test/session", control.op_session),
+    path("test/revoke-user-tokens", control.revoke_user_tokens),
 ]
