@@ -172,6 +172,9 @@ class OAuth2(Base, tag="oauth2", tag_field="kind"):
     login_scopes: list[str] = msgspec.field(default_factory=lambda: ["openid"])  # asked for
     refresh_leeway: Duration = 30.0  # refresh the access token this long before it expires
     forward_access_token: bool = False  # upstream gets Authorization: Bearer <access token>
+    # Claims of a JWT access token that add to the principal's scopes (dotted paths, e.g.
+    # Auth0's permissions, Keycloak's realm_access.roles), on top of the token's scope.
+    scope_claims: list[str] = msgspec.field(default_factory=lambda: ["scope", "scp"])
     api_paths: list[str] = []  # path prefixes answered 401 (never a redirect) without a session
     # Absolute return URLs after login are refused unless their origin is listed here.
     allowed_return_origins: list[str] = []

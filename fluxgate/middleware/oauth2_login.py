@@ -28,6 +28,7 @@ answers itself and never reaches an upstream.
 
 from __future__ import annotations
 
+import base64
 import html
 import logging
 import time
@@ -191,10 +192,12 @@ class LoginMiddleware:
         if principal is None:
             claims = session.claims
             issuer = claims.get("iss") or self.config.issuer or ""
-            scope = claims.get("scope")
-            scopes = frozenset(scope.split()) if isinstance(scope, str) else frozenset()
-            principal = Principal(f"oauth2:{issuer}|{session.sub}", "oauth2", session.sub, scopes)
             access_token = session.tokens.get("access_token")
+            scope = claims.get("scope")
+            scopes = set(scope.split()) if isinstance(scope, str) else set()
+            scopes.update(access_token_scopes(access_token, self.config.scope_claims))
+            principal = Principal(f"oauth2:{issuer}|{session.sub}", "oauth2", session.sub,
+                                  frozenset(scopes))
             if self.config.forward_access_token and access_token:
                 principal.upstream_lines += b"Authorization: Bearer %s\r\n" % access_token.encode(
                     "ascii", "replace")
@@ -363,6 +366,31 @@ class LoginMiddleware:
         return LocalReply(503, "auth_server_unavailable",
                           orjson.dumps({"error": "temporarily_unavailable"}),
                           content_type=b"application/json", headers=(*headers, *RETRY_AFTER))
+
+
+def access_token_scopes(token: str | None, claim_paths: list[str]) -> set[str]:
+    """Scopes read from a JWT access token's claims (``scope``, ``scp``, ``permissions``,
+    ``realm_access.roles``...): a space-separated string or an array of strings. The token
+    came from the token endpoint over a verified connection, so its payload is read, not
+    verified again; an opaque token adds nothing."""
+    found: set[str] = set()
+    if not token or token.count(".") != 2 or not claim_paths:
+        return found
+    try:
+        payload = token.split(".")[1]
+        claims = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (ValueError, orjson.JSONDecodeError):
+        return found
+    for path in claim_paths:
+        value: Any = claims
+        for part in path.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(value, str):
+            found.update(value.split())
+        elif isinstance(value, list):
+            found.update(v for v in value if isinstance(v, str) and v and not any(
+                c.isspace() for c in v))
+    return found
 
 
 def _path_of(url: str) -> str:
