@@ -452,6 +452,32 @@ def test_a_worker_picks_up_a_rotated_key(state, clock):
         assert worker.load(second).tokens == TOKENS
 
 
+def test_processes_creating_the_ring_at_once_agree(state, clock):
+    SessionStore.open(state, clock=clock).close()  # the directory and database, no ring yet
+    assert not os.path.exists(os.path.join(state, "oauth2", KEYS_FILE))
+    barrier = threading.Barrier(8)
+    keys = []
+
+    def first_key() -> None:
+        with SessionStore.open(state, clock=clock) as own:
+            barrier.wait()
+            keys.append(own.keys.current())
+
+    threads = [threading.Thread(target=first_key) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(keys) == 8 and len(set(keys)) == 1 and keys[0].number == 1
+    assert "secret" not in repr(keys[0])  # a key never shows in a repr
+
+
+def test_maintain_refuses_nonsense_periods(store):
+    for rotation, retention in ((0, DAY), (-1, DAY), (DAY, -1)):
+        with pytest.raises(SessionStoreError):
+            store.maintain(key_rotation=rotation, retention=retention)
+
+
 def test_a_dropped_key_makes_the_session_absent(state, clock):
     with SessionStore.open(state, clock=clock) as store:
         session_id = new_session(store)

@@ -369,7 +369,7 @@ class SessionStore:
             params += [now, now]
         rows = self._db.conn.execute(
             f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE {' AND '.join(where)} "
-            "ORDER BY created_at, id", params,
+            "ORDER BY created_at, rowid", params,
         )
         return [_info(row, now) for row in rows]
 
@@ -410,6 +410,8 @@ class SessionStore:
         """The master's periodic work: rotate the key ring when due, drop keys retired more
         than ``retention`` (the longest absolute lifetime) ago, end the sessions they still
         sealed, and purge. Returns counts for the log."""
+        if not (key_rotation > 0 and retention >= 0):
+            raise SessionStoreError("key_rotation must be positive, retention not negative")
         now = self.clock() if now is None else now
         # A login transaction is sealed too and may live MAX_TRANSACTION_TTL.
         retention = max(retention, MAX_TRANSACTION_TTL)
