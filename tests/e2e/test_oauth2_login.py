@@ -282,8 +282,6 @@ def test_refresh_single_flight_across_workers(login_setup, upstream):
     assert rounds <= len(uses) <= 2 * rounds, uses
 
 
-@pytest.mark.skipif(not hasattr(DjangoAuthServer, "revoke_user_tokens"),
-                    reason="the test server cannot revoke a user's tokens yet")
 def test_invalid_grant_ends_the_session(login_setup):
     setup = login_setup(access_token_seconds=2, refresh_leeway="1s")
     browser, hops = setup.sign_in()
