@@ -15,8 +15,8 @@ hashed here, and never sent anywhere nor printed.
 ``sessions`` works on the session store in the config's ``state_dir``
 (``state_dir/oauth2/sessions.db``, ``auth/sessions.py``), whether or not the gateway runs:
 every worker reads a session's row on each request, so a revoked session is refused by the
-next request in every worker. No command prints a token, a claim or a session id: a session is shown by the first hex digits
-of its id's SHA-256.
+next request in every worker. No command prints a token, a claim or a session id: a session
+is shown by the first hex digits of its id's SHA-256.
 """
 
 from __future__ import annotations
