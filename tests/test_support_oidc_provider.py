@@ -262,6 +262,8 @@ def test_rp_initiated_logout_redirects_and_ends_the_op_session(django_auth_serve
     assert hop.location == client.post_logout_redirect_uris[0] + "?state=bye-1"
     assert server.op_session("alice")["sid"] is None
     assert json.loads(server.introspect(tokens["access_token"])[1]) == {"active": False}
+    log = server.log()
+    assert "id_token_hint=[redacted]" in log and tokens["id_token"] not in log
     # The AS session is over: the next authorization asks for the password again.
     url = server.authorization_url(client, state="again", pkce=Pkce.new())
     assert urllib.parse.urlsplit(browser.get(url).location).path == "/accounts/login/"

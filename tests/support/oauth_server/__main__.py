@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socketserver
 import sys
 import time
 from pathlib import Path
+
+_SECRET_PARAMS = re.compile(r"\b(id_token_hint|code|token|refresh_token|logout_token)=[^&\s]*")
 
 
 def main(argv: list[str]) -> int:
@@ -31,7 +34,15 @@ def main(argv: list[str]) -> int:
             self.server_name, self.server_port = self.server_address[:2]
             self.setup_environ()
 
-    httpd = Server(("127.0.0.1", 0), WSGIRequestHandler)
+    class RequestHandler(WSGIRequestHandler):
+        def log_message(self, format: str, *args) -> None:
+            # The request line goes to the log: tokens in its query (id_token_hint at
+            # the logout endpoint) never do.
+            if args and isinstance(args[0], str):
+                args = (_SECRET_PARAMS.sub(r"\1=[redacted]", args[0]), *args[1:])
+            super().log_message(format, *args)
+
+    httpd = Server(("127.0.0.1", 0), RequestHandler)
     port = httpd.server_address[1]
     os.environ["FLUXGATE_TEST_AS_DATA_DIR"] = str(data_dir)
     os.environ["FLUXGATE_TEST_AS_ISSUER"] = f"http://127.0.0.1:{port}/o"
