@@ -55,9 +55,8 @@ class LoginSetup:
 def login_config(upstream_url: str, server: DjangoAuthServer, client: LoginClient,
                  port: int, **options: object) -> str:
     extra = "".join(f"          {k}: {json.dumps(v)}\n" for k, v in options.items())
-    return (
-        "routes:\n"
-        f"  - route: /app\n    upstream: {upstream_url}\n    middleware:\n"
+    middleware = (
+        "    middleware:\n"
         "      - oauth2:\n"
         f"          issuer: {server.issuer}\n"
         f"          client_id: {client.client_id}\n"
@@ -69,6 +68,9 @@ def login_config(upstream_url: str, server: DjangoAuthServer, client: LoginClien
         "          api_paths: [/app/api]\n"
         f"{extra}"
     )
+    # /ws/session: the recording upstream's WebSocket echo, behind the same login.
+    return (f"routes:\n  - route: /app\n    upstream: {upstream_url}\n{middleware}"
+            f"  - route: /ws/session\n    upstream: {upstream_url}\n{middleware}")
 
 
 @pytest.fixture
