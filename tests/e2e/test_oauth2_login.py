@@ -38,6 +38,7 @@ class LoginSetup:
     server: DjangoAuthServer
     client: LoginClient
     ca: trustme.CA
+    leaf: trustme.LeafCert  # the gateway's certificate
 
     @property
     def url(self) -> str:
@@ -84,7 +85,8 @@ def login_setup(tmp_path, ca, upstream, django_auth_server):
             [f"https://127.0.0.1:{port}/oauth2/callback"],
             [f"https://127.0.0.1:{port}/app/signed-out"],
             access_token_seconds=access_token_seconds)
-        cert, key = write_pair(ca.issue_cert("127.0.0.1"), tmp_path, f"gw{port}")
+        leaf = ca.issue_cert("127.0.0.1")
+        cert, key = write_pair(leaf, tmp_path, f"gw{port}")
         listen = f"{{address: '127.0.0.1:{port}', tls: {{cert: '{cert}', key: '{key}'}}}}"
         directory = tmp_path / f"gw{port}"
         directory.mkdir()
@@ -92,7 +94,7 @@ def login_setup(tmp_path, ca, upstream, django_auth_server):
                             workers=workers, listen=listen)
         started.append(gw)
         gw.start()
-        return LoginSetup(gw, server, client, ca)
+        return LoginSetup(gw, server, client, ca, leaf)
 
     try:
         yield start
