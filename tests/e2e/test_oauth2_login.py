@@ -365,3 +365,37 @@ def test_callback_and_logout_never_reach_the_upstream(login_setup, upstream):
                           headers={"Origin": "https://evil.example"})
     assert hop.status == 403
     assert len(upstream.requests) == before
+
+
+# ---- back-channel logout --------------------------------------------------------------------
+
+
+def test_backchannel_logout_ends_the_matching_sessions_and_refuses_hostile_tokens(
+        login_setup, upstream):
+    from tests.support.logout_tokens import LogoutTokens, claims_of, post_logout_token
+
+    setup = login_setup(workers=2, backchannel_logout_path="/.fluxgate/backchannel-logout")
+    browser, hops = setup.sign_in()
+    assert hops[-1].status == 200
+    cookie = {"Cookie": f"{SESSION_COOKIE}={browser.cookie(SESSION_COOKIE)}",
+              "Accept": "application/json"}
+    endpoint = setup.url + "/.fluxgate/backchannel-logout"
+    tokens = LogoutTokens.for_server(setup.server, setup.client)
+    op = setup.server.op_session("alice")
+    before = len(upstream.requests)
+    for name, token in tokens.hostile(sub=op["sub"], sid=op["sid"]).items():
+        status, headers, body = post_logout_token(endpoint, token, setup.ca)
+        assert status == 400, (name, status, body)
+        assert headers["Cache-Control"] == "no-store"
+        assert https_request(setup, "GET", "/app/x", cookie)[0] == 200, name
+    assert len(upstream.requests) == before + len(tokens.hostile(sub="x", sid="y"))
+
+    good = tokens.valid(sid=op["sid"])
+    status, _, _ = post_logout_token(endpoint, good, setup.ca)
+    assert status == 200
+    assert all(https_request(setup, "GET", "/app/x", cookie)[0] == 401 for _ in range(6))
+    # The same token again (its jti) is a replay.
+    status, _, _ = post_logout_token(endpoint, good, setup.ca)
+    assert status == 400
+    replayed_jti = tokens.valid(sub=op["sub"], jti=claims_of(good)["jti"])
+    assert post_logout_token(endpoint, replayed_jti, setup.ca)[0] == 400
