@@ -5,6 +5,9 @@
     fluxctl oauth2 purge --sha256 HEX           the same, by the token's SHA-256
     fluxctl oauth2 sessions list [--provider P] [--sub S] [--all]
     fluxctl oauth2 sessions revoke (--id-prefix HEX | --sub S | --all) [--provider P]
+    fluxctl oauth2 configure --issuer URL --client-id ID --upstream U [--login ...]
+                                                check a server's metadata, add a route
+                                                (``oauth2_configure.py``)
 
 ``status`` and ``purge`` go through the admin API: ``--admin-url``, else the address the
 running gateway wrote to ``state_dir/gateway.json``. A purge makes the next request with that
@@ -31,6 +34,7 @@ from typing import Any
 
 from fluxgate.auth.keyops import iso
 from fluxgate.auth.sessions import SessionInfo, SessionStore
+from fluxgate.cli import oauth2_configure
 from fluxgate.cli.fluxctl import AdminClient, CommandError, Context
 from fluxgate.cli.keys import _ago, _table, _when
 
@@ -53,6 +57,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     which.add_argument("--sha256", metavar="HEX", help="the token's SHA-256, 64 hex digits")
     p.set_defaults(func=cmd_purge)
     _add_sessions_parser(cmds, common)
+    oauth2_configure.add_parser(cmds, common)
 
 
 def _add_sessions_parser(cmds: argparse._SubParsersAction,

@@ -80,6 +80,8 @@ class BadAuthServer:
         self.delay = delay
         self.tokens: dict[str, dict[str, Any]] = {}
         self.discovery_issuer: str | None = None  # what discovery claims (default: issuer)
+        # Members added to the discovery document (a value of None removes that member).
+        self.extra_metadata: dict[str, Any] = {}
         self.calls = 0
         self.calls_by_token: Counter[str] = Counter()
         self.requests: Counter[str] = Counter()  # every request, by path
@@ -116,10 +118,12 @@ class BadAuthServer:
 
     def discovery(self) -> dict[str, Any]:
         """The document served at both well-known paths."""
-        return {"issuer": self.discovery_issuer or self.issuer,
-                "introspection_endpoint": self.introspection_endpoint,
-                "token_endpoint": self.token_endpoint,
-                "introspection_endpoint_auth_methods_supported": [self.auth_method]}
+        document = {"issuer": self.discovery_issuer or self.issuer,
+                    "introspection_endpoint": self.introspection_endpoint,
+                    "token_endpoint": self.token_endpoint,
+                    "introspection_endpoint_auth_methods_supported": [self.auth_method],
+                    **self.extra_metadata}
+        return {k: v for k, v in document.items() if v is not None}
 
     # ---- tokens -----------------------------------------------------------------------------
 
