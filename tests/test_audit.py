@@ -163,3 +163,92 @@ def test_scope_map_decisions(config):
                                            "why": "holds every required scope (read:api)"}}]
     assert "decision" not in audit.explain(config, "GET", "/api/other")["scopes"][0]
     assert audit.explain(config, "GET", "/healthz", ["x"])["scopes"] == []
+
+
+# ---- the browser login ----------------------------------------------------------------------
+
+LOGIN = """\
+admin: {{token: audit-test-token}}
+routes:
+  - route: {route}
+    upstream: http://127.0.0.1:9
+    websocket: false
+    middleware:
+      - oauth2:
+          issuer: https://login.example.com
+          client_id: web
+          client_secret: "{secret}"
+          login: true
+          redirect_uri: https://app.example.com/oauth2/callback
+{options}      - quota: {{limit: 100/m}}
+"""
+CAREFUL = {
+    "post_logout_redirect_uri": "https://app.example.com/signed-out",
+    "backchannel_logout_path": "/.fluxgate/backchannel-logout",
+}
+
+
+def login_codes(route: str = "/app", **options: object) -> dict[str, audit.Finding]:
+    import json
+
+    lines = "".join(f"          {k}: {json.dumps(v)}\n" for k, v in options.items())
+    config = load_config_text(LOGIN.format(route=route, secret=SECRET, options=lines))
+    return {f.code: f for f in audit.findings(config, config.routes[0])}
+
+
+def test_a_careful_login_route_has_no_findings():
+    assert login_codes(**CAREFUL) == {}
+    # The resource-server findings do not apply to a login (it introspects nothing).
+    assert not {"oauth2_no_audience", "oauth2_no_miss_rate"} & set(login_codes())
+
+
+def test_login_logout_findings():
+    found = login_codes()
+    assert {c: f.severity for c, f in found.items()} == {
+        "login_no_post_logout_redirect": "warning", "login_no_backchannel": "info"}
+    assert "post_logout_redirect_uri" in found["login_no_post_logout_redirect"].message
+
+
+def test_login_lifetime_findings():
+    found = login_codes(**CAREFUL, session={"absolute": "30d", "idle": "30d"})
+    assert found["login_long_session"].severity == "warning"
+    assert "30 days" in found["login_long_session"].message
+    assert found["login_idle_not_shorter"].severity == "info"
+    assert set(login_codes(**CAREFUL, session={"absolute": "7d", "idle": "1h"})) == set()
+
+
+def test_login_origin_and_upstream_findings():
+    found = login_codes(**CAREFUL, forward_access_token=True,
+                        allowed_return_origins=["http://shop.example.com",
+                                                "https://ok.example.com", "http://127.0.0.1:3000"],
+                        allowed_origins=["http://admin.example.com"],
+                        scopes=["orders", "openid"])
+    assert found["login_wide_return_origins"].severity == "warning"
+    assert "http://shop.example.com" in found["login_wide_return_origins"].message
+    assert "127.0.0.1" not in found["login_wide_return_origins"].message  # loopback is fine
+    assert found["login_plain_http_origins"].severity == "warning"
+    assert found["login_access_token_forwarded"].severity == "info"
+    assert found["login_scopes_not_requested"].severity == "warning"
+    assert "orders" in found["login_scopes_not_requested"].message
+    assert "login_scopes_not_requested" not in login_codes(
+        **CAREFUL, scopes=["orders"], login_scopes=["openid", "orders"])
+
+
+def test_login_api_route_without_api_paths():
+    found = login_codes("/app/api", **CAREFUL)
+    assert found["login_api_paths_missing"].severity == "warning"
+    assert "api_paths: [/app/api]" in found["login_api_paths_missing"].message
+    assert login_codes("/app/api", **CAREFUL, api_paths=["/app/api"]) == {}
+    assert login_codes("/apiary", **CAREFUL) == {}  # a word that starts with api is no API
+
+
+def test_login_plain_http_on_loopback_is_info_and_no_secret_is_shown():
+    text = LOGIN.format(route="/app", secret=SECRET, options="").replace(
+        "https://login.example.com", "http://127.0.0.1:8000/o").replace(
+        "https://app.example.com", "http://localhost:8080")
+    config = load_config_text(text)
+    found = audit.findings(config, config.routes[0])
+    codes = {f.code: f.severity for f in found}
+    assert codes["login_plain_http_loopback"] == "info"
+    assert codes["oauth2_plain_http_loopback"] == "info"
+    assert SECRET not in " ".join(f.message for f in found)

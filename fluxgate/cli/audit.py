@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -31,6 +30,8 @@ from fluxgate.auth.keyops import KeyOps
 from fluxgate.auth.keys import key_id_of, load_signing_key
 from fluxgate.auth.keytable import SharedKeys, build_table, usage_slot
 from fluxgate.auth.scopes import ScopePolicy
+from fluxgate.cli.audit_login import login_findings, login_route_findings
+from fluxgate.cli.findings import SEVERITIES, Finding, worst  # noqa: F401 - audit.worst
 from fluxgate.config import schema
 from fluxgate.config.resolve import is_loopback, listen_address, listen_tls, parse_listen
 from fluxgate.errors import ClientError, FluxGateError
@@ -43,7 +44,6 @@ from fluxgate.proxy.app import route_methods
 from fluxgate.proxy.router import Router
 from fluxgate.tls import EXPIRING_SOON, TlsConfigError, listener_certificates, read_certificate
 
-SEVERITIES = ("info", "warning", "error")
 # Revoked and expired keys stay in the master's table this long (master/keys.py KEEP_DEAD),
 # so a refusal can say "revoked" rather than "unknown".
 KEEP_DEAD = 7 * 86400.0
@@ -181,20 +181,6 @@ def explain(config: schema.Config, method: str, path: str,
 # ---- findings -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Finding:
-    code: str
-    severity: str  # one of SEVERITIES
-    message: str
-
-    def to_dict(self) -> dict[str, str]:
-        return {"code": self.code, "severity": self.severity, "message": self.message}
-
-
-def worst(findings: list[Finding]) -> str | None:
-    return max((f.severity for f in findings), key=SEVERITIES.index, default=None)
-
-
 def config_findings(config: schema.Config) -> list[Finding]:
     """Findings about the gateway as a whole."""
     found = []
@@ -264,6 +250,8 @@ def route_findings(config: schema.Config, route: schema.Route) -> list[Finding]:
                 "public: true and no authentication: anyone who reaches the gateway gets in"))
     for auth in auths:
         found += kind_of(auth).findings(config, auth)
+        if isinstance(auth, schema.OAuth2) and auth.login:
+            found += login_route_findings(route, auth)
     if "quota" not in kinds:
         found.append(Finding(
             "no_quota", "warning",
@@ -311,7 +299,10 @@ LONG_CACHE_TTL = 300.0  # beyond this, a revoked token keeps working for minutes
 
 
 def oauth2_findings(config: schema.Config, entry: schema.OAuth2) -> list[Finding]:
-    """An oauth2 entry's findings: no audience, plain http, a long cache, no miss limit."""
+    """An oauth2 entry's findings: no audience, plain http, a long cache, no miss limit;
+    a browser login's are ``audit_login.py``'s."""
+    if entry.login:
+        return login_findings(config, entry)
     found = []
     if entry.audience is None:
         found.append(Finding(

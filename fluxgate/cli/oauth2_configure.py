@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from fluxgate.cli.audit import SEVERITIES, Finding, worst
+from fluxgate.cli.findings import SEVERITIES, Finding, worst
 from fluxgate.cli.fluxctl import CommandError
 from fluxgate.config import load_config_text
 from fluxgate.config.parsers import is_loopback
