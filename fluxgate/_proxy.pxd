@@ -30,5 +30,6 @@ cdef class UpstreamGroupBase
 include "_proxy_accounting.pxd"
 include "_proxy_flow.pxd"
 include "_proxy_client.pxd"
+include "_proxy_frames.pxd"
 include "_proxy_exchange.pxd"
 include "_proxy_upstream.pxd"

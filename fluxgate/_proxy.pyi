@@ -26,6 +26,13 @@ FRAME_LENGTH: int
 FRAME_CHUNKED: int
 FRAME_CLOSE: int
 PENDING_BODY_LIMIT: int
+WS_PROTOCOL_ERROR: int
+WS_MAX_HEADER: int
+CLOSE_SENT_UPSTREAM: int
+CLOSE_SENT_CLIENT: int
+CLOSE_UPSTREAM_GONE: int
+CLOSE_CLIENT_GONE: int
+TUNNEL_CLOSE_GRACE: float
 IDEMPOTENT: frozenset[bytes]
 
 def now() -> float:
@@ -104,6 +111,29 @@ class ClientConnectionBase(FlowControl):
     def _close_soon(self) -> None: ...
     def _set_deadline(self, kind: int, seconds: float) -> None: ...
 
+class FrameTracker:
+    """Frame boundaries of one direction of a WebSocket tunnel (RFC 6455 §5.2)."""
+
+    violation: bool
+    stopped: bool
+    close_forwarded: bool
+    close_seen: bool
+    release: bytes | None
+    def __init__(self, from_client: bool) -> None: ...
+    def feed_bytes(self, data: bytes, drain: bool = False) -> bytes:
+        """What one read lets through now, in order (for tests)."""
+
+class WsTunnel:
+    """A WebSocket tunnel's state: its two trackers and how far its closing has come."""
+
+    from_client: FrameTracker
+    from_upstream: FrameTracker
+    close_code: int
+    close_payload: bytes
+    progress: int
+    timer: asyncio.TimerHandle | None
+    binding: Any
+
 class Exchange:
     client: ClientConnectionBase
     req: RequestState
@@ -118,6 +148,7 @@ class Exchange:
     finished: bool
     attempts: int
     deadline: float
+    ws: WsTunnel | None
     def send_body(self, chunk: bytes) -> None: ...
     def end_body(self) -> None: ...
     def touch(self) -> None: ...
@@ -129,6 +160,8 @@ class Exchange:
     def upstream_upgraded(self, conn: UpstreamConnectionBase, rest: bytes) -> None: ...
     def tunnel_from_upstream(self, data: bytes) -> None: ...
     def tunnel_from_client(self, data: bytes) -> None: ...
+    def close_tunnel(self, code: int, reason: str = "", grace: float = 1.0) -> bool:
+        """Close the WebSocket tunnel with a Close frame to both sides, between frames."""
     def upstream_lost(self, conn: UpstreamConnectionBase, exc: BaseException | None) -> None: ...
     def check_timeout(self, now: float) -> None: ...
     def finish_with_error(self, error: Exception) -> None: ...

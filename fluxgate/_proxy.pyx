@@ -17,12 +17,16 @@ Python frame: the two head parsers and the head builders are ``_core`` calls, th
 middleware chain is the route's tuple of bound methods (Python, as it must be).
 """
 
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem
 from cpython.object cimport PyObject
+from libc.stdint cimport uint64_t
+from libc.string cimport memcpy
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 import logging
 from collections import deque
+from os import urandom as _urandom
 
 from fluxgate._core import PathError, normalize_path
 from fluxgate.errors import (
@@ -218,7 +222,10 @@ cdef class ClientConnectionBase(FlowControl):
         self.gw.connections.discard(self)
         if self.tunnel is not None:
             tunnel, self.tunnel = self.tunnel, None
+            if tunnel.ws is not None:
+                tunnel.ws.progress |= CLOSE_CLIENT_GONE
             tunnel.cancel()
+            self.tunnel_ended(tunnel)
         for item in (self.active, *self.queue):
             if item is None:
                 continue
@@ -484,6 +491,191 @@ cdef bytes _origin_form(bytes url):
     return rest[slash:]
 
 
+# ---- WebSocket frames (contract: _proxy_frames.pxd) ------------------------------------
+#
+# After a 101 the tunnel carries RFC 6455 frames. Each direction is followed by a
+# FrameTracker: the bytes still go through unchanged and unbuffered (the common read lies
+# inside one payload and costs one comparison), but the gateway always knows where the
+# current frame ends. That lets it refuse broken framing with a Close (1002) instead of
+# relaying it, and close a tunnel between two frames: a peer never gets half a message
+# followed by the gateway's Close.
+
+# Seconds a closing tunnel waits for a frame in flight to end, then for both Close answers.
+TUNNEL_CLOSE_GRACE = 1.0
+
+
+cdef class FrameTracker:
+    """Frame boundaries of one direction of a WebSocket tunnel (RFC 6455 §5.2)."""
+
+    def __cinit__(self, bint from_client):
+        self.from_client = from_client
+        self.remaining = 0
+        self.head_len = 0
+        self.head_need = 0
+        self.in_message = False
+        self.violation = False
+        self.stopped = False
+        self.close_forwarded = False
+        self.close_seen = False
+        self.release = None
+
+    def feed_bytes(self, bytes data not None, bint drain=False):
+        """feed() for tests: (bytes forwarded now, in order) for one read."""
+        cdef Py_ssize_t n = self.feed(data, drain)
+        return (self.release or b"") + data[:n]
+
+    cdef bint stop_if_at_boundary(self):
+        if self.remaining == 0 and not self.violation:
+            self.stopped = True  # a held partial header was never forwarded
+        return self.stopped
+
+    cdef Py_ssize_t feed(self, bytes data, bint drain) except -1:
+        cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+        cdef Py_ssize_t i = 0, emit = -1, hstart = -1, take
+        cdef int carried = self.head_len
+        cdef uint64_t left = self.remaining
+        cdef unsigned char b0, b1, length7, opcode
+        self.release = None
+        if self.violation:
+            return 0
+        if carried == 0 and left >= <uint64_t>n:
+            # The bulk case: the whole read lies inside one payload.
+            self.remaining = left - <uint64_t>n
+            if self.stopped:
+                return 0
+            if drain and self.remaining == 0:
+                self.stopped = True  # the frame ends with this read: the boundary is here
+            return n
+        if drain and not self.stopped and left == 0:
+            self.stopped = True  # between frames, or a header not forwarded yet
+        if self.stopped:
+            emit = 0
+        while i < n:
+            left = self.remaining
+            if left:
+                take = n - i
+                if left >= <uint64_t>take:
+                    self.remaining = left - <uint64_t>take
+                    i = n
+                    continue
+                i += <Py_ssize_t>left
+                self.remaining = 0
+            if self.head_len == 0:
+                hstart = i
+                if drain and emit < 0:
+                    self.stopped = True
+                    emit = i
+            while self.head_len < 2 and i < n:
+                self.head[self.head_len] = p[i]
+                self.head_len += 1
+                i += 1
+            if self.head_len < 2:
+                break
+            if self.head_need == 0:
+                # RFC 6455 §5.2 and §5.5: what the first two bytes must say.
+                b0 = self.head[0]
+                b1 = self.head[1]
+                opcode = b0 & 0x0F
+                length7 = b1 & 0x7F
+                if (b1 & 0x80 != 0) != self.from_client:
+                    break  # a client masks every frame, a server none (§5.1)
+                if opcode >= 8:
+                    if opcode > 10 or not b0 & 0x80 or length7 > 125:
+                        break  # reserved, fragmented or oversize control frame
+                elif opcode >= 3 or (opcode == 0) != self.in_message:
+                    break  # reserved opcode; a continuation without a message or missing
+                self.head_need = (2 + (2 if length7 == 126 else 8 if length7 == 127 else 0)
+                                  + (4 if b1 & 0x80 else 0))
+            take = self.head_need - self.head_len
+            if take > n - i:
+                take = n - i
+            memcpy(&self.head[self.head_len], p + i, take)
+            self.head_len += <int>take
+            i += take
+            if self.head_len < self.head_need:
+                break
+            if hstart < 0 and emit < 0:
+                # The header began in an earlier read: its held bytes go first.
+                self.release = PyBytes_FromStringAndSize(<const char*>self.head, carried)
+            if self._header_done():
+                break
+        else:
+            if emit < 0:
+                emit = n if self.head_len == 0 else (hstart if hstart >= 0 else 0)
+            if drain and not self.stopped and self.remaining == 0 and self.head_len == 0:
+                self.stopped = True  # the last frame ended with this read
+            return emit
+        # Left the loop by `break`: the data ran out inside a header, or a violation.
+        if self.head_len >= 2 and self.head_need == 0 or self.violation:
+            self.violation = True
+            if self.release is not None and hstart < 0:
+                self.release = None
+            return emit if emit >= 0 else (hstart if hstart >= 0 else 0)
+        if emit < 0:
+            emit = (n if self.head_len == 0 else (hstart if hstart >= 0 else 0))
+        return emit
+
+    cdef int _header_done(self) except -1:
+        # A whole header in `head`: the payload length, and what the frame means.
+        cdef unsigned char b0 = self.head[0], length7 = self.head[1] & 0x7F
+        cdef unsigned char opcode = b0 & 0x0F
+        cdef uint64_t length = length7
+        cdef int k
+        if length7 == 126:
+            length = (<uint64_t>self.head[2] << 8) | self.head[3]
+        elif length7 == 127:
+            if self.head[2] & 0x80:
+                self.violation = True  # §5.2: the most significant bit MUST be 0
+                return 1
+            length = 0
+            for k in range(2, 10):
+                length = (length << 8) | self.head[k]
+        if opcode == 8:
+            self.close_seen = True
+            if not self.stopped:
+                self.close_forwarded = True
+        elif opcode < 8:
+            self.in_message = not (b0 & 0x80)
+        self.remaining = length
+        self.head_len = 0
+        self.head_need = 0
+        return 0
+
+
+cdef class WsTunnel:
+    """The state of one WebSocket tunnel: its two trackers and, once closing, how far the
+    closing has come."""
+
+    def __cinit__(self):
+        self.from_client = FrameTracker(True)
+        self.from_upstream = FrameTracker(False)
+        self.close_code = 0
+        self.close_payload = b""
+        self.progress = 0
+        self.timer = None
+        self.binding = None
+
+
+cdef bytes _utf8_prefix(str text, Py_ssize_t limit):
+    # The longest prefix of ``text`` whose UTF-8 fits in ``limit`` bytes (a Close reason
+    # must be valid UTF-8, RFC 6455 §5.5.1, so a character is never cut).
+    cdef bytes raw = text.encode("utf-8")
+    if len(raw) <= limit:
+        return raw
+    return raw[:limit].decode("utf-8", "ignore").encode("utf-8")
+
+
+cdef bytes _close_frame(bytes payload, bint masked):
+    # A Close frame (RFC 6455 §5.5.1); to the upstream masked with a fresh random key
+    # (§5.3: unpredictable, so a hostile client cannot choose the bytes on the wire).
+    if not masked:
+        return b"\x88" + bytes((len(payload),)) + payload
+    key = _urandom(4)
+    return (b"\x88" + bytes((0x80 | len(payload),)) + key
+            + bytes([payload[k] ^ key[k & 3] for k in range(len(payload))]))
+
+
 # ---- the exchange (contract: _proxy_exchange.pxd) --------------------------------------
 #
 # One request proxied to one upstream connection, streaming both ways. The exchange is the
@@ -516,6 +708,7 @@ cdef Exchange _new_exchange(ClientConnectionBase client, RequestState req,
     self.finished = False
     self.attempts = 0
     self.deadline = float("inf")  # set by start(), before anything can time out
+    self.ws = None
     return self
 
 
@@ -676,17 +869,148 @@ cdef class Exchange:
         self._finish()
 
     def upstream_upgraded(self, UpstreamConnectionBase conn, rest):
-        """101 Switching Protocols: from now on bytes flow unchanged both ways."""
+        """101 Switching Protocols: from now on bytes flow unchanged both ways, frame
+        boundaries followed (WsTunnel)."""
         self.conn = conn
         conn.pool.forget(conn)  # a tunnel never returns to the pool
+        # A WebSocket is quiet for as long as its application likes: no read timeout (its
+        # life is bound to its credential instead, fluxgate/proxy/tunnels.py).
+        self.deadline = float("inf")
+        self.ws = WsTunnel()
         self.client.start_tunnel(self, rest)
 
     cpdef tunnel_from_upstream(self, data):
-        self.client.write(data)
+        cdef WsTunnel ws = self.ws
+        cdef FrameTracker frames
+        cdef Py_ssize_t n
+        if ws is None:
+            self.client.write(data)
+            return
+        frames = ws.from_upstream
+        n = frames.feed(data, ws.close_code != 0)
+        if n == PyBytes_GET_SIZE(data) and frames.release is None and ws.close_code == 0:
+            self.client.write(data)
+            return
+        self._relay_rest(ws, frames, data, n, False)
 
     cpdef tunnel_from_client(self, data):
-        if self.conn is not None:
-            self.conn.write(data)
+        cdef WsTunnel ws = self.ws
+        cdef FrameTracker frames
+        cdef Py_ssize_t n
+        if ws is None:
+            if self.conn is not None:
+                self.conn.write(data)
+            return
+        frames = ws.from_client
+        n = frames.feed(data, ws.close_code != 0)
+        if n == PyBytes_GET_SIZE(data) and frames.release is None and ws.close_code == 0:
+            if self.conn is not None:
+                self.conn.write(data)
+            return
+        self._relay_rest(ws, frames, data, n, True)
+
+    cdef int _relay_rest(self, WsTunnel ws, FrameTracker frames, bytes data, Py_ssize_t size,
+                         bint to_upstream) except -1:
+        # The uncommon read: a header held or released, a stop, a violation or a closing.
+        cdef FlowControl target = self.conn if to_upstream else self.client
+        if target is not None:
+            if frames.release is not None:
+                target.write(frames.release)
+            if size == PyBytes_GET_SIZE(data):
+                target.write(data)
+            elif size > 0:
+                target.write(memoryview(data)[:size])  # no copy of the payload
+        if frames.violation and ws.close_code == 0:
+            self.close_tunnel(WS_PROTOCOL_ERROR, "protocol error")
+        elif ws.close_code != 0:
+            self._close_progress()
+        return 0
+
+    # -- closing a tunnel -----------------------------------------------------------------
+    def close_tunnel(self, int code, str reason="", double grace=TUNNEL_CLOSE_GRACE):
+        """Close a WebSocket tunnel from the gateway with ``code`` (RFC 6455 §7.4) and
+        ``reason`` (at most 123 bytes of UTF-8 are sent): in each direction the frame in
+        flight ends first, then nothing more passes and the receiving side gets a Close
+        frame; the connections close once both sides answered, or ``grace`` seconds
+        after. A frame still incomplete after ``grace`` seconds cuts the connection it
+        was going to instead. False when there is no open tunnel to close."""
+        cdef WsTunnel ws = self.ws
+        if ws is None or self.finished or ws.close_code != 0:
+            return False
+        ws.close_code = code
+        ws.close_payload = code.to_bytes(2, "big") + _utf8_prefix(reason, 123)
+        ws.from_client.stop_if_at_boundary()
+        ws.from_upstream.stop_if_at_boundary()
+        ws.timer = self.client.loop.call_later(grace, self._close_grace, grace)
+        self._close_progress()
+        return True
+
+    cdef int _close_progress(self) except -1:
+        # Send each side its Close once the frames to it stopped at a boundary; end the
+        # tunnel once both sides answered (or are gone).
+        cdef WsTunnel ws = self.ws
+        cdef FrameTracker up = ws.from_client, down = ws.from_upstream
+        if self.finished:
+            return 0
+        if not ws.progress & CLOSE_SENT_UPSTREAM and (up.stopped or up.violation):
+            ws.progress |= CLOSE_SENT_UPSTREAM
+            if not up.close_forwarded and self.conn is not None:  # one Close per side
+                self.conn.write(_close_frame(ws.close_payload, True))
+        if not ws.progress & CLOSE_SENT_CLIENT and (down.stopped or down.violation):
+            ws.progress |= CLOSE_SENT_CLIENT
+            if not down.close_forwarded:
+                self.client.write(_close_frame(ws.close_payload, False))
+        if (ws.progress & (CLOSE_SENT_UPSTREAM | CLOSE_SENT_CLIENT)
+                == CLOSE_SENT_UPSTREAM | CLOSE_SENT_CLIENT
+                and (up.close_seen or up.violation or ws.progress & CLOSE_CLIENT_GONE)
+                and (down.close_seen or down.violation or ws.progress & CLOSE_UPSTREAM_GONE)):
+            self._end_tunnel()
+        return 0
+
+    def _close_grace(self, double grace):
+        """The closing's timer: first a frame still incomplete cuts the connection it
+        was going to; a grace later, whatever is left closes."""
+        cdef WsTunnel ws = self.ws
+        ws.timer = None
+        if self.finished:
+            return
+        if not (ws.from_client.stopped or ws.from_client.violation):
+            # The upstream has part of a client frame: it must see the cut, not a Close.
+            ws.from_client.stopped = True
+            ws.progress |= CLOSE_SENT_UPSTREAM | CLOSE_UPSTREAM_GONE
+            conn, self.conn = self.conn, None
+            if conn is not None:
+                conn.owner = None
+                conn.abort()
+        if not (ws.from_upstream.stopped or ws.from_upstream.violation):
+            ws.from_upstream.stopped = True
+            ws.progress |= CLOSE_SENT_CLIENT | CLOSE_CLIENT_GONE
+            self.client.abort()
+        self._close_progress()
+        if not self.finished:
+            ws.timer = self.client.loop.call_later(grace, self._close_timeout)
+
+    def _close_timeout(self):
+        """A side did not answer the Close in time: close both connections anyway."""
+        if self.ws is not None:
+            self.ws.timer = None
+        self._end_tunnel()
+
+    cdef int _end_tunnel(self) except -1:
+        # Close both connections after what was written to them (the Close frames).
+        cdef WsTunnel ws = self.ws
+        if self.finished:
+            return 0
+        self.finished = True
+        if ws.timer is not None:
+            ws.timer.cancel()
+            ws.timer = None
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.owner = None
+            conn.close()
+        self.client._close_soon()
+        return 0
 
     cpdef upstream_lost(self, UpstreamConnectionBase conn, exc):
         """The upstream connection closed or failed while serving this exchange."""
@@ -695,7 +1019,17 @@ cdef class Exchange:
         if self.finished:
             return
         if conn.tunnel:
+            ws = self.ws
+            if ws is not None and ws.close_code != 0:
+                ws.progress |= CLOSE_UPSTREAM_GONE
+                self._close_progress()
+                return
             self.finished = True
+            if ws is not None and ws.from_upstream.close_seen and ws.from_upstream.remaining == 0:
+                # The upstream ended the WebSocket properly (its Close went through): the
+                # client reads everything up to it.
+                self.client._close_soon()
+                return
             self.client.abort()
             return
         if not self.response_started:
@@ -745,9 +1079,16 @@ cdef class Exchange:
             return
         self.finished = True
         conn, self.conn = self.conn, None
+        ws = self.ws
+        if ws is not None and ws.timer is not None:
+            ws.timer.cancel()
+            ws.timer = None
         if conn is not None:
             conn.owner = None
-            conn.abort()
+            if ws is not None and ws.progress & CLOSE_SENT_UPSTREAM:
+                conn.close()  # at a frame boundary, its Close written: let it go out
+            else:
+                conn.abort()
 
     cdef int _finish(self) except -1:
         if self.finished:

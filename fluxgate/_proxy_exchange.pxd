@@ -25,6 +25,7 @@ cdef class Exchange:
     cdef public bint finished
     cdef public int attempts
     cdef public double deadline
+    cdef public WsTunnel ws            # after a 101: the WebSocket tunnel's state
 
     cdef int start(self) except -1
     cdef int connected(self, UpstreamConnectionBase conn) except -1
@@ -39,6 +40,10 @@ cdef class Exchange:
     cpdef upstream_complete(self, UpstreamConnectionBase conn, bint reusable)
     cpdef tunnel_from_upstream(self, data)
     cpdef tunnel_from_client(self, data)
+    cdef int _relay_rest(self, WsTunnel ws, FrameTracker frames, bytes data, Py_ssize_t size,
+                         bint to_upstream) except -1
+    cdef int _close_progress(self) except -1
+    cdef int _end_tunnel(self) except -1
     cpdef upstream_lost(self, UpstreamConnectionBase conn, exc)
     cpdef finish_with_error(self, error)
     cpdef cancel(self)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.gateway import child_pids, free_port, raw_request
+from tests.support.websocket import OP_BINARY, OP_TEXT, WsClient
 
 INVALID = Path(__file__).parent / "data" / "http" / "invalid"
 INVALID_CASES = sorted(p.stem for p in INVALID.glob("*.http"))
@@ -339,22 +340,15 @@ def test_chunked_body_over_limit_is_413(gw, upstream):
 
 
 def test_websocket_upgrade_tunnelled(gw, upstream):
-    with socket.create_connection(("127.0.0.1", gw.port), timeout=3) as sock:
-        sock.sendall(
-            b"GET /ws/chat HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
-            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-        )
-        head = b""
-        while b"\r\n\r\n" not in head:
-            head += sock.recv(4096)
-        assert head.startswith(b"HTTP/1.1 101 ")
-        assert b"Upgrade: websocket" in head
-        for message in (b"ping-1", b"\x81\x05hello", b"x" * 100000):
-            sock.sendall(message)
-            got = b""
-            while len(got) < len(message):
-                got += sock.recv(65536)
-            assert got == message
+    client = WsClient.connect(gw.port, "/ws/chat")
+    try:
+        assert b"Upgrade: websocket" in client.response_head
+        for opcode, message in ((OP_TEXT, b"ping-1"), (OP_TEXT, b"hello"), (OP_BINARY, b"x" * 100000)):
+            client.send(opcode, message)
+            echoed = client.recv_frame()
+            assert echoed is not None and (echoed.opcode, echoed.payload) == (opcode, message)
+    finally:
+        client.close()
     assert upstream.requests[0].header("Upgrade") == "websocket"
 
 

@@ -61,6 +61,7 @@ from fluxgate.errors import (
 )
 from fluxgate.proxy.responses import error_response
 from fluxgate.proxy.suspend import Suspended
+from fluxgate.proxy.tunnel_credentials import bind_upgrade, unbind
 
 if TYPE_CHECKING:
     from fluxgate.proxy.app import CompiledRoute, Gateway
@@ -408,7 +409,8 @@ class ClientConnection(ClientConnectionBase, asyncio.Protocol):
         self._close_soon()
 
     def start_tunnel(self, exchange: Exchange, upstream_rest: bytes) -> None:
-        """101 from the upstream: switch this connection to a raw byte tunnel."""
+        """101 from the upstream: switch this connection to a WebSocket tunnel (bytes
+        unchanged, frame boundaries followed by the exchange's WsTunnel)."""
         self.tunnel = exchange
         self.upgrading = False
         self._clear_deadline()
@@ -416,10 +418,18 @@ class ClientConnection(ClientConnectionBase, asyncio.Protocol):
         if req is not None:
             req.response_done = True
         if upstream_rest:
-            self.write(upstream_rest)
+            exchange.tunnel_from_upstream(upstream_rest)
         pending, self.tunnel_pending = self.tunnel_pending, []
         for data in pending:
             exchange.tunnel_from_client(data)
+        if req is not None and not exchange.finished:
+            # A WebSocket opened with a credential lives as long as the credential
+            # (docs/websockets.md).
+            bind_upgrade(self.gw, exchange, req)
+
+    def tunnel_ended(self, exchange: Exchange) -> None:
+        """The tunnel's client connection is gone: its binding goes too."""
+        unbind(self.gw, exchange)
 
     # -- deadlines (the worker's sweep) -----------------------------------------------------
     def _clear_deadline(self) -> None:

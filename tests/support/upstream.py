@@ -8,7 +8,9 @@ Behaviour is chosen by path:
   /close/<bytes>    close-delimited response of <bytes> bytes
   /big/<bytes>      Content-Length response of <bytes> bytes
   /status/<code>    empty response with that status
-  /ws               WebSocket-style upgrade: 101, then echoes bytes back
+  /ws               WebSocket upgrade: 101, then an RFC 6455 echo (tests/support/websocket.py)
+                    recording what arrived in `ws_events`; a text message "drip:<bytes>:<pieces>:<ms>"
+                    makes it send one binary frame of <bytes> in <pieces> writes <ms> apart
   /drop             closes the connection without answering
   /dropreused       answers on a fresh connection, closes a reused one without answering
   anything else     200 JSON echo of what was received
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 import httptools
 
 from fluxgate.echo import bind_loopback
+from tests.support.websocket import OP_BINARY, OP_TEXT, EchoSession, accept_value, encode
 
 
 @dataclass
@@ -52,6 +55,7 @@ class RecordingUpstream:
     raw_bytes: int = 0
     ssl: object = None  # an ssl.SSLContext (server side): the upstream speaks https
     peer_certs: list[dict] = field(default_factory=list)  # client certificates seen (mTLS)
+    ws_events: list[tuple] = field(default_factory=list)  # EchoSession's record, all sessions
 
     def start(self) -> RecordingUpstream:
         self._ready = threading.Event()
@@ -93,6 +97,9 @@ class _UpstreamProtocol(asyncio.Protocol):
         self.owner = owner
         self.parser = httptools.HttpRequestParser(self)
         self.tunnel = False
+        self.ws: EchoSession | None = None
+        self.dripping = 0  # pieces of a slow frame still to write: other frames wait
+        self.held: list[bytes | None] = []  # what waits (None: close the connection)
         self.served = 0
         self.current: Received | None = None
         self.url = b""
@@ -109,17 +116,61 @@ class _UpstreamProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.owner.raw_bytes += len(data)
         if self.tunnel:
-            self.transport.write(data)
+            self._ws_feed(data)
             return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self.tunnel = True
+            self.ws = EchoSession(self._ws_send, self._ws_close, self.owner.ws_events)
             rest = data[exc.args[0]:]
             if rest:
-                self.transport.write(rest)
+                self._ws_feed(rest)
         except httptools.HttpParserError:
             self.transport.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+            self.transport.close()
+
+    def _ws_feed(self, data: bytes) -> None:
+        assert self.ws is not None
+        before = len(self.owner.ws_events)
+        self.ws.feed(data)
+        for event in self.owner.ws_events[before:]:
+            if event[0] == "message" and event[1] == OP_TEXT and event[2] < 64:
+                self._maybe_drip()
+
+    def _maybe_drip(self) -> None:
+        # The echo just wrote the text back; a "drip:" command also starts a slow frame.
+        command = self.ws.last_text if self.ws is not None else b""
+        if not command.startswith(b"drip:") or self.dripping:
+            return
+        size, pieces, ms = (int(x) for x in command[5:].split(b":"))
+        frame = encode(OP_BINARY, b"d" * size, mask=False)
+        step = -(-len(frame) // pieces)
+        loop = asyncio.get_running_loop()
+        self.dripping = pieces
+        for k in range(pieces):
+            loop.call_later(k * ms / 1000, self._drip, frame[k * step : (k + 1) * step])
+
+    def _drip(self, piece: bytes) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(piece)
+        self.dripping -= 1
+        if self.dripping == 0:
+            # Like any WebSocket endpoint, frames never interleave: what waited goes now.
+            held, self.held = self.held, []
+            for data in held:
+                self._ws_send(data) if data is not None else self._ws_close()
+
+    def _ws_send(self, data: bytes) -> None:
+        if self.dripping:
+            self.held.append(data)
+        elif not self.transport.is_closing():
+            self.transport.write(data)
+
+    def _ws_close(self) -> None:
+        if self.dripping:
+            self.held.append(None)
+        else:
             self.transport.close()
 
     def on_message_begin(self) -> None:
@@ -140,8 +191,10 @@ class _UpstreamProtocol(asyncio.Protocol):
         )
         self.owner.requests.append(self.current)
         if self.current.target.startswith("/ws"):
+            key = self.current.header("Sec-WebSocket-Key") or ""
             self.transport.write(
-                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Accept: %s\r\n\r\n" % accept_value(key).encode()
             )
 
     def on_body(self, chunk: bytes) -> None:
