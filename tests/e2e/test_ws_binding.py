@@ -4,7 +4,8 @@ upstream's RFC 6455 echo (tests/support/websocket.py), a real WebSocket client h
 A WebSocket opened with a JWT closes with 4401 when the token expires, one opened with an
 API key closes with 4403 when the key is revoked; both sides get a Close frame (the
 upstream's masked), and a message crossing the moment of closing arrives whole or not at
-all. Broken framing is answered with 1002 on both sides, never relayed.
+all. An introspected token (oauth2) closes at its exp like a JWT. Broken framing is
+answered with 1002 on both sides, never relayed.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import pytest
 
 from fluxgate.auth.keyops import KeyOps
 from fluxgate.config import load_config
+from tests.e2e.test_oauth2 import oauth2_routes
+from tests.support.bad_authserver import BadAuthServer
 from tests.support.gateway import GatewayProcess, raw_request, wait_until
 from tests.support.idp import AUDIENCE, IdentityProvider
 from tests.support.upstream import RecordingUpstream
@@ -264,3 +267,28 @@ def test_broken_framing_is_closed_with_1002_on_both_sides(gw, upstream, name):
     # The worker is fine.
     assert raw_request(gw.port, b"GET /api/ok HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
                        ).startswith(b"HTTP/1.1 200 ")
+
+
+# ---- oauth2 (introspection): the introspected exp -------------------------------------------
+
+
+def test_an_introspected_token_closes_its_websocket_with_4401_at_its_exp(tmp_path, upstream):
+    with BadAuthServer(client_id="gateway", client_secret="s3cret") as server:
+        exp = int(time.time()) + 3
+        token = server.add_token(exp=exp)
+        config = oauth2_routes(upstream.url, server).replace("/orders", "/ws/oauth")
+        gateway = GatewayProcess(tmp_path, config).start()
+        try:
+            since = len(upstream.ws_events)
+            client = WsClient.connect(gateway.port, "/ws/oauth/feed",
+                                      {"Authorization": f"Bearer {token}"}, timeout=8)
+            try:
+                assert_echo(client)
+                _, close = client.recv_until_close()
+                assert close is not None and close.close_code == 4401
+                assert time.time() >= exp - 0.05
+                assert upstream_close(upstream, since) == ("close", 4401, True)
+            finally:
+                client.close()
+        finally:
+            gateway.stop()
