@@ -129,3 +129,29 @@ def test_missing_binaries_are_reported_not_installed(monkeypatch):
     monkeypatch.setattr(peers.shutil, "which", lambda *a, **k: None)
     with pytest.raises(peers.PeerUnavailable, match="make bench-deps"):
         peers.require("haproxy")
+
+
+def test_memory_of_a_file_mapping_and_of_a_process(tmp_path):
+    """``mapping_memory`` finds a mapped file (also once it is replaced: "(deleted)") and
+    charges its resident pages; ``process_memory`` reads this process's totals."""
+    import mmap
+    import os
+
+    from bench.support.memory import mapping_memory, process_memory
+
+    path = tmp_path / "table"
+    path.write_bytes(b"\1" * (1 << 20))
+    with open(path, "rb") as f:
+        mapping = mmap.mmap(f.fileno(), 0, mmap.MAP_SHARED, mmap.PROT_READ)
+    try:
+        assert sum(mapping[i] for i in range(0, 1 << 20, 4096)) == 256  # every page resident
+        seen = mapping_memory(os.getpid(), str(path))
+        assert (seen.mappings, seen.size, seen.rss) == (1, 1 << 20, 1 << 20)
+        assert 0 < seen.pss <= seen.rss
+        os.unlink(path)
+        assert mapping_memory(os.getpid(), str(path)).rss == 1 << 20
+        assert mapping_memory(os.getpid(), str(tmp_path / "other")).mappings == 0
+    finally:
+        mapping.close()
+    me = process_memory(os.getpid())
+    assert 0 < me.pss <= me.rss and me.shared + me.private == me.rss
