@@ -151,6 +151,9 @@ class Probe:
     requests: list[Request]
     note: str = ""
     skip: str = ""  # why it is not sent
+    # A probe that sends its own requests (other paths, methods, cookies: the browser
+    # login's) and judges each answer itself: (answer, why it fails or None) per request.
+    runner: Callable[[Target], list[tuple[Answer, str | None]]] | None = None
 
 
 def _bearer(token: str) -> Request:
@@ -388,6 +391,10 @@ def battery(config: schema.Config, route: schema.Route, *, token: str | None = N
         if entries:
             probes += kind.probes(Battery(config, entries, bool(methods), token, api_key, flood,
                                           signing_key))
+    if sum(p.name == "no_credential" for p in probes) > 1:
+        # A battery that brings its own (a browser login answers 401 login_required, not
+        # a bearer challenge) replaces the default one.
+        probes.pop(0)
     if any(kind_of(m).name == "ip_allow" for m in route.middleware):
         for probe in probes:
             probe.expect = probe.expect.or_ip_refused()
@@ -500,6 +507,12 @@ def run_probe(target: Target, probe: Probe) -> dict[str, Any]:
         return {**_result(probe, Counter(), []), "result": "skip", "note": probe.skip}
     answers: Counter[Answer] = Counter()
     failures: list[str] = []
+    if probe.runner is not None:
+        for answer, why in probe.runner(target):
+            answers[answer] += 1
+            if why:
+                failures.append(why)
+        return _result(probe, answers, failures)
     for request in probe.requests:
         answer = target.send(request)
         # The challenge only matters to the judge: alike answers are counted together.

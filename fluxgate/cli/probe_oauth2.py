@@ -6,6 +6,7 @@ tokens, then one unknown token repeated (the negative cache must answer the repe
 ``--token``, the valid token as a sanity probe, and the same token with one character
 changed. Tokens that the probe cannot mint (expired, inactive, for another audience) are
 the authorization server's to issue: pass such a token with ``--token`` and expect a 401.
+An entry with ``login: true`` gets the browser login's battery instead (``probe_login.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from fluxgate.cli.probe import (
     Request,
 )
 from fluxgate.cli.probe_jws import fingerprint
+from fluxgate.cli.probe_login import login_probes
 
 REPEATS = 20
 
@@ -42,6 +44,8 @@ def _random() -> str:
 
 def oauth2_probes(b: Battery) -> list[Probe]:
     """The oauth2 battery, against the route's first oauth2 entry."""
+    if b.entries[0].login:
+        return login_probes(b, b.entries[0])
     unknown = _random()
     probes = [
         _probe("unknown_token", "a random opaque token the server never issued", unknown),
