@@ -195,6 +195,14 @@ def test_plain_http_endpoint_off_loopback_is_an_error(capsys, config_file, bad_s
     assert code == 1 and codes(doc)["endpoint_plain_http"] == "error"
     assert "login.example.com" in json.dumps(doc["findings"])
     assert config_file.read_text() == EXISTING
+    # Token introspection never sends anyone to the authorization endpoint.
+    code, doc, _ = configure(capsys, config_file, "--issuer", bad_server.issuer,
+                             "--client-id", "gw", "--route", "/api")
+    assert code == 0 and "endpoint_plain_http" not in codes(doc)
+    bad_server.extra_metadata["introspection_endpoint"] = "http://as.example.com/introspect"
+    code, doc, _ = configure(capsys, config_file, "--issuer", bad_server.issuer,
+                             "--client-id", "gw", "--route", "/api2")
+    assert code == 1 and codes(doc)["endpoint_plain_http"] == "error"
 
 
 def test_missing_login_endpoints_and_no_iss_parameter(capsys, config_file, bad_server):

@@ -45,13 +45,13 @@ ENDPOINTS = {
     "authorization_endpoint": "the browser",
     "token_endpoint": "the gateway (codes, refresh tokens, the client secret)",
     "jwks_uri": "the gateway (the keys that verify ID tokens)",
-    "introspection_endpoint": "the gateway (tokens, the client secret)",
     "revocation_endpoint": "the gateway (refresh tokens at logout)",
     "end_session_endpoint": "the browser (RP-initiated logout)",
-    "userinfo_endpoint": "nobody (the gateway does not call it)",
+    "introspection_endpoint": "the gateway (tokens, the client secret)",
 }
 LOGIN_NEEDS = ("authorization_endpoint", "token_endpoint", "jwks_uri")
-INTROSPECTION_NEEDS = ("introspection_endpoint",)
+LOGIN_USES = (*LOGIN_NEEDS, "revocation_endpoint", "end_session_endpoint")
+INTROSPECTION_NEEDS = INTROSPECTION_USES = ("introspection_endpoint",)
 
 
 class ConfigureRefused(Exception):
@@ -117,8 +117,18 @@ def metadata_findings(metadata: dict[str, Any], *, login: bool) -> list[Finding]
             what = "the browser login" if login else "token introspection"
             found.append(Finding(f"no_{name}", "error",
                                  f"the metadata lists no {name}: {what} cannot work"))
-    for name, who in ENDPOINTS.items():
-        found += _endpoint_findings(name, who, metadata.get(name))
+    loopback = []
+    for name in LOGIN_USES if login else INTROSPECTION_USES:
+        finding = _endpoint_finding(name, metadata.get(name))
+        if finding is not None:
+            found.append(finding)
+        elif str(metadata.get(name, "")).startswith("http://"):
+            loopback.append(name)
+    if loopback:
+        found.append(Finding(
+            "endpoint_plain_http_loopback", "info",
+            f"{', '.join(loopback)} {'is' if len(loopback) == 1 else 'are'} plain http on "
+            "loopback: only for a server on this machine"))
     if login:
         found += _login_findings(metadata)
     elif not metadata.get("revocation_endpoint"):
@@ -128,11 +138,12 @@ def metadata_findings(metadata: dict[str, Any], *, login: bool) -> list[Finding]
     return found
 
 
-def _endpoint_findings(name: str, who: str, url: Any) -> list[Finding]:
+def _endpoint_finding(name: str, url: Any) -> Finding | None:
+    """An error for an endpoint the gateway or the browser cannot safely use, else None."""
     if url is None:
-        return []
+        return None
     if not isinstance(url, str):
-        return [Finding(f"bad_{name}", "error", f"{name} is not a string")]
+        return Finding(f"bad_{name}", "error", f"{name} is not a string")
     parts = urlsplit(url)
     try:
         host = parts.hostname
@@ -140,16 +151,13 @@ def _endpoint_findings(name: str, who: str, url: Any) -> list[Finding]:
     except ValueError:
         host = None
     if parts.scheme not in ("http", "https") or not host or parts.fragment:
-        return [Finding(f"bad_{name}", "error", f"{name} {url!r} is not an absolute http(s) URL")]
+        return Finding(f"bad_{name}", "error", f"{name} {url!r} is not an absolute http(s) URL")
     if parts.scheme == "http" and not is_loopback(host):
-        return [Finding("endpoint_plain_http", "error",
-                        f"{name} {url} is plain http to {host}: what {who} sends there "
-                        "crosses the network in clear text (https, or http on loopback only)")]
-    if parts.scheme == "http":
-        return [Finding("endpoint_plain_http_loopback", "info",
-                        f"{name} is plain http on loopback ({host}): only for a server on "
-                        "this machine")]
-    return []
+        return Finding("endpoint_plain_http", "error",
+                       f"{name} {url} is plain http to {host}: what {ENDPOINTS[name]} sends "
+                       "there crosses the network in clear text (https, or http on loopback "
+                       "only)")
+    return None
 
 
 def _login_findings(metadata: dict[str, Any]) -> list[Finding]:
