@@ -100,6 +100,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     unknown_token = secrets.token_urlsafe(32)  # shaped like the real one, issued by nobody
     extra_routes += auth_server.route_yaml("echo")
     # ---- end oauth2 ---------------------------------------------------------------------
+    # ---- oauth2 login: a local OpenID Provider, an /app route browsers sign in to -----
+    from fluxgate.cli.demo_login import SUBJECT, USERNAME, DemoOpenIdProvider
+
+    provider = DemoOpenIdProvider(port)  # served by the echo child, below
+    extra_routes += provider.route_yaml("echo")
+    # ---- end oauth2 login ---------------------------------------------------------------
     config_path = os.path.join(state_dir, "fluxgate.yaml")
     with open(os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
         f.write(demo_config(state_dir, port, admin_port, upstream_port, extra_routes))
@@ -110,12 +116,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # the demo stops it, not Ctrl-C
             issuer.serve_in_thread()  # JWT: the demo's JWKS, next to the echo upstream
             auth_server.serve_in_thread()  # oauth2: the demo's introspection endpoint
+            provider.serve_in_thread()  # oauth2 login: the demo's OpenID Provider
             echo.serve_forever(upstream_sock)
         finally:
             os._exit(0)
     upstream_sock.close()
     issuer.sock.close()  # JWT: the child serves it
     auth_server.sock.close()  # oauth2: likewise
+    provider.sock.close()  # oauth2 login: likewise
     base = f"http://127.0.0.1:{port}"
     token_file = os.path.join(state_dir, TOKEN_FILE)
     print(
@@ -150,7 +158,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
               fluxctl --config {config_path} auth verify --endpoint /inventory/items --mode audit \\
                   --probe {base} --token "$(cat {oauth2_token_path})"
                                                       # opaque-token probes: all refused
+              curl -i {base}/app/                     # 302 to the demo's OpenID Provider (a page
+                                                      # without a session: sign in first)
+              curl -i -H "Accept: application/json" {base}/app/
+                                                      # 401 login_required: scripts are not redirected
               curl -s -H "Authorization: Bearer $(cat {token_file})" http://127.0.0.1:{admin_port}/metrics
+
+            In a browser (Chromium, Firefox): {provider.app_url}
+              sign in as {USERNAME} / {provider.password} at the demo's OpenID Provider ({provider.issuer});
+              the echo shows X-FluxGate-Subject: {SUBJECT}, and the session cookie holds no token.
+              Access tokens last 2 minutes: reload after 90 s and the log shows the refresh.
+              {provider.logout_url} signs out (here and at the provider).
 
             Ctrl-C stops it.
             """
