@@ -107,6 +107,8 @@ class LoginSetup:
                 return True
         if e.post_logout_redirect_uri and location == e.post_logout_redirect_uri:
             return True
+        if not self.metadata and e.issuer and origin_of(location) == origin_of(e.issuer):
+            return True  # the metadata could not be read here: the server's own origin
         origins = frozenset(origin_of(o) for o in e.allowed_return_origins)
         return safe_return_to(location, origins) is not None
 
