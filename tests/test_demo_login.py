@@ -27,7 +27,8 @@ from fluxgate.cli import demo_login
 from fluxgate.cli.demo import demo_config
 from fluxgate.cli.demo_login import CLIENT_ID, SUBJECT, USERNAME, DemoOpenIdProvider
 from fluxgate.config import load_config_text
-from tests.support.gateway import REPO, wait_until
+from tests.support.browserless import Browserless, find_form
+from tests.support.gateway import REPO, free_port, wait_until
 
 GATEWAY_PORT = 8080  # only written into the provider's registered URIs here
 
@@ -412,6 +413,51 @@ def test_route_loads_as_config(provider, tmp_path):
     assert entry.redirect_uri == f"http://localhost:{GATEWAY_PORT}/oauth2/callback"
     assert entry.post_logout_redirect_uri == provider.post_logout_redirect_uri
     assert entry.login_scopes == ["openid", "profile"]
+
+
+# ---- the gateway against the provider: refreshes, logout ------------------------------------
+
+
+@pytest.mark.slow
+def test_gateway_refreshes_and_signs_out_at_the_provider(upstream, gateway_factory, caplog):
+    caplog.set_level(logging.INFO, "fluxgate.demo")
+    port = free_port()
+    # 5 s access tokens, under the gateway's 30 s refresh_leeway: each request of the
+    # session has the master refresh it (in the background while the token is valid).
+    op = DemoOpenIdProvider(port, access_token_seconds=5)
+    server = op.serve_in_thread()
+    try:
+        gw = gateway_factory("routes:\n" + op.route_yaml(upstream.url),
+                             listen=f"127.0.0.1:{port}")
+        browser = Browserless()
+        hops = browser.login(op.app_url + "page?tab=1", USERNAME, op.password)
+        assert [h.url.split("?")[0] for h in hops] == [
+            op.app_url + "page", op.issuer + "/authorize", op.issuer + "/authorize",
+            op.redirect_uri, op.app_url + "page"]
+        assert hops[-1].status == 200
+        assert upstream.requests[-1].target == "/app/page?tab=1"
+        assert upstream.requests[-1].header("x-fluxgate-subject") == SUBJECT
+        for n in range(6):
+            assert browser.get(op.app_url + f"n{n}").status == 200
+            assert upstream.requests[-1].header("x-fluxgate-subject") == SUBJECT
+            wait_until(lambda n=n: caplog.text.count("refreshed (sid") > n, timeout=5)
+        assert caplog.text.count("refreshed (sid") >= 3, caplog.text
+        assert "refresh refused" not in caplog.text  # a rotated token is never sent again
+
+        hop = browser.get(f"http://localhost:{port}/.fluxgate/logout")
+        hops = browser.follow(hop)
+        # Signed out at the gateway and at the provider, back at /app: the sign-in form.
+        assert hops[-1].url.startswith(op.issuer + "/authorize")
+        assert "password" in find_form(hops[-1]).fields
+        assert wait_until(lambda: "refresh token revoked" in caplog.text, timeout=10)
+        assert "signed out (sid" in caplog.text
+        assert browser.cookie("__Host-fluxgate") is None
+        assert browser.get(op.app_url).status == 302
+        assert gw.proc.poll() is None
+    finally:
+        server.shutdown()
+        op.sock.close()
+    assert op.password not in caplog.text and op.client_secret not in caplog.text
 
 
 # ---- a real `fluxgate demo` in headless chromium -------------------------------------------

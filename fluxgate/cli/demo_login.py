@@ -186,8 +186,10 @@ def with_query(uri: str, params: dict[str, str | None]) -> str:
 class DemoOpenIdProvider:
     """The demo's OpenID Provider: its key, client, user, and what is pending or issued."""
 
-    def __init__(self, gateway_port: int) -> None:
+    def __init__(self, gateway_port: int, access_token_seconds: int = ACCESS_TOKEN_SECONDS
+                 ) -> None:
         self.sock = bind_loopback()
+        self.access_token_seconds = access_token_seconds
         self.issuer = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self.client_secret = secrets.token_urlsafe(32)
         self.password = secrets.token_urlsafe(9)  # 12 characters, typed by a person
@@ -353,7 +355,7 @@ class DemoOpenIdProvider:
         tokens = self._issue(grant.sid, grant.request.scope, grant.auth_time)
         tokens["id_token"] = self.id_token(grant.sid, grant.request.nonce, grant.auth_time)
         log.info("demo OpenID Provider: code exchanged (sid %s…): ID token, access token "
-                 "(%d s), refresh token", grant.sid[:6], ACCESS_TOKEN_SECONDS)
+                 "(%d s), refresh token", grant.sid[:6], self.access_token_seconds)
         return tokens
 
     def _refresh_tokens(self, form: dict[str, str]) -> dict[str, Any]:
@@ -385,7 +387,7 @@ class DemoOpenIdProvider:
             raise OAuthError("invalid_scope", "more scope than was granted")
         tokens = self._issue(grant.sid, " ".join(asked) or grant.scope, grant.auth_time)
         log.info("demo OpenID Provider: refreshed (sid %s…): new access token (%d s), "
-                 "refresh token rotated", grant.sid[:6], ACCESS_TOKEN_SECONDS)
+                 "refresh token rotated", grant.sid[:6], self.access_token_seconds)
         return tokens
 
     def _issue(self, sid: str, scope: str, auth_time: int) -> dict[str, Any]:
@@ -397,7 +399,7 @@ class DemoOpenIdProvider:
             self._refresh[digest(refresh_token)] = RefreshGrant(
                 sid, scope, auth_time, now + REFRESH_TOKEN_SECONDS)
         return {"access_token": secrets.token_urlsafe(32), "token_type": "Bearer",
-                "expires_in": ACCESS_TOKEN_SECONDS, "refresh_token": refresh_token,
+                "expires_in": self.access_token_seconds, "refresh_token": refresh_token,
                 "scope": scope}
 
     def id_token(self, sid: str, nonce: str | None, auth_time: int) -> str:
