@@ -113,7 +113,7 @@ def written(service, monkeypatch):
 
 
 def slots(service: KeyService) -> dict[str, int]:
-    return {r.name: r.slot for r in service._records}
+    return {r.name: r.slot for r in service.ops.store.all()}
 
 
 def stamp(service: KeyService, name: str, at: int, address: str, requests: int) -> None:

@@ -24,6 +24,7 @@ import asyncio
 import logging
 import os
 import time
+from array import array
 from itertools import compress
 from operator import ne
 from typing import TYPE_CHECKING, Any
@@ -33,7 +34,7 @@ import orjson
 
 from fluxgate.auth.keyops import KeyOps
 from fluxgate.auth.keys import load_signing_key, signing_key_from_config
-from fluxgate.auth.keystore import KeyRecord, UnknownKey
+from fluxgate.auth.keystore import UnknownKey
 from fluxgate.auth.keytable import (
     STAT_KEY_QUOTA,
     STAT_KEY_QUOTA_FULL,
@@ -91,9 +92,11 @@ class KeyService:
         self.keys = 0
         self._data_version = -1
         self._flushed: dict[int, bytes] = {}  # key slot -> its usage bytes when flushed
-        self._records: list[KeyRecord] = []
-        # The table's keys as (keys.db slots, usage slots), set with each generation.
-        self._usage_keys: tuple[list[int], list[int]] = ([], [])
+        # The table's keys as (keys.db slots, usage slots), set with each generation: arrays,
+        # not lists of the records' own int objects, which would pin the memory pools of
+        # every record read for the table (~550 MB with a million keys) in the master and,
+        # through fork, in every worker.
+        self._usage_keys: tuple[array[int], array[int]] = (array("q"), array("q"))
         self._task: asyncio.Task[None] | None = None
         self._next_prune = float("inf")  # when a key in the table has been dead KEEP_DEAD
 
@@ -184,8 +187,11 @@ class KeyService:
             quota_tag=self.quotas.tag,
         )
         publish_table(self.master.state_dir, data)
-        self._records = records
-        self._usage_keys = ([r.slot for r in records], [usage_slot(r) for r in records])
+        # The records are not kept (~550 MB of objects with a million keys, which every
+        # worker would inherit at fork): the table and the two slot arrays are all later
+        # work needs.
+        self._usage_keys = (array("q", [r.slot for r in records]),
+                            array("q", [usage_slot(r) for r in records]))
         self.keys = len(records)
         log.debug("key table generation %s: %s keys", self.generation, len(records))
 
