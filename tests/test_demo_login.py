@@ -250,9 +250,14 @@ def test_the_challenge_itself_is_not_a_verifier(provider):
 def test_a_code_is_used_once(provider):
     verifier = new_verifier()
     code = sign_in(provider, verifier)["code"]
-    assert exchange(provider, code, verifier)[0] == 200
+    status, tokens = exchange(provider, code, verifier)
+    assert status == 200
     assert exchange(provider, code, verifier) == (400, {
         "error": "invalid_grant", "error_description": "the code is unknown, expired or already used"})
+    # What the code was exchanged for is revoked with it (RFC 6749 §4.1.2).
+    status, answer = token(provider, {"grant_type": "refresh_token",
+                                      "refresh_token": tokens["refresh_token"]})
+    assert (status, answer["error"]) == (400, "invalid_grant")
 
 
 def test_a_code_answers_only_to_its_redirect_uri_and_client(provider):

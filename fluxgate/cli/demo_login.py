@@ -14,7 +14,8 @@ what a real provider checks:
   and the RFC 9207 ``iss``;
 * the token endpoint (``client_secret_basic``): ``authorization_code`` (the code is single
   use, spent by its first presentation whatever the outcome, lives a minute, and only
-  answers to the verifier of its challenge and the same ``redirect_uri``), and
+  answers to the verifier of its challenge and the same ``redirect_uri``; presented again,
+  it also revokes the refresh token it was exchanged for), and
   ``refresh_token`` with rotation: each refresh returns a new refresh token, and an old one
   presented again is ``invalid_grant`` and ends the sign-in it belongs to (OAuth 2.0
   Security BCP, refresh token replay);
@@ -206,7 +207,8 @@ class DemoOpenIdProvider:
         self._lock = threading.Lock()
         self._forms: dict[str, tuple[AuthorizationRequest, float]] = {}
         self._codes: dict[bytes, CodeGrant] = {}
-        self._spent_codes: dict[bytes, float] = {}  # digest -> when it would have expired
+        # Codes already presented: digest -> (their sign-in, when to forget them).
+        self._spent_codes: dict[bytes, tuple[str, float]] = {}
         self._refresh: dict[bytes, RefreshGrant] = {}
         self._rotated: dict[bytes, RefreshGrant] = {}  # replaced refresh tokens
 
@@ -333,13 +335,19 @@ class DemoOpenIdProvider:
         with self._lock:
             # Spent by its first presentation, right or wrong (RFC 6749 §4.1.2: single use).
             grant = self._codes.pop(code_digest, None)
-            reused = code_digest in self._spent_codes
+            self._spent_codes = {k: v for k, v in self._spent_codes.items() if v[1] > now}
+            spent = self._spent_codes.get(code_digest)
             if grant is not None:
-                self._spent_codes[code_digest] = grant.expires_at
-            self._spent_codes = {k: t for k, t in self._spent_codes.items() if t > now}
+                self._spent_codes[code_digest] = (grant.sid, now + FORM_SECONDS)
+            elif spent is not None:
+                # RFC 6749 §4.1.2: a code used twice revokes what it was exchanged for.
+                self._end_sid(spent[0])
         if grant is None:
-            log.info("demo OpenID Provider: code refused (%s)",
-                     "already used" if reused else "unknown")
+            if spent is not None:
+                log.warning("demo OpenID Provider: code refused (already used); sign-in "
+                            "sid %s… ended", spent[0][:6])
+            else:
+                log.info("demo OpenID Provider: code refused (unknown)")
             raise OAuthError("invalid_grant", "the code is unknown, expired or already used")
         if grant.expires_at < now:
             log.info("demo OpenID Provider: code refused (expired)")
