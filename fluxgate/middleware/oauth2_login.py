@@ -32,11 +32,13 @@ import base64
 import html
 import logging
 import time
+from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
+from fluxgate.auth import session_tunnels
 from fluxgate.auth.failures import AuthFailures
 from fluxgate.auth.login_flow import (
     SAFE_METHODS,
@@ -107,6 +109,7 @@ class LoginMiddleware:
 
     def __init__(self, config: OAuth2, gateway: Any, route: Any = None) -> None:
         self.config = config
+        self.gateway = gateway
         self.source = login_source(config)
         self.store: SessionStore = worker_shared(
             gateway, "oauth2-sessions", lambda: SessionStore.open(gateway.state_dir))
@@ -181,7 +184,7 @@ class LoginMiddleware:
             if refusal is not None:
                 self._count("insufficient_scope")
                 return refusal
-        self.store.touch(session.digest, now)
+        self.store.touch(session.digest, now, session.last_seen_at)
         self._strip_own_cookies(req)
         req.principal = principal
         return None
@@ -261,6 +264,19 @@ class LoginMiddleware:
     def _count(self, reason: str) -> None:
         if self.failures is not None:
             self.failures.count("oauth2", reason)
+
+    def websocket_binding(self, req: RequestState, principal: Principal
+                          ) -> tuple[float, Hashable] | None:
+        """A WebSocket this middleware admitted: its deadline (monotonic) and the key its
+        session's tunnels share, so a refresh moves it and a logout closes it."""
+        session_id = cookie_values(req.headers, self.cookie_names).get(self.cookie)
+        if not session_id:
+            return None
+        session = self.store.load(session_id, _now())
+        if session is None or session.sub != principal.subject:
+            return None
+        return session_tunnels.for_gateway(self.gateway, self.store).bind(
+            self, session_id, session)
 
     # ---- the gateway's endpoints --------------------------------------------------------------
 
