@@ -259,8 +259,8 @@ def route_findings(config: schema.Config, route: schema.Route) -> list[Finding]:
     if auths and route.websocket:
         found.append(Finding(
             "websocket_authenticated", "info",
-            "WebSocket upgrades are accepted: the credential is checked at the upgrade, and an "
-            "open connection outlives its token or key (set websocket: false if unused)"))
+            "WebSocket upgrades are accepted: an open connection is closed when its credential "
+            "expires (4401) or is revoked (4403); set websocket: false if unused"))
     return found
 
 

@@ -43,7 +43,7 @@ _HEX_PREFIX = re.compile(r"[0-9a-fA-F]{8,64}")
 
 
 def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    group = sub.add_parser("oauth2", help="OAuth 2.0 introspection (side pool)",
+    group = sub.add_parser("oauth2", help="OAuth 2.0 / OIDC: introspection, browser sessions, configure",
                            parents=[common])
     cmds = group.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = cmds.add_parser("status", parents=[common],
