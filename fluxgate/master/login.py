@@ -264,8 +264,6 @@ class LoginProvider:
         form = (b"grant_type=authorization_code&code=" + _form(code)
                 + b"&redirect_uri=" + _form(c.redirect_uri or "")
                 + b"&code_verifier=" + _form(transaction.code_verifier))
-        if c.auth_method == "client_secret_basic":
-            pass  # the client id travels in the Authorization header
         tokens = await self._token_call(form, "code")
         id_token = tokens.get("id_token")
         if not isinstance(id_token, str):

@@ -122,6 +122,9 @@ class LoginMiddleware:
         self.own_cookies = frozenset({self.cookie.encode()})
         self.redirect_uri = config.redirect_uri or ""
         self.callback_path = _path_of(self.redirect_uri)
+        self.redirect_origin = origin_of(self.redirect_uri)
+        self.redirect_scheme = urlsplit(self.redirect_uri).scheme.lower()
+        self.authority = self.redirect_origin.partition("://")[2]
         self.origins = frozenset({origin_of(self.redirect_uri),
                                   *(origin_of(o) for o in config.allowed_origins)})
         self.return_origins = frozenset(origin_of(o) for o in config.allowed_return_origins)
@@ -245,6 +248,11 @@ class LoginMiddleware:
         target = req.path.decode("latin-1")
         if req.query:
             target += "?" + req.query.decode("latin-1")
+        if req.host is not None and _authority(req.host, self.redirect_scheme) != self.authority:
+            # A login started on another host name than the callback's could never finish
+            # (the transaction cookie stays with that host): go to the callback's origin
+            # first. The origin is the configured one, never taken from the request.
+            return redirect(self.redirect_origin + target, status=302, cookies=cookies)
         future = self.client.call("begin", self.source, orjson.dumps({"return_to": target}),
                                   STEP_TIMEOUT)
         raise Suspended(future, lambda r: self._begun(future.result(), cookies))
@@ -407,6 +415,13 @@ def access_token_scopes(token: str | None, claim_paths: list[str]) -> set[str]:
             found.update(v for v in value if isinstance(v, str) and v and not any(
                 c.isspace() for c in v))
     return found
+
+
+def _authority(host: bytes, scheme: str) -> str:
+    """A Host header's value as origin_of spells an authority (lower case, no default port)."""
+    value = host.decode("latin-1").strip().lower()
+    default = ":443" if scheme == "https" else ":80"
+    return value[: -len(default)] if value.endswith(default) else value
 
 
 def _path_of(url: str) -> str:

@@ -399,3 +399,14 @@ def test_backchannel_logout_ends_the_matching_sessions_and_refuses_hostile_token
     assert status == 400
     replayed_jti = tokens.valid(sub=op["sub"], jti=claims_of(good)["jti"])
     assert post_logout_token(endpoint, replayed_jti, setup.ca)[0] == 400
+
+
+def test_a_navigation_on_another_host_name_goes_to_the_callbacks_origin_first(login_setup):
+    setup = login_setup()
+    status, headers, _ = https_request(setup, "GET", "/app/page?x=1",
+                                       {"Host": f"localhost:{setup.gw.port}", "Accept": "text/html"})
+    assert status == 302
+    assert headers["location"] == f"{setup.url}/app/page?x=1"  # the configured origin
+    status, headers, _ = https_request(setup, "GET", "/app/page",
+                                       {"Host": "evil.example", "Accept": "text/html"})
+    assert status == 302 and headers["location"].startswith(setup.url + "/")
