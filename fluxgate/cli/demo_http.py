@@ -8,9 +8,12 @@ closes its copy.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import http.server
 import socket
 import threading
+import urllib.parse
 from typing import Any
 
 import orjson
@@ -46,3 +49,19 @@ def serve_in_thread(sock: socket.socket,
     server.socket = sock
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
+
+
+def basic_credentials(authorization: str | None) -> tuple[str, str] | None:
+    """The client id and secret of an HTTP Basic ``Authorization`` header, each
+    form-urlencoded first (RFC 6749 §2.3.1); None when it is not one."""
+    scheme, _, encoded = (authorization or "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        pair = base64.b64decode(encoded.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    client_id, sep, secret = pair.partition(":")
+    if not sep:
+        return None
+    return urllib.parse.unquote_plus(client_id), urllib.parse.unquote_plus(secret)

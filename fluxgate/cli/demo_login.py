@@ -30,8 +30,6 @@ the memory of the process that serves it (the echo upstream's child) and dies wi
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import html
 import http.server
@@ -50,7 +48,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from fluxgate._core import b64url_decode
-from fluxgate.cli.demo_http import JsonHandler, serve_in_thread
+from fluxgate.cli.demo_http import JsonHandler, basic_credentials, serve_in_thread
 from fluxgate.cli.jws import b64, compact, public_jwk, thumbprint
 from fluxgate.echo import bind_loopback
 
@@ -160,22 +158,6 @@ def single_values(query: str) -> dict[str, str]:
             raise OAuthError("invalid_request", f"the parameter {name} is repeated")
         found[name] = value
     return found
-
-
-def basic_credentials(authorization: str | None) -> tuple[str, str] | None:
-    """The client id and secret of an HTTP Basic ``Authorization`` header, each
-    form-urlencoded first (RFC 6749 §2.3.1); None when it is not one."""
-    scheme, _, encoded = (authorization or "").partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        pair = base64.b64decode(encoded.strip(), validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    client_id, sep, secret = pair.partition(":")
-    if not sep:
-        return None
-    return urllib.parse.unquote_plus(client_id), urllib.parse.unquote_plus(secret)
 
 
 def with_query(uri: str, params: dict[str, str | None]) -> str:

@@ -14,8 +14,6 @@ token is not asked about again while the gateway's shared table holds the answer
 
 from __future__ import annotations
 
-import base64
-import binascii
 import http.server
 import logging
 import os
@@ -25,7 +23,7 @@ import time
 import urllib.parse
 from typing import Any
 
-from fluxgate.cli.demo_http import JsonHandler, serve_in_thread
+from fluxgate.cli.demo_http import JsonHandler, basic_credentials, serve_in_thread
 from fluxgate.cli.probe_jws import fingerprint
 from fluxgate.echo import bind_loopback
 
@@ -67,17 +65,10 @@ class DemoAuthServer:
     def client_authenticated(self, authorization: str | None) -> bool:
         """True when ``authorization`` is HTTP Basic with the gateway's client id and
         secret (each form-urlencoded first, RFC 6749 §2.3.1)."""
-        scheme, _, encoded = (authorization or "").partition(" ")
-        if scheme.lower() != "basic":
+        pair = basic_credentials(authorization)
+        if pair is None:
             return False
-        try:
-            pair = base64.b64decode(encoded.strip(), validate=True).decode()
-        except (binascii.Error, UnicodeDecodeError):
-            return False
-        client_id, sep, secret = pair.partition(":")
-        if not sep:
-            return False
-        client_id, secret = urllib.parse.unquote_plus(client_id), urllib.parse.unquote_plus(secret)
+        client_id, secret = pair
         # Both compared whatever the first gives, in constant time: the secret is a secret.
         same_id = secrets.compare_digest(client_id.encode(), CLIENT_ID.encode())
         same_secret = secrets.compare_digest(secret.encode(), self.client_secret.encode())
