@@ -363,12 +363,13 @@ class LoginMiddleware:
         return page(200, "signed_out", "Signed out",
                     "You are signed out of this site.", link="/", cookies=clear)
 
-    def backchannel(self, req: RequestState) -> ClientError:
-        """OpenID Connect back-channel logout: the server ends sessions (a form POST)."""
+    def backchannel(self, req: RequestState) -> ClientError | None:
+        """OpenID Connect back-channel logout: the server ends sessions (a form POST).
+        None only while the body is still coming (then nothing goes upstream either)."""
         if req.has_body and not req.message_complete:
-            # Not whole yet: nothing to decide on, and nothing may go upstream.
-            return LocalReply(400, "invalid_request", orjson.dumps({"error": "invalid_request"}),
-                              content_type=b"application/json")
+            # The body is still coming: the route holds the request (buffer_request_body)
+            # and the connection calls this again with the whole body (route.body_step).
+            return None
         body = b"".join(req.body_buffer)
         params = dict(parse_qsl(body.decode("latin-1"), keep_blank_values=True))
         token = params.get("logout_token", "")

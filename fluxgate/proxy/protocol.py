@@ -313,6 +313,24 @@ class ClientConnection(ClientConnectionBase, asyncio.Protocol):
         if rest:
             self.tunnel_pending.append(rest)
 
+    def _forward_buffered(self, req: RequestState, route: CompiledRoute) -> None:
+        """A held request's whole body is in: upstream it goes, unless the route is one the
+        gateway answers itself with the body (``body_step``: the back-channel logout)."""
+        step = route.body_step
+        if step is None:
+            super()._forward_buffered(req, route)
+            return
+        try:
+            reply = step(req)
+        except Suspended as wait:
+            # Its answer resumes at the end of the route's steps with a local reply.
+            self._suspend(req, route, len(route.steps), wait)
+            return
+        except Exception:
+            log.exception("request %s: a gateway endpoint failed", req.request_id.decode())
+            reply = InternalError()
+        self._local_reply(req, reply if reply is not None else InternalError())
+
     # -- suspension (proxy/suspend.py) -------------------------------------------------------
     def _suspend(self, req: RequestState, route: CompiledRoute, resume_at: int,
                  wait: Suspended) -> None:

@@ -410,3 +410,35 @@ def test_a_navigation_on_another_host_name_goes_to_the_callbacks_origin_first(lo
     status, headers, _ = https_request(setup, "GET", "/app/page",
                                        {"Host": "evil.example", "Accept": "text/html"})
     assert status == 302 and headers["location"].startswith(setup.url + "/")
+
+
+def test_backchannel_logout_whose_body_comes_after_its_head(login_setup, upstream):
+    """The logout token in a second packet: the endpoint waits for the whole body (nothing
+    is sent upstream meanwhile) and then decides."""
+    import socket
+
+    from tests.support.logout_tokens import LogoutTokens
+
+    setup = login_setup(backchannel_logout_path="/.fluxgate/backchannel-logout")
+    browser, hops = setup.sign_in()
+    cookie = {"Cookie": f"{SESSION_COOKIE}={browser.cookie(SESSION_COOKIE)}",
+              "Accept": "application/json"}
+    token = LogoutTokens.for_server(setup.server, setup.client).valid(
+        sid=setup.server.op_session("alice")["sid"])
+    body = urllib.parse.urlencode({"logout_token": token}).encode()
+    context = ssl.create_default_context()
+    setup.ca.configure_trust(context)
+    before = len(upstream.requests)
+    with context.wrap_socket(socket.create_connection(("127.0.0.1", setup.gw.port), timeout=10),
+                             server_hostname="127.0.0.1") as sock:
+        sock.sendall(b"POST /.fluxgate/backchannel-logout HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Content-Type: application/x-www-form-urlencoded\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body))
+        time.sleep(0.3)
+        sock.sendall(body[:100])
+        time.sleep(0.3)
+        sock.sendall(body[100:])
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    assert len(upstream.requests) == before
+    assert https_request(setup, "GET", "/app/x", cookie)[0] == 401
