@@ -24,7 +24,9 @@ __all__ = (
     "RequestRecorder",
     "JwtKey",
     "JwtKeySet",
+    "JwtPrincipals",
     "JwtVerifier",
+    "Principal",
     "PathError",
     "TokenError",
     "b64url_decode",
@@ -119,6 +121,42 @@ class JwtKeySet:
 
 def gc_untrack(obj: _T, /) -> _T:
     """``obj`` taken out of the cycle collector; only for objects in no reference cycle."""
+
+class Principal:
+    """An authenticated caller (fluxgate/auth/principal.py); treat as immutable."""
+
+    id: str
+    method: str
+    subject: str
+    scopes: frozenset[str]
+    key_name: str | None
+    claims_headers: tuple[tuple[bytes, bytes], ...]
+    upstream_lines: bytes
+    """The X-FluxGate-* headers, formatted as the upstream request head carries them."""
+
+    def __init__(
+        self,
+        id: str,  # noqa: A002 - the stable identity quotas count by
+        method: str,
+        subject: str,
+        scopes: frozenset[str] = ...,
+        key_name: str | None = None,
+        claims_headers: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> None: ...
+    def upstream_headers(self) -> list[tuple[bytes, bytes]]:
+        """The X-FluxGate-* headers the upstream receives."""
+
+class JwtPrincipals:
+    """A jwt route's ``prepare``: the shared Principal of a verified token's claims."""
+
+    def __init__(
+        self,
+        forward: Iterable[tuple[str, bytes]],
+        scopes_of: Callable[[dict[str, Any]], frozenset[str]],
+        header_value: Callable[[Any], bytes | None],
+        limit: int = 4096,
+    ) -> None: ...
+    def __call__(self, claims: dict[str, Any], /) -> Principal: ...
 
 class JwtVerifier:
     """Verifies tokens for one jwt middleware config; raises TokenError(reason)."""

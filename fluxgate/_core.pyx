@@ -84,7 +84,9 @@ __all__ = (
     "RequestRecorder",
     "JwtKey",
     "JwtKeySet",
+    "JwtPrincipals",
     "JwtVerifier",
+    "Principal",
     "PathError",
     "TokenError",
     "b64url_decode",
@@ -625,6 +627,7 @@ include "_http.pxi"
 include "_resphead.pxi"
 include "_reqhead.pxi"
 include "_chunked.pxi"
+include "_principal.pxi"
 include "_jwt.pxi"
 include "_keys.pxi"
 include "_introspect.pxi"

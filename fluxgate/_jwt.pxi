@@ -930,6 +930,106 @@ def gc_untrack(obj, /):
     return obj
 
 
+cdef inline bint _key_part(object value) noexcept:
+    # May this claim be part of a principal's key? Strings, arrays of strings (as tuples)
+    # and absent claims only: 1, 1.0 and true are equal in Python but become different
+    # scopes and header values.
+    if value is None or type(value) is str:
+        return True
+    if type(value) is not tuple:
+        return False
+    for item in <tuple>value:
+        if type(item) is not str:
+            return False
+    return True
+
+
+cdef class JwtPrincipals:
+    """The ``prepare`` of a jwt route: the Principal of a verified token's claims.
+
+    ``JwtPrincipals(forward, scopes_of, header_value, limit=4096)``: ``forward`` the
+    forward_claims as ((claim, header name bytes), ...); ``scopes_of(claims)`` the
+    frozenset of scopes a token holds (it may raise TokenError); ``header_value(value)``
+    a forwarded claim as a header value, or None to leave it out.
+
+    Many tokens name the same caller (refreshed tokens, one token per service instance):
+    their principal is built once and shared, keyed by every claim it is made of (iss,
+    sub, scope, scp, the forwarded claims). Many more callers hold the same scopes: each
+    set, and its X-FluxGate-Scopes value, is built once for all of them. Each table is
+    emptied when it holds ``limit`` entries. ``JwtVerifier`` calls it at C level.
+    """
+
+    cdef tuple _forward
+    cdef object _scopes_of
+    cdef object _header_value
+    cdef dict _principals
+    cdef dict _scope_sets
+    cdef Py_ssize_t _limit
+
+    def __init__(self, forward, scopes_of, header_value, Py_ssize_t limit=4096):
+        self._forward = tuple((<str?>claim, <bytes?>header) for claim, header in forward)
+        self._scopes_of = scopes_of
+        self._header_value = header_value
+        self._principals = {}
+        self._scope_sets = {}
+        self._limit = max(limit, 1)
+
+    def __call__(self, dict claims not None, /):
+        return self.build(claims)
+
+    cdef object build(self, dict claims):
+        # Once per newly verified token; the result is cached with it.
+        cdef tuple key, found
+        cdef Py_ssize_t i, nf = len(self._forward)
+        scope = claims.get("scope")
+        scp = claims.get("scp")
+        if type(scp) is list:
+            scp = tuple(<list>scp)
+        key = (claims.get("iss"), claims.get("sub"), scope, scp)
+        if nf:
+            forwarded = []
+            for i in range(nf):
+                value = claims.get((<tuple>self._forward[i])[0])
+                forwarded.append(tuple(<list>value) if type(value) is list else value)
+            key += tuple(forwarded)
+        for value in key:
+            if not _key_part(value):
+                scopes = self._scopes_of(claims)
+                return self._make(claims, scopes, _scopes_value(scopes))
+        principal = self._principals.get(key)
+        if principal is not None:
+            return principal
+        # The scope set's key: the scope string alone when there is no scp (a str and a
+        # tuple are never equal), the pair otherwise.
+        scope_key = scope if scp is None else (scope, scp)
+        found = self._scope_sets.get(scope_key)
+        if found is None:
+            scopes = self._scopes_of(claims)
+            found = (scopes, _scopes_value(scopes))
+            if len(self._scope_sets) >= self._limit:
+                self._scope_sets.clear()
+            self._scope_sets[scope_key] = found
+        principal = self._make(claims, found[0], <bytes>found[1])
+        if len(self._principals) >= self._limit:
+            self._principals.clear()
+        self._principals[key] = principal
+        return principal
+
+    cdef Principal _make(self, dict claims, object scopes, bytes scopes_value):
+        cdef list headers
+        subject = claims.get("sub") or ""  # a string when present (_check_claims)
+        if not self._forward:
+            return _jwt_principal(claims.get("iss") or "", subject, scopes, scopes_value, ())
+        headers = []
+        for claim, header in self._forward:
+            if claim in claims:
+                value = self._header_value(claims[claim])
+                if value is not None:
+                    headers.append((header, value))
+        return _jwt_principal(claims.get("iss") or "", subject, scopes, scopes_value,
+                              tuple(headers))
+
+
 # The registered claims the verifier itself checks (RFC 7519 §4.1); always parsed.
 cdef tuple _CHECKED_CLAIMS = ("exp", "nbf", "iat", "iss", "aud", "sub")
 
@@ -1310,7 +1410,9 @@ cdef class JwtVerifier:
         # -- claims (RFC 7519 §4.1) --
         entry = _Entry.__new__(_Entry)
         entry.claims = self._check_claims(dot1 + 1, plen, now, entry)
-        if self._prepare is not None:
+        if type(self._prepare) is JwtPrincipals:  # the jwt middleware's, at C level
+            entry.prepared = (<JwtPrincipals>self._prepare).build(entry.claims)
+        elif self._prepare is not None:
             entry.prepared = self._prepare(entry.claims)
         else:
             entry.prepared = entry.claims

@@ -32,10 +32,9 @@ from urllib.parse import unquote_to_bytes
 
 import orjson
 
-from fluxgate._core import JwtVerifier, TokenError, bearer_token, gc_untrack
+from fluxgate._core import JwtPrincipals, JwtVerifier, TokenError, bearer_token
 from fluxgate.auth.failures import AuthFailures
 from fluxgate.auth.jwks import KeySource, provider_source
-from fluxgate.auth.principal import Principal
 from fluxgate.auth.scopes import ScopePolicy, token_scopes
 from fluxgate.config.parsers import (
     JWKS_MIN_REFRESH,
@@ -93,78 +92,14 @@ def claim_header_value(value: Any) -> bytes | None:
     return raw
 
 
-def _all_str(values: tuple[Any, ...]) -> bool:
-    return all(type(v) is str for v in values)
-
-
-def _listed(value: Any) -> Any:
-    """A claim as part of a principal's key: an array as a tuple (hashable)."""
-    return tuple(value) if type(value) is list else value
-
-
 def build_verifier(config: Jwt) -> JwtVerifier:
     """The ``JwtVerifier`` of one jwt config, without keys: the middleware attaches it to its
     provider's key set; ``fluxctl auth verify`` to the key set of the published snapshot."""
     forward = tuple((claim, header.encode()) for claim, header in config.forward_claims.items())
     forwarded_claims = tuple(claim for claim, _ in forward)
-    # Many tokens name the same caller (refreshed tokens, one token per service instance):
-    # their principal is built once and shared, keyed by every claim it is made of. Many
-    # more callers hold the same scopes: each set is built once, for all of them.
-    principals: dict[tuple[Any, ...], Principal] = {}
-    scope_sets: dict[tuple[Any, Any], frozenset[str]] = {}
-
-    def prepare(claims: dict[str, Any]) -> Principal:
-        # Once per newly verified token; the result is cached with it.
-        scope = claims.get("scope")
-        scp = claims.get("scp")
-        if type(scp) is list:
-            scp = tuple(scp)
-        key = (
-            claims.get("iss"),
-            claims.get("sub"),
-            scope,
-            scp,
-            *(_listed(claims.get(claim)) for claim in forwarded_claims),
-        )
-        # Only strings, arrays of strings (and absent claims) make a key: 1, 1.0 and true
-        # are equal in Python but become different scopes and header values. (A loop, not
-        # all() over a generator: this runs for every newly verified token.)
-        for v in key:
-            if v is not None and type(v) is not str and not (type(v) is tuple and _all_str(v)):
-                return build_principal(claims, token_scopes(claims))
-        principal = principals.get(key)
-        if principal is None:
-            scopes = scope_sets.get((scope, scp))
-            if scopes is None:
-                scopes = token_scopes(claims)
-                if len(scope_sets) >= PRINCIPAL_CACHE_SIZE:
-                    scope_sets.clear()
-                scope_sets[scope, scp] = scopes
-            principal = build_principal(claims, scopes)
-            if len(principals) >= PRINCIPAL_CACHE_SIZE:
-                principals.clear()
-            principals[key] = principal
-        return principal
-
-    def build_principal(claims: dict[str, Any], scopes: frozenset[str]) -> Principal:
-        subject = claims.get("sub") or ""
-        headers = []
-        for claim, header in forward:
-            if claim in claims:
-                value = claim_header_value(claims[claim])
-                if value is not None:
-                    headers.append((header, value))
-        # Cached with each of its tokens (up to cache_size of them, one principal per
-        # caller): outside the cycle collector, which has nothing to find in a principal
-        # (strings, bytes, tuples of them, a frozenset; treated as immutable).
-        return gc_untrack(Principal(
-            id=f"jwt:{claims.get('iss') or ''}|{subject}",
-            method="jwt",
-            subject=subject,
-            scopes=scopes,
-            claims_headers=tuple(headers),
-        ))
-
+    # Once per newly verified token, at C level: the caller's principal, shared by the
+    # tokens naming the same caller, and the scope sets shared by the callers holding them.
+    principals = JwtPrincipals(forward, token_scopes, claim_header_value, PRINCIPAL_CACHE_SIZE)
     audiences = config.audience
     if isinstance(audiences, str):
         audiences = [audiences]
@@ -177,7 +112,7 @@ def build_verifier(config: Jwt) -> JwtVerifier:
         max_token_bytes=config.max_token_bytes,
         cache_size=config.cache_size,
         secret=config.secret.encode() if config.secret is not None else None,
-        prepare=prepare,
+        prepare=principals,
         # What prepare reads besides the claims the verifier checks: only these are parsed
         # out of a token (identity providers add many a route never forwards).
         claims=("scope", "scp", *forwarded_claims),
