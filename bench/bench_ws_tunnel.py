@@ -2,13 +2,15 @@
 
 The gateway follows frame boundaries in both directions of a tunnel (fluxgate/_proxy.pyx,
 FrameTracker); this measures what that costs on a large transfer. The client sends
-pre-masked 64 KiB binary frames to an upstream that only counts bytes (upload), and reads
-64 KiB frames an upstream writes as fast as it can (download). Neither end parses frames,
-so the figure is the gateway's.
+pre-masked binary frames (64 KiB unless said) to an upstream that only counts bytes
+(upload), and reads frames of the same size an upstream writes as fast as it can
+(download). Neither end parses frames, so the figure is the gateway's. Small frames are
+the tracker's worst case: many headers per read, some split across two reads.
 
-    .venv/bin/python -m bench.bench_ws_tunnel [MiB] [rounds]
+    .venv/bin/python -m bench.bench_ws_tunnel [MiB] [rounds] [frame bytes]
 
-prints the median MB/s of each direction; ``pytest bench/bench_ws_tunnel.py`` runs a short
+prints the median MB/s of each direction and the worker's CPU-seconds per GiB moved (the
+steadier figure on a shared machine); ``pytest bench/bench_ws_tunnel.py`` runs a short
 version and asserts every byte arrived (the rates are reported, not asserted).
 """
 
@@ -23,10 +25,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.support.gateway import GatewayProcess
+import pytest
+
+from bench.support.cpu import cpu_seconds
+from tests.support.gateway import GatewayProcess, child_pids
 from tests.support.websocket import OP_BINARY, WsClient, encode
 
-FRAME = 64 * 1024
+FRAME = 64 * 1024  # payload bytes per frame (a command-line argument may change it)
 CONFIG = """\
 workers: 1
 access_log: null
@@ -37,7 +42,12 @@ routes:
 """
 
 
-def _serve(port_out) -> None:
+def header_size(payload: int, masked: bool) -> int:
+    """RFC 6455 §5.2: 2 bytes, the extended length, the masking key."""
+    return 2 + (0 if payload < 126 else 2 if payload < 1 << 16 else 8) + (4 if masked else 0)
+
+
+def _serve(port_out, frame_size: int) -> None:
     import uvloop
 
     class Peer(asyncio.Protocol):
@@ -56,9 +66,10 @@ def _serve(port_out) -> None:
                 _, _, kind, size = target.split("/")
                 self.want = int(size)
                 if kind == "source":
-                    frame = encode(OP_BINARY, b"s" * FRAME, mask=False)
-                    for _ in range(self.want // FRAME):
-                        self.transport.write(frame)
+                    per_write = max(1, FRAME // frame_size)
+                    frames = encode(OP_BINARY, b"s" * frame_size, mask=False) * per_write
+                    for _ in range(self.want // (per_write * frame_size)):
+                        self.transport.write(frames)
                     return
                 data = rest
             self.count += len(data)
@@ -76,16 +87,17 @@ def _serve(port_out) -> None:
     uvloop.run(main())
 
 
-def upload(port: int, size: int) -> float:
-    """Seconds to push ``size`` bytes of frames through the tunnel and hear they arrived."""
-    client = WsClient.connect(port, f"/ws/sink/{size + size // FRAME * 14}", timeout=60)
-    frame = encode(OP_BINARY, b"u" * FRAME, mask=True)
-    block = frame * 16
+def upload(port: int, size: int, frame_size: int) -> float:
+    """Payload bytes per second pushed through the tunnel, once the upstream has them all."""
+    per_block = max(1, (1 << 20) // frame_size)
+    block = encode(OP_BINARY, b"u" * frame_size, mask=True) * per_block
+    blocks = size // (per_block * frame_size)
+    client = WsClient.connect(port, f"/ws/sink/{blocks * len(block)}", timeout=60)
     try:
         start = time.perf_counter()
-        for _ in range(size // FRAME // 16):
+        for _ in range(blocks):
             client.send_raw(block)
-        sent = size
+        sent = blocks * per_block * frame_size
         answer = client.recv_frame()
         elapsed = time.perf_counter() - start
         assert answer is not None and answer.payload == b"ok", answer
@@ -94,13 +106,16 @@ def upload(port: int, size: int) -> float:
         client.close()
 
 
-def download(port: int, size: int) -> float:
-    client = WsClient.connect(port, f"/ws/source/{size}", timeout=60)
-    expected = size // FRAME * (FRAME + 10)  # 64 KiB unmasked: a 10-byte header
+def download(port: int, size: int, frame_size: int) -> float:
+    per_write = max(1, FRAME // frame_size)
+    writes = size // (per_write * frame_size)
+    header = header_size(frame_size, False)
+    client = WsClient.connect(port, f"/ws/source/{writes * per_write * frame_size}", timeout=60)
+    expected = writes * per_write * (frame_size + header)
     try:
         start = time.perf_counter()
         # What the handshake's read already held: whole frames, and a partial one.
-        got = sum(len(f.payload) + 10 for f in client.frames) + len(client.reader.buffer)
+        got = sum(len(f.payload) + header for f in client.frames) + len(client.reader.buffer)
         client.frames.clear()
         while got < expected:
             chunk = client.sock.recv(1 << 20)
@@ -108,23 +123,30 @@ def download(port: int, size: int) -> float:
             got += len(chunk)
         elapsed = time.perf_counter() - start
         assert got == expected
-        return size // FRAME * FRAME / elapsed
+        return writes * per_write * frame_size / elapsed
     finally:
         client.close()
 
 
-def measure(mib: int, rounds: int) -> dict[str, list[float]]:
+def measure(mib: int, rounds: int, frame_size: int = FRAME) -> dict[str, list[float]]:
     parent, child = multiprocessing.Pipe()
-    upstream = multiprocessing.get_context("fork").Process(target=_serve, args=(child,), daemon=True)
+    upstream = multiprocessing.get_context("fork").Process(target=_serve, args=(child, frame_size),
+                                                           daemon=True)
     upstream.start()
     port = parent.recv()
-    rates: dict[str, list[float]] = {"upload": [], "download": []}
+    rates: dict[str, list[float]] = {"upload": [], "download": [],
+                                     "upload CPU": [], "download CPU": []}
     with tempfile.TemporaryDirectory() as tmp:
         gw = GatewayProcess(Path(tmp), CONFIG.format(port=port)).start()
+        worker = sorted(child_pids(gw.proc.pid))
         try:
             for _ in range(rounds):
-                rates["upload"].append(upload(gw.port, mib << 20))
-                rates["download"].append(download(gw.port, mib << 20))
+                for direction, run in (("upload", upload), ("download", download)):
+                    # The worker's CPU per GiB moved: what the tunnel costs, whatever else
+                    # the machine runs meanwhile (the MB/s depend on that too).
+                    before = cpu_seconds(worker)
+                    rates[direction].append(run(gw.port, mib << 20, frame_size))
+                    rates[direction + " CPU"].append((cpu_seconds(worker) - before) * 1024 / mib)
         finally:
             gw.stop()
             upstream.terminate()
@@ -132,14 +154,21 @@ def measure(mib: int, rounds: int) -> dict[str, list[float]]:
     return rates
 
 
-def test_ws_tunnel_bulk_transfer():
-    rates = measure(32, 1)
-    assert all(r > 0 for r in rates["upload"] + rates["download"])
+@pytest.mark.parametrize("frame_size", [FRAME, 200])
+def test_ws_tunnel_bulk_transfer(frame_size):
+    rates = measure(16, 1, frame_size)
+    assert all(r > 0 for r in rates["upload"] + rates["download"])  # every byte arrived
 
 
 if __name__ == "__main__":
     mib = int(sys.argv[1]) if len(sys.argv) > 1 else 256
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 5
-    for direction, values in measure(mib, rounds).items():
-        print(f"{direction}: median {statistics.median(values) / 1e6:.0f} MB/s over {rounds} rounds "
-              f"of {mib} MiB ({', '.join(f'{v / 1e6:.0f}' for v in values)})")
+    frame_size = int(sys.argv[3]) if len(sys.argv) > 3 else FRAME
+    for name, values in measure(mib, rounds, frame_size).items():
+        if name.endswith("CPU"):
+            print(f"{name}: median {statistics.median(values):.2f} worker CPU-seconds per GiB "
+                  f"({', '.join(f'{v:.2f}' for v in values)})")
+        else:
+            print(f"{name}: median {statistics.median(values) / 1e6:.0f} MB/s over {rounds} rounds "
+                  f"of {mib} MiB in {frame_size}-byte frames "
+                  f"({', '.join(f'{v / 1e6:.0f}' for v in values)})")

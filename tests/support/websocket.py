@@ -129,10 +129,17 @@ class WsClient:
     @classmethod
     def connect(cls, port: int, path: str = "/ws", headers: dict[str, str] | None = None,
                 timeout: float = 5.0) -> WsClient:
-        """Open the connection and do the opening handshake; raises on anything but 101."""
+        """Open a TCP connection and do the opening handshake; raises on anything but 101."""
         sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        return cls.handshake(sock, path, headers)
+
+    @classmethod
+    def handshake(cls, sock: socket.socket, path: str, headers: dict[str, str] | None = None,
+                  host: str = "gateway.test") -> WsClient:
+        """The opening handshake (RFC 6455 §4.1) on a connected socket (a TLS one too);
+        closes it and raises ConnectionError on anything but 101."""
         key = base64.b64encode(os.urandom(16)).decode()
-        lines = [f"GET {path} HTTP/1.1", "Host: gateway.test", "Connection: Upgrade",
+        lines = [f"GET {path} HTTP/1.1", f"Host: {host}", "Connection: Upgrade",
                  "Upgrade: websocket", "Sec-WebSocket-Version: 13", f"Sec-WebSocket-Key: {key}"]
         lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
