@@ -513,7 +513,7 @@ cdef class _Entry:
     cdef bytes owner             # holds the token at [start, start + n): the bytes the
     cdef Py_ssize_t start        # caller passed (the Authorization value, not a copy);
     cdef Py_ssize_t n            # a cache hit must equal them byte for byte
-    cdef object claims
+    cdef object claims           # None with a JwtPrincipals: verify() parses again
     cdef object prepared
     cdef double cache_until      # exp + leeway, or insertion + FG_JWT_CACHE_NO_EXP_TTL
     cdef double nbf_deadline     # nbf - leeway (or -inf)
@@ -996,6 +996,9 @@ cdef class JwtPrincipals:
             if not _key_part(value):
                 scopes = self._scopes_of(claims)
                 return self._make(claims, scopes, _scopes_value(scopes))
+        # Strings and tuples of them: in no cycle. Untracked, a new caller's key adds
+        # nothing for the young collections to count and walk.
+        PyObject_GC_UnTrack(<void*>key)
         principal = self._principals.get(key)
         if principal is not None:
             return principal
@@ -1051,9 +1054,10 @@ cdef class JwtVerifier:
       others are checked to be JSON but never built. None: every claim.
 
     ``verify(token, now)`` returns the claims dict (shared with the cache, and outside
-    the cycle collector: do not mutate it) or raises TokenError. ``set_keys(keyset)``
-    installs a new JWKS generation and empties the cache. Single-threaded: one verifier
-    per worker, like everything else on the hot path.
+    the cycle collector: do not mutate it; with a ``JwtPrincipals`` as ``prepare`` the
+    cache keeps only the principal, and each call parses the claims again) or raises
+    TokenError. ``set_keys(keyset)`` installs a new JWKS generation and empties the cache.
+    Single-threaded: one verifier per worker, like everything else on the hot path.
     """
 
     cdef unsigned int _algs
@@ -1182,7 +1186,10 @@ cdef class JwtVerifier:
 
     def verify(self, bytes token not None, double now):
         """The claims of a valid token, or TokenError(reason)."""
-        return self._entry(token, now).claims
+        cdef _Entry entry = self._entry(token, now)
+        if entry.claims is not None:
+            return entry.claims
+        return self._claims_again(token)
 
     def authenticate(self, bytes token not None, double now):
         """``prepare(claims)`` of a valid token (cached with it), or TokenError."""
@@ -1273,6 +1280,16 @@ cdef class JwtVerifier:
             self._dropped.popitem()
             if self._dropped:
                 self._dropped.popitem()
+
+    cdef dict _claims_again(self, bytes token):
+        # The claims of a token verified already (its entry keeps no claims dict): the
+        # same members, parsed the same way, as a new dict.
+        cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(token)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(token)
+        cdef const unsigned char* dot1 = <const unsigned char*>memchr(p, b".", n)
+        cdef const unsigned char* dot2 = <const unsigned char*>memchr(
+            dot1 + 1, b".", n - (dot1 + 1 - p))
+        return self._claims_of(dot1 + 1, dot2 - dot1 - 1)
 
     cdef dict _json_part(self, const unsigned char* src, Py_ssize_t n):
         # A JSON object from one base64url part, or None when it is not one. Typed as a
@@ -1409,11 +1426,16 @@ cdef class JwtVerifier:
 
         # -- claims (RFC 7519 §4.1) --
         entry = _Entry.__new__(_Entry)
-        entry.claims = self._check_claims(dot1 + 1, plen, now, entry)
-        if type(self._prepare) is JwtPrincipals:  # the jwt middleware's, at C level
-            entry.prepared = (<JwtPrincipals>self._prepare).build(entry.claims)
-        elif self._prepare is not None:
-            entry.prepared = self._prepare(entry.claims)
+        claims = self._check_claims(dot1 + 1, plen, now, entry)
+        if type(self._prepare) is JwtPrincipals:
+            # The jwt middleware's, at C level. The entry keeps the principal only: the
+            # claims dict and its values would stay with each of up to cache_size tokens,
+            # to be freed cold when it leaves; verify() parses them again (_claims_again).
+            entry.prepared = (<JwtPrincipals>self._prepare).build(claims)
+            return entry
+        entry.claims = claims
+        if self._prepare is not None:
+            entry.prepared = self._prepare(claims)
         else:
             entry.prepared = entry.claims
         return entry

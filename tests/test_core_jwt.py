@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from fluxgate._core import (
     JwtKey,
     JwtKeySet,
+    JwtPrincipals,
     JwtVerifier,
     TokenError,
     b64url_decode,
@@ -34,6 +35,7 @@ from fluxgate._core import (
 )
 from fluxgate.auth.jwk import build_keyset, parse_jwk
 from fluxgate.auth.scopes import token_scopes
+from fluxgate.middleware.jwt import claim_header_value
 from tests.support import hostile
 from tests.support.tokens import SigningKey, b64, b64json, compact
 
@@ -470,6 +472,26 @@ def test_cache_hit_redoes_time_checks(keys, keyset):
     with pytest.raises(TokenError) as info:
         v.verify(fresh(), NOW - 100)  # before nbf - leeway
     assert info.value.reason == "not_yet_valid"
+
+
+def test_a_principal_builder_caches_the_principal_and_verify_parses_claims_again(keys, keyset):
+    # With the jwt middleware's JwtPrincipals the entry keeps no claims dict; verify() still
+    # answers the claims, on a miss and on a hit, and refuses what it refused before.
+    principals = JwtPrincipals((("tenant", b"X-Tenant"),), token_scopes, claim_header_value)
+    v = make_verifier(keyset, prepare=principals, claims=("scope", "scp", "tenant"))
+    body = claims(scope="b a", tenant="t1", jti="not selected")
+    token = keys["rs"].mint(body).encode()
+    first = v.authenticate(token, NOW)
+    assert first.subject == "user-1" and first.scopes == frozenset({"a", "b"})
+    assert b"X-Tenant: t1\r\n" in first.upstream_lines
+    assert v.authenticate(bytes(bytearray(token)), NOW) is first and v.cached == 1
+    wanted = {k: body[k] for k in ("iss", "aud", "sub", "iat", "exp", "scope", "tenant")}
+    assert v.verify(token, NOW) == wanted == v.verify(bytes(bytearray(token)), NOW)
+    other = keys["rs"].mint(claims(sub="user-2", exp=int(NOW) + 100)).encode()
+    assert v.verify(other, NOW)["sub"] == "user-2" and v.authenticate(other, NOW).subject == "user-2"
+    with pytest.raises(TokenError) as info:
+        v.verify(other, NOW + 100 + 60)
+    assert info.value.reason == "expired"
 
 
 def test_cache_hit_needs_the_whole_token_not_only_its_tail(keys, keyset):
