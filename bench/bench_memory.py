@@ -195,7 +195,7 @@ def test_memory_one_copy_of_the_key_table(tmp_path, request, e2e_summary, e2e_ch
                      "fork), or a table smaller than the interpreter's own memory")
     check = Check(
         GOAL.name, met=ratio <= HELD_ONCE,
-        detail=(f"table {mib(table_size)}, its mappings' PSS over {len(rows)} processes "
+        detail=(f"{N_KEYS:,} keys: table {mib(table_size)}, its mappings' PSS over {len(rows)} processes "
                 f"{mib(mapped_pss)} ({ratio:.2f}x its size); total PSS {mib(total_pss)}, "
                 f"{mib(sum(p.pss for _, p, _ in after))} after {load['requests']:,} requests"),
         flags=tuple(flags))
