@@ -8,6 +8,8 @@ pre-masked binary frames (64 KiB unless said) to an upstream that only counts by
 the tracker's worst case: many headers per read, some split across two reads.
 
     .venv/bin/python -m bench.bench_ws_tunnel [MiB] [rounds] [frame bytes]
+    .venv/bin/python -m bench.bench_ws_tunnel tracker
+
 
 prints the median MB/s of each direction and the worker's CPU-seconds per GiB moved (the
 steadier figure on a shared machine); ``pytest bench/bench_ws_tunnel.py`` runs a short
@@ -28,6 +30,7 @@ from pathlib import Path
 import pytest
 
 from bench.support.cpu import cpu_seconds
+from fluxgate._proxy import FrameTracker
 from tests.support.gateway import GatewayProcess, child_pids
 from tests.support.websocket import OP_BINARY, WsClient, encode
 
@@ -154,13 +157,41 @@ def measure(mib: int, rounds: int, frame_size: int = FRAME) -> dict[str, list[fl
     return rates
 
 
+def tracker_cost(frame_size: int, mib: int = 64, repeat: int = 7) -> tuple[float, int]:
+    """(best seconds, frames) for FrameTracker.feed_bytes over ``mib`` MiB of masked frames
+    in 64 KiB reads, without the network. An upper bound of the tracker's cost: feed_bytes
+    copies a read that ends inside a header, where the tunnel passes a memoryview."""
+    frame = encode(OP_BINARY, b"x" * frame_size, mask=True)
+    stream = frame * ((mib << 20) // len(frame))
+    reads = [stream[i : i + FRAME] for i in range(0, len(stream), FRAME)]
+    best = float("inf")
+    for _ in range(repeat):
+        tracker = FrameTracker(True)
+        start = time.perf_counter()
+        for data in reads:
+            tracker.feed_bytes(data)
+        best = min(best, time.perf_counter() - start)
+    assert not tracker.violation
+    return best, len(stream) // len(frame)
+
+
 @pytest.mark.parametrize("frame_size", [FRAME, 200])
 def test_ws_tunnel_bulk_transfer(frame_size):
     rates = measure(16, 1, frame_size)
     assert all(r > 0 for r in rates["upload"] + rates["download"])  # every byte arrived
 
 
-if __name__ == "__main__":
+def print_tracker_cost() -> None:
+    for frame_size in (FRAME, 200):
+        seconds, frames = tracker_cost(frame_size)
+        print(f"FrameTracker, 64 MiB in {frame_size}-byte frames ({frames} frames), 64 KiB reads: "
+              f"{seconds * 1e3:.2f} ms, {seconds / frames * 1e9:.1f} ns per frame, "
+              f"{(64 << 20) / seconds / 1e9:.1f} GB/s")
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["tracker"]:
+    print_tracker_cost()
+elif __name__ == "__main__":
     mib = int(sys.argv[1]) if len(sys.argv) > 1 else 256
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 5
     frame_size = int(sys.argv[3]) if len(sys.argv) > 3 else FRAME
