@@ -475,14 +475,14 @@ def _race_payload(i: int, rng: random.Random) -> tuple[float, bool, bytes]:
     return expires, active, head + hashlib.sha256(head).digest()
 
 
-def _race_writer(path: str, start, done, seconds: float, iterations: int) -> None:
+def _race_writer(path: str, start, done, seconds: float, iterations: int, stop=None) -> None:
     m = open_mapping(path)
     cache = IntrospectionCache(m, writable=True)
     rng = random.Random(os.getpid())
     start.wait()
     deadline = time.monotonic() + seconds
     i = 0
-    while i < iterations and time.monotonic() < deadline:
+    while i < iterations and time.monotonic() < deadline and not (stop and stop.is_set()):
         expires, active, payload = _race_payload(i, rng)
         assert cache.store(digest(1), expires, active, payload, NOW)
         if i % 64 == 0:  # neighbours in the bucket come and go too
@@ -507,15 +507,17 @@ def test_reader_never_sees_a_torn_entry(tmp_path):
     m = open_mapping(path)
     reader = IntrospectionCache(m, writable=False)
     ctx = multiprocessing.get_context("fork")
-    start, done = ctx.Event(), ctx.Event()
-    proc = ctx.Process(target=_race_writer, args=(path, start, done, 0.8, 200_000))
+    start, done, stop = ctx.Event(), ctx.Event(), ctx.Event()
+    proc = ctx.Process(target=_race_writer, args=(path, start, done, 8.0, 2_000_000, stop))
     proc.start()
     start.set()
     seen = misses = 0
     last_stamp = 0
     stamps = set()
-    deadline = time.monotonic() + 1.5
-    while time.monotonic() < deadline:
+    # Until the writer has rewritten the slot often enough to have raced the reader, or a
+    # bound: on a loaded machine the writer process may get little CPU.
+    deadline = time.monotonic() + 8.0
+    while time.monotonic() < deadline and not (seen > 1000 and len(stamps) > 100):
         for _ in range(256):
             got = reader.lookup(token(1), NOW, None)
             if got is None:
@@ -531,7 +533,8 @@ def test_reader_never_sees_a_torn_entry(tmp_path):
             seen += 1
         if done.is_set():
             break
-    proc.join(5)
+    stop.set()
+    proc.join(10)
     assert proc.exitcode == 0
     assert done.is_set()
     assert seen > 1000 and len(stamps) > 100, (seen, len(stamps), misses)

@@ -261,7 +261,11 @@ class LoginProbes:
         reply, query = self.begin(target, extra=[("Host", "fluxctl-probe.invalid"),
                                                  ("X-Forwarded-Host", "fluxctl-probe.invalid")])
         why = None
-        if reply.status == 302 and query.get("redirect_uri") != self.s.entry.redirect_uri:
+        location = reply.header("location") or ""
+        own_origin = origin_of(self.s.entry.redirect_uri or "")
+        if reply.status == 302 and "redirect_uri" not in query and origin_of(location) == own_origin:
+            pass  # sent to the callback's own (configured) origin first: fine
+        elif reply.status == 302 and query.get("redirect_uri") != self.s.entry.redirect_uri:
             why = "redirect_uri follows the request's Host: a code could be sent to another site"
         elif reply.status != 302:
             why = _refused(reply, REDIRECT, exact=False)

@@ -375,7 +375,11 @@ class LoginProvider:
         kept = {**session.tokens, **_kept_tokens(tokens)}
         expires_at = _expires_at(tokens, time.time())
         if not self.store.update_tokens(digest, session.version, kept, expires_at):
-            # Another writer changed the session meanwhile (it ended): its word stands.
+            # Another writer changed the session meanwhile (it ended): its word stands, and
+            # the refresh token just issued must not outlive it at the server.
+            new_refresh = tokens.get("refresh_token")
+            if isinstance(new_refresh, str) and new_refresh and self.revocation_client:
+                self._in_background(self._revoke(new_refresh))
             return answer("ended", reason="changed")
         self._count("refresh")
         return answer("ok", access_expires_at=expires_at)
@@ -385,8 +389,14 @@ class LoginProvider:
         session_id = request.get("session_id")
         session = None
         if isinstance(session_id, str) and session_id:
+            digest = session_digest(session_id)
+            pending = self.refreshing.get(digest)
+            if pending is not None:
+                # A refresh in flight would rotate the refresh token revoked below: let it
+                # land first, so the one revoked is the one the server holds.
+                await asyncio.shield(pending)
             session = self.store.load(session_id, time.time())
-            self.store.end(session_digest(session_id), "logout")
+            self.store.end(digest, "logout")
         location = c.post_logout_redirect_uri or "/"
         metadata = self.metadata or {}
         end_session = metadata.get("end_session_endpoint")
