@@ -209,6 +209,23 @@ def test_a_large_transfer_through_a_bound_websocket_arrives_intact(gw, idp, upst
         client.close()
 
 
+def test_a_close_the_client_starts_goes_through_and_ends_the_connection_cleanly(gw, idp, upstream):
+    since = len(upstream.ws_events)
+    client = jwt_client(gw, idp, int(time.time()) + 3600)
+    try:
+        assert_echo(client)
+        client.send(OP_CLOSE, close_payload(1000, b"bye"))
+        # The upstream's answer reaches the client, then the end of the stream (not a reset:
+        # the upstream closed properly, so the gateway closes the client connection after
+        # what it relayed).
+        before, close = client.recv_until_close()
+        assert before == [] and close is not None and close.close_code == 1000
+        assert client.sock.recv(65536) == b""  # a FIN; a reset would raise here
+        assert upstream_close(upstream, since) == ("close", 1000, True)
+    finally:
+        client.close()
+
+
 # ---- revocation: 4403 -----------------------------------------------------------------------
 
 
