@@ -48,6 +48,7 @@ from fluxgate._proxy import (
     PAUSE_CONNECTING,
     PAUSE_PEER_FULL,
     PAUSE_PIPELINE,
+    TUNNEL_CLOSE_GRACE,
     ClientConnectionBase,
     now,
 )
@@ -71,6 +72,12 @@ __all__ = ["CLIENT_CLOSED", "MAX_CHUNK_LINE", "ClientConnection", "RequestState"
            "TlsClientConnection"]
 
 log = logging.getLogger("fluxgate.proxy")
+
+GOING_AWAY = 1001  # RFC 6455 §7.4.1
+# A draining worker closes its WebSockets this long before its drain deadline: a frame in
+# flight ends and both Close answers come back (TUNNEL_CLOSE_GRACE each) before the rest
+# is cut.
+DRAIN_CLOSE_NOTICE = 2 * TUNNEL_CLOSE_GRACE
 
 class ClientConnection(ClientConnectionBase, asyncio.Protocol):
     """One downstream HTTP/1.1 connection."""
@@ -463,11 +470,18 @@ class ClientConnection(ClientConnectionBase, asyncio.Protocol):
             if self.active is None or kind == DEADLINE_BODY:
                 self._close_soon()
                 return
+        tunnel = self.tunnel
+        if tunnel is not None:
+            gw = self.gw
+            if gw.draining and now >= gw.drain_deadline - DRAIN_CLOSE_NOTICE:
+                # The worker is going away (stop or reload): a WebSocket ends with 1001
+                # between frames, early enough for both Close answers, rather than in the
+                # reset the worker gives what is left at the drain deadline.
+                tunnel.close_tunnel(GOING_AWAY, "gateway shutting down")
+            return
         req = self.active
         if req is not None and req.exchange is not None:
             req.exchange.check_timeout(now)
-        elif self.tunnel is not None and self.gw.draining and now >= self.gw.drain_deadline:
-            self.abort()
 
     def begin_drain(self) -> None:
         """Stop taking new requests on this connection once the current one is answered."""

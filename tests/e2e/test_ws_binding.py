@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
 import time
 
 import pytest
@@ -309,3 +310,28 @@ def test_an_introspected_token_closes_its_websocket_with_4401_at_its_exp(tmp_pat
                 client.close()
         finally:
             gateway.stop()
+
+
+# ---- a worker going away: 1001 ----------------------------------------------------------------
+
+
+def test_a_stopping_gateway_closes_websockets_with_1001_before_its_drain_deadline(
+        tmp_path, upstream):
+    config = CONFIG.format(url=upstream.url, jwt="{}").replace(
+        "      - jwt: {}\n", "      - api_key: {}\n")
+    gateway = GatewayProcess(tmp_path, "limits: {drain_timeout: 3s}\n" + config).start()
+    try:
+        client = WsClient.connect(gateway.port, "/ws/open/x", timeout=8)
+        since = len(upstream.ws_events)
+        try:
+            assert_echo(client)
+            gateway.signal(signal.SIGTERM)
+            _, close = client.recv_until_close()
+            assert close is not None and close.close_code == 1001
+            assert upstream_close(upstream, since) == ("close", 1001, True)
+            client.send(OP_CLOSE, close_payload(1001))
+            assert client.sock.recv(65536) == b""
+        finally:
+            client.close()
+    finally:
+        gateway.stop()
