@@ -287,6 +287,19 @@ def test_broken_framing_is_closed_with_1002_on_both_sides(gw, upstream, name):
                        ).startswith(b"HTTP/1.1 200 ")
 
 
+def test_a_masked_frame_from_the_upstream_is_closed_with_1002_on_both_sides(gw, upstream):
+    client = WsClient.connect(gw.port, "/ws/open/x")
+    since = len(upstream.ws_events)
+    try:
+        client.send(OP_TEXT, b"masked")  # echoed, then the upstream sends a masked frame
+        before, close = client.recv_until_close()
+        assert [f.payload for f in before] == [b"masked"]  # the bad frame never passed
+        assert close is not None and close.close_code == 1002 and not close.masked
+        assert upstream_close(upstream, since) == ("close", 1002, True)
+    finally:
+        client.close()
+
+
 # ---- oauth2 (introspection): the introspected exp -------------------------------------------
 
 

@@ -10,7 +10,8 @@ Behaviour is chosen by path:
   /status/<code>    empty response with that status
   /ws               WebSocket upgrade: 101, then an RFC 6455 echo (tests/support/websocket.py)
                     recording what arrived in `ws_events`; a text message "drip:<bytes>:<pieces>:<ms>"
-                    makes it send one binary frame of <bytes> in <pieces> writes <ms> apart
+                    makes it send one binary frame of <bytes> in <pieces> writes <ms> apart,
+                    "masked" a masked frame (which no server may send)
   /drop             closes the connection without answering
   /dropreused       answers on a fresh connection, closes a reused one without answering
   anything else     200 JSON echo of what was received
@@ -141,6 +142,9 @@ class _UpstreamProtocol(asyncio.Protocol):
     def _maybe_drip(self) -> None:
         # The echo just wrote the text back; a "drip:" command also starts a slow frame.
         command = self.ws.last_text if self.ws is not None else b""
+        if command == b"masked":  # a frame no server may send (RFC 6455 §5.1)
+            self._ws_send(encode(OP_TEXT, b"from a broken server", mask=True))
+            return
         if not command.startswith(b"drip:") or self.dripping:
             return
         size, pieces, ms = (int(x) for x in command[5:].split(b":"))
