@@ -34,6 +34,8 @@ from tests.support.websocket import (
     encode,
 )
 
+pytestmark = pytest.mark.slow
+
 CONFIG = """\
 upstreams:
   app: {{targets: ["{url}"], connect_timeout: 1s, read_timeout: 1s}}
