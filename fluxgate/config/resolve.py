@@ -200,6 +200,13 @@ class _Checker:
             ("store",),
             f"expected 'sqlite' or redis://host:port/db, got {config.store!r}",
         )
+        # Refused rather than ignored: keys and quotas would silently stay node-local.
+        self.check(
+            not config.store.startswith("redis"),
+            ("store",),
+            "cluster mode (store: redis://...) is not available yet in this version; "
+            "use store: sqlite",
+        )
         self.check(bool(config.state_dir.strip()), ("state_dir",), "must not be empty")
         admin_addr = self.parse(parse_listen, config.admin.listen, ("admin", "listen"))
         self.check(
