@@ -99,11 +99,19 @@ class Upstream(Base):
     pool_idle_timeout: Duration = 30.0
 
 
-class IpAllow(Base, tag="ip_allow", tag_field="kind"):
+class MiddlewareEntry(Base):
+    """What every middleware entry accepts besides its kind's own keys."""
+
+    # Evaluated on every request, its decision logged and counted, never enforced
+    # (docs/shadow.md).
+    shadow: bool = False
+
+
+class IpAllow(MiddlewareEntry, tag="ip_allow", tag_field="kind", kw_only=True):
     cidrs: Annotated[list[str], Meta(min_length=1)]
 
 
-class Jwt(Base, tag="jwt", tag_field="kind"):
+class Jwt(MiddlewareEntry, tag="jwt", tag_field="kind", kw_only=True):
     """Bearer JWTs verified against a JWKS (or an HS* shared secret)."""
 
     issuer: str | None = None  # exact `iss`; also the OIDC discovery base without jwks_uri
@@ -123,7 +131,7 @@ class Jwt(Base, tag="jwt", tag_field="kind"):
     query: str | None = None  # also from this query parameter (off unless named)
 
 
-class ApiKey(Base, tag="api_key", tag_field="kind"):
+class ApiKey(MiddlewareEntry, tag="api_key", tag_field="kind", kw_only=True):
     """API keys from the ``api_keys.header`` header or ``api_keys.query``
     parameter; every scope listed is required of the key. ``query: false`` refuses keys in
     the query string on this route (they are still stripped before proxying)."""
@@ -141,7 +149,7 @@ class LoginSession(Base):
     key_rotation: Timeout = 24 * 3600.0  # a new encryption key for the store this often
 
 
-class OAuth2(Base, tag="oauth2", tag_field="kind"):
+class OAuth2(MiddlewareEntry, tag="oauth2", tag_field="kind", kw_only=True):
     """Opaque bearer tokens validated by RFC 7662 introspection through the master's side
     pool; every listed scope is required of the token."""
 
@@ -191,14 +199,14 @@ class OAuth2(Base, tag="oauth2", tag_field="kind"):
 AuthMethod = Jwt | ApiKey | OAuth2
 
 
-class AnyOf(Base, tag="any", tag_field="kind"):
+class AnyOf(MiddlewareEntry, tag="any", tag_field="kind", kw_only=True):
     """`- any: [jwt: {...}, api_key: {...}]`: the first method whose credential the request
     carries decides; a present but invalid credential is a 401, not a fall-through."""
 
     methods: Annotated[list[AuthMethod], Meta(min_length=1)]
 
 
-class Quota(Base, tag="quota", tag_field="kind"):
+class Quota(MiddlewareEntry, tag="quota", tag_field="kind", kw_only=True):
     """``- quota: {limit: 1000/m, by: subject}``: a budget per fixed UTC window (s, m, h, d)
     per principal (``subject``), API key name (``key``) or client address (``ip``)."""
 
@@ -251,6 +259,9 @@ class Route(Base):
     buffer_request_body: bool = False
     strip_request_headers: list[str] = []  # on top of the top-level list, on this route
     middleware: list[Middleware] = []
+    # Every middleware entry of the route in shadow mode; the route then needs public: true
+    # (docs/shadow.md).
+    shadow: bool = False
 
 
 class Config(Base):
