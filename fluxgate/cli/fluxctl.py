@@ -25,7 +25,11 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from fluxgate.cli.fluxgate import resolve_config_path
+from fluxgate.cli.fluxgate import (
+    add_version_option,
+    exit_quietly_on_broken_pipe,
+    resolve_config_path,
+)
 from fluxgate.config import load_config
 from fluxgate.config.schema import Config
 from fluxgate.errors import ConfigError, FluxGateError
@@ -160,10 +164,20 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fluxctl", description="Operate a FluxGate gateway: API keys, routes, auth audits.",
         parents=[common_options(suppress=False)],
     )
+    add_version_option(parser)
     sub = parser.add_subparsers(dest="group", required=True, metavar="GROUP")
+    common = common_options(suppress=True)
     for group in _groups():
-        group.add_parser(sub, common_options(suppress=True))
+        group.add_parser(sub, common)
+    from fluxgate.cli import routes_list
+
+    routes_list.add_command(_subcommands(sub.choices["routes"]), common)
     return parser
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> Any:
+    """The sub-command action of a group's parser, to add a command from another module."""
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
 
 
 def fail(ctx: Context | None, message: str) -> int:
@@ -174,6 +188,7 @@ def fail(ctx: Context | None, message: str) -> int:
     return EXIT_REFUSED
 
 
+@exit_quietly_on_broken_pipe
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fluxctl`` script; returns the exit code."""
     args = build_parser().parse_args(argv)
@@ -184,6 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(ctx, str(exc))
     except FluxGateError as exc:  # KeyStoreError, ConfigError: said for the operator
         return fail(ctx, str(exc))
+    except BrokenPipeError:
+        raise  # stdout went away (`fluxctl ... | head`): exit_quietly_on_broken_pipe
     except OSError as exc:
         return fail(ctx, f"{exc.filename or ''}{': ' if exc.filename else ''}{exc.strerror or exc}")
     except Exception as exc:

@@ -7,11 +7,13 @@ The config is found as fluxctl finds it: ``--config``, else ``$FLUXGATE_CONFIG``
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import fluxgate
 from fluxgate.config import load_config
 from fluxgate.config.schema import Config
 from fluxgate.errors import ConfigError
@@ -28,6 +30,43 @@ def resolve_config_path(arg: str | None) -> str:
 def setup_logging(level: int = logging.INFO) -> None:
     """One line per event on stderr, with the process id (master and workers share stderr)."""
     logging.basicConfig(stream=sys.stderr, level=level, format=LOG_FORMAT)
+
+
+def add_version_option(parser: argparse.ArgumentParser) -> None:
+    """``--version``: the program's name and the package version, then exit 0."""
+    parser.add_argument("--version", action="version",
+                        version=f"%(prog)s {fluxgate.__version__}")
+
+
+# What a closed stdout raises inside print() is BrokenPipeError (Python ignores SIGPIPE).
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a command killed by it
+
+
+def exit_quietly_on_broken_pipe(main: Callable[..., int]) -> Callable[..., int]:
+    """Wrap a CLI entry point so that ``command | head`` ends without a traceback.
+
+    When the reader of stdout goes away, the rest of the output has nowhere to go: stdout
+    is pointed at /dev/null (else the interpreter's final flush raises again, printing
+    "Exception ignored ... BrokenPipeError") and the exit code is the one a shell gives a
+    command killed by SIGPIPE."""
+
+    @functools.wraps(main)
+    def wrapper(*args: object, **kwargs: object) -> int:
+        try:
+            code = main(*args, **kwargs)
+            sys.stdout.flush()  # a pipe closed after the last print shows here
+            return code
+        except BrokenPipeError:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(devnull, sys.stdout.fileno())
+            except (OSError, ValueError):  # stdout is no file (tests capture it)
+                pass
+            finally:
+                os.close(devnull)
+            return EXIT_BROKEN_PIPE
+
+    return wrapper
 
 
 def _positive_int(text: str) -> int:
@@ -73,6 +112,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser: one sub-parser per subcommand, each bound to its ``cmd_*``."""
     parser = argparse.ArgumentParser(prog="fluxgate", description="FluxGate API gateway")
+    add_version_option(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the gateway (master + workers)")
@@ -90,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@exit_quietly_on_broken_pipe
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fluxgate`` script; returns the exit code."""
     args = build_parser().parse_args(argv)
