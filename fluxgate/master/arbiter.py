@@ -66,6 +66,11 @@ def _kill(pid: int, sig: int) -> None:
         pass  # already dead, not yet reaped
 
 
+def _workers(n: int) -> str:
+    """The count as the log lines say it: "1 worker", "2 workers"."""
+    return f"{n} worker{'' if n == 1 else 's'}"
+
+
 def respawn_delay(failures: int) -> float:
     """Backoff before respawning after ``failures`` consecutive worker deaths (>= 1)."""
     return min(RESPAWN_MIN_DELAY * 2 ** max(failures - 1, 0), RESPAWN_MAX_DELAY)
@@ -205,9 +210,9 @@ class Arbiter:
         self.current = self._new_generation(cfg, listen_sock, slots, size, tls)
         self._write_state()
         self.spawn_workers(self.current)
-        log.info("master %s: listening on %s:%s%s, admin on %s:%s, %s workers", os.getpid(),
+        log.info("master %s: listening on %s:%s%s, admin on %s:%s, %s", os.getpid(),
                  *sock_address(listen_sock), " (TLS)" if tls else "",
-                 *sock_address(self._admin_sock), size)
+                 *sock_address(self._admin_sock), _workers(size))
         log_expiry(tls)
 
     async def _cleanup(self) -> None:
@@ -532,8 +537,8 @@ class Arbiter:
                 sock = bind_listen(address)
             except (ConfigError, OSError) as exc:
                 self.route_slots.retire_others([r.route for r in old.config.routes])
-                log.error("reload rejected: cannot bind %s: %s", address, exc)
-                return self._result(old, f"cannot bind {address}: {exc}")
+                log.error("reload rejected: %s", exc)  # the message names the address
+                return self._result(old, str(exc))
             self._listen_sockets.append(sock)
         gen = self._new_generation(config, sock, slots, size, tls)
         self._pending = gen
@@ -564,8 +569,9 @@ class Arbiter:
             self._forget_socket(old.listen_socket)
         self._update_admin_token(config)
         self._write_state()
-        log.info("reloaded: generation %s, %s workers, %s routes",
-                 gen.number, size, len(config.routes))
+        n = len(config.routes)
+        log.info("reloaded: generation %s, %s, %s route%s",
+                 gen.number, _workers(size), n, "" if n == 1 else "s")
         log_expiry(tls)
         return self._result(gen)
 
@@ -607,8 +613,8 @@ class Arbiter:
         sig = signal.SIGTERM if graceful else signal.SIGQUIT
         budget = (self.config.limits.drain_timeout + KILL_GRACE) if graceful else KILL_GRACE
         deadline = time.monotonic() + budget
-        log.info("%s stop: %s workers, up to %.1fs",
-                 "graceful" if graceful else "fast", len(self.workers), budget)
+        log.info("%s stop: %s, up to %.1fs",
+                 "graceful" if graceful else "fast", _workers(len(self.workers)), budget)
         # The master's copies go first, so the kernel stops queueing connections on a socket
         # once the last worker stops accepting.
         for sock in self._listen_sockets:

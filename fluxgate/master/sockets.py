@@ -7,6 +7,7 @@ hand the same socket to the next generation without a moment of refused connecti
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
 
@@ -17,11 +18,14 @@ LISTEN_BACKLOG = 2048
 ADMIN_BACKLOG = 64
 
 
-def bind_tcp(host: str, port: int, *, backlog: int = LISTEN_BACKLOG) -> socket.socket:
+def bind_tcp(
+    host: str, port: int, *, backlog: int = LISTEN_BACKLOG, key: str = "listen"
+) -> socket.socket:
     """Bind and listen on ``host:port`` (IPv4 or IPv6; port 0 picks a free port).
 
     The socket is non-blocking (workers hand it to their event loop) and inheritable.
-    Raises OSError when the address cannot be bound.
+    Raises OSError when the address cannot be bound, its message naming the address and
+    what to do (``key``: the config key that set it).
     """
     infos = socket.getaddrinfo(
         host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -44,7 +48,31 @@ def bind_tcp(host: str, port: int, *, backlog: int = LISTEN_BACKLOG) -> socket.s
         sock.setblocking(False)
         sock.set_inheritable(True)
         return sock
-    raise last_error or OSError(f"no address to bind for {host}:{port}")
+    if last_error is None:
+        raise OSError(f"no address to bind for {_show(host, port)} ({key})")
+    raise bind_error(last_error, host, port, key)
+
+
+def _show(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def bind_error(exc: OSError, host: str, port: int, key: str) -> OSError:
+    """``exc`` (from bind or listen) said for an operator: which address, set by which
+    config key, and what to do. The errno is kept."""
+    address = _show(host, port)
+    if exc.errno == errno.EADDRINUSE:
+        hint = (f"another process is listening there (another fluxgate?): stop it, or set "
+                f"{key} to a free port")
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        hint = f"no interface of this host has that address: set {key} to one it has"
+    elif exc.errno == errno.EACCES:
+        hint = f"ports below 1024 need privileges: set {key} to a port above 1023"
+    else:
+        hint = f"check {key}"
+    error = OSError(f"cannot listen on {address}: {exc.strerror or exc}; {hint}")
+    error.errno = exc.errno
+    return error
 
 
 def _host_port(listen: str, key: str) -> tuple[str, int]:
@@ -57,7 +85,7 @@ def _host_port(listen: str, key: str) -> tuple[str, int]:
 def bind_listen(listen: str) -> socket.socket:
     """Bind the proxy listen socket from a ``host:port`` config value."""
     host, port = _host_port(listen, "listen")
-    return bind_tcp(host, port)
+    return bind_tcp(host, port, key="listen")
 
 
 def resolves_only_to_loopback(host: str) -> bool:
@@ -85,7 +113,7 @@ def bind_admin(listen: str) -> socket.socket:
             f"{host!r} is not a loopback address; the admin API only listens on loopback",
             path="admin.listen",
         )
-    sock = bind_tcp(host, port, backlog=ADMIN_BACKLOG)
+    sock = bind_tcp(host, port, backlog=ADMIN_BACKLOG, key="admin.listen")
     # Only the master serves it: workers must not inherit it across an exec either.
     sock.set_inheritable(False)
     return sock
