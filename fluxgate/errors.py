@@ -81,6 +81,13 @@ class HeadersTooLarge(ClientError):
     status, code, close_connection = 431, "headers_too_large", True
 
 
+class HttpVersionNotSupported(ClientError):
+    """The gateway speaks HTTP/1.1 (and 1.0) to clients: an HTTP/2 connection preface gets
+    this answer, in HTTP/1.1, and the connection closes."""
+
+    status, code, close_connection = 505, "http_version_not_supported", True
+
+
 class InternalError(ClientError):
     """The gateway failed to process this request; it was not forwarded."""
 

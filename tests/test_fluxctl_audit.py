@@ -62,12 +62,45 @@ def test_strict_fails_on_a_public_route_audit_does_not(setup):
     config, _ = setup
     strict = fluxctl(config, "auth", "verify", "--endpoint", "/healthz", "--mode", "strict")
     assert strict.returncode == 1, strict.stderr
-    assert "public_route" in strict.stdout and "result: fail (strict mode)" in strict.stdout
+    # The verdict says what failed, not only that something did.
+    verdict = "result: fail: 2 warning findings: public_route, no_quota"
+    assert strict.stdout.splitlines()[-1] == verdict + " (strict mode)", strict.stdout
     audit = fluxctl(config, "auth", "verify", "--endpoint", "/healthz", "--mode", "audit")
-    assert audit.returncode == 0 and "public_route" in audit.stdout
+    assert audit.returncode == 0 and audit.stdout.splitlines()[-1] == verdict + " (audit mode)"
     clean = fluxctl(config, "auth", "verify", "--endpoint", "/metrics/x", "--mode", "strict")
     assert clean.returncode == 0, clean.stdout
     assert "findings: none" in clean.stdout
+    assert clean.stdout.splitlines()[-1] == "result: pass (strict mode)"
+
+
+def test_verdict_names_every_cause_by_severity():
+    from fluxgate.cli.audit_commands import render_verify, what_failed
+
+    doc = {
+        "request": {"method": "GET", "path": "/x", "normalized": "/x"}, "route": None,
+        "refusal": None, "mode": "audit", "credential": {
+            "method": "api_key", "decision": "deny", "status": 401, "code": "invalid_key",
+            "reason": "bad_tag"},
+        "findings": [
+            {"code": "no_quota", "severity": "warning", "message": "m"},
+            {"code": "websocket_authenticated", "severity": "info", "message": "m"},
+            {"code": "jwt_plain_http", "severity": "error", "message": "m"},
+            {"code": "public_route", "severity": "warning", "message": "m"},
+        ],
+        "probe": {"probes": [{"name": "forged_key", "result": "fail"},
+                             {"name": "empty_key", "result": "pass"},
+                             {"name": "two_keys", "result": "fail"}]},
+    }
+    assert what_failed(doc) == [
+        "1 error finding: jwt_plain_http", "2 warning findings: no_quota, public_route",
+        "credential refused: 401 invalid_key", "2 probes failed: forged_key, two_keys",
+    ]
+    # Info findings alone pass.
+    passing = {**doc, "credential": None, "findings": [doc["findings"][1]]}
+    del passing["probe"]
+    assert what_failed(passing) == []
+    assert render_verify({**passing, "result": "pass", "failed": []})[-1] == (
+        "result: pass (audit mode)")
 
 
 def test_json_shape_and_command_failures(setup, tmp_path):

@@ -127,13 +127,31 @@ def cmd_verify(ctx: Any) -> int:
                                                     a.client_ip)
     except (audit.AuditError, probe.ProbeError) as exc:
         return _failed(ctx, str(exc))
-    worst = audit.worst(found)
-    failing = worst in ("warning", "error") or (
-        doc["credential"] is not None and doc["credential"]["decision"] != "allow") or (
-        "probe" in doc and doc["probe"]["summary"]["fail"] > 0)
+    doc["failed"] = what_failed(doc)
+    failing = bool(doc["failed"])
     doc["result"] = "fail" if failing else "pass"
     _print(ctx, doc, render_verify)
     return 1 if failing and a.mode == "strict" else 0
+
+
+def what_failed(doc: dict[str, Any]) -> list[str]:
+    """Why ``auth verify`` fails, one phrase per cause (empty: it passes): findings of
+    severity warning or higher by severity, a refused credential, failed probes."""
+    failed = []
+    for severity in ("error", "warning"):
+        codes = [f["code"] for f in doc["findings"] if f["severity"] == severity]
+        if codes:
+            plural = "s" if len(codes) > 1 else ""
+            failed.append(f"{len(codes)} {severity} finding{plural}: {', '.join(codes)}")
+    cred = doc["credential"]
+    if cred is not None and cred["decision"] != "allow":
+        failed.append(f"credential refused: {cred['status']} {cred['code']}")
+    if "probe" in doc:
+        names = [r["name"] for r in doc["probe"]["probes"] if r["result"] == "fail"]
+        if names:
+            plural = "s" if len(names) > 1 else ""
+            failed.append(f"{len(names)} probe{plural} failed: {', '.join(names)}")
+    return failed
 
 
 def _probe(ctx: Any, config: schema.Config, route: schema.Route,
@@ -281,7 +299,9 @@ def render_verify(doc: dict[str, Any]) -> list[str]:
             lines.append(f"  note        {cred['note']}")
     if doc.get("probe"):
         lines += render_probe(doc["probe"])
-    lines.append(f"result: {doc['result']} ({doc['mode']} mode)")
+    # "result: fail: 1 warning finding: no_quota (audit mode)": what failed, not only that.
+    verdict = doc["result"] + (": " + "; ".join(doc["failed"]) if doc["failed"] else "")
+    lines.append(f"result: {verdict} ({doc['mode']} mode)")
     return lines
 
 

@@ -58,6 +58,7 @@ from fluxgate.errors import (
     ClientError,
     ExpectationFailed,
     HeadersTooLarge,
+    HttpVersionNotSupported,
     InternalError,
 )
 from fluxgate.proxy.responses import error_response
@@ -148,7 +149,7 @@ class ClientConnection(ClientConnectionBase, asyncio.Protocol):
                 self._reject(BadRequest("request could not be processed"))
             return False
         except httptools.HttpParserError as exc:
-            self._reject(BadRequest(f"malformed request: {exc}"))
+            self._reject(_parse_error(exc))
             return False
         req = self.parsing
         if req is not None and req.method:
@@ -517,6 +518,20 @@ class TlsClientConnection(ClientConnection, asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self.data_received(bytes(_TLS_READ_BUFFER[:nbytes]))
+
+
+# llhttp pauses on "PRI * HTTP/2.0" (the HTTP/2 connection preface) with this reason; it
+# is no malformed HTTP/1.1 but a client that skipped the version negotiation.
+_H2_PREFACE_PAUSE = "PRI/Upgrade"
+_H2_PREFACE_DESCRIPTION = "HTTP/2 is not supported: this gateway speaks HTTP/1.1 to clients"
+
+
+def _parse_error(exc: httptools.HttpParserError) -> ClientError:
+    """The answer to an llhttp parse error: a 505 naming HTTP/1.1 for an HTTP/2 preface,
+    else a 400 quoting llhttp's reason."""
+    if _H2_PREFACE_PAUSE in str(exc):
+        return HttpVersionNotSupported(_H2_PREFACE_DESCRIPTION)
+    return BadRequest(f"malformed request: {exc}")
 
 
 def _head_end(tail: bytes, data: bytes, start: int) -> int:
