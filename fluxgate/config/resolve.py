@@ -336,6 +336,7 @@ class _Checker:
             for j, middleware in enumerate(route.middleware):
                 self.middleware(middleware, ("routes", i, "middleware", j))
             self.chain(route.middleware, ("routes", i, "middleware"))
+            self.shadow(route, ("routes", i))
             self.strip_headers(route.strip_request_headers, ("routes", i, "strip_request_headers"))
             # Zero trust: no authentication only when said out loud.
             self.check(
@@ -366,6 +367,12 @@ class _Checker:
     def middleware(self, entry: object, path: Path) -> None:
         """The entry's own checks, by its kind (``path`` is its Struct path)."""
         self.kind_of(entry).check(self, entry, path)
+
+    def shadow(self, route: schema.Route, path: Path) -> None:
+        """Where shadow mode may be used (fluxgate/middleware/shadow.py)."""
+        from fluxgate.middleware.shadow import check_route  # imports every implementation
+
+        check_route(self, route, path)
 
     def chain(self, chain: list[object], path: Path) -> None:
         """The checks that depend on what comes before an entry in its route's chain."""

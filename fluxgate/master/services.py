@@ -77,3 +77,13 @@ def _sidepool_service(master: ServiceContext) -> MasterService:
 
 
 SERVICES.append(_sidepool_service)
+
+
+def _shadow_service(master: ServiceContext) -> MasterService:
+    """Shadow decisions: the shared table shadowed middleware counts into (master/shadow_metrics.py)."""
+    from fluxgate.master.shadow_metrics import ShadowMetricsService
+
+    return ShadowMetricsService(master)
+
+
+SERVICES.append(_shadow_service)

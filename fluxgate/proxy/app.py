@@ -16,7 +16,7 @@ from fluxgate._core import RequestIds
 from fluxgate._proxy import Accounting, RouteBase
 from fluxgate.config import schema
 from fluxgate.config.resolve import resolve_upstream
-from fluxgate.middleware import compile_middleware
+from fluxgate.middleware.shadow import compile_chain
 from fluxgate.proxy import headers as hdr
 from fluxgate.proxy.forwarded import ClientAddressResolver
 from fluxgate.proxy.router import Router
@@ -58,7 +58,8 @@ class CompiledRoute(RouteBase):
         self.prefix = prefix.rstrip(b"/") if len(prefix) > 1 else b""
         self.methods = route_methods(route)
         self.allow_header = b", ".join(sorted(self.methods)) if self.methods else b""
-        self.chain = tuple(compile_middleware(m, gateway, route) for m in route.middleware)
+        # Shadowed entries become steps that count and never refuse (middleware/shadow.py).
+        self.chain = compile_chain(route, gateway, slot)
         # What the request path calls: each middleware's bound __call__. Calling the instance
         # itself goes through its type's tp_call slot (a method lookup and an argument
         # re-pack on every request); a bound method is a call CPython 3.11 specializes.
