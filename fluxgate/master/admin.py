@@ -186,6 +186,9 @@ def build_router(backend: AdminBackend) -> AdminRouter:
     router.add("GET", "/readyz", readyz, auth=False)
     router.add("GET", "/metrics", metrics)
     router.add("POST", "/admin/reload", reload)
+    from fluxgate.console import mount_console  # the console imports this module
+
+    mount_console(router, backend)
     return router
 
 
