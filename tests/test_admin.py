@@ -12,6 +12,7 @@ import threading
 import pytest
 import uvloop
 
+from fluxgate.config.loader import load_config_text
 from fluxgate.errors import ConfigError
 from fluxgate.master import admin as admin_mod
 from fluxgate.master.admin import AdminServer, ReloadResult, build_router, resolve_admin_token
@@ -20,11 +21,27 @@ from fluxgate.master.sockets import bind_admin, bind_listen, bind_tcp, sock_addr
 TOKEN = "s3cret-admin-token-for-tests"
 
 
+ROUTES_CONFIG = """
+routes:
+  - route: /pub
+    upstream: http://127.0.0.1:9
+    strip_prefix: true
+    public: true
+  - route: /api
+    upstream: http://127.0.0.1:9
+    methods: [GET, POST]
+    middleware:
+      - jwt: {secret: jwt-shared-secret-value-0123456789abcdef, algorithms: [HS256]}
+"""
+
+
 class FakeBackend:
     def __init__(self) -> None:
         self.ready = True
         self.reloads = 0
         self.reload_ok = True
+        self.reload_error: BaseException | None = None
+        self.config = load_config_text(ROUTES_CONFIG)
 
     def readiness(self):
         return self.ready, {"workers": 2, "ready": 2 if self.ready else 1}
@@ -37,6 +54,8 @@ class FakeBackend:
         await asyncio.sleep(0.01)
         if self.reload_ok:
             return ReloadResult(True, 2, 2, 3)
+        if self.reload_error is not None:
+            return ReloadResult(False, 1, 2, 3, str(self.reload_error), self.reload_error)
         return ReloadResult(False, 1, 2, 3, "routes[0].upstream: bad")
 
 
@@ -241,7 +260,7 @@ def test_keep_alive_and_pipelining(admin):
         assert body1.startswith(b"fluxgate_requests_total") and b"ready" in body2
         # A client error that keeps the framing intact keeps the connection too.
         s.sendall(b"GET /nope HTTP/1.1\r\nHost: a\r\n\r\n")
-        assert read_response(s, buf)[0] == 404
+        assert read_response(s, buf)[0] == 401
         s.sendall(b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
         status, headers, _ = read_response(s, buf)
         assert status == 200 and headers["connection"] == "close"
@@ -339,3 +358,58 @@ def test_bind_ipv6_loopback():
             pass
     finally:
         sock.close()
+
+
+def test_routes_document(admin):
+    assert request(admin, "GET", "/admin/routes")[0] == 401
+    status, headers, body = request(admin, "GET", "/admin/routes", AUTH)
+    assert status == 200 and headers["cache-control"] == "no-store"
+    pub, api = json.loads(body)["routes"]
+    assert pub == {
+        "index": 0, "prefix": "/pub", "upstream": "http://127.0.0.1:9", "methods": None,
+        "public": True, "websocket": True, "strip_prefix": True,
+        "buffer_request_body": False, "chain": [],
+    }
+    assert api["methods"] == ["GET", "HEAD", "POST"]
+    assert [entry["kind"] for entry in api["chain"]] == ["jwt"]
+    assert "secret=(set)" in api["chain"][0]["summary"]
+    for secret in (b"jwt-shared-secret", TOKEN.encode()):
+        assert secret not in body
+
+
+def test_every_error_is_the_same_json_shape(admin):
+    cases = [
+        ("GET", "/admin/routes", [], b"", 401, "missing_credentials"),
+        ("GET", "/admin/routes", [("Authorization", "Bearer wrong-token-value")], b"", 401,
+         "invalid_token"),
+        ("GET", "/nope", [], b"", 401, "missing_credentials"),  # no map of paths for free
+        ("GET", "/nope", AUTH, b"", 404, "no_route"),
+        ("PUT", "/admin/routes", AUTH, b"", 405, "method_not_allowed"),
+        ("POST", "/admin/reload", AUTH, b"{not json", 400, "bad_request"),
+        ("POST", "/admin/reload", AUTH, b"[1, 2]", 400, "bad_request"),
+        ("POST", "/admin/reload", AUTH, b'{"force": true}', 400, "bad_request"),
+    ]
+    for method, path, headers, body, status, code in cases:
+        got, reply_headers, reply = request(admin, method, path, headers, body)
+        assert got == status, (method, path, body)
+        doc = json.loads(reply)
+        assert set(doc) == {"error", "error_description", "request_id"}, doc
+        assert doc["error"] == code and doc["request_id"] == reply_headers["x-request-id"]
+        if status == 405:
+            assert reply_headers["allow"] == "GET, HEAD"
+    assert admin.backend.reloads == 0  # no bad request reached the reload
+
+
+def test_reload_of_an_invalid_config_names_path_and_line(admin):
+    admin.backend.reload_ok = False
+    admin.backend.reload_error = ConfigError("unknown upstream 'nope'", "routes[1].upstream", 7)
+    status, headers, body = request(admin, "POST", "/admin/reload", AUTH)
+    assert status == 422
+    assert json.loads(body) == {
+        "error": "invalid_config",
+        "error_description": "routes[1].upstream (line 7): unknown upstream 'nope'",
+        "path": "routes[1].upstream", "line": 7, "message": "unknown upstream 'nope'",
+        "errors": [{"path": "routes[1].upstream", "line": 7,
+                    "message": "unknown upstream 'nope'"}],
+        "generation": 1, "request_id": headers["x-request-id"],
+    }

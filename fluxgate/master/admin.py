@@ -1,19 +1,34 @@
 """The admin API: a small, strict HTTP/1.1 server on the master's event loop.
 
-Endpoints (more register on the same router as they land: /admin/keys, /admin/routes, …):
+Endpoints (the bearer token is required unless said otherwise):
 
 * ``GET /healthz`` - 200 while the master runs. Unauthenticated.
 * ``GET /readyz`` - 200 when every worker of the current generation is ready, else 503.
   Unauthenticated: like Envoy's ``/ready`` it is meant for load balancers and orchestrators,
   which do not hold secrets, and it reveals nothing but "up / not up".
-* ``GET /metrics`` - Prometheus text. Bearer token.
-* ``POST /admin/reload`` - the same reload as SIGHUP; answers with its outcome. Bearer token.
+* ``GET /metrics`` - Prometheus text.
+* ``GET /admin/routes`` - the routes in force and their middleware chains, as JSON (what
+  ``fluxctl routes explain`` prints of a route; no secret).
+* ``POST /admin/reload`` - the same reload as SIGHUP. 200 with the new generation, its
+  workers and routes; 422 with the key path, line and message of an invalid config; 409 when
+  a valid config could not be put in force. On any error the old config keeps serving.
+* ``GET|POST /admin/keys``, ``GET /admin/keys/show``, ``GET /admin/keys/usage``,
+  ``POST /admin/keys/rotate|renew|revoke`` - API keys (fluxgate/master/keys.py).
+* ``GET /admin/jwks``, ``POST /admin/jwks/refresh`` - signing-key sets (master/jwks.py).
+* ``GET /admin/oauth2``, ``POST /admin/oauth2/purge`` - token introspection and browser
+  logins (master/sidepool.py).
+
+Every error is ``{"error", "error_description", "request_id"}`` in JSON with its status:
+401 without the token or with a wrong one (before any 404 or 405 on a protected path), 404
+for an unknown path, 405 with ``Allow`` for a method the path does not take, 400 for a
+malformed request or a body that is not the JSON object an endpoint expects, 413 and 431
+for oversized bodies and heads. Every reply carries ``X-Request-Id`` and
+``Cache-Control: no-store``.
 
 The listener only binds loopback (``sockets.bind_admin``). The token is ``admin.token`` from
 the config, or one generated once into ``state_dir/admin.token`` (mode 0600) and reused on
 later starts; it is compared in constant time and never logged.
 """
-
 from __future__ import annotations
 
 import asyncio
@@ -25,7 +40,7 @@ import secrets
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httptools
 import orjson
@@ -34,6 +49,7 @@ from fluxgate.errors import (
     BadRequest,
     BodyTooLarge,
     ClientError,
+    ConfigError,
     HeadersTooLarge,
     InternalError,
     InvalidToken,
@@ -41,7 +57,11 @@ from fluxgate.errors import (
     MissingCredentials,
     NoRoute,
 )
+from fluxgate.proxy.app import route_methods
 from fluxgate.proxy.responses import error_response, status_line
+
+if TYPE_CHECKING:
+    from fluxgate.config.schema import Config
 
 log = logging.getLogger("fluxgate.master")
 
@@ -64,18 +84,51 @@ class ReloadResult:
     workers: int
     routes: int
     error: str | None = None
+    # The ConfigError that refused the new config (its key path and line), if that was why.
+    cause: BaseException | None = None
+
+    @property
+    def status(self) -> int:
+        """The HTTP status of POST /admin/reload: 200, 422 for an invalid config, else 409
+        (the config was valid but could not be put in force, e.g. its workers did not boot).
+        The old config keeps serving on any error."""
+        if self.ok:
+            return 200
+        return 422 if isinstance(self.cause, ConfigError) else 409
 
     def as_dict(self) -> dict[str, object]:
-        """The JSON body of POST /admin/reload."""
+        """The JSON body of POST /admin/reload (the request id is added by the handler)."""
         if self.ok:
             return {"status": "reloaded", "generation": self.generation,
                     "workers": self.workers, "routes": self.routes}
-        return {"error": "reload_failed", "error_description": self.error,
-                "generation": self.generation}
+        body: dict[str, object] = {
+            "error": "invalid_config" if self.status == 422 else "reload_failed",
+            "error_description": self.error, "generation": self.generation,
+        }
+        if isinstance(self.cause, ConfigError):
+            # Every error found (a config may hold several); path, line and message at the
+            # top are the first one's.
+            errors = [
+                {"path": e.path or None, "line": e.line, "message": _bare_message(e)}
+                for e in getattr(self.cause, "errors", None) or [self.cause]
+            ]
+            body.update(errors[0])
+            body["errors"] = errors
+        return body
+
+
+def _bare_message(exc: ConfigError) -> str:
+    """The message of ``exc`` without the "path (line N): " its text starts with."""
+    text = str(exc)
+    if exc.path or exc.line is not None:
+        return text.partition(": ")[2] or text
+    return text
 
 
 class AdminBackend(Protocol):
     """The master as the admin API sees it."""
+
+    config: Config  # the config in force (the current generation's)
 
     def readiness(self) -> tuple[bool, dict[str, object]]:
         """(ready, details) for /readyz."""
@@ -101,6 +154,18 @@ class AdminRequest:
     body: bytes
     request_id: str
     keep_alive: bool
+
+    def json_object(self) -> dict[str, Any]:
+        """The body as a JSON object ({} when empty); a 400 for anything else."""
+        if not self.body.strip():
+            return {}
+        try:
+            value = orjson.loads(self.body)
+        except orjson.JSONDecodeError:
+            raise BadRequest("the body is not valid JSON") from None
+        if not isinstance(value, dict):
+            raise BadRequest("the body must be a JSON object")
+        return value
 
 
 @dataclass
@@ -139,10 +204,11 @@ class AdminRouter:
         self._routes.setdefault(path, {})[method.upper()] = Endpoint(handler, auth)
 
     def requires_auth(self, path: str) -> bool:
-        """True when every endpoint on ``path`` needs the token: a caller without it is then
-        answered 401 before any 405, so it learns nothing about the methods."""
+        """True when ``path`` is unknown or every endpoint on it needs the token: a caller
+        without it is then answered 401 before any 404 or 405, so it learns nothing about
+        which paths and methods exist."""
         methods = self._routes.get(path)
-        return bool(methods) and all(e.auth for e in methods.values())
+        return not methods or all(e.auth for e in methods.values())
 
     def resolve(self, method: str, path: str) -> Endpoint:
         """The endpoint for ``method path``; raises NoRoute (404) or MethodNotAllowed (405)."""
@@ -176,20 +242,48 @@ def build_router(backend: AdminBackend) -> AdminRouter:
             200, backend.metrics_text().encode(), content_type=b"text/plain; version=0.0.4"
         )
 
+    async def routes(req: AdminRequest) -> AdminResponse:
+        return AdminResponse.json(200, {"routes": routes_document(backend.config)})
+
     async def reload(req: AdminRequest) -> AdminResponse:
+        if req.json_object():  # no options yet: a body that asks for one is a mistake
+            raise BadRequest("POST /admin/reload takes no parameters")
         result = await backend.reload()
-        # 409: the request was well-formed but the new config (or its workers) was refused;
-        # the old config keeps serving.
-        return AdminResponse.json(200 if result.ok else 409, result.as_dict())
+        body = result.as_dict()
+        if not result.ok:
+            body["request_id"] = req.request_id
+        return AdminResponse.json(result.status, body)
 
     router.add("GET", "/healthz", healthz, auth=False)
     router.add("GET", "/readyz", readyz, auth=False)
     router.add("GET", "/metrics", metrics)
+    router.add("GET", "/admin/routes", routes)
     router.add("POST", "/admin/reload", reload)
-    from fluxgate.console import mount_console  # the console imports this module
-
-    mount_console(router, backend)
     return router
+
+
+def routes_document(config: Config) -> list[dict[str, object]]:
+    """The routes in force, in match-table order, with their middleware chains: what
+    ``fluxctl routes explain`` says of a route, for every route. No secret: an upstream
+    URL loses its user and password, a chain entry is its kind's one-line description."""
+    from fluxgate.cli.audit import describe_middleware  # the CLI's view, not needed to boot
+
+    out: list[dict[str, object]] = []
+    for index, route in enumerate(config.routes):
+        methods = route_methods(route)
+        out.append({
+            "index": index,
+            "prefix": route.route,
+            "upstream": route.upstream,  # the loader refuses user info in a target
+            "methods": sorted(m.decode() for m in methods) if methods is not None else None,
+            "public": route.public,
+            "websocket": route.websocket,
+            "strip_prefix": route.strip_prefix,
+            "buffer_request_body": route.buffer_request_body,
+            "chain": [describe_middleware(m) for m in route.middleware],
+        })
+    return out
+
 
 
 # ---- the token ------------------------------------------------------------------------------

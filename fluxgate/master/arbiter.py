@@ -505,8 +505,10 @@ class Arbiter:
         async with self._reload_lock:
             return await self._reload()
 
-    def _result(self, gen: Generation, error: str | None = None) -> ReloadResult:
-        return ReloadResult(error is None, gen.number, gen.size, len(gen.config.routes), error)
+    def _result(self, gen: Generation, error: str | None = None,
+                cause: BaseException | None = None) -> ReloadResult:
+        return ReloadResult(error is None, gen.number, gen.size, len(gen.config.routes), error,
+                            cause)
 
     async def _reload(self) -> ReloadResult:
         old = self.current
@@ -523,7 +525,7 @@ class Arbiter:
             slots = self.route_slots.assign([r.route for r in config.routes])
         except (ConfigError, OSError) as exc:
             log.error("reload rejected, the running config stays in force: %s", exc)
-            return self._result(old, str(exc))
+            return self._result(old, str(exc), exc)
         # Both are bound or locked once per master; changing them live would strand files or
         # drop the operator's admin connection mid-reload.
         if config.state_dir != old.config.state_dir:
