@@ -84,7 +84,8 @@ def _load_or_report(path: str) -> Config | None:
     try:
         return load_config(path)
     except ConfigError as exc:
-        print(f"{path}: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines():  # several errors: one line each
+            print(f"{path}: {line}", file=sys.stderr)
         return None
 
 

@@ -19,6 +19,7 @@ known, the line:
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import types
@@ -38,12 +39,15 @@ from fluxgate.errors import ConfigError
 if TYPE_CHECKING:
     from fluxgate.middleware.kind import MiddlewareKind
 
-__all__ = ["load_config", "load_config_text"]
+__all__ = ["ConfigErrors", "load_config", "load_config_text"]
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _SCALARS = yaml.constructor.SafeConstructor()  # PyYAML's own int/float/bool rules (YAML 1.1)
 _TAG = "tag:yaml.org,2002:"
 _MAX_DEPTH = 32  # a config is ~6 levels deep; this stops a "[[[[..." bomb early
+# Other spellings a key is accepted under: the one camelCase key also in snake_case, as
+# every other key is written. Both spellings in one mapping are an error.
+_KEY_ALIASES = {"clock_skew_tolerance": "clockSkewTolerance"}
 
 
 def __getattr__(name: str) -> Any:
@@ -98,17 +102,115 @@ def load_config_text(
             raise ConfigError(
                 f"the config must be a mapping of keys, got {_describe(data)}", line=doc.root_line
             )
-        _rewrite_middleware(data, doc)
-        data = _Prepare(doc).value(data, schema.Config, ())
-        try:
-            config = msgspec.convert(data, schema.Config)
-        except msgspec.ValidationError as exc:
-            path, message = _translate(str(exc), data)
-            raise doc.error(path, message) from None
-        return check_config(config, doc.error)
+        return _validate_all(data, doc)
     except ConfigError as exc:
         exc.add_note(f"while loading {source}")
         raise
+
+
+class ConfigErrors(ConfigError):
+    """Several independent errors in one config; ``errors`` holds each, in line order.
+
+    Its message is theirs, one line each; ``path`` and ``line`` are those of the first one
+    found (what a single ``ConfigError`` would have said)."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        first = errors[0]
+        self.errors = sorted(errors, key=lambda e: (e.line is None, e.line or 0))
+        Exception.__init__(self, "\n".join(str(e) for e in self.errors))
+        self.path, self.line = first.path, first.line
+
+
+# A config with more wrong than this is reported in part: enough to fix a batch.
+_MAX_ERRORS = 50
+
+
+def _validate_all(data: dict[str, object], doc: _Document) -> schema.Config:
+    """Validate ``data``, reporting every independent error rather than the first.
+
+    Each pass validates a copy; on an error, the key it points at (the nearest mapping key
+    on its path) is taken out of the data and the pass repeats, until one passes. An error
+    on or around what was taken out (the route whose upstream was removed now lacks one) is
+    a consequence, not news, and is not reported."""
+    errors: list[ConfigError] = []
+    pruned: list[Path] = []
+    for _ in range(_MAX_ERRORS * 4):
+        try:
+            config = _validate(copy.deepcopy(data), doc)
+        except ConfigError as exc:
+            where = getattr(exc, "user_path", None)
+            news = where is None or not any(_related(where, p) for p in pruned)
+            if news:
+                errors.append(exc)
+            if where is None or not _prune(data, where):
+                break  # nothing to take out: what follows would depend on this
+            pruned.append(where)
+            if len(errors) >= _MAX_ERRORS:
+                break
+        else:
+            if not errors:
+                return config
+            break
+    if len(errors) == 1:
+        raise errors[0]
+    raise ConfigErrors(errors)
+
+
+def _validate(data: dict[str, object], doc: _Document) -> schema.Config:
+    """Stages 2 to 5 on ``data`` (modified in place); the first error is raised."""
+    doc.moves.clear()  # the rewrite records them afresh for this copy of the data
+    _rewrite_middleware(data, doc)
+    data = _Prepare(doc).value(data, schema.Config, ())
+    try:
+        config = msgspec.convert(data, schema.Config)
+    except msgspec.ValidationError as exc:
+        path, message = _translate(str(exc), data)
+        raise doc.error(path, message) from None
+    return check_config(config, doc.error)
+
+
+def _prune(data: object, where: Path) -> bool:
+    """Take out the deepest mapping key on ``where`` that ``data`` holds; False if none.
+
+    A route or an upstream is not taken out but replaced by a stand-in that passes every
+    check: removing a route would shift the indices (and lines) of the routes after it, and
+    removing an upstream would make every route that names it an error."""
+    containers: list[tuple[dict[str, object] | list[object], str | int]] = []
+    node = data
+    for step in where:
+        if isinstance(node, dict) and step in node:
+            containers.append((node, step))
+        elif isinstance(node, list) and isinstance(step, int) and 0 <= step < len(node):
+            containers.append((node, step))
+        else:
+            break
+        node = node[step]  # type: ignore[index]
+    for depth in range(len(containers) - 1, -1, -1):
+        parent, step = containers[depth]
+        stand_in = _stand_in(where[: depth + 1])
+        if stand_in is not None and parent[step] != stand_in:  # type: ignore[index]
+            parent[step] = stand_in  # type: ignore[index]
+            return True
+        if isinstance(parent, dict):
+            del parent[step]  # type: ignore[arg-type]
+            return True
+    return False
+
+
+def _stand_in(path: Path) -> dict[str, object] | None:
+    """What replaces the route or upstream at ``path`` once it is known to be wrong."""
+    if len(path) == 2 and path[0] == "routes" and isinstance(path[1], int):
+        return {"route": f"/fluxgate-checked-{path[1]}", "upstream": "http://127.0.0.1:1",
+                "public": True}
+    if len(path) == 2 and path[0] == "upstreams":
+        return {"targets": ["http://127.0.0.1:1"]}
+    return None
+
+
+def _related(a: Path, b: Path) -> bool:
+    """One path lies on the other (the same key, an ancestor, or a descendant)."""
+    n = min(len(a), len(b))
+    return a[:n] == b[:n]
 
 
 class _Document:
@@ -127,12 +229,17 @@ class _Document:
         return path
 
     def error(self, path: Path, message: str) -> ConfigError:
+        """The error at internal ``path``, said at the user's path and line; it keeps that
+        path (``user_path``) so the loader can take the key out and look for more."""
         user = self.user_path(path)
+        error = ConfigError(message, format_path(user))
         for n in range(len(user), -1, -1):  # a missing key reports its parent's line
             line = self.lines.get(user[:n])
             if line is not None:
-                return ConfigError(message, format_path(user), line)
-        return ConfigError(message, format_path(user))
+                error = ConfigError(message, format_path(user), line)
+                break
+        error.user_path = user
+        return error
 
 
 class _EnvText(str):
@@ -442,11 +549,20 @@ class _Prepare:
             if key == tag_field:
                 out[key] = item
                 continue
-            field = fields.get(key)
+            name = key
+            if key not in fields and _KEY_ALIASES.get(key) in fields:
+                name = _KEY_ALIASES[key]
+                if name in value:
+                    raise self.doc.error(
+                        (*path, key), f"{name} and {key} are one setting: give only one"
+                    )
+                # Later errors about the field name the key as the user wrote it.
+                self.doc.moves[(*path, name)] = self.doc.user_path((*path, key))
+            field = fields.get(name)
             if field is None:
                 hint = did_you_mean(key, fields) or f"; valid keys: {', '.join(fields)}"
                 raise self.doc.error((*path, key), f"unknown key{hint}")
-            out[key] = self.value(item, field.type, (*path, key))
+            out[name] = self.value(item, field.type, (*path, key))
         return out
 
     def union(self, value: object, members: tuple[Any, ...], path: Path) -> object:
