@@ -621,8 +621,8 @@ cdef class RequestRecorder:
                       <uint64_t>(seconds * 1000000.0))
 
 
-# Feature sections, kept in their own files so each reads on its own (STYLE: split
-# into .pxi past ~1,500 lines; these two grow with their issues).
+# Feature sections, kept in their own files so each reads on its own (a module past
+# ~1,500 lines is split into .pxi files; these grow with their features).
 include "_http.pxi"
 include "_resphead.pxi"
 include "_reqhead.pxi"

@@ -166,3 +166,9 @@ def test_clock_skew_snake_case_errors_name_it_as_written():
 def test_snake_case_alias_only_where_the_key_exists():
     err = error_of("clock_skew_tolerance: 5s\n" + JWT.format(skew="audience: x"))
     assert "unknown key" in str(err) and err.path == "clock_skew_tolerance"
+
+
+@pytest.mark.parametrize("doc", ["fluxgate.example.yaml", "docs/jwt.md", "docs/oauth2.md"])
+def test_clock_skew_snake_case_is_documented(doc):
+    text = (Path(__file__).resolve().parents[1] / doc).read_text()
+    assert "clock_skew_tolerance" in text and "clockSkewTolerance" in text
