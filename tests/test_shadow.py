@@ -6,6 +6,7 @@ sees or any real budget; the config checker says where shadow mode may be used."
 from __future__ import annotations
 
 import http.client
+import secrets
 import time
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from fluxgate.auth.keyops import KeyOps
 from fluxgate.config import load_config, load_config_text
 from fluxgate.errors import ConfigError
+from tests.support.bad_authserver import BadAuthServer
 from tests.support.gateway import GatewayProcess, wait_until
 from tests.support.tokens import b64, b64json, sign
 from tests.support.upstream import RecordingUpstream
@@ -236,3 +238,48 @@ def test_shadow_belongs_to_the_whole_any_entry():
 def test_shadow_is_a_boolean():
     assert "shadow" in refused(
         f"  - {{route: /a, upstream: app, public: true, middleware: [jwt: {JWT}, shadow: yes-please}}]}}\n")
+
+
+# ---- oauth2: an introspection miss never holds the request ----------------------------------
+
+
+def test_shadowed_oauth2_answers_at_once_and_counts_the_introspection_when_it_comes(tmp_path):
+    server = BadAuthServer().start()
+    upstream = RecordingUpstream().start()
+    gw = GatewayProcess(tmp_path, f"""\
+routes:
+  - route: /opaque
+    upstream: "{upstream.url}"
+    public: true
+    middleware:
+      - oauth2: {{client_id: "{server.client_id}", client_secret: "{server.client_secret}",
+                  introspection_endpoint: "{server.introspection_endpoint}", timeout: 2s,
+                  shadow: true}}
+""")
+    try:
+        gw.start()
+        active = server.add_token(sub="carol")
+        inactive = secrets.token_urlsafe(24)  # unknown to the server: active false
+        assert get(gw.port, "/opaque", {"Authorization": f"Bearer {active}"})[0] == 200
+        assert get(gw.port, "/opaque", {"Authorization": f"Bearer {inactive}"})[0] == 200
+        assert get(gw.port, "/opaque")[0] == 200
+
+        def counted(decision: str, reason: str) -> bool:
+            return shadow_count(metrics(gw), "/opaque", "oauth2", decision, reason) == 1
+
+        assert wait_until(lambda: counted("allow", "ok"), timeout=10)
+        assert wait_until(lambda: counted("deny", "inactive"), timeout=10)
+        assert counted("deny", "missing_credentials")
+        # A server that never answers: the request is still answered, not held.
+        server.mode = "hang"
+        hung = secrets.token_urlsafe(24)
+        assert get(gw.port, "/opaque/h", {"Authorization": f"Bearer {hung}"})[0] == 200
+        assert last_request(upstream, "/opaque/h").header("X-FluxGate-Auth") is None
+        assert wait_until(lambda: counted("deny", "auth_server_unavailable"), timeout=15)
+        assert 'fluxgate_auth_failures_total{method="oauth2"' not in metrics(gw)
+        assert active not in gw.log() and hung not in gw.log()
+    finally:
+        gw.stop()
+        server.mode = "up"
+        server.stop()
+        upstream.stop()
