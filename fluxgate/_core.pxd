@@ -299,6 +299,7 @@ cdef class RequestState:
     cdef public object client_ip         # str
     cdef public object peer_trusted      # bool
     cdef public object principal         # Principal | None
+    cdef public object refusal           # str | None: a local refusal's reason code (access log)
     cdef public object expect_continue   # bool
     cdef public object host              # bytes | None
     cdef public object forwarded_for     # bytes | None

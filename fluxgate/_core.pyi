@@ -345,6 +345,7 @@ class RequestState:
     client_ip: str
     peer_trusted: bool
     principal: Any
+    refusal: str | None
     expect_continue: bool
     host: bytes | None
     forwarded_for: bytes | None

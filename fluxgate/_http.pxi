@@ -44,6 +44,7 @@ cdef class RequestState:
         self.client_ip = ""
         self.peer_trusted = False
         self.principal = None
+        self.refusal = None
         self.expect_continue = False
         self.host = None
         self.forwarded_for = None

@@ -22,7 +22,7 @@ from cpython.dict cimport PyDict_GetItem
 from cpython.object cimport PyObject
 from libc.stdint cimport uint64_t
 from libc.string cimport memcpy
-from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 
 import logging
 from collections import deque
@@ -46,6 +46,8 @@ log = logging.getLogger("fluxgate.proxy")
 
 # RFC 9110 §9.2.2: a request may be retried on a fresh connection only if idempotent.
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+# Access-log entries kept before a flush that does not wait for the sweep.
+cdef Py_ssize_t _ACCESS_LOG_BATCH = 512
 
 
 # ---- accounting and the clock (contract: _proxy_accounting.pxd) -----------------------
@@ -70,26 +72,33 @@ cdef class Accounting:
     def __init__(self, RequestRecorder recorder, access_log):
         self._recorder = recorder
         self._access_log = access_log
+        self._entries = access_log.entries if access_log is not None else None
 
-    cpdef record(self, RequestState req):
-        """Count ``req``, finished now: its status and latency under its route's slot."""
-        cdef double seconds = monotonic() - <double>req.started
+    cpdef record(self, RequestState req, Py_ssize_t sent=0):
+        """Count ``req``, finished now: its status and latency under its route's slot,
+        and its access-log entry (``sent``: bytes written to the client for it).
+
+        The entry is a tuple of the request's fields, appended in C; the AccessLog formats
+        it off the request path, when the worker's sweep flushes (AccessLog.ENTRY)."""
+        cdef double now = monotonic()
+        cdef double seconds = now - <double>req.started
+        cdef double upstream = -1.0
         cdef RouteBase route = req.route
         cdef Py_ssize_t slot = route.slot if route is not None else 0
+        cdef timespec wall
         if self._recorder is not None:
             self._recorder.record(slot, req.status, seconds)
-        if self._access_log is not None:
-            self._access_log.add(
-                "%s %s %s %d %.1fms %s\n"
-                % (
-                    req.client_ip or "-",
-                    req.method.decode("latin-1") or "-",
-                    (req.path or b"-").decode("latin-1"),
-                    req.status,
-                    seconds * 1000.0,
-                    req.request_id.decode("latin-1") or "-",
-                )
-            )
+        if self._entries is not None:
+            if req.exchange is not None:
+                upstream = now - (<Exchange?>req.exchange).started
+            clock_gettime(CLOCK_REALTIME, &wall)
+            self._entries.append((
+                wall.tv_sec + wall.tv_nsec * 1e-9, req.client_ip, req.method,
+                req.path or req.url, route, req.status, seconds, upstream, sent,
+                req.request_id, req.principal, req.refusal,
+            ))
+            if len(self._entries) >= _ACCESS_LOG_BATCH:
+                self._access_log.flush()
 
 
 # ---- back-pressure (contract: _proxy_flow.pxd) -----------------------------------------
@@ -206,6 +215,8 @@ cdef class ClientConnectionBase(FlowControl):
         self.deadline_kind = DEADLINE_NONE
         self.corked = 0
         self.out = []
+        self.bytes_written = 0
+        self._recorded_bytes = 0
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport):
@@ -413,9 +424,11 @@ cdef class ClientConnectionBase(FlowControl):
             return
         self._advance()
 
-    cdef int _record(self, RequestState req) except -1:
-        self._accounting.record(req)
-        return 0
+    cpdef _record(self, RequestState req):
+        """Count `req`, finished now, in the metrics and the access log."""
+        cdef Py_ssize_t sent = self.bytes_written - self._recorded_bytes
+        self._recorded_bytes = self.bytes_written
+        self._accounting.record(req, sent)
 
     cpdef _advance(self):
         """Start queued requests, in order, while nothing is in flight."""
@@ -439,6 +452,7 @@ cdef class ClientConnectionBase(FlowControl):
     # -- transport helpers ---------------------------------------------------------------------
     cpdef write(self, data):
         """Send bytes to the client; while corked they are gathered into one send."""
+        self.bytes_written += len(data)
         if self.corked:
             self.out.append(data)
         elif self.transport is not None and not self.closed:
@@ -708,6 +722,7 @@ cdef Exchange _new_exchange(ClientConnectionBase client, RequestState req,
     self.finished = False
     self.attempts = 0
     self.deadline = float("inf")  # set by start(), before anything can time out
+    self.started = monotonic()
     self.ws = None
     return self
 

@@ -10,5 +10,6 @@ cdef double monotonic() noexcept nogil
 cdef class Accounting:
     cdef RequestRecorder _recorder     # the shared metrics table's, or None
     cdef object _access_log            # AccessLog when it writes somewhere, else None
+    cdef list _entries                 # its entries (AccessLog.entries), or None
 
-    cpdef record(self, RequestState req)
+    cpdef record(self, RequestState req, Py_ssize_t sent=*)

@@ -67,6 +67,10 @@ cdef class ClientConnectionBase(FlowControl):
     cdef public double deadline
     cdef public int deadline_kind
     cdef public int corked             # > 0: writes are gathered into `out`
+    # Bytes written to the client, and that count when the last request was recorded:
+    # the access log's bytes sent of a request is the difference (responses go in order).
+    cdef public Py_ssize_t bytes_written
+    cdef Py_ssize_t _recorded_bytes
     cdef public list out
 
     cpdef _start(self, RequestState req)
@@ -77,7 +81,7 @@ cdef class ClientConnectionBase(FlowControl):
     cdef int exchange_failed(self, RequestState req, err) except -1
     cdef int exchange_done(self, RequestState req) except -1
     cpdef _finish_request(self, RequestState req)
-    cdef int _record(self, RequestState req) except -1
+    cpdef _record(self, RequestState req)
     cpdef _advance(self)
     cpdef write(self, data)
     cpdef uncork(self)

@@ -25,6 +25,7 @@ cdef class Exchange:
     cdef public bint finished
     cdef public int attempts
     cdef public double deadline
+    cdef public double started         # monotonic() when it was made: upstream time
     cdef public WsTunnel ws            # after a 101: the WebSocket tunnel's state
 
     cdef int start(self) except -1

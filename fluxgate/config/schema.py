@@ -57,6 +57,11 @@ class ApiKeys(Base):
     signing_secret: str | None = None
 
 
+class AccessLog(Base):
+    format: Literal["text", "json"] = "text"
+    path: str | None = "-"  # "-" = stderr, a file appended to, null = off
+
+
 class Certificate(Base):
     """One certificate the listener can present: PEM files (the chain, leaf first; its key)."""
 
@@ -280,5 +285,6 @@ class Config(Base):
     upstreams: dict[str, Upstream] = {}
     routes: list[Route] = []
     scope_map: dict[str, list[str]] = {}
-    # "-" = stderr, a path = append to that file, null = off. Never logs query strings.
-    access_log: str | None = "-"
+    # "-" = stderr, a path = append to that file, null = off (text lines), or
+    # {format: text|json, path: ...}. Never logs query strings.
+    access_log: str | AccessLog | None = "-"

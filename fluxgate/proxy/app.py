@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +17,7 @@ from fluxgate.config import schema
 from fluxgate.config.resolve import resolve_upstream
 from fluxgate.middleware.shadow import compile_chain
 from fluxgate.proxy import headers as hdr
+from fluxgate.proxy.access_log import AccessLog
 from fluxgate.proxy.forwarded import ClientAddressResolver
 from fluxgate.proxy.router import Router
 from fluxgate.proxy.upstream import UpstreamGroup
@@ -81,32 +81,6 @@ class CompiledRoute(RouteBase):
                 (name.lower().encode() for name in route.strip_request_headers),
             )
         )
-
-
-class AccessLog:
-    """Buffered access log: one line per request, flushed by the sweep, never a query string.
-
-    Query strings can carry credentials (`?api_key=`), so only the path is written.
-    """
-
-    def __init__(self, target: str | None) -> None:
-        self.lines: list[str] = []
-        self.stream: Any = None
-        if target == "-":
-            self.stream = sys.stderr
-        elif target:
-            self.stream = open(target, "a", buffering=1 << 16)  # noqa: SIM115 - lives with the worker
-
-    def add(self, line: str) -> None:
-        self.lines.append(line)
-        if len(self.lines) >= 512:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.lines and self.stream is not None:
-            self.stream.write("".join(self.lines))
-            self.stream.flush()
-        self.lines = []
 
 
 class Gateway:
@@ -226,4 +200,4 @@ class Gateway:
             self._sweeper.cancel()
         for group in self.groups.values():
             group.close()
-        self.access_log.flush()
+        self.access_log.close()

@@ -381,6 +381,9 @@ class ClientConnection(ClientConnectionBase, asyncio.Protocol):
     # -- endings -----------------------------------------------------------------------------
     def _local_reply(self, req: RequestState, err: ClientError) -> None:
         req.status = err.status
+        # The access log's reason code: the auth failure's own (expired, unknown_key, ...)
+        # where the error carries one, else the error's code.
+        req.refusal = getattr(err, "reason", None) or err.code
         req.response_done = True
         body_pending = req.has_body and not req.message_complete
         close = err.close_connection or body_pending or not self.can_keep_alive(req)
@@ -429,9 +432,12 @@ class ClientConnection(ClientConnectionBase, asyncio.Protocol):
         req = self.parsing or RequestState(now())
         req.request_id = self.gw.request_id(None)
         req.status = err.status
+        req.refusal = err.code
+        if not req.client_ip:  # the head never completed: the peer is all there is
+            req.client_ip = self.peer
         req.finished = True
-        self.gw.accounting.record(req)
         self.write(error_response(err, req.request_id.decode(), close=True))
+        self._record(req)  # after the write: its bytes count as this request's
         self._close_soon()
 
     def start_tunnel(self, exchange: Exchange, upstream_rest: bytes) -> None:
