@@ -248,6 +248,14 @@ def route_findings(config: schema.Config, route: schema.Route) -> list[Finding]:
             found.append(Finding(
                 "public_route", "warning",
                 "public: true and no authentication: anyone who reaches the gateway gets in"))
+    elif route.public and enforcing_auth(route):
+        names = ", ".join(dict.fromkeys(kind_of(m).name for m in enforcing_auth(route)))
+        found.append(Finding(
+            "public_with_auth", "warning",
+            f"public: true, yet {names} authenticates every request here: callers without "
+            "a credential are refused all the same. Drop public: true (it only says a route "
+            "without authentication is open on purpose, so it would hide the middleware's "
+            "removal), or drop the middleware if the route is meant to be open"))
     for auth in auths:
         found += kind_of(auth).findings(config, auth)
         if isinstance(auth, schema.OAuth2) and auth.login:
@@ -342,9 +350,69 @@ def api_key_findings(config: schema.Config, entry: schema.ApiKey) -> list[Findin
         "route's api_key")]
 
 
+def enforcing_auth(route: schema.Route) -> list[Any]:
+    """The route's authentication entries that are enforced (not in shadow mode)."""
+    if getattr(route, "shadow", False):
+        return []
+    return [
+        entry for entry in route.middleware
+        if not getattr(entry, "shadow", False)
+        and (kind_of(entry).authenticates or any(
+            kind_of(m).authenticates and not getattr(m, "shadow", False)
+            for m in kind_of(entry).members(entry)))
+    ]
+
+
+def scope_map_findings(config: schema.Config) -> list[Finding]:
+    """``scope_map`` rules that only cover routes without enforced authentication: no
+    caller is identified there, so the scope they ask for is never checked."""
+    router: Router[int] = Router((r.route, i) for i, r in enumerate(config.routes))
+    found = []
+    for scope, rules in config.scope_map.items():
+        for rule in rules:
+            covered = [config.routes[i] for i in _rule_routes(config, router, rule)]
+            if covered and not any(enforcing_auth(r) for r in covered):
+                prefixes = ", ".join(r.route for r in covered)
+                found.append(Finding(
+                    "scope_rule_public_only", "warning",
+                    f"scope_map {scope}: '{rule}' only covers routes without authentication "
+                    f"({prefixes}): nobody is identified there, so {scope} is never "
+                    "required. Add authentication to the route, or remove the rule"))
+    return found
+
+
+def _rule_routes(config: schema.Config, router: Router[int], rule: str) -> list[int]:
+    """The indices of the routes a request matching ``rule`` may reach, in config order.
+
+    The route of the pattern's literal part (its segments before the first with ``*``),
+    and with a wildcard every route under that part too: more than the rule can reach at
+    times (``/a/*/b`` and a route ``/a/x/c``), never fewer, so no route is missed."""
+    _method, _, pattern = rule.partition(" ")
+    literal: list[str] = []
+    segments = [s for s in pattern.split("/") if s]
+    for segment in segments:
+        if "*" in segment:
+            break
+        literal.append(segment)
+    base = "/" + "/".join(literal)
+    try:
+        normalized = normalize_path(base.encode("utf-8"))
+    except PathError:
+        return []
+    reached = set()
+    home = router.match(normalized)
+    if home is not None:
+        reached.add(home)
+    if len(literal) < len(segments):  # a wildcard: the routes below the literal part too
+        under = base.rstrip("/") + "/"
+        reached.update(i for i, r in enumerate(config.routes)
+                       if (r.route.rstrip("/") + "/").startswith(under))
+    return sorted(reached)
+
+
 def findings(config: schema.Config, route: schema.Route) -> list[Finding]:
     """Everything ``auth verify`` reports for ``route``, the most severe first."""
-    found = route_findings(config, route) + config_findings(config)
+    found = route_findings(config, route) + config_findings(config) + scope_map_findings(config)
     return sorted(found, key=lambda f: -SEVERITIES.index(f.severity))
 
 
