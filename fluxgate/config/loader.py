@@ -15,6 +15,11 @@ known, the line:
 4. ``msgspec.convert`` checks types and constraints; its error path is translated back.
 5. ``resolve.check_config`` checks what types cannot say: addresses, CIDRs, upstreams,
    routes, zero trust.
+
+Stages 2 to 5 repeat until they pass, each time without the key the last error named, so
+every independent error is reported (``ConfigErrors``), not only the first; an error in
+the YAML itself (stage 1) stops there. Stage 3 also accepts ``clock_skew_tolerance`` for
+``clockSkewTolerance``, the one key spelled in camelCase.
 """
 
 from __future__ import annotations
