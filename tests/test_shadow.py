@@ -11,9 +11,11 @@ import time
 
 import pytest
 
+from fluxgate._core import RequestState
 from fluxgate.auth.keyops import KeyOps
 from fluxgate.config import load_config, load_config_text
-from fluxgate.errors import ConfigError
+from fluxgate.errors import ConfigError, InvalidToken
+from fluxgate.middleware.shadow import ShadowGroup
 from tests.support.bad_authserver import BadAuthServer
 from tests.support.gateway import GatewayProcess, wait_until
 from tests.support.tokens import b64, b64json, sign
@@ -283,3 +285,36 @@ routes:
         server.mode = "up"
         server.stop()
         upstream.stop()
+
+
+# ---- the step itself ------------------------------------------------------------------------
+
+
+def test_a_shadow_step_puts_back_what_its_entries_changed_and_survives_their_failures():
+    seen = []
+
+    def meddling(req):
+        req.principal = "someone"
+        req.query = b""
+        req.response_headers.append((b"X-Shadow", b"1"))
+        seen.append("meddling")
+        return None
+
+    def failing(req):
+        seen.append("failing")
+        raise RuntimeError("a bug in a middleware")
+
+    def refusing(req):
+        seen.append("refusing")
+        return InvalidToken(reason="expired")
+
+    req = RequestState(0.0)
+    req.headers, req.query, req.method, req.path = [], b"a=1", b"GET", b"/a"
+    req.principal, req.response_headers = None, []
+    group = ShadowGroup("/a", 1, [("jwt", meddling), ("quota", failing), ("jwt", refusing)], None)
+    assert group(req) is None
+    assert seen == ["meddling", "failing"]  # a failure ends the run, like a refusal
+    assert req.principal is None and req.query == b"a=1" and req.response_headers == []
+    seen.clear()
+    group = ShadowGroup("/a", 1, [("jwt", refusing), ("quota", meddling)], None)
+    assert group(req) is None and seen == ["refusing"]

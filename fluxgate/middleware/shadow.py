@@ -34,7 +34,7 @@ from fluxgate.middleware import compile_middleware, kind_of
 from fluxgate.middleware.any import AnyMiddleware
 from fluxgate.middleware.api_key import ApiKeyMiddleware
 from fluxgate.middleware.kind import ConfigChecker
-from fluxgate.middleware.quota import QuotaMiddleware
+from fluxgate.middleware.quota import _TAG_CACHE_LIMIT, QuotaMiddleware
 from fluxgate.proxy.suspend import Suspended
 
 if TYPE_CHECKING:
@@ -126,11 +126,12 @@ class ShadowQuota:
     """A quota rule's decision without its side effects on the request (no RateLimit-*
     headers), counted in buckets of its own."""
 
-    __slots__ = ("rule", "prefix")
+    __slots__ = ("rule", "prefix", "_tags")
 
     def __init__(self, rule: QuotaMiddleware) -> None:
         self.rule = rule
         self.prefix = SHADOW_BUCKET_PREFIX + rule.prefix
+        self._tags: dict[str, int] = {}  # identity -> bucket tag (an HMAC: worth caching)
 
     def __call__(self, req: RequestState) -> ClientError | None:
         rule = self.rule
@@ -138,7 +139,11 @@ class ShadowQuota:
         if who is None:
             return MissingCredentials()
         quotas = rule.shared.quotas
-        tag = quotas.tag(self.prefix + who.encode("utf-8", "surrogatepass"))
+        tag = self._tags.get(who)
+        if tag is None:
+            if len(self._tags) >= _TAG_CACHE_LIMIT:
+                self._tags.clear()
+            tag = self._tags[who] = quotas.tag(self.prefix + who.encode("utf-8", "surrogatepass"))
         code = quotas.consume(tag, rule.limit, rule.window, _now())[0]
         if code == 0:
             return None
