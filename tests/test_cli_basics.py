@@ -112,3 +112,17 @@ def test_output_into_a_closed_pipe_ends_quietly(tmp_path, argv):
     code = proc.wait(timeout=60)
     assert "Broken pipe" not in err and "Traceback" not in err and "Exception" not in err, err
     assert code in (0, 141)
+
+
+def test_both_entry_points_end_a_broken_pipe_quietly(capsys):
+    from fluxgate.cli import fluxctl
+    from fluxgate.cli import fluxgate as fluxgate_cli
+    from fluxgate.cli.fluxgate import EXIT_BROKEN_PIPE, exit_quietly_on_broken_pipe
+
+    @exit_quietly_on_broken_pipe
+    def writes_into_a_closed_pipe() -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    assert writes_into_a_closed_pipe() == EXIT_BROKEN_PIPE == 141
+    # Both scripts' main are wrapped.
+    assert fluxctl.main.__wrapped__ and fluxgate_cli.main.__wrapped__
