@@ -5,6 +5,7 @@ sees or any real budget; the config checker says where shadow mode may be used."
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import secrets
 import time
@@ -13,11 +14,14 @@ import pytest
 
 from fluxgate._core import RequestState
 from fluxgate.auth.keyops import KeyOps
+from fluxgate.auth.shadow_counts import ALLOW, DENY, ShadowCounts
 from fluxgate.config import load_config, load_config_text
 from fluxgate.errors import ConfigError, InvalidToken
+from fluxgate.master.shadow_metrics import ShadowMetricsService
+from fluxgate.metrics import MetricsTable, RouteSlots
 from fluxgate.middleware.shadow import ShadowGroup
 from tests.support.bad_authserver import BadAuthServer
-from tests.support.gateway import GatewayProcess, wait_until
+from tests.support.gateway import GatewayProcess, run_in_children, wait_until
 from tests.support.tokens import b64, b64json, sign
 from tests.support.upstream import RecordingUpstream
 
@@ -52,6 +56,11 @@ routes:
     upstream: app
     middleware:
       - api_key: {}
+  - route: /ip
+    upstream: app
+    public: true
+    middleware:
+      - ip_allow: {cidrs: [10.0.0.0/8], shadow: true}
 """.replace("JWT", JWT)
 ADMIN = {"Authorization": "Bearer test-admin-token"}
 
@@ -194,6 +203,46 @@ def test_shadowed_api_key_counts_without_spending_the_keys_quota(gw, upstream):
     # None of the shadow's uses spent the key's budget of one: the enforced route has it all.
     assert get(gw.port, "/keyed", {"X-API-Key": key})[0] == 200
     assert get(gw.port, "/keyed", {"X-API-Key": key})[0] == 429
+
+
+def test_shadowed_ip_allow_counts_the_addresses_it_would_refuse(gw):
+    for _ in range(2):
+        assert get(gw.port, "/ip")[0] == 200
+    assert shadow_count(metrics(gw), "/ip", "ip_allow", "deny", "ip_not_allowed") == 2
+
+
+def test_counts_are_shared_across_processes_and_rendered_by_route(tmp_path):
+    class Master:
+        state_dir = str(tmp_path)
+        route_slots = None
+
+    service = ShadowMetricsService(Master())
+    config = load_config_text(BASE + f"  - {{route: /a, upstream: app, public: true, "
+                                     f"middleware: [jwt: {JWT}, shadow: true}}]}}\n"
+                                     "  - {route: /b, upstream: app, public: true}\n")
+    asyncio.run(service.start(config))
+    try:
+        table = MetricsTable.create(str(tmp_path / "m.bin"), capacity=4)
+        Master.route_slots = RouteSlots(table)
+        slot_a = Master.route_slots.assign(["/a", "/b"])[0]
+
+        def worker() -> bool:
+            counts = ShadowCounts.open(str(tmp_path))
+            for _ in range(3):
+                counts.count(slot_a, "jwt", DENY, "expired")
+            counts.count(slot_a, "jwt", ALLOW, "ok")
+            counts.count(slot_a, "no-such-kind", DENY, "no-such-reason")
+            counts.count(10_000, "jwt", DENY, "expired")  # outside the table: slot 0, not /a
+            return True
+
+        assert run_in_children(2, worker) == [0, 0]
+        rows = {tuple(v for _, v in m.labels): m.value for m in service.metrics()}
+        assert rows == {("/a", "jwt", "deny", "expired"): 6, ("/a", "jwt", "allow", "ok"): 2,
+                        ("/a", "other", "deny", "other"): 2}
+        table.close()
+    finally:
+        asyncio.run(service.stop())
+    assert not (tmp_path / "shadow_decisions.bin").exists()
 
 
 # ---- where shadow mode may be used ----------------------------------------------------------
