@@ -126,3 +126,15 @@ def test_both_entry_points_end_a_broken_pipe_quietly(capsys):
     assert writes_into_a_closed_pipe() == EXIT_BROKEN_PIPE == 141
     # Both scripts' main are wrapped.
     assert fluxctl.main.__wrapped__ and fluxgate_cli.main.__wrapped__
+
+
+def test_fluxctl_reports_every_config_error_with_the_file(tmp_path):
+    path = tmp_path / "fluxgate.yaml"
+    path.write_text("listen: '127.0.0.1:99999'\nroutes:\n"
+                    "  - {route: /a, upstream: nowhere, public: true}\n")
+    done = script("fluxctl", "--config", str(path), "routes", "list")
+    assert done.returncode == 1
+    lines = done.stderr.splitlines()
+    assert lines[0].startswith(f"fluxctl: error: {path}: listen (line 1): ")
+    assert lines[1].startswith(f"{path}: routes[0].upstream (line 3): unknown upstream")
+    assert len(lines) == 2

@@ -68,8 +68,9 @@ class Context:
                 )
             try:
                 self._config = load_config(path)
-            except ConfigError as exc:
-                raise CommandError(f"{path}: {exc}") from None
+            except ConfigError as exc:  # several errors: one line each, each with the file
+                raise CommandError("\n".join(f"{path}: {line}" for line in str(exc).splitlines())
+                                   ) from None
         return self._config
 
     @property
