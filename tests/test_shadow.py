@@ -19,7 +19,8 @@ from fluxgate.config import load_config, load_config_text
 from fluxgate.errors import ConfigError, InvalidToken
 from fluxgate.master.shadow_metrics import ShadowMetricsService
 from fluxgate.metrics import MetricsTable, RouteSlots
-from fluxgate.middleware.shadow import ShadowGroup
+from fluxgate.middleware.jwt import JwtMiddleware
+from fluxgate.middleware.shadow import ShadowGroup, compile_chain
 from tests.support.bad_authserver import BadAuthServer
 from tests.support.gateway import GatewayProcess, run_in_children, wait_until
 from tests.support.tokens import b64, b64json, sign
@@ -367,3 +368,20 @@ def test_a_shadow_step_puts_back_what_its_entries_changed_and_survives_their_fai
     seen.clear()
     group = ShadowGroup("/a", 1, [("jwt", refusing), ("quota", meddling)], None)
     assert group(req) is None and seen == ["refusing"]
+
+
+def test_routes_without_shadow_keep_their_chain_and_shadowed_runs_are_grouped(tmp_path):
+    class Gateway:
+        state_dir = str(tmp_path)
+        periodic: list = []
+
+    config = load_config_text(BASE + (
+        f"  - {{route: /plain, upstream: app, middleware: [jwt: {JWT}}}]}}\n"
+        f"  - {{route: /mixed, upstream: app, middleware: [ip_allow: {{cidrs: [10.0.0.0/8], "
+        f"shadow: true}}, jwt: {JWT}, shadow: true}}, jwt: {JWT}}}]}}\n"))
+    Gateway.config = config
+    plain, mixed = (compile_chain(route, Gateway(), i + 1) for i, route in enumerate(config.routes))
+    assert [type(m) for m in plain] == [JwtMiddleware]
+    assert [type(m) for m in mixed] == [ShadowGroup, JwtMiddleware]
+    assert [method for method, _ in mixed[0].entries] == ["ip_allow", "jwt"]
+    assert not getattr(mixed[0], "drop_headers", ())  # nothing the upstream sees is dropped
