@@ -22,7 +22,7 @@ from fluxgate.metrics import MetricsTable, RouteSlots
 from fluxgate.middleware.jwt import JwtMiddleware
 from fluxgate.middleware.shadow import ShadowGroup, compile_chain
 from tests.support.bad_authserver import BadAuthServer
-from tests.support.gateway import GatewayProcess, run_in_children, wait_until
+from tests.support.gateway import GatewayProcess, raw_request, run_in_children, wait_until
 from tests.support.tokens import b64, b64json, sign
 from tests.support.upstream import RecordingUpstream
 
@@ -99,6 +99,12 @@ def get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[in
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}
     finally:
         conn.close()
+
+
+def raw_status(port: int, request: bytes) -> int:
+    """The status of one request written byte for byte (headers http.client would merge)."""
+    answer = raw_request(port, request, read_until_close=False)
+    return int(answer.split(b" ", 2)[1])
 
 
 def metrics(gw: GatewayProcess) -> str:
@@ -194,11 +200,15 @@ def test_shadowed_api_key_counts_without_spending_the_keys_quota(gw, upstream):
         assert get(gw.port, "/key/a", {"X-API-Key": key})[0] == 200
     assert get(gw.port, "/key/a", {"X-API-Key": "fg_garbage"})[0] == 200
     assert get(gw.port, "/key/a")[0] == 200
+    assert raw_status(gw.port, b"GET /key/a HTTP/1.1\r\nHost: x\r\nX-API-Key: " + key.encode()
+                      + b"\r\nX-API-Key: " + key.encode() + b"\r\n\r\n") == 200
     # The key is never forwarded, shadow or not.
     assert last_request(upstream, "/key/a").header("X-API-Key") is None
     text = metrics(gw)
     assert shadow_count(text, "/key", "api_key", "allow", "ok") >= 4
     assert shadow_count(text, "/key", "api_key", "deny", "missing_credentials") == 1
+    # The reason the middleware counts, not the refusal's coarser one ("ambiguous").
+    assert shadow_count(text, "/key", "api_key", "deny", "ambiguous_credentials") == 1
     assert sum(shadow_count(text, "/key", "api_key", "deny", r)
                for r in ("bad_tag", "unknown_key", "invalid_key", "other")) >= 1
     # None of the shadow's uses spent the key's budget of one: the enforced route has it all.

@@ -81,9 +81,28 @@ def _shadow_step(middleware: Any, gateway: Any) -> Callable[[Any], ClientError |
     return middleware.__call__
 
 
+class ReasonTap:
+    """Stands for the auth-failure table in a shadowed middleware: keeps the reason code it
+    would have counted (the precise one: ``jwks_unavailable`` behind a 503,
+    ``miss_rate_limited`` behind a 429), counts nothing. A worker runs one step at a time,
+    so one tap serves every shadowed entry: reset before a step, read after it."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+    def count(self, method: str, reason: str) -> None:
+        """What the middleware would have counted."""
+        self.reason = reason
+
+
+_TAP = ReasonTap()
+
+
 def _unmeter(middleware: Any, gateway: Any) -> None:
     if hasattr(middleware, "failures"):
-        middleware.failures = None
+        middleware.failures = _TAP
     if isinstance(middleware, ApiKeyMiddleware):
         middleware.shared = unmetered_keys(gateway)
     if isinstance(middleware, AnyMiddleware):
@@ -153,8 +172,9 @@ class ShadowQuota:
 
 
 def reason_of(refusal: ClientError) -> str:
-    """The reason code of a refusal, as the auth-failure counters spell it."""
-    return getattr(refusal, "reason", None) or refusal.code
+    """The reason code of a refusal, as the auth-failure counters spell it (what the
+    middleware counted, else the refusal's own reason or code)."""
+    return _TAP.reason or getattr(refusal, "reason", None) or refusal.code
 
 
 class _Detached:
@@ -201,6 +221,7 @@ class ShadowGroup:
     def _evaluate(self, req: Any, start: int) -> None:
         for i in range(start, len(self.entries)):
             method, step = self.entries[i]
+            _TAP.reason = None
             try:
                 refusal = step(req)
             except Suspended as wait:
@@ -219,6 +240,7 @@ class ShadowGroup:
         detached = _Detached(req)
 
         def answered(future: Any) -> None:
+            _TAP.reason = None
             try:
                 refusal = wait.resume(detached)
             except BaseException:  # cancelled, failed, or asking to wait again
