@@ -10,7 +10,7 @@ import pytest
 
 from fluxgate.config.loader import load_config_text
 from fluxgate.errors import ConfigError
-from fluxgate.proxy.access_log import access_log_settings
+from fluxgate.proxy.access_log import AccessLog, access_log_settings
 from tests.support.gateway import raw_request, wait_until
 
 SECRET_QUERY = "api_key=fg_query_secret_value_123"
@@ -160,3 +160,30 @@ def test_both_spellings_of_the_key(text, expected):
 def test_a_wrong_access_log_is_a_config_error(text):
     with pytest.raises(ConfigError, match="access_log"):
         load_config_text(text + ONE_ROUTE)
+
+
+@pytest.mark.parametrize("path", [
+    b"/a b", b"/a\r\nforged 200 line", b"/caf\xc3\xa9", b'/q"uote', b"/\x00\x7f", b"/a?k=secret",
+])
+def test_hostile_text_stays_on_one_line(tmp_path, path):
+    log = AccessLog(str(tmp_path / "a.log"))
+    log.entries.append((1765081836.5, "::1", b"G\nET", path, None, 400, 0.001, -1.0, 0,
+                        b"id\r\n", None, "bad_request"))
+    log.close()
+    text = (tmp_path / "a.log").read_text()
+    assert text.count("\n") == 1 and text.endswith("\n") and "\r" not in text
+    assert "secret" not in text
+    assert len(text.split(" ")) == 12  # every field one token
+
+
+def test_json_lines_escape_and_drop_the_query(tmp_path):
+    log = AccessLog(load_config_text(
+        f"access_log: {{format: json, path: {tmp_path}/a.jsonl}}\n" + ONE_ROUTE).access_log)
+    log.entries.append((1765081836.0009, "10.0.0.1", b"GET", b"/x\n?key=secret", None, 200,
+                        0.5, 0.25, 12, b"rid", None, None))
+    log.close()
+    text = (tmp_path / "a.jsonl").read_text()
+    assert text.count("\n") == 1 and "secret" not in text
+    entry = json.loads(text)
+    assert entry["time"] == "2025-12-07T04:30:36.000Z"
+    assert (entry["path"], entry["duration_ms"], entry["upstream_ms"]) == ("/x\n", 500.0, 250.0)

@@ -55,15 +55,30 @@ def _principal(principal: Any) -> str | None:
     return f"{principal.method}:{principal.subject}"
 
 
+class _TextSink:
+    """Bytes written to a text stream."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, data: bytes) -> None:
+        self._stream.write(data.decode("utf-8", "replace"))
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+
 class AccessLog:
     """Buffered access-log writer of one worker (``entries`` is filled by Accounting)."""
 
     def __init__(self, setting: str | schema.AccessLog | None) -> None:
         self.format, path = access_log_settings(setting)
         self.entries: list[tuple[Any, ...]] = []
-        self.stream: IO[bytes] | None = None
+        self.stream: IO[bytes] | _TextSink | None = None
+        self._owned = path not in (None, "-")  # a file it opened, closed with it
         if path == "-":
-            self.stream = sys.stderr.buffer
+            # A replaced sys.stderr (a test runner's capture) may have no binary buffer.
+            self.stream = getattr(sys.stderr, "buffer", None) or _TextSink(sys.stderr)
         elif path:
             self.stream = open(path, "ab", buffering=1 << 16)  # noqa: SIM115 - lives with the worker
         self._second = -1
@@ -84,7 +99,7 @@ class AccessLog:
     def close(self) -> None:
         """Flush, and close a file (not stderr)."""
         self.flush()
-        if self.stream is not None and self.stream is not sys.stderr.buffer:
+        if self.stream is not None and self._owned:
             self.stream.close()
         self.stream = None
 
