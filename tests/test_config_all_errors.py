@@ -172,3 +172,20 @@ def test_snake_case_alias_only_where_the_key_exists():
 def test_clock_skew_snake_case_is_documented(doc):
     text = (Path(__file__).resolve().parents[1] / doc).read_text()
     assert "clock_skew_tolerance" in text and "clockSkewTolerance" in text
+
+
+def test_a_misspelt_key_does_not_also_report_the_key_missing():
+    err = error_of("rotues:\n  - {route: /a, upstream: 'http://127.0.0.1:9', public: true}\n")
+    assert type(err) is ConfigError and err.path == "rotues"
+
+
+def test_a_misspelt_key_beside_the_right_one_hides_nothing():
+    err = error_of("rotues: 1\nroutes:\n  - {route: /a, upstream: nope, public: true}\n")
+    assert [e.path for e in err.errors] == ["rotues", "routes[0].upstream"]
+
+
+def test_an_upstream_with_a_bad_name_is_one_error():
+    err = error_of('upstreams:\n  "pay ments": {targets: ["http://127.0.0.1:9"]}\n'
+                   'routes:\n  - {route: /a, upstream: pay ments, public: true}\n'
+                   '  - {route: /b, upstream: nope, public: true}\n')
+    assert [e.path for e in err.errors] == ['upstreams["pay ments"]', "routes[1].upstream"]

@@ -149,7 +149,7 @@ def _validate_all(data: dict[str, object], doc: _Document) -> schema.Config:
                 errors.append(exc)
             if where is None or not _prune(data, where):
                 break  # nothing to take out: what follows would depend on this
-            pruned.append(where)
+            pruned += [where, *_dependents(data, where, str(exc))]
             if len(errors) >= _MAX_ERRORS:
                 break
         else:
@@ -159,6 +159,40 @@ def _validate_all(data: dict[str, object], doc: _Document) -> schema.Config:
     if len(errors) == 1:
         raise errors[0]
     raise ConfigErrors(errors)
+
+
+_SUGGESTED = re.compile(r"did you mean '([^']+)'")
+
+
+def _dependents(data: dict[str, object], where: Path, message: str) -> list[Path]:
+    """Where errors that follow from the one at ``where`` will show, besides ``where``
+    itself: the key a misspelt key was meant to be (``rotues``: then ``routes`` is
+    missing), and the routes naming an upstream that had to be taken out."""
+    found: list[Path] = []
+    suggested = _SUGGESTED.search(message)
+    if suggested and suggested.group(1) not in _lookup(data, where[:-1]):
+        found.append((*where[:-1], suggested.group(1)))
+    upstreams = data.get("upstreams")
+    if len(where) >= 2 and where[0] == "upstreams" and isinstance(upstreams, dict) and (
+        where[1] not in upstreams
+    ):
+        routes = data.get("routes")
+        for i, route in enumerate(routes if isinstance(routes, list) else []):
+            if isinstance(route, dict) and route.get("upstream") == where[1]:
+                found.append(("routes", i, "upstream"))
+    return found
+
+
+def _lookup(data: object, path: Path) -> object:
+    """The value at ``path`` in ``data``, or an empty dict when there is none."""
+    for step in path:
+        if isinstance(data, dict) and step in data:
+            data = data[step]
+        elif isinstance(data, list) and isinstance(step, int) and 0 <= step < len(data):
+            data = data[step]
+        else:
+            return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _validate(data: dict[str, object], doc: _Document) -> schema.Config:
