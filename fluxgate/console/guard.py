@@ -36,7 +36,9 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"Content-Security-Policy", CSP),
     (b"X-Content-Type-Options", b"nosniff"),
     (b"X-Frame-Options", b"DENY"),
-    (b"Referrer-Policy", b"no-referrer"),
+    # Not no-referrer: under that policy chromium sends "Origin: null" with the sign-in form,
+    # which the Origin check must refuse. same-origin keeps referrers inside the console.
+    (b"Referrer-Policy", b"same-origin"),
     (b"Cross-Origin-Opener-Policy", b"same-origin"),
     (b"Cross-Origin-Resource-Policy", b"same-origin"),
 )

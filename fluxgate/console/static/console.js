@@ -181,9 +181,10 @@
     }), "No keys. Generate one above, or with `fluxctl keys generate`.");
   }
 
-  function keyMessage(text) {
+  function keyMessage(text, ok) {
     const box = $("key-message");
     box.textContent = text || "";
+    box.className = ok ? "message ok" : "message";
     box.hidden = !text;
   }
 
@@ -200,7 +201,8 @@
       const doc = await call("POST", path, body);
       if (doc.key) showNewKey(doc);
       if (kind === "revoke") {
-        keyMessage("Revoked: " + doc.revoked.map((k) => k.name + " (" + k.key_id + ")").join(", "));
+        keyMessage("Revoked: " + doc.revoked.map((k) => k.name + " (" + k.key_id + ")").join(", "),
+          true);
       }
       renderKeys(await call("GET", "/console/api/keys"));
       return doc;
