@@ -189,3 +189,28 @@ def test_an_upstream_with_a_bad_name_is_one_error():
                    'routes:\n  - {route: /a, upstream: pay ments, public: true}\n'
                    '  - {route: /b, upstream: nope, public: true}\n')
     assert [e.path for e in err.errors] == ['upstreams["pay ments"]', "routes[1].upstream"]
+
+
+# Errors found while reading the YAML itself (syntax, duplicate keys, aliases, tags, ${VAR})
+# stop the reading: they stay single.
+_READ_ERRORS = ("invalid YAML", "duplicate key", "YAML alias", "YAML merge", "YAML tag",
+                "environment variable", "malformed variable", "only one YAML document",
+                "nested deeper than")
+_BAD = sorted((Path(__file__).parent / "data" / "config" / "bad").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", _BAD, ids=[p.name for p in _BAD])
+def test_every_bad_case_plus_an_independent_error_reports_exactly_both(path):
+    from tests.test_config import read_case
+
+    expect, env = read_case(path)
+    text = path.read_text().rstrip("\n") + "\nzzz_unknown: 1\n"
+    with pytest.raises(ConfigError) as info:
+        load_config_text(text, env=env)
+    lines = str(info.value).splitlines()
+    if any(marker in lines[0] for marker in _READ_ERRORS):
+        assert len(lines) == 1
+        return
+    assert len(lines) == 2, lines
+    assert any(expect in line for line in lines), (expect, lines)
+    assert any(line.startswith("zzz_unknown (line ") for line in lines), lines
