@@ -80,7 +80,9 @@ class AccessLog:
             # A replaced sys.stderr (a test runner's capture) may have no binary buffer.
             self.stream = getattr(sys.stderr, "buffer", None) or _TextSink(sys.stderr)
         elif path:
-            self.stream = open(path, "ab", buffering=1 << 16)  # noqa: SIM115 - lives with the worker
+            # Unbuffered: each flush is one write(2) of whole lines to an O_APPEND file, so
+            # the lines of several workers never interleave mid-line.
+            self.stream = open(path, "ab", buffering=0)  # noqa: SIM115 - lives with the worker
         self._second = -1
         self._second_text = ""
 
