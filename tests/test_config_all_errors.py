@@ -191,10 +191,10 @@ def test_an_upstream_with_a_bad_name_is_one_error():
     assert [e.path for e in err.errors] == ['upstreams["pay ments"]', "routes[1].upstream"]
 
 
-# Errors found while reading the YAML itself (syntax, duplicate keys, aliases, tags, ${VAR})
-# stop the reading: they stay single.
+# Errors found while reading the YAML itself (syntax, duplicate keys, aliases, tags) stop
+# the reading: they stay single. A ${VAR} that cannot be substituted does not.
 _READ_ERRORS = ("invalid YAML", "duplicate key", "YAML alias", "YAML merge", "YAML tag",
-                "environment variable", "malformed variable", "only one YAML document",
+                "only one YAML document",
                 "nested deeper than")
 _BAD = sorted((Path(__file__).parent / "data" / "config" / "bad").glob("*.yaml"))
 
@@ -214,3 +214,10 @@ def test_every_bad_case_plus_an_independent_error_reports_exactly_both(path):
     assert len(lines) == 2, lines
     assert any(expect in line for line in lines), (expect, lines)
     assert any(line.startswith("zzz_unknown (line ") for line in lines), lines
+
+
+def test_unset_variables_are_reported_with_the_rest():
+    err = error_of("admin: {token: '${FG_TEST_UNSET_A}'}\nstate_dir: '${FG_TEST_UNSET_B}'\n"
+                   "routes:\n  - {route: /a, upstream: nope, public: true}\n")
+    assert [e.path for e in err.errors] == ["admin.token", "state_dir", "routes[0].upstream"]
+    assert "environment variable FG_TEST_UNSET_A is not set" in str(err.errors[0])

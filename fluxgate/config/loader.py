@@ -18,7 +18,8 @@ known, the line:
 
 Stages 2 to 5 repeat until they pass, each time without the key the last error named, so
 every independent error is reported (``ConfigErrors``), not only the first; an error in
-the YAML itself (stage 1) stops there. Stage 3 also accepts ``clock_skew_tolerance`` for
+the YAML itself (stage 1) stops there, but for a ``${VAR}`` that cannot be
+substituted, which only takes its key out. Stage 3 also accepts ``clock_skew_tolerance`` for
 ``clockSkewTolerance``, the one key spelled in camelCase.
 """
 
@@ -100,14 +101,15 @@ def load_config_text(
     """
     try:
         doc = _Document()
-        data = _Builder(doc, os.environ if env is None else env).build(text)
+        builder = _Builder(doc, os.environ if env is None else env)
+        data = builder.build(text)
         if data is None:  # an empty file: every default, which still lacks routes
             data = {}
         if not isinstance(data, dict):
             raise ConfigError(
                 f"the config must be a mapping of keys, got {_describe(data)}", line=doc.root_line
             )
-        return _validate_all(data, doc)
+        return _validate_all(data, doc, builder.env_errors)
     except ConfigError as exc:
         exc.add_note(f"while loading {source}")
         raise
@@ -130,15 +132,22 @@ class ConfigErrors(ConfigError):
 _MAX_ERRORS = 50
 
 
-def _validate_all(data: dict[str, object], doc: _Document) -> schema.Config:
+def _validate_all(
+    data: dict[str, object], doc: _Document, found: list[ConfigError]
+) -> schema.Config:
     """Validate ``data``, reporting every independent error rather than the first.
 
     Each pass validates a copy; on an error, the key it points at (the nearest mapping key
     on its path) is taken out of the data and the pass repeats, until one passes. An error
     on or around what was taken out (the route whose upstream was removed now lacks one) is
-    a consequence, not news, and is not reported."""
-    errors: list[ConfigError] = []
+    a consequence, not news, and is not reported. ``found``: errors already known (a
+    ``${VAR}`` that could not be substituted), whose keys are taken out first."""
+    errors: list[ConfigError] = list(found)
     pruned: list[Path] = []
+    for exc in found:
+        where = exc.user_path  # type: ignore[attr-defined]
+        if _prune(data, where):
+            pruned.append(where)
     for _ in range(_MAX_ERRORS * 4):
         try:
             config = _validate(copy.deepcopy(data), doc)
@@ -303,6 +312,9 @@ class _Builder:
     def __init__(self, doc: _Document, env: Mapping[str, str]) -> None:
         self.doc = doc
         self.env = env
+        # A ${VAR} that cannot be substituted is an error of its key alone: the reading
+        # goes on, so the rest of the config is checked too.
+        self.env_errors: list[ConfigError] = []
         self.loader: Any = None
 
     def build(self, text: str) -> object:
@@ -458,7 +470,11 @@ class _Builder:
                 )
             return value
 
-        result = _ENV_REF.sub(replace, text)
+        try:
+            result = _ENV_REF.sub(replace, text)
+        except ConfigError as exc:
+            self.env_errors.append(exc)
+            return _EnvText("")  # never used: the loader takes the key out first
         return _EnvText(result) if used else result
 
 
