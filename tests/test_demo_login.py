@@ -10,15 +10,13 @@ import hashlib
 import http.client
 import json
 import logging
-import os
 import re
 import secrets
 import shlex
-import signal
 import subprocess
-import sys
 import urllib.parse
 from collections.abc import Iterator
+from pathlib import Path
 
 import jwt
 import pytest
@@ -28,7 +26,8 @@ from fluxgate.cli.demo import demo_config
 from fluxgate.cli.demo_login import CLIENT_ID, SUBJECT, USERNAME, DemoOpenIdProvider
 from fluxgate.config import load_config_text
 from tests.support.browserless import Browserless, find_form
-from tests.support.gateway import REPO, free_port, wait_until
+from tests.support.demo import running_demo
+from tests.support.gateway import free_port, wait_until
 
 GATEWAY_PORT = 8080  # only written into the provider's registered URIs here
 
@@ -479,21 +478,10 @@ def test_demo_login_in_chromium(tmp_path, chromium):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    state = tmp_path / "demo"
-    log_path = tmp_path / "demo.log"
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "fluxgate.cli.fluxgate", "demo", "--dir", str(state),
-             "--port", "0", "--admin-port", "0"],
-            cwd=REPO, env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=log,
-            stderr=subprocess.STDOUT)
-    try:
-        def ready() -> bool:
-            assert proc.poll() is None, log_path.read_text()
-            return "oauth2 login login:" in log_path.read_text() and \
-                "discovered" in log_path.read_text()
+    def ready(_state: Path, log: str) -> bool:
+        return "oauth2 login login:" in log and "discovered" in log
 
-        assert wait_until(ready, timeout=30), log_path.read_text()
+    with running_demo(tmp_path, ready) as (_state, log_path):
         banner = log_path.read_text()
         app_url = _banner_value(banner, r"In a browser \(Chromium, Firefox\): (\S+)").group(1)
         who = _banner_value(banner, r"sign in as (\S+) / (\S+) at the demo's OpenID Provider "
@@ -553,13 +541,6 @@ def test_demo_login_in_chromium(tmp_path, chromium):
         errors = [e for e in chromium.console_errors()
                   if not e.startswith(f"http://localhost:{port}/favicon.ico")]
         assert errors == []
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
     log_text = log_path.read_text()
     steps = [line for line in log_text.splitlines() if "demo OpenID Provider:" in line]
     assert any("signed in" in s for s in steps) and any("code exchanged" in s for s in steps)

@@ -10,9 +10,7 @@ import json
 import os
 import re
 import shlex
-import signal
 import subprocess
-import sys
 import time
 import urllib.parse
 from pathlib import Path
@@ -22,7 +20,8 @@ import pytest
 from fluxgate.cli.demo import demo_config
 from fluxgate.cli.demo_oauth2 import CLIENT_ID, INTROSPECTION_PATH, SCOPE, DemoAuthServer
 from fluxgate.config import load_config_text
-from tests.support.gateway import REPO, wait_until
+from tests.support.demo import running_demo
+from tests.support.gateway import REPO
 
 
 def introspect(server: DemoAuthServer, token: str, secret: str | None = None,
@@ -53,7 +52,8 @@ def test_demo_auth_server(tmp_path):
         assert status == 200
         assert answer == {"active": True, "scope": SCOPE, "sub": "demo-user",
                           "client_id": "demo-app", "exp": server.expires_at,
-                          "token_type": "Bearer", "iss": server.issuer}
+                          "token_type": "Bearer", "iss": server.issuer,
+                          "aud": "inventory-api"}
         assert abs(answer["exp"] - (time.time() + 3600)) < 60
         assert introspect(server, "x" + server.token) == (200, {"active": False})
         assert server.calls == 2
@@ -113,26 +113,16 @@ def _curl_lines(banner: str) -> list[tuple[dict[str, str], str, int]]:
 
 @pytest.mark.slow
 def test_demo_prints_oauth2_lines_that_work(tmp_path):
-    state = tmp_path / "demo"
-    log_path = tmp_path / "demo.log"
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "fluxgate.cli.fluxgate", "demo", "--dir", str(state),
-             "--port", "0", "--admin-port", "0"],
-            cwd=REPO, env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=log,
-            stderr=subprocess.STDOUT)
-    try:
-        def ready() -> bool:
-            assert proc.poll() is None, log_path.read_text()
-            if "Ctrl-C stops it." not in log_path.read_text():
-                return False
-            try:
-                port = json.loads((state / "gateway.json").read_text())["listen"][1]
-                return _get(f"http://127.0.0.1:{port}/public/x", {}) == 200
-            except (OSError, ValueError, KeyError):
-                return False
+    def ready(state: Path, log: str) -> bool:
+        if "Ctrl-C stops it." not in log:
+            return False
+        try:
+            port = json.loads((state / "gateway.json").read_text())["listen"][1]
+            return _get(f"http://127.0.0.1:{port}/public/x", {}) == 200
+        except (OSError, ValueError, KeyError):
+            return False
 
-        assert wait_until(ready, timeout=30), log_path.read_text()
+    with running_demo(tmp_path, ready) as (state, log_path):
         banner = log_path.read_text()
         lines = _curl_lines(banner)
         assert [status for _h, _u, status in lines] == [200, 401, 401]
@@ -147,19 +137,13 @@ def test_demo_prints_oauth2_lines_that_work(tmp_path):
                        if "fluxctl" in line and "/inventory" in line)
         following = banner.splitlines()[banner.splitlines().index(command) + 1]
         words = [_expand(w) for w in shlex.split(command.rstrip("\\") + following)]
-        assert words[0] == "fluxctl" and "--probe" in words and "--token" in words
-        probe = subprocess.run([sys.executable, "-m", "fluxgate.cli.fluxctl", *words[1:]],
-                               cwd=REPO, capture_output=True, text=True, timeout=60)
+        # The venv's fluxctl by absolute path: a fresh shell finds it without activation.
+        assert os.path.isabs(words[0]) and words[0].endswith("/fluxctl"), words[0]
+        assert "--probe" in words and "--token" in words
+        probe = subprocess.run(words, cwd=REPO, capture_output=True, text=True, timeout=60)
         assert probe.returncode == 0, probe.stdout + probe.stderr
         assert re.search(r"probes: \d+ passed, 0 failed", probe.stdout), probe.stdout
         assert "valid_token" in probe.stdout
-    finally:
-        proc.send_signal(signal.SIGINT)  # the demo's own stop: its master, workers, child
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
     log_text = log_path.read_text()
     asked = re.findall(r"demo authorization server: introspection #\d+, (the demo|an unknown) "
                        r"token", log_text)

@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import shlex
 import signal
 import socket
+import sys
 import textwrap
 
 from fluxgate import echo
@@ -33,6 +35,16 @@ def _free_port(preferred: int) -> int:
         finally:
             probe.close()
     raise OSError("no free port on 127.0.0.1")
+
+
+def fluxctl_command() -> str:
+    """``fluxctl`` as a fresh shell can run it: the one installed next to this Python (the
+    venv's ``bin/``) by absolute path, else this Python with ``-m``; a bare ``fluxctl`` is
+    "command not found" unless the venv is activated."""
+    installed = os.path.join(os.path.dirname(sys.executable), "fluxctl")
+    if os.access(installed, os.X_OK):
+        return shlex.quote(installed)
+    return f"{shlex.quote(sys.executable)} -m fluxgate.cli.fluxctl"
 
 
 def demo_config(
@@ -125,7 +137,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     auth_server.sock.close()  # oauth2: likewise
     provider.sock.close()  # oauth2 login: likewise
     base = f"http://127.0.0.1:{port}"
-    token_file = os.path.join(state_dir, TOKEN_FILE)
+    # Every printed line runs as pasted into a fresh shell: absolute, quoted paths.
+    fluxctl = f"{fluxctl_command()} --config {shlex.quote(config_path)}"
+    token_file = shlex.quote(os.path.join(state_dir, TOKEN_FILE))
+    token_path = shlex.quote(token_path)
+    oauth2_token_path = shlex.quote(oauth2_token_path)
     print(
         textwrap.dedent(
             f"""
@@ -140,14 +156,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
               curl -i -H "Authorization: Bearer $(cat {token_path})" {base}/jwt/hello
                                                       # 200: a JWT the demo minted (valid 1 h)
               curl -i {base}/jwt/hello                # 401 missing_credentials
-              fluxctl --config {config_path} auth verify --endpoint /jwt/hello --mode audit \\
+              {fluxctl} auth verify --endpoint /jwt/hello --mode audit \\
                   --probe {base} --token "$(cat {token_path})"
                                                       # hostile tokens at the live route: all refused
               curl -i -H "X-API-Key: {demo_keys.key}" {base}/api-key/hello
                                                       # 200 + RateLimit-*: the key issued just now
                                                       # (shown once; 5 per minute, then 429)
               curl -i {base}/api-key/hello            # 401 missing_credentials
-              fluxctl --config {config_path} keys list   # quota used, last use; never the key
+              {fluxctl} keys list
+                                                      # quota used, last use; never the key
               curl -i -H "Authorization: Bearer $(cat {oauth2_token_path})" {base}/inventory/items
                                                       # 200: an opaque token (valid 1 h); the gateway
                                                       # asks {auth_server.introspection_endpoint}
@@ -155,7 +172,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
               curl -i {base}/inventory/items          # 401 missing_credentials
               curl -i -H "Authorization: Bearer {unknown_token}" {base}/inventory/items
                                                       # 401 invalid_token: the server says inactive
-              fluxctl --config {config_path} auth verify --endpoint /inventory/items --mode audit \\
+              {fluxctl} auth verify --endpoint /inventory/items --mode audit \\
                   --probe {base} --token "$(cat {oauth2_token_path})"
                                                       # opaque-token probes: all refused
               curl -i {base}/app/                     # 302 to the demo's OpenID Provider (a page

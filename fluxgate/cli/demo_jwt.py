@@ -82,6 +82,7 @@ class DemoIssuer:
             f"          audience: {AUDIENCE}\n"
             f"          jwks_uri: {self.jwks_uri}\n"
             "          forward_claims: {sub: X-User-Id}\n"
+            "      - quota: {limit: 600/m}        # per subject (fluxctl auth verify asks for one)\n"
         )
 
     def serve_in_thread(self) -> None:

@@ -40,10 +40,11 @@ class DemoKeys:
     def route_yaml(upstream: str) -> str:
         """The demo config's ``/api-key`` route (indented as an item of ``routes:``)."""
         return textwrap.indent(textwrap.dedent(f"""\
-            - route: /api-key                # API keys: X-API-Key header or ?api_key=
+            - route: /api-key                # API keys: X-API-Key (or Authorization: Bearer fg_...)
               upstream: {upstream}
               middleware:
                 - api_key: {{scopes: [{SCOPE}]}}
+                - quota: {{limit: 600/m, by: key}}   # on top of the key's own 5/m
             """), "  ")
 
     @staticmethod

@@ -487,6 +487,7 @@ class DemoOpenIdProvider:
             f"          redirect_uri: {self.redirect_uri}\n"
             f"          post_logout_redirect_uri: {self.post_logout_redirect_uri}\n"
             f"          login_scopes: [{', '.join(SCOPES)}]\n"
+            "      - quota: {limit: 600/m}        # per subject (fluxctl auth verify asks for one)\n"
         )
 
     # ---- HTTP -----------------------------------------------------------------------------

@@ -31,6 +31,7 @@ CLIENT_ID = "fluxgate-demo"  # the gateway, as a client of the authorization ser
 APP_CLIENT_ID = "demo-app"  # the application the access token was issued to
 SUBJECT = "demo-user"
 SCOPE = "read:inventory"
+AUDIENCE = "inventory-api"  # the resource server the demo's tokens are meant for
 INTROSPECTION_PATH = "/introspect"
 MAX_BODY = 16384  # an introspection request is a token and a hint
 
@@ -89,7 +90,8 @@ class DemoAuthServer:
         if not active:
             return {"active": False}
         return {"active": True, "scope": SCOPE, "sub": SUBJECT, "client_id": APP_CLIENT_ID,
-                "exp": self.expires_at, "token_type": "Bearer", "iss": self.issuer}
+                "exp": self.expires_at, "token_type": "Bearer", "iss": self.issuer,
+                "aud": AUDIENCE}
 
     def route_yaml(self, upstream: str) -> str:
         """The demo config's ``/inventory`` route (an item of its `routes:` list)."""
@@ -103,6 +105,8 @@ class DemoAuthServer:
             f"          client_id: {CLIENT_ID}\n"
             f'          client_secret: "{self.client_secret}"   # made at this start\n'
             f"          scopes: [{SCOPE}]\n"
+            f"          audience: {AUDIENCE}\n"
+            "      - quota: {limit: 600/m}        # per subject (fluxctl auth verify asks for one)\n"
         )
 
     def serve_in_thread(self) -> http.server.ThreadingHTTPServer:
