@@ -211,17 +211,17 @@ class ShadowGroup:
         principal, query = req.principal, req.query
         added = len(req.response_headers)
         try:
-            self._evaluate(req, 0)
+            self._evaluate(req)
         finally:
             req.principal = principal
             req.query = query
             del req.response_headers[added:]
         return None
 
-    def _evaluate(self, req: Any, start: int) -> None:
-        for i in range(start, len(self.entries)):
-            method, step = self.entries[i]
-            _TAP.reason = None
+    def _evaluate(self, req: Any) -> None:
+        tap = _TAP
+        for method, step in self.entries:
+            tap.reason = None
             try:
                 refusal = step(req)
             except Suspended as wait:
