@@ -432,3 +432,31 @@ def test_rates_come_from_successive_snapshots_and_survive_a_counter_reset():
     state["/a"] = _stats({}, zero)  # the slot went to another path and started again
     clock.now += 2.0
     assert sampler.view()["routes"][0]["rps"] == 0.0
+
+
+def test_every_page_asset_is_package_data_so_a_wheel_ships_it():
+    import tomllib
+    from fnmatch import fnmatch
+    from importlib import resources
+    from pathlib import Path
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    globs = pyproject["tool"]["setuptools"]["package-data"]["fluxgate.console"]
+    static = resources.files("fluxgate.console") / "static"
+    names = [item.name for item in static.iterdir() if item.is_file()]
+    assert {"console.html", "login.html", "console.js", "console.css"} <= set(names)
+    for name in names:
+        assert any(fnmatch(f"static/{name}", g) for g in globs), name
+
+
+def test_browser_sessions_are_counted_by_provider(console):
+    infos = [SimpleNamespace(provider="corp"), SimpleNamespace(provider="corp"),
+             SimpleNamespace(provider="<b>x</b>")]
+    store = SimpleNamespace(list=lambda: infos)
+    console.master.services.append(SimpleNamespace(name="oauth2",
+                                                   logins=SimpleNamespace(store=store)))
+    cookie, _ = console.session()
+    status, _, body = console.request("GET", "/console/api/live", headers={"Cookie": cookie})
+    doc = json.loads(body)["sessions"]
+    assert status == 200 and doc == {"configured": True, "active": 3,
+                                     "by_provider": {"<b>x</b>": 1, "corp": 2}}

@@ -34,6 +34,7 @@ from fluxgate.master.admin import AdminRequest, AdminResponse, AdminRouter
 log = logging.getLogger("fluxgate.console")
 
 MAX_KEYS_SHOWN = 500
+SESSIONS_EVERY = 5.0  # s: the browser-session count is a query of sessions.db, not polled faster
 LOGIN_FAILURE_WINDOW = 60.0  # s
 MAX_LOGIN_FAILURES = 20  # per window, from anyone: then sign-in answers 429 for a while
 
@@ -83,6 +84,7 @@ class Console:
         self.static = _static_files()
         self.traffic = TrafficSampler(self._read_counters, clock=clock)
         self._login_failures: collections.deque[float] = collections.deque()
+        self._sessions_doc: tuple[float, dict[str, Any]] | None = None
 
     # ---- mounting -----------------------------------------------------------------------------
 
@@ -240,9 +242,15 @@ class Console:
         return json_response(200, {
             "traffic": self.traffic.view(),
             "workers": workers_view(self.master),
-            "sessions": sessions_view(self._service("oauth2")),
+            "sessions": self._browser_sessions(),
             "console_sessions": len(self.sessions),
         })
+
+    def _browser_sessions(self) -> dict[str, Any]:
+        now = self.clock()
+        if self._sessions_doc is None or now - self._sessions_doc[0] >= SESSIONS_EVERY:
+            self._sessions_doc = (now, sessions_view(self._service("oauth2")))
+        return self._sessions_doc[1]
 
     async def routes(self, req: AdminRequest, session: ConsoleSession) -> AdminResponse:
         return json_response(200, {"routes": routes_view(self.master.config)})
