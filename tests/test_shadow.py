@@ -197,7 +197,9 @@ def test_shadowed_api_key_counts_without_spending_the_keys_quota(gw, upstream):
                       shadow_count(metrics(gw), "/key", "api_key", "allow", "ok") >= 1,
                       timeout=10)
     for _ in range(3):
-        assert get(gw.port, "/key/a", {"X-API-Key": key})[0] == 200
+        status, headers = get(gw.port, "/key/a", {"X-API-Key": key})
+        assert status == 200
+        assert not any(h.startswith("ratelimit") for h in headers)  # the key's quota: untouched
     assert get(gw.port, "/key/a", {"X-API-Key": "fg_garbage"})[0] == 200
     assert get(gw.port, "/key/a")[0] == 200
     assert raw_status(gw.port, b"GET /key/a HTTP/1.1\r\nHost: x\r\nX-API-Key: " + key.encode()
@@ -212,7 +214,8 @@ def test_shadowed_api_key_counts_without_spending_the_keys_quota(gw, upstream):
     assert sum(shadow_count(text, "/key", "api_key", "deny", r)
                for r in ("bad_tag", "unknown_key", "invalid_key", "other")) >= 1
     # None of the shadow's uses spent the key's budget of one: the enforced route has it all.
-    assert get(gw.port, "/keyed", {"X-API-Key": key})[0] == 200
+    status, headers = get(gw.port, "/keyed", {"X-API-Key": key})
+    assert status == 200 and headers["ratelimit-limit"] == "1"  # what an enforced key shows
     assert get(gw.port, "/keyed", {"X-API-Key": key})[0] == 429
 
 
