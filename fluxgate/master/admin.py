@@ -259,6 +259,9 @@ def build_router(backend: AdminBackend) -> AdminRouter:
     router.add("GET", "/metrics", metrics)
     router.add("GET", "/admin/routes", routes)
     router.add("POST", "/admin/reload", reload)
+    from fluxgate.console import mount_console  # the console imports this module
+
+    mount_console(router, backend)
     return router
 
 
