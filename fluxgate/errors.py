@@ -156,14 +156,31 @@ def _bearer_challenge(error: str = "", scope: str = "") -> tuple[tuple[bytes, by
 _NO_CREDENTIALS_CHALLENGE = _bearer_challenge()
 _INVALID_TOKEN_CHALLENGE = _bearer_challenge("invalid_token")
 
+Challenge = tuple[tuple[bytes, bytes], ...]
+
+
+def api_key_challenge(header: str, error: str = "", scope: str = "") -> Challenge:
+    """The WWW-Authenticate challenge of a refusal on an API-key route: the ``ApiKey``
+    scheme naming the header the key goes in, so a client is not sent looking for a
+    bearer token (RFC 9110 §11.6.1: a scheme defines its own parameters; docs/api-keys.md).
+
+    ``ApiKey realm="fluxgate", header="X-API-Key"[, error="invalid_key"][, scope="..."]``
+    """
+    value = f'ApiKey realm="fluxgate", header="{header}"'
+    if error:
+        value += f', error="{error}"'
+    if scope:
+        value += f', scope="{scope}"'
+    return ((b"WWW-Authenticate", value.encode()),)
+
 
 class MissingCredentials(ClientError):
     """This route requires credentials and the request carries none."""
 
     status, code = 401, "missing_credentials"
 
-    def __init__(self, description: str = "") -> None:
-        super().__init__(description, headers=_NO_CREDENTIALS_CHALLENGE)
+    def __init__(self, description: str = "", *, challenge: Challenge | None = None) -> None:
+        super().__init__(description, headers=challenge or _NO_CREDENTIALS_CHALLENGE)
 
 
 class InvalidToken(ClientError):
@@ -183,9 +200,10 @@ class InvalidKey(ClientError):
 
     status, code = 401, "invalid_key"
 
-    def __init__(self, description: str = "", *, reason: str = "invalid") -> None:
+    def __init__(self, description: str = "", *, reason: str = "invalid",
+                 challenge: Challenge | None = None) -> None:
         self.reason = reason
-        super().__init__(description, headers=_INVALID_TOKEN_CHALLENGE)
+        super().__init__(description, headers=challenge or _INVALID_TOKEN_CHALLENGE)
 
 
 class InsufficientScope(ClientError):
@@ -193,8 +211,10 @@ class InsufficientScope(ClientError):
 
     status, code = 403, "insufficient_scope"
 
-    def __init__(self, description: str = "", *, scope: str = "") -> None:
-        super().__init__(description, headers=_bearer_challenge("insufficient_scope", scope))
+    def __init__(self, description: str = "", *, scope: str = "",
+                 challenge: Challenge | None = None) -> None:
+        super().__init__(description,
+                         headers=challenge or _bearer_challenge("insufficient_scope", scope))
 
 
 class QuotaExceeded(ClientError):

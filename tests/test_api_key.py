@@ -27,6 +27,7 @@ DATA = Path(__file__).parent / "data" / "keys"
 
 CONFIG = """\
 trusted_proxies: [127.0.0.1/32]
+api_keys: {{query: api_key}}  # query keys are opt-in: these tests cover them too
 upstreams:
   app: {{targets: ["{url}"], connect_timeout: 1s, read_timeout: 5s, pool_size: 64}}
 routes:
@@ -232,7 +233,8 @@ def test_expired_key_refused_then_renewed(gw):
     time.sleep(max(expires - time.time(), 0) + 0.2)
     status, headers, body = request(gw.port, "/load/x", {"X-API-Key": key})
     assert (status, body["error"]) == (401, "invalid_key")
-    assert 'error="invalid_token"' in headers["www-authenticate"]
+    assert headers["www-authenticate"].startswith("ApiKey ") and 'error="invalid_key"' in (
+        headers["www-authenticate"])
     before = read_generation(str(gw.state_dir))
     with ops(gw) as o:
         o.renew("short-lived", expiry="1h")
@@ -302,7 +304,7 @@ def test_forged_truncated_and_garbage_keys_are_401_never_500_never_forwarded(gw,
     assert (status, body["error"]) == (401, "invalid_key")
     status, headers, body = request(gw.port, "/load/x")
     assert (status, body["error"]) == (401, "missing_credentials")
-    assert headers["www-authenticate"] == 'Bearer realm="fluxgate"'
+    assert headers["www-authenticate"] == 'ApiKey realm="fluxgate", header="X-API-Key"'
     assert len(upstream.requests) == before
     # Every refusal is counted by its reason (never with the key): /metrics.
     conn = http.client.HTTPConnection("127.0.0.1", gw.admin_port, timeout=5)

@@ -71,6 +71,13 @@ def test_public_and_ip_allow_only_routes(config):
 
 
 def test_api_key_route_findings(config):
+    # Query keys are off unless api_keys.query names a parameter: no api_key_in_query.
+    assert config.api_keys.query is None
+    assert codes(config, "/api") == {"no_quota": "warning", "websocket_authenticated": "info"}
+
+
+def test_api_key_in_query_only_when_enabled():
+    config = load_config_text("api_keys: {query: api_key}\n" + CONFIG)
     assert codes(config, "/api") == {
         "api_key_in_query": "warning", "no_quota": "warning", "websocket_authenticated": "info",
     }

@@ -21,6 +21,7 @@ from tests.support.idp import AUDIENCE, IdentityProvider
 from tests.support.upstream import RecordingUpstream
 
 CONFIG = """\
+api_keys: {{query: api_key}}  # opted in: /either takes keys there, /metrics refuses them
 upstreams:
   app: {{targets: ["{upstream}"], connect_timeout: 1s, read_timeout: 5s}}
 routes:
@@ -299,6 +300,10 @@ def test_a_401_with_the_right_challenge_but_a_2xx_sanity_is_judged_apart():
     assert probe.judge(probe.SANITY, probe.Answer(204)) is None
     assert probe.judge(probe.MISSING, probe.Answer(401, "missing_credentials",
                                                    'Bearer realm="fluxgate"')) is None
+    # An API-key refusal's challenge names the key's scheme, not a bearer token's error.
+    assert probe.judge(probe.INVALID_KEY, probe.Answer(
+        401, "invalid_key", 'ApiKey realm="fluxgate", header="X-API-Key", error="invalid_key"')) is None
+    assert probe.judge(probe.INVALID_KEY, probe.Answer(401, "invalid_key", challenge)) is not None
     ip = probe.INVALID_KEY.or_ip_refused()
     assert probe.judge(ip, probe.Answer(403, "ip_not_allowed")) is None
     assert probe.judge(probe.INVALID_KEY, probe.Answer(403, "ip_not_allowed")) is not None

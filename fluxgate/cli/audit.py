@@ -341,7 +341,7 @@ def oauth2_findings(config: schema.Config, entry: schema.OAuth2) -> list[Finding
 
 def api_key_findings(config: schema.Config, entry: schema.ApiKey) -> list[Finding]:
     """An api_key entry's findings: keys taken from the query string."""
-    if not entry.query:  # api_keys.query always names a parameter
+    if not entry.query or config.api_keys.query is None:  # query keys are off
         return []
     return [Finding(
         "api_key_in_query", "warning",

@@ -97,11 +97,12 @@ class Expect:
 # Statuses and codes pair up: 401 invalid_token, or 400 bad_request for a
 # request the gateway's parser refuses before any middleware sees it.
 SANITY = Expect((), ())
-MISSING = Expect((401,), ("missing_credentials",), 'Bearer realm="fluxgate"')
+# No credential: the route's own challenge (Bearer, or ApiKey naming the key's header).
+MISSING = Expect((401,), ("missing_credentials",), 'realm="fluxgate"')
 INVALID_TOKEN = Expect((401,), ("invalid_token",), 'error="invalid_token"')
 MALFORMED = Expect((401, 400), ("invalid_token", "bad_request"), 'error="invalid_token"')
 OVERSIZED = Expect((401, 431), ("invalid_token", "headers_too_large"), 'error="invalid_token"')
-INVALID_KEY = Expect((401,), ("invalid_key",), 'error="invalid_token"')
+INVALID_KEY = Expect((401,), ("invalid_key",), 'error="invalid_key"')
 
 
 @dataclass(frozen=True)

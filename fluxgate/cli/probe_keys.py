@@ -18,8 +18,10 @@ from fluxgate.cli.probe_jws import fingerprint
 def api_key_probes(b: Battery) -> list[Probe]:
     """The api_key battery, against the route's first api_key entry."""
     names = b.config.api_keys
-    return api_key_battery(KeySetup(names.header, names.query, b.entries[0].query, b.api_key,
-                                    b.signing_key))
+    # With query keys off, a key sent as ?api_key= (the conventional name) must be refused.
+    return api_key_battery(KeySetup(names.header, names.query or "api_key",
+                                    names.query is not None and b.entries[0].query,
+                                    b.api_key, b.signing_key))
 
 
 @dataclass
@@ -27,7 +29,7 @@ class KeySetup:
     """What the api_key battery is built from."""
 
     header: str  # api_keys.header
-    query: str  # api_keys.query
+    query: str  # api_keys.query, or the conventional name when query keys are off
     query_accepted: bool  # the route's api_key takes keys from the query string
     key: str | None  # the user's valid key (--api-key), if any
     signing_key: bytes | None  # the gateway's key signing secret, when fluxctl can read it

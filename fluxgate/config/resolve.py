@@ -246,7 +246,7 @@ class _Checker:
             f"{header} is used by HTTP or the gateway itself; choose another name",
         )
         self.check(
-            is_query_name(query),
+            query is None or is_query_name(query),
             ("api_keys", "query"),
             f"invalid query parameter name {query!r}",
         )

@@ -50,7 +50,9 @@ class Admin(Base):
 
 class ApiKeys(Base):
     header: str = "X-API-Key"
-    query: str = "api_key"
+    # Also take keys from this query parameter (e.g. api_key); off unless named, since a key
+    # in a URL ends up in browser history and intermediary logs.
+    query: str | None = None
     default_expiry: Duration = 90 * 86400.0
     rotation_grace: Duration = 86400.0
     # The key that signs and digests API keys; default: state_dir/keys.secret, generated once.
@@ -137,9 +139,9 @@ class Jwt(MiddlewareEntry, tag="jwt", tag_field="kind", kw_only=True):
 
 
 class ApiKey(MiddlewareEntry, tag="api_key", tag_field="kind", kw_only=True):
-    """API keys from the ``api_keys.header`` header or ``api_keys.query``
-    parameter; every scope listed is required of the key. ``query: false`` refuses keys in
-    the query string on this route (they are still stripped before proxying)."""
+    """API keys from the ``api_keys.header`` header (or the ``api_keys.query`` parameter
+    when one is named); every scope listed is required of the key. ``query: false`` refuses
+    keys in the query string on this route (they are still stripped before proxying)."""
 
     scopes: list[str] = []
     query: bool = True

@@ -3,10 +3,17 @@
 
     - api_key: {scopes: [read:metrics]}      # every listed scope is required of the key
 
-The key comes from the ``api_keys.header`` header (X-API-Key) or the ``api_keys.query``
-parameter (api_key; ``query: false`` on the route refuses it there). Neither ever reaches
-an upstream, on any route: the gateway drops the header as it parses it and strips the
-parameter from the upstream request (``proxy/app.py``).
+The key comes from the ``api_keys.header`` header (X-API-Key), or the ``api_keys.query``
+parameter when the config names one (off by default; ``query: false`` on the route refuses
+it there). Neither ever reaches an upstream, on any route: the gateway drops the header as
+it parses it and strips the parameter from the upstream request (``proxy/app.py``).
+
+A key sent as ``Authorization: Bearer fg_…`` is accepted too (what many HTTP clients send
+for "a token"): the ``fg_`` prefix and the HMAC tag make it unambiguous, no JWT or opaque
+token starts so. It is looked at only when the header and the parameter hold no key (the
+common request pays nothing), and an accepted one's Authorization header is removed
+from the upstream request. Refusals carry ``WWW-Authenticate: ApiKey realm="fluxgate",
+header="X-API-Key"`` (with ``error=`` once a key was sent), not a bearer challenge.
 One call into ``_core.KeyTable.authorize`` does the whole decision: find the key, parse,
 HMAC tag, lookup, digest, revoked/expiry, the key's routes, scopes (and a covering
 scope_map rule), the key's IP allowlist and its quota; it also sets the request's
@@ -27,8 +34,9 @@ import time
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
-from fluxgate._core import extract_api_key
+from fluxgate._core import bearer_token, extract_api_key, merge_ratelimit
 from fluxgate.auth.failures import AuthFailures
+from fluxgate.auth.keys import PREFIX
 from fluxgate.auth.keytable import REASONS, STAT_KEY_QUOTA, STAT_KEY_QUOTA_FULL, SharedKeys
 from fluxgate.auth.quotas import quota_exceeded
 from fluxgate.auth.scopes import ScopePolicy
@@ -40,6 +48,7 @@ from fluxgate.errors import (
     InvalidKey,
     IpNotAllowed,
     MissingCredentials,
+    api_key_challenge,
 )
 from fluxgate.middleware.kind import ConfigChecker, MiddlewareKind, lazy
 
@@ -62,10 +71,10 @@ class ApiKeyMiddleware:
     """Per route: the required scopes and where the key may come from; the table is shared."""
 
     __slots__ = ("shared", "required", "policy", "scoped", "lname", "qname", "failures",
-                 "_covering_encoded")  # fmt: skip
+                 "header", "missing", "invalid", "forbidden", "_covering_encoded")  # fmt: skip
 
     def __init__(
-        self, shared: SharedKeys, policy: ScopePolicy, header: str, query: str,
+        self, shared: SharedKeys, policy: ScopePolicy, header: str, query: str | None,
         accept_query: bool = True, failures: AuthFailures | None = None,
     ) -> None:
         self.shared = shared
@@ -73,8 +82,12 @@ class ApiKeyMiddleware:
         self.scoped = bool(policy.rules)  # a scope_map rule may cover this route's paths
         self.required = tuple(s.encode() for s in sorted(policy.required))
         self.lname = header.lower().encode()
-        self.qname = query.encode() if accept_query else b""
+        self.qname = query.encode() if query and accept_query else b""  # b"": never
         self.failures = failures
+        self.header = header
+        self.missing = api_key_challenge(header)  # the challenges, built once
+        self.invalid = api_key_challenge(header, "invalid_key")
+        self.forbidden = api_key_challenge(header, "insufficient_scope")
         self._covering_encoded: dict[frozenset[str], tuple[bytes, ...]] = {}
 
     @classmethod
@@ -92,7 +105,16 @@ class ApiKeyMiddleware:
 
     def carries(self, req: RequestState) -> bool:
         """Does the request carry an API key (for ``any``: the first method present decides)?"""
-        return extract_api_key(req.headers, self.lname, req.query, self.qname)[0] != 0
+        return (extract_api_key(req.headers, self.lname, req.query, self.qname)[0] != 0
+                or _bearer_key(req) is not None)
+
+    def presented_key(self, req: RequestState) -> bytes | None:
+        """The one API key the request presents (header, parameter, or a bearer fg_ key),
+        or None (none, or more than one)."""
+        count, key = extract_api_key(req.headers, self.lname, req.query, self.qname)
+        if count == 0:
+            return _bearer_key(req)
+        return key if count == 1 else None
 
     def __call__(self, req: RequestState) -> ClientError | None:
         covering = self._covering(req) if self.scoped else None
@@ -103,6 +125,10 @@ class ApiKeyMiddleware:
         if answer is None:
             return None  # accepted, and authorize set req.principal
         code, index, limit, reset = answer
+        if code == _MISSING:
+            key = _bearer_key(req)
+            if key is not None:
+                return self._bearer(req, key, covering)
         if code == _OK:  # the key's first request of this table generation, or in its grace
             info = shared.info(index)
             req.principal = info.principal
@@ -110,6 +136,28 @@ class ApiKeyMiddleware:
                 req.response_headers.extend(info.response_headers)
             return None
         return self._refuse(code, index, limit, reset, covering, req)
+
+    def _bearer(
+        self, req: RequestState, key: bytes, covering: tuple[bytes, ...] | None,
+    ) -> ClientError | None:
+        """The same decision for a key sent as ``Authorization: Bearer fg_…``; accepted,
+        the Authorization header does not go upstream (a key never does)."""
+        shared = self.shared
+        now = _now()
+        code, index, limit, remaining, end = shared.table.check(
+            key, now, req.path, self.required, covering, req.client_ip)
+        reset = max(int(end - now), 0) if limit else 0
+        if code != _OK:
+            return self._refuse(code, index, limit, reset, covering, req)
+        if limit:
+            merge_ratelimit(req, limit, remaining, reset)
+        forward = req.forward_headers
+        forward[:] = [pair for pair in forward if pair[0].lower() != b"authorization"]
+        info = shared.info(index)
+        req.principal = info.principal
+        if info.response_headers:
+            req.response_headers.extend(info.response_headers)
+        return None
 
     def _covering(self, req: RequestState) -> tuple[bytes, ...] | None:
         """The scopes of the scope_map rule covering this request, one of which the key
@@ -128,20 +176,26 @@ class ApiKeyMiddleware:
     ) -> ClientError:
         if code == _MISSING:
             self._fail("missing_credentials")
-            return MissingCredentials("This route requires an API key.")
+            return MissingCredentials(
+                f"This route requires an API key in the {self.header} header.",
+                challenge=self.missing)
         if code == _AMBIGUOUS:
             self._fail("ambiguous_credentials")
-            return InvalidKey("More than one API key in the request.", reason="ambiguous")
+            return InvalidKey("More than one API key in the request.", reason="ambiguous",
+                              challenge=self.invalid)
         if code <= _EXPIRED:
             self._fail(REASONS[code])
-            return InvalidKey(INVALID_DESCRIPTION, reason=REASONS[code])
+            return InvalidKey(INVALID_DESCRIPTION, reason=REASONS[code], challenge=self.invalid)
         if code == _SCOPE_DENIED:
             self._fail("insufficient_scope")
             scope = self.policy.challenge or " ".join(sorted(s.decode() for s in covering or ()))
-            return InsufficientScope("The API key lacks a scope this request needs.", scope=scope)
+            return InsufficientScope(
+                "The API key lacks a scope this request needs.", scope=scope,
+                challenge=api_key_challenge(self.header, "insufficient_scope", scope))
         if code == _ROUTE_DENIED:
             self._fail("wrong_route")
-            return InsufficientScope("The API key is not valid for this path.")
+            return InsufficientScope("The API key is not valid for this path.",
+                                     challenge=self.forbidden)
         if code == _IP_DENIED:
             self._fail("ip_not_allowed")
             return IpNotAllowed("The client address is not allowed for this API key.")
@@ -160,6 +214,13 @@ class ApiKeyMiddleware:
     def _fail(self, reason: str) -> None:
         if self.failures is not None:
             self.failures.count("api_key", reason)
+
+
+def _bearer_key(req: RequestState) -> bytes | None:
+    """A FluxGate key sent as ``Authorization: Bearer fg_…`` (one Authorization header),
+    else None; the prefix tells it from a JWT or an opaque token."""
+    token = bearer_token(req.headers)
+    return token if token and token.startswith(PREFIX) else None
 
 
 def check(checker: ConfigChecker, entry: ApiKey, path: Path) -> None:

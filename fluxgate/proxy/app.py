@@ -110,7 +110,9 @@ class Gateway:
             **{name.lower().encode(): hdr.H_DROP for name in config.strip_request_headers},
             **hdr.REQUEST_SPECIAL, config.api_keys.header.lower().encode(): hdr.H_DROP,
         }
-        self.api_key_query = config.api_keys.query.encode()
+        # Stripped from every upstream request; with query keys off, the conventional name
+        # still is, so a key put there by mistake does not reach the upstream either.
+        self.api_key_query = (config.api_keys.query or "api_key").encode()
         # Callbacks run by the sweep a few times a second, e.g. to pick up a new generation
         # of a shared table; middleware registers them in from_config().
         self.periodic: list[Callable[[float], None]] = []

@@ -26,7 +26,7 @@ import time
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from fluxgate._core import TokenError, bearer_token, extract_api_key
+from fluxgate._core import TokenError, bearer_token
 from fluxgate.auth.runtime import worker_shared
 from fluxgate.middleware.any import AnyMiddleware
 from fluxgate.middleware.api_key import ApiKeyMiddleware
@@ -142,9 +142,9 @@ def _oauth2_exp(middleware: OAuth2Middleware, req: Any, principal: Any) -> Any:
 
 
 def _api_key(gateway: Any, middleware: ApiKeyMiddleware, req: Any) -> tuple[float, str] | None:
-    code, key = extract_api_key(req.headers, middleware.lname, req.query, middleware.qname)
+    key = middleware.presented_key(req)  # also a key sent as Authorization: Bearer fg_…
     table = middleware.shared.table
-    if code == 0 or key is None or table is None:
+    if key is None or table is None:
         return None
     code, index = table.verify(key, time.time())
     if code != 0:
