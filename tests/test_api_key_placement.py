@@ -30,6 +30,12 @@ routes:
     upstream: app
     middleware:
       - api_key: {{}}
+  - route: /either
+    upstream: app
+    middleware:
+      - any:
+          - jwt: {{secret: "placement-test-secret-0123456789abcdef", algorithms: [HS256]}}
+          - api_key: {{}}
 """
 
 MISSING = 'ApiKey realm="fluxgate", header="X-API-Key"'
@@ -56,7 +62,7 @@ def gw(tmp_path_factory, upstream):
 @pytest.fixture(scope="module")
 def key(gw):
     with KeyOps(load_config(gw.config_path)) as o:
-        issued = o.generate("placement", quota="100/h", routes=["/load"])["key"]
+        issued = o.generate("placement", quota="100/h", routes=["/load", "/either"])["key"]
     wait_known(gw, issued)
     return issued
 
@@ -106,6 +112,19 @@ def test_a_key_as_bearer_token_is_accepted_and_never_forwarded(gw, upstream, key
     assert headers["www-authenticate"] == INVALID
     status, _, body = request(gw.port, "/metrics/x", {"Authorization": f"Bearer {key}"})
     assert (status, body["error"]) == (403, "insufficient_scope")
+
+
+def test_in_any_a_bearer_key_goes_to_api_key_whatever_the_order(gw, upstream, key):
+    status, _, _ = request(gw.port, "/either/x", {"Authorization": f"Bearer {key}"})
+    assert status == 200
+    assert upstream.requests[-1].header("x-fluxgate-auth") == "api_key"
+    assert "authorization" not in upstream.requests[-1].header_names()
+    forged = key[:-1] + ("A" if key[-1] != "A" else "B")
+    status, _, body = request(gw.port, "/either/x", {"Authorization": f"Bearer {forged}"})
+    assert (status, body["error"]) == (401, "invalid_key")
+    # Any other bearer value is still the jwt member's.
+    status, _, body = request(gw.port, "/either/x", {"Authorization": "Bearer eyJ.e30.x"})
+    assert (status, body["error"]) == (401, "invalid_token")
 
 
 @pytest.mark.parametrize("value", [

@@ -78,7 +78,7 @@ JWT_PROBES = {
 }
 KEY_PROBES = {
     "no_credential", "forged_key", "truncated_key", "garbage_key", "empty_key", "two_keys",
-    "unknown_key_valid_tag", "key_in_refused_query",
+    "unknown_key_valid_tag", "key_in_refused_query", "forged_key_as_bearer",
 }
 
 

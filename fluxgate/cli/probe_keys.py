@@ -1,6 +1,6 @@
 """The ``--probe`` battery for an api_key route (``probe.py`` has the jwt battery, how
 probes are sent and how answers are judged): forged, truncated, garbage, empty, doubled,
-unknown-but-well-tagged and misplaced keys; with ``--api-key``, the valid key as a sanity
+unknown-but-well-tagged and misplaced keys, a forged key as a bearer token; with ``--api-key``, the valid key as a sanity
 probe and a one-character change of it.
 """
 
@@ -60,6 +60,11 @@ def api_key_battery(k: KeySetup) -> list[Probe]:
         _key_probe("empty_key", f"an empty {k.header}", k, ""),
         _key_probe("two_keys", f"two {k.header} headers", k, base, forged_key()),
     ]
+    # A key is also taken as Authorization: Bearer fg_…, with the same checks.
+    bearer = forged_key()
+    probes.append(Probe("forged_key_as_bearer", "api_key", "a forged key as Authorization: "
+                        f"Bearer [{fingerprint(bearer)}]", INVALID_KEY,
+                        [Request([("Authorization", f"Bearer {bearer}")])]))
     if k.signing_key is not None:
         probes.append(_key_probe("unknown_key_valid_tag", "a key signed with the gateway's "
                                  "secret, random id", k, mint_key(k.signing_key).text))

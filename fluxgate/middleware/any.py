@@ -14,7 +14,8 @@ shape decides, whatever their order: a JWS compact serialization (RFC 7515 §7.1
 dot-separated parts, the header a base64url JSON object, so it starts with ``eyJ``) goes
 to the first jwt member, any other token to the first oauth2 member. (An authorization
 server that issues JWT access tokens and wants them introspected is configured with
-oauth2 alone.)
+oauth2 alone.) An API key sent as a bearer token (``fg_…``) goes to the api_key member,
+whatever the order, as it would on a route with api_key alone.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from fluxgate._core import bearer_token
 from fluxgate.auth.failures import AuthFailures
+from fluxgate.auth.keys import PREFIX as KEY_PREFIX  # fg_: never a JWT or an opaque token
 from fluxgate.config.parsers import Path
 from fluxgate.config.schema import AnyOf
 from fluxgate.errors import ClientError, MissingCredentials
@@ -38,7 +40,7 @@ _BEARER = ("jwt", "oauth2")  # the methods that take Authorization: Bearer
 class AnyMiddleware:
     """The members of one route's ``any`` entry, in order."""
 
-    __slots__ = ("members", "drop_headers", "failures", "by_shape")
+    __slots__ = ("members", "drop_headers", "failures", "by_shape", "api_key")
 
     def __init__(self, members: tuple[Any, ...], failures: AuthFailures | None = None) -> None:
         for member in members:
@@ -51,6 +53,9 @@ class AnyMiddleware:
         jwt = next((m for m in members if getattr(m, "method", None) == "jwt"), None)
         oauth2 = next((m for m in members if getattr(m, "method", None) == "oauth2"), None)
         self.by_shape = (jwt, oauth2) if jwt is not None and oauth2 is not None else None
+        # The api_key member, when a bearer method is here too (it takes bearer fg_ keys).
+        self.api_key = next((m for m in members if getattr(m, "method", None) == "api_key"),
+                            None) if jwt is not None or oauth2 is not None else None
 
     @classmethod
     def from_config(cls, config: AnyOf, gateway: Any, route: Any = None) -> AnyMiddleware:
@@ -65,7 +70,8 @@ class AnyMiddleware:
     def __call__(self, req: RequestState) -> ClientError | None:
         for member in self.members:
             if member.carries(req):
-                if self.by_shape is not None and getattr(member, "method", None) in _BEARER:
+                if getattr(member, "method", None) in _BEARER and (
+                        self.by_shape is not None or self.api_key is not None):
                     member = self._bearer_member(req, member)
                 return member(req)
         if self.failures is not None:
@@ -76,6 +82,10 @@ class AnyMiddleware:
     def _bearer_member(self, req: RequestState, member: Any) -> Any:
         token = bearer_token(req.headers)
         if not token:  # none (a jwt cookie or query token), empty, or ambiguous
+            return member
+        if self.api_key is not None and token.startswith(KEY_PREFIX):
+            return self.api_key
+        if self.by_shape is None:
             return member
         jwt, oauth2 = self.by_shape
         return jwt if is_jws_shaped(token) else oauth2

@@ -70,6 +70,8 @@ INVALID_DESCRIPTION = "The API key is invalid, expired or revoked."
 class ApiKeyMiddleware:
     """Per route: the required scopes and where the key may come from; the table is shared."""
 
+    method = "api_key"
+
     __slots__ = ("shared", "required", "policy", "scoped", "lname", "qname", "failures",
                  "header", "missing", "invalid", "forbidden", "_covering_encoded")  # fmt: skip
 
