@@ -52,8 +52,8 @@ class FakeMaster:
         self.restarts = 0
         self.current = None
         self.config = SimpleNamespace(routes=[SimpleNamespace(
-            route=HOSTILE_ROUTE, upstream="http://user:secret@127.0.0.1:9/x", methods=None,
-            public=True, websocket=False, middleware=[])])
+            route=HOSTILE_ROUTE, upstream="http://127.0.0.1:9/x", methods=None,
+            public=True, websocket=False, middleware=[], shadow=True)])
         self.admin: AdminServer | None = None
         self.key_calls: list[tuple[str, bytes]] = []
 
@@ -106,6 +106,12 @@ class Harness:
             master.key_calls.append((req.path, req.body))
             return AdminResponse.json(200, {"revoked": [{"name": "n", "key_id": "k1"}]})
 
+        async def routes(req):
+            return AdminResponse.json(200, {"routes": [{
+                "prefix": HOSTILE_ROUTE, "upstream": "http://127.0.0.1:9/x", "methods": None,
+                "public": True, "chain": [{"kind": "jwt", "summary": "jwt <b>"}]}]})
+
+        router.add("GET", "/admin/routes", routes)
         router.add("GET", "/admin/keys", list_keys)
         router.add("POST", "/admin/keys", create)
         router.add("POST", "/admin/keys/revoke", revoke)
@@ -368,8 +374,8 @@ def test_hostile_names_travel_as_inert_json_text(console):
     assert keys[0]["name"] == HOSTILE_NAME
     assert keys[0]["scopes"] == ["<script>alert(1)</script>"]
     routes = json.loads(responses[1][2])["routes"]
-    assert routes[0]["route"] == HOSTILE_ROUTE
-    assert routes[0]["upstream"] == "http://127.0.0.1:9/x"  # never the upstream's password
+    assert routes[0]["prefix"] == HOSTILE_ROUTE and routes[0]["chain"][0]["summary"] == "jwt <b>"
+    assert routes[0]["shadow"] is True  # from the config in force
     live = json.loads(responses[2][2])
     assert HOSTILE_ROUTE in [r["route"] for r in live["traffic"]["routes"]]
     status, _, body = responses[3]
@@ -418,14 +424,20 @@ def test_rates_come_from_successive_snapshots_and_survive_a_counter_reset():
     clock = Clock()
     zero = [0] * (len(BUCKETS) + 1)
     state = {"/a": _stats({}, zero)}
-    sampler = TrafficSampler(lambda: (dict(state), {("jwt", "expired"): 0}), clock=clock)
+    shadow = {("/a", "jwt", "deny", "expired"): 3}
+    sampler = TrafficSampler(lambda: (dict(state), {("jwt", "expired"): 0}, dict(shadow)),
+                             clock=clock)
     first = sampler.view()
     assert first["total"]["rps"] is None and first["window_s"] is None
     busy = list(zero)
     busy[1] = 100
     state["/a"] = _stats({200: 90, 503: 10}, busy)
+    shadow[("/a", "jwt", "deny", "expired")] = 5
     clock.now += 2.0
     view = sampler.view()
+    assert view["shadow"] == [{"route": "/a", "method": "jwt", "decision": "deny",
+                               "reason": "expired", "total": 5, "per_minute": 60.0}]
+    assert view["auth_failures"][0]["per_minute"] == 0.0
     route = view["routes"][0]
     assert route["rps"] == 50.0 and route["recent"]["5xx"] == 10 and route["recent"]["2xx"] == 90
     assert 5.0 <= route["p50"] <= 10.0

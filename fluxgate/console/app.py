@@ -27,9 +27,10 @@ from fluxgate.console import guard
 from fluxgate.console.guard import json_error, json_response, page_response
 from fluxgate.console.sessions import ConsoleSession, ConsoleSessions
 from fluxgate.console.traffic import TrafficSampler
-from fluxgate.console.views import routes_view, sessions_view, workers_view
+from fluxgate.console.views import sessions_view, workers_view
 from fluxgate.errors import ClientError, NoRoute
 from fluxgate.master.admin import AdminRequest, AdminResponse, AdminRouter
+from fluxgate.master.shadow_metrics import shadowed_routes
 
 log = logging.getLogger("fluxgate.console")
 
@@ -225,13 +226,22 @@ class Console:
     def _service(self, name: str) -> Any:
         return next((s for s in getattr(self.master, "services", ()) if s.name == name), None)
 
-    def _read_counters(self) -> tuple[dict, dict]:
+    def _read_counters(self) -> tuple[dict, dict, dict]:
         labels = self.master.route_slots.labels()
         stats = self.master.metrics.snapshot(sorted(labels))
         routes = {labels[slot]: st for slot, st in stats.items()}
-        auth = self._service("auth_metrics")
-        table = getattr(auth, "table", None)
-        return routes, (table.snapshot() if table is not None else {})
+        auth = getattr(self._service("auth_metrics"), "table", None)
+        failures = auth.snapshot() if auth is not None else {}
+        shadow: dict[tuple[str, str, str, str], int] = {}
+        service = self._service("shadow_metrics")
+        if getattr(service, "table", None) is not None:
+            slots = {path: slot for slot, path in labels.items()}
+            for path in service.routes:  # every path shadowed by a config this master ran
+                if path in slots:
+                    for (method, decision, reason), n in service.table.snapshot(
+                            slots[path]).items():
+                        shadow[(path, method, decision, reason)] = n
+        return routes, failures, shadow
 
     async def session_info(self, req: AdminRequest, session: ConsoleSession) -> AdminResponse:
         return json_response(200, {"csrf_token": session.csrf,
@@ -253,7 +263,12 @@ class Console:
         return self._sessions_doc[1]
 
     async def routes(self, req: AdminRequest, session: ConsoleSession) -> AdminResponse:
-        return json_response(200, {"routes": routes_view(self.master.config)})
+        doc = await self._admin_json("GET", "/admin/routes")
+        routes = doc.get("routes", []) if doc else []
+        shadowed = set(shadowed_routes(self.master.config))
+        for route in routes:
+            route["shadow"] = route.get("prefix") in shadowed
+        return json_response(200, {"routes": routes})
 
     async def health(self, req: AdminRequest, session: ConsoleSession) -> AdminResponse:
         jwks = await self._admin_json("GET", "/admin/jwks")

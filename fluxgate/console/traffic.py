@@ -1,5 +1,6 @@
 """Live traffic for the console: rates and latency percentiles from successive snapshots of
-the shared request counters (``fluxgate/metrics.py``) and of the auth-failure counters.
+the shared request counters (``fluxgate/metrics.py``), the auth-failure counters and the
+shadow-decision counters.
 
 The counters only grow, so what happened recently is the difference between the newest
 snapshot and one taken about ``WINDOW`` seconds earlier. Percentiles are estimated from the
@@ -30,6 +31,8 @@ class Snapshot:
     at: float
     routes: Mapping[str, RouteStats]  # route label -> its counters
     auth_failures: Mapping[tuple[str, str], int]  # (method, reason) -> refusals
+    # (route, method, decision, reason) -> decisions of shadowed middleware
+    shadow: Mapping[tuple[str, str, str, str], int]
 
 
 def quantile(q: float, cumulative: Sequence[int]) -> float | None:
@@ -79,12 +82,25 @@ def _route_view(new: RouteStats, old: RouteStats | None, seconds: float | None) 
     return doc
 
 
+def _counter_rows(new: Mapping[tuple, int], old: Mapping[tuple, int] | None,
+                  seconds: float | None) -> list[tuple[tuple, dict]]:
+    """(labels, {"total", "per_minute"}) for each counter, sorted by labels."""
+    rows = []
+    for labels, n in sorted(new.items()):
+        per_minute = None
+        if old is not None and seconds is not None:
+            per_minute = round(max(0, n - old.get(labels, 0)) * 60 / seconds, 1)
+        rows.append((labels, {"total": n, "per_minute": per_minute}))
+    return rows
+
+
 class TrafficSampler:
     """Snapshots taken as the console polls (at most one per ``MIN_SPACING``), and the view
     of the last ``WINDOW`` seconds they give."""
 
     def __init__(self, read: Callable[[], tuple[Mapping[str, RouteStats],
-                                                 Mapping[tuple[str, str], int]]],
+                                                 Mapping[tuple[str, str], int],
+                                                 Mapping[tuple[str, str, str, str], int]]],
                  *, clock: Callable[[], float] = time.monotonic) -> None:
         self._read = read
         self._clock = clock
@@ -96,8 +112,7 @@ class TrafficSampler:
         first)."""
         now = self._clock()
         if not self._snapshots or now - self._snapshots[-1].at >= MIN_SPACING:
-            routes, failures = self._read()
-            self._snapshots.append(Snapshot(now, routes, failures))
+            self._snapshots.append(Snapshot(now, *self._read()))
             while now - self._snapshots[0].at > KEEP:
                 self._snapshots.popleft()
         newest = self._snapshots[-1]
@@ -133,13 +148,10 @@ class TrafficSampler:
             RouteStats(dict(merged_old_statuses), tuple(merged_old), 0) if base else None,
             seconds,
         )
-        failures = []
-        for (method, reason), n in sorted(newest.auth_failures.items()):
-            before = base.auth_failures.get((method, reason), 0) if base is not None else None
-            failures.append({
-                "method": method, "reason": reason, "total": n,
-                "per_minute": None if before is None or seconds is None
-                else round(max(0, n - before) * 60 / seconds, 1),
-            })
+        failures = [{"method": method, "reason": reason, **counts} for (method, reason), counts
+                    in _counter_rows(newest.auth_failures, base.auth_failures if base else None, seconds)]
+        shadow = [{"route": route, "method": method, "decision": decision, "reason": reason,
+                   **counts} for (route, method, decision, reason), counts
+                  in _counter_rows(newest.shadow, base.shadow if base else None, seconds)]
         return {"window_s": None if seconds is None else round(seconds, 2),
-                "total": total, "routes": routes, "auth_failures": failures}
+                "total": total, "routes": routes, "auth_failures": failures, "shadow": shadow}

@@ -42,6 +42,8 @@ routes:
   - route: /pub
     upstream: {upstream_url}
     public: true
+    middleware:
+      - api_key: {{shadow: true}}
   - route: "{ODD_ROUTE}"
     upstream: {upstream_url}
     public: true
@@ -219,6 +221,8 @@ def test_console_in_chromium(gateway_factory, upstream, chromium, tmp_path):
                   and float(page.text("#rps")) > 0)
         page.wait(lambda: page.text("#p99").endswith("ms"))
         page.wait(lambda: "/pub" in page.text("#traffic") and "api_key" in page.text("#auth-failures"))
+        # /pub's api_key in shadow mode: every keyless request counted as a refusal it was not.
+        page.wait(lambda: "missing_credentials" in page.text("#shadow"))
         page.screenshot(tmp_path, "console-traffic.png")
     finally:
         stop.set()

@@ -109,6 +109,10 @@
     fill("auth-failures", t.auth_failures.map((f) =>
       el("tr", null, cell(f.method), cell(f.reason), num(f.per_minute), num(f.total))),
     "No refusals.");
+    fill("shadow", t.shadow.map((d) =>
+      el("tr", null, cell(d.route), cell(d.method), cell(d.decision, stateClass(d.decision)),
+        cell(d.reason), num(d.per_minute), num(d.total))),
+    "Nothing in shadow mode (shadow: true on a route or a middleware entry).");
 
     const w = doc.workers;
     $("generation").textContent = "generation " + show(w.generation) + ", " + w.size +
@@ -248,7 +252,7 @@
       if (r.public) chain.append(el("span", { className: "chip", text: "public" }));
       if (r.shadow) chain.append(el("span", { className: "chip", text: "shadow" }));
       if (!r.chain.length && !r.public) chain.append(el("span", { className: "note", text: "none" }));
-      return el("tr", null, cell(r.route), cell(r.methods ? r.methods.join(" ") : "any"),
+      return el("tr", null, cell(r.prefix), cell(r.methods ? r.methods.join(" ") : "any"),
         cell(r.upstream), el("td", null, chain));
     }), "No routes.");
   }
