@@ -208,8 +208,12 @@ def test_console_in_chromium(gateway_factory, upstream, chromium, tmp_path):
     assert resource_errors_only(new_errors(), (401,))  # /console before the sign-in
 
     # The JWKS provider nobody answers for, with its error; the jwt route's chain.
-    page.wait(lambda: DEAD_JWKS in page.text("#jwks") and "never" in page.text("#jwks"))
-    assert page.text("#jwks").count("\n") >= 1
+    def jwks_row() -> list[str]:
+        return [td.text for td in driver.find_elements(page.by.CSS_SELECTOR, "#jwks tbody td")]
+
+    page.wait(lambda: jwks_row()[:1] == [DEAD_JWKS] and jwks_row()[-1] not in ("", "–"))
+    provider, keys, last_fetch, failures, error = jwks_row()
+    assert keys == "0" and last_fetch == "never" and int(failures) >= 1 and "127.0.0.1:9" in error
     page.wait(lambda: "jwt" in page.text("#routes"))
 
     # Traffic: req/s moves while a bounded load runs.
