@@ -111,6 +111,20 @@ class Harness:
                 "prefix": HOSTILE_ROUTE, "upstream": "http://127.0.0.1:9/x", "methods": None,
                 "public": True, "chain": [{"kind": "jwt", "summary": "jwt <b>"}]}]})
 
+        async def jwks(req):
+            return AdminResponse.json(200, {"providers": [{
+                "source": "https://idp/<jwks>", "kids": ["a"], "expired": False,
+                "last_success": 1.0, "failures": 0, "last_error": None}]})
+
+        async def oauth2(req):
+            return AdminResponse.json(200, {
+                "providers": [{"provider": "as", "breaker": "open", "calls": {"ok": 2},
+                               "last_error": "<b>timeout</b>"}],
+                "logins": [{"provider": "corp", "discovered": False,
+                            "discovery_error": "refused", "counts": {}}]})
+
+        router.add("GET", "/admin/jwks", jwks)
+        router.add("GET", "/admin/oauth2", oauth2)
         router.add("GET", "/admin/routes", routes)
         router.add("GET", "/admin/keys", list_keys)
         router.add("POST", "/admin/keys", create)
@@ -472,3 +486,25 @@ def test_browser_sessions_are_counted_by_provider(console):
     doc = json.loads(body)["sessions"]
     assert status == 200 and doc == {"configured": True, "active": 3,
                                      "by_provider": {"<b>x</b>": 1, "corp": 2}}
+
+
+def test_health_passes_on_what_the_jwks_and_oauth2_services_report(console):
+    cookie, _ = console.session()
+    status, _, body = console.request("GET", "/console/api/health", headers={"Cookie": cookie})
+    assert status == 200 and b"<" not in body
+    doc = json.loads(body)
+    assert doc["jwks"][0]["source"] == "https://idp/<jwks>"
+    assert doc["introspection"][0]["breaker"] == "open"
+    assert doc["introspection"][0]["last_error"] == "<b>timeout</b>"
+    assert doc["logins"][0]["discovery_error"] == "refused"
+
+
+def test_health_without_jwks_or_oauth2_services_is_empty_not_an_error(tmp_path):
+    master = FakeMaster(tmp_path)
+    try:
+        console = Console(AdminRouter(), master)  # no /admin/jwks, no /admin/oauth2
+        resp = asyncio.run(console.health(None, None))
+        assert resp.status == 200
+        assert json.loads(resp.body) == {"jwks": [], "introspection": [], "logins": []}
+    finally:
+        master.metrics.close()
