@@ -40,6 +40,10 @@ class BadKey(ClientError):
     status, code = 400, "invalid_request"
 
 
+class KeyNotFound(ClientError):
+    status, code = 404, "not_found"
+
+
 class FakeMaster:
     """What the console reads of the arbiter, with hostile names in every place a name shows."""
 
@@ -123,6 +127,13 @@ class Harness:
                 "logins": [{"provider": "corp", "discovered": False,
                             "discovery_error": "refused", "counts": {}}]})
 
+        async def show(req):
+            name = dict(p.split("=", 1) for p in req.query.split("&"))["name"]
+            if name != "abc":
+                raise KeyNotFound(f"no key named {name}")
+            return AdminResponse.json(200, {"keys": [{"name": HOSTILE_NAME, "key_id": "abc"}]})
+
+        router.add("GET", "/admin/keys/show", show)
         router.add("GET", "/admin/jwks", jwks)
         router.add("GET", "/admin/oauth2", oauth2)
         router.add("GET", "/admin/routes", routes)
@@ -508,3 +519,22 @@ def test_health_without_jwks_or_oauth2_services_is_empty_not_an_error(tmp_path):
         assert json.loads(resp.body) == {"jwks": [], "introspection": [], "logins": []}
     finally:
         master.metrics.close()
+
+
+def test_keys_are_looked_up_by_name_and_not_listed_when_there_are_too_many(console):
+    cookie, _ = console.session()
+
+    def keys(query: str = "") -> dict:
+        status, _, body = console.request("GET", "/console/api/keys" + query,
+                                          headers={"Cookie": cookie})
+        assert status == 200
+        return json.loads(body)
+
+    assert keys()["keys"][0]["name"] == HOSTILE_NAME  # few keys: all listed
+    found = keys("?name=abc")
+    assert found["search"] == "abc" and [k["key_id"] for k in found["keys"]] == ["abc"]
+    assert keys("?name=%3Cnone%3E")["keys"] == []  # unknown: an empty answer, not an error
+    console.master.services.append(SimpleNamespace(name="keys", keys=1_000_000))
+    many = keys()
+    assert many["too_many"] and many["total"] == 1_000_000 and many["keys"] == []
+    assert keys("?name=abc")["total"] == 1

@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 import orjson
 
@@ -35,6 +35,9 @@ from fluxgate.master.shadow_metrics import shadowed_routes
 log = logging.getLogger("fluxgate.console")
 
 MAX_KEYS_SHOWN = 500
+# Above this many keys in the shared table the console does not list them all (every listing
+# describes each key on the master's loop): it looks keys up by name or id instead.
+MAX_KEYS_LISTED = 5000
 SESSIONS_EVERY = 5.0  # s: the browser-session count is a query of sessions.db, not polled faster
 LOGIN_FAILURE_WINDOW = 60.0  # s
 MAX_LOGIN_FAILURES = 20  # per window, from anyone: then sign-in answers 429 for a while
@@ -280,6 +283,16 @@ class Console:
         })
 
     async def keys(self, req: AdminRequest, session: ConsoleSession) -> AdminResponse:
+        name = (parse_qs(req.query).get("name") or [""])[0].strip()
+        if name:  # one name (its keys, rotated ones included) or one key id
+            resp = await self._admin_call("GET", "/admin/keys/show", query=urlencode({"name": name}))
+            found = orjson.loads(resp.body).get("keys", []) if resp.status == 200 else []
+            return json_response(200, {"available": True, "keys": found, "total": len(found),
+                                       "search": name})
+        in_table = getattr(self._service("keys"), "keys", 0)
+        if in_table > MAX_KEYS_LISTED:
+            return json_response(200, {"available": True, "keys": [], "total": in_table,
+                                       "too_many": True})
         doc = await self._admin_json("GET", "/admin/keys", query="all=1")
         if doc is None:
             return json_response(200, {"available": False, "keys": [], "total": 0})

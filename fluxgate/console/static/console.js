@@ -10,6 +10,7 @@
   let csrfToken = null;
   let stopped = false;
   const armed = new Map(); // key id -> when its revoke button was armed
+  let keySearch = ""; // a name or key id to look up instead of listing every key
 
   const $ = (id) => document.getElementById(id);
 
@@ -171,8 +172,15 @@
       fill("keys", [], "Not available.");
       return;
     }
-    $("keys-count").textContent = doc.total > doc.keys.length
-      ? "(" + doc.keys.length + " of " + doc.total + " shown)" : "(" + doc.total + ")";
+    if (doc.too_many) {
+      $("keys-count").textContent = "(" + doc.total + " in the table: find one by name or id)";
+      fill("keys", [], "Too many keys to list here: find one by name or key id.");
+      return;
+    }
+    $("keys-count").textContent = doc.search !== undefined
+      ? "(" + doc.total + " for " + JSON.stringify(doc.search) + ")"
+      : doc.total > doc.keys.length
+        ? "(" + doc.keys.length + " of " + doc.total + " shown)" : "(" + doc.total + ")";
     fill("keys", doc.keys.map((k) => {
       const q = k.quota;
       const row = el("tr", null,
@@ -208,12 +216,17 @@
         keyMessage("Revoked: " + doc.revoked.map((k) => k.name + " (" + k.key_id + ")").join(", "),
           true);
       }
-      renderKeys(await call("GET", "/console/api/keys"));
+      renderKeys(await call("GET", keysPath()));
       return doc;
     } catch (e) {
       if (e.status !== 401) keyMessage("Refused: " + e.message);
       return null;
     }
+  }
+
+  function keysPath() {
+    return keySearch ? "/console/api/keys?name=" + encodeURIComponent(keySearch)
+      : "/console/api/keys";
   }
 
   // ---- health and routes ----
@@ -276,12 +289,17 @@
       });
       if (doc) $("generate").reset();
     });
+    $("search").addEventListener("submit", async (event) => {
+      event.preventDefault();
+      keySearch = $("key-search").value.trim();
+      try { renderKeys(await call("GET", keysPath())); } catch (e) { keyMessage(e.message); }
+    });
     $("new-key-dismiss").addEventListener("click", () => {
       $("new-key-value").textContent = "";
       $("new-key").hidden = true;
     });
     every(LIVE_MS, async () => renderLive(await call("GET", "/console/api/live")));
-    every(SLOW_MS, async () => renderKeys(await call("GET", "/console/api/keys")));
+    every(SLOW_MS, async () => renderKeys(await call("GET", keysPath())));
     every(SLOW_MS, async () => renderHealth(await call("GET", "/console/api/health")));
     every(ROUTES_MS, async () => renderRoutes(await call("GET", "/console/api/routes")));
   }
