@@ -258,6 +258,7 @@ def test_console_in_chromium(gateway_factory, upstream, chromium, tmp_path):
     assert no_dialog(driver)
     page.find("#new-key-dismiss").click()
     page.find("#key-name").clear()
+    driver.execute_script("document.getElementById('keys-panel').scrollIntoView()")
     page.screenshot(tmp_path, "console-keys.png")
 
     # Rotate: a new key, shown once; the old one keeps working through its grace period.

@@ -56,9 +56,10 @@
     try { doc = await resp.json(); } catch (e) { doc = null; }
     if (resp.status === 401) {
       // The session ended (idle, sign-out elsewhere, admin token changed): the page at
-      // /console then shows the sign-in form and says why.
+      // /console then shows the sign-in form and says why. Not when this page is signing
+      // out itself: a poll answered after the sign-out must not race its navigation.
+      if (!stopped) window.location.assign("/console");
       stopped = true;
-      window.location.assign("/console");
       throw new ConsoleError("signed out", 401);
     }
     if (!resp.ok) {
@@ -276,8 +277,8 @@
     const session = await call("GET", "/console/api/session");
     csrfToken = session.csrf_token;
     $("signout").addEventListener("click", async () => {
+      stopped = true; // no more polls, and no navigation of theirs
       try { await call("POST", "/console/logout"); } catch (e) { /* signed out anyway */ }
-      stopped = true;
       window.location.assign("/console/login?signed_out=1");
     });
     $("generate").addEventListener("submit", async (event) => {
