@@ -14,6 +14,7 @@ import os
 import shutil
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -310,3 +311,32 @@ def test_console_in_chromium(gateway_factory, upstream, chromium, tmp_path):
     assert conn.getresponse().status == 401
     conn.close()
     assert new_errors() == []
+
+
+def test_markup_in_every_name_renders_as_text(chromium, tmp_path):
+    """Names the config cannot hold (a route path with <script>) reach the page through a
+    console whose master reports them: a metrics label, a route, a key name, a scope, a
+    provider URL and an error message, each markup. All show as text: no element, no
+    dialog, no console error."""
+    from tests.test_console import HOSTILE_NAME, HOSTILE_ROUTE, Harness
+    from tests.test_console import TOKEN as HARNESS_TOKEN
+
+    harness = Harness(tmp_path)
+    try:
+        page = Console(chromium, SimpleNamespace(admin_port=harness.port))
+        page.sign_in(HARNESS_TOKEN)
+        page.wait(lambda: chromium.url == page.base + "/console")
+        page.wait(lambda: HOSTILE_ROUTE in page.text("#traffic")
+                  and HOSTILE_ROUTE in page.text("#routes")
+                  and "jwt <b>" in page.text("#routes"))
+        page.wait(lambda: HOSTILE_NAME in page.text("#keys")
+                  and "<script>alert(1)</script>" in page.text("#keys"))
+        page.wait(lambda: "https://idp/<jwks>" in page.text("#jwks")
+                  and "<b>timeout</b>" in page.text("#authservers"))
+        driver = chromium.driver
+        assert driver.find_elements(page.by.CSS_SELECTOR, "main img, main script, main b b") == []
+        assert no_dialog(driver)
+        errors = [e for e in chromium.console_errors() if "/console - " not in e]
+        assert errors == []  # beyond the 401 of /console before the sign-in
+    finally:
+        harness.close()
