@@ -1,7 +1,8 @@
 """The console in a real browser (Debian's headless chromium through Selenium): sign in with
 the admin token, watch req/s move while a bounded load runs, generate a key and use it,
 revoke it and see the gateway refuse it, hostile names shown as text, a wrong token and a
-forged CSRF token refused, and no console error on the way.
+forged CSRF token refused, and no console error on the way; and markup that the config
+cannot hold (a route path with <script>) rendered as text, from an in-process master.
 
 Screenshots of the console land in the test's directory; with FLUXGATE_CONSOLE_SCREENSHOTS
 set to a directory (docs/images for the ones the docs show) they are copied there too.
