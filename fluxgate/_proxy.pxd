@@ -24,6 +24,7 @@ from fluxgate._core cimport (
 )
 
 cdef class Exchange
+cdef class RouteBase
 cdef class UpstreamConnectionBase
 cdef class UpstreamGroupBase
 

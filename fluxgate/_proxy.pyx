@@ -21,7 +21,8 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.dict cimport PyDict_GetItem
 from cpython.object cimport PyObject
 from libc.stdint cimport uint64_t
-from libc.string cimport memcpy
+from libc.string cimport memchr, memcpy
+from libc.time cimport gmtime_r, strftime, tm
 from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 
 import logging
@@ -72,33 +73,212 @@ cdef class Accounting:
     def __init__(self, RequestRecorder recorder, access_log):
         self._recorder = recorder
         self._access_log = access_log
-        self._entries = access_log.entries if access_log is not None else None
+        self._lines = access_log.lines if access_log is not None else None
+        self._json = access_log is not None and access_log.format == "json"
+        self._second = -1
 
     cpdef record(self, RequestState req, Py_ssize_t sent=0):
         """Count ``req``, finished now: its status and latency under its route's slot,
-        and its access-log entry (``sent``: bytes written to the client for it).
+        and its access-log line (``sent``: bytes written to the client for it).
 
-        The entry is a tuple of the request's fields, appended in C; the AccessLog formats
-        it off the request path, when the worker's sweep flushes (AccessLog.ENTRY)."""
+        The line is written here, in C (~2,000 instructions; formatting the same fields in
+        Python cost ~24,000), into AccessLog.lines; the sweep writes them out."""
         cdef double now = monotonic()
         cdef double seconds = now - <double>req.started
         cdef double upstream = -1.0
         cdef RouteBase route = req.route
         cdef Py_ssize_t slot = route.slot if route is not None else 0
-        cdef timespec wall
         if self._recorder is not None:
             self._recorder.record(slot, req.status, seconds)
-        if self._entries is not None:
+        if self._lines is not None:
             if req.exchange is not None:
                 upstream = now - (<Exchange?>req.exchange).started
-            clock_gettime(CLOCK_REALTIME, &wall)
-            self._entries.append((
-                wall.tv_sec + wall.tv_nsec * 1e-9, req.client_ip, req.method,
-                req.path or req.url, route, req.status, seconds, upstream, sent,
-                req.request_id, req.principal, req.refusal,
-            ))
-            if len(self._entries) >= _ACCESS_LOG_BATCH:
+            self._lines.append(self._line(req, route, seconds, upstream, sent))
+            if len(self._lines) >= _ACCESS_LOG_BATCH:
                 self._access_log.flush()
+
+    cdef bytes _line(self, RequestState req, RouteBase route, double seconds,
+                     double upstream, Py_ssize_t sent):
+        # Text: time client method path status total upstream= bytes= route= id=
+        # principal= reason= (client bytes escaped, "-" for none). JSON: the same keys as
+        # one object (docs/access-log.md).
+        cdef timespec wall
+        cdef tm parts
+        cdef bytes method = req.method
+        cdef bytes path = req.path or req.url  # the raw target of an unrouted request
+        cdef bytes request_id = req.request_id
+        cdef bytes client = _utf8(req.client_ip)
+        cdef bytes label = _utf8((<object>route).label) if route is not None else b""
+        cdef bytes reason = _utf8(req.refusal) if req.refusal is not None else b""
+        cdef bytes who = b""
+        cdef const char* p = PyBytes_AS_STRING(path)
+        cdef const char* query = <const char*>memchr(p, 63, PyBytes_GET_SIZE(path))  # "?"
+        cdef Py_ssize_t path_length = (query - p) if query != NULL else PyBytes_GET_SIZE(path)
+        cdef bint json = self._json
+        if req.principal is not None:
+            principal = req.principal
+            who = _utf8(f"{principal.method}:{principal.subject}")
+        clock_gettime(CLOCK_REALTIME, &wall)
+        if wall.tv_sec != self._second:
+            self._second = wall.tv_sec
+            gmtime_r(&wall.tv_sec, &parts)
+            strftime(self._second_text, sizeof(self._second_text), b"%Y-%m-%dT%H:%M:%S",
+                     &parts)
+        # Every escaped byte takes at most 6 (\u00XX); numbers and keys fit in 320.
+        cdef Py_ssize_t bound = 320 + 6 * (
+            PyBytes_GET_SIZE(method) + path_length + PyBytes_GET_SIZE(request_id)
+            + PyBytes_GET_SIZE(client) + PyBytes_GET_SIZE(label) + PyBytes_GET_SIZE(reason)
+            + PyBytes_GET_SIZE(who))
+        cdef bytes line = PyBytes_FromStringAndSize(NULL, bound)
+        cdef char* start = PyBytes_AS_STRING(line)
+        cdef char* out = start
+        if json:
+            out = _put_c(out, b'{"time":"', 9)
+        out = _put_c(out, self._second_text, 19)
+        out[0] = 46  # "."
+        out = _put_digits(out + 1, wall.tv_nsec // 1000000, 3)
+        if json:
+            out = _put_c(out, b'Z","client":', 12)
+            out = _put_json(out, client, PyBytes_GET_SIZE(client))
+            out = _put_c(out, b',"method":', 10)
+            out = _put_json(out, method, PyBytes_GET_SIZE(method))
+            out = _put_c(out, b',"path":', 8)
+            out = _put_json(out, path, path_length)
+            out = _put_c(out, b',"route":', 9)
+            out = _put_json(out, label, PyBytes_GET_SIZE(label))
+            out = _put_c(out, b',"status":', 10)
+            out = _put_digits(out, req.status, 1)
+            out = _put_c(out, b',"duration_ms":', 15)
+            out = _put_ms(out, seconds, 3)
+            out = _put_c(out, b',"upstream_ms":', 15)
+            out = _put_ms(out, upstream, 3) if upstream >= 0 else _put_c(out, b"null", 4)
+            out = _put_c(out, b',"bytes":', 9)
+            out = _put_digits(out, sent, 1)
+            out = _put_c(out, b',"request_id":', 14)
+            out = _put_json(out, request_id, PyBytes_GET_SIZE(request_id))
+            out = _put_c(out, b',"principal":', 13)
+            out = _put_json(out, who, PyBytes_GET_SIZE(who))
+            out = _put_c(out, b',"reason":', 10)
+            out = _put_json(out, reason, PyBytes_GET_SIZE(reason))
+            out = _put_c(out, b"}\n", 2)
+        else:
+            out = _put_c(out, b"Z ", 2)
+            out = _put_text(out, client, PyBytes_GET_SIZE(client))
+            out = _put_text(out, method, PyBytes_GET_SIZE(method))
+            out = _put_text(out, path, path_length)
+            out = _put_digits(out, req.status, 1)
+            out[0] = 32
+            out = _put_ms(out + 1, seconds, 1)
+            out = _put_c(out, b"ms upstream=", 12)
+            if upstream >= 0:
+                out = _put_c(_put_ms(out, upstream, 1), b"ms", 2)
+            else:
+                out = _put_c(out, b"-", 1)
+            out = _put_c(out, b" bytes=", 7)
+            out = _put_digits(out, sent, 1)
+            out = _put_c(out, b" route=", 7)
+            out = _put_text(out, label, PyBytes_GET_SIZE(label))
+            out = _put_c(out, b"id=", 3)
+            out = _put_text(out, request_id, PyBytes_GET_SIZE(request_id))
+            out = _put_c(out, b"principal=", 10)
+            out = _put_text(out, who, PyBytes_GET_SIZE(who))
+            out = _put_c(out, b"reason=", 7)
+            out = _put_text(out, reason, PyBytes_GET_SIZE(reason))
+            (out - 1)[0] = 10  # the last field's separator ends the line
+        return line[:out - start]
+
+
+# ---- access-log fields, written into a line sized for the worst case ---------------------
+
+cdef const char* _HEX = b"0123456789abcdef"
+
+
+cdef inline bytes _utf8(value):
+    # A str field (client address, route, reason, principal) as UTF-8 bytes.
+    return (<str?>value).encode("utf-8", "backslashreplace")
+
+
+cdef inline char* _put_c(char* out, const char* piece, Py_ssize_t n) noexcept:
+    memcpy(out, piece, n)
+    return out + n
+
+
+cdef char* _put_digits(char* out, uint64_t value, int width) noexcept:
+    # ``value`` in decimal, zero-padded to ``width`` digits.
+    cdef char digits[24]
+    cdef int n = 0
+    while True:
+        digits[n] = 48 + value % 10
+        value //= 10
+        n += 1
+        if value == 0 and n >= width:
+            break
+    while n:
+        n -= 1
+        out[0] = digits[n]
+        out += 1
+    return out
+
+
+cdef char* _put_ms(char* out, double seconds, int decimals) noexcept:
+    # ``seconds`` in milliseconds with ``decimals`` decimals (1 or 3), rounded.
+    cdef uint64_t scale = 10 if decimals == 1 else 1000
+    cdef uint64_t fixed = <uint64_t>(seconds * 1000.0 * scale + 0.5) if seconds > 0 else 0
+    out = _put_digits(out, fixed // scale, 1)
+    out[0] = 46  # "."
+    return _put_digits(out + 1, fixed % scale, decimals)
+
+
+cdef char* _put_text(char* out, bytes value, Py_ssize_t n) noexcept:
+    # One text field and the space after it: printable ASCII but space, '"' and "\\" as
+    # is, any other byte as \xHH (a line stays one line of the same fields); "-" if empty.
+    cdef const unsigned char* s = <const unsigned char*>PyBytes_AS_STRING(value)
+    cdef Py_ssize_t i
+    cdef unsigned char c
+    if n == 0:
+        out[0] = 45  # "-"
+        out += 1
+    for i in range(n):
+        c = s[i]
+        if 33 <= c <= 126 and c != 34 and c != 92:
+            out[0] = c
+            out += 1
+        else:
+            out[0] = 92
+            out[1] = 120  # "x"
+            out[2] = _HEX[c >> 4]
+            out[3] = _HEX[c & 15]
+            out += 4
+    out[0] = 32
+    return out + 1
+
+
+cdef char* _put_json(char* out, bytes value, Py_ssize_t n) noexcept:
+    # A JSON string of ``value`` read as latin-1 (as HTTP defines header and target
+    # bytes), or null if empty. RFC 8259 §7: '"', "\\" and controls escaped.
+    cdef const unsigned char* s = <const unsigned char*>PyBytes_AS_STRING(value)
+    cdef Py_ssize_t i
+    cdef unsigned char c
+    if n == 0:
+        return _put_c(out, b"null", 4)
+    out[0] = 34
+    out += 1
+    for i in range(n):
+        c = s[i]
+        if c >= 128:  # U+0080..U+00FF in UTF-8
+            out[0] = 0xC0 | (c >> 6)
+            out[1] = 0x80 | (c & 0x3F)
+            out += 2
+        elif c < 32 or c == 127 or c == 34 or c == 92:
+            out = _put_c(out, b"\\u00", 4)
+            out[0] = _HEX[c >> 4]
+            out[1] = _HEX[c & 15]
+            out += 2
+        else:
+            out[0] = c
+            out += 1
+    out[0] = 34
+    return out + 1
 
 
 # ---- back-pressure (contract: _proxy_flow.pxd) -----------------------------------------

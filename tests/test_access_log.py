@@ -8,6 +8,8 @@ import re
 
 import pytest
 
+from fluxgate._core import Principal, RequestState
+from fluxgate._proxy import Accounting, now
 from fluxgate.config.loader import load_config_text
 from fluxgate.errors import ConfigError
 from fluxgate.proxy.access_log import AccessLog, access_log_settings
@@ -162,28 +164,47 @@ def test_a_wrong_access_log_is_a_config_error(text):
         load_config_text(text + ONE_ROUTE)
 
 
-@pytest.mark.parametrize("path", [
-    b"/a b", b"/a\r\nforged 200 line", b"/caf\xc3\xa9", b'/q"uote', b"/\x00\x7f", b"/a?k=secret",
-])
+def line_for(log: AccessLog, *, method=b"GET", path=b"/x", request_id=b"rid", status=200,
+             client="127.0.0.1", refusal=None, principal=None, sent=0) -> None:
+    """One request as the worker counts it (fluxgate/_proxy.pyx, Accounting.record)."""
+    req = RequestState(now() - 0.0015)
+    req.method, req.path, req.request_id, req.status = method, path, request_id, status
+    req.client_ip, req.refusal, req.principal = client, refusal, principal
+    Accounting(None, log).record(req, sent)
+
+
+HOSTILE = [b"/a b", b"/a\r\nforged 200 line", b"/caf\xc3\xa9", b'/q"uote', b"/\x00\x7f\\",
+           b"/a?k=secret", b"/" + bytes(range(256))]
+
+
+@pytest.mark.parametrize("path", HOSTILE)
 def test_hostile_text_stays_on_one_line(tmp_path, path):
     log = AccessLog(str(tmp_path / "a.log"))
-    log.entries.append((1765081836.5, "::1", b"G\nET", path, None, 400, 0.001, -1.0, 0,
-                        b"id\r\n", None, "bad_request"))
+    line_for(log, method=b"G\nET", path=path, request_id=b"id\r\n", status=400,
+             client="::1", refusal="bad_request")
     log.close()
-    text = (tmp_path / "a.log").read_text()
-    assert text.count("\n") == 1 and text.endswith("\n") and "\r" not in text
-    assert "secret" not in text
-    assert len(text.split(" ")) == 12  # every field one token
+    text = (tmp_path / "a.log").read_bytes()
+    assert text.count(b"\n") == 1 and text.endswith(b"\n") and b"\r" not in text
+    assert b"secret" not in text and text.isascii()
+    fields = text.split(b" ")
+    assert len(fields) == 12  # every field one token
+    assert fields[1:3] == [b"::1", b"G\\x0aET"]
+    assert fields[3].startswith(b"/") and b"\x00" not in text
+    assert text.endswith(b" reason=bad_request\n")
 
 
-def test_json_lines_escape_and_drop_the_query(tmp_path):
+@pytest.mark.parametrize("path", HOSTILE)
+def test_json_lines_escape_and_drop_the_query(tmp_path, path):
     log = AccessLog(load_config_text(
         f"access_log: {{format: json, path: {tmp_path}/a.jsonl}}\n" + ONE_ROUTE).access_log)
-    log.entries.append((1765081836.0009, "10.0.0.1", b"GET", b"/x\n?key=secret", None, 200,
-                        0.5, 0.25, 12, b"rid", None, None))
+    line_for(log, method=b"G\"ET", path=path, sent=12, principal=Principal(
+        "key:k", "api_key", 'k"\\', frozenset(), key_name='k"\\'))
     log.close()
-    text = (tmp_path / "a.jsonl").read_text()
-    assert text.count("\n") == 1 and "secret" not in text
+    text = (tmp_path / "a.jsonl").read_bytes()
+    assert text.count(b"\n") == 1 and b"secret" not in text
     entry = json.loads(text)
-    assert entry["time"] == "2025-12-07T04:30:36.000Z"
-    assert (entry["path"], entry["duration_ms"], entry["upstream_ms"]) == ("/x\n", 500.0, 250.0)
+    assert entry["path"] == path.partition(b"?")[0].decode("latin-1")
+    assert entry["method"] == 'G"ET' and entry["principal"] == 'api_key:k"\\'
+    assert entry["bytes"] == 12 and entry["upstream_ms"] is None and entry["route"] is None
+    assert entry["duration_ms"] >= 1.5
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", entry["time"])

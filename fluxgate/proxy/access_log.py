@@ -1,32 +1,24 @@
 """The access log: one line per request, text (default) or JSON, buffered.
 
-The request path pays for one tuple: ``Accounting.record`` (fluxgate/_proxy.pyx) appends
-an entry of the request's fields to ``AccessLog.entries`` in C. Lines are formatted and
-written when the worker's sweep flushes (four times a second) or when 512 entries wait,
-so formatting never delays a response.
+The line is written in C when the request is counted (``Accounting.record`` in
+fluxgate/_proxy.pyx, ~2,000 instructions) and kept in ``AccessLog.lines``; the worker's
+sweep writes what waits four times a second, and 512 waiting lines are written at once, so
+a request never waits for the disk.
 
-What a line holds (README: "Access log"): time (RFC 3339, UTC, milliseconds), client
+What a line holds (docs/access-log.md): time (RFC 3339, UTC, milliseconds), client
 address, method, path, route, status, total and upstream durations (ms), bytes sent to the
-client, request id, principal (the subject or API key name, never a credential) and the
-reason code of a refusal. Never a query string (it can carry ``?api_key=``) nor any header
-value. Client-controlled text is escaped in the text format so a line stays one line.
+client, request id, principal (``method:subject``, never a credential) and the reason code
+of a refusal. Never a query string (it can carry ``?api_key=``) nor any header value.
+Client-controlled bytes are escaped (``\\xHH`` in text, JSON escapes in JSON), so a line
+is always one line.
 """
 
 from __future__ import annotations
 
 import sys
-import time
 from typing import IO, Any
 
-import orjson
-
 from fluxgate.config import schema
-
-# Fields of one entry, in the order Accounting.record appends them.
-ENTRY = (
-    "time", "client", "method", "path", "route", "status", "total", "upstream", "bytes",
-    "request_id", "principal", "reason",
-)
 
 
 def access_log_settings(value: str | schema.AccessLog | None) -> tuple[str, str | None]:
@@ -38,21 +30,6 @@ def access_log_settings(value: str | schema.AccessLog | None) -> tuple[str, str 
     if isinstance(value, str):
         return "text", value
     return value.format, value.path
-
-
-def _text(value: bytes) -> str:
-    """Client bytes as one printable token: non-ASCII, controls and spaces escaped."""
-    text = value.decode("latin-1")
-    if text.isprintable() and text.isascii() and " " not in text:
-        return text
-    return text.encode("unicode_escape").decode("ascii").replace(" ", "\\x20").replace('"', '\\"')
-
-
-def _principal(principal: Any) -> str | None:
-    """The subject (sub claim or API key name) with its method, never a credential."""
-    if principal is None:
-        return None
-    return f"{principal.method}:{principal.subject}"
 
 
 class _TextSink:
@@ -69,11 +46,11 @@ class _TextSink:
 
 
 class AccessLog:
-    """Buffered access-log writer of one worker (``entries`` is filled by Accounting)."""
+    """Buffered access-log writer of one worker (``lines`` is filled by Accounting)."""
 
     def __init__(self, setting: str | schema.AccessLog | None) -> None:
         self.format, path = access_log_settings(setting)
-        self.entries: list[tuple[Any, ...]] = []
+        self.lines: list[bytes] = []
         self.stream: IO[bytes] | _TextSink | None = None
         self._owned = path not in (None, "-")  # a file it opened, closed with it
         if path == "-":
@@ -83,20 +60,16 @@ class AccessLog:
             # Unbuffered: each flush is one write(2) of whole lines to an O_APPEND file, so
             # the lines of several workers never interleave mid-line.
             self.stream = open(path, "ab", buffering=0)  # noqa: SIM115 - lives with the worker
-        self._second = -1
-        self._second_text = ""
 
     def flush(self) -> None:
-        """Format and write the waiting entries (the sweep calls this a few times a second)."""
-        if not self.entries:
+        """Write the waiting lines (the sweep calls this a few times a second)."""
+        if not self.lines:
             return
-        entries = self.entries[:]
-        self.entries.clear()  # in place: Accounting holds this very list
-        if self.stream is None:
-            return
-        line = self._json if self.format == "json" else self._text_line
-        self.stream.write(b"".join([line(entry) for entry in entries]))
-        self.stream.flush()
+        data = b"".join(self.lines)
+        self.lines.clear()  # in place: Accounting holds this very list
+        if self.stream is not None:
+            self.stream.write(data)
+            self.stream.flush()
 
     def close(self) -> None:
         """Flush, and close a file (not stderr)."""
@@ -104,50 +77,3 @@ class AccessLog:
         if self.stream is not None and self._owned:
             self.stream.close()
         self.stream = None
-
-    # -- formats ---------------------------------------------------------------------------
-
-    def _time(self, wall: float) -> str:
-        # Lines of one flush mostly share their second: format it once.
-        second = int(wall)
-        if second != self._second:
-            self._second = second
-            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._second_text}.{int((wall - second) * 1000):03d}Z"
-
-    def _fields(self, entry: tuple[Any, ...]) -> dict[str, Any]:
-        (wall, client, method, path, route, status, total, upstream, sent, request_id,
-         principal, reason) = entry
-        return {
-            "time": self._time(wall),
-            "client": client or None,
-            "method": method.decode("latin-1") or None,
-            # path, or the raw target of a request refused before it was routed: never
-            # what follows "?"
-            "path": path.partition(b"?")[0].decode("latin-1") or None,
-            "route": route.label if route is not None else None,
-            "status": status,
-            "duration_ms": round(total * 1000.0, 3),
-            "upstream_ms": round(upstream * 1000.0, 3) if upstream >= 0 else None,
-            "bytes": sent,
-            "request_id": request_id.decode("latin-1") or None,
-            "principal": _principal(principal),
-            "reason": reason,
-        }
-
-    def _json(self, entry: tuple[Any, ...]) -> bytes:
-        return orjson.dumps(self._fields(entry)) + b"\n"
-
-    def _text_line(self, entry: tuple[Any, ...]) -> bytes:
-        (wall, client, method, path, route, status, total, upstream, sent, request_id,
-         principal, reason) = entry
-        up = f"{upstream * 1000.0:.1f}ms" if upstream >= 0 else "-"
-        who = _principal(principal)
-        return (
-            f"{self._time(wall)} {client or '-'} {_text(method) or '-'}"
-            f" {_text(path.partition(b'?')[0]) or '-'} {status}"
-            f" {total * 1000.0:.1f}ms upstream={up} bytes={sent}"
-            f" route={route.label if route is not None else '-'}"
-            f" id={_text(request_id) or '-'} principal={_text(who.encode()) if who else '-'}"
-            f" reason={reason or '-'}\n"
-        ).encode()
