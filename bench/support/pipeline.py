@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ DISTINCT_PAYLOAD = {"jwt_distinct": 300, "jwt_distinct_1k": 1000}
 
 # One route of each kind, behind the same config (``route``: the route's own lines).
 CONFIG = """\
-access_log: null
+access_log: {access_log}
 state_dir: {state_dir}
 routes:
   - route: {prefix}
@@ -59,6 +60,14 @@ JWT_ROUTE = """\
           algorithms: [RS256]
 """
 API_KEY_ROUTE = "    middleware:\n      - api_key: {}\n"
+
+
+def _config(*, state_dir: object, **fields: str) -> str:
+    """CONFIG for a scenario. FLUXGATE_BENCH_ACCESS_LOG=text|json turns the access log on,
+    into state_dir/access.log, to measure its cost per request against the default (off)."""
+    log_format = os.environ.get("FLUXGATE_BENCH_ACCESS_LOG")
+    access_log = f"{{format: {log_format}, path: {state_dir}/access.log}}" if log_format else "null"
+    return CONFIG.format(access_log=access_log, state_dir=state_dir, **fields)
 
 
 @dataclass
@@ -86,7 +95,7 @@ def scenario(name: str, workdir: Path) -> Scenario:
     metrics = MetricsTable.create(str(workdir / f"metrics-{name}.bin"))
     cleanup: list[Callable[[], None]] = [metrics.close, loop.close]
     if name == "public":
-        config = CONFIG.format(state_dir=workdir, prefix="/api", route=PUBLIC_ROUTE)
+        config = _config(state_dir=workdir, prefix="/api", route=PUBLIC_ROUTE)
         wired = wire_gateway(loop, config, metrics=metrics)
         requests = [HEAD % b"/api/items" + b"\r\n"]
     elif name.startswith("jwt"):
@@ -120,7 +129,7 @@ def _jwt(
 
     key = bench_key()
     route = JWT_ROUTE.format(issuer=ISSUER, audience=AUDIENCE)
-    config = CONFIG.format(state_dir=workdir, prefix="/jwt", route=route)
+    config = _config(state_dir=workdir, prefix="/jwt", route=route)
     wired = wire_gateway(loop, config, metrics=metrics)
     middleware = wired.gateway.routes[0].chain[0]
     # No master here: install the key set the master would publish.
@@ -145,7 +154,7 @@ def _api_key(
         for i in range(API_KEYS)
     ]
     keys.table()  # published where the worker's SharedKeys maps it
-    config = CONFIG.format(state_dir=state_dir, prefix="/keyed", route=API_KEY_ROUTE)
+    config = _config(state_dir=state_dir, prefix="/keyed", route=API_KEY_ROUTE)
     wired = wire_gateway(loop, config, metrics=metrics)
     requests = [HEAD % b"/keyed/hello" + b"X-API-Key: " + k + b"\r\n\r\n" for k in plain]
     return wired, requests, keys.close
