@@ -17,6 +17,11 @@ Endpoints (the bearer token is required unless said otherwise):
 * ``GET /admin/jwks``, ``POST /admin/jwks/refresh`` - signing-key sets (master/jwks.py).
 * ``GET /admin/oauth2``, ``POST /admin/oauth2/purge`` - token introspection and browser
   logins (master/sidepool.py).
+* ``GET /console`` (and ``/console/``), ``GET|POST /console/login``, ``POST /console/logout``,
+  ``GET /console/static/<asset>``, ``GET /console/api/session|live|keys|health|routes``,
+  ``POST /console/api/keys``, ``/console/api/keys/rotate|revoke`` - the web console
+  (fluxgate/console, docs/console.md). No bearer token: it signs in with the admin token
+  into a session cookie, and its state-changing calls carry a CSRF token.
 
 Every error is ``{"error", "error_description", "request_id"}`` in JSON with its status:
 401 without the token or with a wrong one (before any 404 or 405 on a protected path), 404
