@@ -81,3 +81,14 @@ def test_every_printed_command_runs_in_a_fresh_shell(tmp_path):
                 last = run.stdout.splitlines()[-1]
                 assert last == "result: pass (audit mode)", (command, run.stdout)
     assert "Traceback" not in log_path.read_text()
+
+
+def test_readme_commands_name_the_venv():
+    # The README's shell blocks run as pasted after `make demo`: no bare fluxctl/fluxgate,
+    # which a shell without the activated venv does not find.
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    blocks = readme.split("```")[1::2]  # the fenced blocks' contents
+    lines = [line.strip().removeprefix("$ ") for block in blocks for line in block.splitlines()]
+    bare = [line for line in lines if line.split(" ", 1)[0] in ("fluxctl", "fluxgate")]
+    assert bare == []
+    assert any(line.startswith(".venv/bin/fluxctl ") for line in lines)
