@@ -194,8 +194,11 @@ cdef const char* _HEX = b"0123456789abcdef"
 
 
 cdef inline bytes _utf8(value):
-    # A str field (client address, route, reason, principal) as UTF-8 bytes.
-    return (<str?>value).encode("utf-8", "backslashreplace")
+    # A str field (client address, route, reason, principal) as UTF-8 bytes; anything
+    # else a middleware may have put there is logged as its str(), never raised on.
+    if type(value) is not str:
+        value = str(value)
+    return (<str>value).encode("utf-8", "backslashreplace")
 
 
 cdef inline char* _put_c(char* out, const char* piece, Py_ssize_t n) noexcept:

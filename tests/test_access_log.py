@@ -208,3 +208,11 @@ def test_json_lines_escape_and_drop_the_query(tmp_path, path):
     assert entry["bytes"] == 12 and entry["upstream_ms"] is None and entry["route"] is None
     assert entry["duration_ms"] >= 1.5
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", entry["time"])
+
+
+def test_a_reason_that_is_not_a_string_is_logged_not_raised(tmp_path):
+    log = AccessLog(str(tmp_path / "a.log"))
+    line_for(log, refusal=404, client="")  # a middleware's own error type may carry anything
+    log.close()
+    text = (tmp_path / "a.log").read_text()
+    assert text.endswith(" reason=404\n") and " - GET /x " in text
