@@ -95,6 +95,18 @@ def test_refusals_challenge_with_the_header_not_a_bearer_token(gw, key):
         'ApiKey realm="fluxgate", header="X-API-Key", error="insufficient_scope"')
 
 
+def test_a_second_key_as_bearer_beside_the_header_is_not_forwarded(gw, upstream, key):
+    status, _, _ = request(gw.port, "/load/b", {"X-API-Key": key,
+                                                "Authorization": "Bearer fg_another_key_0000"})
+    assert status == 200
+    assert "authorization" not in upstream.requests[-1].header_names()
+    # Any other Authorization beside a key in the header goes on as it came.
+    status, _, _ = request(gw.port, "/load/b", {"X-API-Key": key,
+                                                "Authorization": "Bearer eyJ.e30.x"})
+    assert status == 200
+    assert upstream.requests[-1].header("authorization") == "Bearer eyJ.e30.x"
+
+
 def test_a_key_as_bearer_token_is_accepted_and_never_forwarded(gw, upstream, key):
     status, headers, _ = request(gw.port, "/load/b", {"Authorization": f"Bearer {key}",
                                                       "X-Other": "kept"})

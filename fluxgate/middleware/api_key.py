@@ -125,7 +125,11 @@ class ApiKeyMiddleware:
             req, self.lname, self.qname, self.required, covering, _now(), shared.principals
         )
         if answer is None:
-            return None  # accepted, and authorize set req.principal
+            # Accepted (authorize set req.principal). A second key sent as Bearer beside
+            # the header is not read, but it is a key: it never goes upstream either.
+            if _bearer_key(req) is not None:
+                _drop_authorization(req)
+            return None
         code, index, limit, reset = answer
         if code == _MISSING:
             key = _bearer_key(req)
@@ -153,8 +157,7 @@ class ApiKeyMiddleware:
             return self._refuse(code, index, limit, reset, covering, req)
         if limit:
             merge_ratelimit(req, limit, remaining, reset)
-        forward = req.forward_headers
-        forward[:] = [pair for pair in forward if pair[0].lower() != b"authorization"]
+        _drop_authorization(req)
         info = shared.info(index)
         req.principal = info.principal
         if info.response_headers:
@@ -216,6 +219,11 @@ class ApiKeyMiddleware:
     def _fail(self, reason: str) -> None:
         if self.failures is not None:
             self.failures.count("api_key", reason)
+
+
+def _drop_authorization(req: RequestState) -> None:
+    forward = req.forward_headers
+    forward[:] = [pair for pair in forward if pair[0].lower() != b"authorization"]
 
 
 def _bearer_key(req: RequestState) -> bytes | None:
