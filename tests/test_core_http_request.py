@@ -737,9 +737,10 @@ def test_request_state_fields_are_member_slots_with_their_defaults():
     fresh = RequestState(1.5)
     methods = {"ratelimit_headers"}  # the RateLimit-* integers are C fields, not slots
     assert {n for n in dir(fresh) if not n.startswith("_")} - methods <= slots
-    assert len(slots) == 38
+    assert len(slots) == 39
     assert (fresh.started, fresh.method, fresh.http_minor, fresh.keep_alive) == (1.5, b"", 1, True)
     assert (fresh.status, fresh.finished, fresh.route, fresh.headers) == (0, False, None, [])
+    assert fresh.refusal is None  # the access log's reason code, set only by a refusal
     assert fresh.headers is not fresh.forward_headers is not fresh.response_headers
     for i, name in enumerate(sorted(slots)):
         setattr(fresh, name, ("value", i))

@@ -45,7 +45,9 @@ def test_a_reload_with_another_signing_secret_is_refused(gateway_factory, upstre
         key = ops.generate("svc")["key"]
     gw.write_config(CONFIG.format(secret=SECRET_B, url=upstream.url))
     status, body = reload(gw)
-    assert status == 409 and "signing secret differs" in body["error_description"]
+    # A config error with its key path (422), not a failure to go live (409).
+    assert status == 422 and "signing secret differs" in body["error_description"]
+    assert body["path"] == "api_keys.signing_secret"
     gw.write_config(CONFIG.format(secret=SECRET_A, url=upstream.url))
     assert reload(gw)[0] == 200
     assert key not in gw.log()
