@@ -14,6 +14,7 @@ import pytest
 from fluxgate.auth import keytable as kt
 from fluxgate.auth.keyops import KeyOps
 from fluxgate.config import load_config, load_config_text
+from fluxgate.master.admin import AdminRequest
 from fluxgate.master.keys import KeyService
 from tests.support.gateway import GatewayProcess
 
@@ -182,3 +183,101 @@ def test_a_flush_never_writes_a_half_stamped_slot(service, written, monkeypatch)
     service.flush_usage()
     assert written[-1] == [(slots(service)["a"], T2, "10.0.0.2", 4)]
     assert stored(service, "a") == (T2, "10.0.0.2", 4)
+
+
+# ---- admin writes share a publication -------------------------------------------------------
+
+
+def admin_call(service: KeyService, handler, body: dict):
+    """Run one admin handler on the service's loop; the response's status and JSON body."""
+    resp = service._task.get_loop().run_until_complete(handler(request(body)))
+    return resp.status, json.loads(resp.body)
+
+
+def gather(service: KeyService, *coros):
+    """Run admin handlers at once on the service's loop; their responses or exceptions."""
+
+    async def all_of():
+        return await asyncio.gather(*coros, return_exceptions=True)
+
+    return service._task.get_loop().run_until_complete(all_of())
+
+
+def request(body: dict) -> AdminRequest:
+    return AdminRequest("POST", "/admin/keys", "", {}, json.dumps(body).encode(), "r", True)
+
+
+def check(service: KeyService, key: str) -> int:
+    """What a worker mapping the published table now answers for ``key`` (0: accepted)."""
+    shared = kt.SharedKeys(service.master.state_dir, service.ops.signing_key)
+    try:
+        return shared.table.check(key.encode(), T1, b"/", (), None, "10.0.0.1")[0]
+    finally:
+        shared.table.release()
+
+
+@pytest.fixture
+def builds(service, monkeypatch):
+    """The generations published, one entry per table build."""
+    done: list[int] = []
+    rebuild = service.rebuild
+
+    def counted():
+        rebuild()
+        done.append(service.generation)
+
+    monkeypatch.setattr(service, "rebuild", counted)
+    return done
+
+
+def test_concurrent_creates_share_one_generation_and_work_once_answered(service, builds):
+    answers = gather(service, *(service._create(request({"name": f"k{i}"})) for i in range(20)))
+    assert builds == [service.generation]  # twenty creates, one table build
+    for resp in answers:
+        assert resp.status == 201
+        assert check(service, json.loads(resp.body)["key"]) == 0
+    # The next burst has a generation of its own.
+    assert admin_call(service, service._create, {"name": "later"})[0] == 201
+    assert len(builds) == 2
+
+
+def test_a_revocation_is_published_before_it_is_answered(service, builds):
+    status, made = admin_call(service, service._create, {"name": "doomed"})
+    assert status == 201 and check(service, made["key"]) == 0
+    status, body = admin_call(service, service._revoke, {"name": "doomed"})
+    assert status == 200 and body["revoked"][0]["key_id"] == made["key_id"]
+    assert kt.read_generation(service.master.state_dir) == service.generation == builds[-1]
+    assert check(service, made["key"]) == 5  # revoked, in the table every worker maps next
+
+
+def test_a_refused_write_publishes_nothing(service, builds):
+    gather(service, service._create(request({"name": "x", "quota": "1/y"})),
+           service._revoke(request({"name": "ghost"})))
+    assert builds == []
+
+
+def test_a_client_gone_does_not_cancel_the_publication_others_wait_for(service, builds):
+    loop = service._task.get_loop()
+
+    async def scene():
+        gone = loop.create_task(service._create(request({"name": "gone"})))
+        stays = loop.create_task(service._create(request({"name": "stays"})))
+        await asyncio.sleep(0)
+        gone.cancel()
+        return await stays
+
+    resp = loop.run_until_complete(scene())
+    assert resp.status == 201 and check(service, json.loads(resp.body)["key"]) == 0
+    assert len(builds) == 1
+    assert {r.name for r in service.ops.store.all()} >= {"gone", "stays"}  # both committed
+
+
+def test_a_failed_publication_fails_its_writers_and_is_retried(service, monkeypatch):
+    def broken():
+        raise OSError("disk full")
+
+    monkeypatch.setattr(service, "rebuild", broken)
+    answers = gather(service, service._create(request({"name": "p"})),
+                     service._create(request({"name": "q"})))
+    assert [type(a) for a in answers] == [OSError, OSError]  # the admin server's 500
+    assert service._data_version == -1  # the watcher builds it at its next look

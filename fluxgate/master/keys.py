@@ -4,7 +4,10 @@ At start (before the workers fork) it makes sure state_dir holds the signing sec
 (migrated), the quota file and the usage file, and publishes a first table. Then, a few times
 a second, it asks SQLite whether another connection (``fluxctl``) committed
 (``PRAGMA data_version``) and publishes a new generation when one did: a new, revoked,
-rotated or renewed key reaches every worker within a second. Every few seconds it copies the
+rotated or renewed key reaches every worker within a second. A write through the admin API
+is committed to keys.db at once and answered once the generation that holds it is published:
+writes within PUBLISH_DELAY of the first share one generation, so a burst of creates costs one
+table build, not one per key. Every few seconds it copies the
 workers' last-use stamps from the usage file into keys.db; at stop it does so one last time.
 
 Admin API (bearer token), JSON in and out, the same operations as ``fluxctl keys``:
@@ -62,6 +65,7 @@ log = logging.getLogger("fluxgate.keys")
 
 POLL_INTERVAL = 0.2  # s between PRAGMA data_version checks
 FLUSH_INTERVAL = 5.0  # s between copies of last-use stamps into keys.db
+PUBLISH_DELAY = 0.05  # s the first admin write waits for others to share its generation
 KEEP_DEAD = 7 * 86400.0  # revoked/expired keys stay in the table this long (refusal reasons)
 
 
@@ -98,6 +102,10 @@ class KeyService:
         # through fork, in every worker.
         self._usage_keys: tuple[array[int], array[int]] = (array("q"), array("q"))
         self._task: asyncio.Task[None] | None = None
+        # The generation the admin writes committed since the last publish wait for, and the
+        # timer that publishes it.
+        self._pending: asyncio.Future[int] | None = None
+        self._pending_timer: asyncio.TimerHandle | None = None
         self._next_prune = float("inf")  # when a key in the table has been dead KEEP_DEAD
 
     # ---- lifecycle --------------------------------------------------------------------------
@@ -132,6 +140,9 @@ class KeyService:
         self.ops._signing_key = key
 
     async def stop(self) -> None:
+        if self._pending_timer is not None:
+            self._pending_timer.cancel()
+            self._publish_pending()  # the admin writes already committed are not left waiting
         if self._task is not None:
             self._task.cancel()
             try:
@@ -195,6 +206,30 @@ class KeyService:
         self.keys = len(records)
         log.debug("key table generation %s: %s keys", self.generation, len(records))
 
+    async def published(self) -> int:
+        """Wait for a generation holding every write committed so far; return its number.
+
+        The first caller arms a publish PUBLISH_DELAY ahead; callers until it runs share it.
+        """
+        if self._pending is None:
+            loop = asyncio.get_running_loop()
+            self._pending = loop.create_future()
+            self._pending_timer = loop.call_later(PUBLISH_DELAY, self._publish_pending)
+        # Shielded: a client that hangs up must not cancel the generation others wait for.
+        return await asyncio.shield(self._pending)
+
+    def _publish_pending(self) -> None:
+        pending, self._pending, self._pending_timer = self._pending, None, None
+        if pending is None:
+            return
+        try:
+            self.rebuild()
+        except Exception as exc:
+            self._data_version = -1  # the watcher builds it again at its next look
+            pending.set_exception(exc)
+        else:
+            pending.set_result(self.generation)
+
     def flush_usage(self) -> None:
         """Copy changed last-use stamps and request counts into keys.db."""
         # Every FLUSH_INTERVAL over every key, on the master's loop: the per-key work runs in
@@ -224,6 +259,12 @@ class KeyService:
         router.add("POST", "/admin/keys/renew", self._renew)
         router.add("POST", "/admin/keys/revoke", self._revoke)
 
+    async def _write(self, operation):
+        """Run a key operation that changes keys.db; return once its generation is published."""
+        result = self._run(operation)
+        await self.published()  # the caller expects the change to be in force when answered
+        return result
+
     async def _list(self, req: AdminRequest) -> AdminResponse:
         include_dead = _query(req).get("all", "") in ("1", "true", "yes")
         keys = self._run(lambda: self.ops.list(include_dead=include_dead))
@@ -239,50 +280,47 @@ class KeyService:
 
     async def _create(self, req: AdminRequest) -> AdminResponse:
         body = _body(req)
-        result = self._run(lambda: self.ops.generate(
+        result = await self._write(lambda: self.ops.generate(
             _str(body, "name", required=True),
             scopes=_strs(body, "scopes"),
             quota=_str(body, "quota"),
             expiry=_str(body, "expiry"),
             allow_ips=_strs(body, "allow_ips"),
             routes=_strs(body, "routes"),
-        ), changed=True)
+        ))
         log.info("admin API: key %s created for %s", result["key_id"], result["name"])
         return AdminResponse.json(201, result)
 
     async def _rotate(self, req: AdminRequest) -> AdminResponse:
         body = _body(req)
-        result = self._run(lambda: self.ops.rotate(
+        result = await self._write(lambda: self.ops.rotate(
             _str(body, "name", required=True), grace=_str(body, "grace"),
             expiry=_str(body, "expiry"),
-        ), changed=True)
+        ))
         log.info("admin API: %s rotated to key %s", result["name"], result["key_id"])
         return AdminResponse.json(201, result)
 
     async def _renew(self, req: AdminRequest) -> AdminResponse:
         body = _body(req)
-        result = self._run(lambda: self.ops.renew(
+        result = await self._write(lambda: self.ops.renew(
             _str(body, "name", required=True), expiry=_str(body, "expiry")
-        ), changed=True)
+        ))
         log.info("admin API: key %s renewed until %s", result["key_id"], result["expires_at"])
         return AdminResponse.json(200, result)
 
     async def _revoke(self, req: AdminRequest) -> AdminResponse:
         body = _body(req)
-        result = self._run(lambda: self.ops.revoke(_str(body, "name", required=True)),
-                           changed=True)
+        result = await self._write(lambda: self.ops.revoke(_str(body, "name", required=True)))
         log.info("admin API: revoked %s", ", ".join(k["key_id"] for k in result))
         return AdminResponse.json(200, {"revoked": result})
 
-    def _run(self, operation, *, changed: bool = False):
+    def _run(self, operation):
         try:
             result = operation()
         except UnknownKey as exc:
             raise KeyNameNotFound(str(exc)) from None
         except KeyStoreError as exc:
             raise BadKeyRequest(str(exc)) from None
-        if changed:
-            self.rebuild()  # at once: the caller expects the change to be in force
         return result
 
     # ---- metrics ----------------------------------------------------------------------------
