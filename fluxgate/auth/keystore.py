@@ -78,6 +78,12 @@ _COLUMNS = (
 )
 
 
+_BULK_INSERT = (
+    "INSERT INTO keys (key_id, name, digest, scopes, routes, allow_ips, quota_limit, "
+    "quota_window, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
 class UnknownKey(KeyStoreError):
     """No key has that name (or id)."""
 
@@ -425,6 +431,43 @@ class KeyStore:
                 "WHERE slot = ?",
                 [(at, ip, n, slot) for slot, at, ip, n in rows],
             ))
+
+    # ---- bulk import ------------------------------------------------------------------------
+
+    def live_names(self, now: float) -> set[str]:
+        """Names that hold a working key (active or in grace): a new key may not take one."""
+        rows = self.db.execute(
+            "SELECT DISTINCT name FROM keys WHERE revoked_at IS NULL "
+            "AND MIN(expires_at, COALESCE(grace_until, expires_at)) > ?", (now,))
+        return {r[0] for r in rows}
+
+    def begin_bulk(self) -> None:
+        """Open the one write transaction of a bulk import (``insert_many`` ...
+        ``end_bulk``): other writers wait, readers keep the previous state until it commits."""
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def end_bulk(self, commit: bool) -> None:
+        """Commit the bulk import's transaction, or roll all of it back."""
+        self.db.execute("COMMIT" if commit else "ROLLBACK")
+
+    def insert_many(self, rows: Sequence[tuple]) -> list[int]:
+        """Insert rows of (key_id, name, digest, scopes JSON, routes JSON, allow_ips JSON,
+        quota_limit, quota_window, created_at, expires_at) inside ``begin_bulk``, with no
+        read-back. A row whose key id is already taken is left out; returns the indexes of
+        those rows (a UNIQUE violation stops ``executemany`` at that row, so the count of rows
+        inserted so far says which row it was, and the rest of the batch is sent again)."""
+        refused: list[int] = []
+        start = 0
+        while start < len(rows):
+            before = self.db.total_changes
+            try:
+                self.db.executemany(_BULK_INSERT, rows[start:] if start else rows)
+                return refused
+            except sqlite3.IntegrityError:
+                failed = start + self.db.total_changes - before
+                refused.append(failed)
+                start = failed + 1
+        return refused
 
     # ---- internals --------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""``fluxctl keys``: generate, list, show, rotate, renew, revoke, usage.
+"""``fluxctl keys``: generate, import, list, show, rotate, renew, revoke, usage.
 
 Locally (keys.db of the config's state_dir) or through ``--admin-url``; both return the same
 documents (``fluxgate.auth.keyops``), printed as tables or, with ``--json``, as JSON. A new
@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from fluxgate.auth.keyops import KeyOps
+from fluxgate.errors import KeyStoreError
 
 
 def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -34,6 +35,21 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument("--route", action="append", default=[], metavar="PATH",
                    help="accept the key only under this path (repeat for several)")
     p.set_defaults(func=cmd_generate)
+
+    p = cmds.add_parser("import", parents=[common], help="load many keys from a file",
+                        description="Load keys from JSON lines or CSV (columns: name, scopes, "
+                        "quota, expiry, allow_ip, routes, key) in one transaction. A bad row "
+                        "imports nothing unless --skip-bad; see docs/api-keys.md.")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--format", choices=("jsonl", "csv"),
+                   help="default: csv for a .csv file, else jsonl")
+    p.add_argument("--generate", action="store_true",
+                   help="mint the keys (the rows have no key column); they go to --out")
+    p.add_argument("--out", metavar="FILE",
+                   help="with --generate: a new file (mode 0600) for the names and keys")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="import the good rows and list the bad ones (default: import nothing)")
+    p.set_defaults(func=cmd_import)
 
     p = cmds.add_parser("list", parents=[common], help="list keys (never their secrets)")
     p.add_argument("--all", action="store_true", help="include revoked and expired keys")
@@ -87,6 +103,20 @@ def cmd_generate(ctx) -> int:
             doc = ops.generate(a.name, scopes=a.scope, quota=a.quota, expiry=a.expiry,
                                allow_ips=a.allow_ip, routes=a.route)
     return _print(ctx, doc, _render_new)
+
+
+def cmd_import(ctx) -> int:
+    from fluxgate.cli.keys_import import render, run_import
+
+    a = ctx.args
+    if ctx.remote:
+        raise KeyStoreError("keys import writes the local state_dir's keys.db: run it on the "
+                            "gateway's host, without --admin-url")
+    with _local(ctx) as ops:
+        doc = run_import(ops, a.file, fmt=a.format, generate=a.generate,
+                         skip_bad=a.skip_bad, out_path=a.out)
+    _print(ctx, doc, render)
+    return 0 if doc["committed"] else 1
 
 
 def cmd_rotate(ctx) -> int:
