@@ -1,0 +1,105 @@
+"""Creates per second through ``POST /admin/keys`` with a large key table.
+
+    .venv/bin/python -m bench.bench_admin_creates [--keys 100000] [--clients 64] [--seconds 10]
+
+keys.db is filled with ``--keys`` keys in one transaction (as bench/bench_memory.py does), a
+one-worker gateway starts on loopback, then ``--clients`` threads, each on its own kept-alive
+admin connection, create keys for ``--seconds``. Printed: the creates answered 201, creates/s,
+the table generations published meanwhile, and the time one table build takes with these keys
+(what a single create cost when each write rebuilt the table). Bounded in time and count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from bench.bench_memory import load_keys, master_phases
+from tests.support.gateway import GatewayProcess
+
+CONFIG = """\
+workers: 1
+access_log: null
+routes:
+  - route: /keyed
+    upstream: http://127.0.0.1:9
+    middleware:
+      - api_key: {}
+"""
+TOKEN = "test-admin-token"
+
+
+def generation(port: int) -> int:
+    """The published key table's generation, from /metrics."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request("GET", "/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+    text = conn.getresponse().read().decode()
+    conn.close()
+    for line in text.splitlines():
+        if line.startswith("fluxgate_api_key_table_generation"):
+            return int(float(line.split()[-1]))
+    return -1
+
+
+def creator(port: int, index: int, until: float, counts: list[int], errors: list[int]) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    n = 0
+    while time.monotonic() < until:
+        body = json.dumps({"name": f"bench-{index}-{n}"})
+        conn.request("POST", "/admin/keys", body=body,
+                     headers={"Authorization": f"Bearer {TOKEN}",
+                              "Content-Type": "application/json"})
+        resp = conn.getresponse()
+        resp.read()
+        if resp.status == 201:
+            counts[index] += 1
+        else:
+            errors[index] += 1
+        n += 1
+    conn.close()
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--keys", type=int, default=100_000)
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        gateway = GatewayProcess(Path(tmp), CONFIG, workers=1)
+        state_dir = str(gateway.state_dir)
+        started = time.perf_counter()
+        load_keys(state_dir, args.keys, 0)
+        print(f"{args.keys:,} keys loaded in {time.perf_counter() - started:.1f} s")
+        build = sum(master_phases(state_dir).values())
+        print(f"one table build (rows -> records -> bytes): {build * 1000:.0f} ms")
+        gateway.start(timeout=900)
+        try:
+            first = generation(gateway.admin_port)
+            counts, errors = [0] * args.clients, [0] * args.clients
+            started = time.monotonic()
+            until = started + args.seconds
+            threads = [threading.Thread(target=creator,
+                                        args=(gateway.admin_port, i, until, counts, errors))
+                       for i in range(args.clients)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            elapsed = time.monotonic() - started
+            published = generation(gateway.admin_port) - first
+        finally:
+            gateway.stop()
+    done = sum(counts)
+    print(f"{args.clients} clients, {elapsed:.1f} s: {done:,} creates answered 201 "
+          f"({sum(errors)} other), {done / elapsed:.0f} creates/s, {published} generations")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
