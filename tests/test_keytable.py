@@ -241,3 +241,31 @@ def test_merge_ratelimit_writes_plain_decimals(value):
     head = response_head(b"HTTP/1.1 200 OK\r\n", b"", req, [], None, False, False)
     assert head == (b"HTTP/1.1 200 OK\r\nX-Request-Id: r\r\n"
                     + b"".join(b"%s: %s\r\n" % pair for pair in expected) + b"\r\n")
+
+
+def test_revoke_in_place_flips_only_the_keys_named(state):
+    made = [state.generate(f"k{i}") for i in range(50)]  # enough for probes to collide
+    state.table()
+    shared = worker_view(state)
+    try:
+        ids = [r.key_id for r, _ in made[:3]]
+        ghost = made[3][0].key_id[:-1] + ("A" if made[3][0].key_id[-1] != "A" else "B")
+        assert kt.revoke_in_place(str(state.dir), ids + [ghost]) == [ghost]
+        codes = [shared.table.check(text.encode(), NOW, b"/", (), None, "1.2.3.4")[0]
+                 for _, text in made]
+        assert codes == [5, 5, 5] + [0] * 47  # the mapped generation, no refresh
+        assert shared.table.generation == 1 and shared.refresh() is False
+        assert os.stat(state.dir / kt.TABLE_FILE).st_mode & 0o777 == 0o400
+        assert kt.revoke_in_place(str(state.dir), ids) == []  # again: nothing changes
+        assert kt.revoke_in_place(str(state.dir), []) == []
+    finally:
+        shared.table.release()
+
+
+def test_revoke_in_place_leaves_a_foreign_file_alone(state):
+    path = state.dir / kt.TABLE_FILE
+    path.write_bytes(b"\0" * 200)
+    path.chmod(0o400)
+    r, _ = state.generate("x")
+    assert kt.revoke_in_place(str(state.dir), [r.key_id]) == [r.key_id]
+    assert path.read_bytes() == b"\0" * 200

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import os
 import struct
 
 import pytest
@@ -241,13 +242,34 @@ def test_concurrent_creates_share_one_generation_and_work_once_answered(service,
     assert len(builds) == 2
 
 
-def test_a_revocation_is_published_before_it_is_answered(service, builds):
+def test_a_revocation_is_in_force_in_mapped_tables_before_it_is_answered(service, builds):
     status, made = admin_call(service, service._create, {"name": "doomed"})
+    _, kept = admin_call(service, service._create, {"name": "kept"})
     assert status == 201 and check(service, made["key"]) == 0
-    status, body = admin_call(service, service._revoke, {"name": "doomed"})
-    assert status == 200 and body["revoked"][0]["key_id"] == made["key_id"]
-    assert kt.read_generation(service.master.state_dir) == service.generation == builds[-1]
-    assert check(service, made["key"]) == 5  # revoked, in the table every worker maps next
+    # A worker that mapped the table before the revocation, and does not sweep again.
+    worker = kt.SharedKeys(service.master.state_dir, service.ops.signing_key)
+    try:
+        generation = worker.table.generation
+        status, body = admin_call(service, service._revoke, {"name": "doomed"})
+        assert status == 200 and body["revoked"][0]["key_id"] == made["key_id"]
+        assert worker.table.check(made["key"].encode(), T1, b"/", (), None, "10.0.0.1")[0] == 5
+        assert worker.table.check(kept["key"].encode(), T1, b"/", (), None, "10.0.0.1")[0] == 0
+        assert worker.table.generation == generation and len(builds) == 2  # no build waited
+        assert oct(os.stat(os.path.join(service.master.state_dir, kt.TABLE_FILE)).st_mode
+                   & 0o777) == "0o400"
+        # The next generation follows, built from keys.db, with the key revoked.
+        service._task.get_loop().run_until_complete(service.published())
+        assert len(builds) == 3 and worker.refresh() is True
+        assert worker.table.check(made["key"].encode(), T1, b"/", (), None, "10.0.0.1")[0] == 5
+    finally:
+        worker.table.release()
+
+
+def test_revoking_a_key_not_yet_published_waits_for_its_generation(service, builds):
+    made = service.ops.generate("fresh")  # committed, in no table yet
+    assert check(service, made["key"]) != 5
+    status, _ = admin_call(service, service._revoke, {"name": "fresh"})
+    assert status == 200 and len(builds) == 1 and check(service, made["key"]) == 5
 
 
 def test_a_refused_write_publishes_nothing(service, builds):

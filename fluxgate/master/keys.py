@@ -7,7 +7,8 @@ a second, it asks SQLite whether another connection (``fluxctl``) committed
 rotated or renewed key reaches every worker within a second. A write through the admin API
 is committed to keys.db at once and answered once the generation that holds it is published:
 writes within PUBLISH_DELAY of the first share one generation, so a burst of creates costs one
-table build, not one per key. Every few seconds it copies the
+table build, not one per key. A revocation is set in the published table in place (one flag
+byte per key, see keytable.revoke_in_place) and answered at once, whatever the table's size. Every few seconds it copies the
 workers' last-use stamps from the usage file into keys.db; at stop it does so one last time.
 
 Admin API (bearer token), JSON in and out, the same operations as ``fluxctl keys``:
@@ -48,6 +49,7 @@ from fluxgate.auth.keytable import (
     build_table,
     publish_table,
     read_generation,
+    revoke_in_place,
     usage_rows,
     usage_slot,
 )
@@ -211,12 +213,16 @@ class KeyService:
 
         The first caller arms a publish PUBLISH_DELAY ahead; callers until it runs share it.
         """
+        # Shielded: a client that hangs up must not cancel the generation others wait for.
+        return await asyncio.shield(self._publish_soon())
+
+    def _publish_soon(self) -> asyncio.Future[int]:
+        """The coming publication (armed now if none is), holding every committed write."""
         if self._pending is None:
             loop = asyncio.get_running_loop()
             self._pending = loop.create_future()
             self._pending_timer = loop.call_later(PUBLISH_DELAY, self._publish_pending)
-        # Shielded: a client that hangs up must not cancel the generation others wait for.
-        return await asyncio.shield(self._pending)
+        return self._pending
 
     def _publish_pending(self) -> None:
         pending, self._pending, self._pending_timer = self._pending, None, None
@@ -225,8 +231,10 @@ class KeyService:
         try:
             self.rebuild()
         except Exception as exc:
+            log.warning("key table publication failed: %s; the watcher tries again", exc)
             self._data_version = -1  # the watcher builds it again at its next look
             pending.set_exception(exc)
+            pending.exception()  # retrieved: a publication nobody awaits is not an error twice
         else:
             pending.set_result(self.generation)
 
@@ -310,7 +318,18 @@ class KeyService:
 
     async def _revoke(self, req: AdminRequest) -> AdminResponse:
         body = _body(req)
-        result = await self._write(lambda: self.ops.revoke(_str(body, "name", required=True)))
+        result = self._run(lambda: self.ops.revoke(_str(body, "name", required=True)))
+        try:
+            missing = revoke_in_place(self.master.state_dir, [k["key_id"] for k in result])
+        except (OSError, ValueError):
+            log.exception("revocation in the published key table")
+            missing = result
+        if missing:  # not published yet (a create still pending), or no table to flip
+            await self.published()
+        else:
+            # In force in every worker now; the next generation, built without waiting for
+            # it, carries the revocation from keys.db.
+            self._publish_soon()
         log.info("admin API: revoked %s", ", ".join(k["key_id"] for k in result))
         return AdminResponse.json(200, {"revoked": result})
 
