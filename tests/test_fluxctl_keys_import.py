@@ -162,7 +162,17 @@ def test_refusals(config, capsys, tmp_path):
     code, out, _ = run(capsys, "keys", "import", bad_header, "--generate", "--out",
                        str(tmp_path / "o.csv"))
     assert code == 1 and "line 1: unknown column(s) 'nom'" in out
-    assert stored(config) == {}
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes(b'{"name": "ok"}\n{"name": "caf\xe9"}\n')
+    code, _, err = run(capsys, "keys", "import", str(latin1), "--generate", "--out",
+                       str(tmp_path / "o.jsonl"))
+    assert code == 1 and "not UTF-8" in err and not (tmp_path / "o.jsonl").exists()
+    nul = tmp_path / "nul.csv"
+    nul.write_bytes(b"name,scopes\nok,a\nx\x00y,b\n")
+    code, out, _ = run(capsys, "keys", "import", str(nul), "--generate", "--out",
+                       str(tmp_path / "o.csv"), "--skip-bad")
+    assert code == 0 and "line 3:" in out and "Imported 1 key." in out
+    assert set(stored(config)) == {"ok"}
 
 
 def test_key_id_clash_names_the_row(config, capsys, tmp_path):

@@ -348,11 +348,15 @@ def run_import(ops: KeyOps, path: str, *, fmt: str | None, generate: bool, skip_
                 if importer.out_csv is not None:
                     importer.out_csv.writerow(("name", "key_id", "key"))
                 rows = 0
-                for line, row in read_rows(f, fmt):
-                    importer.row(line, row)
-                    rows += 1
-                    if bar is not None and rows % 4096 == 0:
-                        bar.update(rows, f.buffer.tell() if hasattr(f, "buffer") else 0)
+                try:
+                    for line, row in read_rows(f, fmt):
+                        importer.row(line, row)
+                        rows += 1
+                        if bar is not None and rows % 4096 == 0:
+                            bar.update(rows, f.buffer.tell())
+                except UnicodeDecodeError as exc:  # the whole file is suspect: nothing kept
+                    raise KeyStoreError(f"{path}: not UTF-8 text ({exc.reason}, after row "
+                                        f"{rows}); nothing imported") from None
                 importer.flush()
                 summary = importer.summary
                 summary.refused.sort()
@@ -379,7 +383,8 @@ def render(doc: dict[str, Any]) -> list[str]:
     """The summary for a person: what was imported, and each refused row's line and reason."""
     refused = doc["refused"]
     if doc["committed"]:
-        lines = [f"Imported {doc['imported']:,} keys."]
+        count = doc["imported"]
+        lines = [f"Imported {count:,} key{'' if count == 1 else 's'}."]
         if doc["out"]:
             lines.append(f"The new keys are in {doc['out']} (mode 0600): hand them over and "
                          "delete the file; they are not stored anywhere else.")
