@@ -5,8 +5,10 @@
 keys.db is filled with ``--keys`` keys in one transaction (as bench/bench_memory.py does), a
 one-worker gateway starts on loopback, then ``--clients`` threads, each on its own kept-alive
 admin connection, create keys for ``--seconds``. Printed: the creates answered 201, creates/s,
-the table generations published meanwhile, and the time one table build takes with these keys
-(what a single create cost when each write rebuilt the table). Bounded in time and count.
+the table generations published meanwhile, the time one table build takes with these keys
+(what a single create cost when each write rebuilt the table), and how long five
+``POST /admin/keys/revoke`` calls take to answer (a revoked key is refused by every worker
+when answered). Bounded in time and count.
 """
 
 from __future__ import annotations
@@ -45,6 +47,21 @@ def generation(port: int) -> int:
         if line.startswith("fluxgate_api_key_table_generation"):
             return int(float(line.split()[-1]))
     return -1
+
+
+def revoke(port: int, name: str) -> float:
+    """Milliseconds ``POST /admin/keys/revoke`` of ``name`` takes to answer 200."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    started = time.perf_counter()
+    conn.request("POST", "/admin/keys/revoke", body=json.dumps({"name": name}),
+                 headers={"Authorization": f"Bearer {TOKEN}"})
+    resp = conn.getresponse()
+    resp.read()
+    elapsed = (time.perf_counter() - started) * 1000
+    conn.close()
+    if resp.status != 200:
+        raise RuntimeError(f"revoke {name}: {resp.status}")
+    return elapsed
 
 
 def creator(port: int, index: int, until: float, counts: list[int], errors: list[int]) -> None:
@@ -94,11 +111,13 @@ def main(argv: list[str]) -> None:
                 t.join()
             elapsed = time.monotonic() - started
             published = generation(gateway.admin_port) - first
+            revokes = [revoke(gateway.admin_port, f"consumer-{i}") for i in range(5)]
         finally:
             gateway.stop()
     done = sum(counts)
     print(f"{args.clients} clients, {elapsed:.1f} s: {done:,} creates answered 201 "
           f"({sum(errors)} other), {done / elapsed:.0f} creates/s, {published} generations")
+    print("revocations answered in (ms): " + ", ".join(f"{ms:.1f}" for ms in revokes))
 
 
 if __name__ == "__main__":
