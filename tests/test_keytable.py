@@ -269,3 +269,28 @@ def test_revoke_in_place_leaves_a_foreign_file_alone(state):
     r, _ = state.generate("x")
     assert kt.revoke_in_place(str(state.dir), [r.key_id]) == [r.key_id]
     assert path.read_bytes() == b"\0" * 200
+
+
+def test_changes_gives_the_slots_stamped_since_the_last_flush_and_only_those(tmp_path):
+    usage = kt.UsageFile(str(tmp_path / "keys.usage"), create=True)
+    try:
+        flushed = bytearray()
+        assert usage.changes(flushed) == ([], [])  # all zeros, as the empty past
+        assert len(flushed) == usage.slots * kt.SLOT_SIZE
+        # Slots in one block, in another, at a block's edge and past the file's first size.
+        per_block = kt.USAGE_BLOCK // kt.SLOT_SIZE
+        chosen = [20, 21, per_block - 1, per_block, 5 * per_block + 3]
+        for n, slot in enumerate(chosen):
+            usage.seed(slot, 1_700_000_000 + n, "10.0.0.9", n + 1)
+        grown = usage.slots + 10
+        usage.seed(grown, 1_700_000_100, "2001:db8::1", 7)
+        slots, raws = usage.changes(flushed)
+        assert slots == chosen + [grown]
+        assert raws == [usage.snapshot()[s] for s in slots]
+        assert usage.changes(flushed) == ([], [])  # nothing since
+        usage.seed(21, 1_700_000_200, "10.0.0.8", 9)
+        assert usage.changes(flushed)[0] == [21]
+        usage.count(kt.STAT_KEY_QUOTA)  # a counter in a reserved slot changes too
+        assert usage.changes(flushed)[0] == [0]
+    finally:
+        usage.close()

@@ -303,3 +303,10 @@ def test_a_failed_publication_fails_its_writers_and_is_retried(service, monkeypa
                      service._create(request({"name": "q"})))
     assert [type(a) for a in answers] == [OSError, OSError]  # the admin server's 500
     assert service._data_version == -1  # the watcher builds it at its next look
+
+
+def test_a_flush_writes_no_row_for_the_counters(service, written):
+    service.usage.count(kt.STAT_KEY_QUOTA)
+    stamp(service, "b", T1, "10.0.0.1", 1)
+    service.flush_usage()
+    assert written[-1] == [(slots(service)["b"], T1, "10.0.0.1", 1)]

@@ -28,9 +28,6 @@ import asyncio
 import logging
 import os
 import time
-from array import array
-from itertools import compress
-from operator import ne
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
@@ -40,6 +37,7 @@ from fluxgate.auth.keyops import KeyOps
 from fluxgate.auth.keys import load_signing_key, signing_key_from_config
 from fluxgate.auth.keystore import UnknownKey
 from fluxgate.auth.keytable import (
+    RESERVED_SLOTS,
     STAT_KEY_QUOTA,
     STAT_KEY_QUOTA_FULL,
     STAT_RULE_FULL,
@@ -97,12 +95,9 @@ class KeyService:
         self.generation = 0
         self.keys = 0
         self._data_version = -1
-        self._flushed: dict[int, bytes] = {}  # key slot -> its usage bytes when flushed
-        # The table's keys as (keys.db slots, usage slots), set with each generation: arrays,
-        # not lists of the records' own int objects, which would pin the memory pools of
-        # every record read for the table (~550 MB with a million keys) in the master and,
-        # through fork, in every worker.
-        self._usage_keys: tuple[array[int], array[int]] = (array("q"), array("q"))
+        # The usage file's bytes as last copied into keys.db: one buffer, not an object per
+        # key (a flush compares it with the file block by block).
+        self._flushed = bytearray()
         self._task: asyncio.Task[None] | None = None
         # The generation the admin writes committed since the last publish wait for, and the
         # timer that publishes it.
@@ -201,10 +196,7 @@ class KeyService:
         )
         publish_table(self.master.state_dir, data)
         # The records are not kept (~550 MB of objects with a million keys, which every
-        # worker would inherit at fork): the table and the two slot arrays are all later
-        # work needs.
-        self._usage_keys = (array("q", [r.slot for r in records]),
-                            array("q", [usage_slot(r) for r in records]))
+        # worker would inherit at fork): the table is all later work needs.
         self.keys = len(records)
         log.debug("key table generation %s: %s keys", self.generation, len(records))
 
@@ -240,16 +232,14 @@ class KeyService:
 
     def flush_usage(self) -> None:
         """Copy changed last-use stamps and request counts into keys.db."""
-        # Every FLUSH_INTERVAL over every key, on the master's loop: the per-key work runs in
-        # C (map, compress, iter_unpack); only the rows of changed keys are built in Python.
-        keys, slots = self._usage_keys
-        snapshot = self.usage.snapshot()
-        current = list(map(snapshot.__getitem__, slots))
-        changed = list(map(ne, current, map(self._flushed.get, keys)))
-        keys = list(compress(keys, changed))
-        current = list(compress(current, changed))
-        self._flushed.update(zip(keys, current, strict=True))
-        self.ops.store.record_usage(usage_rows(keys, current))
+        # Every FLUSH_INTERVAL over every key, on the master's loop: unchanged blocks of
+        # slots are compared whole; only the rows of changed keys are built in Python.
+        slots, raws = self.usage.changes(self._flushed)
+        # The reserved slots are counters, not keys; a key's slot is RESERVED_SLOTS + its
+        # keys.db slot (a key pruned from the table is no longer stamped by any worker).
+        rows = [(slot - RESERVED_SLOTS, raw) for slot, raw in zip(slots, raws, strict=True)
+                if slot >= RESERVED_SLOTS]
+        self.ops.store.record_usage(usage_rows([k for k, _ in rows], [r for _, r in rows]))
 
     def _seed_usage(self) -> None:
         for r in self.ops.store.all():
