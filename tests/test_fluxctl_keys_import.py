@@ -223,3 +223,24 @@ routes:
     wait_status(gw, keys["c0"], 200)
     wait_status(gw, keys["c1"], 403)  # its rights came along
     assert not any(k in stdout + stderr for k in keys.values())
+
+
+def test_a_name_taken_while_the_import_ran(config, capsys, tmp_path, monkeypatch):
+    """Rows are checked before keys.db's write lock is taken: a key another writer adds
+    meanwhile under one of the file's names refuses that row, and (as the key file already
+    holds every key) nothing is imported."""
+    src = write_jsonl(tmp_path / "in.jsonl", [{"name": "early"}, {"name": "late"}])
+    begin = KeyStore.begin_bulk
+
+    def someone_else_first(store):
+        run_json(capsys, "keys", "generate", "--name", "late")
+        begin(store)
+
+    monkeypatch.setattr(KeyStore, "begin_bulk", someone_else_first)
+    out = tmp_path / "keys.jsonl"
+    code, stdout, _ = run(capsys, "keys", "import", src, "--generate", "--out", str(out),
+                          "--skip-bad")
+    assert code == 1 and "line 2: its name or key id was taken while the import ran" in stdout
+    assert set(stored(config)) == {"late"} and not out.exists()
+    leftovers = [n for n in os.listdir(state_of(config)) if not n.startswith("keys.")]
+    assert leftovers == []  # the spool of checked rows is gone

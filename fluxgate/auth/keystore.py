@@ -42,6 +42,7 @@ BUSY_TIMEOUT_MS = 5000
 MAX_KEY_ROUTES = 64
 MAX_KEY_CIDRS = 64
 MAX_KEY_SCOPES = 64
+BULK_CACHE_KIB = 256 * 1024  # the page cache of a bulk import's connection
 
 MIGRATIONS: tuple[str, ...] = (
     # 0 -> 1: keys, and a small key/value table (the signing secret's fingerprint).
@@ -441,9 +442,35 @@ class KeyStore:
             "AND MIN(expires_at, COALESCE(grace_until, expires_at)) > ?", (now,))
         return {r[0] for r in rows}
 
+    def last_slot(self) -> int:
+        """The highest slot so far (0 when empty): rows added later have higher ones."""
+        return self.db.execute("SELECT COALESCE(MAX(slot), 0) FROM keys").fetchone()[0]
+
+    def added_since(self, slot: int, now: float) -> tuple[set[str], set[str]]:
+        """(names with a working key, key ids) among the rows added after ``slot``."""
+        rows = self.db.execute(
+            "SELECT name, key_id, revoked_at IS NULL "
+            "AND MIN(expires_at, COALESCE(grace_until, expires_at)) > ? FROM keys "
+            "WHERE slot > ?", (now, slot)).fetchall()
+        return {name for name, _, live in rows if live}, {key_id for _, key_id, _ in rows}
+
+    def taken_key_ids(self, key_ids: Sequence[str]) -> set[str]:
+        """Those of ``key_ids`` that a row already has."""
+        taken: set[str] = set()
+        for start in range(0, len(key_ids), 500):
+            chunk = key_ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            taken.update(r[0] for r in self.db.execute(
+                f"SELECT key_id FROM keys WHERE key_id IN ({marks})", chunk))
+        return taken
+
     def begin_bulk(self) -> None:
         """Open the one write transaction of a bulk import (``insert_many`` ...
         ``end_bulk``): other writers wait, readers keep the previous state until it commits."""
+        # Random key ids land all over the UNIQUE index: with SQLite's default 2 MiB page
+        # cache a million of them spill and reread pages (a fifth more time under the write
+        # lock, measured at 1,000,000 keys).
+        self.db.execute(f"PRAGMA cache_size = -{BULK_CACHE_KIB}")
         self.db.execute("BEGIN IMMEDIATE")
 
     def end_bulk(self, commit: bool) -> None:

@@ -6,7 +6,8 @@ Rows come as JSON lines or CSV (a header row names the columns): ``name`` (requi
 must verify under the signing secret. With ``--generate`` the keys are minted instead and
 written, with their names, to ``--out`` (created with mode 0600; never printed).
 
-Every row is checked before anything is kept, and the whole import is one transaction: by
+Every row is checked (and minted) before keys.db's write lock is taken, and the rows are then
+inserted in one transaction, so other writers wait seconds, not the whole import: by
 default a single bad row (its line number and the reason are reported) imports nothing; with
 ``--skip-bad`` the good rows are imported and the bad ones listed. Rows go in by batches
 through ``executemany`` with no read-back; key ids are 72 random bits, so a collision is left
@@ -19,9 +20,11 @@ from __future__ import annotations
 import csv
 import hmac
 import json
+import marshal
 import os
 import secrets
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -214,6 +217,11 @@ class Importer:
         self.seen_ids: set[str] = set()
         self.specs: dict[tuple, tuple] = {}  # the raw rights → their checked JSON columns
         self.summary = Summary()
+        self.first_slot = self.store.last_slot()
+        # Checked rows wait here (unlinked, 0600; digests, never keys) so that keys.db's
+        # write lock is held only while they are inserted, not while the file is read.
+        self.spool = tempfile.TemporaryFile(dir=ops.state_dir)
+        self.prepared = 0
         self.batch: list[tuple] = []
         self.batch_lines: list[int] = []
         self.batch_keys: list[str] = []
@@ -286,21 +294,53 @@ class Importer:
         return columns
 
     def flush(self) -> None:
-        """Send the batch (nothing is sent once a row was refused, unless --skip-bad)."""
+        """Spool the checked batch (nothing once a row was refused, unless --skip-bad); a
+        given key whose id keys.db already holds is refused here."""
         if self.batch and (self.skip_bad or not self.summary.refused):
-            clashes = set(self.store.insert_many(self.batch))
-            for index in sorted(clashes):
-                self.summary.refused.append(
-                    (self.batch_lines[index], f"key {self.batch[index][0]} already exists"))
-            self.summary.imported += len(self.batch) - len(clashes)
+            taken: set[str] = set()
+            if not self.generate:
+                taken = self.store.taken_key_ids([r[0] for r in self.batch])
+            keep = [i for i, r in enumerate(self.batch) if r[0] not in taken]
+            for i in range(len(self.batch)):
+                if self.batch[i][0] in taken:
+                    self.summary.refused.append(
+                        (self.batch_lines[i], f"key {self.batch[i][0]} already exists"))
+            marshal.dump(([self.batch_lines[i] for i in keep], [self.batch[i] for i in keep]),
+                         self.spool)
+            self.prepared += len(keep)
             if self.out is not None:
-                for index, (record, text) in enumerate(zip(self.batch, self.batch_keys,
-                                                           strict=True)):
-                    if index not in clashes:
-                        self._write_key(record[1], record[0], text)
+                for i in keep:
+                    self._write_key(self.batch[i][1], self.batch[i][0], self.batch_keys[i])
         self.batch.clear()
         self.batch_lines.clear()
         self.batch_keys.clear()
+
+    def insert(self) -> int:
+        """Insert the spooled rows (inside the bulk transaction). A row whose name or key id
+        was taken by another writer since the check is refused; returns how many were."""
+        names, key_ids = self.store.added_since(self.first_slot, self.now)
+        late = 0
+        self.spool.seek(0)
+        while True:
+            try:
+                lines, rows = marshal.load(self.spool)
+            except EOFError:
+                return late
+            fresh: list[tuple] = []
+            fresh_lines: list[int] = []
+            for line, row in zip(lines, rows, strict=True):
+                if row[1] in names or row[0] in key_ids:
+                    self.summary.refused.append(
+                        (line, "its name or key id was taken while the import ran"))
+                    late += 1
+                else:
+                    fresh.append(row)
+                    fresh_lines.append(line)
+            clashes = self.store.insert_many(fresh)
+            for i in clashes:
+                self.summary.refused.append((fresh_lines[i], f"key {fresh[i][0]} already exists"))
+            late += len(clashes)
+            self.summary.imported += len(fresh) - len(clashes)
 
     def _write_key(self, name: str, key_id: str, text: str) -> None:
         assert self.out is not None
@@ -340,11 +380,10 @@ def run_import(ops: KeyOps, path: str, *, fmt: str | None, generate: bool, skip_
     try:
         with f:
             bar = Progress(os.fstat(f.fileno()).st_size) if progress else None
-            ops.signing_key  # noqa: B018  (loaded and checked before the transaction opens)
-            ops.store.begin_bulk()
-            try:
-                importer = Importer(ops, generate=generate, skip_bad=skip_bad, out=out,
-                                    out_csv=fmt == "csv")
+            ops.signing_key  # noqa: B018  (loaded and checked before the import starts)
+            importer = Importer(ops, generate=generate, skip_bad=skip_bad, out=out,
+                                out_csv=fmt == "csv")
+            with importer.spool:
                 if importer.out_csv is not None:
                     importer.out_csv.writerow(("name", "key_id", "key"))
                 rows = 0
@@ -359,18 +398,28 @@ def run_import(ops: KeyOps, path: str, *, fmt: str | None, generate: bool, skip_
                                         f"{rows}); nothing imported") from None
                 importer.flush()
                 summary = importer.summary
+                if bar is not None:
+                    bar.update(rows, bar.total, final=True)
+                if importer.prepared and (skip_bad or not summary.refused):
+                    if out is not None:
+                        out.flush()
+                        os.fsync(out.fileno())
+                    locked_at = time.monotonic()
+                    ops.store.begin_bulk()
+                    try:
+                        late = importer.insert()
+                        # The key file already holds the late-refused rows' keys: all or none.
+                        keep = summary.imported > 0 and (
+                            not summary.refused or (skip_bad and not (late and out)))
+                        ops.store.end_bulk(commit=keep)
+                        committed = keep
+                        if bar is not None:
+                            bar.stream.write(f"keys.db: write lock held "
+                                             f"{time.monotonic() - locked_at:.1f}s\n")
+                    except BaseException:
+                        ops.store.end_bulk(commit=False)
+                        raise
                 summary.refused.sort()
-                keep = summary.imported > 0 and (skip_bad or not summary.refused)
-                if keep and out is not None:
-                    out.flush()
-                    os.fsync(out.fileno())
-                ops.store.end_bulk(commit=keep)
-                committed = keep
-            except BaseException:
-                ops.store.end_bulk(commit=False)
-                raise
-            if bar is not None:
-                bar.update(rows, bar.total, final=True)
     finally:
         if out is not None:
             out.close()
