@@ -79,6 +79,24 @@ def test_jsonl_generated_round_trip(config, capsys, tmp_path):
     assert rows["alpha"].expires_at - rows["alpha"].created_at == 10 * 86400
     assert rows["beta"].expires_at - rows["beta"].created_at == 30 * 86400  # the default
     assert rows["alpha"].key_id == keys[0]["key_id"]
+    # The key file imports as it is into another state_dir under the same signing secret.
+    other = tmp_path / "other.yaml"
+    other.write_text(config.read_text().replace(str(tmp_path / "state"),
+                                                str(tmp_path / "state2")))
+    os.makedirs(tmp_path / "state2", mode=0o700)
+    secret = (tmp_path / "state" / "keys.secret").read_bytes()
+    (tmp_path / "state2" / "keys.secret").write_bytes(secret)
+    os.chmod(tmp_path / "state2" / "keys.secret", 0o600)
+    doc = run_json(capsys, "--config", str(other), "keys", "import", str(out))
+    assert doc["imported"] == 2 and doc["refused"] == []
+    with KeyStore.open(str(tmp_path / "state2")) as store:
+        assert {r.key_id: r.digest for r in store.all()} == {
+            r.key_id: r.digest for r in rows.values()}
+    keys[0]["key_id"] = keys[1]["key_id"]  # an id that is not the key's
+    keys[0]["name"] = "gamma"
+    mismatched = write_jsonl(tmp_path / "mismatch.jsonl", [keys[0]])
+    code, stdout, _ = run(capsys, "--config", str(other), "keys", "import", mismatched)
+    assert code == 1 and f"line 1: key_id: the key's id is {rows['alpha'].key_id}" in stdout
 
 
 def test_csv_given_keys_verified(config, capsys, tmp_path):

@@ -3,7 +3,8 @@
 Rows come as JSON lines or CSV (a header row names the columns): ``name`` (required),
 ``scopes``, ``quota``, ``expiry``, ``allow_ip``, ``routes`` as for ``fluxctl keys generate``
 (lists, or strings of space-separated items), and ``key``: an existing ``fg_`` key, whose tag
-must verify under the signing secret. With ``--generate`` the keys are minted instead and
+must verify under the signing secret (``key_id``, when present, must be its id: a file written
+by ``--out`` imports as it is). With ``--generate`` the keys are minted instead and
 written, with their names, to ``--out`` (created with mode 0600; never printed).
 
 Every row is checked (and minted) before keys.db's write lock is taken, and the rows are then
@@ -46,7 +47,8 @@ from fluxgate.auth.keystore import KeySpec, _check_expiry
 from fluxgate.errors import KeyStoreError
 
 BATCH_ROWS = 50_000
-COLUMNS = ("name", "scopes", "quota", "expiry", "allow_ip", "routes", "key")
+# key_id: as --out writes it, so that a key file can be imported elsewhere; checked, not used.
+COLUMNS = ("name", "scopes", "quota", "expiry", "allow_ip", "routes", "key", "key_id")
 MAX_REASONS_SHOWN = 50
 _PREFIX = PREFIX.decode()
 
@@ -252,7 +254,7 @@ class Importer:
         if name in self.taken:
             raise BadRow(f"name {name!r} comes earlier in the file")
         given = row.get("key")
-        if self.generate and given not in (None, ""):
+        if self.generate and (given not in (None, "") or row.get("key_id") not in (None, "")):
             raise BadRow("key: given while --generate mints the keys")
         if not self.generate and given in (None, ""):
             raise BadRow("key is required (or pass --generate to mint keys)")
@@ -262,6 +264,8 @@ class Importer:
         else:
             key_id, digest = verify(given, self.signing_key)
             text = ""
+            if row.get("key_id") not in (None, "", key_id):
+                raise BadRow(f"key_id: the key's id is {key_id}")
         if key_id in self.seen_ids:
             raise BadRow(f"key {key_id} comes earlier in the file")
         self.seen_ids.add(key_id)
