@@ -221,13 +221,13 @@ def check(service: KeyService, key: str) -> int:
 def builds(service, monkeypatch):
     """The generations published, one entry per table build."""
     done: list[int] = []
-    rebuild = service.rebuild
+    published = service._published
 
-    def counted():
-        rebuild()
+    def counted(version, records):
+        published(version, records)
         done.append(service.generation)
 
-    monkeypatch.setattr(service, "rebuild", counted)
+    monkeypatch.setattr(service, "_published", counted)
     return done
 
 
@@ -295,10 +295,10 @@ def test_a_client_gone_does_not_cancel_the_publication_others_wait_for(service, 
 
 
 def test_a_failed_publication_fails_its_writers_and_is_retried(service, monkeypatch):
-    def broken():
+    async def broken():
         raise OSError("disk full")
 
-    monkeypatch.setattr(service, "rebuild", broken)
+    monkeypatch.setattr(service, "rebuild_off_loop", broken)
     answers = gather(service, service._create(request({"name": "p"})),
                      service._create(request({"name": "q"})))
     assert [type(a) for a in answers] == [OSError, OSError]  # the admin server's 500
@@ -310,3 +310,36 @@ def test_a_flush_writes_no_row_for_the_counters(service, written):
     stamp(service, "b", T1, "10.0.0.1", 1)
     service.flush_usage()
     assert written[-1] == [(slots(service)["b"], T1, "10.0.0.1", 1)]
+
+
+def test_a_revocation_during_a_build_holds_in_the_generation_that_build_publishes(
+        service, builds, monkeypatch):
+    import threading
+
+    import fluxgate.master.keys as keys_module
+
+    _, victim = admin_call(service, service._create, {"name": "victim"})
+    entered, release = threading.Event(), threading.Event()
+    write = keys_module.write_table
+
+    def slow_write(state_dir, data):  # the rows are read, the table built: not yet written
+        entered.set()
+        release.wait(10)
+        return write(state_dir, data)
+
+    monkeypatch.setattr(keys_module, "write_table", slow_write)
+    loop = service._task.get_loop()
+
+    async def scene():
+        create = loop.create_task(service._create(request({"name": "other"})))
+        while not entered.is_set():
+            await asyncio.sleep(0.01)
+        revoked = await service._revoke(request({"name": "victim"}))  # answered meanwhile
+        release.set()
+        return revoked, await create
+
+    revoked, created = loop.run_until_complete(scene())
+    assert revoked.status == 200 and created.status == 201
+    assert kt.read_generation(service.master.state_dir) == builds[-1]
+    assert check(service, victim["key"]) == 5  # the build's rows predate the revocation
+    assert check(service, json.loads(created.body)["key"]) == 0

@@ -178,6 +178,11 @@ def publish_table(state_dir: str, data: bytes) -> None:
     The file is never rewritten in place (a worker's mapping of a truncated file would fault),
     so it is created read-only (0400): an accidental in-place edit fails instead. The one
     write in place is ``revoke_in_place``'s, a flag byte that keeps the file's size."""
+    replace_table(state_dir, write_table(state_dir, data))
+
+
+def write_table(state_dir: str, data: bytes) -> str:
+    """Write and fsync a generation beside ``keys.table``; its path, for ``replace_table``."""
     path = os.path.join(state_dir, TABLE_FILE)
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
@@ -190,13 +195,18 @@ def publish_table(state_dir: str, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
         raise
+    return tmp
+
+
+def replace_table(state_dir: str, tmp: str) -> None:
+    """Make the generation ``write_table`` wrote the published one (an atomic rename)."""
+    os.replace(tmp, os.path.join(state_dir, TABLE_FILE))
 
 
 _FLAGS_OFFSET = struct.calcsize("=16s32sqqqQIII")  # of the flags u32 in an entry
@@ -204,7 +214,8 @@ _REVOKED_BYTE = KEY_LAYOUT["flag_revoked"]
 assert _REVOKED_BYTE < 256  # the revoked bit lives in the flags word's first byte (set alone)
 
 
-def revoke_in_place(state_dir: str, key_ids: Sequence[str]) -> list[str]:
+def revoke_in_place(state_dir: str, key_ids: Sequence[str], *, path: str | None = None
+                    ) -> list[str]:
     """Set the revoked flag of ``key_ids`` in the published table itself; the ids not in it.
 
     The one exception to "never written in place": one byte per key, in a file that keeps its
@@ -213,8 +224,9 @@ def revoke_in_place(state_dir: str, key_ids: Sequence[str]) -> list[str]:
     stored, without waiting for a new generation (which keys.db still gets, and carries the
     flag). The byte is the low byte of the aligned flags word and only gains the revoked bit:
     a reader sees the word before or after, never a mix. The file goes back to read-only and
-    keeps its mtime: a worker's sweep does not take it for a new generation to map again."""
-    path = os.path.join(state_dir, TABLE_FILE)
+    keeps its mtime: a worker's sweep does not take it for a new generation to map again.
+    ``path``: another table file (a generation written but not yet published)."""
+    path = path or os.path.join(state_dir, TABLE_FILE)
     missing = list(key_ids)
     if not missing:
         return missing

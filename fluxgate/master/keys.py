@@ -35,7 +35,7 @@ import orjson
 
 from fluxgate.auth.keyops import KeyOps
 from fluxgate.auth.keys import load_signing_key, signing_key_from_config
-from fluxgate.auth.keystore import UnknownKey
+from fluxgate.auth.keystore import KeyStore, UnknownKey
 from fluxgate.auth.keytable import (
     RESERVED_SLOTS,
     STAT_KEY_QUOTA,
@@ -47,9 +47,11 @@ from fluxgate.auth.keytable import (
     build_table,
     publish_table,
     read_generation,
+    replace_table,
     revoke_in_place,
     usage_rows,
     usage_slot,
+    write_table,
 )
 from fluxgate.auth.quotas import QUOTA_FILE, create_quota_file, open_quota_file
 from fluxgate.errors import ClientError, ConfigError, KeyStoreError
@@ -103,6 +105,11 @@ class KeyService:
         # timer that publishes it.
         self._pending: asyncio.Future[int] | None = None
         self._pending_timer: asyncio.TimerHandle | None = None
+        # One build at a time; an admin publication builds in a thread (seconds with a
+        # million keys) so that the loop keeps answering, revocations included.
+        self._build_lock = asyncio.Lock()
+        self._building: asyncio.Task[None] | None = None
+        self._revoked_meanwhile: list[str] | None = None  # a list while a build is in flight
         self._next_prune = float("inf")  # when a key in the table has been dead KEEP_DEAD
 
     # ---- lifecycle --------------------------------------------------------------------------
@@ -139,7 +146,9 @@ class KeyService:
     async def stop(self) -> None:
         if self._pending_timer is not None:
             self._pending_timer.cancel()
-            self._publish_pending()  # the admin writes already committed are not left waiting
+            self._start_publish()  # the admin writes already committed are not left waiting
+        if self._building is not None:
+            await asyncio.gather(self._building, return_exceptions=True)
         if self._task is not None:
             self._task.cancel()
             try:
@@ -166,8 +175,9 @@ class KeyService:
                 now = time.monotonic()
                 # Expiry needs no new table (workers compare it per request); a key that
                 # has been dead for KEEP_DEAD leaves the table at the next generation.
-                if self.ops.store.data_version() != self._data_version \
-                        or time.time() >= self._next_prune:
+                if not self._build_lock.locked() and (
+                        self.ops.store.data_version() != self._data_version
+                        or time.time() >= self._next_prune):
                     self.rebuild()
                 if now - last_flush >= FLUSH_INTERVAL:
                     last_flush = now
@@ -179,22 +189,47 @@ class KeyService:
 
     def rebuild(self) -> None:
         """Publish a new table generation from keys.db."""
-        ops, usage = self.ops, self.usage
         # Read before the rows: a commit after this point triggers another rebuild.
-        self._data_version = ops.store.data_version()
-        records = ops.store.for_table(time.time(), KEEP_DEAD)
+        version = self.ops.store.data_version()
+        records = self.ops.store.for_table(time.time(), KEEP_DEAD)
+        self.usage.ensure(_usage_need(records))
+        data = self._build(records, self.generation + 1)
+        publish_table(self.master.state_dir, data)
+        self._published(version, records)
+
+    async def rebuild_off_loop(self) -> None:
+        """``rebuild`` with the reading, building and writing in a thread.
+
+        The rows are read on a connection of the thread's own (keys.db is in WAL mode, so it
+        sees every commit made before, and blocks no writer). The usage file grows on the
+        loop, where the flush reads it."""
+        state_dir = self.master.state_dir
+        version = self.ops.store.data_version()
+        self._revoked_meanwhile = []  # revoked in place while this builds
+        try:
+            records = await asyncio.to_thread(_rows_for_table, self.ops.store.path, time.time())
+            self.usage.ensure(_usage_need(records))
+            data = await asyncio.to_thread(self._build, records, self.generation + 1)
+            tmp = await asyncio.to_thread(write_table, state_dir, data)
+            # The rows may predate a revocation answered meanwhile: it is set in the new
+            # file too, on the loop, with no await before the rename (no revocation between).
+            revoke_in_place(state_dir, self._revoked_meanwhile, path=tmp)
+            replace_table(state_dir, tmp)
+        finally:
+            self._revoked_meanwhile = None
+        self._published(version, records)
+
+    def _build(self, records: list, generation: int) -> bytes:
+        return build_table(records, generation=generation, usage_slots=self.usage.slots,
+                           quota_tag=self.quotas.tag)
+
+    def _published(self, version: int, records: list) -> None:
+        self._data_version = version
+        self.generation += 1
         self._next_prune = KEEP_DEAD + 1 + min(
             (min(r.valid_until, r.revoked_at or r.valid_until) for r in records),
             default=float("inf"),
         )
-        need = max((usage_slot(r) for r in records), default=0) + 1
-        usage.ensure(need)
-        self.generation += 1
-        data = build_table(
-            records, generation=self.generation, usage_slots=usage.slots,
-            quota_tag=self.quotas.tag,
-        )
-        publish_table(self.master.state_dir, data)
         # The records are not kept (~550 MB of objects with a million keys, which every
         # worker would inherit at fork): the table is all later work needs.
         self.keys = len(records)
@@ -213,15 +248,19 @@ class KeyService:
         if self._pending is None:
             loop = asyncio.get_running_loop()
             self._pending = loop.create_future()
-            self._pending_timer = loop.call_later(PUBLISH_DELAY, self._publish_pending)
+            self._pending_timer = loop.call_later(PUBLISH_DELAY, self._start_publish)
         return self._pending
 
-    def _publish_pending(self) -> None:
+    def _start_publish(self) -> None:
         pending, self._pending, self._pending_timer = self._pending, None, None
-        if pending is None:
-            return
+        if pending is not None:
+            self._building = asyncio.get_running_loop().create_task(self._publish(pending))
+
+    async def _publish(self, pending: asyncio.Future[int]) -> None:
+        # Writes committed while this builds wait for the next one (their own future).
         try:
-            self.rebuild()
+            async with self._build_lock:
+                await self.rebuild_off_loop()
         except Exception as exc:
             log.warning("key table publication failed: %s; the watcher tries again", exc)
             self._data_version = -1  # the watcher builds it again at its next look
@@ -314,6 +353,8 @@ class KeyService:
         except (OSError, ValueError):
             log.exception("revocation in the published key table")
             missing = result
+        if self._revoked_meanwhile is not None:
+            self._revoked_meanwhile.extend(k["key_id"] for k in result)
         if missing:  # not published yet (a create still pending), or no table to flip
             await self.published()
         else:
@@ -352,6 +393,20 @@ class KeyService:
             out.append(ProcessMetric("fluxgate_quota_rejections_total", "counter", help_text,
                                      self.usage.stat(word), (("source", source),)))
         return out
+
+
+def _rows_for_table(path: str, now: float) -> list:
+    """The records of the next table, read on a connection of this thread's own."""
+    store = KeyStore(path)
+    try:
+        return store.for_table(now, KEEP_DEAD)
+    finally:
+        store.close()
+
+
+def _usage_need(records: list) -> int:
+    """Usage slots the file must hold for these records."""
+    return max((usage_slot(r) for r in records), default=0) + 1
 
 
 def factory(master: ServiceContext) -> KeyService:
