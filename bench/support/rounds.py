@@ -101,6 +101,8 @@ class Check:
 CHECK_GOALS = [
     CheckGoal("8 workers, 1,000,000 keys: one copy of the key table",
               "sum of the table mapping's PSS over all processes <= 1.1x its size", bench="memory"),
+    CheckGoal("fluxctl keys import: 1,000,000 generated keys in < 60 s",
+              "wall time of the command on a fresh state_dir", bench="keys_import"),
 ]
 
 
