@@ -7,8 +7,8 @@ one-worker gateway starts on loopback, then ``--clients`` threads, each on its o
 admin connection, create keys for ``--seconds``. Printed: the creates answered 201, creates/s,
 the table generations published meanwhile, the time one table build takes with these keys
 (what a single create cost when each write rebuilt the table), and how long five
-``POST /admin/keys/revoke`` calls take to answer (a revoked key is refused by every worker
-when answered). Bounded in time and count.
+``POST /admin/keys/revoke`` calls, made while the creates run, take to answer (a revoked key
+is refused by every worker when answered). Bounded in time and count.
 """
 
 from __future__ import annotations
@@ -65,21 +65,34 @@ def revoke(port: int, name: str) -> float:
 
 
 def creator(port: int, index: int, until: float, counts: list[int], errors: list[int]) -> None:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     n = 0
     while time.monotonic() < until:
         body = json.dumps({"name": f"bench-{index}-{n}"})
-        conn.request("POST", "/admin/keys", body=body,
-                     headers={"Authorization": f"Bearer {TOKEN}",
-                              "Content-Type": "application/json"})
-        resp = conn.getresponse()
-        resp.read()
+        n += 1
+        try:
+            conn.request("POST", "/admin/keys", body=body,
+                         headers={"Authorization": f"Bearer {TOKEN}",
+                                  "Content-Type": "application/json"})
+            resp = conn.getresponse()
+            resp.read()
+        except OSError:  # a timeout: counted, and a new connection
+            errors[index] += 1
+            conn.close()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            continue
         if resp.status == 201:
             counts[index] += 1
         else:
             errors[index] += 1
-        n += 1
     conn.close()
+
+
+def revoker(port: int, started: float, out: list[float]) -> None:
+    """Five revocations while the creates run (one a second from the second second)."""
+    for i in range(5):
+        time.sleep(max(0.0, started + 2 + i - time.monotonic()))
+        out.append(revoke(port, f"consumer-{i}"))
 
 
 def main(argv: list[str]) -> None:
@@ -105,13 +118,15 @@ def main(argv: list[str]) -> None:
             threads = [threading.Thread(target=creator,
                                         args=(gateway.admin_port, i, until, counts, errors))
                        for i in range(args.clients)]
+            revokes: list[float] = []
+            threads.append(threading.Thread(target=revoker,
+                                            args=(gateway.admin_port, started, revokes)))
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
             elapsed = time.monotonic() - started
             published = generation(gateway.admin_port) - first
-            revokes = [revoke(gateway.admin_port, f"consumer-{i}") for i in range(5)]
         finally:
             gateway.stop()
     done = sum(counts)

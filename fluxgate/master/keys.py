@@ -252,22 +252,26 @@ class KeyService:
         return self._pending
 
     def _start_publish(self) -> None:
-        pending, self._pending, self._pending_timer = self._pending, None, None
-        if pending is not None:
-            self._building = asyncio.get_running_loop().create_task(self._publish(pending))
+        self._pending_timer = None
+        if self._pending is not None:
+            self._building = asyncio.get_running_loop().create_task(self._publish())
 
-    async def _publish(self, pending: asyncio.Future[int]) -> None:
-        # Writes committed while this builds wait for the next one (their own future).
-        try:
-            async with self._build_lock:
+    async def _publish(self) -> None:
+        async with self._build_lock:
+            # Taken once the build before is done: the writes committed while it ran all
+            # share this one. Those committed from now on wait for the next.
+            pending, self._pending = self._pending, None
+            if pending is None:
+                return
+            try:
                 await self.rebuild_off_loop()
-        except Exception as exc:
-            log.warning("key table publication failed: %s; the watcher tries again", exc)
-            self._data_version = -1  # the watcher builds it again at its next look
-            pending.set_exception(exc)
-            pending.exception()  # retrieved: a publication nobody awaits is not an error twice
-        else:
-            pending.set_result(self.generation)
+            except Exception as exc:
+                log.warning("key table publication failed: %s; the watcher tries again", exc)
+                self._data_version = -1  # the watcher builds it again at its next look
+                pending.set_exception(exc)
+                pending.exception()  # retrieved: nobody awaiting it is not an error twice
+            else:
+                pending.set_result(self.generation)
 
     def flush_usage(self) -> None:
         """Copy changed last-use stamps and request counts into keys.db."""
