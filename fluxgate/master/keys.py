@@ -7,9 +7,11 @@ a second, it asks SQLite whether another connection (``fluxctl``) committed
 rotated or renewed key reaches every worker within a second. A write through the admin API
 is committed to keys.db at once and answered once the generation that holds it is published:
 writes within PUBLISH_DELAY of the first share one generation, so a burst of creates costs one
-table build, not one per key. A revocation is set in the published table in place (one flag
-byte per key, see keytable.revoke_in_place) and answered at once, whatever the table's size. Every few seconds it copies the
-workers' last-use stamps from the usage file into keys.db; at stop it does so one last time.
+table build, not one per key; the build runs in a thread, so the admin API keeps answering.
+A revocation is set in the published table in place (one flag byte per key, see
+keytable.revoke_in_place) and answered at once, whatever the table's size. Every few seconds
+it copies the workers' last-use stamps from the usage file into keys.db; at stop it does so
+one last time.
 
 Admin API (bearer token), JSON in and out, the same operations as ``fluxctl keys``:
 
