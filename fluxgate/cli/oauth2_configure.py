@@ -22,7 +22,6 @@ import asyncio
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,6 +33,7 @@ from fluxgate.cli.fluxctl import CommandError
 from fluxgate.config import load_config_text
 from fluxgate.config.parsers import is_loopback
 from fluxgate.errors import ConfigError
+from fluxgate.files import replace_file
 from fluxgate.master.as_client import discover
 from fluxgate.master.fetch import FetchError
 
@@ -305,25 +305,11 @@ def check_written(text: str, path: str, secret_env: str) -> None:
 
 def write_atomically(path: str, text: str) -> None:
     """Replace ``path`` by ``text`` in one rename, keeping the file's mode."""
-    directory = os.path.dirname(os.path.abspath(path))
     try:
         mode = os.stat(path).st_mode & 0o7777
     except FileNotFoundError:
         mode = 0o644
-    fd, temporary = tempfile.mkstemp(prefix=".fluxgate-", suffix=".yaml", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temporary, mode)
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
-        raise
+    replace_file(path, text.encode("utf-8"), mode)
 
 
 @dataclass
