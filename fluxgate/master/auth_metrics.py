@@ -5,7 +5,7 @@ created before the workers fork, rendered on /metrics as
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fluxgate.auth.failures import FILE, AuthFailures
 from fluxgate.metrics import ProcessMetric
@@ -16,17 +16,16 @@ if TYPE_CHECKING:
     from fluxgate.master.services import ServiceContext
 
 
-class AuthMetricsService:
-    """Creates ``state_dir/auth_failures.bin``; workers count refusals into it."""
+class CounterTableService:
+    """A master service owning one shared counter table in state_dir (``file``), made in
+    ``start`` before the workers fork and removed when the master stops. Counters live as
+    long as the master: a reload keeps them."""
 
-    name = "auth_metrics"
+    file = ""
 
     def __init__(self, master: ServiceContext) -> None:
         self.master = master
-        self.table: AuthFailures | None = None
-
-    async def start(self, config: Config) -> None:
-        self.table = AuthFailures.create(self.master.state_dir)
+        self.table: Any = None
 
     async def reload(self, config: Config) -> None:
         """Counters live as long as the master; a reload keeps them."""
@@ -36,12 +35,23 @@ class AuthMetricsService:
             self.table.close()
             self.table = None
             try:
-                os.unlink(os.path.join(self.master.state_dir, FILE))
+                os.unlink(os.path.join(self.master.state_dir, self.file))
             except FileNotFoundError:
                 pass
 
     def admin_routes(self, router: AdminRouter) -> None:
         """Nothing beyond /metrics."""
+
+
+class AuthMetricsService(CounterTableService):
+    """Creates ``state_dir/auth_failures.bin``; workers count refusals into it."""
+
+    name = "auth_metrics"
+    file = FILE
+    table: AuthFailures | None
+
+    async def start(self, config: Config) -> None:
+        self.table = AuthFailures.create(self.master.state_dir)
 
     def metrics(self) -> list[ProcessMetric]:
         if self.table is None:

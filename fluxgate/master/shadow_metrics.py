@@ -4,15 +4,14 @@ created before the workers fork, rendered on /metrics as
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
 
 from fluxgate.auth.shadow_counts import FILE, ShadowCounts
+from fluxgate.master.auth_metrics import CounterTableService
 from fluxgate.metrics import ProcessMetric
 
 if TYPE_CHECKING:
     from fluxgate.config.schema import Config
-    from fluxgate.master.admin import AdminRouter
     from fluxgate.master.services import ServiceContext
 
 NAME = "fluxgate_shadow_decisions_total"
@@ -25,14 +24,15 @@ def shadowed_routes(config: Config) -> list[str]:
             if r.shadow or any(getattr(m, "shadow", False) for m in r.middleware)]
 
 
-class ShadowMetricsService:
+class ShadowMetricsService(CounterTableService):
     """Creates ``state_dir/shadow_decisions.bin``; workers count shadow decisions into it."""
 
     name = "shadow_metrics"
+    file = FILE
+    table: ShadowCounts | None
 
     def __init__(self, master: ServiceContext) -> None:
-        self.master = master
-        self.table: ShadowCounts | None = None
+        super().__init__(master)
         # Paths shadowed by any config this master ran: their counts stay on /metrics after a
         # reload that stops shadowing them (counters live as long as the master).
         self.routes: dict[str, None] = {}
@@ -44,18 +44,6 @@ class ShadowMetricsService:
     async def reload(self, config: Config) -> None:
         """Counters live as long as the master; a reload keeps them."""
         self.routes.update(dict.fromkeys(shadowed_routes(config)))
-
-    async def stop(self) -> None:
-        if self.table is not None:
-            self.table.close()
-            self.table = None
-            try:
-                os.unlink(os.path.join(self.master.state_dir, FILE))
-            except FileNotFoundError:
-                pass
-
-    def admin_routes(self, router: AdminRouter) -> None:
-        """Nothing beyond /metrics."""
 
     def metrics(self) -> list[ProcessMetric]:
         slots = getattr(self.master, "route_slots", None)
