@@ -38,6 +38,12 @@ _INTEGER_MEMBERS = ("exp", "iat", "nbf")
 _ERROR_CODE = re.compile(r"[a-z_]{1,40}")  # RFC 6749 §5.2 error codes, safe to repeat
 
 
+def error_code(value: Any) -> str | None:
+    """An OAuth ``error`` value when it is a plain error code (safe to log and count), else
+    None: a server's or a callback's error is never repeated as it came."""
+    return value if isinstance(value, str) and _ERROR_CODE.fullmatch(value) else None
+
+
 class IntrospectionError(Exception):
     """No trustworthy answer from the authorization server.
 
@@ -86,7 +92,7 @@ def check_introspection(response: Response) -> dict[str, Any]:
                 code = orjson.loads(response.body).get("error")
             except (orjson.JSONDecodeError, AttributeError):
                 code = None
-            if isinstance(code, str) and _ERROR_CODE.fullmatch(code):
+            if error_code(code) is not None:
                 error = f" ({code})"
         if status in (401, 403):  # RFC 7662 §2.3: the AS refused our client credentials
             raise IntrospectionError("client_auth", f"client authentication refused: HTTP {status}{error}")

@@ -48,7 +48,7 @@ from fluxgate.auth.login_flow import (
     transaction_cookie_name,
 )
 from fluxgate.auth.sessions import SessionStore, session_digest
-from fluxgate.master.as_client import AsClient, IntrospectionError, _form, discover
+from fluxgate.master.as_client import AsClient, IntrospectionError, _form, discover, error_code
 from fluxgate.master.fetch import FetchError, fetch
 
 if TYPE_CHECKING:
@@ -251,13 +251,12 @@ class LoginProvider:
             # RFC 9207 §2.4: a mix-up attack shows as an answer from another issuer.
             if not isinstance(iss, str) or iss != c.issuer:
                 raise LoginRefused("issuer_mismatch", "the sign-in answer came from another "
-                                   "authorization server", )
+                                   "authorization server")
         error = request.get("error")
         if error is not None:
-            code = error if isinstance(error, str) and error.isascii() and len(error) < 64 else "error"
-            raise LoginRefused(f"as_{code}" if code != "error" else "as_error",
-                               "the authorization server did not sign you in "
-                               f"({code})")
+            code = error_code(error) or "error"
+            raise LoginRefused(f"as_{code}",
+                               f"the authorization server did not sign you in ({code})")
         code = request.get("code")
         if not isinstance(code, str) or not code or len(code) > 4096:
             raise LoginRefused("no_code", "the sign-in answer carries no code")
@@ -317,7 +316,7 @@ class LoginProvider:
                                      f"token endpoint answered HTTP {response.status}, not JSON")
         if response.status != 200:
             error = document.get("error")
-            code = error if isinstance(error, str) and error.isascii() and len(error) < 64 else "error"
+            code = error_code(error) or "error"
             self._count(f"{what}_{code}")
             raise LoginRefused(code, f"the token endpoint refused the {what} ({code})")
         if not isinstance(document.get("access_token"), str):
