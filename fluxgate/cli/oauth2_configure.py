@@ -5,7 +5,7 @@ and what is wrong with it, and add a route with an ``oauth2`` middleware to the 
         [--client-secret-env VAR] [--route PATH] [--scope S ...]
         [--login --redirect URL] [--config FILE] [--dry-run] [--json]
 
-The metadata is read as the gateway reads it (``master/as_client.py`` ``discover``): the
+The metadata is read as the gateway reads it (``master/as_client.py`` ``discover_provider``): the
 OpenID Provider document and the RFC 8414 one, merged, each of whose ``issuer`` must be the
 configured one exactly (RFC 8414 §3.3). Findings have a stable code and a severity; any
 ``error`` refuses the write. The route is inserted as text after the last entry of
@@ -34,7 +34,7 @@ from fluxgate.config import load_config_text
 from fluxgate.config.parsers import is_loopback
 from fluxgate.errors import ConfigError
 from fluxgate.files import replace_file
-from fluxgate.master.as_client import discover
+from fluxgate.master.as_client import discover_provider
 from fluxgate.master.fetch import FetchError
 
 DISCOVERY_TIMEOUT = 10.0
@@ -82,23 +82,18 @@ class Plan:
 
 
 async def _read_metadata(issuer: str, timeout: float) -> tuple[dict[str, Any], list[Finding]]:
-    """The merged metadata, as ``master/login.py`` merges it: the OpenID Provider's document
-    first (it has end_session_endpoint), completed by the RFC 8414 one."""
+    """The metadata as the gateway's login reads it (``as_client.discover_provider``)."""
     found: list[Finding] = []
     try:
-        document = await discover(issuer, timeout, oidc_first=True)
+        document, other_failed = await discover_provider(issuer, timeout)
     except FetchError as exc:
         raise ConfigureRefused(_discovery_failure(issuer, exc)) from None
-    try:
-        other = await discover(issuer, timeout)
-    except FetchError as exc:
-        if "names issuer" in str(exc):
-            found.append(Finding(
-                "issuer_mismatch", "warning",
-                f"{exc}: the gateway ignores that document (RFC 8414 §3.3), so what only it "
-                "lists (often revocation_endpoint) is not used"))
-        return document, found
-    return {**other, **document}, found
+    if other_failed is not None and "names issuer" in str(other_failed):
+        found.append(Finding(
+            "issuer_mismatch", "warning",
+            f"{other_failed}: the gateway ignores that document (RFC 8414 §3.3), so what only "
+            "it lists (often revocation_endpoint) is not used"))
+    return document, found
 
 
 def _discovery_failure(issuer: str, exc: FetchError) -> str:

@@ -267,3 +267,18 @@ async def discover(issuer: str, timeout: float, *, oidc_first: bool = False) -> 
         log.debug("authorization server metadata of %s from %s", issuer, url)
         return document
     raise FetchError("no authorization server metadata: " + "; ".join(statuses))
+
+
+async def discover_provider(issuer: str,
+                            timeout: float) -> tuple[dict[str, Any], FetchError | None]:
+    """An OpenID Provider's metadata for the browser login: its OpenID Connect document (it
+    has end_session_endpoint), completed by the RFC 8414 one where the server publishes
+    both (revocation_endpoint is often only there). Raises FetchError when the first cannot
+    be had; the second's failure is returned beside the document (its members are then
+    not used)."""
+    document = await discover(issuer, timeout, oidc_first=True)
+    try:
+        other = await discover(issuer, timeout)
+    except FetchError as exc:
+        return document, exc
+    return {**other, **document}, None

@@ -48,7 +48,13 @@ from fluxgate.auth.login_flow import (
     transaction_cookie_name,
 )
 from fluxgate.auth.sessions import SessionStore, session_digest
-from fluxgate.master.as_client import AsClient, IntrospectionError, _form, discover, error_code
+from fluxgate.master.as_client import (
+    AsClient,
+    IntrospectionError,
+    _form,
+    discover_provider,
+    error_code,
+)
 from fluxgate.master.fetch import FetchError, fetch
 
 if TYPE_CHECKING:
@@ -114,7 +120,8 @@ class LoginProvider:
     async def _discover(self) -> None:
         while self.metadata is None:
             try:
-                document = await self._metadata()
+                document, _ = await discover_provider(self.config.issuer or "",
+                                                      DISCOVERY_TIMEOUT)
                 self._configure(document)
                 await self._fetch_keys(document["jwks_uri"])
                 self.metadata = document
@@ -126,18 +133,6 @@ class LoginProvider:
                 self.first_attempt.set()
                 await asyncio.sleep(DISCOVERY_RETRY)
         self.first_attempt.set()
-
-    async def _metadata(self) -> dict[str, Any]:
-        """The OpenID Provider's document (it has end_session_endpoint), completed by the
-        RFC 8414 one where a server publishes both (revocation_endpoint is often only
-        there)."""
-        issuer = self.config.issuer or ""
-        document = await discover(issuer, DISCOVERY_TIMEOUT, oidc_first=True)
-        try:
-            other = await discover(issuer, DISCOVERY_TIMEOUT)
-        except FetchError:
-            return document
-        return {**other, **document}
 
     def _configure(self, document: dict[str, Any]) -> None:
         """Check what the login needs from the metadata and build the clients."""
