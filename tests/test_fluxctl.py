@@ -185,8 +185,10 @@ routes:
 """)
     monkeypatch.setenv("FLUXGATE_CONFIG", str(gw.config_path))
     url = f"http://127.0.0.1:{gw.admin_port}"
+    # A day's quota: windows are fixed UTC ones, and a minute's could roll over between the
+    # request and the list below (seen once in CI: used 0).
     made = run_json(capsys, "--admin-url", url, "keys", "generate", "--name", "remote",
-                    "--scope", "orders", "--quota", "100/m")
+                    "--scope", "orders", "--quota", "100/d")
     wait_status(gw, made["key"], 200)
     listed = run_json(capsys, "--admin-url", url, "keys", "list")
     assert [k["name"] for k in listed["keys"]] == ["remote"]
