@@ -123,7 +123,9 @@ def open_until_expiry_nears(gw, idp, upstream) -> tuple[WsClient, int]:
 
 def test_jwt_websocket_closes_with_4401_on_both_sides_when_the_token_expires(gw, idp, upstream):
     since = len(upstream.ws_events)
-    exp = int(time.time()) + 2
+    # exp is whole seconds: +4 leaves at least 3 s, so the echo after 1.2 s comes before it
+    # even when the connect is slow under load.
+    exp = int(time.time()) + 4
     client = jwt_client(gw, idp, exp)
     try:
         assert_echo(client)  # open well past the route's 1 s read timeout: only exp ends it
