@@ -7,19 +7,21 @@ PY      = $(VENV)/bin/python
 
 # The Cython core links libcrypto (OpenSSL 3 headers: Debian's libssl-dev), and the venv needs
 # ensurepip (Debian's python3-venv for the system Python); the browser tests drive Debian's
-# chromium through its chromedriver (tests/support/browser.py: they skip without them, except
-# under CI). Installed with apt when missing and we are root (CI is); otherwise say what is
-# needed (only the build's packages stop the setup).
+# chromium through its chromedriver (tests/support/browser.py), and cluster mode's tests a real
+# redis-server (tests/support/redis_server.py): they skip without them, except under CI.
+# Installed with apt when missing and we are root (CI is); otherwise say what is needed (only
+# the build's packages stop the setup).
 sysdeps:
-	@missing=""; browser=""; \
+	@missing=""; testpkgs=""; \
 	[ -f /usr/include/openssl/evp.h ] || missing="$$missing libssl-dev"; \
 	$(PYTHON) -c "import ensurepip" 2>/dev/null || missing="$$missing python3-venv"; \
-	[ -x /usr/bin/chromium ] || browser="$$browser chromium"; \
-	[ -x /usr/bin/chromedriver ] || browser="$$browser chromium-driver"; \
-	if [ -n "$$missing$$browser" ]; then \
+	[ -x /usr/bin/chromium ] || testpkgs="$$testpkgs chromium"; \
+	[ -x /usr/bin/chromedriver ] || testpkgs="$$testpkgs chromium-driver"; \
+	[ -x /usr/bin/redis-server ] || testpkgs="$$testpkgs redis-server"; \
+	if [ -n "$$missing$$testpkgs" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing $$browser; \
-	  else echo "missing system packages:$$missing$$browser (Debian/Ubuntu: apt-get install$$missing$$browser)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing $$testpkgs; \
+	  else echo "missing system packages:$$missing$$testpkgs (Debian/Ubuntu: apt-get install$$missing$$testpkgs)"; \
 	    [ -z "$$missing" ] || exit 1; fi; \
 	fi
 

@@ -41,3 +41,6 @@ from tests.support.authserver import django_auth_server  # noqa: E402, F401
 
 # Headless chromium (Debian's, through Selenium): a fresh profile per test.
 from tests.support.browser import chromium, chromium_factory  # noqa: E402, F401
+
+# A real redis-server on 127.0.0.1 (function scope), for cluster mode.
+from tests.support.redis_server import redis_server  # noqa: E402, F401

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 
+from fluxgate.cluster.connect import is_redis_url, parse_store_url
 from fluxgate.config import schema
 from fluxgate.config.parsers import (
     JWKS_MIN_REFRESH,
@@ -56,7 +57,6 @@ __all__ = [
 Fail = Callable[[Path, str], Exception]
 _T = TypeVar("_T")
 _UPSTREAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-_STORE = re.compile(r"sqlite|rediss?://[^/?#\s]+(/[0-9]*)?")
 
 
 class UpstreamSpec(msgspec.Struct, frozen=True):
@@ -195,11 +195,16 @@ class _Checker:
 
     def config(self, config: schema.Config) -> schema.Config:
         listen_addr = self.listen(config.listen)
-        self.check(
-            bool(_STORE.fullmatch(config.store)),
-            ("store",),
-            f"expected 'sqlite' or redis://host:port/db, got {config.store!r}",
-        )
+        if config.store != "sqlite":
+            self.check(
+                is_redis_url(config.store),
+                ("store",),
+                # not echoed: a URL carries a password
+                "expected 'sqlite' or a Redis URL (redis://host:port/db, rediss://, "
+                "redis+sentinel://, redis+cluster://)",
+            )
+        if is_redis_url(config.store):
+            self.parse(parse_store_url, config.store, ("store",))
         # Refused rather than ignored: keys and quotas would silently stay node-local.
         self.check(
             not config.store.startswith("redis"),

@@ -254,6 +254,29 @@ DEFAULT_STRIP_REQUEST_HEADERS: tuple[str, ...] = (
 )  # fmt: skip
 
 
+class Cluster(Base):
+    """Cluster mode's settings (used when ``store`` is a Redis URL)."""
+
+    # This node's name in the shared store (leases, sessions, the key log's readers);
+    # default: the host name and the listen port.
+    node: str | None = None
+    # Prefix of every Redis key and channel, so that several gateways can share one Redis.
+    prefix: str = "fluxgate:"
+    # Quota leasing: the chunk a node takes from a key's window at a time ("auto" adapts it
+    # to the key's rate and remaining budget; 0 counts every request in Redis, exactly).
+    lease: Annotated[int, Meta(ge=0)] | Literal["auto"] = "auto"
+    # When Redis cannot be reached and a node's leases are spent: refuse (deny) or count
+    # on this node alone against the whole limit (local).
+    on_store_down: Literal["deny", "local"] = "local"
+    # Each Redis call's bound; a call that takes longer counts as the store being down.
+    timeout: Timeout = 0.5
+    # CA bundle that verifies a rediss:// server (default: the system's CAs), and an
+    # optional client certificate and key.
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+
 class Route(Base):
     route: str
     upstream: str
@@ -276,6 +299,7 @@ class Config(Base):
     workers: Workers | Literal["auto"] = "auto"
     state_dir: str = "./.fluxgate"
     store: str = "sqlite"
+    cluster: Cluster = msgspec.field(default_factory=Cluster)
     admin: Admin = msgspec.field(default_factory=Admin)
     trusted_proxies: list[str] = []
     limits: Limits = msgspec.field(default_factory=Limits)
