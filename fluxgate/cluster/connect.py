@@ -14,13 +14,14 @@ every key a script touches shares a ``{...}`` hash tag (see ``hash_tagged``).
 
 from __future__ import annotations
 
+import socket
 import ssl
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import unquote
 
 if TYPE_CHECKING:
-    from fluxgate.config.schema import Cluster
+    from fluxgate.config.schema import Cluster, Config
 
 Topology = Literal["single", "sentinel", "cluster"]
 
@@ -119,6 +120,17 @@ def _host_port(text: str, topology: Topology) -> tuple[str, int]:
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise StoreUrlError(f"bad port {port_text!r}")
     return host, int(port_text)
+
+
+def node_name(config: Config) -> str:
+    """This node's name in the shared store: ``cluster.node``, or the host name and the
+    gateway's listen port (unique per node, stable across restarts)."""
+    if config.cluster.node:
+        return config.cluster.node
+    from fluxgate.config.parsers import parse_listen
+
+    listen = config.listen if isinstance(config.listen, str) else config.listen.address
+    return f"{socket.gethostname()}:{parse_listen(listen)[1]}"
 
 
 def hash_tagged(prefix: str, tag: str, *parts: str) -> str:

@@ -205,13 +205,6 @@ class _Checker:
             )
         if is_redis_url(config.store):
             self.parse(parse_store_url, config.store, ("store",))
-        # Refused rather than ignored: keys and quotas would silently stay node-local.
-        self.check(
-            not config.store.startswith("redis"),
-            ("store",),
-            "cluster mode (store: redis://...) is not available yet in this version; "
-            "use store: sqlite",
-        )
         self.check(bool(config.state_dir.strip()), ("state_dir",), "must not be empty")
         admin_addr = self.parse(parse_listen, config.admin.listen, ("admin", "listen"))
         self.check(
