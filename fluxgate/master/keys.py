@@ -354,21 +354,26 @@ class KeyService:
     async def _revoke(self, req: AdminRequest) -> AdminResponse:
         body = _body(req)
         result = self._run(lambda: self.ops.revoke(_str(body, "name", required=True)))
+        await self.enforce_revocations([k["key_id"] for k in result])
+        log.info("admin API: revoked %s", ", ".join(k["key_id"] for k in result))
+        return AdminResponse.json(200, {"revoked": result})
+
+    async def enforce_revocations(self, key_ids: list[str]) -> None:
+        """Refuse ``key_ids`` (already revoked in keys.db, by this master or another writer
+        such as the cluster's key service) in every worker before returning."""
         try:
-            missing = revoke_in_place(self.master.state_dir, [k["key_id"] for k in result])
+            missing = revoke_in_place(self.master.state_dir, key_ids)
         except (OSError, ValueError):
             log.exception("revocation in the published key table")
-            missing = result
+            missing = key_ids
         if self._revoked_meanwhile is not None:
-            self._revoked_meanwhile.extend(k["key_id"] for k in result)
+            self._revoked_meanwhile.extend(key_ids)
         if missing:  # not published yet (a create still pending), or no table to flip
             await self.published()
         else:
             # In force in every worker now; the next generation, built without waiting for
             # it, carries the revocation from keys.db.
             self._publish_soon()
-        log.info("admin API: revoked %s", ", ".join(k["key_id"] for k in result))
-        return AdminResponse.json(200, {"revoked": result})
 
     def _run(self, operation):
         try:
