@@ -243,7 +243,7 @@ class KeyTable:
         scopes: tuple[bytes, ...],
         any_scopes: tuple[bytes, ...] | None,
         now: float,
-        principals: list[Any],
+        principals: dict[int, Any] | list[Any],
         /,
     ) -> tuple[int, int, int, int] | None:
         """``check`` for one request, the key found as ``extract_api_key`` finds it and an

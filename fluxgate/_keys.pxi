@@ -40,6 +40,9 @@ cdef extern from "Python.h":
     # Borrowed: authorize only stores the item if it is not None (a counted reference).
     PyObject* _list_item "PyList_GET_ITEM" (object, Py_ssize_t) noexcept
     Py_ssize_t _list_size "PyList_GET_SIZE" (object) noexcept
+    bint _is_list "PyList_CheckExact" (object) noexcept
+    bint _is_dict "PyDict_CheckExact" (object) noexcept
+    PyObject* _dict_item "PyDict_GetItemWithError" (object, object) except? NULL
 
 cdef extern from *:
     """
@@ -135,21 +138,37 @@ cdef extern from *:
     /* The shared key table (writer: fluxgate/auth/keytable.py). Native byte order: the
        table is written and read on one machine. */
     #define FG_KEYTAB_MAGIC 0x3142544B59454B46ULL  /* "FKEYKTB1" little-endian */
-    #define FG_KEYTAB_VERSION 1
+    #define FG_KEYTAB_VERSION 2
+    /* The master adds entries to a published generation in place (its spare room): an
+       entry and its pool bytes are written first, then n_entries, then the bucket that
+       names it (each store a release, each load here an acquire), so a reader that finds
+       an entry through a bucket finds it whole. A key that changes gets a new entry, and
+       its bucket is pointed at it in one store: no entry is ever rewritten, but for the
+       revoked flag. The generation is bumped in place with each such publication. */
     typedef struct {
         uint64_t magic;
         uint32_t version;
         uint32_t entry_size;
         uint64_t generation;
-        uint32_t n_entries;
-        uint32_t n_buckets;     /* power of two > n_entries */
+        uint32_t n_entries;     /* published so far; only grows */
+        uint32_t n_buckets;     /* power of two > capacity */
         uint64_t buckets_off;   /* n_buckets x uint32: entry index + 1, 0 = empty */
-        uint64_t entries_off;   /* n_entries x fg_key_entry, 8-aligned (the master writes 128) */
+        uint64_t entries_off;   /* capacity x fg_key_entry, 8-aligned (the master writes 128) */
         uint64_t pool_off;      /* names, scope and route lists, CIDRs */
-        uint64_t pool_len;
+        uint64_t pool_len;      /* the pool's room, written or not */
         uint64_t usage_slots;   /* the usage file holds at least this many slots */
-        uint64_t reserved[3];
+        uint32_t capacity;      /* entries the file has room for */
+        uint32_t reserved0;
+        uint64_t pool_used;     /* the writer's; readers bound offsets by pool_len */
+        uint64_t reserved1;
     } fg_keytab_header;
+
+    static inline uint32_t fg_load_u32(const uint32_t *p) {
+        return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+    }
+    static inline uint64_t fg_load_u64(const uint64_t *p) {
+        return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+    }
 
     #define FG_KEYF_REVOKED 1u
 
@@ -227,6 +246,10 @@ cdef extern from *:
         uint64_t pool_off
         uint64_t pool_len
         uint64_t usage_slots
+        uint32_t capacity
+
+    uint32_t fg_load_u32(const uint32_t* p) noexcept nogil
+    uint64_t fg_load_u64(const uint64_t* p) noexcept nogil
 
     ctypedef struct fg_key_entry:
         uint8_t id[16]
@@ -610,7 +633,9 @@ cdef class KeyTable:
     cdef const uint32_t* _buckets
     cdef const unsigned char* _pool
     cdef uint32_t _mask
-    cdef uint32_t _n
+    cdef uint32_t _n              # entries validated (those published when last looked)
+    cdef uint32_t _capacity
+    cdef uint64_t _pool_len
     cdef fg_hmac_t _mac
     cdef bint _have_mac
     cdef Py_buffer _usage_view
@@ -645,10 +670,7 @@ cdef class KeyTable:
         cdef const unsigned char* base = <const unsigned char*>self._view.buf
         cdef uint64_t size = self._view.len
         cdef const fg_keytab_header* hdr
-        cdef const fg_key_entry* e
-        cdef const unsigned char* pool
-        cdef uint64_t pool_len
-        cdef uint32_t i, v
+        cdef uint32_t i, v, n
         if (<uintptr_t>base) & 7 or size < sizeof(fg_keytab_header):
             raise ValueError("key table: too short or misaligned")
         hdr = <const fg_keytab_header*>base
@@ -656,14 +678,15 @@ cdef class KeyTable:
             raise ValueError("key table: bad magic or version")
         if hdr.entry_size != sizeof(fg_key_entry):
             raise ValueError("key table: entry size differs from this build")
+        n = fg_load_u32(&hdr.n_entries)
         if hdr.n_buckets == 0 or hdr.n_buckets & (hdr.n_buckets - 1) \
-                or hdr.n_buckets <= hdr.n_entries:
-            raise ValueError("key table: bucket count")
-        if (hdr.buckets_off & 3 or hdr.buckets_off > size
+                or hdr.n_buckets <= hdr.capacity or hdr.capacity < n:
+            raise ValueError("key table: bucket count or capacity")
+        if (hdr.buckets_off & 7 or hdr.buckets_off > size
                 or <uint64_t>hdr.n_buckets * 4 > size - hdr.buckets_off):
             raise ValueError("key table: buckets out of bounds")
         if (hdr.entries_off & 7 or hdr.entries_off > size
-                or <uint64_t>hdr.n_entries * sizeof(fg_key_entry)
+                or <uint64_t>hdr.capacity * sizeof(fg_key_entry)
                 > size - hdr.entries_off):
             raise ValueError("key table: entries out of bounds")
         if hdr.pool_off > size or hdr.pool_len > size - hdr.pool_off \
@@ -673,28 +696,50 @@ cdef class KeyTable:
         self._buckets = <const uint32_t*>(base + hdr.buckets_off)
         self._entries = <const fg_key_entry*>(base + hdr.entries_off)
         self._pool = base + hdr.pool_off
+        self._pool_len = hdr.pool_len
         self._mask = hdr.n_buckets - 1
-        self._n = hdr.n_entries
-        pool = self._pool
-        pool_len = hdr.pool_len
+        self._capacity = hdr.capacity
+        self._n = 0
         for i in range(hdr.n_buckets):
-            v = self._buckets[i]
-            if v > hdr.n_entries:
+            # A bucket may name an entry published after n was read: checked when met.
+            v = fg_load_u32(&self._buckets[i])
+            if v > hdr.capacity:
                 raise ValueError("key table: bucket points past the entries")
-        for i in range(hdr.n_entries):
-            e = &self._entries[i]
-            if (<uint64_t>e.name_off + e.name_len > pool_len
+        for i in range(n):
+            if not self._entry_ok(i):
+                raise ValueError(f"key table: entry {i} is inconsistent")
+        self._n = n
+        return 0
+
+    cdef bint _entry_ok(self, uint32_t i) noexcept nogil:
+        # Every offset of entry i within the pool, its usage slot within the usage file
+        # the header promises, its quota sane.
+        cdef const fg_key_entry* e = &self._entries[i]
+        cdef const unsigned char* pool = self._pool
+        cdef uint64_t pool_len = self._pool_len
+        return not (<uint64_t>e.name_off + e.name_len > pool_len
                     or not _strings_ok(pool, pool_len, e.scopes_off, e.n_scopes)
                     or not _strings_ok(pool, pool_len, e.routes_off, e.n_routes)
                     or e.cidrs_off & 7
                     or <uint64_t>e.cidrs_off + <uint64_t>e.n_cidrs * sizeof(fg_cidr)
                     > pool_len
-                    or e.usage_slot >= hdr.usage_slots
+                    or e.usage_slot >= self._hdr.usage_slots
                     or (e.quota_tag != 0
                         and (e.quota_limit == 0 or e.quota_period == 0
-                             or e.quota_limit >= FG_QUOTA_RESERVED_COUNT))):
-                raise ValueError(f"key table: entry {i} is inconsistent")
-        return 0
+                             or e.quota_limit >= FG_QUOTA_RESERVED_COUNT)))
+
+    cdef bint _catch_up(self, uint32_t v) noexcept nogil:
+        # Entry v - 1 was published after this view last looked: validate what the master
+        # published since, once. False (the key is treated as absent) if entry v - 1 is not
+        # among the published entries or an entry before it is inconsistent.
+        cdef uint32_t n = fg_load_u32(&self._hdr.n_entries), i
+        if n > self._capacity or v > n:
+            return False
+        for i in range(self._n, n):
+            if not self._entry_ok(i):
+                return False
+            self._n = i + 1
+        return True
 
     def __dealloc__(self):
         self._drop()
@@ -725,7 +770,7 @@ cdef class KeyTable:
     def generation(self):
         if self._hdr == NULL:
             raise ValueError("key table released")
-        return self._hdr.generation
+        return fg_load_u64(&self._hdr.generation)
 
     cdef inline uint32_t _home_slot(self, const unsigned char* raw) noexcept nogil:
         # Where key id raw[0:FG_KEY_ID_BYTES]'s probe starts. Ids are random: their first
@@ -736,12 +781,17 @@ cdef class KeyTable:
 
     cdef uint32_t _lookup(self, const unsigned char* raw) noexcept nogil:
         # The entry index + 1 of key id raw[0:FG_KEY_ID_BYTES], 0 when absent.
-        cdef uint32_t slot = self._home_slot(raw), v
-        while True:
-            v = self._buckets[slot]
-            if v == 0 or memcmp(self._entries[v - 1].id, raw, FG_KEY_ID_BYTES) == 0:
+        cdef uint32_t slot = self._home_slot(raw), v, probes
+        for probes in range(self._mask + 1):
+            v = fg_load_u32(&self._buckets[slot])
+            if v == 0:
+                return 0
+            if v > self._n and not self._catch_up(v):
+                return 0
+            if memcmp(self._entries[v - 1].id, raw, FG_KEY_ID_BYTES) == 0:
                 return v
             slot = (slot + 1) & self._mask
+        return 0  # every bucket taken (a hostile file): the key is not there
 
     cdef int _verify(self, const unsigned char* text, Py_ssize_t n, int64_t now,
                      Py_ssize_t* index) noexcept nogil:
@@ -894,7 +944,7 @@ cdef class KeyTable:
 
     def authorize(self, RequestState req not None, bytes lname not None,
                   bytes qname not None, tuple scopes not None, tuple any_scopes,
-                  double now, list principals not None, /):
+                  double now, principals not None, /):
         """``check`` for one request as the api_key middleware sees it, in one call.
 
         The key is found in ``req.headers`` / ``req.query`` as ``extract_api_key`` finds
@@ -902,10 +952,10 @@ cdef class KeyTable:
         are checked as ``check`` checks them. An accepted key's quota goes into
         ``req``'s RateLimit-* as ``merge_ratelimit`` sets them.
 
-        ``principals`` holds, by entry index, the principals the caller built so far
-        (None: not yet). When the key is accepted, is not in a rotation grace period and
-        its principal is there, that principal becomes ``req.principal`` and the answer
-        is None: the common request allocates nothing here.
+        ``principals`` holds, by entry index, the principals the caller built so far: a
+        dict (an index absent: not yet), or a list (None: not yet). When the key is
+        accepted, is not in a rotation grace period and its principal is there, that
+        principal becomes ``req.principal`` and the answer is None.
 
         Otherwise (code, index, limit, reset): code as ``check``'s (OK for an accepted
         key whose principal the caller sets), or KEY_MISSING / KEY_AMBIGUOUS (no key /
@@ -930,10 +980,14 @@ cdef class KeyTable:
                 reset = 0
             if code == FG_KEY_OK:
                 merge_ratelimit(req, limit, remaining, reset)
-        if code == FG_KEY_OK and self._entries[index].sunset_at == 0 \
-                and index < _list_size(principals):
-            principal = _list_item(principals, index)
-            if principal != <PyObject*>None:
+        if code == FG_KEY_OK and self._entries[index].sunset_at == 0:
+            if _is_dict(principals):
+                principal = _dict_item(principals, index)
+            elif _is_list(principals) and index < _list_size(principals):
+                principal = _list_item(principals, index)
+            else:
+                principal = NULL
+            if principal != NULL and principal != <PyObject*>None:
                 req.principal = <object>principal
                 return None
         return code, index, limit, reset

@@ -26,6 +26,9 @@ import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
+
+import orjson
 
 from fluxgate.auth.keys import MintedKey, check_name, is_key_id, mint_key
 from fluxgate.config.parsers import (
@@ -70,6 +73,17 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX keys_by_name ON keys(name);
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    # 1 -> 2: a log of the rows whose key (not its usage) changed, so that a reader of the
+    # store (the gateway's master) can apply only what changed since it last looked: rows
+    # added since are those of a higher slot; rows updated since, those logged after.
+    """
+    CREATE TABLE key_changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, slot INTEGER NOT NULL);
+    CREATE TRIGGER key_changed AFTER UPDATE OF name, digest, scopes, routes, allow_ips,
+        quota_limit, quota_window, expires_at, revoked_at, rotated_at, grace_until ON keys
+    BEGIN
+        INSERT INTO key_changes (slot) VALUES (NEW.slot);
+    END;
+    """,
 )
 
 _COLUMNS = (
@@ -83,6 +97,13 @@ _BULK_INSERT = (
     "INSERT INTO keys (key_id, name, digest, scopes, routes, allow_ips, quota_limit, "
     "quota_window, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+
+
+class ChangeMark(NamedTuple):
+    """How far a reader of the store has seen: the highest slot, the last change logged."""
+
+    slot: int
+    seq: int
 
 
 class UnknownKey(KeyStoreError):
@@ -244,9 +265,8 @@ class KeyStore:
         try:
             version = self.db.execute("PRAGMA user_version").fetchone()[0]  # after the lock
             for number in range(version, len(MIGRATIONS)):
-                for statement in MIGRATIONS[number].split(";"):
-                    if statement.strip():
-                        self.db.execute(statement)
+                for statement in _statements(MIGRATIONS[number]):
+                    self.db.execute(statement)
                 self.db.execute(f"PRAGMA user_version = {number + 1}")
             self.db.execute("COMMIT")
         except BaseException:
@@ -315,6 +335,47 @@ class KeyStore:
             "AND MIN(expires_at, COALESCE(grace_until, expires_at)) >= ?",
             (cutoff, cutoff),
         )
+
+    def table_snapshot(self, now: float, keep_dead: float) -> tuple[list[KeyRecord], ChangeMark]:
+        """``for_table``'s records and the mark they are as of, read in one transaction:
+        ``changed_since(mark)`` then returns every key written after the records were read."""
+        self.db.execute("BEGIN")  # a read transaction: one snapshot for both reads
+        try:
+            mark = self._mark()
+            records = self.for_table(now, keep_dead)
+        finally:
+            self.db.execute("COMMIT")
+        return records, mark
+
+    def changed_since(self, mark: ChangeMark, *, limit: int | None = None
+                      ) -> tuple[list[KeyRecord], ChangeMark] | None:
+        """The keys added or changed (not their usage) after ``mark``, oldest change first,
+        by slot, each as it stands now, and the mark to ask from next time; None when there are
+        more than ``limit``."""
+        self.db.execute("BEGIN")
+        try:
+            now_mark = self._mark()
+            if now_mark == mark:
+                return [], mark
+            if limit is not None and (now_mark.slot - mark.slot) + (now_mark.seq - mark.seq) > limit:
+                return None
+            records = self._select(
+                "WHERE slot > ? OR slot IN (SELECT slot FROM key_changes WHERE seq > ?)",
+                (mark.slot, mark.seq))
+        finally:
+            self.db.execute("COMMIT")
+        return records, now_mark
+
+    def forget_changes(self, mark: ChangeMark) -> None:
+        """Drop the change log up to ``mark`` (a reader that rebuilt from it needs it no more)."""
+        self._write(lambda: self.db.execute("DELETE FROM key_changes WHERE seq <= ?", (mark.seq,)))
+
+    def _mark(self) -> ChangeMark:
+        slot = self.db.execute("SELECT COALESCE(MAX(slot), 0) FROM keys").fetchone()[0]
+        # AUTOINCREMENT keeps the last seq in sqlite_sequence even once the log is pruned.
+        row = self.db.execute(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'key_changes'").fetchone()
+        return ChangeMark(slot, row[0] if row else 0)
 
     # ---- changes ----------------------------------------------------------------------------
 
@@ -538,6 +599,19 @@ class KeyStore:
         return self._one(cursor.lastrowid)
 
 
+def _statements(script: str) -> list[str]:
+    """The SQL statements of a migration (a trigger's body holds semicolons of its own)."""
+    out: list[str] = []
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                out.append(pending)
+            pending = ""
+    return out
+
+
 def _check_expiry(seconds: float) -> None:
     if not seconds >= 1:
         raise KeyStoreError("the expiry must be at least 1 second")
@@ -545,12 +619,18 @@ def _check_expiry(seconds: float) -> None:
         raise KeyStoreError("the expiry must be at most 10 years")
 
 
+def _strings(text: str) -> tuple[str, ...]:
+    # A JSON array column; most keys have no routes or networks, and many no scopes, and
+    # a million keys are read at every start.
+    return () if text == "[]" else tuple(orjson.loads(text))
+
+
 def _record(row: tuple) -> KeyRecord:
     (slot, key_id, name, digest, scopes, routes, allow_ips, quota_limit, quota_window,
      created_at, expires_at, revoked_at, rotated_at, grace_until, successor,
      last_used_at, last_used_from, requests) = row
     return KeyRecord(
-        slot, key_id, name, bytes(digest), tuple(json.loads(scopes)), tuple(json.loads(routes)),
-        tuple(json.loads(allow_ips)), quota_limit, quota_window, created_at, expires_at,
+        slot, key_id, name, bytes(digest), _strings(scopes), _strings(routes),
+        _strings(allow_ips), quota_limit, quota_window, created_at, expires_at,
         revoked_at, rotated_at, grace_until, successor, last_used_at, last_used_from, requests,
     )

@@ -71,7 +71,7 @@ STAT_KEY_QUOTA_FULL = 1   # refused: no quota bucket free for the key
 STAT_RULE_REJECTED = 2    # refused by a `quota` middleware rule
 STAT_RULE_FULL = 3        # refused by a `quota` rule: no bucket free
 
-_HEADER = struct.Struct("=QIIQIIQQQQQ24x")
+_HEADER = struct.Struct("=QIIQIIQQQQQIIQ8x")
 _ENTRY = struct.Struct("=16s32sqqqQIIIIIIIIIIII")
 _CIDR = struct.Struct("=16sII")
 _U16 = struct.Struct("=H")
@@ -90,6 +90,8 @@ def usage_slot(record: KeyRecord) -> int:
 
 
 ENTRY_ALIGN = 128  # bytes; the mapping starts on a page
+SPARE_POOL_PER_ENTRY = 256  # bytes of names and lists left per spare entry
+_REVOKED_FLAG = KEY_LAYOUT["flag_revoked"]
 
 
 def _align(n: int, to: int) -> int:
@@ -110,66 +112,93 @@ def build_table(
     generation: int,
     usage_slots: int,
     quota_tag: Callable[[bytes], int] | None,
+    spare: int = 0,
+    spare_pool: int | None = None,
 ) -> bytes:
     """The bytes of one table generation holding ``records``. ``quota_tag`` maps a quota
-    identity to its bucket tag (``QuotaCounters.tag``); without it no key has a quota."""
+    identity to its bucket tag (``QuotaCounters.tag``); without it no key has a quota.
+
+    ``spare`` entries (and ``spare_pool`` bytes of names and lists, SPARE_POOL_PER_ENTRY
+    each by default) are left free for ``TableWriter`` to add keys in place."""
     n = len(records)
+    capacity = n + spare
     n_buckets = 8
-    while n_buckets < 2 * n + 1:
+    while n_buckets < 2 * capacity + 1:
         n_buckets *= 2
     buckets_off = _HEADER.size
     # Entries start on a 128-byte boundary: each 128-byte entry is then two cache lines
     # (one adjacent-line pair) rather than three, and a request reads fields in all of
     # them. Readers only require 8-byte alignment.
     entries_off = _align(buckets_off + 4 * n_buckets, ENTRY_ALIGN)
-    pool_off = entries_off + n * _ENTRY.size
+    pool_off = entries_off + capacity * _ENTRY.size
     pool = bytearray()
-    entries = []
+    entries = bytearray()
     buckets = [0] * n_buckets
     mask = n_buckets - 1
+    encode = functools.partial(encode_entry, pool=pool, usage_slots=usage_slots,
+                               quota_tag=quota_tag)
+    u32 = _U32.unpack_from
     for index, r in enumerate(records):
-        raw_id = b64url_decode(r.key_id.encode())
-        name = r.name.encode()
-        name_off = len(pool)
-        pool += name
-        scopes_off = len(pool)
-        for s in r.scopes:
-            pool += _U16.pack(len(s.encode())) + s.encode()
-        routes_off = len(pool)
-        for p in r.routes:
-            pool += _U16.pack(len(p.encode())) + p.encode()
-        pool += b"\0" * (_align(len(pool), 8) - len(pool))
-        cidrs_off = len(pool)
-        for c in r.allow_ips:
-            pool += _cidr_record(c)
-        tag = 0
-        if r.quota_limit is not None and quota_tag is not None:
-            tag = quota_tag(key_identity(r.name, r.quota_window))
-        slot = usage_slot(r)
-        if slot >= usage_slots:
-            raise ValueError(f"usage slot {slot} is beyond the usage file ({usage_slots})")
-        entries.append(_ENTRY.pack(
-            raw_id, r.digest, r.valid_until, r.valid_until if r.grace_until is not None else 0,
-            r.rotated_at or 0, tag, r.quota_limit or 0, r.quota_window or 0, slot,
-            KEY_LAYOUT["flag_revoked"] if r.revoked_at is not None else 0,
-            name_off, len(name), scopes_off, len(r.scopes), routes_off, len(r.routes),
-            cidrs_off, len(r.allow_ips),
-        ))
-        home = _U32.unpack_from(raw_id)[0] & mask
+        raw_id, entry = encode(r)
+        entries += entry
+        home = u32(raw_id)[0] & mask
         while buckets[home]:
             home = (home + 1) & mask
         buckets[home] = index + 1
+    pool_used = len(pool)
+    pool_len = _align(pool_used + (spare * SPARE_POOL_PER_ENTRY if spare_pool is None
+                                   else spare_pool), 8)
     header = _HEADER.pack(
         KEY_LAYOUT["keytab_magic"], KEY_LAYOUT["keytab_version"], _ENTRY.size, generation, n,
-        n_buckets, buckets_off, entries_off, pool_off, len(pool), usage_slots,
+        n_buckets, buckets_off, entries_off, pool_off, pool_len, usage_slots, capacity, 0,
+        pool_used,
     )
     out = bytearray(header)
     out += struct.pack(f"={n_buckets}I", *buckets)
     out += b"\0" * (entries_off - len(out))
-    for e in entries:
-        out += e
+    out += entries
+    out += b"\0" * (pool_off - len(out))
     out += pool
+    out += b"\0" * (pool_off + pool_len - len(out))
     return bytes(out)
+
+
+def encode_entry(r: KeyRecord, *, pool: bytearray, usage_slots: int,
+                 quota_tag: Callable[[bytes], int] | None, base: int = 0) -> tuple[bytes, bytes]:
+    """(raw key id, the entry's bytes) of ``r``; its name and lists appended to ``pool``,
+    which starts ``base`` (a multiple of 8) bytes into the table's pool."""
+    raw_id = b64url_decode(r.key_id.encode())
+    name = r.name.encode()
+    name_off = base + len(pool)
+    pool += name
+    scopes_off = base + len(pool)
+    for s in r.scopes:
+        b = s.encode()
+        pool += _U16.pack(len(b)) + b
+    routes_off = base + len(pool)
+    for p in r.routes:
+        b = p.encode()
+        pool += _U16.pack(len(b)) + b
+    pad = -len(pool) % 8
+    if pad:
+        pool += b"\0" * pad
+    cidrs_off = base + len(pool)
+    for c in r.allow_ips:
+        pool += _cidr_record(c)
+    tag = 0
+    if r.quota_limit is not None and quota_tag is not None:
+        tag = quota_tag(key_identity(r.name, r.quota_window))
+    slot = RESERVED_SLOTS + r.slot
+    if slot >= usage_slots:
+        raise ValueError(f"usage slot {slot} is beyond the usage file ({usage_slots})")
+    valid_until = r.valid_until
+    return raw_id, _ENTRY.pack(
+        raw_id, r.digest, valid_until, valid_until if r.grace_until is not None else 0,
+        r.rotated_at or 0, tag, r.quota_limit or 0, r.quota_window or 0, slot,
+        _REVOKED_FLAG if r.revoked_at is not None else 0,
+        name_off, len(name), scopes_off, len(r.scopes), routes_off, len(r.routes),
+        cidrs_off, len(r.allow_ips),
+    )
 
 
 def publish_table(state_dir: str, data: bytes) -> None:
