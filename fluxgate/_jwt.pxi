@@ -3,7 +3,8 @@
 # JWS compact serialization (RFC 7515 §7.1) of a JWT (RFC 7519), verified against
 # public keys prepared once per JWKS generation, with the signature math in OpenSSL's
 # libcrypto (linked directly: EVP_PKEY_verify on a context set up once per key and
-# algorithm; bench/RESULTS.md has the comparison with the `cryptography` package).
+# algorithm, and RS* on libcrypto's bignum primitives with a per-key Montgomery context,
+# _rsa.pxi; bench/RESULTS.md has the comparison with the `cryptography` package).
 #
 # Order of checks in JwtVerifier.verify (each failure raises TokenError(reason)):
 #
@@ -109,6 +110,8 @@ cdef extern from "openssl/crypto.h" nogil:
 cdef extern from "openssl/err.h" nogil:
     void ERR_clear_error()
 
+include "_rsa.pxi"
+
 cdef extern from "Python.h":
     void PyObject_GC_UnTrack(void* op)
     bint PyObject_IS_GC(object obj)
@@ -164,6 +167,7 @@ cdef enum:
     _RSA_ALGS = (FG_JWT_RS256 | FG_JWT_RS384 | FG_JWT_RS512
                  | FG_JWT_PS256 | FG_JWT_PS384 | FG_JWT_PS512)
     _PSS_ALGS = FG_JWT_PS256 | FG_JWT_PS384 | FG_JWT_PS512
+    _PKCS1_ALGS = FG_JWT_RS256 | FG_JWT_RS384 | FG_JWT_RS512
     _SHA256_ALGS = FG_JWT_RS256 | FG_JWT_PS256 | FG_JWT_ES256 | FG_JWT_HS256
     _SHA384_ALGS = FG_JWT_RS384 | FG_JWT_PS384 | FG_JWT_ES384 | FG_JWT_HS384
     _SHA512_ALGS = FG_JWT_RS512 | FG_JWT_PS512 | FG_JWT_HS512
@@ -276,6 +280,7 @@ cdef class JwtKey:
     cdef EVP_PKEY* _pkey
     cdef EVP_PKEY_CTX* _ctx[FG_JWT_N_ASYMMETRIC]
     cdef EVP_MD_CTX* _md_ctx
+    cdef _RsaPublic _rsa           # RS*: verified by _rsa_pkcs1_verify when n is set
     cdef readonly object kid
     cdef readonly unsigned int algs
     cdef int _kind
@@ -371,9 +376,12 @@ cdef class JwtKey:
                 elif EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING) != 1:
                     ERR_clear_error()
                     raise ValueError("libcrypto refused PKCS#1 v1.5 padding")
+        if algs & _PKCS1_ALGS:
+            _rsa_prepare(&self._rsa, self._pkey, <int>self._sig_len)
 
     def __dealloc__(self):
         cdef int i
+        _rsa_free(&self._rsa)
         for i in range(FG_JWT_N_ASYMMETRIC):
             if self._ctx[i] != NULL:
                 EVP_PKEY_CTX_free(self._ctx[i])
@@ -415,6 +423,8 @@ cdef class JwtKey:
             # RFC 8017 §8.2.2 step 1: the signature is exactly as long as the modulus.
             if slen != self._sig_len:
                 return False
+            if alg & _PKCS1_ALGS and self._rsa.n != NULL:
+                return _rsa_pkcs1_verify(&self._rsa, sig, slen, digest, dlen)
             rc = EVP_PKEY_verify(self._ctx[fg_ctz32(alg)], sig, slen, digest, dlen)
         else:
             # RFC 7518 §3.4: R and S as fixed-length big-endian octets, concatenated;
