@@ -254,6 +254,16 @@ class _Checker:
             ("api_keys", "signing_secret"),
             f"must be at least {MIN_SECRET_CHARS} characters (e.g. `openssl rand -base64 32`)",
         )
+        if is_redis_url(config.store) and _has_login(config):
+            session_secret = config.cluster.session_secret or ""
+            self.check(
+                len(session_secret.strip()) >= MIN_SECRET_CHARS,
+                ("cluster", "session_secret"),
+                "cluster mode with an oauth2 login needs a session secret of at least "
+                f"{MIN_SECRET_CHARS} characters, the same on every node (e.g. "
+                "${FLUXGATE_SESSION_SECRET} set to `openssl rand -base64 32`): it derives "
+                "the keys that encrypt sessions in Redis",
+            )
         self.strip_headers(config.strip_request_headers, ("strip_request_headers",))
         for name, upstream in config.upstreams.items():
             self.upstream(name, upstream)
@@ -403,3 +413,13 @@ class _Checker:
             self.parse(parse_scope_rule, r, ("scope_map", scope, k)) for k, r in enumerate(rules)
         )
         return [f"{method} {pattern}" for method, pattern in parsed]
+
+
+def _has_login(config: schema.Config) -> bool:
+    """Whether a route of ``config`` has an oauth2 middleware with ``login: true``."""
+    for route in config.routes:
+        for middleware in route.middleware:
+            members = middleware.methods if isinstance(middleware, schema.AnyOf) else [middleware]
+            if any(isinstance(m, schema.OAuth2) and m.login for m in members):
+                return True
+    return False

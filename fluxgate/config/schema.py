@@ -275,6 +275,9 @@ class Cluster(Base):
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+    # Derives the keys that encrypt OAuth login sessions in Redis (the same on every node;
+    # from ${ENV}, at least 32 characters); required when a route has an oauth2 login.
+    session_secret: str | None = None
 
 
 class Route(Base):
