@@ -21,7 +21,7 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -175,25 +175,44 @@ class SessionDatabase:
 
     # ---- sealing ----------------------------------------------------------------------------
 
-    @staticmethod
-    def _aad(kind: bytes, digest: bytes, provider: str) -> bytes:
-        return kind + b"\0" + digest + provider.encode("utf-8", "surrogatepass")
-
     def seal(self, kind: bytes, digest: bytes, provider: str,
              doc: dict[str, Any]) -> tuple[int, bytes]:
         """Encrypt ``doc`` for the row (kind, digest, provider). Returns (key number, blob)."""
-        return self.keys.seal(orjson.dumps(doc), self._aad(kind, digest, provider))
+        return seal_document(self.keys, kind, digest, provider, doc)
 
     def unseal(self, kind: bytes, digest: bytes, provider: str,
                blob: bytes | None) -> dict[str, Any] | None:
         """The document sealed in ``blob`` for that row, or None when it does not open."""
-        if not isinstance(blob, bytes):  # NULL once ended, or a row written by hand
-            return None
-        plain = self.keys.open(blob, self._aad(kind, digest, provider))
-        if plain is None:
-            return None
-        try:
-            doc = orjson.loads(plain)
-        except orjson.JSONDecodeError:
-            return None
-        return doc if isinstance(doc, dict) else None
+        return unseal_document(self.keys, kind, digest, provider, blob)
+
+
+class _Ring(Protocol):
+    def seal(self, plaintext: bytes, aad: bytes) -> tuple[int, bytes]: ...
+
+    def open(self, blob: bytes, aad: bytes) -> bytes | None: ...
+
+
+def _aad(kind: bytes, digest: bytes, provider: str) -> bytes:
+    return kind + b"\0" + digest + provider.encode("utf-8", "surrogatepass")
+
+
+def seal_document(ring: _Ring, kind: bytes, digest: bytes, provider: str,
+                  doc: dict[str, Any]) -> tuple[int, bytes]:
+    """Encrypt ``doc`` under ``ring`` (a file or derived key ring) for the record (kind,
+    digest, provider). Returns (key number, blob)."""
+    return ring.seal(orjson.dumps(doc), _aad(kind, digest, provider))
+
+
+def unseal_document(ring: _Ring, kind: bytes, digest: bytes, provider: str,
+                    blob: bytes | None) -> dict[str, Any] | None:
+    """The document sealed in ``blob`` for that record, or None when it does not open."""
+    if not isinstance(blob, bytes):  # NULL once ended, or a row written by hand
+        return None
+    plain = ring.open(blob, _aad(kind, digest, provider))
+    if plain is None:
+        return None
+    try:
+        doc = orjson.loads(plain)
+    except orjson.JSONDecodeError:
+        return None
+    return doc if isinstance(doc, dict) else None
