@@ -257,9 +257,11 @@ def test_a_revocation_is_in_force_in_mapped_tables_before_it_is_answered(service
         assert worker.table.generation == generation and len(builds) == 2  # no build waited
         assert oct(os.stat(os.path.join(service.master.state_dir, kt.TABLE_FILE)).st_mode
                    & 0o777) == "0o400"
-        # The next generation follows, built from keys.db, with the key revoked.
+        # The next generation follows from keys.db, written into the same file: the worker
+        # sees it through the mapping it has, with the key revoked.
         service._task.get_loop().run_until_complete(service.published())
-        assert len(builds) == 3 and worker.refresh() is True
+        assert len(builds) == 3 and worker.refresh() is False
+        assert worker.table.generation == builds[-1]
         assert worker.table.check(made["key"].encode(), T1, b"/", (), None, "10.0.0.1")[0] == 5
     finally:
         worker.table.release()
@@ -298,6 +300,7 @@ def test_a_failed_publication_fails_its_writers_and_is_retried(service, monkeypa
     async def broken():
         raise OSError("disk full")
 
+    monkeypatch.setattr(service, "publish_in_place", lambda: False)  # no room left in place
     monkeypatch.setattr(service, "rebuild_off_loop", broken)
     answers = gather(service, service._create(request({"name": "p"})),
                      service._create(request({"name": "q"})))
@@ -331,15 +334,20 @@ def test_a_revocation_during_a_build_holds_in_the_generation_that_build_publishe
     loop = service._task.get_loop()
 
     async def scene():
-        create = loop.create_task(service._create(request({"name": "other"})))
+        service._rebuild_soon()  # a full rebuild, as when the room runs out
         while not entered.is_set():
             await asyncio.sleep(0.01)
-        revoked = await service._revoke(request({"name": "victim"}))  # answered meanwhile
+        # Answered meanwhile, published in place in the table the build replaces.
+        revoked = await service._revoke(request({"name": "victim"}))
+        created = await service._create(request({"name": "other"}))
         release.set()
-        return revoked, await create
+        await service._rebuilding
+        return revoked, created
 
+    before = os.stat(os.path.join(service.master.state_dir, kt.TABLE_FILE)).st_ino
     revoked, created = loop.run_until_complete(scene())
     assert revoked.status == 200 and created.status == 201
+    assert os.stat(os.path.join(service.master.state_dir, kt.TABLE_FILE)).st_ino != before
     assert kt.read_generation(service.master.state_dir) == builds[-1]
     assert check(service, victim["key"]) == 5  # the build's rows predate the revocation
-    assert check(service, json.loads(created.body)["key"]) == 0
+    assert check(service, json.loads(created.body)["key"]) == 0  # and the create

@@ -51,6 +51,7 @@ from fluxgate.auth.keys import load_signing_key
 from fluxgate.auth.principal import Principal
 from fluxgate.auth.quotas import QUOTA_FILE, key_identity, open_quota_file
 from fluxgate.auth.runtime import worker_shared
+from fluxgate.cluster.connect import is_redis_url
 
 if TYPE_CHECKING:
     from fluxgate.auth.keystore import KeyRecord
@@ -61,6 +62,7 @@ TABLE_FILE = "keys.table"
 USAGE_FILE = "keys.usage"
 RESERVED_SLOTS = 16
 USAGE_GROWTH = 4096  # slots added at a time
+INFOS_LIMIT = 65536  # keys whose principal a worker keeps built
 USAGE_BLOCK = 4096  # bytes of usage slots a flush compares at once (128 slots)
 SLOT_SIZE = KEY_LAYOUT["usage_slot_size"]
 WORDS = SLOT_SIZE // 8
@@ -243,6 +245,16 @@ _REVOKED_BYTE = KEY_LAYOUT["flag_revoked"]
 assert _REVOKED_BYTE < 256  # the revoked bit lives in the flags word's first byte (set alone)
 
 
+def open_writable(path: str) -> int:
+    """A read-write descriptor of a table file, which stays 0400: nothing else may open it
+    to write; only this open needs the write bit, for a moment."""
+    os.chmod(path, 0o600, follow_symlinks=False)
+    try:
+        return os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    finally:
+        os.chmod(path, 0o400, follow_symlinks=False)
+
+
 def revoke_in_place(state_dir: str, key_ids: Sequence[str], *, path: str | None = None
                     ) -> list[str]:
     """Set the revoked flag of ``key_ids`` in the published table itself; the ids not in it.
@@ -259,11 +271,7 @@ def revoke_in_place(state_dir: str, key_ids: Sequence[str], *, path: str | None 
     missing = list(key_ids)
     if not missing:
         return missing
-    os.chmod(path, 0o600, follow_symlinks=False)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
-    finally:
-        os.chmod(path, 0o400, follow_symlinks=False)
+    fd = open_writable(path)
     try:
         st = os.fstat(fd)
         if st.st_size < _HEADER.size:
@@ -552,16 +560,23 @@ class SharedKeys:
     One per worker process (``for_gateway``), shared by every api_key and quota middleware.
     """
 
+    # The table counts keys' own quotas in quotas.bin; not in cluster mode, where a key's
+    # quota is the cluster's and the api_key middleware spends it through leases.
+    key_quotas = True
+
     def __init__(self, state_dir: str, signing_key: bytes | None) -> None:
         self.state_dir = state_dir
         self.signing_key = signing_key
         self.table: KeyTable | None = None
-        self.infos: list[KeyInfo | None] = []
-        # The same keys' principals, by entry index: KeyTable.authorize sets req.principal
-        # from here itself, so the common request touches no KeyInfo.
-        self.principals: list[Principal | None] = []
+        # What a key's first request in this table built, by entry index; dicts of the keys
+        # in use rather than lists as long as the table (16 MiB a worker for a million
+        # keys), emptied when INFOS_LIMIT keys are in them.
+        self.infos: dict[int, KeyInfo] = {}
+        # The same keys' principals: KeyTable.authorize sets req.principal from here
+        # itself, so the common request touches no KeyInfo.
+        self.principals: dict[int, Principal] = {}
         self._mapping: mmap.mmap | None = None
-        self._stamp: tuple[int, int, int] | None = None
+        self._stamp: tuple[int, int] | None = None
         self.usage = UsageFile(os.path.join(state_dir, USAGE_FILE), create=False)
         self._quota_map, self.quotas = open_quota_file(os.path.join(state_dir, QUOTA_FILE))
         if signing_key is not None:
@@ -574,6 +589,7 @@ class SharedKeys:
 
         def create() -> SharedKeys:
             shared = cls(gateway.state_dir, None)
+            shared.key_quotas = not is_redis_url(gateway.config.store)
             gateway.periodic.append(shared.on_sweep)
             return shared
 
@@ -598,7 +614,9 @@ class SharedKeys:
             st = os.stat(path)
         except FileNotFoundError:
             return False
-        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        # A new generation is a new file (renamed over the old one); the master's changes in
+        # place (keys added, revoked) are seen through the mapping, not by remapping.
+        stamp = (st.st_dev, st.st_ino)
         if stamp == self._stamp:
             return False
         try:
@@ -607,7 +625,8 @@ class SharedKeys:
             # Only the master grows the usage file (before it publishes); a worker maps
             # what is there, and KeyTable refuses a table whose slots it does not cover.
             self.usage.refresh()
-            table = KeyTable(mapping, self.signing_key, self.usage.mapping, self.quotas)
+            table = KeyTable(mapping, self.signing_key, self.usage.mapping,
+                             self.quotas if self.key_quotas else None)
         except (OSError, ValueError) as exc:
             log.error("cannot map the key table %s: %s; keeping generation %s", path, exc,
                       self.table.generation if self.table is not None else "none")
@@ -624,13 +643,15 @@ class SharedKeys:
 
     def _forget_infos(self) -> None:
         # Built per entry index at a key's first request in the current table.
-        self.infos = [None] * len(self.table)
-        self.principals = [None] * len(self.table)
+        self.infos = {}
+        self.principals = {}
 
     def info(self, index: int) -> KeyInfo:
         """The cached principal and headers of entry ``index`` of the current table."""
-        info = self.infos[index]
+        info = self.infos.get(index)
         if info is None:
+            if len(self.infos) >= INFOS_LIMIT:
+                self._forget_infos()
             info = self.infos[index] = _key_info(self.table.entry(index))
             self.principals[index] = info.principal
         return info

@@ -37,25 +37,26 @@ import orjson
 
 from fluxgate.auth.keyops import KeyOps
 from fluxgate.auth.keys import load_signing_key, signing_key_from_config
-from fluxgate.auth.keystore import KeyStore, UnknownKey
+from fluxgate.auth.keystore import ChangeMark, KeyStore, UnknownKey
 from fluxgate.auth.keytable import (
     RESERVED_SLOTS,
     STAT_KEY_QUOTA,
     STAT_KEY_QUOTA_FULL,
     STAT_RULE_FULL,
     STAT_RULE_REJECTED,
+    TABLE_FILE,
     USAGE_FILE,
     UsageFile,
     build_table,
     publish_table,
     read_generation,
     replace_table,
-    revoke_in_place,
     usage_rows,
     usage_slot,
     write_table,
 )
 from fluxgate.auth.quotas import QUOTA_FILE, create_quota_file, open_quota_file
+from fluxgate.auth.tablewriter import TableWriter
 from fluxgate.errors import ClientError, ConfigError, KeyStoreError
 from fluxgate.master.admin import AdminRequest, AdminResponse
 from fluxgate.metrics import ProcessMetric
@@ -69,8 +70,12 @@ log = logging.getLogger("fluxgate.keys")
 
 POLL_INTERVAL = 0.2  # s between PRAGMA data_version checks
 FLUSH_INTERVAL = 5.0  # s between copies of last-use stamps into keys.db
-PUBLISH_DELAY = 0.05  # s the first admin write waits for others to share its generation
+PUBLISH_DELAY = 0.005  # s the first admin write waits for others to share its generation
 KEEP_DEAD = 7 * 86400.0  # revoked/expired keys stay in the table this long (refusal reasons)
+SPARE_MIN = 4096  # entries of room a table is built with for keys added in place ...
+SPARE_SHARE = 16  # ... or 1/16 of its keys, whichever is more
+REBUILD_AT = 0.5  # share of that room taken when a full rebuild starts in the background
+PREVIOUS_GRACE = 2.0  # s a replaced table still gets changes (workers map the new one by then)
 
 
 class BadKeyRequest(ClientError):
@@ -107,11 +112,16 @@ class KeyService:
         # timer that publishes it.
         self._pending: asyncio.Future[int] | None = None
         self._pending_timer: asyncio.TimerHandle | None = None
-        # One build at a time; an admin publication builds in a thread (seconds with a
-        # million keys) so that the loop keeps answering, revocations included.
+        # One publication at a time (in place, or waiting for a full rebuild).
         self._build_lock = asyncio.Lock()
         self._building: asyncio.Task[None] | None = None
-        self._revoked_meanwhile: list[str] | None = None  # a list while a build is in flight
+        # The published table, written in place; what of keys.db it holds; the tables it
+        # replaced lately (a worker may map one for another sweep), with when they go.
+        self._writer: TableWriter | None = None
+        self._mark = ChangeMark(0, 0)
+        self._previous: list[tuple[TableWriter, float]] = []
+        # A full rebuild, in a thread, while changes keep being published in place.
+        self._rebuilding: asyncio.Task[None] | None = None
         self._next_prune = float("inf")  # when a key in the table has been dead KEEP_DEAD
 
     # ---- lifecycle --------------------------------------------------------------------------
@@ -151,6 +161,9 @@ class KeyService:
             self._start_publish()  # the admin writes already committed are not left waiting
         if self._building is not None:
             await asyncio.gather(self._building, return_exceptions=True)
+        if self._rebuilding is not None:
+            await asyncio.gather(self._rebuilding, return_exceptions=True)
+        self._close_writers(float("inf"))
         if self._task is not None:
             self._task.cancel()
             try:
@@ -175,12 +188,16 @@ class KeyService:
             await asyncio.sleep(POLL_INTERVAL)
             try:
                 now = time.monotonic()
+                # Another connection's commit (fluxctl) is published as an admin write is:
+                # in place when it fits, else by a full rebuild in a thread.
+                if self._pending is None and not self._build_lock.locked() \
+                        and self.ops.store.data_version() != self._data_version:
+                    self._publish_soon()
                 # Expiry needs no new table (workers compare it per request); a key that
-                # has been dead for KEEP_DEAD leaves the table at the next generation.
-                if not self._build_lock.locked() and (
-                        self.ops.store.data_version() != self._data_version
-                        or time.time() >= self._next_prune):
-                    self.rebuild()
+                # has been dead for KEEP_DEAD leaves the table at the next full rebuild.
+                if time.time() >= self._next_prune:
+                    self._rebuild_soon()
+                self._close_writers(now)
                 if now - last_flush >= FLUSH_INTERVAL:
                     last_flush = now
                     self.flush_usage()
@@ -190,52 +207,133 @@ class KeyService:
     # ---- the table --------------------------------------------------------------------------
 
     def rebuild(self) -> None:
-        """Publish a new table generation from keys.db."""
-        # Read before the rows: a commit after this point triggers another rebuild.
+        """Publish a new table generation from keys.db, in full, on the loop (at start)."""
+        # Read before the rows: a commit after this point triggers another publication.
         version = self.ops.store.data_version()
-        records = self.ops.store.for_table(time.time(), KEEP_DEAD)
-        self.usage.ensure(_usage_need(records))
-        data = self._build(records, self.generation + 1)
-        publish_table(self.master.state_dir, data)
+        records, mark = self.ops.store.table_snapshot(time.time(), KEEP_DEAD)
+        spare = _spare(len(records))
+        self.usage.ensure(_usage_need(records) + spare)
+        publish_table(self.master.state_dir, self._build(records, self.generation + 1, spare))
+        self._swap(TableWriter(os.path.join(self.master.state_dir, TABLE_FILE)), mark)
         self._published(version, records)
 
     async def rebuild_off_loop(self) -> None:
         """``rebuild`` with the reading, building and writing in a thread.
 
         The rows are read on a connection of the thread's own (keys.db is in WAL mode, so it
-        sees every commit made before, and blocks no writer). The usage file grows on the
-        loop, where the flush reads it."""
+        sees every commit made before, and blocks no writer). Changes published in place
+        meanwhile (and every other commit since the rows were read) are written into the new
+        file on the loop, with no await before the rename: nothing committed before the
+        swap is missing from the new table."""
         state_dir = self.master.state_dir
         version = self.ops.store.data_version()
-        self._revoked_meanwhile = []  # revoked in place while this builds
+        records, mark = await asyncio.to_thread(_snapshot, self.ops.store.path, time.time())
+        spare = _spare(len(records))
+        self.usage.ensure(_usage_need(records) + spare)
+        data = await asyncio.to_thread(self._build, records, self.generation + 1, spare)
+        tmp = await asyncio.to_thread(write_table, state_dir, data)
+        del data
+        writer = TableWriter(tmp)
         try:
-            records = await asyncio.to_thread(_rows_for_table, self.ops.store.path, time.time())
-            self.usage.ensure(_usage_need(records))
-            data = await asyncio.to_thread(self._build, records, self.generation + 1)
-            tmp = await asyncio.to_thread(write_table, state_dir, data)
-            # The rows may predate a revocation answered meanwhile: it is set in the new
-            # file too, on the loop, with no await before the rename (no revocation between).
-            revoke_in_place(state_dir, self._revoked_meanwhile, path=tmp)
+            since, mark = self.ops.store.changed_since(mark)
+            if not writer.room(since):
+                raise OSError(f"{len(since)} keys changed during the key table's rebuild")
+            writer.put(since, self.quotas.tag)
             replace_table(state_dir, tmp)
-        finally:
-            self._revoked_meanwhile = None
-        self._published(version, records)
+        except BaseException:
+            writer.close()
+            _unlink(tmp)
+            raise
+        self._swap(writer, mark)
+        self._published(version, records + since)
 
-    def _build(self, records: list, generation: int) -> bytes:
+    def _swap(self, writer: TableWriter, mark: ChangeMark) -> None:
+        """``writer``'s file is the published table now."""
+        if self._writer is not None:
+            self._previous.append((self._writer, time.monotonic() + PREVIOUS_GRACE))
+        self._writer, self._mark = writer, mark
+        self._next_prune = float("inf")
+
+    def _writers(self) -> list[TableWriter]:
+        return [self._writer, *(w for w, _ in self._previous)] if self._writer else []
+
+    def _close_writers(self, now: float) -> None:
+        """Stop writing into replaced tables every worker has left by ``now``."""
+        keep = []
+        for writer, until in self._previous:
+            if until <= now:
+                writer.close()
+            else:
+                keep.append((writer, until))
+        self._previous = keep
+        if now == float("inf") and self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def publish_in_place(self) -> bool:
+        """Publish every change committed to keys.db since the table's mark into the table
+        itself; False (nothing done) when they do not fit its room."""
+        if self._writer is None:
+            return False
+        version = self.ops.store.data_version()
+        room = self._writer.capacity - self._writer.n
+        changed = self.ops.store.changed_since(self._mark, limit=room)
+        if changed is None:
+            return False
+        records, mark = changed
+        if not records:
+            self._data_version = version
+            return True
+        if not self._writer.room(records):
+            return False
+        for writer in self._writers():
+            if writer is self._writer or writer.room(records):
+                writer.put(records, self.quotas.tag)
+        self._mark = mark
+        self._published(version, records)
+        if self._writer.spare_used() >= REBUILD_AT:
+            self._rebuild_soon()
+        return True
+
+    async def publish_changes(self) -> None:
+        """Publish every change committed so far: in place, or by a full rebuild (joined
+        when one is under way: it takes every commit made before its swap)."""
+        if self.publish_in_place():
+            return
+        self._rebuild_soon()
+        await asyncio.shield(self._rebuilding)
+
+    def _rebuild_soon(self) -> None:
+        """Start a full rebuild in the background unless one is under way."""
+        if self._rebuilding is None or self._rebuilding.done():
+            self._rebuilding = asyncio.get_running_loop().create_task(self._rebuild_logged())
+
+    async def _rebuild_logged(self) -> None:
+        try:
+            await self.rebuild_off_loop()
+        except Exception as exc:
+            log.warning("key table rebuild failed: %s; the watcher tries again", exc)
+            self._data_version = -1
+            self._next_prune = time.time() + POLL_INTERVAL * 5
+            raise
+
+    def _build(self, records: list, generation: int, spare: int = 0) -> bytes:
         return build_table(records, generation=generation, usage_slots=self.usage.slots,
-                           quota_tag=self.quotas.tag)
+                           quota_tag=self.quotas.tag, spare=spare)
 
     def _published(self, version: int, records: list) -> None:
         self._data_version = version
         self.generation += 1
-        self._next_prune = KEEP_DEAD + 1 + min(
+        for writer in self._writers():
+            writer.set_generation(self.generation)
+        self._next_prune = min(self._next_prune, KEEP_DEAD + 1 + min(
             (min(r.valid_until, r.revoked_at or r.valid_until) for r in records),
             default=float("inf"),
-        )
+        ))
         # The records are not kept (~550 MB of objects with a million keys, which every
         # worker would inherit at fork): the table is all later work needs.
-        self.keys = len(records)
-        log.debug("key table generation %s: %s keys", self.generation, len(records))
+        self.keys = self._writer.keys if self._writer is not None else len(records)
+        log.debug("key table generation %s: %s keys", self.generation, self.keys)
 
     async def published(self) -> int:
         """Wait for a generation holding every write committed so far; return its number.
@@ -266,7 +364,7 @@ class KeyService:
             if pending is None:
                 return
             try:
-                await self.rebuild_off_loop()
+                await self.publish_changes()
             except Exception as exc:
                 log.warning("key table publication failed: %s; the watcher tries again", exc)
                 self._data_version = -1  # the watcher builds it again at its next look
@@ -361,19 +459,25 @@ class KeyService:
     async def enforce_revocations(self, key_ids: list[str]) -> None:
         """Refuse ``key_ids`` (already revoked in keys.db, by this master or another writer
         such as the cluster's key service) in every worker before returning."""
-        try:
-            missing = revoke_in_place(self.master.state_dir, key_ids)
-        except (OSError, ValueError):
-            log.exception("revocation in the published key table")
-            missing = key_ids
-        if self._revoked_meanwhile is not None:
-            self._revoked_meanwhile.extend(key_ids)
+        missing = self.revoke_in_place(key_ids)
         if missing:  # not published yet (a create still pending), or no table to flip
             await self.published()
         else:
             # In force in every worker now; the next generation, built without waiting for
             # it, carries the revocation from keys.db.
             self._publish_soon()
+
+    def revoke_in_place(self, key_ids: list[str]) -> list[str]:
+        """Set the revoked flag of ``key_ids`` (revoked in keys.db already) in the published
+        table, and in those replaced lately; the ids it does not hold yet. In force in every
+        worker on return: each maps the file, and reads the flag per request. (A full
+        rebuild under way takes the revocation from keys.db before it swaps.)"""
+        if self._writer is None:
+            return list(key_ids)
+        missing = self._writer.revoke(key_ids)
+        for writer, _ in self._previous:
+            writer.revoke(key_ids)
+        return missing
 
     def _run(self, operation):
         try:
@@ -406,13 +510,26 @@ class KeyService:
         return out
 
 
-def _rows_for_table(path: str, now: float) -> list:
-    """The records of the next table, read on a connection of this thread's own."""
+def _snapshot(path: str, now: float) -> tuple[list, ChangeMark]:
+    """The records of the next table and their mark, read on a connection of this thread's
+    own."""
     store = KeyStore(path)
     try:
-        return store.for_table(now, KEEP_DEAD)
+        return store.table_snapshot(now, KEEP_DEAD)
     finally:
         store.close()
+
+
+def _spare(keys: int) -> int:
+    """Entries of room for keys added in place, in a table built with ``keys``."""
+    return max(SPARE_MIN, keys // SPARE_SHARE)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _usage_need(records: list) -> int:
