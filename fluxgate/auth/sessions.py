@@ -351,6 +351,76 @@ class SessionStore:
         self._watch_state, self._watch_marker = state, newest
         return newest, changes
 
+    # ---- the node's copy of a shared store (cluster mode) -----------------------------------
+
+    def put_copy(self, session: Session, idle_seconds: int) -> bool:
+        """Insert or refresh this node's copy of a session whose authoritative record is
+        elsewhere (Redis), resealed under this node's ring. A copy that ended here stays
+        ended (an end is final; ``ended_since`` carries it to the record). Returns False
+        then."""
+        key_number, blob = self._db.seal(b"session", session.digest, session.provider,
+                                         {"tokens": session.tokens, "claims": session.claims})
+
+        def upsert() -> bool:
+            row = self._db.conn.execute(
+                "SELECT version, ended_at, access_expires_at FROM sessions WHERE id = ?",
+                (session.digest,)).fetchone()
+            values = (session.last_seen_at, session.idle_expires_at,
+                      session.absolute_expires_at, session.access_expires_at, session.version,
+                      key_number, blob)
+            if row is None:
+                self._db.conn.execute(
+                    "INSERT INTO sessions (id, provider, sub, sid, created_at, idle_seconds, "
+                    "last_seen_at, idle_expires_at, absolute_expires_at, access_expires_at, "
+                    "version, key_number, secrets, change_seq) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (session.digest, session.provider, session.sub, session.sid,
+                     session.created_at, idle_seconds, *values, self._db.next_change()))
+                return True
+            if row[1] is not None:
+                return False
+            changed = (row[0], row[2]) != (session.version, session.access_expires_at)
+            self._db.conn.execute(
+                "UPDATE sessions SET last_seen_at = MAX(last_seen_at, ?), "
+                "idle_expires_at = MAX(idle_expires_at, ?), absolute_expires_at = ?, "
+                "access_expires_at = ?, version = ?, key_number = ?, secrets = ?, "
+                "change_seq = CASE WHEN ? THEN ? ELSE change_seq END WHERE id = ?",
+                (*values, changed, self._db.next_change() if changed else 0, session.digest))
+            return True
+
+        return self._db.write(upsert)
+
+    def ended_since(self, marker: int) -> tuple[int, list[tuple[bytes, str]]]:
+        """Sessions ended here after ``marker`` (a logout, ``fluxctl``): (the new marker,
+        [(digest, reason)]), for the shared store to learn them."""
+        rows = self._db.conn.execute(
+            "SELECT id, end_reason, change_seq FROM sessions WHERE change_seq > ? "
+            "AND ended_at IS NOT NULL ORDER BY change_seq", (marker,)).fetchall()
+        newest = max([marker, self.change_marker()])
+        return newest, [(bytes(r[0]), r[1] or "revoked") for r in rows]
+
+    def seen_since(self, since: float) -> list[tuple[bytes, int]]:
+        """Live sessions used here after ``since``: [(digest, last_seen_at)]."""
+        rows = self._db.conn.execute(
+            "SELECT id, last_seen_at FROM sessions WHERE last_seen_at > ? "
+            "AND ended_at IS NULL", (int(since),))
+        return [(bytes(r[0]), r[1]) for r in rows]
+
+    def live_copies(self, now: float | None = None) -> list[tuple[bytes, int, int]]:
+        """The live sessions here: [(digest, version, idle_expires_at)]."""
+        now = self.clock() if now is None else now
+        rows = self._db.conn.execute(
+            "SELECT id, version, idle_expires_at FROM sessions WHERE ended_at IS NULL "
+            "AND absolute_expires_at > ?", (now,))
+        return [(bytes(r[0]), r[1], r[2]) for r in rows]
+
+    def extend_idle(self, digest: bytes, idle_expires_at: int, last_seen_at: int) -> None:
+        """Activity seen on another node: the idle expiry moves here too."""
+        self._db.write(lambda: self._db.conn.execute(
+            "UPDATE sessions SET idle_expires_at = MAX(idle_expires_at, ?), "
+            "last_seen_at = MAX(last_seen_at, ?) WHERE id = ? AND ended_at IS NULL",
+            (idle_expires_at, last_seen_at, digest)))
+
     # ---- operators --------------------------------------------------------------------------
 
     def list(self, provider: str | None = None, sub: str | None = None, *,

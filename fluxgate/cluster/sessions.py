@@ -36,6 +36,7 @@ from typing import Any
 import orjson
 
 from fluxgate.auth.login_state import MAX_TRANSACTION_TTL, Transaction
+from fluxgate.auth.session_backend import StoreUnavailable
 from fluxgate.auth.session_crypto import SessionStoreError
 from fluxgate.auth.session_db import (
     new_id,
@@ -101,10 +102,6 @@ META_FIELDS = ("version", "ended_at", "end_reason", "idle_expires_at", "last_see
                "access_expires_at")
 
 
-class StoreUnavailable(Exception):
-    """Redis did not answer in time (down, slow past ``cluster.timeout``, partitioned)."""
-
-
 def _int(value: Any) -> int | None:
     if value in (None, b"", ""):
         return None
@@ -120,8 +117,10 @@ class RedisSessions:
     in Redis (``redis.asyncio`` client; every call bounded by the client's timeout)."""
 
     def __init__(self, client: Any, prefix: str, keys: DerivedKeyRing, *,
-                 timeout: float = 1.0, clock: Callable[[], float] = time.time) -> None:
+                 timeout: float = 1.0, describe: str = "redis",
+                 clock: Callable[[], float] = time.time) -> None:
         self.client = client
+        self.describe = describe  # the store URL without credentials, for logs
         self.timeout = timeout  # a whole call's bound (a partition may stall a socket)
         self.prefix = prefix
         self.keys = keys

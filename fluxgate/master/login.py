@@ -47,7 +47,9 @@ from fluxgate.auth.login_flow import (
     random_value,
     transaction_cookie_name,
 )
+from fluxgate.auth.session_backend import LocalSessions, SessionBackend, StoreUnavailable
 from fluxgate.auth.sessions import SessionStore, session_digest
+from fluxgate.cluster.connect import is_redis_url
 from fluxgate.master.as_client import (
     AsClient,
     IntrospectionError,
@@ -92,7 +94,7 @@ class LoginRefused(Exception):
 class LoginProvider:
     """One authorization server + client + redirect URI for the browser login."""
 
-    def __init__(self, source: str, config: schema.OAuth2, store: SessionStore) -> None:
+    def __init__(self, source: str, config: schema.OAuth2, store: SessionBackend) -> None:
         self.source = source
         self.config = config
         self.store = store
@@ -205,7 +207,7 @@ class LoginProvider:
         c = self.config
         state, nonce, verifier = random_value(32), random_value(32), random_value(48)
         return_to = request.get("return_to") if isinstance(request.get("return_to"), str) else "/"
-        transaction_id = self.store.begin_transaction(
+        transaction_id = await self.store.begin_transaction(
             self.source, state, nonce, verifier, return_to, ttl=TRANSACTION_TTL)
         query = {
             "response_type": "code",
@@ -229,7 +231,7 @@ class LoginProvider:
         transaction = None
         transaction_id = request.get("transaction_id")
         if isinstance(transaction_id, str) and transaction_id:
-            transaction = self.store.take_transaction(transaction_id)
+            transaction = await self.store.take_transaction(transaction_id)
         state = request.get("state")
         if transaction is None or transaction.provider != self.source:
             raise LoginRefused("unknown_transaction", "this sign-in link was already used, "
@@ -269,7 +271,7 @@ class LoginProvider:
             raise LoginRefused(f"id_token_{exc.reason}", "the ID token is not valid") from None
         self._check_id_token(claims, transaction.nonce)
         now = time.time()
-        session_id = self.store.create(
+        session_id = await self.store.create(
             self.source, str(claims["sub"]), _str_or_none(claims.get("sid")),
             tokens=_kept_tokens(tokens),
             claims=_kept_claims(claims, tokens, c.login_scopes),
@@ -343,8 +345,15 @@ class LoginProvider:
         return result
 
     async def _refresh(self, session_id: str, digest: bytes) -> Answer:
+        # The lock makes the refresh single-flight across every process that refreshes
+        # (every node's master in cluster mode): the one that waited finds the tokens
+        # refreshed and uses no refresh token. Held at most one token call and a margin.
+        async with self.store.refresh_lock(digest, hold=2 * self.config.timeout + 5.0):
+            return await self._refresh_locked(session_id, digest)
+
+    async def _refresh_locked(self, session_id: str, digest: bytes) -> Answer:
         now = time.time()
-        session = self.store.load(session_id, now)
+        session = await self.store.load(session_id, now)
         if session is None:
             return answer("ended", reason="unknown_session")
         if (session.access_expires_at is None
@@ -359,7 +368,7 @@ class LoginProvider:
             tokens = await self._token_call(form, "refresh")
         except LoginRefused as exc:
             if exc.reason in ("invalid_grant", "unauthorized_client", "invalid_client"):
-                self.store.end(digest, "invalid_grant")
+                await self.store.end(digest, "invalid_grant")
                 self._count("refresh_invalid_grant")
                 return answer("ended", reason=exc.reason)
             return answer("unavailable", reason=exc.reason)
@@ -368,7 +377,7 @@ class LoginProvider:
             return answer("unavailable", reason=exc.reason)
         kept = {**session.tokens, **_kept_tokens(tokens)}
         expires_at = _expires_at(tokens, time.time())
-        if not self.store.update_tokens(digest, session.version, kept, expires_at):
+        if not await self.store.update_tokens(digest, session.version, kept, expires_at):
             # Another writer changed the session meanwhile (it ended): its word stands, and
             # the refresh token just issued must not outlive it at the server.
             new_refresh = tokens.get("refresh_token")
@@ -389,8 +398,8 @@ class LoginProvider:
                 # A refresh in flight would rotate the refresh token revoked below: let it
                 # land first, so the one revoked is the one the server holds.
                 await asyncio.shield(pending)
-            session = self.store.load(session_id, time.time())
-            self.store.end(digest, "logout")
+            session = await self.store.load(session_id, time.time())
+            await self.store.end(digest, "logout")
         location = c.post_logout_redirect_uri or "/"
         metadata = self.metadata or {}
         end_session = metadata.get("end_session_endpoint")
@@ -409,6 +418,14 @@ class LoginProvider:
                             + urlencode(query, quote_via=quote))
         self._count("logout")
         return answer("ok", location=location)
+
+    async def fetch(self, request: dict[str, Any]) -> Answer:
+        """A worker found no live copy of a session on this node: copy it from the shared
+        store (a session made or last used on another node). One node: nothing to copy."""
+        session_id = request.get("session_id")
+        if isinstance(session_id, str) and await self.store.fetch(session_id):
+            return answer("ok")
+        return answer("ended", reason="unknown_session")
 
     async def _revoke(self, refresh_token: str) -> None:
         """RFC 7009, best effort: the session is already over either way."""
@@ -449,9 +466,11 @@ class LoginProvider:
         if not isinstance(jti, str) or not jti:
             raise LoginRefused("logout_token_jti", "the logout token has no jti")
         expires = float(claims.get("exp") or now + LOGOUT_TOKEN_MAX_AGE)
-        if not self.store.remember_jti(self.source, jti, expires + self.config.clockSkewTolerance):
+        if not await self.store.remember_jti(self.source, jti,
+                                             expires + self.config.clockSkewTolerance):
             raise LoginRefused("logout_token_replayed", "this logout token was already used")
-        ended = self.store.end_matching(self.source, sub=sub, sid=sid, reason="backchannel")
+        ended = await self.store.end_matching(self.source, sub=sub, sid=sid,
+                                              reason="backchannel")
         self._count("backchannel")
         return answer("ok", ended=ended)
 
@@ -490,6 +509,10 @@ class LoginProvider:
         except IntrospectionError as exc:
             log.warning("oauth2 login %s: %s: %s", self.source, op, exc)
             return answer("unavailable", reason=exc.reason)
+        except StoreUnavailable:
+            # Counted and logged once per outage by the store; the worker answers 503.
+            self._count(f"{op}_store_unavailable")
+            return answer("unavailable", reason="session_store")
 
     def status(self) -> dict[str, Any]:
         return {
@@ -518,6 +541,7 @@ _STEPS = {
     "refresh": LoginProvider.refresh,
     "logout": LoginProvider.logout,
     "backchannel": LoginProvider.backchannel,
+    "fetch": LoginProvider.fetch,
 }
 
 
@@ -553,7 +577,7 @@ class LoginService:
     def __init__(self, state_dir: str) -> None:
         self.state_dir = state_dir
         self.providers: dict[str, LoginProvider] = {}
-        self.store: SessionStore | None = None
+        self.store: SessionBackend | None = None
         self.maintenance: asyncio.Task[None] | None = None
         self.key_rotation = 86400.0
         self.retention = 86400.0
@@ -568,7 +592,7 @@ class LoginService:
             self.key_rotation = min(entry.session.key_rotation for entry in wanted.values())
             self.retention = max(entry.session.absolute for entry in wanted.values())
             if self.store is None:
-                self.store = SessionStore.open(self.state_dir)
+                self.store = self._open_store(config)
                 self.maintenance = asyncio.get_running_loop().create_task(self._maintain())
         for source, entry in wanted.items():
             provider = self.providers.get(source)
@@ -581,6 +605,25 @@ class LoginService:
             provider.start()
         for source in [s for s in self.providers if s not in wanted]:
             await self.providers.pop(source).close()
+
+    def _open_store(self, config: schema.Config) -> SessionBackend:
+        """The node's SQLite store, or in cluster mode Redis with the node's copies in it."""
+        local = SessionStore.open(self.state_dir)
+        if not is_redis_url(config.store):
+            return LocalSessions(local)
+        from fluxgate.cluster.connect import node_name, parse_store_url, redis_client
+        from fluxgate.cluster.session_keys import DerivedKeyRing
+        from fluxgate.cluster.session_sync import ClusterSessions
+        from fluxgate.cluster.sessions import RedisSessions
+
+        store = parse_store_url(config.store)
+        keys = DerivedKeyRing(config.cluster.session_secret or "",
+                              rotation=self.key_rotation, retention=self.retention)
+        redis = RedisSessions(redis_client(store, config.cluster), config.cluster.prefix, keys,
+                              timeout=2 * config.cluster.timeout, describe=store.describe())
+        backend = ClusterSessions(redis, local, node_name(config))
+        backend.start()
+        return backend
 
     async def _maintain(self) -> None:
         """Rotate the store's key, drop retired keys, purge old rows, now and then."""
@@ -601,3 +644,6 @@ class LoginService:
         for provider in self.providers.values():
             await provider.close()
         self.providers.clear()
+        if self.store is not None:
+            await self.store.close()
+            self.store = None

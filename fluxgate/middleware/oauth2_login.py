@@ -58,8 +58,10 @@ from fluxgate.auth.login_flow import (
 from fluxgate.auth.principal import Principal
 from fluxgate.auth.runtime import worker_shared
 from fluxgate.auth.scopes import ScopePolicy
+from fluxgate.auth.session_db import well_formed
 from fluxgate.auth.sessions import Session, SessionStore
 from fluxgate.auth.sidepool_client import SidePoolClient
+from fluxgate.cluster.connect import is_redis_url
 from fluxgate.errors import AuthServerUnavailable, ClientError, LocalReply
 from fluxgate.proxy.suspend import Suspended
 
@@ -130,6 +132,8 @@ class LoginMiddleware:
         self.return_origins = frozenset(origin_of(o) for o in config.allowed_return_origins)
         self.api_paths = tuple(p.encode() for p in config.api_paths)
         self.leeway = config.refresh_leeway
+        # Cluster mode: sessions live in Redis; this node's file holds copies.
+        self.shared_store = is_redis_url(gateway.config.store)
         # Principals by session (digest, version): a request of a known session builds none.
         self.principals: dict[tuple[bytes, int], Principal] = {}
         # The upstream never sees a client-sent Authorization when the gateway sends its own.
@@ -150,7 +154,25 @@ class LoginMiddleware:
         now = _now()
         session = self.store.load(session_id, now) if session_id else None
         if session is None:
+            if session_id and self.shared_store and well_formed(session_id):
+                # Cluster mode: this node has no live copy; the session may have been
+                # made or used on another node. The master copies it from the store.
+                future = self.client.call("fetch", self.source,
+                                          orjson.dumps({"session_id": session_id}),
+                                          STEP_TIMEOUT)
+                raise Suspended(future, lambda r: self._fetched(r, session_id, future.result()))
             return self._no_session(req, bool(session_id))
+        return self._with_session(req, session_id, session, now)
+
+    def _fetched(self, req: RequestState, session_id: str,
+                 result: tuple[str, bytes]) -> ClientError | None:
+        session = self.store.load(session_id, _now()) if result[0] == "ok" else None
+        if session is None:
+            return self._no_session(req, True)
+        return self._with_session(req, session_id, session, _now())
+
+    def _with_session(self, req: RequestState, session_id: str, session: Session,
+                      now: float) -> ClientError | None:
         refusal = self._check_origin(req)
         if refusal is not None:
             return refusal
