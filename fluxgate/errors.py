@@ -223,6 +223,13 @@ class QuotaExceeded(ClientError):
     status, code = 429, "quota_exceeded"
 
 
+class QuotaStoreUnavailable(ClientError):
+    """Cluster mode with ``on_store_down: deny``: Redis cannot be reached and this node
+    holds no unspent lease of the quota, so whether the budget is spent is unknown."""
+
+    status, code = 503, "quota_store_unavailable"
+
+
 class LocalReply(ClientError):
     """A reply the gateway writes itself that is not an error of the request: a step of
     the browser login (a redirect, a page), an answer of a gateway endpoint."""

@@ -28,6 +28,26 @@ def create_mapping(path: str, size: int) -> mmap.mmap:
         os.close(fd)
 
 
+def create_kept_file(path: str, size: int, header: bytes) -> bool:
+    """Create a shared file of `size` zero bytes starting with `header`, mode 0600, unless
+    one exists: True when it was created. For files that outlive the master (counts kept
+    across restarts), so an existing one is left as it is."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return False
+    try:
+        os.ftruncate(fd, size)
+        os.pwrite(fd, header, 0)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    os.close(fd)
+    return True
+
+
 def open_mapping(path: str, check_size: Callable[[int], None] | None = None) -> mmap.mmap:
     """Map an existing shared file read-write; `check_size(size)` may refuse it first."""
     fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)

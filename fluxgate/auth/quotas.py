@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from fluxgate._core import KEY_LAYOUT, QuotaCounters, merge_ratelimit
 from fluxgate.errors import QuotaExceeded
+from fluxgate.shm import create_kept_file
 
 if TYPE_CHECKING:
     from fluxgate._core import RequestState
@@ -45,24 +46,11 @@ def create_quota_file(path: str, capacity: int = DEFAULT_CAPACITY) -> bool:
     file is kept as it is: it holds the counts."""
     if capacity < 1 or capacity & (capacity - 1):
         raise ValueError("capacity must be a power of two")
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    except FileExistsError:
-        return False
-    try:
-        os.ftruncate(fd, quota_file_size(capacity))
-        header = _HEADER.pack(
-            KEY_LAYOUT["quota_magic"], KEY_LAYOUT["quota_version"], 0, capacity,
-            secrets.token_bytes(32), 0,
-        )
-        os.pwrite(fd, header, 0)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(path)
-        raise
-    os.close(fd)
-    return True
+    header = _HEADER.pack(
+        KEY_LAYOUT["quota_magic"], KEY_LAYOUT["quota_version"], 0, capacity,
+        secrets.token_bytes(32), 0,
+    )
+    return create_kept_file(path, quota_file_size(capacity), header)
 
 
 def open_quota_file(path: str) -> tuple[mmap.mmap, QuotaCounters]:
