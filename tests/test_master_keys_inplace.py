@@ -13,18 +13,20 @@ from fluxgate.auth.keystore import KeyStore
 from fluxgate.config import load_config_text
 from fluxgate.master import keys as keys_module
 from fluxgate.master.keys import KeyService
-from tests.test_master_keys import (  # noqa: F401 - fixtures
+from tests import test_master_keys as base
+from tests.test_master_keys import (
     SECRET_A,
     SERVICE_CONFIG,
     T1,
     FakeMaster,
     admin_call,
-    builds,
     check,
     gather,
     request,
-    service,
 )
+
+service = base.service  # the fixtures of the service driven by hand
+builds = base.builds
 
 
 def table_inode(service: KeyService) -> int:
