@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from fluxgate.auth.keyops import KeyOps
+from fluxgate.cluster.connect import is_redis_url
 from fluxgate.errors import KeyStoreError
 
 
@@ -88,7 +89,12 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
 
 
 def _local(ctx) -> KeyOps:
-    return KeyOps(ctx.config())
+    config = ctx.config()
+    if is_redis_url(config.store):  # cluster mode: changes go to Redis, then to keys.db
+        from fluxgate.cluster.keyops import ClusterKeyOps
+
+        return ClusterKeyOps(config)
+    return KeyOps(config)
 
 
 def cmd_generate(ctx) -> int:
@@ -113,8 +119,14 @@ def cmd_import(ctx) -> int:
         raise KeyStoreError("keys import writes the local state_dir's keys.db: run it on the "
                             "gateway's host, without --admin-url")
     with _local(ctx) as ops:
-        doc = run_import(ops, a.file, fmt=a.format, generate=a.generate,
-                         skip_bad=a.skip_bad, out_path=a.out)
+        options = {"fmt": a.format, "generate": a.generate, "skip_bad": a.skip_bad,
+                   "out_path": a.out}
+        if isinstance(ops, KeyOps):
+            doc = run_import(ops, a.file, **options)
+        else:
+            from fluxgate.cluster.keyops import import_into_cluster
+
+            doc = import_into_cluster(ops, run_import, a.file, **options)
     _print(ctx, doc, render)
     return 0 if doc["committed"] else 1
 

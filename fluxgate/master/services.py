@@ -87,3 +87,14 @@ def _shadow_service(master: ServiceContext) -> MasterService:
 
 
 SERVICES.append(_shadow_service)
+
+
+def _cluster_keys_service(master: ServiceContext) -> MasterService:
+    """Cluster mode: API keys in step with Redis, key changes through it (cluster/keys.py).
+    After the key service, whose table it feeds and whose admin key changes it replaces."""
+    from fluxgate.cluster.keys import ClusterKeyService
+
+    return ClusterKeyService(master)
+
+
+SERVICES.append(_cluster_keys_service)

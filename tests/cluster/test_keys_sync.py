@@ -184,3 +184,37 @@ def test_cluster_mode_needs_the_shared_signing_secret(tmp_path, redis_server):
     finally:
         first.close()
         other.close()
+
+
+def test_an_import_on_one_node_reaches_the_others_by_batches(nodes, tmp_path, monkeypatch):
+    from fluxgate.cli.keys_import import run_import
+    from fluxgate.cluster import keyops, keysync
+
+    monkeypatch.setattr(keysync, "WRITE_BATCH", 7)  # several batches, several pipelines
+    monkeypatch.setattr(keyops, "IMPORT_SLOTS", 40)
+    a, b = nodes("a"), nodes("b")
+    a.generate("before")
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(f'{{"name": "bulk{i}", "quota": "10/m"}}\n' for i in range(100)))
+    doc = keyops.import_into_cluster(a, run_import, str(rows), fmt=None, generate=True,
+                                     skip_bad=False, out_path=str(tmp_path / "keys.csv"),
+                                     progress=False)
+    assert doc["committed"] and doc["imported"] == 100
+    b.mirror.catch_up()
+    assert len(b.store.all()) == 101 and b.mirror.generation == a.mirror.generation
+    with pytest.raises(KeyStoreError, match="already exists"):
+        b.generate("bulk5")
+
+
+def test_an_import_needs_redis_before_it_starts(nodes, tmp_path, redis_server):
+    from fluxgate.cli.keys_import import run_import
+    from fluxgate.cluster.keyops import import_into_cluster
+
+    a = nodes("a")
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"name": "one"}\n')
+    redis_server.stop()
+    with pytest.raises(StoreUnavailable):
+        import_into_cluster(a, run_import, str(rows), fmt=None, generate=True, skip_bad=False,
+                            out_path=str(tmp_path / "k.csv"), progress=False)
+    assert a.store.all() == []
