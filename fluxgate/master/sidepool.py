@@ -61,10 +61,13 @@ from fluxgate.auth.introspection import (
     encode_record,
     oauth2_configs,
     oauth2_dir,
+    provider_id,
     provider_source,
     record_from_response,
     token_digest,
 )
+from fluxgate.cluster.connect import is_redis_url
+from fluxgate.cluster.introspection import SharedResults
 from fluxgate.errors import ConfigError
 from fluxgate.master.as_client import AsClient, IntrospectionError, discover
 from fluxgate.master.login import LoginService
@@ -165,6 +168,9 @@ class Provider:
         self.calls = 0
         self.last_error: str | None = None
         self.active = True
+        # Cluster mode: results shared with the other nodes (cluster/introspection.py).
+        self.shared: SharedResults | None = None
+        self.shared_id = provider_id(source)
 
     # ---- configuration ----------------------------------------------------------------
 
@@ -210,21 +216,34 @@ class Provider:
         if pending is not None:
             self.joined += 1
             return await asyncio.shield(pending)
-        if self.client is None or len(self.inflight) >= self.config.max_pending:
-            self.rejected += 1
-            return ("unavailable", b"")
-        if not self.breaker.allow(time.monotonic()):
+        if len(self.inflight) >= self.config.max_pending:
             self.rejected += 1
             return ("unavailable", b"")
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self.inflight[digest] = future
         answer: Answer = ("unavailable", b"")
         try:
-            answer = await self._call(token, digest)
+            answer = await self._resolve(token, digest)
         finally:
             del self.inflight[digest]
             future.set_result(answer)
         return answer
+
+    async def _resolve(self, token: bytes, digest: bytes) -> Answer:
+        """Another node's answer (cluster mode), else the authorization server's."""
+        if self.shared is not None:
+            found = await self.shared.get(self.shared_id, digest)
+            if found is not None:
+                expires_at, active, payload = found
+                if not self.cache.store(digest, expires_at, active, payload, time.time()):
+                    self.not_stored += 1
+                answer = ("active" if active else "inactive", payload)
+                self._remember(digest, expires_at, answer)
+                return answer
+        if self.client is None or not self.breaker.allow(time.monotonic()):
+            self.rejected += 1
+            return ("unavailable", b"")
+        return await self._call(token, digest)
 
     async def _call(self, token: bytes, digest: bytes) -> Answer:
         assert self.client is not None
@@ -262,6 +281,8 @@ class Provider:
             self.not_stored += 1
         answer = (outcome, payload)
         self._remember(digest, expires_at, answer)
+        if self.shared is not None:
+            self.shared.put(self.shared_id, digest, expires_at, record.active, payload)
         return answer
 
     def _failed(self, reason: str, message: str, started: float) -> Answer:
@@ -405,6 +426,7 @@ class SidePoolService:
         self.master = master
         self.providers: dict[str, Provider] = {}
         self.logins = LoginService(master.state_dir)
+        self.shared: SharedResults | None = None  # cluster mode
         self._server: asyncio.AbstractServer | None = None
         self._sock: socket.socket | None = None
 
@@ -430,6 +452,8 @@ class SidePoolService:
             await provider.close()
         self.providers.clear()
         await self.logins.close()
+        if self.shared is not None:
+            await self.shared.close()
         try:
             os.unlink(address_path(self.master.state_dir))
         except FileNotFoundError:
@@ -442,6 +466,9 @@ class SidePoolService:
     async def _configure(self, config: schema.Config) -> None:
         wanted: dict[str, schema.OAuth2] = {}
         await self.logins.configure(config)
+        if self.shared is None and is_redis_url(config.store):
+            self.shared = _shared_results(config)
+            self.shared.listen(self._purge_here)
         for entry in oauth2_configs(config):
             if entry.login:
                 continue  # the browser login: self.logins
@@ -455,6 +482,7 @@ class SidePoolService:
                 # Same endpoint and client, other settings (timeouts, cache): a new pool.
                 await provider.close()
             self.providers[source] = self._new_provider(source, entry)
+            self.providers[source].shared = self.shared
         for source, provider in self.providers.items():
             provider.active = source in wanted  # old workers may still drain with it
 
@@ -489,9 +517,17 @@ class SidePoolService:
 
     # ---- admin and metrics --------------------------------------------------------------
 
-    def purge(self, digest: bytes) -> int:
-        """Forget a token (by SHA-256) in every provider; returns how many knew it."""
+    def _purge_here(self, digest: bytes) -> int:
+        """Forget a token (by SHA-256) in every provider of this node."""
         return sum(p.purge(digest) for p in self.providers.values())
+
+    async def purge(self, digest: bytes) -> int:
+        """Forget a token (by SHA-256) in every provider, and in cluster mode on every
+        node; returns how many of this node's providers knew it."""
+        known = self._purge_here(digest)
+        if self.shared is not None:
+            await self.shared.purge([p.shared_id for p in self.providers.values()], digest)
+        return known
 
     def admin_routes(self, router: AdminRouter) -> None:
         from fluxgate.errors import BadRequest
@@ -510,7 +546,7 @@ class SidePoolService:
                 raise BadRequest('expected {"token_sha256": "<64 hex digits>"}') from None
             if len(digest) != 32:
                 raise BadRequest("token_sha256 must be 64 hex digits (SHA-256)")
-            return AdminResponse.json(200, {"purged": self.purge(digest)})
+            return AdminResponse.json(200, {"purged": await self.purge(digest)})
 
         router.add("GET", "/admin/oauth2", status)
         router.add("POST", "/admin/oauth2/purge", purge)
@@ -563,3 +599,12 @@ class SidePoolService:
                              [((("provider", p.source), ("kind", kind)), live[p.source][i])
                               for p in providers for i, kind in enumerate(("active", "inactive"))])
         return out
+
+
+def _shared_results(config: schema.Config) -> SharedResults:
+    """The cluster's shared introspection results, on the store of ``config``."""
+    from fluxgate.cluster.connect import parse_store_url, redis_client
+
+    store = parse_store_url(config.store)
+    return SharedResults(redis_client(store, config.cluster), config.cluster.prefix,
+                         timeout=2 * config.cluster.timeout, describe=store.describe())

@@ -1,0 +1,247 @@
+"""OAuth login sessions and introspection results shared by the nodes of a cluster: two
+`fluxgate run` nodes on one real redis-server, django-oauth-toolkit as the OpenID Provider
+(rotating refresh tokens with reuse protection), the scripted browser of the login tests.
+
+A session made through node A works on node B; a logout on B ends it on A and closes A's
+WebSocket bound to it with 4403 within a second; a refresh at the same moment on both nodes
+uses each refresh token once; an introspection made on A serves B. Faults: Redis stopped,
+restarted empty, slow, and one node partitioned from it; never a 500.
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import hashlib
+import http.client
+import json
+import os
+import socket
+import ssl
+import time
+from dataclasses import dataclass, field
+
+import pytest
+
+from tests.e2e import test_oauth2_login as login_tests
+from tests.e2e.test_oauth2_dot import dot_routes
+from tests.e2e.test_oauth2_login import SESSION_COOKIE, login_config
+from tests.support.browserless import Browserless
+from tests.support.certs import write_pair
+from tests.support.gateway import GatewayProcess, free_port, wait_until
+from tests.support.redis_server import FaultRelay
+from tests.support.websocket import OP_TEXT, WsClient
+
+pytestmark = pytest.mark.slow
+
+ca = login_tests.ca
+SESSION_SECRET = "cluster-session-secret-" + "x" * 24
+SIGNING_SECRET = "cluster-signing-secret-" + "y" * 24
+SWEEP = 5.0  # fluxgate/cluster/session_sync.py SYNC_INTERVAL
+
+
+@dataclass
+class Cluster:
+    nodes: list[GatewayProcess]
+    server: object
+    client: object
+    ca: object
+    relays: list = field(default_factory=list)
+
+    def url(self, node: int) -> str:
+        return f"https://127.0.0.1:{self.nodes[node].port}"
+
+    def sign_in(self, node: int = 0) -> Browserless:
+        browser = Browserless(ca=self.ca)
+        hops = browser.login(self.url(node) + "/app/page", "alice",
+                             self.server.password("alice"))
+        assert hops[-1].status == 200, hops[-1].text
+        return browser
+
+    def get(self, browser: Browserless, node: int, path: str = "/app/x") -> int:
+        """The status of a script's request (401, not a redirect, without a session)."""
+        return browser.get(self.url(node) + path, headers={"Accept": "application/json"}).status
+
+
+@pytest.fixture
+def cluster(tmp_path, ca, upstream, django_auth_server, redis_server):
+    started: list[GatewayProcess] = []
+    relays: list[FaultRelay] = []
+
+    def start(nodes: int = 2, access_token_seconds: int = 60, relay_for: tuple[int, ...] = (),
+              workers: int = 2, **options: object) -> Cluster:
+        server = django_auth_server
+        ports = [free_port() for _ in range(nodes)]
+        # One site behind the nodes: the callback and the post-logout page are node A's.
+        client = server.register_client([f"https://127.0.0.1:{ports[0]}/oauth2/callback"],
+                                        [f"https://127.0.0.1:{ports[0]}/app/signed-out"],
+                                        access_token_seconds=access_token_seconds)
+        leaf = ca.issue_cert("127.0.0.1")
+        gateways = []
+        for index, port in enumerate(ports):
+            store = redis_server.url
+            if index in relay_for:
+                relay = FaultRelay(redis_server.port).start()
+                relays.append(relay)
+                store = relay.url
+            cert, key = write_pair(leaf, tmp_path, f"node{index}")
+            listen = f"{{address: '127.0.0.1:{port}', tls: {{cert: '{cert}', key: '{key}'}}}}"
+            directory = tmp_path / f"node{index}"
+            directory.mkdir()
+            config = (
+                f"store: {store}\n"
+                f"cluster: {{node: n{index}, session_secret: '{SESSION_SECRET}', "
+                "timeout: 0.5}\n"
+                f"api_keys: {{signing_secret: '{SIGNING_SECRET}'}}\n"
+                + login_config(upstream.url, server, client, ports[0], **options)
+                + dot_routes(upstream.url, server).removeprefix("routes:\n")
+            )
+            gw = GatewayProcess(directory, config, workers=workers, listen=listen)
+            started.append(gw)
+            gw.start()
+            gateways.append(gw)
+        return Cluster(gateways, server, client, ca, relays)
+
+    try:
+        yield start
+    finally:
+        for gw in started:
+            gw.stop()
+        for relay in relays:
+            relay.stop()
+
+
+def ws_connect(cluster: Cluster, node: int, cookie: str) -> WsClient:
+    context = ssl.create_default_context()
+    cluster.ca.configure_trust(context)
+    port = cluster.nodes[node].port
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
+    key = base64.b64encode(os.urandom(16)).decode()
+    # The site's origin is node A's (the callback's), whatever node serves the socket.
+    lines = ["GET /ws/session HTTP/1.1", f"Host: 127.0.0.1:{port}", "Connection: Upgrade",
+             "Upgrade: websocket", "Sec-WebSocket-Version: 13", f"Sec-WebSocket-Key: {key}",
+             f"Cookie: {SESSION_COOKIE}={cookie}", f"Origin: {cluster.url(0)}"]
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 101 "):
+        sock.close()
+        raise ConnectionError(head.decode("latin-1"))
+    ws = WsClient(sock, head, rest)
+    ws.sock.settimeout(8)
+    return ws
+
+
+def echo(ws: WsClient, text: bytes) -> bool:
+    ws.send(OP_TEXT, text)
+    frame = ws.recv_frame()
+    return frame is not None and frame.opcode == OP_TEXT and frame.payload == text
+
+
+def no_500(cluster: Cluster) -> None:
+    for gw in cluster.nodes:
+        assert " 500 " not in gw.log() and "Traceback" not in gw.log(), gw.log()[-3000:]
+
+
+# ---- sessions across nodes ----------------------------------------------------------------------
+
+
+def test_a_session_made_on_a_works_on_b_and_a_logout_on_b_closes_as_websocket(cluster):
+    c = cluster()
+    browser = c.sign_in(0)
+    cookie = browser.cookie(SESSION_COOKIE)
+    assert c.get(browser, 1) == 200  # node B copies the session from Redis
+    sockets = [ws_connect(c, 0, cookie) for _ in range(3)]
+    for ws in sockets:
+        assert echo(ws, b"before")
+    assert browser.get(c.url(1) + "/.fluxgate/logout").status == 303
+    ended = time.monotonic()
+    for ws in sockets:
+        _before, close = ws.recv_until_close()
+        assert close is not None and close.close_code == 4403
+    assert time.monotonic() - ended < 1.5  # within a second of the logout (plus the sweep)
+    for node in (0, 1):
+        status, _, _ = _raw_get(c, node, cookie)
+        assert status == 401
+    no_500(c)
+
+
+def _raw_get(c: Cluster, node: int, cookie: str | None, path: str = "/app/api/x",
+             bearer: str | None = None):
+    """(status, headers, body) of a GET with the session cookie (or a bearer token)."""
+    context = ssl.create_default_context()
+    c.ca.configure_trust(context)
+    conn = http.client.HTTPSConnection("127.0.0.1", c.nodes[node].port, context=context,
+                                       timeout=10)
+    try:
+        headers = {"Cookie": f"{SESSION_COOKIE}={cookie}"} if cookie else {}
+        if bearer:
+            headers["Authorization"] = f"Bearer {bearer}"
+        conn.request("GET", path, headers=headers)
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+def test_refresh_at_the_same_moment_on_two_nodes_uses_each_refresh_token_once(cluster):
+    c = cluster(access_token_seconds=3, refresh_leeway="1s")
+    browser = c.sign_in(0)
+    cookie = browser.cookie(SESSION_COOKIE)
+    assert _raw_get(c, 1, cookie)[0] == 200
+    statuses: list[int] = []
+
+    def hammer(node: int) -> list[int]:
+        seen = []
+        deadline = time.monotonic() + 7.0  # two and more access-token lifetimes
+        while time.monotonic() < deadline:
+            seen.append(_raw_get(c, node, cookie)[0])
+        return seen
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        for result in pool.map(hammer, [0, 1] * 4):
+            statuses += result
+    uses = c.server.refresh_token_uses(c.client)
+    assert len(uses) >= 2, uses  # refreshed, more than once
+    assert not c.server.refresh_reuse_detected(c.client), uses
+    assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+    no_500(c)
+
+
+def test_an_introspection_made_on_a_serves_b(cluster):
+    c = cluster()
+    token = c.server.issue_token(scope="read:inventory", user="alice")
+    before = c.server.introspection_calls()
+    assert _raw_get(c, 0, None, "/inventory/x", bearer=token)[0] == 200
+    assert _raw_get(c, 1, None, "/inventory/x", bearer=token)[0] == 200
+    assert c.server.introspection_calls() - before == 1
+    # An inactive answer is shared too.
+    assert _raw_get(c, 0, None, "/inventory/x", bearer="not-issued")[0] == 401
+    assert _raw_get(c, 1, None, "/inventory/x", bearer="not-issued")[0] == 401
+    assert c.server.introspection_calls() - before == 2
+    # Revoked at the server and purged through node A's admin API: gone on B too.
+    c.server.revoke(token)
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    assert admin_post(c.nodes[0], "/admin/oauth2/purge", {"token_sha256": digest}) == 200
+    assert wait_until(lambda: _raw_get(c, 1, None, "/inventory/x", bearer=token)[0] == 401,
+                      timeout=3)
+    no_500(c)
+
+
+def admin_post(gw: GatewayProcess, path: str, body: dict) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", gw.admin_port, timeout=10)
+    try:
+        conn.request("POST", path, body=json.dumps(body),
+                     headers={"Authorization": "Bearer test-admin-token",
+                              "Content-Type": "application/json"})
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
