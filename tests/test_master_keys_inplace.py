@@ -73,7 +73,8 @@ def test_when_the_room_runs_out_a_rebuild_publishes_every_write(service, builds,
     for a in answers:
         assert check(service, json.loads(a.body)["key"]) == 0
     assert service.keys == 3 + room - 1 + 5
-    assert service._writer.capacity - service._writer.n >= keys_module.SPARE_MIN
+    # Room again: the rebuild's own, less what it took in place before its rename.
+    assert service._writer.capacity - service._writer.n >= keys_module.SPARE_MIN - 5
 
 
 def test_a_restart_serves_every_key_written_in_place(tmp_path):

@@ -48,13 +48,14 @@ from typing import TYPE_CHECKING, Any
 
 from fluxgate._core import KEY_FORMAT, KEY_LAYOUT, Counters, KeyTable, b64url_decode
 from fluxgate.auth.keys import load_signing_key
+from fluxgate.auth.keystore import json_strings
 from fluxgate.auth.principal import Principal
 from fluxgate.auth.quotas import QUOTA_FILE, key_identity, open_quota_file
 from fluxgate.auth.runtime import worker_shared
 from fluxgate.cluster.connect import is_redis_url
 
 if TYPE_CHECKING:
-    from fluxgate.auth.keystore import KeyRecord
+    from fluxgate.auth.keystore import KeyRecord, TableRow
 
 log = logging.getLogger("fluxgate.keys")
 
@@ -167,25 +168,27 @@ def build_table(
 
 def encode_entry(r: KeyRecord, *, pool: bytearray, usage_slots: int,
                  quota_tag: Callable[[bytes], int] | None, base: int = 0) -> tuple[bytes, bytes]:
-    """(raw key id, the entry's bytes) of ``r``; its name and lists appended to ``pool``,
-    which starts ``base`` (a multiple of 8) bytes into the table's pool."""
+    """(raw key id, the entry's bytes) of ``r`` (a ``KeyRecord`` or a ``TableRow``); its
+    name and lists appended to ``pool``, which starts ``base`` (a multiple of 8) bytes into
+    the table's pool."""
     raw_id = b64url_decode(r.key_id.encode())
     name = r.name.encode()
     name_off = base + len(pool)
     pool += name
+    scopes, routes, allow_ips = key_lists(r)
     scopes_off = base + len(pool)
-    for s in r.scopes:
+    for s in scopes:
         b = s.encode()
         pool += _U16.pack(len(b)) + b
     routes_off = base + len(pool)
-    for p in r.routes:
+    for p in routes:
         b = p.encode()
         pool += _U16.pack(len(b)) + b
     pad = -len(pool) % 8
     if pad:
         pool += b"\0" * pad
     cidrs_off = base + len(pool)
-    for c in r.allow_ips:
+    for c in allow_ips:
         pool += _cidr_record(c)
     tag = 0
     if r.quota_limit is not None and quota_tag is not None:
@@ -198,9 +201,16 @@ def encode_entry(r: KeyRecord, *, pool: bytearray, usage_slots: int,
         raw_id, r.digest, valid_until, valid_until if r.grace_until is not None else 0,
         r.rotated_at or 0, tag, r.quota_limit or 0, r.quota_window or 0, slot,
         _REVOKED_FLAG if r.revoked_at is not None else 0,
-        name_off, len(name), scopes_off, len(r.scopes), routes_off, len(r.routes),
-        cidrs_off, len(r.allow_ips),
+        name_off, len(name), scopes_off, len(scopes), routes_off, len(routes),
+        cidrs_off, len(allow_ips),
     )
+
+
+def key_lists(r: KeyRecord | TableRow) -> tuple[Sequence[str], Sequence[str], Sequence[str]]:
+    """The scopes, routes and allowed networks of a record, or of a row (JSON text)."""
+    if isinstance(r.scopes, str):
+        return json_strings(r.scopes), json_strings(r.routes), json_strings(r.allow_ips)
+    return r.scopes, r.routes, r.allow_ips
 
 
 def publish_table(state_dir: str, data: bytes) -> None:

@@ -36,6 +36,7 @@ from fluxgate.auth.keytable import (
     _REVOKED_BYTE,
     _U32,
     encode_entry,
+    key_lists,
     open_writable,
 )
 
@@ -101,8 +102,9 @@ class TableWriter:
         for r in records:
             if 16 + r.slot >= self.usage_slots:  # keytable.RESERVED_SLOTS + the row's slot
                 return False
-            need += 8 + len(r.name.encode()) + sum(2 + len(s.encode()) for s in r.scopes) \
-                + sum(2 + len(p.encode()) for p in r.routes) + 24 * len(r.allow_ips) + 8
+            scopes, routes, allow_ips = key_lists(r)
+            need += 8 + len(r.name.encode()) + sum(2 + len(s.encode()) for s in scopes) \
+                + sum(2 + len(p.encode()) for p in routes) + 24 * len(allow_ips) + 8
         return self.pool_used + need <= self.pool_len
 
     def put(self, records: Sequence[KeyRecord], quota_tag: Callable[[bytes], int] | None
