@@ -277,19 +277,19 @@ class KeyMirror:
 
     def _merge_and_read_all(self, epoch: str | None) -> None:
         """Redis lost the keys (or holds another copy): add ours to it, then read it all."""
+        records = self.ops.store.all()
+        if not records:  # nothing to add: take Redis's copy as it is
+            self.client.set(self.names.epoch, epoch or secrets.token_hex(8), nx=True)
+            self._read_all()
+            return
         if epoch is None:
             epoch = secrets.token_hex(8)
             log.warning("%s holds no API keys: seeding it from this node's keys.db",
                         self.describe_store())
-        elif self.epoch is not None:
+        else:
             log.warning("%s holds another copy of the API keys than this node last saw "
-                        "(restarted or replaced): merging this node's keys.db into it",
-                        self.describe_store())
-        records = self.ops.store.all()
-        if not records:  # nothing to add: take Redis's copy as it is
-            self.client.set(self.names.epoch, epoch, nx=True)
-            self._read_all()
-            return
+                        "(restarted, replaced, or this node is new to it): merging this "
+                        "node's keys.db into it", self.describe_store())
         for start in range(0, len(records), WRITE_BATCH):
             args: list = []
             for r in records[start:start + WRITE_BATCH]:

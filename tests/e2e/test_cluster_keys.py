@@ -153,6 +153,24 @@ def test_a_partitioned_node_misses_revocations_then_catches_up_by_generation(
         relay.stop()
 
 
+def test_a_slow_redis_slows_key_changes_not_requests(cluster, redis_server):
+    relay = FaultRelay(redis_server.port).start()
+    try:
+        a, b = cluster(urls={"b": relay.url}, names=("a", "b"))
+        key = create(a, "olivia")["key"]
+        wait_answer([a, b], key, 200, seconds=3)
+        relay.delay = 0.1  # every exchange of node B with Redis: 100 ms each way
+        codes = [status(b, key) for _ in range(50)]
+        assert set(codes) == {200}
+        made = create(b, "peggy")["key"]  # a change through B still works, slower
+        wait_answer([a, b], made, 200, seconds=3)
+        assert admin(a, "POST", "/admin/keys/revoke", {"name": "olivia"})[0] == 200
+        wait_answer([a, b], key, 401, seconds=REVOCATION_BOUND + 0.5)  # one delayed read
+        assert "Traceback" not in a.log() + b.log()
+    finally:
+        relay.stop()
+
+
 def test_redis_restarted_empty_is_repaired_from_the_nodes_with_revocations_winning(
         cluster, redis_server):
     a, b, c = cluster()
