@@ -1,0 +1,98 @@
+"""The api_key route per proxy core with 1,000,000 keys in the table against 100 keys.
+
+    .venv/bin/python -m bench.bench_keys_scale [--keys 1000000] [--small 100] [--rotate 100000]
+
+Two one-worker gateways on loopback, the same config and the same fixed-response upstream:
+one whose keys.db holds ``--keys`` keys, one with ``--small``. wrk sends a rotating
+X-API-Key header: ``--rotate`` distinct keys of the large table (spread over it: a cache
+holds few of their buckets and entries), all the keys of the small one. Method as the other
+proxy comparisons (bench/support/rounds.py): both gateways pinned to one CPU, wrk and the
+upstream to the other, per-core req/s from /proc, paired rounds A B, B A, ...; the ratio is
+the median of the per-round ratios (large ÷ small). Goal: ≥ 0.95. Printed: the comparison
+table, and the time each gateway took to start (its first table built from keys.db).
+Bounded: rounds × seconds from FLUXGATE_BENCH_ROUNDS / FLUXGATE_BENCH_ROUND_SECONDS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.bench_memory import load_keys
+from bench.support import cpu
+from bench.support.e2e import binaries
+from bench.support.measure import proxy_target
+from bench.support.results import comparison_lines
+from bench.support.rounds import Comparison, Goal, Side, run_comparison
+from bench.support.upstream import start_fixed_upstream
+from tests.support.gateway import GatewayProcess
+
+CONFIG = """\
+workers: 1
+access_log: null
+routes:
+  - route: /keyed
+    upstream: http://127.0.0.1:{port}
+    middleware:
+      - api_key: {{}}
+"""
+GOAL = Goal("api_key, 1,000,000 keys vs 100 keys", 0.95, bench="keys_scale")
+
+
+def gateway_with_keys(workdir: Path, port: int, keys: int, rotate: int
+                      ) -> tuple[GatewayProcess, Path, float]:
+    """A started one-worker gateway holding ``keys`` keys; the file of the ``rotate`` keys
+    wrk sends (taken evenly over the table's rows), and the seconds its start took."""
+    workdir.mkdir(parents=True)
+    gateway = GatewayProcess(workdir, CONFIG.format(port=port), workers=1)
+    texts = load_keys(str(gateway.state_dir), keys, keys)  # texts kept: every key's
+    step = max(len(texts) // rotate, 1)
+    chosen = texts[::step][:rotate]
+    del texts
+    keys_file = workdir / "keys.txt"
+    keys_file.write_text("".join(f"{k}\n" for k in chosen))
+    started = time.monotonic()
+    gateway.start(timeout=900)
+    return gateway, keys_file, time.monotonic() - started
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--keys", type=int, default=1_000_000)
+    parser.add_argument("--small", type=int, default=100)
+    parser.add_argument("--rotate", type=int, default=100_000)
+    args = parser.parse_args(argv)
+    binaries()  # wrk (and haproxy, unused here) installed, or say how
+    facts = cpu.machine_facts()
+    client_cpus, proxy_cpus, plan = cpu.plan()
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        root = Path(tmp)
+        stack.enter_context(cpu.pinned(client_cpus))  # wrk and the upstream inherit it
+        upstream = start_fixed_upstream(root / "upstream")
+        stack.callback(upstream.stop)
+        sides = []
+        for label, n in ((f"{args.keys:,} keys", args.keys), (f"{args.small:,} keys", args.small)):
+            gateway, keys_file, start_s = gateway_with_keys(
+                root / f"keys-{n}", upstream.port, n, min(args.rotate, n))
+            stack.callback(gateway.stop)
+            assert gateway.proc is not None
+            target = proxy_target(label, gateway.proc.pid, gateway.url, proxy_cpus)
+            sides.append(Side(label, target, "/keyed/hello", header_file=keys_file,
+                              header_name="X-API-Key"))
+            print(f"{label}: gateway started in {start_s:.1f} s", flush=True)
+        cmp = run_comparison(
+            Comparison(GOAL.name, sides[0], sides[1], GOAL), upstream_pid=upstream.pid,
+            client_cpu=min(client_cpus) if client_cpus else None,
+            proxy_cpu=min(proxy_cpus) if proxy_cpus else None)
+    print(f"machine: nproc {facts['nproc']}, {facts['model']}; {plan}; upstream: "
+          f"{upstream.description}; {min(args.rotate, args.keys):,} keys rotating on the large "
+          f"side, {args.small} on the small one")
+    print("\n".join(comparison_lines(cmp)))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
