@@ -22,6 +22,7 @@ file is; every word is a u64 in native byte order, read and written atomically
         7 end of the window whose budget Redis said is gone (0: none)
         8 window (seconds)        9 limit                              10-11 identity hash
         12 nodes that leased this window (from the last grant)
+        13 how long the last lease request took, ms
 
 A slot belongs to one tag for good; a full table (every slot of a tag's probe sequence
 taken) sends that tag's requests to Redis one by one, which is exact, only slower.
@@ -62,7 +63,7 @@ STATS = {
 
 # Slot words.
 W_TAG, W_GRANTED, W_GLOBAL, W_FLIGHT, W_LAST_MS, W_LAST_SPENT, W_CHUNK = range(7)
-W_EXHAUSTED, W_WINDOW, W_LIMIT, W_ID_HI, W_ID_LO, W_NODES = range(7, 13)
+W_EXHAUSTED, W_WINDOW, W_LIMIT, W_ID_HI, W_ID_LO, W_NODES, W_LATENCY = range(7, 14)
 
 _LOW32 = 0xFFFFFFFF
 

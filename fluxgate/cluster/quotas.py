@@ -9,10 +9,11 @@ requests keep going while it is on its way. A request that finds nothing in hand
 suspended, for the lease (at most ``cluster.timeout``), and is refused with 429 when Redis
 says the window's budget is gone.
 
-Chunks (``lease: auto``): about one second of the quota's rate on this node, and never more
-than what is left of the budget divided by twice the number of nodes that lease it, so
-chunks shrink near the end of the window; ``lease: N`` takes N at a time; ``lease: 0``
-asks Redis for every request (exact, one round trip each).
+Chunks (``lease: auto``): about one second of the quota's rate on this node (four lease
+round trips when those take longer), and never more than what is left of the budget divided
+by twice the number of nodes that lease it, so chunks shrink near the end of the window;
+``lease: N`` takes N at a time; ``lease: 0`` asks Redis for every request (exact, one round
+trip each).
 
 Redis unreachable (or slower than ``cluster.timeout``): the units in hand are spent first;
 then ``on_store_down: local`` counts on this node against the whole limit, ``deny`` refuses
@@ -45,6 +46,7 @@ from fluxgate.cluster.lease_table import (
     W_CHUNK,
     W_LAST_MS,
     W_LAST_SPENT,
+    W_LATENCY,
     W_NODES,
     LeaseTable,
 )
@@ -89,6 +91,10 @@ class ClusterQuotas:
         self.fixed = settings.lease if isinstance(settings.lease, int) else None
         self.local = settings.on_store_down == "local"
         self.timeout = float(settings.timeout)
+        # A whole call (a new connection's handshake, the script loaded again after a
+        # restart, the command) may take a few round trips, each bounded by the timeout;
+        # a request never waits longer than the timeout for one, whatever happens to it.
+        self.call_bound = 3 * self.timeout
         self.store_url = parse_store_url(config.store)
         self.settings = settings
         self.node = node_name(config)
@@ -179,8 +185,8 @@ class ClusterQuotas:
         if now >= spend.deadline:
             return self._down(req, spend, now)  # leases came too slowly for this request
         table.count(STAT_WAITS)
-        future = self._flight(spend, end)
-        raise _suspended(future, lambda r: self._resumed(r, spend))
+        waited = _bounded(self._flight(spend, end), spend.deadline - now)
+        raise _suspended(waited, lambda r: self._resumed(r, spend))
 
     def _resumed(self, req: RequestState, spend: Spend) -> ClientError | None:
         now = _now()
@@ -234,14 +240,16 @@ class ClusterQuotas:
         table, slot = self.table, spend.slot
         try:
             want, mine = self._want(spend, end)
+            started = _now()
             given, used, nodes = await asyncio.wait_for(
                 self._client().grant(table.id_hash(slot), end, want, spend.limit, mine),
-                self.timeout)
+                self.call_bound)
         except Exception as exc:  # noqa: BLE001 - every store failure is handled alike
             table.count(STAT_ERRORS)
             self._store_failed(exc)
         else:
             given, used, nodes = int(given), int(used), int(nodes)
+            table.set_word(slot, W_LATENCY, int((_now() - started) * 1000))
             table.set_global(slot, end, used, nodes)
             if given:
                 table.add_granted(slot, end, given)
@@ -273,7 +281,10 @@ class ClusterQuotas:
         elapsed = now_ms - last_ms
         if last_ms and 0 < elapsed < 60_000 and spent > last_spent:
             rate = (spent - last_spent) * 1000 / max(elapsed, 20)
-            chunk = math.ceil(rate * LEASE_SECONDS)
+            # A second of traffic, or more when a lease takes long: the next one is asked
+            # for with half a chunk left, which must outlast its round trip.
+            latency = table.word(slot, W_LATENCY) / 1000
+            chunk = math.ceil(rate * max(LEASE_SECONDS, 4 * latency))
         else:  # no recent rate: a small first chunk
             chunk = max(spend.limit // 1000, 1)
         used = table.global_used(slot, end) or 0
@@ -295,14 +306,15 @@ class ClusterQuotas:
             return self._down(req, spend, now)
         table.count(STAT_EXACT)
         end = (int(now) // spend.window + 1) * spend.window
-        future = asyncio.ensure_future(self._exact_call(spend, end))
-        raise _suspended(future, lambda r: self._exact_done(r, spend, end, future.result()))
+        call = asyncio.ensure_future(self._exact_call(spend, end))
+        raise _suspended(_bounded(call, self.timeout), lambda r: self._exact_done(
+            r, spend, end, call.result() if call.done() else None))
 
     async def _exact_call(self, spend: Spend, end: int) -> tuple[int, int] | None:
         try:
             given, used, _ = await asyncio.wait_for(
                 self._client().grant(identity_hash(spend.identity), end, 1, spend.limit, None),
-                self.timeout)
+                self.call_bound)
         except Exception as exc:  # noqa: BLE001 - every store failure is handled alike
             self.table.count(STAT_ERRORS)
             self._store_failed(exc)
@@ -338,6 +350,16 @@ class ClusterQuotas:
 
 def _ms() -> int:
     return int(_now() * 1000)
+
+
+def _bounded(future: asyncio.Future[Any], timeout: float) -> asyncio.Future[Any]:
+    """Done when ``future`` is, or after ``timeout`` seconds, whichever comes first (the
+    future itself goes on: a lease that comes late is still the node's)."""
+
+    async def wait() -> None:
+        await asyncio.wait((future,), timeout=max(timeout, 0.0))
+
+    return asyncio.ensure_future(wait())
 
 
 def _suspended(future: asyncio.Future[Any], resume: Callable[[Any], Any]) -> Exception:

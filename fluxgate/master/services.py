@@ -98,3 +98,14 @@ def _cluster_keys_service(master: ServiceContext) -> MasterService:
 
 
 SERVICES.append(_cluster_keys_service)
+
+
+def _quota_lease_service(master: ServiceContext) -> MasterService:
+    """Cluster mode's quota leases: the node's lease file, its metrics, leases given back
+    at shutdown (master/quota_leases.py)."""
+    from fluxgate.master.quota_leases import QuotaLeaseService
+
+    return QuotaLeaseService(master)
+
+
+SERVICES.append(_quota_lease_service)

@@ -25,6 +25,10 @@ revoked or expired: one answer, so a probe learns nothing about which ids exist)
 insufficient_scope (a scope or a path the key lacks), 403 ip_not_allowed, 429
 quota_exceeded with Retry-After. Accepted responses carry RateLimit-* when the key has a
 quota, and Deprecation/Sunset while the key is in its rotation grace period.
+
+In cluster mode (a Redis ``store``) the key table does not count quotas itself: the key's
+quota is the cluster's, spent through leases (``fluxgate/cluster/quotas.py``), so every
+accepted key with a quota takes that step after the table's decision.
 """
 
 from __future__ import annotations
@@ -38,8 +42,9 @@ from fluxgate._core import bearer_token, extract_api_key, merge_ratelimit
 from fluxgate.auth.failures import AuthFailures
 from fluxgate.auth.keys import PREFIX
 from fluxgate.auth.keytable import REASONS, STAT_KEY_QUOTA, STAT_KEY_QUOTA_FULL, SharedKeys
-from fluxgate.auth.quotas import quota_exceeded
+from fluxgate.auth.quotas import key_identity, quota_exceeded
 from fluxgate.auth.scopes import ScopePolicy
+from fluxgate.cluster.quotas import TABLE_FULL, ClusterQuotas, Spend
 from fluxgate.config.parsers import Path, check_scope
 from fluxgate.config.schema import ApiKey
 from fluxgate.errors import (
@@ -73,13 +78,21 @@ class ApiKeyMiddleware:
     method = "api_key"
 
     __slots__ = ("shared", "required", "policy", "scoped", "lname", "qname", "failures",
-                 "header", "missing", "invalid", "forbidden", "_covering_encoded")  # fmt: skip
+                 "header", "missing", "invalid", "forbidden", "_covering_encoded",
+                 "cluster", "principals", "_quota_table", "_key_quotas")  # fmt: skip
 
     def __init__(
         self, shared: SharedKeys, policy: ScopePolicy, header: str, query: str | None,
         accept_query: bool = True, failures: AuthFailures | None = None,
+        cluster: ClusterQuotas | None = None,
     ) -> None:
         self.shared = shared
+        # Cluster mode: an empty principal cache makes authorize() answer every accepted
+        # key with its entry index, which the key's quota step needs.
+        self.cluster = cluster
+        self.principals: Any = {} if cluster is not None else None
+        self._quota_table: Any = None
+        self._key_quotas: dict[int, tuple[Spend, ...] | tuple[()]] = {}
         self.policy = policy
         self.scoped = bool(policy.rules)  # a scope_map rule may cover this route's paths
         self.required = tuple(s.encode() for s in sorted(policy.required))
@@ -96,13 +109,15 @@ class ApiKeyMiddleware:
     def from_config(cls, config: ApiKey, gateway: Any, route: Any = None) -> ApiKeyMiddleware:
         """Map the shared table once per worker; bind the route's scope rules."""
         names = gateway.config.api_keys
+        shared = SharedKeys.for_gateway(gateway, with_keys=True)
         return cls(
-            SharedKeys.for_gateway(gateway, with_keys=True),
+            shared,
             ScopePolicy(config.scopes, gateway.config.scope_map),
             names.header,
             names.query,
             config.query,
             AuthFailures.for_gateway(gateway),
+            ClusterQuotas.for_gateway(gateway, shared.quotas),
         )
 
     def carries(self, req: RequestState) -> bool:
@@ -122,7 +137,8 @@ class ApiKeyMiddleware:
         covering = self._covering(req) if self.scoped else None
         shared = self.shared
         answer = shared.table.authorize(
-            req, self.lname, self.qname, self.required, covering, _now(), shared.principals
+            req, self.lname, self.qname, self.required, covering, _now(),
+            shared.principals if self.principals is None else self.principals,
         )
         if answer is None:
             # Accepted (authorize set req.principal). A second key sent as Bearer beside
@@ -140,6 +156,10 @@ class ApiKeyMiddleware:
             req.principal = info.principal
             if info.response_headers:
                 req.response_headers.extend(info.response_headers)
+            if self.cluster is not None:
+                if _bearer_key(req) is not None:
+                    _drop_authorization(req)
+                return self._cluster_quota(req, index)
             return None
         return self._refuse(code, index, limit, reset, covering, req)
 
@@ -162,7 +182,42 @@ class ApiKeyMiddleware:
         req.principal = info.principal
         if info.response_headers:
             req.response_headers.extend(info.response_headers)
+        if self.cluster is not None:
+            return self._cluster_quota(req, index)
         return None
+
+    def _cluster_quota(self, req: RequestState, index: int) -> ClientError | None:
+        """Cluster mode: spend a unit of the key's quota, if it has one, through leases."""
+        table = self.shared.table
+        if table is not self._quota_table:  # a new generation: entry indexes changed
+            self._quota_table, self._key_quotas = table, {}
+        quota = self._key_quotas.get(index)
+        if quota is None:
+            if len(self._key_quotas) >= 65536:
+                self._key_quotas = {}
+            quota = self._key_quotas[index] = self._quota_of(table.entry(index))
+        if not quota:
+            return None
+        tag, identity, limit, window, refuse = quota
+        return self.cluster.admit(req, Spend(tag, identity, limit, window, refuse), _now())
+
+    def _quota_of(self, entry: dict[str, Any]) -> tuple[Any, ...]:
+        """(tag, identity, limit, window, refuse) of an entry's quota; () when it has none."""
+        if not entry["quota_tag"] or not entry["quota_limit"]:
+            return ()
+        limit, window = entry["quota_limit"], entry["quota_period"]
+        usage = self.shared.usage
+
+        def refuse(req: RequestState, code: int, retry: int) -> ClientError:
+            if code == TABLE_FULL:
+                usage.count(STAT_KEY_QUOTA_FULL)
+                log.warning("quota table full: key %s refused", entry["key_id"])
+            else:
+                usage.count(STAT_KEY_QUOTA)
+            return quota_exceeded(
+                req, limit, retry, "The API key's quota for this window is used up.")
+
+        return (entry["quota_tag"], key_identity(entry["name"], window), limit, window, refuse)
 
     def _covering(self, req: RequestState) -> tuple[bytes, ...] | None:
         """The scopes of the scope_map rule covering this request, one of which the key

@@ -7,6 +7,8 @@ name, ...), ``key`` per API key name (the principal's id for other methods), ``i
 resolved client address (usable on public routes). Each route's rule counts on its own, in
 the shared quota file: exact across workers and kept across restarts. Accepted responses
 carry RateLimit-Limit/Remaining/Reset; a spent budget is 429 quota_exceeded with Retry-After.
+In cluster mode (a Redis ``store``) the budget is the cluster's, spent through leases
+(``fluxgate/cluster/quotas.py``, docs/cluster.md).
 A principal is required for ``subject`` and ``key`` (the config checker makes sure an
 authentication middleware comes first); without one the request is refused, never counted
 against someone else.
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from fluxgate._core import merge_ratelimit
 from fluxgate.auth.keytable import STAT_RULE_FULL, STAT_RULE_REJECTED, SharedKeys
 from fluxgate.auth.quotas import quota_exceeded, rule_identity
+from fluxgate.cluster.quotas import ClusterQuotas, Spend
 from fluxgate.config.parsers import Path
 from fluxgate.config.schema import Quota
 from fluxgate.config.units import parse_rate
@@ -39,10 +42,12 @@ _TAG_CACHE_LIMIT = 65536
 class QuotaMiddleware:
     """One quota rule of one route."""
 
-    __slots__ = ("shared", "limit", "window", "by", "prefix", "_tags")
+    __slots__ = ("shared", "limit", "window", "by", "prefix", "_tags", "cluster")
 
-    def __init__(self, shared: SharedKeys, limit: int, window: int, by: str, route: str) -> None:
+    def __init__(self, shared: SharedKeys, limit: int, window: int, by: str, route: str,
+                 cluster: ClusterQuotas | None = None) -> None:
         self.shared = shared
+        self.cluster = cluster  # cluster mode: the budget is shared through Redis
         self.limit = limit
         self.window = window
         self.by = by
@@ -53,7 +58,8 @@ class QuotaMiddleware:
     def from_config(cls, config: Quota, gateway: Any, route: Any) -> QuotaMiddleware:
         limit, window = parse_rate(config.limit)
         shared = SharedKeys.for_gateway(gateway, with_keys=False)
-        return cls(shared, limit, window, config.by, route.route)
+        cluster = ClusterQuotas.for_gateway(gateway, shared.quotas)
+        return cls(shared, limit, window, config.by, route.route, cluster)
 
     def identity(self, req: RequestState) -> str | None:
         """Whose budget this request spends, or None when it names nobody."""
@@ -77,11 +83,18 @@ class QuotaMiddleware:
                 self._tags.clear()
             tag = self._tags[who] = quotas.tag(self.prefix + who.encode("utf-8", "surrogatepass"))
         now = _now()
+        if self.cluster is not None:
+            identity = self.prefix + who.encode("utf-8", "surrogatepass")
+            return self.cluster.admit(
+                req, Spend(tag, identity, self.limit, self.window, self._refuse), now)
         code, remaining, end = quotas.consume(tag, self.limit, self.window, now)
         if code == 0:
             merge_ratelimit(req, self.limit, remaining, end - int(now))
             return None
-        retry = max(end - int(now), 1)
+        return self._refuse(req, code, max(end - int(now), 1))
+
+    def _refuse(self, req: RequestState, code: int, retry: int) -> ClientError:
+        """429: the budget is spent (code 1), or no quota bucket is free (code 2)."""
         if code == 2:
             self.shared.usage.count(STAT_RULE_FULL)
             log.warning("quota table full: a request on a %s rule was refused", self.by)
