@@ -11,10 +11,13 @@ Redis holds, under one hash tag (so that one Lua script may touch them all, Redi
                               trimmed to about LOG_LENGTH entries
     {prefix}keys:changes      pub/sub channel: each new generation is announced on it
 
+    {prefix keys}:names       hash, key name -> generation of the last change to that name
+
 Every change (create, rotate, renew, revoke, an import batch) is ONE script (WRITE_SCRIPT):
-check that the writer has seen the latest generation of this epoch (else it catches up and
-computes its change again: two nodes cannot both create the same name), write the records,
-bump the generation, log, publish. A node brings keys.db in step (``catch_up``) by generation,
+check that no name it touches changed after the generation the writer's keys.db is in step
+with (else the writer catches up and computes its change again: two nodes cannot both create
+the same name, while changes to different names never wait for each other), write the
+records, bump the generation, log, publish. A node brings keys.db in step (``catch_up``) by generation,
 not by the messages it happened to receive: it reads the log after its own generation, or every
 record when the log no longer reaches back. When Redis's epoch is not the one keys.db was last
 in step with (Redis restarted empty, or replaced), the node first merges its keys.db into Redis
@@ -60,18 +63,25 @@ WRITE_BATCH = 500  # records per script call (an import, a merge)
 WRITE_ATTEMPTS = 8  # a write computed again after another node's change came first
 
 WRITE_SCRIPT = """
--- KEYS: records, generation, epoch, log
--- ARGV: epoch, generation the writer has seen, channel, log length, id1, record1, ...
+-- KEYS: records, generation, epoch, log, names
+-- ARGV: epoch, generation the writer has seen, channel, log length, count of names,
+--       name1, ..., id1, record1, ...
 if redis.call('GET', KEYS[3]) ~= ARGV[1] then return {0, -1} end
-local gen = tonumber(redis.call('GET', KEYS[2]) or '0')
-if gen == nil then return {0, -2} end
-if gen ~= tonumber(ARGV[2]) then return {0, gen} end
+local seen = tonumber(ARGV[2])
+local names = tonumber(ARGV[5])
+for i = 6, 5 + names do
+  local changed = tonumber(redis.call('HGET', KEYS[5], ARGV[i]) or '0') or 0
+  if changed > seen then return {0, changed} end
+end
 local ids = {}
-for i = 5, #ARGV, 2 do
+for i = 6 + names, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
   ids[#ids + 1] = ARGV[i]
 end
-gen = redis.call('INCR', KEYS[2])
+local gen = redis.call('INCR', KEYS[2])
+for i = 6, 5 + names do
+  redis.call('HSET', KEYS[5], ARGV[i], gen)
+end
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], gen .. '-0', 'ids', table.concat(ids, ','))
 redis.call('PUBLISH', ARGV[3], gen)
 return {1, gen}
@@ -124,17 +134,18 @@ class KeyNames:
     epoch: str
     log: str
     secret: str
+    names: str
     channel: str
 
     @classmethod
     def of(cls, prefix: str) -> KeyNames:
         return cls(*(hash_tagged(prefix, "keys", part) for part in
-                     ("records", "generation", "epoch", "log", "secret")),
+                     ("records", "generation", "epoch", "log", "secret", "names")),
                    prefix + "keys:changes")
 
     @property
     def script_keys(self) -> list[str]:
-        return [self.records, self.generation, self.epoch, self.log]
+        return [self.records, self.generation, self.epoch, self.log, self.names]
 
 
 def require_shared_secret(config) -> None:
@@ -353,16 +364,16 @@ class KeyMirror:
                 if self.epoch is None:
                     self._catch_up()
                 change = operation()
-                args: list = []
-                for r in change.records:
-                    args += [r.key_id, encode(r)]
-                ok, generation = self._write(keys=self.names.script_keys, args=[
-                    self.epoch, self.generation, self.names.channel, LOG_LENGTH, *args])
+                ok, generation = self._write(keys=self.names.script_keys,
+                                             args=self._write_args(change.records))
                 if ok:
+                    # keys.db holds every change up to our generation and this one; those
+                    # between (other names) come with the next catch-up.
                     self._apply(change.records, generation if generation == self.generation + 1
                                 else None)
                     return change.answer([self.ops.store.by_id(r.key_id) for r in change.records])
-                self._catch_up()  # another change came first (or Redis lost the keys)
+                self._catch_up()  # a change to one of these names came first (or Redis lost
+                #                  the keys): computed again on the caught-up keys.db
         except _REDIS_ERRORS as exc:
             raise self.unavailable(exc) from None
         raise StoreBusy("other nodes kept changing keys meanwhile; try again")
@@ -380,21 +391,17 @@ class KeyMirror:
                 batches = []
                 for start in range(done, len(records), WRITE_BATCH):
                     batch = records[start:start + WRITE_BATCH]
-                    args: list = []
-                    for r in batch:
-                        args += [r.key_id, encode(r)]
-                    self._write(keys=self.names.script_keys, args=[
-                        self.epoch, expected, self.names.channel, LOG_LENGTH, *args],
-                        client=pipe)
+                    self._write(keys=self.names.script_keys, args=self._write_args(batch),
+                                client=pipe)
                     batches.append(batch)
-                    expected += 1
                     if len(batches) == 20:
                         break
                 results = pipe.execute()
                 for batch, (ok, generation) in zip(batches, results, strict=True):
                     if not ok:
                         break
-                    self.generation = generation
+                    if generation == expected + 1:  # nothing of another writer between
+                        self.generation = expected = generation
                     done += len(batch)
                     if progress is not None:
                         progress(done)
@@ -405,6 +412,14 @@ class KeyMirror:
         except _REDIS_ERRORS as exc:
             raise self.unavailable(exc) from None
         return self.generation
+
+    def _write_args(self, records: list[KeyRecord]) -> list:
+        names = list(dict.fromkeys(r.name for r in records))
+        args: list = [self.epoch, self.generation, self.names.channel, LOG_LENGTH, len(names),
+                      *names]
+        for r in records:
+            args += [r.key_id, encode(r)]
+        return args
 
     def unavailable(self, exc: Exception) -> StoreUnavailable:
         return StoreUnavailable(

@@ -2,10 +2,10 @@
 quota (an API key's own, and a `quota` rule's) with 3,000 concurrent requests; lease: 0;
 Redis stopped mid-load (deny and local); a slow Redis (100 ms); a partitioned node.
 
-The bound checked is the one docs/cluster.md states: with Redis up, units are granted once,
-so the nodes accept at most the limit; what can be lost is what a node was granted and did
-not spend before the load ended (at most one chunk per node, each at most
-left / (2 x nodes) of what was left when it was taken).
+The bound is the one docs/cluster.md states: with Redis up, units are granted once, so the
+nodes accept at most the limit; units are lost (under-use) only on a node whose traffic stops
+while it holds some. Here every node gets at least the limit's worth of requests, so no node
+can end holding units: exactly the limit is accepted.
 """
 
 from __future__ import annotations
@@ -153,12 +153,6 @@ def metrics(node) -> dict[str, float]:
     return out
 
 
-def under_use_bound(nodes: int, limit: int = LIMIT) -> int:
-    """What the nodes may hold unspent when the budget is gone: each node's last chunk
-    was at most what was left / (2 x nodes) when it took it."""
-    return nodes * max(limit // (2 * nodes), 1)
-
-
 # ---- Redis up -----------------------------------------------------------------------------
 
 
@@ -170,7 +164,7 @@ def test_three_nodes_accept_the_limit_of_a_key_and_a_rule(gateway_factory, upstr
     keyed = load(nodes, "/k", 3000, headers=f"X-API-Key: {key}\r\n", connections=10)
     for got in (rule, keyed):
         assert set(got) <= {200, 429}, got
-        assert LIMIT - under_use_bound(3) <= got[200] <= LIMIT, got
+        assert got[200] == LIMIT, got
     stats = [metrics(n) for n in nodes]
     leases = sum(s["fluxgate_quota_lease_requests_total"] for s in stats)
     units = sum(s["fluxgate_quota_leased_units_total"] for s in stats)
