@@ -421,6 +421,17 @@ class SessionStore:
             "last_seen_at = MAX(last_seen_at, ?) WHERE id = ? AND ended_at IS NULL",
             (idle_expires_at, last_seen_at, digest)))
 
+    def mark_synced(self, when: float) -> None:
+        """Record that every copy here was compared with the shared store at ``when``."""
+        self._db.write(lambda: self._db.conn.execute(
+            "INSERT INTO meta VALUES ('synced_at', ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (int(when),)))
+
+    def synced_at(self) -> int:
+        """When the copies here were last compared with the shared store (0: never)."""
+        row = self._db.conn.execute("SELECT value FROM meta WHERE key = 'synced_at'").fetchone()
+        return 0 if row is None else row[0]
+
     # ---- operators --------------------------------------------------------------------------
 
     def list(self, provider: str | None = None, sub: str | None = None, *,

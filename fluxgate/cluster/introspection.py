@@ -145,7 +145,8 @@ class SharedResults:
                          self.describe)
             else:
                 log.warning("introspection: the shared store %s cannot be reached (%s); "
-                            "asking the authorization server directly", self.describe, error)
+                            "asking the authorization server directly", self.describe,
+                            str(error) or type(error).__name__)
 
     async def _run(self, awaitable: Any) -> Any:
         """One bounded call; None (and a back-off) when Redis fails."""

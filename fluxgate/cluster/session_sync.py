@@ -23,6 +23,11 @@ How the copies stay true:
   reachable again. A record Redis no longer has (expired, or lost with a Redis restarted
   empty) ends the copy: those users sign in again.
 
+While Redis cannot be reached, the copies keep serving (``on_store_down: local``), or
+(``deny``) stop being served ``STALE_AFTER`` seconds after the last complete sweep (its
+time is in the node's file, ``SessionStore.synced_at``): the workers answer 503 until a
+sweep succeeds again. Logins, refreshes and token updates need Redis either way.
+
 An end is final everywhere: a copy ended here is never revived by a record, and a record
 ended in Redis ends every copy.
 """
@@ -47,6 +52,8 @@ from fluxgate.cluster.sessions import RedisSessions
 log = logging.getLogger("fluxgate.cluster")
 
 SYNC_INTERVAL = 5.0  # the longest a reachable node's copy lags its records (missed events)
+# With on_store_down: deny, copies not compared with Redis for this long are not served.
+STALE_AFTER = 3 * SYNC_INTERVAL
 SYNC_BATCH = 1000  # records compared per pipelined round trip
 LOCK_WAIT_MARGIN = 2.0
 # End reasons a copy takes from its record, not this node's decisions: never pushed back.
@@ -105,7 +112,8 @@ class ClusterSessions:
                          self.redis.describe)
             else:
                 log.warning("sessions: the shared store %s cannot be reached (%s); sessions "
-                            "are served from this node's copies", self.redis.describe, error)
+                            "are served from this node's copies", self.redis.describe,
+                            str(error) or type(error).__name__)
 
     async def _call(self, awaitable: Any) -> Any:
         try:
@@ -313,6 +321,7 @@ class ClusterSessions:
                     self.local.extend_idle(digest, int(meta["idle_expires_at"] or 0),
                                            int(meta["last_seen_at"] or 0))
         self.synced_at = started
+        self.local.mark_synced(started)
         self.sweeps += 1
 
     def status(self) -> dict[str, Any]:

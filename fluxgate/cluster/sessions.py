@@ -108,6 +108,14 @@ def _int(value: Any) -> int | None:
     return int(value)
 
 
+async def _execute(pipe: Any) -> Any:
+    """Run a pipeline; reset it even when the call is abandoned (a timeout)."""
+    try:
+        return await pipe.execute()
+    finally:
+        await pipe.reset()
+
+
 def _hashed(value: str) -> str:
     return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
 
@@ -180,7 +188,7 @@ class RedisSessions:
                 pipe.sadd(index, digest.hex())
                 pipe.expire(index, int(absolute) + ENDED_KEEP, gt=True)
                 pipe.expire(index, int(absolute) + ENDED_KEEP, nx=True)
-        await self._run(pipe.execute())
+        await self._run(_execute(pipe))
         session = Session(digest, provider, sub, sid, 1, now, now, idle_at, absolute_at,
                           access_at, tokens, claims)
         return session_id, session
@@ -231,7 +239,7 @@ class RedisSessions:
         pipe = self.client.pipeline(transaction=False)
         for digest in digests:
             pipe.hmget(self.record_key(digest), *META_FIELDS)
-        rows = await self._run(pipe.execute())
+        rows = await self._run(_execute(pipe))
         found: list[dict[str, int | str | None] | None] = []
         for row in rows:
             if row[0] is None:
@@ -274,7 +282,7 @@ class RedisSessions:
         for digest, last_seen_at in seen:
             await self._touch(keys=[self.record_key(digest)], args=[now, last_seen_at],
                               client=pipe)
-        await self._run(pipe.execute())
+        await self._run(_execute(pipe))
 
     async def end(self, digest: bytes, reason: str) -> bool:
         """End one session (its secrets erased). False when it had already ended or is
@@ -302,7 +310,7 @@ class RedisSessions:
         for digest in digests:
             pipe.hget(self.record_key(digest), "sub")
         return [None if v is None else v.decode("utf-8", "surrogatepass")
-                for v in await pipe.execute()]
+                for v in await _execute(pipe)]
 
     # ---- the refresh lock ---------------------------------------------------------------
 

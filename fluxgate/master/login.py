@@ -620,7 +620,7 @@ class LoginService:
         keys = DerivedKeyRing(config.cluster.session_secret or "",
                               rotation=self.key_rotation, retention=self.retention)
         redis = RedisSessions(redis_client(store, config.cluster), config.cluster.prefix, keys,
-                              timeout=2 * config.cluster.timeout, describe=store.describe())
+                              timeout=4 * config.cluster.timeout, describe=store.describe())
         backend = ClusterSessions(redis, local, node_name(config))
         backend.start()
         return backend

@@ -607,4 +607,4 @@ def _shared_results(config: schema.Config) -> SharedResults:
 
     store = parse_store_url(config.store)
     return SharedResults(redis_client(store, config.cluster), config.cluster.prefix,
-                         timeout=2 * config.cluster.timeout, describe=store.describe())
+                         timeout=4 * config.cluster.timeout, describe=store.describe())

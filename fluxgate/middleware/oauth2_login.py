@@ -62,6 +62,7 @@ from fluxgate.auth.session_db import well_formed
 from fluxgate.auth.sessions import Session, SessionStore
 from fluxgate.auth.sidepool_client import SidePoolClient
 from fluxgate.cluster.connect import is_redis_url
+from fluxgate.cluster.session_sync import STALE_AFTER
 from fluxgate.errors import AuthServerUnavailable, ClientError, LocalReply
 from fluxgate.proxy.suspend import Suspended
 
@@ -134,6 +135,11 @@ class LoginMiddleware:
         self.leeway = config.refresh_leeway
         # Cluster mode: sessions live in Redis; this node's file holds copies.
         self.shared_store = is_redis_url(gateway.config.store)
+        # ... and with on_store_down: deny, copies the master could not compare with Redis
+        # for STALE_AFTER are not served (checked at most once a second).
+        self.deny_stale = self.shared_store and gateway.config.cluster.on_store_down == "deny"
+        self.stale_checked_at = 0.0
+        self.stale = False
         # Principals by session (digest, version): a request of a known session builds none.
         self.principals: dict[tuple[bytes, int], Principal] = {}
         # The upstream never sees a client-sent Authorization when the gateway sends its own.
@@ -173,6 +179,10 @@ class LoginMiddleware:
 
     def _with_session(self, req: RequestState, session_id: str, session: Session,
                       now: float) -> ClientError | None:
+        if self.deny_stale and self._copies_stale(now):
+            self._count("session_store_unavailable")
+            return AuthServerUnavailable("Sessions cannot be checked right now; try again "
+                                         "later.", headers=RETRY_AFTER)
         refusal = self._check_origin(req)
         if refusal is not None:
             return refusal
@@ -186,6 +196,13 @@ class LoginMiddleware:
                 raise Suspended(future, lambda r: self._refreshed(r, session_id, future.result()))
             # Still valid: the refresh happens meanwhile; this request goes on now.
         return self._admit(req, session, now)
+
+    def _copies_stale(self, now: float) -> bool:
+        """Whether this node's session copies went unchecked against Redis too long."""
+        if now - self.stale_checked_at >= 1.0:
+            self.stale_checked_at = now
+            self.stale = now - self.store.synced_at() > STALE_AFTER
+        return self.stale
 
     def _refreshed(self, req: RequestState, session_id: str,
                    result: tuple[str, bytes]) -> ClientError | None:

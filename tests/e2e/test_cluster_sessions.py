@@ -69,7 +69,7 @@ def cluster(tmp_path, ca, upstream, django_auth_server, redis_server):
     relays: list[FaultRelay] = []
 
     def start(nodes: int = 2, access_token_seconds: int = 60, relay_for: tuple[int, ...] = (),
-              workers: int = 2, **options: object) -> Cluster:
+              workers: int = 2, on_store_down: str = "local", **options: object) -> Cluster:
         server = django_auth_server
         ports = [free_port() for _ in range(nodes)]
         # One site behind the nodes: the callback and the post-logout page are node A's.
@@ -91,7 +91,7 @@ def cluster(tmp_path, ca, upstream, django_auth_server, redis_server):
             config = (
                 f"store: {store}\n"
                 f"cluster: {{node: n{index}, session_secret: '{SESSION_SECRET}', "
-                "timeout: 0.5}\n"
+                f"timeout: 0.5, on_store_down: {on_store_down}}}\n"
                 f"api_keys: {{signing_secret: '{SIGNING_SECRET}'}}\n"
                 + login_config(upstream.url, server, client, ports[0], **options)
                 + dot_routes(upstream.url, server).removeprefix("routes:\n")
@@ -245,3 +245,122 @@ def admin_post(gw: GatewayProcess, path: str, body: dict) -> int:
         return response.status
     finally:
         conn.close()
+
+
+# ---- faults -------------------------------------------------------------------------------------
+
+
+class Load:
+    """Session requests on every node from a few threads, until stopped."""
+
+    def __init__(self, c: Cluster, cookie: str, nodes: tuple[int, ...] = (0, 1)) -> None:
+        self.c, self.cookie, self.nodes = c, cookie, nodes
+        self.statuses: list[int] = []
+        self.running = True
+        self.pool = concurrent.futures.ThreadPoolExecutor(4)
+        self.futures = [self.pool.submit(self._run, node) for node in nodes * 2]
+
+    def _run(self, node: int) -> None:
+        while self.running:
+            self.statuses.append(_raw_get(self.c, node, self.cookie)[0])
+            time.sleep(0.02)
+
+    def stop(self) -> dict[int, int]:
+        self.running = False
+        for future in self.futures:
+            future.result()
+        self.pool.shutdown()
+        return {s: self.statuses.count(s) for s in set(self.statuses)}
+
+
+def fresh_login_status(c: Cluster, node: int) -> int:
+    """A browser without a session navigates to a node: where the login starts."""
+    return Browserless(ca=c.ca).get(c.url(node) + "/app/page").status
+
+
+def test_redis_stopped_mid_load_copies_serve_and_a_logout_meanwhile_lands_after(cluster,
+                                                                                redis_server):
+    c = cluster()
+    browser = c.sign_in(0)
+    cookie = browser.cookie(SESSION_COOKIE)
+    assert _raw_get(c, 1, cookie)[0] == 200
+    load = Load(c, cookie)
+    time.sleep(0.5)
+    redis_server.stop()
+    time.sleep(2.0)
+    counts = load.stop()
+    assert set(counts) == {200}, counts  # the node's copies keep serving
+    assert fresh_login_status(c, 0) == 503  # a login needs Redis: a clear page, not a 500
+    assert browser.get(c.url(1) + "/.fluxgate/logout").status == 303  # ended on B at once
+    assert _raw_get(c, 1, cookie)[0] == 401
+    assert _raw_get(c, 0, cookie)[0] == 200  # A cannot know yet
+    redis_server.start()  # its data kept: B's sweep pushes the end, A applies it
+    assert wait_until(lambda: _raw_get(c, 0, cookie)[0] == 401, timeout=SWEEP + 4)
+    assert fresh_login_status(c, 0) == 302
+    no_500(c)
+
+
+def test_redis_restarted_empty_ends_the_sessions_and_users_sign_in_again(cluster, redis_server):
+    c = cluster()
+    browser = c.sign_in(0)
+    cookie = browser.cookie(SESSION_COOKIE)
+    ws = ws_connect(c, 0, cookie)
+    assert echo(ws, b"before")
+    assert _raw_get(c, 1, cookie)[0] == 200
+    redis_server.restart(empty=True)  # Redis is the sessions' authority: they are lost
+    assert wait_until(lambda: (_raw_get(c, 0, cookie)[0], _raw_get(c, 1, cookie)[0])
+                      == (401, 401), timeout=SWEEP + 4)
+    _before, close = ws.recv_until_close()
+    assert close is not None and close.close_code == 4401  # sign in again
+    again = c.sign_in(0)
+    assert _raw_get(c, 1, again.cookie(SESSION_COOKIE))[0] == 200
+    no_500(c)
+
+
+def test_a_slow_redis_still_shares_sessions_logouts_and_introspection(cluster):
+    c = cluster(relay_for=(0, 1))
+    for relay in c.relays:
+        relay.delay = 0.1
+    browser = c.sign_in(0)
+    cookie = browser.cookie(SESSION_COOKIE)
+    assert _raw_get(c, 1, cookie)[0] == 200
+    ws = ws_connect(c, 0, cookie)
+    assert echo(ws, b"before")
+    assert browser.get(c.url(1) + "/.fluxgate/logout").status == 303
+    ended = time.monotonic()
+    _before, close = ws.recv_until_close()
+    assert close is not None and close.close_code == 4403
+    assert time.monotonic() - ended < 2.0
+    token = c.server.issue_token(scope="read:inventory", user="alice")
+    before = c.server.introspection_calls()
+    assert _raw_get(c, 0, None, "/inventory/x", bearer=token)[0] == 200
+    assert _raw_get(c, 1, None, "/inventory/x", bearer=token)[0] == 200
+    assert c.server.introspection_calls() - before == 1
+    no_500(c)
+
+
+def test_a_partitioned_node_stops_serving_unchecked_copies_and_catches_up(cluster):
+    c = cluster(relay_for=(1,), on_store_down="deny")
+    browser = c.sign_in(0)
+    cookie = browser.cookie(SESSION_COOKIE)
+    assert _raw_get(c, 1, cookie)[0] == 200
+    token = c.server.issue_token(scope="read:inventory", user="alice")
+    c.relays[0].partition()
+    time.sleep(0.3)  # the relay's pump has stopped forwarding
+    assert browser.get(c.url(0) + "/.fluxgate/logout").status == 303
+    assert _raw_get(c, 0, cookie)[0] == 401
+    # B cannot hear of the logout: it serves its copy until the copies are too old to
+    # trust (15 s after its last sweep, which ran at most 5 s before), then 503.
+    statuses = []
+    started = time.monotonic()
+    while time.monotonic() - started < 3 * SWEEP + SWEEP + 3:
+        statuses.append(_raw_get(c, 1, cookie)[0])
+        if statuses[-1] == 503:
+            break
+        time.sleep(0.5)
+    assert statuses[-1] == 503 and set(statuses) <= {200, 503}, statuses
+    # Introspection on B asks the authorization server directly.
+    assert _raw_get(c, 1, None, "/inventory/x", bearer=token)[0] == 200
+    c.relays[0].heal()
+    assert wait_until(lambda: _raw_get(c, 1, cookie)[0] == 401, timeout=SWEEP + 4)
+    no_500(c)
