@@ -9,9 +9,9 @@ Redis holds, under one hash tag (so that one Lua script may touch them all, Redi
     {prefix keys}:log         stream, one entry per change, id ``<generation>-0``, field
                               ``ids``: the key ids it wrote, or ``*`` (read everything again);
                               trimmed to about LOG_LENGTH entries
-    {prefix}keys:changes      pub/sub channel: each new generation is announced on it
-
     {prefix keys}:names       hash, key name -> generation of the last change to that name
+    {prefix keys}:secret      a fingerprint of the signing secret (nodes with another refuse)
+    {prefix}keys:changes      pub/sub channel: each new generation is announced on it
 
 Every change (create, rotate, renew, revoke, an import batch) is ONE script (WRITE_SCRIPT):
 check that no name it touches changed after the generation the writer's keys.db is in step
