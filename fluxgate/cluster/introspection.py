@@ -26,7 +26,10 @@ import logging
 import struct
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fluxgate.config.schema import Config
 
 log = logging.getLogger("fluxgate.cluster")
 
@@ -49,6 +52,16 @@ class SharedResults:
         self.counts = {"hit": 0, "miss": 0, "stored": 0, "failed": 0, "skipped": 0}
         self._listener: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
+
+    @classmethod
+    def for_config(cls, config: Config) -> SharedResults:
+        """The shared results on the store of ``config`` (a Redis URL)."""
+        from fluxgate.cluster.connect import parse_store_url, redis_client
+
+        store = parse_store_url(config.store)
+        # A whole call, redis-py's retries of a timed-out read included.
+        return cls(redis_client(store, config.cluster), config.cluster.prefix,
+                   timeout=4 * config.cluster.timeout, describe=store.describe())
 
     def key(self, provider_id: str, digest: bytes) -> str:
         return f"{self.prefix}introspection:{provider_id}:{digest.hex()}"

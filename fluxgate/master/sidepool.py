@@ -68,6 +68,7 @@ from fluxgate.auth.introspection import (
 )
 from fluxgate.cluster.connect import is_redis_url
 from fluxgate.cluster.introspection import SharedResults
+from fluxgate.cluster.oauth2_metrics import cluster_oauth2_metrics
 from fluxgate.errors import ConfigError
 from fluxgate.master.as_client import AsClient, IntrospectionError, discover
 from fluxgate.master.login import LoginService
@@ -466,13 +467,13 @@ class SidePoolService:
     async def _configure(self, config: schema.Config) -> None:
         wanted: dict[str, schema.OAuth2] = {}
         await self.logins.configure(config)
-        if self.shared is None and is_redis_url(config.store):
-            self.shared = _shared_results(config)
-            self.shared.listen(self._purge_here)
         for entry in oauth2_configs(config):
             if entry.login:
                 continue  # the browser login: self.logins
             wanted.setdefault(provider_source(entry), entry)
+        if wanted and self.shared is None and is_redis_url(config.store):
+            self.shared = SharedResults.for_config(config)
+            self.shared.listen(self._purge_here)
         for source, entry in wanted.items():
             provider = self.providers.get(source)
             if provider is not None and provider.config == entry:
@@ -592,6 +593,7 @@ class SidePoolService:
                              per_provider(lambda p: p.breaker.state))
         out += metric_family("fluxgate_oauth2_breaker_opened_total", "counter",
                              "Times the circuit breaker opened.", per_provider(lambda p: p.breaker.opened))
+        out += cluster_oauth2_metrics(self.logins.store, self.shared)
         now = time.time()
         live = {p.source: p.cache.live_entries(now) for p in providers}
         out += metric_family("fluxgate_oauth2_cache_entries", "gauge",
@@ -599,12 +601,3 @@ class SidePoolService:
                              [((("provider", p.source), ("kind", kind)), live[p.source][i])
                               for p in providers for i, kind in enumerate(("active", "inactive"))])
         return out
-
-
-def _shared_results(config: schema.Config) -> SharedResults:
-    """The cluster's shared introspection results, on the store of ``config``."""
-    from fluxgate.cluster.connect import parse_store_url, redis_client
-
-    store = parse_store_url(config.store)
-    return SharedResults(redis_client(store, config.cluster), config.cluster.prefix,
-                         timeout=4 * config.cluster.timeout, describe=store.describe())

@@ -234,6 +234,20 @@ def test_an_introspection_made_on_a_serves_b(cluster):
     no_500(c)
 
 
+def metric(gw: GatewayProcess, name: str) -> float:
+    """One unlabelled series of a node's /metrics."""
+    conn = http.client.HTTPConnection("127.0.0.1", gw.admin_port, timeout=10)
+    try:
+        conn.request("GET", "/metrics", headers={"Authorization": "Bearer test-admin-token"})
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
 def admin_post(gw: GatewayProcess, path: str, body: dict) -> int:
     conn = http.client.HTTPConnection("127.0.0.1", gw.admin_port, timeout=10)
     try:
@@ -294,9 +308,12 @@ def test_redis_stopped_mid_load_copies_serve_and_a_logout_meanwhile_lands_after(
     assert browser.get(c.url(1) + "/.fluxgate/logout").status == 303  # ended on B at once
     assert _raw_get(c, 1, cookie)[0] == 401
     assert _raw_get(c, 0, cookie)[0] == 200  # A cannot know yet
+    assert metric(c.nodes[1], "fluxgate_cluster_sessions_store_failures_total") > 0
+    assert metric(c.nodes[1], "fluxgate_cluster_sessions_store_up") == 0
     redis_server.start()  # its data kept: B's sweep pushes the end, A applies it
     assert wait_until(lambda: _raw_get(c, 0, cookie)[0] == 401, timeout=SWEEP + 4)
     assert fresh_login_status(c, 0) == 302
+    assert metric(c.nodes[1], "fluxgate_cluster_sessions_store_up") == 1
     no_500(c)
 
 
