@@ -261,3 +261,34 @@ def test_a_partitioned_node(gateway_factory, upstream, redis_server):
                           and metrics(nodes[2])["fluxgate_quota_store_up"] == 1, timeout=10)
     finally:
         relay.stop()
+
+
+def test_redis_restarted_empty_is_repaired_from_the_nodes_grants(gateway_factory, upstream,
+                                                                 redis_server):
+    nodes = start_nodes(gateway_factory, upstream, [redis_server.url] * 3, lease=10)
+    before = load(nodes, "/r", 300, connections=5)
+    assert before == Counter({200: 300}), before
+    client = redis_server.client()
+    (used_key,) = [k for k in client.keys("{fluxgate:q:*}:*") if not k.endswith(b"nodes")]
+    granted_before = int(client.get(used_key))
+    redis_server.restart(empty=True)
+    after = load(nodes, "/r", 2700, connections=5)
+    assert set(after) <= {200, 429, 503}, after  # 503: while the nodes reconnect (deny)
+    accepted = before[200] + after[200]
+    # Each node re-added its own grants at its first lease after the restart: the count is
+    # whole again, and what the nodes accepted is within it; the overshoot is bounded by
+    # what was granted before the restart.
+    used = int(redis_server.client().get(used_key))
+    assert accepted <= used <= LIMIT + granted_before, (accepted, used, granted_before)
+    assert accepted >= LIMIT - 3 * 10 - after[503], (accepted, after)
+
+
+def test_unspent_units_are_given_back_at_shutdown(gateway_factory, upstream, redis_server):
+    (node,) = start_nodes(gateway_factory, upstream, [redis_server.url], limit=100_000)
+    got = load([node], "/r", 500, connections=5)
+    assert got == Counter({200: 500}), got
+    client = redis_server.client()
+    (used_key,) = [k for k in client.keys("{fluxgate:q:*}:*") if not k.endswith(b"nodes")]
+    assert int(client.get(used_key)) > 500  # the node holds a chunk it has not spent
+    node.stop()
+    assert int(client.get(used_key)) == 500  # given back: only what was spent is counted
