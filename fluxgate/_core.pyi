@@ -188,6 +188,15 @@ class JwtVerifier:
     def authenticate(self, token: bytes, now: float) -> Any: ...
     def authenticate_bearer(self, headers: list[tuple[bytes, bytes]], now: float) -> Any: ...
 
+class JwtStep:
+    """The jwt middleware's compiled per-request entry (fluxgate/_jwt_step.pxi): a bearer
+    token verified here, every other case handed to the subclass's ``_slow_call``,
+    ``_refuse``, ``_failed`` and ``_check_scopes``."""
+
+    verifier: JwtVerifier | None
+    scopes: Any
+    def __call__(self, req: Any) -> Any: ...
+
 # ---- API keys and quota counters (fluxgate/_keys.pxi) ---------------------------------
 
 KEY_FORMAT: dict[str, Any]

@@ -1619,3 +1619,6 @@ def bearer_token(list headers not None, /):
     if value is None or value is False:
         return value
     return PyBytes_FromStringAndSize(PyBytes_AS_STRING(<bytes>value) + start, end - start)
+
+
+include "_jwt_step.pxi"

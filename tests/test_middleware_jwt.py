@@ -701,3 +701,61 @@ def test_a_full_token_cache_gives_the_cycle_collector_nothing_to_walk(callers):
     assert verifier.cached == 16384 and added < 1000, added
     principal = verifier.authenticate(tokens[-1], now)
     assert principal.subject == f"user-{16383 % callers}" and not gc.is_tracked(principal)
+
+
+def _hs256_middleware(**options) -> JwtMiddleware:
+    text = (
+        "routes:\n  - route: /a\n    upstream: http://127.0.0.1:9\n    middleware:\n"
+        "      - jwt:\n          issuer: https://idp.test\n          audience: api\n"
+        f"          algorithms: [HS256]\n          secret: \"{'s' * 32}\"\n"
+        + "".join(f"          {k}: {json.dumps(v)}\n" for k, v in options.items())
+    )
+    config = load_config_text(text)
+    return JwtMiddleware.from_config(config.routes[0].middleware[0], FakeGateway(config), None)
+
+
+def _outcome(refusal, req) -> tuple:
+    principal = req.principal
+    return (type(refusal).__name__, getattr(refusal, "reason", None),
+            None if principal is None else (principal.id, principal.upstream_lines))
+
+
+@pytest.mark.parametrize("options", [{}, {"scopes": ["orders:read"], "cookie": "session"}],
+                         ids=["no-scopes", "scopes-and-cookie"])
+def test_the_compiled_step_decides_as_the_whole_policy_does(options):
+    # middleware(req) is JwtStep.__call__ (compiled, the bearer-token case) falling back to
+    # _slow_call; _slow_call alone is the whole policy: both answer every request alike.
+    now = int(time.time())
+    good = _hs256(sub="alice", scope="orders:read")
+    forged = good[:-2] + (b"AA" if good[-2:] != b"AA" else b"BA")
+    cases = [
+        [(b"Authorization", b"Bearer " + good)],
+        [(b"authorization", b"bearer   " + good + b"  ")],
+        [(b"Authorization", b"Bearer " + _hs256(sub="bob", scope="profile"))],
+        [(b"Authorization", b"Bearer " + _hs256(sub="carol", exp=now - 3600))],
+        [(b"Authorization", b"Bearer " + _hs256(sub="dave", iss="https://other.test"))],
+        [(b"Authorization", b"Bearer " + forged)],
+        [(b"Authorization", b"Bearer not-a-token")],
+        [(b"Authorization", b"Bearer ")],
+        [(b"Authorization", b"Bearer")],
+        [(b"Authorization", b"Basic dXNlcjpwdw==")],
+        [(b"Authorization", b"Bearer " + good), (b"Authorization", b"Bearer " + good)],
+        [(b"Cookie", b"session=" + good)],
+        [],
+    ]
+    for headers in cases:
+        compiled, whole = _request(*headers), _request(*headers)
+        refusal = _hs256_middleware(**options)(compiled)
+        expected = _hs256_middleware(**options)._slow_call(whole)
+        assert _outcome(refusal, compiled) == _outcome(expected, whole), headers
+    ok = _request((b"Authorization", b"Bearer " + good))
+    assert _hs256_middleware(**options)(ok) is None and ok.principal.subject == "alice"
+
+
+def test_the_compiled_step_answers_401_for_headers_it_cannot_read():
+    mw = _hs256_middleware()
+    req = _request()
+    req.headers = [(b"Authorization", "Bearer str-not-bytes")]
+    refusal = mw(req)
+    assert type(refusal).__name__ == "InvalidToken" and refusal.reason == "other"
+    assert req.principal is None

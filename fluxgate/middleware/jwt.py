@@ -32,7 +32,7 @@ from urllib.parse import unquote_to_bytes
 
 import orjson
 
-from fluxgate._core import JwtPrincipals, JwtVerifier, TokenError, bearer_token
+from fluxgate._core import JwtPrincipals, JwtStep, JwtVerifier, TokenError, bearer_token
 from fluxgate.auth.failures import AuthFailures
 from fluxgate.auth.jwks import KeySource, provider_source
 from fluxgate.auth.scopes import ScopePolicy, token_scopes
@@ -119,12 +119,15 @@ def build_verifier(config: Jwt) -> JwtVerifier:
     )
 
 
-class JwtMiddleware:
-    """One route's jwt entry, compiled once per worker."""
+class JwtMiddleware(JwtStep):
+    """One route's jwt entry, compiled once per worker.
 
-    __slots__ = (
-        "verifier", "keys", "cookie", "query", "drop_headers", "scopes", "failures",
-    )  # fmt: skip
+    A request is called with ``middleware(req)``: the compiled JwtStep (``_core``) answers
+    the common case, a bearer token in the Authorization header, and calls back here for
+    the rest (``_slow_call``, ``_refuse``, ``_failed``, ``_check_scopes``). ``verifier``
+    and ``scopes`` are JwtStep's fields."""
+
+    __slots__ = ("keys", "cookie", "query", "drop_headers", "failures")
 
     method = "jwt"
 
@@ -217,7 +220,8 @@ class JwtMiddleware:
 
     # -- per request ---------------------------------------------------------------------
 
-    def __call__(self, req: RequestState) -> ClientError | None:
+    def _slow_call(self, req: RequestState) -> ClientError | None:
+        # The whole policy, for any request; JwtStep.__call__ takes the common case itself.
         try:
             # The common case in one call: the Authorization header's bearer token, looked
             # up in the verified-token cache where it lies (ambiguous or empty: TokenError).
@@ -233,16 +237,27 @@ class JwtMiddleware:
         except TokenError as err:
             return self._refuse(err)
         except Exception:  # never a 500 for what a client sent
-            log.exception("jwt verification failed unexpectedly; answered 401")
-            self._count("other")
-            return InvalidToken(reason="other")
+            return self._failed()
         if self.scopes.active:
-            refusal = self.scopes.check(principal.scopes, req.method, req.path)
-            if refusal is not None:
-                self._count("insufficient_scope")
-                return refusal
+            return self._check_scopes(req, principal)
         req.principal = principal
         return None
+
+    def _check_scopes(self, req: RequestState, principal: Any) -> ClientError | None:
+        """The route's scope rules for a verified principal: its refusal, or None with
+        ``req.principal`` set."""
+        refusal = self.scopes.check(principal.scopes, req.method, req.path)
+        if refusal is not None:
+            self._count("insufficient_scope")
+            return refusal
+        req.principal = principal
+        return None
+
+    def _failed(self) -> ClientError:
+        # Called in the handler of an unexpected error: log.exception has its traceback.
+        log.exception("jwt verification failed unexpectedly; answered 401")
+        self._count("other")
+        return InvalidToken(reason="other")
 
     def _refuse(self, err: TokenError) -> ClientError:
         reason = err.reason

@@ -1,0 +1,52 @@
+# Included into _core.pyx (by _jwt.pxi): the jwt middleware's per-request entry, compiled.
+#
+# A route calls each middleware once per request; as a Python __call__ that was a frame, a
+# few attribute loads and a second call into JwtVerifier.authenticate_bearer for what is,
+# on nearly every request, one bearer token looked up in (or added to) the verified-token
+# cache. JwtStep does that case here and hands every other one to the Python subclass
+# (fluxgate/middleware/jwt.py), which keeps the whole policy: ``_slow_call`` for a request
+# without a usable ``Authorization: Bearer`` token, ``_refuse`` for an invalid token,
+# ``_failed`` for an unexpected error, ``_check_scopes`` where the route requires scopes.
+
+from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
+
+
+cdef inline double _wall_now() noexcept nogil:
+    # time.time()'s clock, without the float object.
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
+
+
+cdef class JwtStep:
+    """The compiled base of the jwt middleware: ``step(req)`` authenticates the request's
+    bearer token with ``verifier`` and sets ``req.principal`` (None: the request goes on),
+    or returns the refusal the subclass makes. The subclass defines ``_slow_call(req)``,
+    ``_refuse(err)``, ``_failed()`` and ``_check_scopes(req, principal)``."""
+
+    cdef public JwtVerifier verifier
+    cdef public object scopes        # has ``active``: False when no scope is ever required
+
+    def __call__(self, req):
+        cdef Py_ssize_t start = 0, end = 0
+        cdef object value = None
+        if type(req) is not RequestState or self.verifier is None:
+            return self._slow_call(req)
+        headers = (<RequestState>req).headers
+        if type(headers) is not list:
+            return self._slow_call(req)
+        try:
+            value = _bearer_span(<list>headers, &start, &end)
+            if value is not None and value is not False and start != end:
+                principal = self.verifier._entry_of(<bytes>value, start, end - start,
+                                                    _wall_now()).prepared
+        except TokenError as err:
+            return self._refuse(err)
+        except Exception:  # never a 500 for what a client sent
+            return self._failed()
+        if value is None or value is False or start == end:
+            return self._slow_call(req)  # no bearer token, several, or an empty one
+        if self.scopes.active:
+            return self._check_scopes(req, principal)
+        (<RequestState>req).principal = principal
+        return None
