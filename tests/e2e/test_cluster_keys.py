@@ -5,6 +5,8 @@ Redis stopped mid-load, one node partitioned, Redis restarted empty, a hostile r
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import subprocess
 import sys
@@ -15,6 +17,7 @@ import pytest
 
 from tests.support.cluster_keys import (
     SIGNING_SECRET,
+    TOKEN,
     admin,
     answers,
     node_config,
@@ -47,6 +50,15 @@ def create(gw, name: str, **fields) -> dict:
     return doc
 
 
+def metrics(gw) -> str:
+    conn = http.client.HTTPConnection("127.0.0.1", gw.admin_port, timeout=10)
+    try:
+        conn.request("GET", "/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+        return conn.getresponse().read().decode()
+    finally:
+        conn.close()
+
+
 def fluxctl(gw, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "fluxgate.cli.fluxctl", "--config", str(gw.config_path), *args],
@@ -76,13 +88,16 @@ def test_keys_made_rotated_and_revoked_on_any_node_are_in_force_on_every_node(cl
     # fluxctl on node B acts on the cluster (it writes Redis, then B's keys.db).
     made = fluxctl(b, "--json", "keys", "generate", "--name", "carol")
     assert made.returncode == 0, made.stderr
-    carol = __import__("json").loads(made.stdout)["key"]
+    carol = json.loads(made.stdout)["key"]
     wait_answer([a, b, c], carol, 200, seconds=3)
     revoked = fluxctl(b, "keys", "revoke", "carol")
     assert revoked.returncode == 0, revoked.stderr
     wait_answer([a, b, c], carol, 401, seconds=REVOCATION_BOUND + 0.5)  # B's master polls keys.db
     listed = fluxctl(a, "--json", "keys", "list")
     assert listed.returncode == 0 and "bob" in listed.stdout and "carol" not in listed.stdout
+    text = metrics(a)
+    assert "fluxgate_cluster_keys_store_up 1" in text
+    assert "fluxgate_cluster_keys_refused_records_total 0" in text
 
 
 def test_redis_stopped_mid_load_keys_keep_working_and_changes_answer_503(cluster, redis_server):
@@ -111,6 +126,7 @@ def test_redis_stopped_mid_load_keys_keep_working_and_changes_answer_503(cluster
         code, doc = admin(c, "POST", "/admin/keys/revoke", {"name": "erin"})
         assert code == 503, doc
         assert admin(b, "GET", "/admin/keys")[0] == 200  # reads need no Redis
+        assert "fluxgate_cluster_keys_store_up 0" in metrics(b)
         time.sleep(0.5)
     finally:
         stop.set()
