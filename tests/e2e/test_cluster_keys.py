@@ -238,3 +238,12 @@ def test_cluster_mode_refuses_to_start_without_a_shared_signing_secret(
         f"api_keys: {{signing_secret: '{SIGNING_SECRET}'}}\n", "")
     with pytest.raises(RuntimeError, match="api_keys.signing_secret"):
         gateway_factory(text, workers=1, name="node-a")
+
+
+def test_a_node_with_another_signing_secret_refuses_to_start(
+        gateway_factory, redis_server, upstream):
+    a = gateway_factory(node_config(redis_server.url, "a", upstream.url), name="node-a")
+    create(a, "walter")
+    other = node_config(redis_server.url, "b", upstream.url, secret="another-secret-" + "y" * 30)
+    with pytest.raises(RuntimeError, match="differs from the one the keys in redis://"):
+        gateway_factory(other, name="node-b")
