@@ -266,6 +266,9 @@ class KeyTable:
     def entry(self, index: int, /) -> dict[str, Any]: ...
     def release(self) -> None: ...
 
+def keytab_buckets(ids: bytes | bytearray, n_buckets: int, /) -> bytes:
+    """A key table's buckets for ``ids`` (9 bytes each, in entry order)."""
+
 def extract_api_key(
     headers: list[tuple[bytes, bytes]], lname: bytes, query: bytes, qname: bytes, /
 ) -> tuple[int, bytes | None]:

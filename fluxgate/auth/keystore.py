@@ -366,6 +366,12 @@ class KeyStore:
         cutoff = int(now - keep_dead)
         return self._select(_FOR_TABLE, (cutoff, cutoff))
 
+    def used(self) -> list[tuple[int, int | None, str | None, int]]:
+        """(slot, last_used_at, last_used_from, requests) of every key ever used."""
+        return self.db.execute(
+            "SELECT slot, last_used_at, last_used_from, requests FROM keys "
+            "WHERE requests != 0 OR last_used_at IS NOT NULL ORDER BY slot").fetchall()
+
     def table_rows(self, now: float, keep_dead: float) -> list[TableRow]:
         """``for_table``'s keys as ``TableRow``s: only what the table needs, undecoded."""
         cutoff = int(now - keep_dead)

@@ -46,7 +46,14 @@ from itertools import chain, compress, count
 from operator import ne
 from typing import TYPE_CHECKING, Any
 
-from fluxgate._core import KEY_FORMAT, KEY_LAYOUT, Counters, KeyTable, b64url_decode
+from fluxgate._core import (
+    KEY_FORMAT,
+    KEY_LAYOUT,
+    Counters,
+    KeyTable,
+    b64url_decode,
+    keytab_buckets,
+)
 from fluxgate.auth.keys import load_signing_key
 from fluxgate.auth.keystore import json_strings
 from fluxgate.auth.principal import Principal
@@ -136,18 +143,13 @@ def build_table(
     pool_off = entries_off + capacity * _ENTRY.size
     pool = bytearray()
     entries = bytearray()
-    buckets = [0] * n_buckets
-    mask = n_buckets - 1
+    ids = bytearray()
     encode = functools.partial(encode_entry, pool=pool, usage_slots=usage_slots,
                                quota_tag=quota_tag)
-    u32 = _U32.unpack_from
-    for index, r in enumerate(records):
+    for r in records:
         raw_id, entry = encode(r)
         entries += entry
-        home = u32(raw_id)[0] & mask
-        while buckets[home]:
-            home = (home + 1) & mask
-        buckets[home] = index + 1
+        ids += raw_id
     pool_used = len(pool)
     pool_len = _align(pool_used + (spare * SPARE_POOL_PER_ENTRY if spare_pool is None
                                    else spare_pool), 8)
@@ -157,7 +159,7 @@ def build_table(
         pool_used,
     )
     out = bytearray(header)
-    out += struct.pack(f"={n_buckets}I", *buckets)
+    out += keytab_buckets(ids, n_buckets)
     out += b"\0" * (entries_off - len(out))
     out += entries
     out += b"\0" * (pool_off - len(out))

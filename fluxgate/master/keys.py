@@ -307,6 +307,8 @@ class KeyService:
         """Start a full rebuild in the background unless one is under way."""
         if self._rebuilding is None or self._rebuilding.done():
             self._rebuilding = asyncio.get_running_loop().create_task(self._rebuild_logged())
+            # Logged there; the writers waiting for it (if any) get the exception too.
+            self._rebuilding.add_done_callback(_retrieved)
 
     async def _rebuild_logged(self) -> None:
         try:
@@ -385,9 +387,8 @@ class KeyService:
         self.ops.store.record_usage(usage_rows([k for k, _ in rows], [r for _, r in rows]))
 
     def _seed_usage(self) -> None:
-        for r in self.ops.store.all():
-            if r.requests or r.last_used_at:
-                self.usage.seed(usage_slot(r), r.last_used_at, r.last_used_from, r.requests)
+        for slot, last_used_at, last_used_from, requests in self.ops.store.used():
+            self.usage.seed(RESERVED_SLOTS + slot, last_used_at, last_used_from, requests)
 
     # ---- admin API --------------------------------------------------------------------------
 
@@ -518,6 +519,11 @@ def _snapshot(path: str, now: float) -> tuple[list, ChangeMark]:
         return store.table_snapshot(now, KEEP_DEAD)
     finally:
         store.close()
+
+
+def _retrieved(task: asyncio.Task) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _spare(keys: int) -> int:
