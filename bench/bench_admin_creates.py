@@ -8,7 +8,10 @@ admin connection, create keys for ``--seconds``. Printed: the creates answered 2
 the table generations published meanwhile, the time one table build takes with these keys
 (what a single create cost when each write rebuilt the table), and how long five
 ``POST /admin/keys/revoke`` calls, made while the creates run, take to answer (a revoked key
-is refused by every worker when answered). Bounded in time and count.
+is refused by every worker when answered). Then, the creates over, five revocations as
+``fluxctl keys revoke`` makes them (a commit on keys.db by another connection): the time from
+the commit to the gateway's first 401 for the key (polled every 5 ms). Bounded in time and
+count.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import time
 from pathlib import Path
 
 from bench.bench_memory import load_keys, master_phases
+from fluxgate.auth.keystore import KeyStore
 from tests.support.gateway import GatewayProcess
 
 CONFIG = """\
@@ -95,6 +99,36 @@ def revoker(port: int, started: float, out: list[float]) -> None:
         out.append(revoke(port, f"consumer-{i}"))
 
 
+def status(port: int, key: str) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", "/keyed/x", headers={"X-API-Key": key})
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()
+
+
+def fluxctl_revocations(state_dir: str, port: int, keys: list[str]) -> list[float]:
+    """Milliseconds from a revocation committed on keys.db (as fluxctl does) to the gateway's
+    first 401 for the key; consumer-5... were loaded with ``keys``' texts."""
+    out = []
+    with KeyStore.open(state_dir) as store:
+        for i, key in enumerate(keys):
+            if status(port, key) == 401:
+                raise RuntimeError(f"consumer-{5 + i} refused before its revocation")
+            store.revoke(f"consumer-{5 + i}")
+            committed = time.perf_counter()
+            deadline = committed + 10
+            while status(port, key) != 401:
+                if time.perf_counter() > deadline:
+                    raise RuntimeError(f"consumer-{5 + i} still accepted 10 s after revocation")
+                time.sleep(0.005)
+            out.append((time.perf_counter() - committed) * 1000)
+    return out
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--keys", type=int, default=100_000)
@@ -105,7 +139,7 @@ def main(argv: list[str]) -> None:
         gateway = GatewayProcess(Path(tmp), CONFIG, workers=1)
         state_dir = str(gateway.state_dir)
         started = time.perf_counter()
-        load_keys(state_dir, args.keys, 0)
+        kept = load_keys(state_dir, args.keys, 10)[5:]  # consumer-5..9, revoked by fluxctl
         print(f"{args.keys:,} keys loaded in {time.perf_counter() - started:.1f} s")
         build = sum(master_phases(state_dir).values())
         print(f"one table build from records (rows -> records -> bytes): {build * 1000:.0f} ms")
@@ -130,12 +164,15 @@ def main(argv: list[str]) -> None:
                 t.join()
             elapsed = time.monotonic() - started
             published = generation(gateway.admin_port) - first
+            by_fluxctl = fluxctl_revocations(state_dir, gateway.port, kept)
         finally:
             gateway.stop()
     done = sum(counts)
     print(f"{args.clients} clients, {elapsed:.1f} s: {done:,} creates answered 201 "
           f"({sum(errors)} other), {done / elapsed:.0f} creates/s, {published} generations")
     print("revocations answered in (ms): " + ", ".join(f"{ms:.1f}" for ms in revokes))
+    print("fluxctl revocations, commit to the first 401 (ms): "
+          + ", ".join(f"{ms:.1f}" for ms in by_fluxctl))
 
 
 if __name__ == "__main__":
