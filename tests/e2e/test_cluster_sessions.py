@@ -18,6 +18,8 @@ import json
 import os
 import socket
 import ssl
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -28,7 +30,7 @@ from tests.e2e.test_oauth2_dot import dot_routes
 from tests.e2e.test_oauth2_login import SESSION_COOKIE, login_config
 from tests.support.browserless import Browserless
 from tests.support.certs import write_pair
-from tests.support.gateway import GatewayProcess, free_port, wait_until
+from tests.support.gateway import REPO, GatewayProcess, free_port, wait_until
 from tests.support.redis_server import FaultRelay
 from tests.support.websocket import OP_TEXT, WsClient
 
@@ -188,6 +190,33 @@ def _raw_get(c: Cluster, node: int, cookie: str | None, path: str = "/app/api/x"
         return response.status, dict(response.getheaders()), response.read()
     finally:
         conn.close()
+
+
+def test_back_channel_logout_and_fluxctl_revoke_on_b_end_the_session_on_a(cluster):
+    from tests.support.logout_tokens import LogoutTokens, post_logout_token
+
+    c = cluster(backchannel_logout_path="/.fluxgate/backchannel-logout")
+    first = c.sign_in(0).cookie(SESSION_COOKIE)
+    op = c.server.op_session("alice")
+    assert _raw_get(c, 1, first)[0] == 200
+    tokens = LogoutTokens.for_server(c.server, c.client)
+    good = tokens.valid(sid=op["sid"])
+    assert post_logout_token(c.url(1) + "/.fluxgate/backchannel-logout", good, c.ca)[0] == 200
+    assert wait_until(lambda: _raw_get(c, 0, first)[0] == 401, timeout=2)
+    # The same logout token at the other node is a replay there too.
+    assert post_logout_token(c.url(0) + "/.fluxgate/backchannel-logout", good, c.ca)[0] == 400
+
+    second = c.sign_in(0).cookie(SESSION_COOKIE)
+    assert _raw_get(c, 1, second)[0] == 200
+    done = subprocess.run(
+        [sys.executable, "-m", "fluxgate.cli.fluxctl", "--config",
+         str(c.nodes[1].config_path), "oauth2", "sessions", "revoke", "--sub", op["sub"]],
+        cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert _raw_get(c, 1, second)[0] == 401
+    # Node B's master pushes the end made in its file at its next sweep.
+    assert wait_until(lambda: _raw_get(c, 0, second)[0] == 401, timeout=SWEEP + 3)
+    no_500(c)
 
 
 def test_refresh_at_the_same_moment_on_two_nodes_uses_each_refresh_token_once(cluster):
