@@ -156,6 +156,12 @@ class KeyService:
         self.ops._signing_key = key
 
     async def stop(self) -> None:
+        if self._task is not None:  # first: it starts publications and rebuilds
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
         if self._pending_timer is not None:
             self._pending_timer.cancel()
             self._start_publish()  # the admin writes already committed are not left waiting
@@ -164,12 +170,6 @@ class KeyService:
         if self._rebuilding is not None:
             await asyncio.gather(self._rebuilding, return_exceptions=True)
         self._close_writers(float("inf"))
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
         if self.ops is not None:
             try:
                 self.flush_usage()
@@ -228,9 +228,12 @@ class KeyService:
         state_dir = self.master.state_dir
         version = self.ops.store.data_version()
         records, mark = await asyncio.to_thread(_snapshot, self.ops.store.path, time.time())
+        # Every pass over a million rows in a thread: the loop keeps answering.
+        need, prune = await asyncio.to_thread(_needs, records)
         spare = _spare(len(records))
-        self.usage.ensure(_usage_need(records) + spare)
+        self.usage.ensure(need + spare)
         data = await asyncio.to_thread(self._build, records, self.generation + 1, spare)
+        del records
         tmp = await asyncio.to_thread(write_table, state_dir, data)
         del data
         writer = TableWriter(tmp)
@@ -245,7 +248,8 @@ class KeyService:
             _unlink(tmp)
             raise
         self._swap(writer, mark)
-        self._published(version, records + since)
+        self._next_prune = prune
+        self._published(version, since)
 
     def _swap(self, writer: TableWriter, mark: ChangeMark) -> None:
         """``writer``'s file is the published table now."""
@@ -328,10 +332,7 @@ class KeyService:
         self.generation += 1
         for writer in self._writers():
             writer.set_generation(self.generation)
-        self._next_prune = min(self._next_prune, KEEP_DEAD + 1 + min(
-            (min(r.valid_until, r.revoked_at or r.valid_until) for r in records),
-            default=float("inf"),
-        ))
+        self._next_prune = min(self._next_prune, _prune_time(records))
         # The records are not kept (~550 MB of objects with a million keys, which every
         # worker would inherit at fork): the table is all later work needs.
         self.keys = self._writer.keys if self._writer is not None else len(records)
@@ -519,6 +520,19 @@ def _snapshot(path: str, now: float) -> tuple[list, ChangeMark]:
         return store.table_snapshot(now, KEEP_DEAD)
     finally:
         store.close()
+
+
+def _needs(records: list) -> tuple[int, float]:
+    """``_usage_need`` and ``_prune_time`` of ``records``."""
+    return _usage_need(records), _prune_time(records)
+
+
+def _prune_time(records: list) -> float:
+    """When the first of ``records`` has been dead KEEP_DEAD (and leaves the table)."""
+    return KEEP_DEAD + 1 + min(
+        (min(r.valid_until, r.revoked_at or r.valid_until) for r in records),
+        default=float("inf"),
+    )
 
 
 def _retrieved(task: asyncio.Task) -> None:
