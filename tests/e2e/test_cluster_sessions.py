@@ -10,14 +10,10 @@ restarted empty, slow, and one node partitioned from it; never a 500.
 
 from __future__ import annotations
 
-import base64
 import concurrent.futures
 import hashlib
 import http.client
 import json
-import os
-import socket
-import ssl
 import subprocess
 import sys
 import time
@@ -26,20 +22,26 @@ from dataclasses import dataclass, field
 import pytest
 
 from tests.e2e import test_oauth2_login as login_tests
-from tests.e2e.test_oauth2_dot import dot_routes
-from tests.e2e.test_oauth2_login import SESSION_COOKIE, login_config
 from tests.support.browserless import Browserless
 from tests.support.certs import write_pair
+from tests.support.cluster_login import (
+    SESSION_COOKIE,
+    SWEEP,
+    callback_url,
+    echo,
+    metric,
+    node_config,
+    session_get,
+    signed_out_url,
+    tls_listen,
+    ws_connect,
+)
 from tests.support.gateway import REPO, GatewayProcess, free_port, wait_until
 from tests.support.redis_server import FaultRelay
-from tests.support.websocket import OP_TEXT, WsClient
 
 pytestmark = pytest.mark.slow
 
 ca = login_tests.ca
-SESSION_SECRET = "cluster-session-secret-" + "x" * 24
-SIGNING_SECRET = "cluster-signing-secret-" + "y" * 24
-SWEEP = 5.0  # fluxgate/cluster/session_sync.py SYNC_INTERVAL
 
 
 @dataclass
@@ -75,8 +77,7 @@ def cluster(tmp_path, ca, upstream, django_auth_server, redis_server):
         server = django_auth_server
         ports = [free_port() for _ in range(nodes)]
         # One site behind the nodes: the callback and the post-logout page are node A's.
-        client = server.register_client([f"https://127.0.0.1:{ports[0]}/oauth2/callback"],
-                                        [f"https://127.0.0.1:{ports[0]}/app/signed-out"],
+        client = server.register_client([callback_url(ports[0])], [signed_out_url(ports[0])],
                                         access_token_seconds=access_token_seconds)
         leaf = ca.issue_cert("127.0.0.1")
         gateways = []
@@ -87,18 +88,12 @@ def cluster(tmp_path, ca, upstream, django_auth_server, redis_server):
                 relays.append(relay)
                 store = relay.url
             cert, key = write_pair(leaf, tmp_path, f"node{index}")
-            listen = f"{{address: '127.0.0.1:{port}', tls: {{cert: '{cert}', key: '{key}'}}}}"
             directory = tmp_path / f"node{index}"
             directory.mkdir()
-            config = (
-                f"store: {store}\n"
-                f"cluster: {{node: n{index}, session_secret: '{SESSION_SECRET}', "
-                f"timeout: 0.5, on_store_down: {on_store_down}}}\n"
-                f"api_keys: {{signing_secret: '{SIGNING_SECRET}'}}\n"
-                + login_config(upstream.url, server, client, ports[0], **options)
-                + dot_routes(upstream.url, server).removeprefix("routes:\n")
-            )
-            gw = GatewayProcess(directory, config, workers=workers, listen=listen)
+            config = node_config(store, f"n{index}", server, client, ports[0], upstream.url,
+                                 on_store_down, **options)
+            gw = GatewayProcess(directory, config, workers=workers,
+                                listen=tls_listen(port, cert, key))
             started.append(gw)
             gw.start()
             gateways.append(gw)
@@ -111,39 +106,6 @@ def cluster(tmp_path, ca, upstream, django_auth_server, redis_server):
             gw.stop()
         for relay in relays:
             relay.stop()
-
-
-def ws_connect(cluster: Cluster, node: int, cookie: str) -> WsClient:
-    context = ssl.create_default_context()
-    cluster.ca.configure_trust(context)
-    port = cluster.nodes[node].port
-    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
-    sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
-    key = base64.b64encode(os.urandom(16)).decode()
-    # The site's origin is node A's (the callback's), whatever node serves the socket.
-    lines = ["GET /ws/session HTTP/1.1", f"Host: 127.0.0.1:{port}", "Connection: Upgrade",
-             "Upgrade: websocket", "Sec-WebSocket-Version: 13", f"Sec-WebSocket-Key: {key}",
-             f"Cookie: {SESSION_COOKIE}={cookie}", f"Origin: {cluster.url(0)}"]
-    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    if not head.startswith(b"HTTP/1.1 101 "):
-        sock.close()
-        raise ConnectionError(head.decode("latin-1"))
-    ws = WsClient(sock, head, rest)
-    ws.sock.settimeout(8)
-    return ws
-
-
-def echo(ws: WsClient, text: bytes) -> bool:
-    ws.send(OP_TEXT, text)
-    frame = ws.recv_frame()
-    return frame is not None and frame.opcode == OP_TEXT and frame.payload == text
 
 
 def no_500(cluster: Cluster) -> None:
@@ -159,15 +121,13 @@ def test_a_session_made_on_a_works_on_b_and_a_logout_on_b_closes_as_websocket(cl
     browser = c.sign_in(0)
     cookie = browser.cookie(SESSION_COOKIE)
     assert c.get(browser, 1) == 200  # node B copies the session from Redis
-    sockets = [ws_connect(c, 0, cookie) for _ in range(3)]
+    sockets = [ws_connect(c.nodes[0].port, cookie, c.url(0), c.ca) for _ in range(3)]
     for ws in sockets:
         assert echo(ws, b"before")
     assert browser.get(c.url(1) + "/.fluxgate/logout").status == 303
-    ended = time.monotonic()
-    for ws in sockets:
+    for ws in sockets:  # how soon: bench/bench_cluster_sessions.py
         _before, close = ws.recv_until_close()
         assert close is not None and close.close_code == 4403
-    assert time.monotonic() - ended < 1.5  # within a second of the logout (plus the sweep)
     for node in (0, 1):
         status, _, _ = _raw_get(c, node, cookie)
         assert status == 401
@@ -176,20 +136,7 @@ def test_a_session_made_on_a_works_on_b_and_a_logout_on_b_closes_as_websocket(cl
 
 def _raw_get(c: Cluster, node: int, cookie: str | None, path: str = "/app/api/x",
              bearer: str | None = None):
-    """(status, headers, body) of a GET with the session cookie (or a bearer token)."""
-    context = ssl.create_default_context()
-    c.ca.configure_trust(context)
-    conn = http.client.HTTPSConnection("127.0.0.1", c.nodes[node].port, context=context,
-                                       timeout=10)
-    try:
-        headers = {"Cookie": f"{SESSION_COOKIE}={cookie}"} if cookie else {}
-        if bearer:
-            headers["Authorization"] = f"Bearer {bearer}"
-        conn.request("GET", path, headers=headers)
-        response = conn.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
-    finally:
-        conn.close()
+    return session_get(c.nodes[node].port, c.ca, cookie, path, bearer)
 
 
 def test_back_channel_logout_and_fluxctl_revoke_on_b_end_the_session_on_a(cluster):
@@ -263,20 +210,6 @@ def test_an_introspection_made_on_a_serves_b(cluster):
     no_500(c)
 
 
-def metric(gw: GatewayProcess, name: str) -> float:
-    """One unlabelled series of a node's /metrics."""
-    conn = http.client.HTTPConnection("127.0.0.1", gw.admin_port, timeout=10)
-    try:
-        conn.request("GET", "/metrics", headers={"Authorization": "Bearer test-admin-token"})
-        text = conn.getresponse().read().decode()
-    finally:
-        conn.close()
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"{name} not in /metrics")
-
-
 def admin_post(gw: GatewayProcess, path: str, body: dict) -> int:
     conn = http.client.HTTPConnection("127.0.0.1", gw.admin_port, timeout=10)
     try:
@@ -337,12 +270,12 @@ def test_redis_stopped_mid_load_copies_serve_and_a_logout_meanwhile_lands_after(
     assert browser.get(c.url(1) + "/.fluxgate/logout").status == 303  # ended on B at once
     assert _raw_get(c, 1, cookie)[0] == 401
     assert _raw_get(c, 0, cookie)[0] == 200  # A cannot know yet
-    assert metric(c.nodes[1], "fluxgate_cluster_sessions_store_failures_total") > 0
-    assert metric(c.nodes[1], "fluxgate_cluster_sessions_store_up") == 0
+    assert metric(c.nodes[1].admin_port, "fluxgate_cluster_sessions_store_failures_total") > 0
+    assert metric(c.nodes[1].admin_port, "fluxgate_cluster_sessions_store_up") == 0
     redis_server.start()  # its data kept: B's sweep pushes the end, A applies it
     assert wait_until(lambda: _raw_get(c, 0, cookie)[0] == 401, timeout=SWEEP + 4)
     assert fresh_login_status(c, 0) == 302
-    assert metric(c.nodes[1], "fluxgate_cluster_sessions_store_up") == 1
+    assert metric(c.nodes[1].admin_port, "fluxgate_cluster_sessions_store_up") == 1
     no_500(c)
 
 
@@ -350,7 +283,7 @@ def test_redis_restarted_empty_ends_the_sessions_and_users_sign_in_again(cluster
     c = cluster()
     browser = c.sign_in(0)
     cookie = browser.cookie(SESSION_COOKIE)
-    ws = ws_connect(c, 0, cookie)
+    ws = ws_connect(c.nodes[0].port, cookie, c.url(0), c.ca)
     assert echo(ws, b"before")
     assert _raw_get(c, 1, cookie)[0] == 200
     redis_server.restart(empty=True)  # Redis is the sessions' authority: they are lost
@@ -370,13 +303,11 @@ def test_a_slow_redis_still_shares_sessions_logouts_and_introspection(cluster):
     browser = c.sign_in(0)
     cookie = browser.cookie(SESSION_COOKIE)
     assert _raw_get(c, 1, cookie)[0] == 200
-    ws = ws_connect(c, 0, cookie)
+    ws = ws_connect(c.nodes[0].port, cookie, c.url(0), c.ca)
     assert echo(ws, b"before")
     assert browser.get(c.url(1) + "/.fluxgate/logout").status == 303
-    ended = time.monotonic()
     _before, close = ws.recv_until_close()
     assert close is not None and close.close_code == 4403
-    assert time.monotonic() - ended < 2.0
     token = c.server.issue_token(scope="read:inventory", user="alice")
     before = c.server.introspection_calls()
     assert _raw_get(c, 0, None, "/inventory/x", bearer=token)[0] == 200
