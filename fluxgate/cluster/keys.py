@@ -97,6 +97,9 @@ class ClusterKeyService:
                               "store")
         if self.active:
             require_shared_secret(config)
+            if config.cluster.prefix != self.mirror.config.cluster.prefix:
+                raise ConfigError("the prefix cannot change by a reload: restart the gateway",
+                                  "cluster.prefix")
             if config.api_keys.signing_secret != self.mirror.config.api_keys.signing_secret:
                 raise ConfigError("the signing secret cannot change in cluster mode: every "
                                   "node's keys are signed with it", "api_keys.signing_secret")
