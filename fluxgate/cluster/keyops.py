@@ -177,27 +177,20 @@ def import_into_cluster(ops: ClusterKeyOps, run_import, path: str, **options) ->
     """``fluxctl keys import`` in cluster mode: the rows are checked and committed to this
     node's keys.db as without a cluster (``run_import``), then written to Redis by batches of
     pipelined scripts, so that every node gets them. Redis must answer before anything is
-    imported; if it stops answering midway, the error says how many keys reached it."""
+    imported; if it stops answering midway, keys.db notes the keys still to send and the next
+    catch-up on this node sends them (keysync.KeyMirror.push_slots)."""
     ops.mirror.catch_up()  # StoreUnavailable now, before any row is read
     before = ops.store.last_slot()
     doc = run_import(ops.ops, path, **options)
     if not doc.get("committed"):
         return doc
-    sent = 0
     last = ops.store.last_slot()
     try:
-        for start in range(before, last, IMPORT_SLOTS):
-            # keys.db's own reader of rows by slot: the rows this import added, in slot order
-            records = ops.store._select("WHERE slot > ? AND slot <= ?",
-                                        (start, min(start + IMPORT_SLOTS, last)))
-            ops.mirror.write_records(records)
-            sent += len(records)
+        ops.mirror.push_slots(before, last)
     except StoreUnavailable as exc:
         raise StoreUnavailable(
-            f"{exc}: {sent} of the {last - before} imported keys reached the cluster; the "
-            "others are in this node's keys.db only") from None
+            f"{exc}: the import is committed to this node's keys.db; the keys not yet in the "
+            "cluster are sent when this node's gateway (or the next fluxctl keys command) "
+            "reaches the store again") from None
     doc["cluster_generation"] = ops.mirror.generation
     return doc
-
-
-IMPORT_SLOTS = 20_000  # keys.db rows read, then written to Redis, at a time

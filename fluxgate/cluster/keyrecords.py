@@ -33,6 +33,7 @@ FIELDS = ("key_id", "name", "digest", "scopes", "routes", "allow_ips", "quota_li
           "successor")
 _META_EPOCH = "cluster_epoch"
 _META_GENERATION = "cluster_generation"
+_META_UNPUSHED = "cluster_unpushed"
 
 
 class BadRecord(ValueError):
@@ -217,3 +218,22 @@ def set_cluster_mark(store: KeyStore, epoch: str, generation: int) -> None:
 def _set_mark(store: KeyStore, epoch: str, generation: int) -> None:
     store.db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                          ((_META_EPOCH, epoch), (_META_GENERATION, str(generation))))
+
+
+def unpushed(store: KeyStore) -> tuple[int, int] | None:
+    """The slots (after, up to) of imported rows not yet all written to the cluster's store."""
+    row = store.db.execute("SELECT value FROM meta WHERE key = ?", (_META_UNPUSHED,)).fetchone()
+    try:
+        first, last = (int(v) for v in row[0].split(":")) if row else (0, 0)
+    except ValueError:
+        return None
+    return (first, last) if first < last else None
+
+
+def set_unpushed(store: KeyStore, span: tuple[int, int] | None) -> None:
+    """Note (or, with None, clear) the slots still to write to the cluster's store."""
+    if span is None:
+        store.db.execute("DELETE FROM meta WHERE key = ?", (_META_UNPUSHED,))
+    else:
+        store.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                         (_META_UNPUSHED, f"{span[0]}:{span[1]}"))

@@ -52,6 +52,8 @@ from fluxgate.cluster.keyrecords import (
     decode,
     encode,
     set_cluster_mark,
+    set_unpushed,
+    unpushed,
 )
 from fluxgate.errors import ConfigError, FluxGateError, KeyStoreError
 
@@ -61,25 +63,30 @@ LOG_LENGTH = 100_000  # log entries kept: a node behind by more reads every reco
 READ_BATCH = 1000  # log entries or records read per call
 WRITE_BATCH = 500  # records per script call (an import, a merge)
 WRITE_ATTEMPTS = 8  # a write computed again after another node's change came first
+PUSH_SLOTS = 20_000  # keys.db rows read, then written to Redis, at a time (an import)
 
 WRITE_SCRIPT = """
 -- KEYS: records, generation, epoch, log, names
--- ARGV: epoch, generation the writer has seen, channel, log length, count of names,
---       name1, ..., id1, record1, ...
+-- ARGV: epoch, generation the writer has seen, channel, log length, mode ('set', or 'add':
+--       only keys Redis lacks), count of names, name1, ..., id1, record1, ...
 if redis.call('GET', KEYS[3]) ~= ARGV[1] then return {0, -1} end
 local seen = tonumber(ARGV[2])
-local names = tonumber(ARGV[5])
-for i = 6, 5 + names do
+local names = tonumber(ARGV[6])
+for i = 7, 6 + names do
   local changed = tonumber(redis.call('HGET', KEYS[5], ARGV[i]) or '0') or 0
   if changed > seen then return {0, changed} end
 end
 local ids = {}
-for i = 6 + names, #ARGV, 2 do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-  ids[#ids + 1] = ARGV[i]
+for i = 7 + names, #ARGV, 2 do
+  if ARGV[5] == 'set' then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+    ids[#ids + 1] = ARGV[i]
+  elseif redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) == 1 then
+    ids[#ids + 1] = ARGV[i]
+  end
 end
 local gen = redis.call('INCR', KEYS[2])
-for i = 6, 5 + names do
+for i = 7, 6 + names do
   redis.call('HSET', KEYS[5], ARGV[i], gen)
 end
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], gen .. '-0', 'ids', table.concat(ids, ','))
@@ -185,6 +192,7 @@ class KeyMirror:
         self.refused = 0  # malformed records met (each logged once)
         self._refused_ids: set[str] = set()
         self._secret_checked = False
+        self._pushing = False
         self.effects = Applied()  # what keys.db gained since the owner last took it
 
     def close(self) -> None:
@@ -220,12 +228,15 @@ class KeyMirror:
             generation = -1
         if epoch is None or epoch != self.epoch or generation < self.generation:
             self._merge_and_read_all(epoch)
-            return True
-        if generation == self.generation:
-            return False
-        if not self._read_log():
-            self._read_all()
-        return True
+            changed = True
+        elif generation == self.generation:
+            changed = False
+        else:
+            if not self._read_log():
+                self._read_all()
+            changed = True
+        self._resume_push()
+        return changed
 
     def _check_secret(self) -> None:
         """Refuse to work with a cluster whose keys were signed under another secret."""
@@ -378,9 +389,36 @@ class KeyMirror:
             raise self.unavailable(exc) from None
         raise StoreBusy("other nodes kept changing keys meanwhile; try again")
 
+    def push_slots(self, first: int, last: int) -> int:
+        """Add keys.db's rows of slots (first, last] (an import's) to Redis, those it lacks
+        only; how many rows were sent. Until done, keys.db notes the slots still to push, and
+        the next catch-up (of the gateway's master or of fluxctl) resumes there."""
+        sent = 0
+        self._pushing = True
+        try:
+            for start in range(first, last, PUSH_SLOTS):
+                set_unpushed(self.ops.store, (start, last))
+                # keys.db's own reader of rows by slot, in slot order
+                records = self.ops.store._select("WHERE slot > ? AND slot <= ?",
+                                                 (start, min(start + PUSH_SLOTS, last)))
+                self.write_records(records)
+                sent += len(records)
+            set_unpushed(self.ops.store, None)
+        finally:
+            self._pushing = False
+        return sent
+
+    def _resume_push(self) -> None:
+        span = None if self._pushing else unpushed(self.ops.store)
+        if span is not None:
+            log.warning("keys imported on this node had not all reached %s: sending the rest",
+                        self.describe_store())
+            self.push_slots(*span)
+
     def write_records(self, records: list[KeyRecord], progress=None) -> int:
-        """Write many new records (an import) by batches, pipelined; the generation they end
-        at. Records already written by an earlier batch are not sent again on a retry."""
+        """Add many new records (an import) by batches, pipelined, each to Redis unless it
+        holds that key already (so a retry never overwrites a change made since); the
+        generation they end at."""
         done = 0
         try:
             while done < len(records):
@@ -391,8 +429,8 @@ class KeyMirror:
                 batches = []
                 for start in range(done, len(records), WRITE_BATCH):
                     batch = records[start:start + WRITE_BATCH]
-                    self._write(keys=self.names.script_keys, args=self._write_args(batch),
-                                client=pipe)
+                    self._write(keys=self.names.script_keys,
+                                args=self._write_args(batch, "add"), client=pipe)
                     batches.append(batch)
                     if len(batches) == 20:
                         break
@@ -413,10 +451,10 @@ class KeyMirror:
             raise self.unavailable(exc) from None
         return self.generation
 
-    def _write_args(self, records: list[KeyRecord]) -> list:
+    def _write_args(self, records: list[KeyRecord], mode: str = "set") -> list:
         names = list(dict.fromkeys(r.name for r in records))
-        args: list = [self.epoch, self.generation, self.names.channel, LOG_LENGTH, len(names),
-                      *names]
+        args: list = [self.epoch, self.generation, self.names.channel, LOG_LENGTH, mode,
+                      len(names), *names]
         for r in records:
             args += [r.key_id, encode(r)]
         return args

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from fluxgate.cluster.keyops import ClusterKeyOps
-from fluxgate.cluster.keyrecords import BadRecord, apply_records, decode, encode
+from fluxgate.cluster.keyrecords import BadRecord, apply_records, decode, encode, unpushed
 from fluxgate.cluster.keysync import KeyMirror, KeyNames, StoreUnavailable
 from fluxgate.config.loader import load_config_text
 from fluxgate.errors import ConfigError, KeyStoreError
@@ -191,7 +191,7 @@ def test_an_import_on_one_node_reaches_the_others_by_batches(nodes, tmp_path, mo
     from fluxgate.cluster import keyops, keysync
 
     monkeypatch.setattr(keysync, "WRITE_BATCH", 7)  # several batches, several pipelines
-    monkeypatch.setattr(keyops, "IMPORT_SLOTS", 40)
+    monkeypatch.setattr(keysync, "PUSH_SLOTS", 40)
     a, b = nodes("a"), nodes("b")
     a.generate("before")
     rows = tmp_path / "rows.jsonl"
@@ -218,3 +218,36 @@ def test_an_import_needs_redis_before_it_starts(nodes, tmp_path, redis_server):
         import_into_cluster(a, run_import, str(rows), fmt=None, generate=True, skip_bad=False,
                             out_path=str(tmp_path / "k.csv"), progress=False)
     assert a.store.all() == []
+
+
+def test_an_import_cut_off_midway_is_finished_by_the_next_catch_up(
+        nodes, tmp_path, monkeypatch, redis_server):
+    from fluxgate.cli.keys_import import run_import
+    from fluxgate.cluster import keyops, keysync
+
+    monkeypatch.setattr(keysync, "PUSH_SLOTS", 30)
+    a, b = nodes("a"), nodes("b")
+    a.generate("first")
+    first_write = a.mirror.write_records
+
+    def stop_after_one(records, progress=None):
+        result = first_write(records, progress)
+        redis_server.stop()  # Redis goes away after the first slice of the import
+        return result
+
+    monkeypatch.setattr(a.mirror, "write_records", stop_after_one)
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(f'{{"name": "cut{i}"}}\n' for i in range(100)))
+    with pytest.raises(StoreUnavailable, match="sent when"):
+        keyops.import_into_cluster(a, run_import, str(rows), fmt=None, generate=True,
+                                   skip_bad=False, out_path=str(tmp_path / "k.csv"),
+                                   progress=False)
+    monkeypatch.setattr(a.mirror, "write_records", first_write)
+    redis_server.start()
+    assert redis_server.client().hlen("{fluxgate:keys}:records") == 31
+    a.mirror.catch_up()  # resumes the push
+    assert redis_server.client().hlen("{fluxgate:keys}:records") == 101
+    b.mirror.catch_up()
+    assert len(b.store.all()) == 101
+    assert unpushed(a.store) is None  # nothing left to send
+    assert a.mirror.catch_up() is False
