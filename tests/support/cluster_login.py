@@ -77,10 +77,18 @@ def node_config(store: str, node: str, server: Any, client: Any, site_port: int,
     )
 
 
+_CONTEXTS: dict[int, tuple[Any, ssl.SSLContext]] = {}
+
+
 def _context(ca: Any) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    return context
+    """A client context trusting ``ca`` (made once per CA: loading the system's CAs takes
+    tens of milliseconds, more than the request)."""
+    found = _CONTEXTS.get(id(ca))
+    if found is None or found[0] is not ca:
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        found = _CONTEXTS[id(ca)] = (ca, context)
+    return found[1]
 
 
 def session_get(port: int, ca: Any, cookie: str | None, path: str = "/app/api/x",
