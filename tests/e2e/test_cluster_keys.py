@@ -187,6 +187,18 @@ def test_a_slow_redis_slows_key_changes_not_requests(cluster, redis_server):
         relay.stop()
 
 
+def test_a_node_stopped_during_changes_has_them_before_it_serves_again(cluster):
+    a, b = cluster(names=("a", "b"))
+    gone = create(a, "quentin")["key"]
+    wait_answer([a, b], gone, 200, seconds=3)
+    b.stop()
+    assert admin(a, "POST", "/admin/keys/revoke", {"name": "quentin"})[0] == 200
+    made = create(a, "rupert")["key"]
+    b.start()  # catches up at start, before its workers take requests
+    assert answers(b, gone) == {401}
+    assert answers(b, made) == {200}
+
+
 def test_redis_restarted_empty_is_repaired_from_the_nodes_with_revocations_winning(
         cluster, redis_server):
     a, b, c = cluster()
