@@ -254,6 +254,15 @@ class _Checker:
             ("api_keys", "signing_secret"),
             f"must be at least {MIN_SECRET_CHARS} characters (e.g. `openssl rand -base64 32`)",
         )
+        self.check(
+            not (is_redis_url(config.store) and _has_api_keys(config))
+            or bool((secret or "").strip()),
+            ("api_keys", "signing_secret"),
+            "cluster mode (a Redis store) with API key routes needs it, the same on every node "
+            "(e.g. ${FLUXGATE_KEY_SECRET} set to `openssl rand -base64 32`): keys are signed "
+            "with it, and a secret generated on each node would make the other nodes' keys "
+            "invalid",
+        )
         if is_redis_url(config.store) and _has_login(config):
             session_secret = config.cluster.session_secret or ""
             self.check(
@@ -415,11 +424,19 @@ class _Checker:
         return [f"{method} {pattern}" for method, pattern in parsed]
 
 
-def _has_login(config: schema.Config) -> bool:
-    """Whether a route of ``config`` has an oauth2 middleware with ``login: true``."""
+def _middleware_entries(config: schema.Config):
+    """Every middleware entry of every route, each method of an ``any:`` on its own."""
     for route in config.routes:
         for middleware in route.middleware:
-            members = middleware.methods if isinstance(middleware, schema.AnyOf) else [middleware]
-            if any(isinstance(m, schema.OAuth2) and m.login for m in members):
-                return True
-    return False
+            yield from (middleware.methods if isinstance(middleware, schema.AnyOf)
+                        else [middleware])
+
+
+def _has_login(config: schema.Config) -> bool:
+    """Whether a route of ``config`` has an oauth2 middleware with ``login: true``."""
+    return any(isinstance(m, schema.OAuth2) and m.login for m in _middleware_entries(config))
+
+
+def _has_api_keys(config: schema.Config) -> bool:
+    """Whether a route of ``config`` takes API keys."""
+    return any(isinstance(m, schema.ApiKey) for m in _middleware_entries(config))
