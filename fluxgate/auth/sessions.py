@@ -421,16 +421,30 @@ class SessionStore:
             "last_seen_at = MAX(last_seen_at, ?) WHERE id = ? AND ended_at IS NULL",
             (idle_expires_at, last_seen_at, digest)))
 
-    def mark_synced(self, when: float) -> None:
-        """Record that every copy here was compared with the shared store at ``when``."""
-        self._db.write(lambda: self._db.conn.execute(
-            "INSERT INTO meta VALUES ('synced_at', ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (int(when),)))
+    def has_copy(self, digest: bytes) -> bool:
+        """Whether this node holds a row for the session, live, ended or expired."""
+        return self._db.conn.execute("SELECT 1 FROM sessions WHERE id = ?",
+                                     (digest,)).fetchone() is not None
+
+    def mark_synced(self, when: float, ends_marker: int) -> None:
+        """Record a complete comparison of the copies here with the shared store at
+        ``when``, which carried the ends made here up to ``ends_marker`` there."""
+        self._db.write(lambda: self._db.conn.executemany(
+            "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = "
+            "excluded.value", (("synced_at", int(when)), ("ends_pushed", ends_marker))))
 
     def synced_at(self) -> int:
         """When the copies here were last compared with the shared store (0: never)."""
-        row = self._db.conn.execute("SELECT value FROM meta WHERE key = 'synced_at'").fetchone()
-        return 0 if row is None else row[0]
+        return self._meta("synced_at", 0)
+
+    def ends_pushed(self) -> int:
+        """The change marker up to which ends made here reached the shared store (the
+        current marker when they never had to: a node new to the cluster)."""
+        return self._meta("ends_pushed", self.change_marker())
+
+    def _meta(self, key: str, default: int) -> int:
+        row = self._db.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return default if row is None else row[0]
 
     # ---- operators --------------------------------------------------------------------------
 

@@ -75,7 +75,10 @@ class ClusterSessions:
         self.synced_at = 0.0  # last complete sweep (unix time)
         self.sweeps = 0
         self.events_applied = 0
-        self._end_marker = local.change_marker()
+        # Ends made here while the master was stopped (fluxctl) are pushed too: the marker
+        # is kept in the file from the first start on.
+        self._end_marker = local.ends_pushed()
+        local.mark_synced(local.synced_at(), self._end_marker)
         self._seen_pushed = time.time()
         self._known_ends: set[bytes] = set()  # ended because Redis said so
         self._tasks: list[asyncio.Task[None]] = []
@@ -205,7 +208,12 @@ class ClusterSessions:
         if not well_formed(session_id):
             return False
         digest = session_digest(session_id)
-        record = await self._call(self.redis.record(digest))
+        try:
+            record = await self._call(self.redis.record(digest))
+        except StoreUnavailable:
+            if self.local.has_copy(digest):
+                return False  # ended or expired here: that holds whatever Redis says
+            raise
         return self._apply(digest, record) is not None
 
     async def begin_transaction(self, provider: str, state: str, nonce: str,
@@ -321,7 +329,7 @@ class ClusterSessions:
                     self.local.extend_idle(digest, int(meta["idle_expires_at"] or 0),
                                            int(meta["last_seen_at"] or 0))
         self.synced_at = started
-        self.local.mark_synced(started)
+        self.local.mark_synced(started, self._end_marker)
         self.sweeps += 1
 
     def status(self) -> dict[str, Any]:

@@ -172,6 +172,11 @@ class LoginMiddleware:
 
     def _fetched(self, req: RequestState, session_id: str,
                  result: tuple[str, bytes]) -> ClientError | None:
+        if result[0] == "unavailable":
+            # The session may be live elsewhere; Redis cannot say now. Not a sign-in prompt.
+            self._count("session_store_unavailable")
+            return AuthServerUnavailable("Sessions cannot be checked right now; try again "
+                                         "later.", headers=RETRY_AFTER)
         session = self.store.load(session_id, _now()) if result[0] == "ok" else None
         if session is None:
             return self._no_session(req, True)

@@ -193,3 +193,25 @@ def test_hostile_events_are_ignored(tmp_path, redis_server):
             await a.close()
 
     asyncio.run(go())
+
+
+def test_ends_made_while_the_master_was_stopped_are_pushed_at_its_next_start(tmp_path,
+                                                                           redis_server):
+    async def go():
+        a, b = node(tmp_path, redis_server.url, "a"), node(tmp_path, redis_server.url, "b")
+        session_id, digest = await login(a)
+        await b.fetch(session_id)
+        await b.close()
+        # fluxctl on node B while its gateway is stopped.
+        with SessionStore.open(str(tmp_path / "b")) as offline:
+            assert offline.end(digest, "revoked")
+        b = node(tmp_path, redis_server.url, "b")
+        try:
+            await b.sync()
+            await a.sync()
+            assert a.local.load(session_id) is None
+        finally:
+            await a.close()
+            await b.close()
+
+    asyncio.run(go())

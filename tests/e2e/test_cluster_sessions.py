@@ -260,6 +260,7 @@ def test_redis_stopped_mid_load_copies_serve_and_a_logout_meanwhile_lands_after(
     browser = c.sign_in(0)
     cookie = browser.cookie(SESSION_COOKIE)
     assert _raw_get(c, 1, cookie)[0] == 200
+    never_on_b = c.sign_in(0).cookie(SESSION_COOKIE)
     load = Load(c, cookie)
     time.sleep(0.5)
     redis_server.stop()
@@ -267,6 +268,9 @@ def test_redis_stopped_mid_load_copies_serve_and_a_logout_meanwhile_lands_after(
     counts = load.stop()
     assert set(counts) == {200}, counts  # the node's copies keep serving
     assert fresh_login_status(c, 0) == 503  # a login needs Redis: a clear page, not a 500
+    # B has no copy of that one and cannot ask: 503 (try again), not "sign in".
+    status, headers, _ = _raw_get(c, 1, never_on_b)
+    assert status == 503 and headers.get("Retry-After")
     assert browser.get(c.url(1) + "/.fluxgate/logout").status == 303  # ended on B at once
     assert _raw_get(c, 1, cookie)[0] == 401
     assert _raw_get(c, 0, cookie)[0] == 200  # A cannot know yet
