@@ -273,7 +273,12 @@ class KeyMirror:
                     return False
                 ids += [i for i in listed.split(",") if is_key_id(i)]
                 last = generation
-            self._apply(self._fetch(ids), last)
+            records = self._fetch(ids)
+            self._apply(records, last)
+            # A revocation keys.db already had (fluxctl on this node writes keys.db itself)
+            # is put in force in place too: the table may not have it yet.
+            self.effects.revoked += [r.key_id for r in records if r.revoked_at is not None
+                                     and r.key_id not in self.effects.revoked]
             if len(entries) < READ_BATCH:
                 return True
 
