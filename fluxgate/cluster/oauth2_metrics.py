@@ -31,6 +31,9 @@ def cluster_oauth2_metrics(sessions: object, shared: SharedResults | None
         out += metric_family("fluxgate_cluster_sessions_events_total", "counter",
                              "Session events from other nodes applied to this node's copies.",
                              [((), status["events_applied"])])
+        out += metric_family("fluxgate_cluster_sessions_fetches_refused_total", "counter",
+                             "Session reads for workers refused (503): too many in flight.",
+                             [((), status["fetches_refused"])])
     if shared is not None:
         out += metric_family("fluxgate_cluster_introspection_total", "counter",
                              "Lookups and stores of shared introspection results by outcome.",

@@ -55,7 +55,7 @@ SYNC_INTERVAL = 5.0  # the longest a reachable node's copy lags its records (mis
 # With on_store_down: deny, copies not compared with Redis for this long are not served.
 STALE_AFTER = 3 * SYNC_INTERVAL
 SYNC_BATCH = 1000  # records compared per pipelined round trip
-LOCK_WAIT_MARGIN = 2.0
+MAX_FETCHES = 256  # session records being read for workers at once
 # End reasons a copy takes from its record, not this node's decisions: never pushed back.
 LOCAL_ONLY_REASONS = frozenset({"expired", "undecryptable"})
 KNOWN_ENDS_LIMIT = 65536
@@ -83,6 +83,8 @@ class ClusterSessions:
         self._known_ends: set[bytes] = set()  # ended because Redis said so
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
+        self._fetching: dict[bytes, asyncio.Future[bool]] = {}
+        self.fetches_refused = 0
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -205,9 +207,33 @@ class ClusterSessions:
         return ended
 
     async def fetch(self, session_id: str) -> bool:
+        """Copy a session's record here. One read per session however many workers ask at
+        once; past ``MAX_FETCHES`` reads in flight (a flood of made-up cookies) the answer
+        is StoreUnavailable (503, try again) rather than a queue without end."""
         if not well_formed(session_id):
             return False
         digest = session_digest(session_id)
+        pending = self._fetching.get(digest)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        if len(self._fetching) >= MAX_FETCHES:
+            self.fetches_refused += 1
+            raise StoreUnavailable("too many session reads in flight")
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._fetching[digest] = future
+        try:
+            live = await self._fetch(digest)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: the joiners re-raise it
+            raise
+        else:
+            future.set_result(live)
+        finally:
+            del self._fetching[digest]
+        return live
+
+    async def _fetch(self, digest: bytes) -> bool:
         try:
             record = await self._call(self.redis.record(digest))
         except StoreUnavailable:
@@ -335,5 +361,6 @@ class ClusterSessions:
     def status(self) -> dict[str, Any]:
         return {"store": self.redis.describe, "up": self.up, "failures": self.failures,
                 "synced_at": self.synced_at, "sweeps": self.sweeps,
-                "events_applied": self.events_applied}
+                "events_applied": self.events_applied,
+                "fetches_refused": self.fetches_refused}
 

@@ -215,3 +215,35 @@ def test_ends_made_while_the_master_was_stopped_are_pushed_at_its_next_start(tmp
             await b.close()
 
     asyncio.run(go())
+
+
+def test_fetches_are_single_flight_and_bounded(tmp_path, redis_server, monkeypatch):
+    from fluxgate.cluster import session_sync
+
+    async def go():
+        a, b = node(tmp_path, redis_server.url, "a"), node(tmp_path, redis_server.url, "b")
+        reads = []
+        real = b.redis.record
+
+        async def counted(digest):
+            reads.append(digest)
+            await asyncio.sleep(0.2)
+            return await real(digest)
+
+        b.redis.record = counted
+        try:
+            session_id, _ = await login(a)
+            assert await asyncio.gather(*(b.fetch(session_id) for _ in range(20))) == [True] * 20
+            assert len(reads) == 1
+            monkeypatch.setattr(session_sync, "MAX_FETCHES", 2)
+            made_up = ["m" * 42 + str(i) for i in range(3)]
+            results = await asyncio.gather(*(b.fetch(m) for m in made_up),
+                                           return_exceptions=True)
+            assert results.count(False) == 2
+            assert sum(isinstance(r, StoreUnavailable) for r in results) == 1
+            assert b.status()["fetches_refused"] == 1
+        finally:
+            await a.close()
+            await b.close()
+
+    asyncio.run(go())
