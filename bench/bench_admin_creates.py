@@ -41,14 +41,14 @@ routes:
 TOKEN = "test-admin-token"
 
 
-def generation(port: int) -> int:
-    """The published key table's generation, from /metrics."""
+def generation(port: int, metric: str = "fluxgate_api_key_table_generation") -> int:
+    """The published key table's generation (or another of its metrics), from /metrics."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     conn.request("GET", "/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
     text = conn.getresponse().read().decode()
     conn.close()
     for line in text.splitlines():
-        if line.startswith("fluxgate_api_key_table_generation"):
+        if line.startswith(metric):
             return int(float(line.split()[-1]))
     return -1
 
@@ -149,6 +149,7 @@ def main(argv: list[str]) -> None:
               f"{time.perf_counter() - started:.1f} s")
         try:
             first = generation(gateway.admin_port)
+            builds = generation(gateway.admin_port, "fluxgate_api_key_table_builds_total")
             counts, errors = [0] * args.clients, [0] * args.clients
             started = time.monotonic()
             until = started + args.seconds
@@ -164,12 +165,14 @@ def main(argv: list[str]) -> None:
                 t.join()
             elapsed = time.monotonic() - started
             published = generation(gateway.admin_port) - first
+            builds = generation(gateway.admin_port, "fluxgate_api_key_table_builds_total") - builds
             by_fluxctl = fluxctl_revocations(state_dir, gateway.port, kept)
         finally:
             gateway.stop()
     done = sum(counts)
     print(f"{args.clients} clients, {elapsed:.1f} s: {done:,} creates answered 201 "
-          f"({sum(errors)} other), {done / elapsed:.0f} creates/s, {published} generations")
+          f"({sum(errors)} other), {done / elapsed:.0f} creates/s, {published} generations, "
+          f"{builds} full table builds in the background")
     print("revocations answered in (ms): " + ", ".join(f"{ms:.1f}" for ms in revokes))
     print("fluxctl revocations, commit to the first 401 (ms): "
           + ", ".join(f"{ms:.1f}" for ms in by_fluxctl))

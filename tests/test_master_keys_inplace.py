@@ -58,7 +58,7 @@ def test_another_writers_revocation_is_published_in_place(service, builds):
 
 def test_when_the_room_runs_out_a_rebuild_publishes_every_write(service, builds,
                                                                monkeypatch):
-    inode = table_inode(service)
+    inode, builds_before = table_inode(service), service.builds
     room = service._writer.capacity - service._writer.n
     # Fill the room but one entry, by hand (a bulk write would do it), then a burst of
     # admin creates that cannot all fit.
@@ -70,6 +70,7 @@ def test_when_the_room_runs_out_a_rebuild_publishes_every_write(service, builds,
                                 for i in range(5)))
     assert [a.status for a in answers] == [201] * 5
     assert table_inode(service) != inode  # rebuilt, with room again
+    assert service.builds > builds_before
     for a in answers:
         assert check(service, json.loads(a.body)["key"]) == 0
     assert service.keys == 3 + room - 1 + 5

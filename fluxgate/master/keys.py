@@ -103,6 +103,7 @@ class KeyService:
         self.quotas: Any = None
         self.generation = 0
         self.keys = 0
+        self.builds = 0  # full builds (changes in between are written in place)
         self._data_version = -1
         # The usage file's bytes as last copied into keys.db: one buffer, not an object per
         # key (a flush compares it with the file block by block).
@@ -257,6 +258,7 @@ class KeyService:
             self._previous.append((self._writer, time.monotonic() + PREVIOUS_GRACE))
         self._writer, self._mark = writer, mark
         self._next_prune = float("inf")
+        self.builds += 1
 
     def _writers(self) -> list[TableWriter]:
         return [self._writer, *(w for w, _ in self._previous)] if self._writer else []
@@ -501,6 +503,9 @@ class KeyService:
             ProcessMetric("fluxgate_api_key_table_keys", "gauge",
                           "Keys in the shared table (recently revoked/expired included).",
                           self.keys),
+            ProcessMetric("fluxgate_api_key_table_builds_total", "counter",
+                          "Full builds of the shared API key table (the start's included).",
+                          self.builds),
         ]
         # Refusals by authentication are fluxgate_auth_failures_total{method="api_key"}
         # (auth/failures.py); a spent quota is not an authentication failure.
