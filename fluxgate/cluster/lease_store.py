@@ -91,6 +91,11 @@ class LeaseStore:
         self._grant = client.register_script(GRANT)
         self._give_back = client.register_script(GIVE_BACK)
 
+    async def load(self) -> None:
+        """With an async client: open a connection and load the grant script, so that the
+        first grant does not pay for the handshake and a NOSCRIPT round trip."""
+        await self.client.script_load(GRANT)
+
     def grant(self, id_hash: bytes, end: int, want: int, limit: int, mine: int | None):
         """Ask for ``want`` units of the window ending at ``end``; ``mine``: units this
         node holds of it so far (None: no per-node record, one unit per call). The

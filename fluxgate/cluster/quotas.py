@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from fluxgate._core import merge_ratelimit
 from fluxgate.auth.runtime import worker_shared
 from fluxgate.cluster.connect import is_redis_url, node_name, parse_store_url, redis_client
+from fluxgate.cluster.keysync import without_retries
 from fluxgate.cluster.lease_store import LeaseStore, identity_hash
 from fluxgate.cluster.lease_table import (
     STAT_DENIED,
@@ -44,6 +45,8 @@ from fluxgate.cluster.lease_table import (
     STAT_UNITS,
     STAT_WAITS,
     W_CHUNK,
+    W_GLOBAL,
+    W_GRANTED,
     W_LAST_MS,
     W_LAST_SPENT,
     W_LATENCY,
@@ -64,6 +67,7 @@ EXCEEDED, TABLE_FULL = 1, 2  # the codes of QuotaCounters.consume a refusal carr
 RETRY_MS = 1000  # while Redis is down, one node tries it again this often
 LEASE_SECONDS = 1.0  # an auto chunk lasts about this long at the measured rate
 MAX_CHUNK = 1 << 20
+_LOW32 = 0xFFFFFFFF
 POLL = 0.002  # a worker waiting for another worker's lease request looks this often
 
 @dataclass(slots=True)
@@ -91,15 +95,20 @@ class ClusterQuotas:
         self.fixed = settings.lease if isinstance(settings.lease, int) else None
         self.local = settings.on_store_down == "local"
         self.timeout = float(settings.timeout)
-        # A whole call (a new connection's handshake, the script loaded again after a
-        # restart, the command) may take a few round trips, each bounded by the timeout;
-        # a request never waits longer than the timeout for one, whatever happens to it.
-        self.call_bound = 3 * self.timeout
+        # Each socket operation is bounded by the timeout (redis-py's socket timeouts, no
+        # retries), and a request never waits longer than the timeout for a lease. A whole
+        # call (a new connection's handshake, the script loaded again after a restart, the
+        # command) may take several round trips to a distant Redis: it is not cancelled
+        # before this much, or a slow link would never get a connection through.
+        self.call_bound = max(10 * self.timeout, 5.0)
         self.store_url = parse_store_url(config.store)
         self.settings = settings
         self.node = node_name(config)
         self._store: LeaseStore | None = None
-        self._slots: dict[int, int | None] = {}
+        self._slots: dict[int, int] = {}  # tag -> its lease slot
+        self._bases: dict[int, int] = {}  # tag -> the slot's first word
+        self._words = self.table.words
+        self._consume = quotas.consume
         self._flights: dict[int, asyncio.Future[Any]] = {}
 
     @classmethod
@@ -107,14 +116,47 @@ class ClusterQuotas:
         """The worker's instance in cluster mode, else None."""
         if not is_redis_url(gateway.config.store):
             return None
-        return worker_shared(
-            gateway, "cluster_quotas", lambda: cls(gateway.config, gateway.state_dir, quotas))
+        def create() -> ClusterQuotas:
+            made = cls(gateway.config, gateway.state_dir, quotas)
+            gateway.periodic.append(made.on_sweep)
+            return made
+
+        return worker_shared(gateway, "cluster_quotas", create)
+
+    def on_sweep(self, now: float) -> None:
+        """The worker's sweep (in its loop, soon after it starts): connect to Redis ahead
+        of the first lease."""
+        if self._store is None:
+            asyncio.ensure_future(self._connect())
 
     # ---- the request's path -------------------------------------------------------------
 
-    def admit(self, req: RequestState, spend: Spend, now: float) -> ClientError | None:
-        """Spend one unit of ``spend``'s quota for ``req``: None (accepted, RateLimit-*
-        set), a refusal, or ``Suspended`` raised while a lease is on its way."""
+    def admit(self, req: RequestState, tag: int, identity: bytes, limit: int, window: int,
+              refuse: Callable[[Any, int, int], ClientError], now: float) -> ClientError | None:
+        """Spend one unit of a quota for ``req``: None (accepted, RateLimit-* set), a
+        refusal, or ``Suspended`` raised while a lease is on its way. ``tag``: the quota's
+        bucket tag; ``identity``: what it is (auth/quotas.py); ``refuse(req, code, retry)``
+        builds the caller's 429 (code EXCEEDED or TABLE_FULL)."""
+        base = self._bases.get(tag)
+        if base is not None:  # the common request: a unit in hand, a few loads and one CAS
+            words = self._words
+            now_s = int(now)
+            end = (now_s // window + 1) * window
+            g = words.load(base + W_GRANTED)
+            if g >> 32 == end and g & _LOW32:
+                code, left, _ = self._consume(tag, g & _LOW32, window, now)
+                if code == 0:
+                    if left <= words.load(base + W_CHUNK) >> 1:
+                        self._ahead(Spend(tag, identity, limit, window, refuse,
+                                          self._slots[tag]), end)
+                    u = words.load(base + W_GLOBAL)
+                    used = u & _LOW32 if u >> 32 == end else 0
+                    remaining = limit - used + left if used < limit else left
+                    merge_ratelimit(req, limit, min(remaining, limit), end - now_s)
+                    return None
+        return self._admit(req, Spend(tag, identity, limit, window, refuse), now)
+
+    def _admit(self, req: RequestState, spend: Spend, now: float) -> ClientError | None:
         if self.exact:
             return self._exact(req, spend, now)
         slot = spend.slot = self._slot(spend)
@@ -135,6 +177,7 @@ class ClusterQuotas:
             log.warning("lease table full: a quota is counted in Redis request by request")
         elif len(self._slots) < 65536:
             self._slots[tag] = slot
+            self._bases[tag] = self.table.base(slot)
         return slot
 
     def _spend(self, req: RequestState, spend: Spend, now: float) -> ClientError | None | bool:
@@ -292,9 +335,19 @@ class ClusterQuotas:
         share = (spend.limit - used) // (2 * nodes)
         return max(min(chunk, share, MAX_CHUNK), 1)
 
+    async def _connect(self) -> None:
+        """Open this worker's connection at its first quota, so that its first lease does
+        not pay for the handshake (a few round trips to a distant Redis)."""
+        try:
+            store = self._client()
+            await asyncio.wait_for(store.load(), self.call_bound)
+        except Exception:  # noqa: BLE001, S110 - a lease will find out and say so
+            pass
+
     def _client(self) -> LeaseStore:
         if self._store is None:
-            client = redis_client(self.store_url, self.settings, asynchronous=True)
+            client = without_retries(
+                redis_client(self.store_url, self.settings, asynchronous=True))
             self._store = LeaseStore(client, self.settings.prefix, self.node)
         return self._store
 

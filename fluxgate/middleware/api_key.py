@@ -44,7 +44,7 @@ from fluxgate.auth.keys import PREFIX
 from fluxgate.auth.keytable import REASONS, STAT_KEY_QUOTA, STAT_KEY_QUOTA_FULL, SharedKeys
 from fluxgate.auth.quotas import key_identity, quota_exceeded
 from fluxgate.auth.scopes import ScopePolicy
-from fluxgate.cluster.quotas import TABLE_FULL, ClusterQuotas, Spend
+from fluxgate.cluster.quotas import TABLE_FULL, ClusterQuotas
 from fluxgate.config.parsers import Path, check_scope
 from fluxgate.config.schema import ApiKey
 from fluxgate.errors import (
@@ -87,12 +87,13 @@ class ApiKeyMiddleware:
         cluster: ClusterQuotas | None = None,
     ) -> None:
         self.shared = shared
-        # Cluster mode: an empty principal cache makes authorize() answer every accepted
-        # key with its entry index, which the key's quota step needs.
+        # Cluster mode: authorize() is given a principal cache of this middleware's own that
+        # holds only keys without a quota, so that it answers every accepted key with a
+        # quota with its entry index, which the key's quota step needs.
         self.cluster = cluster
-        self.principals: Any = {} if cluster is not None else None
-        self._quota_table: Any = None
-        self._key_quotas: dict[int, tuple[Spend, ...] | tuple[()]] = {}
+        self.principals: dict[int, Any] = {}
+        self._quota_table: Any = None  # the table generation the two caches are of
+        self._key_quotas: dict[int, tuple[Any, ...]] = {}
         self.policy = policy
         self.scoped = bool(policy.rules)  # a scope_map rule may cover this route's paths
         self.required = tuple(s.encode() for s in sorted(policy.required))
@@ -136,10 +137,13 @@ class ApiKeyMiddleware:
     def __call__(self, req: RequestState) -> ClientError | None:
         covering = self._covering(req) if self.scoped else None
         shared = self.shared
+        principals = shared.principals
+        if self.cluster is not None:
+            if shared.table is not self._quota_table or len(self._key_quotas) >= 65536:
+                self._quota_table, self._key_quotas, self.principals = shared.table, {}, {}
+            principals = self.principals
         answer = shared.table.authorize(
-            req, self.lname, self.qname, self.required, covering, _now(),
-            shared.principals if self.principals is None else self.principals,
-        )
+            req, self.lname, self.qname, self.required, covering, _now(), principals)
         if answer is None:
             # Accepted (authorize set req.principal). A second key sent as Bearer beside
             # the header is not read, but it is a key: it never goes upstream either.
@@ -190,16 +194,17 @@ class ApiKeyMiddleware:
         """Cluster mode: spend a unit of the key's quota, if it has one, through leases."""
         table = self.shared.table
         if table is not self._quota_table:  # a new generation: entry indexes changed
-            self._quota_table, self._key_quotas = table, {}
+            self._quota_table, self._key_quotas, self.principals = table, {}, {}
         quota = self._key_quotas.get(index)
         if quota is None:
-            if len(self._key_quotas) >= 65536:
-                self._key_quotas = {}
             quota = self._key_quotas[index] = self._quota_of(table.entry(index))
         if not quota:
+            info = self.shared.info(index)
+            if not info.response_headers:  # not in a grace period: authorize may answer it
+                self.principals[index] = info.principal
             return None
         tag, identity, limit, window, refuse = quota
-        return self.cluster.admit(req, Spend(tag, identity, limit, window, refuse), _now())
+        return self.cluster.admit(req, tag, identity, limit, window, refuse, _now())
 
     def _quota_of(self, entry: dict[str, Any]) -> tuple[Any, ...]:
         """(tag, identity, limit, window, refuse) of an entry's quota; () when it has none."""

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from fluxgate._core import merge_ratelimit
 from fluxgate.auth.keytable import STAT_RULE_FULL, STAT_RULE_REJECTED, SharedKeys
 from fluxgate.auth.quotas import quota_exceeded, rule_identity
-from fluxgate.cluster.quotas import ClusterQuotas, Spend
+from fluxgate.cluster.quotas import ClusterQuotas
 from fluxgate.config.parsers import Path
 from fluxgate.config.schema import Quota
 from fluxgate.config.units import parse_rate
@@ -84,9 +84,9 @@ class QuotaMiddleware:
             tag = self._tags[who] = quotas.tag(self.prefix + who.encode("utf-8", "surrogatepass"))
         now = _now()
         if self.cluster is not None:
-            identity = self.prefix + who.encode("utf-8", "surrogatepass")
             return self.cluster.admit(
-                req, Spend(tag, identity, self.limit, self.window, self._refuse), now)
+                req, tag, self.prefix + who.encode("utf-8", "surrogatepass"), self.limit,
+                self.window, self._refuse, now)
         code, remaining, end = quotas.consume(tag, self.limit, self.window, now)
         if code == 0:
             merge_ratelimit(req, self.limit, remaining, end - int(now))

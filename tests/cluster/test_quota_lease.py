@@ -220,7 +220,8 @@ def spend_for(cq: ClusterQuotas, limit: int, name: bytes = b"acme") -> Spend:
 async def admit(cq: ClusterQuotas, spend: Spend) -> object:
     """One request's answer: None (accepted) or the refusal, resuming as the proxy does."""
     req = RequestState(0.0)
-    step = lambda: cq.admit(req, spend, time.time())  # noqa: E731
+    step = lambda: cq.admit(req, spend.tag, spend.identity, spend.limit,  # noqa: E731
+                            spend.window, spend.refuse, time.time())
     while True:
         try:
             return step()

@@ -220,14 +220,18 @@ def test_slow_redis_does_not_hold_requests_with_leases_in_hand(gateway_factory, 
     relay = FaultRelay(redis_server.port).start()
     try:
         relay.delay = 0.1
-        nodes = start_nodes(gateway_factory, upstream, [relay.url] * 3, limit=10_000_000)
-        load(nodes, "/r", 1200, connections=5)  # leases start small and grow to the rate
+        # Chunks of 2,000: the next is asked for with 1,000 left, which outlast a round trip
+        # through the relay (200 ms) at this load's rate (3 connections a node).
+        nodes = start_nodes(gateway_factory, upstream, [relay.url] * 3, limit=1_000_000,
+                            lease=2000)
+        # Each node's first chunk (those requests wait), on connections to both workers.
+        load(nodes, "/r", 600, connections=10)
         before = [metrics(n) for n in nodes]
-        got = load(nodes, "/r", 3000, connections=5)
+        got = load(nodes, "/r", 9000, connections=3)
         after = [metrics(n) for n in nodes]
     finally:
         relay.stop()
-    assert got == Counter({200: 3000}), (got, before, after)
+    assert got == Counter({200: 9000}), (got, before, after, [n.log()[-3000:] for n in nodes])
     waits = sum(a["fluxgate_quota_lease_waits_total"] - b["fluxgate_quota_lease_waits_total"]
                 for a, b in zip(after, before, strict=True))
     leases = sum(a["fluxgate_quota_lease_requests_total"]
