@@ -14,6 +14,7 @@ import concurrent.futures
 import hashlib
 import http.client
 import json
+import ssl
 import subprocess
 import sys
 import time
@@ -108,6 +109,12 @@ def cluster(tmp_path, ca, upstream, django_auth_server, redis_server):
             relay.stop()
 
 
+def ssl_context(ca) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return context
+
+
 def no_500(cluster: Cluster) -> None:
     for gw in cluster.nodes:
         assert " 500 " not in gw.log() and "Traceback" not in gw.log(), gw.log()[-3000:]
@@ -137,6 +144,30 @@ def test_a_session_made_on_a_works_on_b_and_a_logout_on_b_closes_as_websocket(cl
 def _raw_get(c: Cluster, node: int, cookie: str | None, path: str = "/app/api/x",
              bearer: str | None = None):
     return session_get(c.nodes[node].port, c.ca, cookie, path, bearer)
+
+
+def test_a_sign_in_begun_on_a_may_come_back_to_b_and_only_once(cluster):
+    c = cluster()
+    browser = Browserless(ca=c.ca)
+    callback = c.url(0) + "/oauth2/callback"
+    hops = browser.login(c.url(0) + "/app/page", "alice", c.server.password("alice"),
+                         stop=lambda url: url.startswith(callback))
+    on_b = hops[-1].location.replace(c.url(0), c.url(1), 1)  # the balancer picked B
+    transaction = next(f"{k.name}={k.value}" for k in browser.jar
+                       if k.name.startswith("__Host-fluxgate-tx-"))
+    landed = browser.get(on_b)
+    assert landed.status == 303 and landed.headers["Location"] == "/app/page"
+    cookie = browser.cookie(SESSION_COOKIE)
+    assert _raw_get(c, 0, cookie)[0] == 200 and _raw_get(c, 1, cookie)[0] == 200
+    # The transaction was taken: the same answer with its cookie at A again is refused.
+    path = hops[-1].location.removeprefix(c.url(0))
+    conn = http.client.HTTPSConnection("127.0.0.1", c.nodes[0].port, timeout=10,
+                                       context=ssl_context(c.ca))
+    conn.request("GET", path, headers={"Cookie": transaction})
+    replay = conn.getresponse()
+    assert replay.status == 400 and b"used already" in replay.read()
+    conn.close()
+    no_500(c)
 
 
 def test_back_channel_logout_and_fluxctl_revoke_on_b_end_the_session_on_a(cluster):
