@@ -1,17 +1,22 @@
 """The shared key table and the usage file.
 
-The master compiles the keys of keys.db into ``state_dir/keys.table`` and replaces the file
-atomically (write, fsync, rename) whenever keys.db changes: a copy-on-write snapshot with a
-generation number. Each worker maps the current file read-only, so N workers share one copy
-in the page cache, and notices a new one by ``stat`` on every sweep (4 times a second): a
-revoked key is refused everywhere within a second, without restarting anything.
+The master compiles the keys of keys.db into ``state_dir/keys.table`` (write, fsync, rename)
+at start, with room for more keys than it holds. Keys added or changed later are written into
+that room in place (fluxgate/auth/tablewriter.py), through the same page cache every worker
+maps: no new file, no remap. When the room runs low the master compiles a new file, writes
+into it the changes made meanwhile, and renames it over the old one: a generation with a new
+inode, which each worker notices by ``stat`` on its sweep (4 times a second) and maps. Each
+worker maps the file read-only, so N workers share one copy in the page cache.
 
-``keys.table`` layout (native byte order; sizes in ``_core.KEY_LAYOUT``; the reader is
-``_core.KeyTable``, which validates every offset when it maps a generation)::
+``keys.table`` layout, version 2 (native byte order; sizes in ``_core.KEY_LAYOUT``; the reader
+is ``_core.KeyTable``, which validates every offset when it maps a generation, and an entry
+added later when a bucket first names it)::
 
     header, 96 bytes: magic u64 | version u32 | entry size u32 | generation u64 |
-        entries u32 | buckets u32 (power of two > entries) | buckets offset u64 |
-        entries offset u64 | pool offset u64 | pool length u64 | usage slots u64 | 24 zero bytes
+        entries u32 (published so far) | buckets u32 (power of two > capacity) |
+        buckets offset u64 | entries offset u64 | pool offset u64 | pool length u64 (its room) |
+        usage slots u64 | capacity u32 (entries the file has room for) | 0 u32 |
+        pool used u64 | 8 zero bytes
     buckets: u32 each, entry index + 1 (0: empty); a key's home bucket is the first 4 bytes of
         its id (random) masked, then linear probing
     entries, 128 bytes each: id (9 bytes, zero-padded to 16) | digest (32) | expires_at i64 |
