@@ -15,7 +15,8 @@
 # fluxgate/auth/keytable.py), the writable usage slots (last use, request count) and the
 # quota buckets. ``check`` runs the whole pipeline for one request: parse -> tag ->
 # lookup -> digest -> revoked / expiry -> route -> scopes -> IP allowlist -> quota.
-# Every offset of the table is validated once, when it is mapped; ``check`` trusts it.
+# Every offset of the table is validated once, when it is mapped, and an entry the master
+# adds in place later when a bucket first names it; ``check`` trusts what was validated.
 #
 # Quotas
 # ------
