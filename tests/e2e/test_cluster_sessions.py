@@ -292,6 +292,7 @@ def test_redis_stopped_mid_load_copies_serve_and_a_logout_meanwhile_lands_after(
     cookie = browser.cookie(SESSION_COOKIE)
     assert _raw_get(c, 1, cookie)[0] == 200
     never_on_b = c.sign_in(0).cookie(SESSION_COOKIE)
+    token = c.server.issue_token(scope="read:inventory", user="alice")
     load = Load(c, cookie)
     time.sleep(0.5)
     redis_server.stop()
@@ -302,6 +303,10 @@ def test_redis_stopped_mid_load_copies_serve_and_a_logout_meanwhile_lands_after(
     # B has no copy of that one and cannot ask: 503 (try again), not "sign in".
     status, headers, _ = _raw_get(c, 1, never_on_b)
     assert status == 503 and headers.get("Retry-After")
+    # Introspection asks the authorization server itself.
+    before = c.server.introspection_calls()
+    assert _raw_get(c, 0, None, "/inventory/x", bearer=token)[0] == 200
+    assert c.server.introspection_calls() - before == 1
     assert browser.get(c.url(1) + "/.fluxgate/logout").status == 303  # ended on B at once
     assert _raw_get(c, 1, cookie)[0] == 401
     assert _raw_get(c, 0, cookie)[0] == 200  # A cannot know yet
