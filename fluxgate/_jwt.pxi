@@ -1078,6 +1078,45 @@ cdef class JwtPrincipals:
 # The registered claims the verifier itself checks (RFC 7519 §4.1); always parsed.
 cdef tuple _CHECKED_CLAIMS = ("exp", "nbf", "iat", "iss", "aud", "sub")
 
+# Bits of _CHECKED_CLAIMS by position: the claims a verifier with a JwtPrincipals only
+# checks (prepare never reads them) and so may judge without building them (_Facts).
+cdef enum:
+    _LEAN_EXP = 1 << 0
+    _LEAN_NBF = 1 << 1
+    _LEAN_IAT = 1 << 2
+    _LEAN_AUD = 1 << 4
+    _LEAN_CLAIMS = _LEAN_EXP | _LEAN_NBF | _LEAN_IAT | _LEAN_AUD
+    _AUD_OURS = 1                 # _Facts.aud: a plain string, one of the audiences
+    _AUD_OTHER = 2                # a plain string, none of them
+
+
+cdef struct _Facts:
+    # What the scan decided about the checked claims it did not build: for each bit in
+    # `has`, the NumericDate (exp, nbf, iat: date[0..2]) or the audience verdict (aud).
+    # A claim whose bit is clear is in the claims dict, or absent.
+    unsigned int has
+    double date[3]
+    int aud
+
+
+cdef bint _plain_date(const unsigned char* p, Py_ssize_t start, Py_ssize_t end,
+                      double* out) noexcept nogil:
+    # A NumericDate written as a plain integer of at most 15 digits within
+    # [0, 253402300799], into *out, as _numeric_date reads the int orjson would build;
+    # False for anything else (built and judged as before).
+    cdef Py_ssize_t i
+    cdef long long v = 0
+    if end - start > 15:
+        return False
+    for i in range(start, end):
+        if not 0x30 <= p[i] <= 0x39:
+            return False
+        v = v * 10 + (p[i] - 0x30)
+    if end == start or v > 253402300799LL:
+        return False
+    out[0] = <double>v
+    return True
+
 
 cdef class JwtVerifier:
     """Verifies JWTs for one jwt middleware configuration.
@@ -1115,6 +1154,8 @@ cdef class JwtVerifier:
     # points into _names_utf8[i].
     cdef tuple _selected
     cdef tuple _names_utf8
+    cdef unsigned int _lean          # _LEAN_* claims judged in the scan, never built
+    cdef tuple _audiences_utf8
     cdef const char** _names
     cdef Py_ssize_t* _name_lens
     cdef dict _young
@@ -1158,7 +1199,10 @@ cdef class JwtVerifier:
         self._secret = secret
         self._prepare = prepare
         if claims is not None:
-            if isinstance(claims, str) or not all(isinstance(c, str) for c in claims):
+            if isinstance(claims, str):
+                raise TypeError("claims must be an iterable of claim names")
+            claims = tuple(claims)
+            if not all(isinstance(c, str) for c in claims):
                 raise TypeError("claims must be an iterable of claim names")
             self._selected = tuple(dict.fromkeys((*_CHECKED_CLAIMS, *claims)))
             self._names_utf8 = tuple(c.encode("utf-8", "surrogatepass")
@@ -1172,6 +1216,15 @@ cdef class JwtVerifier:
             for i in range(len(self._selected)):
                 self._names[i] = PyBytes_AS_STRING(<bytes>self._names_utf8[i])
                 self._name_lens[i] = PyBytes_GET_SIZE(<bytes>self._names_utf8[i])
+            if type(prepare) is JwtPrincipals:
+                # Its claims dict is only read by JwtPrincipals.build (verify() parses the
+                # claims again): a checked claim it does not read need not be in it.
+                for i in range(len(_CHECKED_CLAIMS)):
+                    if _CHECKED_CLAIMS[i] not in claims:
+                        self._lean |= (1u << i) & _LEAN_CLAIMS
+        if self._audiences is not None:
+            self._audiences_utf8 = tuple(a.encode("utf-8", "surrogatepass")
+                                         for a in self._audiences)
         self._young = {}
         self._old = {}
         self._dropped = {}
@@ -1331,7 +1384,7 @@ cdef class JwtVerifier:
         cdef const unsigned char* dot1 = <const unsigned char*>memchr(p, b".", n)
         cdef const unsigned char* dot2 = <const unsigned char*>memchr(
             dot1 + 1, b".", n - (dot1 + 1 - p))
-        return self._claims_of(dot1 + 1, dot2 - dot1 - 1)
+        return self._claims_of(dot1 + 1, dot2 - dot1 - 1, NULL)
 
     cdef dict _json_part(self, const unsigned char* src, Py_ssize_t n):
         # A JSON object from one base64url part, or None when it is not one. Typed as a
@@ -1341,12 +1394,15 @@ cdef class JwtVerifier:
             return None
         return _json_object(self._scratch, m)
 
-    cdef dict _claims_of(self, const unsigned char* src, Py_ssize_t n):
+    cdef dict _claims_of(self, const unsigned char* src, Py_ssize_t n, _Facts* facts):
         # The claims of the payload part src[0:n] (base64url), as _json_part, but only
         # the _selected ones when the verifier has a selection; taken out of the cycle
-        # collector (_untrack) either way.
+        # collector (_untrack) either way. With facts, the _lean claims that are plain
+        # (an integer date, an audience string without escapes) are judged into it
+        # instead of being built (an aud not checked at all is not built either).
         cdef Py_ssize_t m = b64url_decode_into(src, n, self._scratch)
-        cdef Py_ssize_t k, i
+        cdef Py_ssize_t k, i, which
+        cdef unsigned int bit
         cdef _Member members[_JSON_MAX_SELECTED]
         cdef dict claims
         if m < 0:
@@ -1359,7 +1415,16 @@ cdef class JwtVerifier:
             if k >= 0:
                 claims = _PyDict_NewPresized(k)
                 for i in range(k):
-                    claims[<str>self._selected[members[i].name]] = _json_built(
+                    which = members[i].name
+                    bit = (1u << which) & self._lean if facts != NULL and which < 6 else 0
+                    if bit and self._judged(members[i].start, members[i].end, which, facts):
+                        # A member named twice keeps its last value (as in orjson).
+                        facts.has |= bit
+                        claims.pop(<str>self._selected[which], None)
+                        continue
+                    if bit:
+                        facts.has &= ~bit
+                    claims[<str>self._selected[which]] = _json_built(
                         self._scratch, members[i].start, members[i].end)
                 # Its values are untracked already (_json_built); a list among them tracked
                 # the dict again (CPython's MAINTAIN_TRACKING cannot see they are).
@@ -1371,6 +1436,27 @@ cdef class JwtVerifier:
         if claims is not None:
             _untrack(claims)
         return claims
+
+    cdef bint _judged(self, Py_ssize_t start, Py_ssize_t end, Py_ssize_t name,
+                      _Facts* facts):
+        # Is the lean checked claim _selected[name], at scratch[start:end], judged into
+        # facts (True) rather than built (False)?
+        cdef const unsigned char* p = self._scratch
+        cdef Py_ssize_t length
+        if name < 3:
+            return _plain_date(p, start, end, &facts.date[name])
+        if self._audiences_utf8 is None:
+            return True  # aud is not checked: nothing to build
+        if p[start] != 0x22 or memchr(p + start + 1, 0x5C, end - start - 2) != NULL:
+            return False
+        length = end - start - 2
+        facts.aud = _AUD_OTHER
+        for aud in self._audiences_utf8:
+            if (PyBytes_GET_SIZE(<bytes>aud) == length
+                    and memcmp(PyBytes_AS_STRING(<bytes>aud), p + start + 1, length) == 0):
+                facts.aud = _AUD_OURS
+                break
+        return True
 
     cdef JwtKey _header_key(self, const unsigned char* p, Py_ssize_t hlen,
                             const unsigned char* payload, Py_ssize_t plen, double now,
@@ -1487,27 +1573,38 @@ cdef class JwtVerifier:
         # The claims dict, or TokenError; fills entry's deadlines when given.
         cdef double exp_deadline = INFINITY, nbf_deadline = -INFINITY
         cdef double iat_deadline = -INFINITY, d = 0.0
-        cdef dict claims = self._claims_of(src, n)
+        cdef _Facts facts
+        facts.has = 0
+        cdef dict claims = self._claims_of(src, n, &facts)
         if claims is None:
             raise TokenError(_JWT_REASONS[FG_JWT_MALFORMED])
-        value = claims.get("exp", _MISSING)
-        if value is _MISSING:
-            if self._require_exp:
-                raise TokenError(_JWT_REASONS[FG_JWT_MISSING_CLAIM])
-        elif _numeric_date(value, &d) < 0:
-            raise TokenError(_JWT_REASONS[FG_JWT_INVALID_CLAIM])
+        if facts.has & _LEAN_EXP:
+            exp_deadline = facts.date[0] + self._leeway
         else:
-            exp_deadline = d + self._leeway
-        value = claims.get("nbf", _MISSING)
-        if value is not _MISSING:
-            if _numeric_date(value, &d) < 0:
+            value = claims.get("exp", _MISSING)
+            if value is _MISSING:
+                if self._require_exp:
+                    raise TokenError(_JWT_REASONS[FG_JWT_MISSING_CLAIM])
+            elif _numeric_date(value, &d) < 0:
                 raise TokenError(_JWT_REASONS[FG_JWT_INVALID_CLAIM])
-            nbf_deadline = d - self._leeway
-        value = claims.get("iat", _MISSING)
-        if value is not _MISSING:
-            if _numeric_date(value, &d) < 0:
-                raise TokenError(_JWT_REASONS[FG_JWT_INVALID_CLAIM])
-            iat_deadline = d - self._leeway
+            else:
+                exp_deadline = d + self._leeway
+        if facts.has & _LEAN_NBF:
+            nbf_deadline = facts.date[1] - self._leeway
+        else:
+            value = claims.get("nbf", _MISSING)
+            if value is not _MISSING:
+                if _numeric_date(value, &d) < 0:
+                    raise TokenError(_JWT_REASONS[FG_JWT_INVALID_CLAIM])
+                nbf_deadline = d - self._leeway
+        if facts.has & _LEAN_IAT:
+            iat_deadline = facts.date[2] - self._leeway
+        else:
+            value = claims.get("iat", _MISSING)
+            if value is not _MISSING:
+                if _numeric_date(value, &d) < 0:
+                    raise TokenError(_JWT_REASONS[FG_JWT_INVALID_CLAIM])
+                iat_deadline = d - self._leeway
         value = claims.get("sub", _MISSING)
         if value is not _MISSING and type(value) is not str:
             raise TokenError(_JWT_REASONS[FG_JWT_INVALID_CLAIM])
@@ -1516,7 +1613,11 @@ cdef class JwtVerifier:
             if type(value) is not str or value != self._issuer:
                 raise TokenError(_JWT_REASONS[FG_JWT_WRONG_ISSUER])
         if self._audiences is not None:
-            _check_audience(claims.get("aud", _MISSING), self._audiences)
+            if facts.has & _LEAN_AUD:
+                if facts.aud != _AUD_OURS:
+                    raise TokenError(_JWT_REASONS[FG_JWT_WRONG_AUDIENCE])
+            else:
+                _check_audience(claims.get("aud", _MISSING), self._audiences)
         if now >= exp_deadline:
             raise TokenError(_JWT_REASONS[FG_JWT_EXPIRED])
         if now < nbf_deadline:

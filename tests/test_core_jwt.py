@@ -1156,3 +1156,80 @@ def test_cached_claims_are_outside_the_cycle_collector(keys, keyset, selection):
     finally:
         gc.enable()
     assert v.cached == 2001 and added < 20, added
+
+
+# ---- a JwtPrincipals verifier judges exp, nbf, iat and aud in the scan ------------------------
+#
+# With the jwt middleware's JwtPrincipals as prepare, the checked claims it never reads are not
+# built: plain integer dates and plain audience strings are judged as the payload is scanned.
+# A verifier whose prepare is any other callable builds and judges them as before: both must
+# refuse alike, or build the same principal, whatever the payload.
+
+_AUDIENCES = ["api", "é", "a\\b"]
+
+
+def _principal_verifiers(**options) -> tuple[JwtVerifier, JwtVerifier]:
+    options = {"algorithms": ["HS256"], "secret": _HS_SECRET, "require_exp": False,
+               "cache_size": 0, "audiences": _AUDIENCES, **options}
+    forward = options.pop("forward", ())
+    claims = ("scope", "scp", *(c for c, _ in forward))
+
+    def principals():
+        return JwtPrincipals(forward, token_scopes, claim_header_value, 64)
+
+    built = principals()
+    lean = JwtVerifier(prepare=principals(), claims=claims, **options)
+    reference = JwtVerifier(prepare=lambda c: built(c), claims=claims, **options)
+    return lean, reference
+
+
+def _principal_verdict(verifier: JwtVerifier, token: bytes, now: float = NOW):
+    try:
+        p = verifier.authenticate(token, now)
+    except TokenError as err:
+        return err.reason
+    return (p.id, p.subject, p.scopes, p.upstream_lines)
+
+
+_LEAN = _principal_verifiers()
+_LEAN_UNCHECKED = _principal_verifiers(audiences=None)
+_LEAN_FORWARDING = _principal_verifiers(forward=(("exp", b"X-Exp"), ("aud", b"X-Aud")))
+_DATES = st.sampled_from([int(NOW) - 30, int(NOW) + 600, int(NOW) + 61, 0, 253402300799,
+                          253402300800, 10**15, 10**16 - 1, -1, NOW, 1e300])
+_AUDS = st.sampled_from(["api", "é", "a\\b", "API", "", "apix"]) | st.lists(
+    st.sampled_from(["api", "x", 1]), max_size=3) | st.none() | st.integers()
+
+
+@st.composite
+def lean_payloads(draw) -> bytes:
+    members = Members(draw(st.lists(st.one_of(
+        st.tuples(st.sampled_from(["exp", "nbf", "iat"]), _DATES | _VALUES),
+        st.tuples(st.just("aud"), _AUDS | _VALUES),
+        st.tuples(st.sampled_from(["sub", "scope", "jti"]), st.text(max_size=4)),
+    ), max_size=7)))
+    text = _encode(members, "", draw(st.booleans()), draw(st.booleans()))
+    return text.encode("utf-8", "surrogateescape")
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(lean_payloads(), payloads()))
+@example(b'{"exp":1,"exp":"x","aud":"api"}')
+@example(b'{"exp":"x","exp":' + str(int(NOW) + 600).encode() + b',"aud":"api"}')
+@example(b'{"aud":"api","aud":"nope"}')
+@example(b'{"aud":"nope","aud":"api"}')
+@example(b'{"aud":["api"],"aud":"api"}')
+@example(b'{"aud":"\\u0061pi"}')
+@example(b'{"aud":"a\\\\b"}')
+@example('{"aud":"é"}'.encode())
+@example(b'{"aud":"api","iat":1e2,"nbf":00}')
+@example(b'{"exp":000000000000001}')
+@example(b'{"exp":1000000000000000}')
+@example(b"{}")
+def test_a_principals_verifier_judges_as_one_that_builds_the_claims(payload):
+    token = _hs_token(payload)
+    for lean, reference in _LEAN, _LEAN_UNCHECKED, _LEAN_FORWARDING:
+        assert _principal_verdict(lean, token) == _principal_verdict(reference, token)
+    # and where it accepts, verify() answers the claims a full parse answers (aud included)
+    lean = _LEAN_UNCHECKED[0]
+    if not isinstance(_principal_verdict(lean, token), str):
+        assert agree(*verdicts(token, _FULL, lean), lean.claims)
