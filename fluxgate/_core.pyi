@@ -218,6 +218,15 @@ class QuotaCounters:
         """(spent in the current window, window_end), counting nothing."""
     def release(self) -> None: ...
 
+class LeaseSpender:
+    """Spends units in hand of a node's quota leases (fluxgate/cluster/quotas.py)."""
+
+    def __init__(self, words: Counters, quotas: QuotaCounters, /) -> None: ...
+    def spend(
+        self, req: RequestState, base: int, tag: int, limit: int, window: int, now: float, /
+    ) -> int:
+        """0 spent, 1 spent and time to ask ahead, -1 nothing spent (no unit in hand)."""
+
 class KeyTable:
     """One generation of the shared key table (layout: fluxgate/auth/keytable.py)."""
 

@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from fluxgate._core import merge_ratelimit
+from fluxgate._core import LeaseSpender, merge_ratelimit
 from fluxgate.auth.runtime import worker_shared
 from fluxgate.cluster.connect import is_redis_url, node_name, parse_store_url, redis_client
 from fluxgate.cluster.keysync import without_retries
@@ -45,8 +45,6 @@ from fluxgate.cluster.lease_table import (
     STAT_UNITS,
     STAT_WAITS,
     W_CHUNK,
-    W_GLOBAL,
-    W_GRANTED,
     W_LAST_MS,
     W_LAST_SPENT,
     W_LATENCY,
@@ -67,7 +65,6 @@ EXCEEDED, TABLE_FULL = 1, 2  # the codes of QuotaCounters.consume a refusal carr
 RETRY_MS = 1000  # while Redis is down, one node tries it again this often
 LEASE_SECONDS = 1.0  # an auto chunk lasts about this long at the measured rate
 MAX_CHUNK = 1 << 20
-_LOW32 = 0xFFFFFFFF
 POLL = 0.002  # a worker waiting for another worker's lease request looks this often
 
 @dataclass(slots=True)
@@ -107,8 +104,7 @@ class ClusterQuotas:
         self._store: LeaseStore | None = None
         self._slots: dict[int, int] = {}  # tag -> its lease slot
         self._bases: dict[int, int] = {}  # tag -> the slot's first word
-        self._words = self.table.words
-        self._consume = quotas.consume
+        self._spend_in_hand = LeaseSpender(self.table.words, quotas).spend
         self._flights: dict[int, asyncio.Future[Any]] = {}
 
     @classmethod
@@ -138,22 +134,13 @@ class ClusterQuotas:
         bucket tag; ``identity``: what it is (auth/quotas.py); ``refuse(req, code, retry)``
         builds the caller's 429 (code EXCEEDED or TABLE_FULL)."""
         base = self._bases.get(tag)
-        if base is not None:  # the common request: a unit in hand, a few loads and one CAS
-            words = self._words
-            now_s = int(now)
-            end = (now_s // window + 1) * window
-            g = words.load(base + W_GRANTED)
-            if g >> 32 == end and g & _LOW32:
-                code, left, _ = self._consume(tag, g & _LOW32, window, now)
-                if code == 0:
-                    if left <= words.load(base + W_CHUNK) >> 1:
-                        self._ahead(Spend(tag, identity, limit, window, refuse,
-                                          self._slots[tag]), end)
-                    u = words.load(base + W_GLOBAL)
-                    used = u & _LOW32 if u >> 32 == end else 0
-                    remaining = limit - used + left if used < limit else left
-                    merge_ratelimit(req, limit, min(remaining, limit), end - now_s)
-                    return None
+        if base is not None:  # the common request: a unit in hand, one C call
+            spent = self._spend_in_hand(req, base, tag, limit, window, now)
+            if spent >= 0:
+                if spent:
+                    self._ahead(Spend(tag, identity, limit, window, refuse, self._slots[tag]),
+                                (int(now) // window + 1) * window)
+                return None
         return self._admit(req, Spend(tag, identity, limit, window, refuse), now)
 
     def _admit(self, req: RequestState, spend: Spend, now: float) -> ClientError | None:
