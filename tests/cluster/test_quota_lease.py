@@ -16,6 +16,7 @@ from fluxgate.auth.quotas import create_quota_file, open_quota_file
 from fluxgate.cluster.lease_store import EXPIRY_SLACK, LeaseStore, identity_hash, window_keys
 from fluxgate.cluster.lease_table import (
     LEASE_FILE,
+    W_CHUNK,
     W_LAST_MS,
     W_LAST_SPENT,
     W_NODES,
@@ -335,3 +336,36 @@ def test_redis_back_charges_what_was_spent_locally(state_dir, redis_server):
     used = int(redis_server.client().get(used_key))
     spent, _ = cq.quotas.peek(spend.tag, DAY, time.time())
     assert used >= spent
+
+
+def test_lease_spender_spends_only_what_is_granted(state_dir):
+    from fluxgate._core import LeaseSpender
+
+    table = LeaseTable(str(state_dir / LEASE_FILE))
+    mapping, quotas = open_quota_file(str(state_dir / "quotas.bin"))
+    spender = LeaseSpender(table.words, quotas)
+    identity = b"rule\0/r\0ip\x0060\0" + b"10.0.0.1"
+    tag = quotas.tag(identity)
+    slot = table.claim(tag, 60, 100, identity_hash(identity))
+    base = table.base(slot)
+    now = time.time()
+    end = window_end(now, 60)
+    req = RequestState(0.0)
+    assert spender.spend(req, base, tag, 100, 60, now) == -1  # nothing granted yet
+    table.add_granted(slot, end, 4)
+    table.set_global(slot, end, 40, 2)
+    table.set_word(slot, W_CHUNK, 4)
+    assert [spender.spend(req, base, tag, 100, 60, now) for _ in range(5)] == [0, 1, 1, 1, -1]
+    assert quotas.peek(tag, 60, now)[0] == 4  # the fifth was not counted
+    assert req.ratelimit_headers()  # RateLimit-* merged for the accepted ones
+    table.add_granted(slot, end, 1)
+    assert spender.spend(req, base, tag, 100, 60, now) == 1
+    with pytest.raises(ValueError):
+        spender.spend(req, table.base(table.capacity), tag, 100, 60, now)
+    with pytest.raises(ValueError):
+        spender.spend(req, -1, tag, 100, 60, now)
+    # A window that ended: the grant is of the past one; nothing is spent from it.
+    assert spender.spend(req, base, tag, 100, 60, now + 60) == -1
+    quotas.release()
+    mapping.close()
+    table.close()
