@@ -864,6 +864,7 @@ cdef Py_ssize_t _select_members(const unsigned char* p, Py_ssize_t n, _Member* o
                 return -1
             for j in range(count):
                 if (lens[j] == key_end - key - 2
+                        and (lens[j] == 0 or p[key + 1] == <unsigned char>names[j][0])
                         and memcmp(p + key + 1, names[j], lens[j]) == 0):
                     if o == _JSON_MAX_SELECTED:
                         return -1
@@ -1402,7 +1403,7 @@ cdef class JwtVerifier:
         # instead of being built (an aud not checked at all is not built either).
         cdef Py_ssize_t m = b64url_decode_into(src, n, self._scratch)
         cdef Py_ssize_t k, i, which
-        cdef unsigned int bit
+        cdef unsigned int bit, built = 0
         cdef _Member members[_JSON_MAX_SELECTED]
         cdef dict claims
         if m < 0:
@@ -1420,10 +1421,13 @@ cdef class JwtVerifier:
                     if bit and self._judged(members[i].start, members[i].end, which, facts):
                         # A member named twice keeps its last value (as in orjson).
                         facts.has |= bit
-                        claims.pop(<str>self._selected[which], None)
+                        if built & bit:
+                            claims.pop(<str>self._selected[which], None)
+                            built &= ~bit
                         continue
                     if bit:
                         facts.has &= ~bit
+                        built |= bit
                     claims[<str>self._selected[which]] = _json_built(
                         self._scratch, members[i].start, members[i].end)
                 # Its values are untracked already (_json_built); a list among them tracked
