@@ -65,6 +65,10 @@ class TableWriter:
                                      mmap.PROT_READ | mmap.PROT_WRITE)
         finally:
             os.close(fd)
+        # The workers the master forks after opening it get no writable mapping of the
+        # table: each maps it read-only itself.
+        if hasattr(mmap, "MADV_DONTFORK"):
+            self.mapping.madvise(mmap.MADV_DONTFORK)
         (magic, version, entry_size, _, self.n, self.n_buckets, self.buckets_off,
          self.entries_off, self.pool_off, self.pool_len, self.usage_slots, self.capacity, _,
          self.pool_used) = _HEADER.unpack_from(self.mapping)
