@@ -34,8 +34,11 @@ class SessionBackend(Protocol):
         """Store a new session; returns its id (for the cookie only)."""
         ...
 
-    async def load(self, session_id: str, now: float | None = None) -> Session | None:
-        """The live session with this id, as the authoritative record has it."""
+    async def load(self, session_id: str, now: float | None = None, *,
+                   authoritative: bool = False) -> Session | None:
+        """The live session with this id, as the authoritative record has it. A store that
+        keeps copies may answer from its copy when the record cannot be read, unless
+        ``authoritative`` (a refresh must never present a stale refresh token)."""
         ...
 
     def refresh_lock(self, digest: bytes, hold: float) -> Any:
@@ -94,7 +97,8 @@ class LocalSessions:
         return self.store.create(provider, sub, sid, tokens, claims, access_expires_at,
                                  idle, absolute)
 
-    async def load(self, session_id: str, now: float | None = None) -> Session | None:
+    async def load(self, session_id: str, now: float | None = None, *,
+                   authoritative: bool = False) -> Session | None:
         return self.store.load(session_id, now)
 
     @asynccontextmanager

@@ -56,6 +56,8 @@ SYNC_INTERVAL = 5.0  # the longest a reachable node's copy lags its records (mis
 STALE_AFTER = 3 * SYNC_INTERVAL
 SYNC_BATCH = 1000  # records compared per pipelined round trip
 MAX_FETCHES = 256  # session records being read for workers at once
+UPDATE_ATTEMPTS = 3  # writes of refreshed tokens before giving up (Redis gone meanwhile)
+UPDATE_RETRY = 0.5
 # End reasons a copy takes from its record, not this node's decisions: never pushed back.
 LOCAL_ONLY_REASONS = frozenset({"expired", "undecryptable"})
 KNOWN_ENDS_LIMIT = 65536
@@ -139,14 +141,18 @@ class ClusterSessions:
         self.local.put_copy(session, int(idle))
         return session_id
 
-    async def load(self, session_id: str, now: float | None = None) -> Session | None:
-        """The record's session (copied here); this node's copy when Redis is down."""
+    async def load(self, session_id: str, now: float | None = None, *,
+                   authoritative: bool = False) -> Session | None:
+        """The record's session (copied here); this node's copy when Redis is down, unless
+        ``authoritative``."""
         if not well_formed(session_id):
             return None
         digest = session_digest(session_id)
         try:
             record = await self._call(self.redis.record(digest))
         except StoreUnavailable:
+            if authoritative:
+                raise
             return self.local.load(session_id, now)
         return self._apply(digest, record, now)
 
@@ -172,8 +178,17 @@ class ClusterSessions:
 
     async def update_tokens(self, digest: bytes, expected_version: int,
                             tokens: dict[str, Any], access_expires_at: float | None) -> bool:
-        version = await self._call(self.redis.update_tokens(
-            digest, expected_version, tokens, access_expires_at))
+        # The server has rotated the refresh token already: a write lost to a blip of
+        # Redis would leave the record with a used one, so it is tried a few times.
+        for attempt in range(UPDATE_ATTEMPTS):
+            try:
+                version = await self._call(self.redis.update_tokens(
+                    digest, expected_version, tokens, access_expires_at))
+                break
+            except StoreUnavailable:
+                if attempt == UPDATE_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(UPDATE_RETRY)
         if not version:
             return False
         record = await self._call(self.redis.record(digest))

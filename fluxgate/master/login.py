@@ -38,18 +38,15 @@ from urllib.parse import quote, urlencode
 import orjson
 
 from fluxgate._core import JwtVerifier, TokenError
-from fluxgate.auth.introspection import oauth2_configs
 from fluxgate.auth.jwk import build_keyset, usable_keys
 from fluxgate.auth.login_flow import (
     TRANSACTION_TTL,
-    login_source,
     pkce_challenge,
     random_value,
     transaction_cookie_name,
 )
-from fluxgate.auth.session_backend import LocalSessions, SessionBackend, StoreUnavailable
-from fluxgate.auth.sessions import SessionStore, session_digest
-from fluxgate.cluster.connect import is_redis_url
+from fluxgate.auth.session_backend import SessionBackend, StoreUnavailable
+from fluxgate.auth.sessions import session_digest
 from fluxgate.master.as_client import (
     AsClient,
     IntrospectionError,
@@ -71,8 +68,7 @@ DISCOVERY_RETRY = 5.0
 JWKS_REFETCH_COOLDOWN = 30.0  # an unknown kid refetches the JWKS at most this often
 MAX_TOKEN_RESPONSE = 64 * 1024
 BACKCHANNEL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
-LOGOUT_TOKEN_MAX_AGE = 300.0
-MAINTENANCE_INTERVAL = 60.0  # an older logout token (by iat) is refused
+LOGOUT_TOKEN_MAX_AGE = 300.0  # an older logout token (by iat) is refused
 # Claims of the ID token kept in the session (the principal is built from them).
 KEPT_CLAIMS = ("iss", "sub", "sid", "email", "name", "preferred_username", "auth_time")
 
@@ -353,7 +349,7 @@ class LoginProvider:
 
     async def _refresh_locked(self, session_id: str, digest: bytes) -> Answer:
         now = time.time()
-        session = await self.store.load(session_id, now)
+        session = await self.store.load(session_id, now, authoritative=True)
         if session is None:
             return answer("ended", reason="unknown_session")
         if (session.access_expires_at is None
@@ -377,15 +373,26 @@ class LoginProvider:
             return answer("unavailable", reason=exc.reason)
         kept = {**session.tokens, **_kept_tokens(tokens)}
         expires_at = _expires_at(tokens, time.time())
-        if not await self.store.update_tokens(digest, session.version, kept, expires_at):
+        try:
+            updated = await self.store.update_tokens(digest, session.version, kept, expires_at)
+        except StoreUnavailable:
+            # The new tokens cannot be kept: the new refresh token must not outlive them at
+            # the server (the session ends at its next refresh; the user signs in again).
+            self._revoke_issued(tokens)
+            raise
+        if not updated:
             # Another writer changed the session meanwhile (it ended): its word stands, and
             # the refresh token just issued must not outlive it at the server.
-            new_refresh = tokens.get("refresh_token")
-            if isinstance(new_refresh, str) and new_refresh and self.revocation_client:
-                self._in_background(self._revoke(new_refresh))
+            self._revoke_issued(tokens)
             return answer("ended", reason="changed")
         self._count("refresh")
         return answer("ok", access_expires_at=expires_at)
+
+    def _revoke_issued(self, tokens: dict[str, Any]) -> None:
+        """Revoke (in the background) the refresh token a token response just issued."""
+        new_refresh = tokens.get("refresh_token")
+        if isinstance(new_refresh, str) and new_refresh and self.revocation_client:
+            self._in_background(self._revoke(new_refresh))
 
     async def logout(self, request: dict[str, Any]) -> Answer:
         c = self.config
@@ -569,81 +576,3 @@ def _kept_claims(claims: dict[str, Any], tokens: dict[str, Any],
     scope = tokens.get("scope")
     kept["scope"] = scope if isinstance(scope, str) else " ".join(requested)
     return kept
-
-
-class LoginService:
-    """Every login provider of the config, and the session store they share."""
-
-    def __init__(self, state_dir: str) -> None:
-        self.state_dir = state_dir
-        self.providers: dict[str, LoginProvider] = {}
-        self.store: SessionBackend | None = None
-        self.maintenance: asyncio.Task[None] | None = None
-        self.key_rotation = 86400.0
-        self.retention = 86400.0
-
-    async def configure(self, config: schema.Config) -> None:
-        """Start, keep or replace providers after a (re)load."""
-        wanted: dict[str, schema.OAuth2] = {}
-        for entry in oauth2_configs(config):
-            if entry.login:
-                wanted.setdefault(login_source(entry), entry)
-        if wanted:
-            self.key_rotation = min(entry.session.key_rotation for entry in wanted.values())
-            self.retention = max(entry.session.absolute for entry in wanted.values())
-            if self.store is None:
-                self.store = self._open_store(config)
-                self.maintenance = asyncio.get_running_loop().create_task(self._maintain())
-        for source, entry in wanted.items():
-            provider = self.providers.get(source)
-            if provider is not None and provider.config == entry:
-                continue
-            if provider is not None:
-                await provider.close()
-            assert self.store is not None
-            provider = self.providers[source] = LoginProvider(source, entry, self.store)
-            provider.start()
-        for source in [s for s in self.providers if s not in wanted]:
-            await self.providers.pop(source).close()
-
-    def _open_store(self, config: schema.Config) -> SessionBackend:
-        """The node's SQLite store, or in cluster mode Redis with the node's copies in it."""
-        local = SessionStore.open(self.state_dir)
-        if not is_redis_url(config.store):
-            return LocalSessions(local)
-        from fluxgate.cluster.connect import node_name, parse_store_url, redis_client
-        from fluxgate.cluster.session_keys import DerivedKeyRing
-        from fluxgate.cluster.session_sync import ClusterSessions
-        from fluxgate.cluster.sessions import RedisSessions
-
-        store = parse_store_url(config.store)
-        keys = DerivedKeyRing(config.cluster.session_secret or "",
-                              rotation=self.key_rotation, retention=self.retention)
-        redis = RedisSessions(redis_client(store, config.cluster), config.cluster.prefix, keys,
-                              timeout=4 * config.cluster.timeout, describe=store.describe())
-        backend = ClusterSessions(redis, local, node_name(config))
-        backend.start()
-        return backend
-
-    async def _maintain(self) -> None:
-        """Rotate the store's key, drop retired keys, purge old rows, now and then."""
-        while True:
-            if self.store is not None:
-                try:
-                    done = self.store.maintain(key_rotation=self.key_rotation,
-                                               retention=self.retention)
-                    if done.get("keys_dropped") or done.get("sessions_orphaned"):
-                        log.info("session store maintenance: %s", done)
-                except Exception:  # noqa: BLE001 - retried at the next interval
-                    log.exception("session store maintenance failed")
-            await asyncio.sleep(MAINTENANCE_INTERVAL)
-
-    async def close(self) -> None:
-        if self.maintenance is not None:
-            self.maintenance.cancel()
-        for provider in self.providers.values():
-            await provider.close()
-        self.providers.clear()
-        if self.store is not None:
-            await self.store.close()
-            self.store = None

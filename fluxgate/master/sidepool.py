@@ -71,7 +71,7 @@ from fluxgate.cluster.introspection import SharedResults
 from fluxgate.cluster.oauth2_metrics import cluster_oauth2_metrics
 from fluxgate.errors import ConfigError
 from fluxgate.master.as_client import AsClient, IntrospectionError, discover
-from fluxgate.master.login import LoginService
+from fluxgate.master.login_service import LoginService
 from fluxgate.metrics import ProcessMetric, metric_family
 from fluxgate.shm import create_mapping
 

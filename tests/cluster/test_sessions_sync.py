@@ -247,3 +247,29 @@ def test_fetches_are_single_flight_and_bounded(tmp_path, redis_server, monkeypat
             await b.close()
 
     asyncio.run(go())
+
+
+def test_a_refresh_reads_only_the_record_and_its_write_outlasts_a_blip(tmp_path, redis_server):
+    async def go():
+        a = node(tmp_path, redis_server.url, "a")
+        try:
+            session_id, digest = await login(a)
+            redis_server.pause()
+            resume = None
+            try:
+                assert (await a.load(session_id)) is not None  # the copy, for a logout
+                with pytest.raises(StoreUnavailable):  # never a stale refresh token
+                    await a.load(session_id, authoritative=True)
+                resume = asyncio.get_running_loop().call_later(0.8, redis_server.resume)
+                # The token server has rotated: the write is tried again past the blip.
+                assert await a.update_tokens(digest, 1, {"refresh_token": "rt-2"}, None)
+            finally:
+                if resume is not None:
+                    resume.cancel()
+                redis_server.resume()
+            session = await a.load(session_id, authoritative=True)
+            assert session.version == 2 and session.tokens["refresh_token"] == "rt-2"
+        finally:
+            await a.close()
+
+    asyncio.run(go())
