@@ -79,7 +79,8 @@ class ApiKeyMiddleware:
 
     __slots__ = ("shared", "required", "policy", "scoped", "lname", "qname", "failures",
                  "header", "missing", "invalid", "forbidden", "_covering_encoded",
-                 "cluster", "principals", "_quota_table", "_key_quotas")  # fmt: skip
+                 "cluster", "principals", "_quota_table", "_key_quotas",
+                 "_quota_steps")  # fmt: skip
 
     def __init__(
         self, shared: SharedKeys, policy: ScopePolicy, header: str, query: str | None,
@@ -94,6 +95,7 @@ class ApiKeyMiddleware:
         self.principals: dict[int, Any] = {}
         self._quota_table: Any = None  # the table generation the two caches are of
         self._key_quotas: dict[int, tuple[Any, ...]] = {}
+        self._quota_steps: dict[int, tuple[Any, ...]] = {}  # index -> (principal, *quota)
         self.policy = policy
         self.scoped = bool(policy.rules)  # a scope_map rule may cover this route's paths
         self.required = tuple(s.encode() for s in sorted(policy.required))
@@ -140,10 +142,18 @@ class ApiKeyMiddleware:
         principals = shared.principals
         if self.cluster is not None:
             if shared.table is not self._quota_table or len(self._key_quotas) >= 65536:
-                self._quota_table, self._key_quotas, self.principals = shared.table, {}, {}
+                self._forget_quotas(shared.table)
             principals = self.principals
         answer = shared.table.authorize(
             req, self.lname, self.qname, self.required, covering, _now(), principals)
+        if self.cluster is not None and answer is not None and answer[0] == _OK:
+            spend = self._quota_steps.get(answer[1])
+            if spend is not None:  # a key with a quota seen before: its principal and quota
+                principal, tag, identity, qlimit, window, refuse = spend
+                req.principal = principal
+                if _bearer_key(req) is not None:
+                    _drop_authorization(req)
+                return self.cluster.admit(req, tag, identity, qlimit, window, refuse, _now())
         if answer is None:
             # Accepted (authorize set req.principal). A second key sent as Bearer beside
             # the header is not read, but it is a key: it never goes upstream either.
@@ -194,17 +204,24 @@ class ApiKeyMiddleware:
         """Cluster mode: spend a unit of the key's quota, if it has one, through leases."""
         table = self.shared.table
         if table is not self._quota_table:  # a new generation: entry indexes changed
-            self._quota_table, self._key_quotas, self.principals = table, {}, {}
+            self._forget_quotas(table)
         quota = self._key_quotas.get(index)
         if quota is None:
             quota = self._key_quotas[index] = self._quota_of(table.entry(index))
+        info = self.shared.info(index)
         if not quota:
-            info = self.shared.info(index)
             if not info.response_headers:  # not in a grace period: authorize may answer it
                 self.principals[index] = info.principal
             return None
+        if not info.response_headers:  # its next requests skip this: see __call__
+            self._quota_steps[index] = (info.principal, *quota)
         tag, identity, limit, window, refuse = quota
         return self.cluster.admit(req, tag, identity, limit, window, refuse, _now())
+
+    def _forget_quotas(self, table: Any) -> None:
+        # Entry indexes are those of one table generation.
+        self._quota_table, self._key_quotas, self.principals = table, {}, {}
+        self._quota_steps = {}
 
     def _quota_of(self, entry: dict[str, Any]) -> tuple[Any, ...]:
         """(tag, identity, limit, window, refuse) of an entry's quota; () when it has none."""
