@@ -266,7 +266,8 @@ class Cluster(Base):
     # to the key's rate and remaining budget; 0 counts every request in Redis, exactly).
     lease: Annotated[int, Meta(ge=0)] | Literal["auto"] = "auto"
     # When Redis cannot be reached and a node's leases are spent: refuse (deny) or count
-    # on this node alone against the whole limit (local).
+    # on this node alone against the whole limit (local). Login sessions: deny stops serving
+    # a node's copies once they have gone 15 s unchecked against Redis (503).
     on_store_down: Literal["deny", "local"] = "local"
     # Each Redis call's bound; a call that takes longer counts as the store being down.
     timeout: Timeout = 0.5
