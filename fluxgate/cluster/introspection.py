@@ -11,7 +11,9 @@ token. A value is ``expires_at (8 bytes, big-endian double) | active (1 byte) | 
 (the msgpack record the node's table holds), with the key expiring at ``expires_at``.
 
 A token the gateway learns is revoked (``POST /admin/oauth2/purge``) is deleted here and
-announced on ``<prefix>introspection:purge``: every node drops it from its table.
+announced on ``<prefix>introspection:purge``: every node drops it from its table. A purge
+Redis could not take is tried again when it answers, as long as a result may still be
+cached somewhere.
 
 Redis is a help, not a dependency: every call is bounded by the cluster timeout, and
 after a failure Redis is left alone for ``BACKOFF`` seconds, so a down, slow or
@@ -35,6 +37,7 @@ log = logging.getLogger("fluxgate.cluster")
 
 BACKOFF = 5.0  # seconds Redis is not asked after a failure
 PURGE_CHANNEL = "introspection:purge"
+MAX_PENDING = 4096  # purges kept for a retry while Redis cannot be reached
 _HEAD = struct.Struct(">dB")
 
 
@@ -52,6 +55,8 @@ class SharedResults:
         self.counts = {"hit": 0, "miss": 0, "stored": 0, "failed": 0, "skipped": 0}
         self._listener: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        # Purges Redis did not take: digest -> (provider ids, retried until, monotonic).
+        self._pending: dict[bytes, tuple[list[str], float]] = {}
 
     @classmethod
     def for_config(cls, config: Config) -> SharedResults:
@@ -95,17 +100,32 @@ class SharedResults:
         if await self._run(self.client.set(key, value, pxat=int(expires_at * 1000))):
             self.counts["stored"] += 1
 
-    async def purge(self, provider_ids: list[str], digest: bytes) -> bool:
+    async def purge(self, provider_ids: list[str], digest: bytes,
+                    keep_for: float = 0.0) -> bool:
         """Delete a token's results cluster-wide and tell every node; False when Redis
-        could not be reached (the node has purged its own table either way)."""
+        could not be reached (the node has purged its own table either way): the purge
+        is then tried again when Redis answers, for ``keep_for`` seconds (the longest a
+        result of it may still be cached elsewhere)."""
         if not provider_ids:
             return True
         self.skip_until = 0.0  # a revocation is worth a try even right after a failure
         deleted = await self._run(self.client.delete(
             *(self.key(p, digest) for p in provider_ids)))
-        if deleted is None:
-            return False
-        return await self._run(self.client.publish(self.channel, digest.hex())) is not None
+        done = deleted is not None and await self._run(
+            self.client.publish(self.channel, digest.hex())) is not None
+        if done:
+            self._pending.pop(digest, None)
+        elif keep_for > 0 and (digest in self._pending or len(self._pending) < MAX_PENDING):
+            self._pending[digest] = (provider_ids, time.monotonic() + keep_for)
+        return done
+
+    async def _retry_purges(self) -> None:
+        now = time.monotonic()
+        for digest, (provider_ids, until) in list(self._pending.items()):
+            if until <= now:
+                del self._pending[digest]
+            elif not await self.purge(provider_ids, digest):
+                return  # still unreachable: the next subscription tries again
 
     # ---- the purge channel --------------------------------------------------------------
 
@@ -118,6 +138,7 @@ class SharedResults:
             pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)
+                await self._retry_purges()
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is None or message.get("type") != "message":

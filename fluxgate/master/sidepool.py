@@ -527,7 +527,9 @@ class SidePoolService:
         node; returns how many of this node's providers knew it."""
         known = self._purge_here(digest)
         if self.shared is not None:
-            await self.shared.purge([p.shared_id for p in self.providers.values()], digest)
+            longest = max((p.config.cache_ttl for p in self.providers.values()), default=0.0)
+            await self.shared.purge([p.shared_id for p in self.providers.values()], digest,
+                                    keep_for=longest)
         return known
 
     def admin_routes(self, router: AdminRouter) -> None:
