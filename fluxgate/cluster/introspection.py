@@ -30,6 +30,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from fluxgate.cluster.channel import subscribe_forever
+
 if TYPE_CHECKING:
     from fluxgate.config.schema import Config
 
@@ -134,31 +136,17 @@ class SharedResults:
         self._listener = asyncio.get_running_loop().create_task(self._listen(on_purge))
 
     async def _listen(self, on_purge: Callable[[bytes], object]) -> None:
-        while True:
-            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        def purged(data: bytes) -> None:
             try:
-                await pubsub.subscribe(self.channel)
-                await self._retry_purges()
-                while True:
-                    message = await pubsub.get_message(timeout=1.0)
-                    if message is None or message.get("type") != "message":
-                        continue
-                    try:
-                        digest = bytes.fromhex(message["data"].decode())
-                    except (ValueError, AttributeError):
-                        continue
-                    if len(digest) == 32:
-                        on_purge(digest)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - reconnect after any failure
-                self._state(False, exc)
-            finally:
-                try:
-                    await pubsub.aclose()
-                except Exception:  # noqa: BLE001 - the connection is gone anyway
-                    pass
-            await asyncio.sleep(1.0)
+                digest = bytes.fromhex(data.decode())
+            except (ValueError, AttributeError):
+                return
+            if len(digest) == 32:
+                on_purge(digest)
+
+        await subscribe_forever(self.client, self.channel, purged,
+                                on_subscribed=self._retry_purges,
+                                on_error=lambda exc: self._state(False, exc))
 
     # ---- health -------------------------------------------------------------------------
 

@@ -47,6 +47,7 @@ from fluxgate.auth.login_state import Transaction
 from fluxgate.auth.session_backend import StoreUnavailable
 from fluxgate.auth.session_db import session_digest, well_formed
 from fluxgate.auth.sessions import END_REASONS, Session, SessionStore
+from fluxgate.cluster.channel import subscribe_forever
 from fluxgate.cluster.sessions import RedisSessions
 
 log = logging.getLogger("fluxgate.cluster")
@@ -282,29 +283,12 @@ class ClusterSessions:
             pass  # the other nodes' sweeps see the record
 
     async def _listen(self) -> None:
-        """Apply other nodes' events to the copies; resubscribe after any failure (a
-        sweep follows each subscription: events sent meanwhile were missed)."""
-        while True:
-            pubsub = self.redis.client.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(self.redis.channel)
-                self._wake.set()
-                while True:
-                    message = await pubsub.get_message(timeout=1.0)
-                    if message is not None and message.get("type") == "message":
-                        await self._on_event(message.get("data"))
-                    elif message is None and not self.up:
-                        break  # the sweep lost Redis: this connection may be stale too
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - any failure: reconnect
-                self._state(False, exc)
-            finally:
-                try:
-                    await pubsub.aclose()
-                except Exception:  # noqa: BLE001 - the connection is gone anyway
-                    pass
-            await asyncio.sleep(1.0)
+        """Apply other nodes' events to the copies; a sweep follows each subscription
+        (events sent meanwhile were missed)."""
+        await subscribe_forever(self.redis.client, self.redis.channel, self._on_event,
+                                on_subscribed=self._wake.set,
+                                on_error=lambda exc: self._state(False, exc),
+                                stale=lambda: not self.up)
 
     async def _on_event(self, data: Any) -> None:
         try:

@@ -7,10 +7,6 @@ closes it with 4403 within a second; both sides get the Close frame.
 
 from __future__ import annotations
 
-import base64
-import os
-import socket
-import ssl
 import subprocess
 import sys
 import time
@@ -19,6 +15,7 @@ import pytest
 
 from tests.e2e import test_oauth2_login as login_tests
 from tests.e2e.test_oauth2_login import SESSION_COOKIE, LoginSetup, https_request
+from tests.support.cluster_login import ws_connect as tls_ws_connect
 from tests.support.gateway import REPO, wait_until
 from tests.support.websocket import OP_TEXT, WsClient
 
@@ -31,30 +28,7 @@ login_setup = login_tests.login_setup
 
 def ws_connect(setup: LoginSetup, cookie: str | None, origin: str | None) -> WsClient:
     """An RFC 6455 handshake over TLS; raises ConnectionError for anything but 101."""
-    context = ssl.create_default_context()
-    setup.ca.configure_trust(context)
-    raw = socket.create_connection(("127.0.0.1", setup.gw.port), timeout=5)
-    sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
-    key = base64.b64encode(os.urandom(16)).decode()
-    lines = ["GET /ws/session HTTP/1.1", f"Host: 127.0.0.1:{setup.gw.port}",
-             "Connection: Upgrade", "Upgrade: websocket", "Sec-WebSocket-Version: 13",
-             f"Sec-WebSocket-Key: {key}"]
-    if cookie is not None:
-        lines.append(f"Cookie: {SESSION_COOKIE}={cookie}")
-    if origin is not None:
-        lines.append(f"Origin: {origin}")
-    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    if not head.startswith(b"HTTP/1.1 101 "):
-        sock.close()
-        raise ConnectionError(head.decode("latin-1"))
-    return WsClient(sock, head, rest)
+    return tls_ws_connect(setup.gw.port, cookie, origin, setup.ca)
 
 
 def echo(ws: WsClient, text: bytes) -> bool:

@@ -120,14 +120,18 @@ def session_get(port: int, ca: Any, cookie: str | None, path: str = "/app/api/x"
         conn.close()
 
 
-def ws_connect(port: int, cookie: str, origin: str, ca: Any) -> WsClient:
-    """An RFC 6455 handshake on /ws/session; ConnectionError for anything but 101."""
+def ws_connect(port: int, cookie: str | None, origin: str | None, ca: Any) -> WsClient:
+    """An RFC 6455 handshake over TLS on /ws/session, with the session cookie and the
+    Origin when given; ConnectionError for anything but 101."""
     raw = socket.create_connection(("127.0.0.1", port), timeout=5)
     sock = client_context(ca).wrap_socket(raw, server_hostname="127.0.0.1")
     key = base64.b64encode(os.urandom(16)).decode()
     lines = ["GET /ws/session HTTP/1.1", f"Host: 127.0.0.1:{port}", "Connection: Upgrade",
-             "Upgrade: websocket", "Sec-WebSocket-Version: 13", f"Sec-WebSocket-Key: {key}",
-             f"Cookie: {SESSION_COOKIE}={cookie}", f"Origin: {origin}"]
+             "Upgrade: websocket", "Sec-WebSocket-Version: 13", f"Sec-WebSocket-Key: {key}"]
+    if cookie is not None:
+        lines.append(f"Cookie: {SESSION_COOKIE}={cookie}")
+    if origin is not None:
+        lines.append(f"Origin: {origin}")
     sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
     data = b""
     while b"\r\n\r\n" not in data:
