@@ -21,6 +21,7 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
@@ -85,6 +86,29 @@ def session_digest(session_id: str) -> bytes:
 def new_id() -> str:
     """A fresh session or transaction id: 256 random bits, base64url without padding."""
     return base64.urlsafe_b64encode(secrets.token_bytes(ID_BYTES)).rstrip(b"=").decode()
+
+
+@dataclass(frozen=True)
+class NewSession:
+    """The id and times of a session being created (``new_session``)."""
+
+    session_id: str = field(repr=False)
+    digest: bytes
+    now: int
+    idle_expires_at: int
+    absolute_expires_at: int
+
+
+def new_session(now: float, idle: float, absolute: float) -> NewSession:
+    """A fresh id, its digest and the expiries of a session created at ``now``;
+    SessionStoreError for lifetimes that are not positive."""
+    if not (idle > 0 and absolute > 0):
+        raise SessionStoreError("session lifetimes must be positive")
+    session_id = new_id()
+    start = int(now)
+    absolute_at = start + int(absolute)
+    return NewSession(session_id, session_digest(session_id), start,
+                      min(start + int(idle), absolute_at), absolute_at)
 
 
 def well_formed(value: object) -> bool:

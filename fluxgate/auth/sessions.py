@@ -37,7 +37,7 @@ from fluxgate.auth.session_db import (
     BUSY_TIMEOUT_MS,
     DB_FILE,
     SessionDatabase,
-    new_id,
+    new_session,
     session_digest,
     well_formed,
 )
@@ -162,13 +162,8 @@ class SessionStore:
                absolute: float) -> str:
         """Store a new session; returns its id (256 random bits, base64url). The id is for
         the caller's cookie only: the store keeps its SHA-256."""
-        if not (idle > 0 and absolute > 0):
-            raise SessionStoreError("session lifetimes must be positive")
-        session_id = new_id()
-        digest = session_digest(session_id)
-        now = int(self.clock())
-        absolute_at = now + int(absolute)
-        key_number, blob = self._db.seal(b"session", digest, provider,
+        made = new_session(self.clock(), idle, absolute)
+        key_number, blob = self._db.seal(b"session", made.digest, provider,
                                          {"tokens": tokens, "claims": claims})
 
         def insert() -> None:
@@ -176,13 +171,13 @@ class SessionStore:
                 "INSERT INTO sessions (id, provider, sub, sid, created_at, last_seen_at, "
                 "idle_expires_at, absolute_expires_at, access_expires_at, idle_seconds, "
                 "change_seq, key_number, secrets) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (digest, provider, sub, sid, now, now, min(now + int(idle), absolute_at),
-                 absolute_at, _opt_int(access_expires_at), int(idle), self._db.next_change(),
-                 key_number, blob),
+                (made.digest, provider, sub, sid, made.now, made.now, made.idle_expires_at,
+                 made.absolute_expires_at, _opt_int(access_expires_at), int(idle),
+                 self._db.next_change(), key_number, blob),
             )
 
         self._db.write(insert)
-        return session_id
+        return made.session_id
 
     def load(self, session_id: str, now: float | None = None) -> Session | None:
         """The live session with this id, or None: unknown, malformed, ended, idle- or

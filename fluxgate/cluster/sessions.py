@@ -40,6 +40,7 @@ from fluxgate.auth.session_backend import StoreUnavailable
 from fluxgate.auth.session_crypto import SessionStoreError
 from fluxgate.auth.session_db import (
     new_id,
+    new_session,
     seal_document,
     session_digest,
     unseal_document,
@@ -163,13 +164,9 @@ class RedisSessions:
                      claims: dict[str, Any], access_expires_at: float | None, idle: float,
                      absolute: float) -> tuple[str, Session]:
         """Store a new session; returns its id (for the cookie only) and the session."""
-        if not (idle > 0 and absolute > 0):
-            raise SessionStoreError("session lifetimes must be positive")
-        session_id = new_id()
-        digest = session_digest(session_id)
-        now = int(self.clock())
-        absolute_at = now + int(absolute)
-        idle_at = min(now + int(idle), absolute_at)
+        made = new_session(self.clock(), idle, absolute)
+        session_id, digest, now = made.session_id, made.digest, made.now
+        idle_at, absolute_at = made.idle_expires_at, made.absolute_expires_at
         access_at = None if access_expires_at is None else int(access_expires_at)
         blob = self._seal(b"session", digest, provider, {"tokens": tokens, "claims": claims})
         key = self.record_key(digest)
