@@ -183,8 +183,9 @@ class RedisSessions:
             if value:
                 index = self._index_key(what, provider, value)
                 pipe.sadd(index, digest.hex())
-                pipe.expire(index, int(absolute) + ENDED_KEEP, gt=True)
-                pipe.expire(index, int(absolute) + ENDED_KEEP, nx=True)
+                # The newest session of a provider lives longest (one absolute lifetime):
+                # the set lasts as long as it (EXPIRE's GT would need Redis 7).
+                pipe.expire(index, int(absolute) + ENDED_KEEP)
         await self._run(_execute(pipe))
         session = Session(digest, provider, sub, sid, 1, now, now, idle_at, absolute_at,
                           access_at, tokens, claims)
