@@ -58,6 +58,10 @@ def test_another_writers_revocation_is_published_in_place(service, builds):
 
 def test_when_the_room_runs_out_a_rebuild_publishes_every_write(service, builds,
                                                                monkeypatch):
+    service.ops.revoke("a")  # a change logged in keys.db, applied in place
+    run(service, service.published())
+    logged = "SELECT COUNT(*) FROM key_changes"
+    assert service.ops.store.db.execute(logged).fetchone()[0] == 1
     inode, builds_before = table_inode(service), service.builds
     room = service._writer.capacity - service._writer.n
     # Fill the room but one entry, by hand (a bulk write would do it), then a burst of
@@ -71,6 +75,8 @@ def test_when_the_room_runs_out_a_rebuild_publishes_every_write(service, builds,
     assert [a.status for a in answers] == [201] * 5
     assert table_inode(service) != inode  # rebuilt, with room again
     assert service.builds > builds_before
+    # The change log the old table had applied is dropped by the rebuild.
+    assert service.ops.store.db.execute(logged).fetchone()[0] == 0
     for a in answers:
         assert check(service, json.loads(a.body)["key"]) == 0
     assert service.keys == 3 + room - 1 + 5

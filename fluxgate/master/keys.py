@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sqlite3
 import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
@@ -228,7 +229,10 @@ class KeyService:
         swap is missing from the new table."""
         state_dir = self.master.state_dir
         version = self.ops.store.data_version()
-        records, mark = await asyncio.to_thread(_snapshot, self.ops.store.path, time.time())
+        # The change log up to the table's mark is in the table, and will be in every later
+        # one: the thread drops it.
+        records, mark = await asyncio.to_thread(_snapshot, self.ops.store.path, time.time(),
+                                                self._mark)
         # Every pass over a million rows in a thread: the loop keeps answering.
         need, prune = await asyncio.to_thread(_needs, records)
         spare = _spare(len(records))
@@ -517,11 +521,16 @@ class KeyService:
         return out
 
 
-def _snapshot(path: str, now: float) -> tuple[list, ChangeMark]:
+def _snapshot(path: str, now: float, applied: ChangeMark) -> tuple[list, ChangeMark]:
     """The records of the next table and their mark, read on a connection of this thread's
-    own."""
+    own; the change log up to ``applied`` dropped first (best effort: a writer holding
+    keys.db, a bulk import, only delays it to the next rebuild)."""
     store = KeyStore(path)
     try:
+        try:
+            store.forget_changes(applied)
+        except sqlite3.OperationalError as exc:
+            log.debug("key change log not pruned: %s", exc)
         return store.table_snapshot(now, KEEP_DEAD)
     finally:
         store.close()
