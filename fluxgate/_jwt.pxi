@@ -1144,6 +1144,7 @@ cdef class JwtVerifier:
 
     cdef unsigned int _algs
     cdef object _issuer
+    cdef bytes _issuer_utf8
     cdef frozenset _audiences
     cdef double _leeway
     cdef bint _require_exp
@@ -1190,6 +1191,11 @@ cdef class JwtVerifier:
         if cache_size < 0 or not leeway >= 0.0:
             raise ValueError("cache_size and leeway must not be negative")
         self._issuer = issuer
+        if issuer is not None:
+            utf8 = (<str>issuer).encode("utf-8", "surrogatepass")
+            # Bytes a JSON string can only hold escaped: the raw bytes would not say it.
+            if b"\\" not in utf8 and b'"' not in utf8:
+                self._issuer_utf8 = utf8
         self._audiences = None if audiences is None else frozenset(audiences)
         if self._audiences is not None:
             if not all(isinstance(a, str) for a in self._audiences):
@@ -1428,6 +1434,11 @@ cdef class JwtVerifier:
                     if bit:
                         facts.has &= ~bit
                         built |= bit
+                    if which == 3 and self._is_issuer(members[i].start, members[i].end):
+                        # iss, when it is ours: the configured string itself, equal and
+                        # with its hash known (the principal's key hashes it)
+                        claims["iss"] = self._issuer
+                        continue
                     claims[<str>self._selected[which]] = _json_built(
                         self._scratch, members[i].start, members[i].end)
                 # Its values are untracked already (_json_built); a list among them tracked
@@ -1440,6 +1451,16 @@ cdef class JwtVerifier:
         if claims is not None:
             _untrack(claims)
         return claims
+
+    cdef bint _is_issuer(self, Py_ssize_t start, Py_ssize_t end):
+        # Is scratch[start:end] a JSON string spelling the issuer byte for byte? (Then it
+        # holds no escape: _issuer_utf8 has no backslash.)
+        cdef const unsigned char* p = self._scratch
+        if self._issuer_utf8 is None or p[start] != 0x22:
+            return False
+        return (PyBytes_GET_SIZE(self._issuer_utf8) == end - start - 2
+                and memcmp(PyBytes_AS_STRING(self._issuer_utf8), p + start + 1,
+                           end - start - 2) == 0)
 
     cdef bint _judged(self, Py_ssize_t start, Py_ssize_t end, Py_ssize_t name,
                       _Facts* facts):

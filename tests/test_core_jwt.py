@@ -1233,3 +1233,24 @@ def test_a_principals_verifier_judges_as_one_that_builds_the_claims(payload):
     lean = _LEAN_UNCHECKED[0]
     if not isinstance(_principal_verdict(lean, token), str):
         assert agree(*verdicts(token, _FULL, lean), lean.claims)
+
+
+@pytest.mark.parametrize("issuer", ["https://idp.test", "a\\b", 'a"b', "é", "a\nb"])
+def test_issuer_read_in_the_scan_decides_as_a_full_parse(issuer):
+    # A selective verifier takes an iss spelled byte for byte as the issuer without building
+    # it; escapes, other spellings and look-alikes are judged as orjson reads them.
+    spelled = json.dumps(issuer)[1:-1]
+    values = [f'"{spelled}"', json.dumps(issuer, ensure_ascii=False), '"a\\\\b"', '"a\\b"',
+              '"a\\u0022b"', '"\\u00e9"', '"https://idp.test/"', '"a\\nb"', "1", "null"]
+    full = JwtVerifier(algorithms=["HS256"], secret=_HS_SECRET, issuer=issuer, cache_size=0)
+    selective = JwtVerifier(algorithms=["HS256"], secret=_HS_SECRET, issuer=issuer,
+                            cache_size=0, claims=("scope",))
+    lean = _principal_verifiers(issuer=issuer, audiences=None)[0]
+    for value in values:
+        payload = f'{{"exp":{int(NOW) + 600},"iss":{value},"sub":"u"}}'.encode()
+        token = _hs_token(payload)
+        said = verdicts(token, full, selective)
+        assert agree(*said, selective.claims), value
+        by_principal = _principal_verdict(lean, token)
+        assert (by_principal == said[0]) if isinstance(said[0], str) \
+            else by_principal[0] == f"jwt:{issuer}|u", value
