@@ -166,3 +166,26 @@ def test_the_key_watcher_follows_each_new_table_generation():
     assert bound["id-revoked"].closes == [(4403, "credential revoked")]
     assert bound["id-kept"].closes == [] and other.closes == []
     assert bindings["id-kept"].deadline == pytest.approx(time.monotonic() + 86400 + 3600, abs=5)
+
+
+
+def test_the_key_watcher_follows_a_generation_written_in_place():
+    # The master revokes and renews keys in the table the worker has mapped, and bumps its
+    # generation: the same table object, a new generation.
+    expires = int(time.time()) + 3600
+    table = KeyTable({"id-kept": {"revoked": False, "expires_at": expires},
+                      "id-revoked": {"revoked": False, "expires_at": expires}})
+    table.generation = 1
+    gateway = Gateway()
+    watcher = worker_watcher(gateway, SharedKeys(table))
+    registry = tunnels.for_gateway(gateway)
+    bound = {name: Tunnel() for name in ("id-kept", "id-revoked")}
+    for key_id, tunnel in bound.items():
+        registry.bind(tunnel, tunnels.monotonic_deadline(expires), watcher.key_of(key_id))
+    table.entries[1]["revoked"] = True  # not yet published: the generation is the same
+    registry.sweep(time.monotonic())
+    assert bound["id-revoked"].closes == []
+    table.generation = 2
+    registry.sweep(time.monotonic())
+    assert bound["id-revoked"].closes == [(4403, "credential revoked")]
+    assert bound["id-kept"].closes == []

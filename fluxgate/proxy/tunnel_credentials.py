@@ -156,24 +156,27 @@ def _api_key(gateway: Any, middleware: ApiKeyMiddleware, req: Any) -> tuple[floa
 
 class KeyWatcher:
     """Rechecks the API keys that have WebSockets against the worker's current key table
-    (the master publishes a new generation on every change; the worker maps it at its
-    sweep): revoked or gone → 4403, a new expiry (renewal) → the deadline moves."""
+    at each new generation (the master writes most changes into the mapped table in place
+    and bumps its generation; a rebuilt table the worker maps at its sweep): revoked or
+    gone → 4403, a new expiry (renewal) → the deadline moves."""
 
     PREFIX = "api_key:"
 
     def __init__(self, shared: Any, registry: tunnels.TunnelRegistry) -> None:
         self.shared = shared
         self.registry = registry
-        self.table: Any = None  # the generation last checked
+        self.table: Any = None  # the table last checked, and its generation then
+        self.generation: int | None = None
 
     def key_of(self, key_id: str) -> str:
         return self.PREFIX + key_id
 
     def __call__(self, now: float) -> None:
         table = self.shared.table
-        if table is None or table is self.table:
+        generation = getattr(table, "generation", None)
+        if table is None or (table is self.table and generation == self.generation):
             return
-        self.table = table
+        self.table, self.generation = table, generation
         for credential in self.registry.credential_keys():
             if not isinstance(credential, str) or not credential.startswith(self.PREFIX):
                 continue
@@ -193,6 +196,7 @@ def worker_watcher(gateway: Any, shared: Any) -> KeyWatcher:
         registry = tunnels.for_gateway(gateway)
         watcher = KeyWatcher(shared, registry)
         watcher.table = shared.table
+        watcher.generation = getattr(shared.table, "generation", None)
         registry.add_watcher(watcher)
         return watcher
 
