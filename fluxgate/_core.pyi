@@ -221,6 +221,8 @@ class QuotaCounters:
 class LeaseSpender:
     """Spends units in hand of a node's quota leases (fluxgate/cluster/quotas.py)."""
 
+    ahead_tag: int  # set when the key table spent a unit and half a chunk is left
+
     def __init__(self, words: Counters, quotas: QuotaCounters, /) -> None: ...
     def spend(
         self, req: RequestState, base: int, tag: int, limit: int, window: int, now: float, /
@@ -240,6 +242,8 @@ class KeyTable:
         quotas: QuotaCounters | None = None,
         /,
     ) -> None: ...
+    def use_leases(self, leases: LeaseSpender, /) -> None:
+        """Cluster mode: keys' quotas spend the node's leases (quota_exceeded: none)."""
     def __len__(self) -> int: ...
     def check(
         self,

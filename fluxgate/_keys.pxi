@@ -644,6 +644,7 @@ cdef class KeyTable:
     cdef uint64_t* _usage         # FG_USAGE_WORDS per slot; NULL without a usage buffer
     cdef uint64_t _usage_slots
     cdef QuotaCounters _quotas
+    cdef LeaseSpender _leases   # cluster mode: keys' quotas spend the node's leases
 
     def __cinit__(self, table, bytes signing_key not None, usage=None,
                   QuotaCounters quotas=None, /):
@@ -764,6 +765,13 @@ cdef class KeyTable:
         """Drop the buffer exports so the mappings may close; unusable after."""
         self._drop()
         self._quotas = None
+        self._leases = None
+
+    def use_leases(self, LeaseSpender leases, /):
+        """Cluster mode: spend keys' quotas from the node's leases (fluxgate/_leases.pxi)
+        rather than count them against their whole limit; a key with no unit in hand is
+        answered QUOTA_EXCEEDED, which the api_key middleware takes to the lease path."""
+        self._leases = leases
 
     def __len__(self):
         return self._n
@@ -912,11 +920,17 @@ cdef class KeyTable:
                     break
             else:
                 return FG_KEY_IP_DENIED
-        if e.quota_tag == 0 or self._quotas is None:
+        if e.quota_tag == 0 or (self._quotas is None and self._leases is None):
             return FG_KEY_OK
         limit[0] = e.quota_limit
         if not _time_ok(now):
             return FG_KEY_QUOTA_FULL
+        if self._leases is not None:
+            if lease_spend_tag(self._leases, e.quota_tag, e.quota_limit, e.quota_period,
+                               <uint64_t>now, remaining, end) >= 0:
+                return FG_KEY_OK
+            remaining[0] = 0
+            return FG_KEY_QUOTA_EXCEEDED
         code = quota_consume(self._quotas, e.quota_tag, e.quota_limit, e.quota_period,
                              <uint64_t>now, remaining, end)
         if code == FG_QUOTA_OK:

@@ -578,8 +578,15 @@ class SharedKeys:
     """
 
     # The table counts keys' own quotas in quotas.bin; not in cluster mode, where a key's
-    # quota is the cluster's and the api_key middleware spends it through leases.
+    # quota is the cluster's: the table spends the node's leases (``use_leases``).
     key_quotas = True
+    leases: Any = None  # _core.LeaseSpender in cluster mode
+
+    def use_leases(self, leases: Any) -> None:
+        """Cluster mode: every table generation spends keys' quotas from ``leases``."""
+        self.leases = leases
+        if self.table is not None:
+            self.table.use_leases(leases)
 
     def __init__(self, state_dir: str, signing_key: bytes | None) -> None:
         self.state_dir = state_dir
@@ -644,6 +651,8 @@ class SharedKeys:
             self.usage.refresh()
             table = KeyTable(mapping, self.signing_key, self.usage.mapping,
                              self.quotas if self.key_quotas else None)
+            if self.leases is not None:
+                table.use_leases(self.leases)
         except (OSError, ValueError) as exc:
             log.error("cannot map the key table %s: %s; keeping generation %s", path, exc,
                       self.table.generation if self.table is not None else "none")

@@ -104,7 +104,10 @@ class ClusterQuotas:
         self._store: LeaseStore | None = None
         self._slots: dict[int, int] = {}  # tag -> its lease slot
         self._bases: dict[int, int] = {}  # tag -> the slot's first word
-        self._spend_in_hand = LeaseSpender(self.table.words, quotas).spend
+        self._known: dict[int, tuple[Any, ...]] = {}  # tag -> its quota, for asking ahead
+        # The node's leases as C spends them (also given to the key table: use_leases).
+        self.spender = LeaseSpender(self.table.words, quotas)
+        self._spend_in_hand = self.spender.spend
         self._flights: dict[int, asyncio.Future[Any]] = {}
 
     @classmethod
@@ -143,7 +146,21 @@ class ClusterQuotas:
                 return None
         return self._admit(req, Spend(tag, identity, limit, window, refuse), now)
 
+    def key_spent_ahead(self) -> None:
+        """The key table spent a unit of ``spender.ahead_tag`` and half a chunk or less is
+        left of it: ask for the next chunk (a quota this worker leased for before)."""
+        tag = self.spender.ahead_tag
+        self.spender.ahead_tag = 0
+        known = self._known.get(tag)
+        slot = self._slots.get(tag)
+        if known is not None and slot is not None:
+            identity, limit, window, refuse = known
+            self._ahead(Spend(tag, identity, limit, window, refuse, slot),
+                        (int(_now()) // window + 1) * window)
+
     def _admit(self, req: RequestState, spend: Spend, now: float) -> ClientError | None:
+        if spend.tag not in self._known and len(self._known) < 65536:
+            self._known[spend.tag] = (spend.identity, spend.limit, spend.window, spend.refuse)
         if self.exact:
             return self._exact(req, spend, now)
         slot = spend.slot = self._slot(spend)

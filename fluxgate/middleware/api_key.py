@@ -79,8 +79,7 @@ class ApiKeyMiddleware:
 
     __slots__ = ("shared", "required", "policy", "scoped", "lname", "qname", "failures",
                  "header", "missing", "invalid", "forbidden", "_covering_encoded",
-                 "cluster", "principals", "_quota_table", "_key_quotas",
-                 "_quota_steps")  # fmt: skip
+                 "cluster", "spender", "_quota_table", "_key_quotas")  # fmt: skip
 
     def __init__(
         self, shared: SharedKeys, policy: ScopePolicy, header: str, query: str | None,
@@ -88,14 +87,12 @@ class ApiKeyMiddleware:
         cluster: ClusterQuotas | None = None,
     ) -> None:
         self.shared = shared
-        # Cluster mode: authorize() is given a principal cache of this middleware's own that
-        # holds only keys without a quota, so that it answers every accepted key with a
-        # quota with its entry index, which the key's quota step needs.
+        # Cluster mode: the key table spends keys' quotas from the node's leases, in C; a
+        # key with no unit in hand comes back quota_exceeded and waits here for a lease.
         self.cluster = cluster
-        self.principals: dict[int, Any] = {}
-        self._quota_table: Any = None  # the table generation the two caches are of
-        self._key_quotas: dict[int, tuple[Any, ...]] = {}
-        self._quota_steps: dict[int, tuple[Any, ...]] = {}  # index -> (principal, *quota)
+        self.spender = cluster.spender if cluster is not None else None
+        self._quota_table: Any = None  # the table generation _key_quotas is of
+        self._key_quotas: dict[int, tuple[Any, ...]] = {}  # entry index -> its quota
         self.policy = policy
         self.scoped = bool(policy.rules)  # a scope_map rule may cover this route's paths
         self.required = tuple(s.encode() for s in sorted(policy.required))
@@ -113,6 +110,9 @@ class ApiKeyMiddleware:
         """Map the shared table once per worker; bind the route's scope rules."""
         names = gateway.config.api_keys
         shared = SharedKeys.for_gateway(gateway, with_keys=True)
+        cluster = ClusterQuotas.for_gateway(gateway, shared.quotas)
+        if cluster is not None:
+            shared.use_leases(cluster.spender)
         return cls(
             shared,
             ScopePolicy(config.scopes, gateway.config.scope_map),
@@ -120,7 +120,7 @@ class ApiKeyMiddleware:
             names.query,
             config.query,
             AuthFailures.for_gateway(gateway),
-            ClusterQuotas.for_gateway(gateway, shared.quotas),
+            cluster,
         )
 
     def carries(self, req: RequestState) -> bool:
@@ -139,26 +139,16 @@ class ApiKeyMiddleware:
     def __call__(self, req: RequestState) -> ClientError | None:
         covering = self._covering(req) if self.scoped else None
         shared = self.shared
-        principals = shared.principals
-        if self.cluster is not None:
-            if shared.table is not self._quota_table or len(self._key_quotas) >= 65536:
-                self._forget_quotas(shared.table)
-            principals = self.principals
         answer = shared.table.authorize(
-            req, self.lname, self.qname, self.required, covering, _now(), principals)
-        if self.cluster is not None and answer is not None and answer[0] == _OK:
-            spend = self._quota_steps.get(answer[1])
-            if spend is not None:  # a key with a quota seen before: its principal and quota
-                principal, tag, identity, qlimit, window, refuse = spend
-                req.principal = principal
-                if _bearer_key(req) is not None:
-                    _drop_authorization(req)
-                return self.cluster.admit(req, tag, identity, qlimit, window, refuse, _now())
+            req, self.lname, self.qname, self.required, covering, _now(), shared.principals
+        )
         if answer is None:
             # Accepted (authorize set req.principal). A second key sent as Bearer beside
             # the header is not read, but it is a key: it never goes upstream either.
             if _bearer_key(req) is not None:
                 _drop_authorization(req)
+            if self.spender is not None and self.spender.ahead_tag:
+                self.cluster.key_spent_ahead()
             return None
         code, index, limit, reset = answer
         if code == _MISSING:
@@ -170,10 +160,8 @@ class ApiKeyMiddleware:
             req.principal = info.principal
             if info.response_headers:
                 req.response_headers.extend(info.response_headers)
-            if self.cluster is not None:
-                if _bearer_key(req) is not None:
-                    _drop_authorization(req)
-                return self._cluster_quota(req, index)
+            if self.spender is not None and self.spender.ahead_tag:
+                self.cluster.key_spent_ahead()
             return None
         return self._refuse(code, index, limit, reset, covering, req)
 
@@ -188,6 +176,8 @@ class ApiKeyMiddleware:
             key, now, req.path, self.required, covering, req.client_ip)
         reset = max(int(end - now), 0) if limit else 0
         if code != _OK:
+            if code == _QUOTA_EXCEEDED and self.cluster is not None:
+                _drop_authorization(req)
             return self._refuse(code, index, limit, reset, covering, req)
         if limit:
             merge_ratelimit(req, limit, remaining, reset)
@@ -196,37 +186,32 @@ class ApiKeyMiddleware:
         req.principal = info.principal
         if info.response_headers:
             req.response_headers.extend(info.response_headers)
-        if self.cluster is not None:
-            return self._cluster_quota(req, index)
+        if self.spender is not None and self.spender.ahead_tag:
+            self.cluster.key_spent_ahead()
         return None
 
-    def _cluster_quota(self, req: RequestState, index: int) -> ClientError | None:
-        """Cluster mode: spend a unit of the key's quota, if it has one, through leases."""
-        table = self.shared.table
-        if table is not self._quota_table:  # a new generation: entry indexes changed
-            self._forget_quotas(table)
+    def _lease_wait(self, req: RequestState, index: int) -> ClientError | None:
+        """Cluster mode: the key passed every check, but its node holds no unit of its
+        quota: the key is accepted once a lease brings one (fluxgate/cluster/quotas.py)."""
+        shared = self.shared
+        info = shared.info(index)
+        req.principal = info.principal
+        if info.response_headers:
+            req.response_headers.extend(info.response_headers)
+        if _bearer_key(req) is not None:
+            _drop_authorization(req)
+        table = shared.table
+        if table is not self._quota_table or len(self._key_quotas) >= 65536:
+            self._quota_table, self._key_quotas = table, {}  # indexes of one generation
         quota = self._key_quotas.get(index)
         if quota is None:
             quota = self._key_quotas[index] = self._quota_of(table.entry(index))
-        info = self.shared.info(index)
-        if not quota:
-            if not info.response_headers:  # not in a grace period: authorize may answer it
-                self.principals[index] = info.principal
-            return None
-        if not info.response_headers:  # its next requests skip this: see __call__
-            self._quota_steps[index] = (info.principal, *quota)
         tag, identity, limit, window, refuse = quota
         return self.cluster.admit(req, tag, identity, limit, window, refuse, _now())
 
-    def _forget_quotas(self, table: Any) -> None:
-        # Entry indexes are those of one table generation.
-        self._quota_table, self._key_quotas, self.principals = table, {}, {}
-        self._quota_steps = {}
-
     def _quota_of(self, entry: dict[str, Any]) -> tuple[Any, ...]:
-        """(tag, identity, limit, window, refuse) of an entry's quota; () when it has none."""
-        if not entry["quota_tag"] or not entry["quota_limit"]:
-            return ()
+        """(tag, identity, limit, window, refuse) of an entry's quota (it has one: the key
+        table refused it for its quota)."""
         limit, window = entry["quota_limit"], entry["quota_period"]
         usage = self.shared.usage
 
@@ -255,7 +240,7 @@ class ApiKeyMiddleware:
     def _refuse(
         self, code: int, index: int, limit: int, reset: int,
         covering: tuple[bytes, ...] | None, req: RequestState,
-    ) -> ClientError:
+    ) -> ClientError | None:
         if code == _MISSING:
             self._fail("missing_credentials")
             return MissingCredentials(
@@ -281,6 +266,8 @@ class ApiKeyMiddleware:
         if code == _IP_DENIED:
             self._fail("ip_not_allowed")
             return IpNotAllowed("The client address is not allowed for this API key.")
+        if code == _QUOTA_EXCEEDED and self.cluster is not None:
+            return self._lease_wait(req, index)
         retry = max(reset, 1)
         shared = self.shared
         if code == _QUOTA_FULL:

@@ -178,9 +178,12 @@ def test_three_nodes_accept_the_limit_of_a_key_and_a_rule(gateway_factory, upstr
 
 def test_lease_zero_counts_exactly(gateway_factory, upstream, redis_server):
     nodes = start_nodes(gateway_factory, upstream, [redis_server.url] * 3, lease=0)
+    key = issue_key(nodes)
     got = load(nodes, "/r", 3000, connections=10)
     assert got == Counter({200: LIMIT, 429: 2000}), got
-    assert sum(metrics(n)["fluxgate_quota_exact_calls_total"] for n in nodes) == 3000
+    keyed = load(nodes, "/k", 3000, headers=f"X-API-Key: {key}\r\n", connections=10)
+    assert keyed == Counter({200: LIMIT, 429: 2000}), keyed
+    assert sum(metrics(n)["fluxgate_quota_exact_calls_total"] for n in nodes) == 6000
 
 
 # ---- faults -----------------------------------------------------------------------------------
