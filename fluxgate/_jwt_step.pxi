@@ -10,6 +10,8 @@
 
 from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
 
+__all__ += ("JwtStep",)
+
 
 cdef inline double _wall_now() noexcept nogil:
     # time.time()'s clock, without the float object.
