@@ -71,7 +71,8 @@ GOALS = [
 # certificate, key, ciphersuites and OpenSSL settings on both sides.
 TLS_GOALS: list[Goal] = [
     Goal("tls 1.3 keep-alive", 0.9, bench="e2e_tls"),
-    Goal("tls new connection per request", 0.8, bench="e2e_tls"),
+    Goal("tls new connection per request, ECDSA P-256", 0.8, bench="e2e_tls"),
+    Goal("tls new connection per request, RSA-2048", 0.8, bench="e2e_tls_rsa"),
 ]
 GOAL_BY_NAME = {g.name: g for g in GOALS + TLS_GOALS}
 

@@ -2,9 +2,13 @@
 settings for both, and a probe that says what a handshake negotiated and whether a session
 was resumed.
 
-* ``tls_files(directory)``: a trustme CA and a leaf for 127.0.0.1 / localhost, ECDSA P-256
-  (trustme's default key type), as FluxGate's ``cert``/``key`` and as the one PEM HAProxy's
-  ``crt`` takes; and the OpenSSL config both proxies start with (``OPENSSL_CONF``).
+* ``tls_files(directory, key_type)``: a trustme CA and a leaf for 127.0.0.1 / localhost,
+  ECDSA P-256 (trustme's default) or RSA-2048, as FluxGate's ``cert``/``key`` and as the one
+  PEM HAProxy's ``crt`` takes; and the OpenSSL config both proxies start with
+  (``OPENSSL_CONF``). The key type decides which side of a full handshake pays most: with
+  ECDSA P-256 the client's verification of the CertificateVerify costs about three times the
+  server's signature, so the load generator saturates before the proxy; with RSA-2048 the
+  server's private-key operation dominates and the client's verification is cheap.
 * The OpenSSL config's ``system_default`` section applies to every SSL_CTX a process makes,
   Python's ``ssl`` module and HAProxy alike: ``NumTickets = 0`` (no TLS 1.3 session ticket is
   ever sent, so no client can resume: every connection is a full handshake, ECDHE and the
@@ -78,10 +82,17 @@ class TlsFiles:
         return f"{{address: '127.0.0.1:0', tls: {{cert: '{self.cert}', key: '{self.key}'}}}}"
 
 
-def tls_files(directory: Path) -> TlsFiles:
+# trustme's key types as the bench names them (trustme makes RSA keys of 2048 bits).
+KEY_TYPES = {"ECDSA P-256": trustme.KeyType.ECDSA, "RSA-2048": trustme.KeyType.RSA}
+
+
+def tls_files(directory: Path, key_type: str = "ECDSA P-256") -> TlsFiles:
+    """The CA, leaf and OpenSSL config in ``directory``; ``key_type``: a key of KEY_TYPES
+    for the CA and the leaf alike."""
     directory.mkdir(parents=True, exist_ok=True)
-    ca = trustme.CA()  # ECDSA P-256
-    leaf = ca.issue_cert("127.0.0.1", "localhost", common_name="localhost")
+    kind = KEY_TYPES[key_type]
+    ca = trustme.CA(key_type=kind)
+    leaf = ca.issue_cert("127.0.0.1", "localhost", common_name="localhost", key_type=kind)
     cert, key = write_pair(leaf, directory, "bench")
     combined = directory / "bench.pem"
     combined.write_bytes(cert.read_bytes() + key.read_bytes())
@@ -89,7 +100,7 @@ def tls_files(directory: Path) -> TlsFiles:
     conf = directory / "openssl.cnf"
     conf.write_text(OPENSSL_CONF)
     return TlsFiles(cert, key, combined, conf,
-                    "ECDSA P-256 leaf (trustme CA), the same files for both proxies")
+                    f"{key_type} leaf and CA (trustme), the same files for both proxies")
 
 
 # ---- HAProxy --------------------------------------------------------------------------------
