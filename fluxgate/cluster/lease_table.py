@@ -186,7 +186,8 @@ class LeaseTable:
             g = w.load(i)
             if g >> 32 > end:
                 return 0  # a later window's grant is there already
-            total = (g & _LOW32 if g >> 32 == end else 0) + units
+            # Capped below the quota file's reserved count (a limit is at most 2**32 - 2).
+            total = min((g & _LOW32 if g >> 32 == end else 0) + units, _LOW32 - 1)
             if w.compare_exchange(i, g, pack(end, total)):
                 return total
 

@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING, Any
 from fluxgate._core import LeaseSpender, merge_ratelimit
 from fluxgate.auth.runtime import worker_shared
 from fluxgate.cluster.connect import is_redis_url, node_name, parse_store_url, redis_client
-from fluxgate.cluster.keysync import without_retries
 from fluxgate.cluster.lease_store import LeaseStore, identity_hash
 from fluxgate.cluster.lease_table import (
     STAT_DENIED,
@@ -295,7 +294,9 @@ class ClusterQuotas:
             table.count(STAT_ERRORS)
             self._store_failed(exc)
         else:
-            given, used, nodes = int(given), int(used), int(nodes)
+            # Never more than asked, whatever the store says (a tampered window's key).
+            given = min(max(int(given), 0), want)
+            used, nodes = max(int(used), 0), max(int(nodes), 1)
             table.set_word(slot, W_LATENCY, int((_now() - started) * 1000))
             table.set_global(slot, end, used, nodes)
             if given:
@@ -350,8 +351,7 @@ class ClusterQuotas:
 
     def _client(self) -> LeaseStore:
         if self._store is None:
-            client = without_retries(
-                redis_client(self.store_url, self.settings, asynchronous=True))
+            client = redis_client(self.store_url, self.settings, asynchronous=True)
             self._store = LeaseStore(client, self.settings.prefix, self.node)
         return self._store
 

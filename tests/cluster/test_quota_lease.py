@@ -369,3 +369,14 @@ def test_lease_spender_spends_only_what_is_granted(state_dir):
     quotas.release()
     mapping.close()
     table.close()
+
+
+def test_a_tampered_window_in_redis_is_a_store_error_never_a_grant(state_dir, redis_server):
+    cq = make_quotas(state_dir, redis_server.url, lease=10, on_store_down="deny", timeout=0.3)
+    spend = spend_for(cq, 1000)
+    end = window_end(time.time())
+    redis_server.client().set(window_keys("fg:", identity_hash(spend.identity), end)[0],
+                              "not a number")
+    answer = run(admit(cq, spend))
+    assert isinstance(answer, QuotaStoreUnavailable)
+    assert cq.table.stats()["errors"] == 1 and cq.table.stats()["units"] == 0
