@@ -44,3 +44,4 @@ from tests.support.browser import chromium, chromium_factory  # noqa: E402, F401
 
 # A real redis-server on 127.0.0.1 (function scope), for cluster mode.
 from tests.support.redis_server import redis_server  # noqa: E402, F401
+from tests.support.redis_topologies import redis_cluster, redis_sentinel  # noqa: E402, F401

@@ -52,12 +52,17 @@ class RedisServer:
     """One redis-server process on 127.0.0.1, its data in ``directory``."""
 
     def __init__(self, directory: Path, port: int | None = None, password: str | None = None,
-                 tls: tuple[str, str] | None = None):
-        """``tls``: (certificate chain file, key file) to serve TLS only on ``port``."""
+                 tls: tuple[str, str] | None = None, extra: tuple[str, ...] = (),
+                 config_file: Path | None = None):
+        """``tls``: (certificate chain file, key file) to serve TLS only on ``port``;
+        ``extra``: more command-line options (a cluster node's, a replica's); ``config_file``:
+        read first (Sentinel rewrites its own)."""
         self.directory = directory
         self.port = port or free_port()
         self.password = password
         self.tls = tls
+        self.extra = extra
+        self.config_file = config_file
         self.process: subprocess.Popen | None = None
 
     @property
@@ -68,7 +73,7 @@ class RedisServer:
     def start(self) -> RedisServer:
         binary = REDIS_SERVER if Path(REDIS_SERVER).exists() else shutil.which("redis-server")
         args = [
-            binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.directory),
+            binary, *([str(self.config_file)] if self.config_file else []), "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.directory),
             "--dbfilename", "dump.rdb", "--save", "", "--appendonly", "no",
             "--protected-mode", "yes", "--daemonize", "no", "--loglevel", "warning",
             "--logfile", str(self.directory / "redis.log"),
@@ -80,6 +85,7 @@ class RedisServer:
             args[args.index("--port") + 1] = "0"
             args += ["--tls-port", str(self.port), "--tls-cert-file", cert, "--tls-key-file", key,
                      "--tls-auth-clients", "no"]
+        args += self.extra
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL)
         if not wait_until(self._answers if not self.tls else self._listens, timeout=10):
             self.kill()
