@@ -29,12 +29,7 @@ from typing import TYPE_CHECKING, Any
 from fluxgate.auth.keystore import UnknownKey
 from fluxgate.cluster.connect import is_redis_url, parse_store_url, redis_client
 from fluxgate.cluster.keyops import ClusterKeyOps
-from fluxgate.cluster.keysync import (
-    KeyMirror,
-    StoreUnavailable,
-    require_shared_secret,
-    without_retries,
-)
+from fluxgate.cluster.keysync import KeyMirror, StoreUnavailable, require_shared_secret
 from fluxgate.errors import ClientError, ConfigError, KeyStoreError
 from fluxgate.master.admin import AdminRequest, AdminResponse
 from fluxgate.master.keys import BadKeyRequest, KeyNameNotFound, _body, _str, _strs
@@ -178,7 +173,7 @@ class ClusterKeyService:
         while True:
             client = pubsub = None
             try:
-                client = without_retries(redis_client(store, config.cluster, asynchronous=True))
+                client = redis_client(store, config.cluster, asynchronous=True)
                 pubsub = client.pubsub()
                 await pubsub.subscribe(self.mirror.names.channel)
                 self._wake.set()  # anything announced before the subscription

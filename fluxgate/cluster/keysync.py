@@ -184,8 +184,8 @@ class KeyMirror:
         self.store_url = parse_store_url(config.store)
         self.names = KeyNames.of(config.cluster.prefix)
         self.ops = KeyOps(config)
-        self.client = client or without_retries(
-            redis_client(self.store_url, config.cluster, asynchronous=False))
+        self.client = client or redis_client(self.store_url, config.cluster,
+                                             asynchronous=False)
         self._write = self.client.register_script(WRITE_SCRIPT)
         self._merge = self.client.register_script(MERGE_SCRIPT)
         self.epoch, self.generation = cluster_mark(self.ops.store)
@@ -468,20 +468,6 @@ class KeyMirror:
         return StoreUnavailable(
             f"the cluster's store {self.describe_store()} cannot be reached "
             f"({type(exc).__name__}); the key change was not made")
-
-
-def without_retries(client):
-    """``client`` with redis-py's retries turned off (it retries a timed-out call up to ten
-    times, with backoff, by default): each call is then bounded by ``cluster.timeout``, and a
-    node cut off from Redis knows it within that bound, instead of after many seconds."""
-    from redis.backoff import NoBackoff
-
-    if type(client).__module__.startswith("redis.asyncio"):
-        from redis.asyncio.retry import Retry
-    else:
-        from redis.retry import Retry
-    client.set_retry(Retry(NoBackoff(), 0))
-    return client
 
 
 def _entry_generation(entry_id: bytes) -> int | None:
