@@ -380,3 +380,40 @@ def test_a_tampered_window_in_redis_is_a_store_error_never_a_grant(state_dir, re
     answer = run(admit(cq, spend))
     assert isinstance(answer, QuotaStoreUnavailable)
     assert cq.table.stats()["errors"] == 1 and cq.table.stats()["units"] == 0
+
+
+def test_the_key_table_spends_a_keys_quota_from_the_leases(tmp_path):
+    from fluxgate._core import KEY_FORMAT, LeaseSpender
+    from fluxgate.auth.quotas import key_identity
+    from tests.support.keys import KeyState
+
+    reasons = KEY_FORMAT["reasons"]
+    state = KeyState(tmp_path / "state")
+    create_lease_file(str(tmp_path / "state" / LEASE_FILE), 64)
+    table = LeaseTable(str(tmp_path / "state" / LEASE_FILE))
+    try:
+        _, key = state.generate("acme", quota=(1000, DAY))
+        keys = state.table()
+        keys.use_leases(LeaseSpender(table.words, state.quotas))
+        now = time.time()
+
+        def check():
+            return keys.check(key.encode(), now, b"/api", (), None, "127.0.0.1")
+
+        # No slot, then a slot and nothing granted: quota_exceeded (the lease path's cue).
+        assert reasons[check()[0]] == "quota_exceeded"
+        tag = state.quotas.tag(key_identity("acme", DAY))
+        slot = table.claim(tag, DAY, 1000, identity_hash(key_identity("acme", DAY)))
+        assert reasons[check()[0]] == "quota_exceeded"
+        table.add_granted(slot, window_end(now), 2)
+        table.set_global(slot, window_end(now), 600, 3)
+        first, second, third = check(), check(), check()
+        assert reasons[first[0]] == reasons[second[0]] == "ok"
+        assert first[2] == 1000 and first[3] == 1000 - 600 + 1  # limit, estimated remaining
+        assert reasons[third[0]] == "quota_exceeded"  # the two units are spent
+        # A lease file whose header says another capacity: never a read outside it.
+        table.words.store(2, 1 << 40)
+        assert reasons[check()[0]] == "quota_exceeded"
+    finally:
+        table.close()
+        state.close()
