@@ -109,10 +109,10 @@ def _int(value: Any) -> int | None:
     return int(value)
 
 
-async def _execute(pipe: Any) -> Any:
+async def _execute(pipe: Any, raise_on_error: bool = True) -> Any:
     """Run a pipeline; reset it even when the call is abandoned (a timeout)."""
     try:
-        return await pipe.execute()
+        return await pipe.execute(raise_on_error=raise_on_error)
     finally:
         await pipe.reset()
 
@@ -275,12 +275,22 @@ class RedisSessions:
         """Record activity seen on this node: each (digest, last_seen_at)."""
         if not seen:
             return
+        from redis.exceptions import NoScriptError  # redis-py: only in cluster mode
+
         now = int(self.clock())
-        pipe = self.client.pipeline(transaction=False)
-        for digest, last_seen_at in seen:
-            await self._touch(keys=[self.record_key(digest)], args=[now, last_seen_at],
-                              client=pipe)
-        await self._run(_execute(pipe))
+        for attempt in range(2):
+            # EVALSHA by hand: a Redis Cluster pipeline does not load a script as a plain
+            # one does, and a Redis restarted empty has lost it: load it on NOSCRIPT.
+            pipe = self.client.pipeline(transaction=False)
+            for digest, last_seen_at in seen:
+                pipe.evalsha(self._touch.sha, 1, self.record_key(digest), now, last_seen_at)
+            results = await self._run(_execute(pipe, raise_on_error=False))
+            errors = [r for r in results if isinstance(r, Exception)]
+            if not errors:
+                return
+            if attempt or not all(isinstance(e, NoScriptError) for e in errors):
+                raise StoreUnavailable(str(errors[0]) or type(errors[0]).__name__)
+            await self._run(self.client.script_load(_TOUCH))
 
     async def end(self, digest: bytes, reason: str) -> bool:
         """End one session (its secrets erased). False when it had already ended or is
