@@ -429,6 +429,9 @@ class KeyMirror:
             while done < len(records):
                 if self.epoch is None:
                     self._catch_up()
+                # A Redis Cluster pipeline does not load its scripts (a plain one does):
+                # load it first, on every primary, in case Redis lost it.
+                self.client.script_load(WRITE_SCRIPT)
                 pipe = self.client.pipeline(transaction=False)
                 expected = self.generation
                 batches = []

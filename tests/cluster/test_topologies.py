@@ -103,6 +103,29 @@ def test_a_stale_node_write_is_merged_then_refused_on_the_same_name(topology, tm
         b.close()
 
 
+def test_an_import_by_pipelined_scripts_reaches_another_node(
+        topology, tmp_path, prefix, monkeypatch):
+    from fluxgate.cli.keys_import import run_import
+    from fluxgate.cluster import keyops, keysync
+
+    monkeypatch.setattr(keysync, "WRITE_BATCH", 7)  # several scripts in each pipeline
+    a = ClusterKeyOps(node_config(tmp_path, "a", topology.url, prefix))
+    b = ClusterKeyOps(node_config(tmp_path, "b", topology.url, prefix))
+    try:
+        topology.client().script_flush()  # the pipeline must load its script itself
+        rows = tmp_path / "rows.jsonl"
+        rows.write_text("".join(f'{{"name": "bulk{i}"}}\n' for i in range(30)))
+        doc = keyops.import_into_cluster(a, run_import, str(rows), fmt=None, generate=True,
+                                         skip_bad=False, out_path=str(tmp_path / "keys.csv"),
+                                         progress=False)
+        assert doc["committed"] and doc["imported"] == 30
+        b.mirror.catch_up()
+        assert len(b.store.all()) == 30 and b.mirror.generation == a.mirror.generation
+    finally:
+        a.close()
+        b.close()
+
+
 # ---- pub/sub ------------------------------------------------------------------------------
 
 
