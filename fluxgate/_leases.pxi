@@ -88,8 +88,9 @@ cdef int lease_spend_tag(LeaseSpender s, uint64_t tag, uint32_t limit, uint32_t 
         return -1
     capacity = fg_atomic_load(&w[2])
     if (capacity == 0 or capacity & (capacity - 1)
-            or <uint64_t>s._words._nslots < _LEASE_HEADER_WORDS
-            + capacity * _LEASE_SLOT_WORDS):
+            or s._words._nslots < _LEASE_HEADER_WORDS
+            or capacity > (<uint64_t>s._words._nslots - _LEASE_HEADER_WORDS)
+            // _LEASE_SLOT_WORDS):  # divided, not multiplied: no overflow
         return -1
     mask = capacity - 1
     for i in range(_LEASE_MAX_PROBE):

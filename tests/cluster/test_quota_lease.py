@@ -412,8 +412,9 @@ def test_the_key_table_spends_a_keys_quota_from_the_leases(tmp_path):
         assert first[2] == 1000 and first[3] == 1000 - 600 + 1  # limit, estimated remaining
         assert reasons[third[0]] == "quota_exceeded"  # the two units are spent
         # A lease file whose header says another capacity: never a read outside it.
-        table.words.store(2, 1 << 40)
-        assert reasons[check()[0]] == "quota_exceeded"
+        for capacity in (1 << 40, 1 << 62, 1 << 63, 3):
+            table.words.store(2, capacity)
+            assert reasons[check()[0]] == "quota_exceeded"
     finally:
         table.close()
         state.close()
