@@ -145,13 +145,18 @@ class RedisSentinel:
             "SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE)
         return int(port)
 
-    def failover(self, timeout: float = 30) -> int:
-        """Ask Sentinel for a failover; return the new primary's port once it leads and
-        Sentinel names it."""
+    def failover(self, kill: bool = False, timeout: float = 30) -> int:
+        """Ask Sentinel for a failover (``kill``: SIGKILL the primary instead, and let
+        Sentinel find it down); return the new primary's port once it leads and Sentinel
+        names it."""
         before = self.primary_port()
         wait_until(self._sees_replica, timeout=timeout)
-        self.sentinel.client(timeout=2).execute_command("SENTINEL", "FAILOVER", SERVICE)
+        servers = {self.primary.port: self.primary, self.replica.port: self.replica}
         after = {self.primary.port: self.replica, self.replica.port: self.primary}[before]
+        if kill:
+            servers[before].kill()
+        else:
+            self.sentinel.client(timeout=2).execute_command("SENTINEL", "FAILOVER", SERVICE)
         if not wait_until(lambda: self.primary_port() == after.port
                           and after.client(timeout=1).info("replication")["role"] == "master",
                           timeout=timeout):
