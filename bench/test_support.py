@@ -155,3 +155,33 @@ def test_memory_of_a_file_mapping_and_of_a_process(tmp_path):
         mapping.close()
     me = process_memory(os.getpid())
     assert 0 < me.pss <= me.rss and me.shared + me.private == me.rss
+
+
+def test_where_wrk_busy_polls_the_proxy_cpu_decides_the_flags():
+    """A new TLS connection per request: wrk's CPU is a busy-poll, so a saturated wrk is no
+    flag; a proxy short of a full core on a quiet CPU is, and noise stays a flag."""
+    held = comparison("tls new connection per request, RSA-2048", [
+        (sample("fluxgate", 1000, 0.97, 1, gen=0.95, busy=1.0),
+         sample("haproxy", 1200, 0.80, 1, gen=0.95, busy=1.0)),
+    ])
+    held.generator_polls = True
+    flags = " | ".join(held.flags())
+    assert "generator saturated" not in flags and "client CPU saturated" not in flags
+    assert "proxy below 0.9 core in 1 run(s)" in flags and "lowest 0.80" in flags
+    saturated = comparison("tls new connection per request, RSA-2048", [
+        (sample("fluxgate", 1000, 0.97, 1, gen=0.95, busy=1.0),
+         sample("haproxy", 1200, 0.96, 1, gen=0.95, busy=1.0)),
+    ])
+    saturated.generator_polls = True
+    assert saturated.flags() == []
+    lines = results.summary_lines([saturated])
+    assert any("| 0.95 (polls) | met |" in line for line in lines)
+    noisy = comparison("tls new connection per request, RSA-2048", [
+        (sample("fluxgate", 1000, 0.5, 1, others=0.4), sample("haproxy", 1200, 0.5, 1, others=0.4)),
+    ])
+    noisy.generator_polls = True
+    assert [f for f in noisy.flags() if "proxy's CPU in 2 run(s)" in f]
+    assert not [f for f in noisy.flags() if "proxy below" in f]
+    # the same runs without polling keep the generator's and the client CPU's flags
+    held.generator_polls = False
+    assert "generator saturated in 2 run(s)" in " | ".join(held.flags())

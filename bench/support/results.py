@@ -168,6 +168,10 @@ def comparison_lines(cmp: Any) -> list[str]:
         if cmp.goal.p99 is not None:
             goal += f", p99 <= {cmp.goal.p99:g}x"
         out.append(f"- goal {goal}: **{cmp.verdict()}**")
+    if cmp.generator_polls:
+        out.append("- wrk busy-polls its TLS handshakes here: its CPU and the client CPU's fill "
+                   "what is spare, whatever its work; the proxy's CPU says who set the pace "
+                   "(bench/support/rounds.py)")
     out += [f"- ⚑ {flag}" for flag in cmp.flags()]
     out += [f"- {note}" for note in cmp.notes]
     return out + [""]
@@ -234,7 +238,7 @@ def summary_lines(comparisons: list[Any], checks: list[Any] = ()) -> list[str]:
             f"| {_n(cmp.side_median(1, lambda s: s.rps))} "
             f"| {_n(cmp.side_median(0, lambda s: s.p99_us))} "
             f"| {_n(cmp.side_median(1, lambda s: s.p99_us))} | {_x(cmp.p99_ratio)} "
-            f"| {cmp.generator_peak:.2f} | {result} |"
+            f"| {cmp.generator_peak:.2f}{' (polls)' if cmp.generator_polls else ''} | {result} |"
         )
     by_check = {c.name: c for c in checks}
     for goal in CHECK_GOALS:
@@ -248,6 +252,7 @@ def summary_lines(comparisons: list[Any], checks: list[Any] = ()) -> list[str]:
         "",
         "Ratios are medians of per-round ratios (FluxGate ÷ HAProxy); req/s and p99 are medians "
         "over rounds. ⚑: see the comparison's flags (generator or client CPU saturated, others "
-        "on the proxy's CPU).",
+        "on the proxy's CPU). (polls): wrk busy-polls that load, its CPU is no measure of its "
+        "work; the flags there come from the proxy's CPU.",
     ]
     return out
