@@ -79,7 +79,9 @@ class Side:
 
 
 def start_side(directory: Path, name: str, upstream: str, redis: RedisServer | None,
-               count: int, lease: int | str = "auto") -> Side:
+               count: int, started: list[GatewayProcess], lease: int | str = "auto") -> Side:
+    """``count`` nodes, each also put in ``started`` as soon as it runs (stopped at the end
+    whatever fails after)."""
     nodes = []
     for i in range(count):
         node_dir = directory / f"{name}-{i}"
@@ -87,7 +89,9 @@ def start_side(directory: Path, name: str, upstream: str, redis: RedisServer | N
         store = (CLUSTER.format(url=redis.url, node=f"{name}-{i}", lease=lease,
                                 prefix=f"{name}:") if redis else "")
         config = CONFIG.format(store=store, secret=SECRET, upstream=upstream, quota=QUOTA)
-        nodes.append(GatewayProcess(node_dir, config, workers=1).start())
+        node = GatewayProcess(node_dir, config, workers=1)
+        started.append(node)
+        nodes.append(node.start())
     # A cluster's key is made once and reaches every node; independent nodes make their own.
     side = Side(name, nodes)
     for node in nodes[:1] if redis else nodes:
@@ -153,10 +157,12 @@ def measure(directory: Path, rounds: int, seconds: int, connections: int) -> dic
     redis = RedisServer(directory / "redis").start()
     upstream = start_upstream()
     sides: list[Side] = []
+    started: list[GatewayProcess] = []
     try:
-        sides.append(start_side(directory, "leasing", upstream.url, redis, 3))
-        sides.append(start_side(directory, "per-request", upstream.url, redis, 3, lease=0))
-        sides.append(start_side(directory, "single", upstream.url, None, 3))
+        sides.append(start_side(directory, "leasing", upstream.url, redis, 3, started))
+        sides.append(start_side(directory, "per-request", upstream.url, redis, 3, started,
+                                lease=0))
+        sides.append(start_side(directory, "single", upstream.url, None, 3, started))
         for side in sides:  # warm-up: connections, first leases, rates measured
             run_side(side, redis, 1, connections)
         for r in range(rounds):
@@ -165,9 +171,8 @@ def measure(directory: Path, rounds: int, seconds: int, connections: int) -> dic
                 side.runs.append(run_side(side, redis, seconds, connections))
         return {side.name: side.runs for side in sides}
     finally:
-        for side in sides:
-            for node in side.nodes:
-                node.stop()
+        for node in started:
+            node.stop()
         upstream.stop()
         redis.stop(save=False)
 
