@@ -16,7 +16,12 @@ from fluxgate.auth import keytable as kt
 from fluxgate.auth.keyops import KeyOps
 from fluxgate.config import load_config, load_config_text
 from fluxgate.master.admin import AdminRequest
-from fluxgate.master.keys import KeyService
+from fluxgate.master.keys import (
+    FLUSH_INTERVAL,
+    FLUSH_INTERVAL_MAX,
+    KeyService,
+    next_flush_wait,
+)
 from tests.support.gateway import GatewayProcess
 
 SECRET_A = "a" * 40
@@ -154,6 +159,15 @@ def test_a_flush_writes_only_the_keys_used_since_the_last_one(service, written):
     usage = [service.usage.read(kt.RESERVED_SLOTS + ids[n]) for n in ("a", "c")]
     assert [(u.last_used_ms // 1000, u.address, u.requests) for u in usage] == [
         (T1, "10.0.0.1", 3), (T2, "10.0.0.2", 4)]
+
+
+def test_a_costly_flush_puts_the_next_one_off_within_bounds():
+    assert next_flush_wait(0.0) == FLUSH_INTERVAL  # few keys in use: the usual period
+    assert next_flush_wait(0.01) == FLUSH_INTERVAL
+    assert FLUSH_INTERVAL < next_flush_wait(0.2) < FLUSH_INTERVAL_MAX  # flushing stays ~1%
+    assert next_flush_wait(0.2) == pytest.approx(20.0)
+    assert next_flush_wait(5.0) == FLUSH_INTERVAL_MAX  # never staler than this
+    assert next_flush_wait(-1.0) == FLUSH_INTERVAL  # a clock oddity
 
 
 def test_a_flush_after_no_change_writes_nothing(service, written):

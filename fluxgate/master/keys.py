@@ -70,13 +70,24 @@ if TYPE_CHECKING:
 log = logging.getLogger("fluxgate.keys")
 
 POLL_INTERVAL = 0.2  # s between PRAGMA data_version checks
-FLUSH_INTERVAL = 5.0  # s between copies of last-use stamps into keys.db
+FLUSH_INTERVAL = 5.0  # s between copies of last-use stamps into keys.db ...
+# ... or more: a flush costs in proportion to the keys used since the last one (100,000 keys
+# in use: ~0.8 s of CPU, on the proxy's cores), so the next one waits until flushing has
+# taken at most this share of a core, but no longer than FLUSH_INTERVAL_MAX.
+FLUSH_CPU_SHARE = 0.01
+FLUSH_INTERVAL_MAX = 60.0
+
 PUBLISH_DELAY = 0.005  # s the first admin write waits for others to share its generation
 KEEP_DEAD = 7 * 86400.0  # revoked/expired keys stay in the table this long (refusal reasons)
 SPARE_MIN = 4096  # entries of room a table is built with for keys added in place ...
 SPARE_SHARE = 16  # ... or 1/16 of its keys, whichever is more
 REBUILD_AT = 0.5  # share of that room taken when a full rebuild starts in the background
 PREVIOUS_GRACE = 2.0  # s a replaced table still gets changes (workers map the new one by then)
+
+
+def next_flush_wait(spent: float) -> float:
+    """Seconds from a flush of key usage that took ``spent`` seconds of CPU to the next."""
+    return min(max(FLUSH_INTERVAL, spent / FLUSH_CPU_SHARE), FLUSH_INTERVAL_MAX)
 
 
 class BadKeyRequest(ClientError):
@@ -186,6 +197,7 @@ class KeyService:
 
     async def _watch(self) -> None:
         last_flush = time.monotonic()
+        flush_wait = FLUSH_INTERVAL
         while True:
             await asyncio.sleep(POLL_INTERVAL)
             try:
@@ -200,9 +212,11 @@ class KeyService:
                 if time.time() >= self._next_prune:
                     self._rebuild_soon()
                 self._close_writers(now)
-                if now - last_flush >= FLUSH_INTERVAL:
+                if now - last_flush >= flush_wait:
                     last_flush = now
+                    spent = time.thread_time()
                     self.flush_usage()
+                    flush_wait = next_flush_wait(time.thread_time() - spent)
             except Exception:  # a locked or broken keys.db must not stop the watcher
                 log.exception("key table watcher")
 
@@ -384,8 +398,9 @@ class KeyService:
 
     def flush_usage(self) -> None:
         """Copy changed last-use stamps and request counts into keys.db."""
-        # Every FLUSH_INTERVAL over every key, on the master's loop: unchanged blocks of
-        # slots are compared whole; only the rows of changed keys are built in Python.
+        # Every FLUSH_INTERVAL or more (FLUSH_CPU_SHARE) over every key, on the master's
+        # loop: unchanged blocks of slots are compared whole; only the rows of changed keys
+        # are built in Python.
         slots, raws = self.usage.changes(self._flushed)
         # The reserved slots are counters, not keys; a key's slot is RESERVED_SLOTS + its
         # keys.db slot (a key pruned from the table is no longer stamped by any worker).
