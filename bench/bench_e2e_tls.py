@@ -26,9 +26,10 @@ bench asserts that both negotiated the same and that none was resumed. The compa
     dominates the handshake and wrk's verification is ~8 µs, so the proxy saturates first and
     the row measures the proxies' handshake paths.
 
-  wrk busy-polls its handshakes (bench/support/rounds.py): on these rows its CPU fills what
-  the client CPU has spare and the flags come from the proxies' CPU instead (a proxy below
-  0.9 core with its CPU otherwise quiet was held back by the client side).
+  wrk 4.1 busy-polls its handshakes (bench/support/rounds.py; the bench counts its read()
+  calls per request to tell): then its CPU fills what the client CPU has spare and the flags
+  come from the proxies' CPU instead (a proxy below 0.9 core with its CPU otherwise quiet was
+  held back by the client side). tools/loadgen/README.md says how to build a wrk that waits.
 
 Results: bench/results/e2e-tls.md (untracked) or ``$FLUXGATE_BENCH_RESULTS``, and the goals
 table at the end of the session. Asserted: every run answered, with no transport error and
@@ -100,8 +101,7 @@ def _run(benchmark, tmp_path, request, e2e_summary, e2e_comparisons, key_type: s
                                           Side("haproxy", r.haproxy, PATH), GOAL_BY_NAME[KEEP_ALIVE]))
         name = new_connections(key_type)
         closing = Comparison(name, Side("fluxgate", r.fluxgate, PATH, close),
-                             Side("haproxy", r.haproxy, PATH, close), GOAL_BY_NAME[name],
-                             generator_polls=True)
+                             Side("haproxy", r.haproxy, PATH, close), GOAL_BY_NAME[name])
         comparisons.append(closing)
         before = haproxy_info(stats)
 

@@ -133,9 +133,9 @@ def comparison_lines(cmp: Any) -> list[str]:
         f"#### {cmp.name}: {cmp.ours.label} {cmp.ours.path} vs {cmp.peer.label} {cmp.peer.path}",
         "",
         "| side | req/s | p50 µs | p99 µs | proxy CPU (cores) | req/s per proxy core "
-        "| wrk CPU (cores, peak) | client CPU busy (peak) | others on client CPU (peak) "
-        "| others on proxy CPU (peak) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| wrk CPU (cores, peak) | wrk read() calls per request (peak) | client CPU busy (peak) "
+        "| others on client CPU (peak) | others on proxy CPU (peak) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for which, side in ((0, cmp.ours), (1, cmp.peer)):
         runs = [r[which] for r in cmp.rounds]
@@ -151,6 +151,7 @@ def comparison_lines(cmp: Any) -> list[str]:
             f"| {side.label} | {_n(med(lambda s: s.rps))} | {_n(med(lambda s: s.p50_us))} "
             f"| {_n(med(lambda s: s.p99_us))} | {_n(med(lambda s: s.proxy_cores), '.2f')} "
             f"| {_n(med(lambda s: s.per_core))} | {_n(peak(lambda s: s.generator_cores), '.2f')} "
+            f"| {_n(peak(lambda s: s.generator_reads_per_request), ',.1f')} "
             f"| {_n(peak(lambda s: s.client_busy), '.2f')} "
             f"| {_n(peak(lambda s: s.others_on_client_cpu), '.2f')} "
             f"| {_n(peak(lambda s: s.others_on_proxy_cpu), '.2f')} |"
@@ -168,10 +169,12 @@ def comparison_lines(cmp: Any) -> list[str]:
         if cmp.goal.p99 is not None:
             goal += f", p99 <= {cmp.goal.p99:g}x"
         out.append(f"- goal {goal}: **{cmp.verdict()}**")
-    if cmp.generator_polls:
-        out.append("- wrk busy-polls its TLS handshakes here: its CPU and the client CPU's fill "
-                   "what is spare, whatever its work; the proxy's CPU says who set the pace "
-                   "(bench/support/rounds.py)")
+    polling = cmp.polling_runs
+    if polling:
+        peak = max(s.generator_reads_per_request for s in polling)
+        out.append(f"- wrk busy-polled in {len(polling)} run(s) (up to {peak:,.0f} read() calls "
+                   "per request): its CPU and the client CPU's fill what is spare, whatever its "
+                   "work; the flags come from the proxy's CPU (bench/support/rounds.py)")
     out += [f"- ⚑ {flag}" for flag in cmp.flags()]
     out += [f"- {note}" for note in cmp.notes]
     return out + [""]

@@ -13,7 +13,13 @@ what bench/ needs from loadgen and adds what wrk lacks:
 * latency percentiles, errors and per-thread counts as JSON (wrk.lua's ``done()``);
 * the generator's own CPU over the load only: wrk.lua reports when its file is loaded, the CPU
   read from /proc at that moment is subtracted from the total that ``wait4`` returns.
-  ``generator_cores`` near 1.0 per wrk thread means the generator set the pace.
+  ``generator_cores`` near 1.0 per wrk thread means the generator set the pace;
+* the generator's read() calls over the load (``syscr`` of /proc/PID/io, read before wrk is
+  reaped), per request: about 1 over plain keep-alive, a few over TLS, 10-20 for a new TLS
+  connection per request, and ten times that when wrk busy-polls its handshakes (wrk 4.1
+  waits for a handshake on a writable socket, so every pass of its event loop retries
+  SSL_connect on every handshaking connection and fails reading). Then its CPU fills what
+  is spare and is no measure of its work.
 
 wrk runs in the caller's CPU affinity (bench/ pins it), is ended by its own pid when it
 overruns ``duration + timeout + 30`` s, and is never started for a refused target.
@@ -81,6 +87,19 @@ def _proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def _proc_reads(pid: int) -> int | None:
+    """read()-family syscalls of ``pid`` (all its threads, a zombie's too) so far, from
+    /proc/PID/io; None where the kernel does not account them."""
+    try:
+        with open(f"/proc/{pid}/io") as f:
+            for line in f:
+                if line.startswith("syscr:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
 def _read_ready(proc: subprocess.Popen, threads: int, deadline: float) -> int:
     """Read wrk's stderr until every thread's init() said it is ready; the number of header
     values. RuntimeError if wrk exits or the deadline passes first. Raw reads of the pipe, so
@@ -108,12 +127,14 @@ def _read_ready(proc: subprocess.Popen, threads: int, deadline: float) -> int:
     return count
 
 
-def _reap(pid: int, deadline: float) -> tuple[int, float]:
-    """Wait for ``pid`` until ``deadline`` (then SIGKILL it); (exit code, CPU seconds)."""
+def _reap(pid: int, deadline: float) -> tuple[int, float, int | None]:
+    """Wait for ``pid`` until ``deadline`` (then SIGKILL it); (exit code, CPU seconds, read
+    syscalls). The reads are taken when it has exited and before it is reaped."""
     while True:
-        done, status, usage = os.wait4(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status), usage.ru_utime + usage.ru_stime
+        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is not None:
+            reads = _proc_reads(pid)
+            _, status, usage = os.wait4(pid, 0)
+            return os.waitstatus_to_exitcode(status), usage.ru_utime + usage.ru_stime, reads
         if time.monotonic() > deadline:
             os.kill(pid, signal.SIGKILL)  # still our unreaped child: the pid cannot be reused
             _, status, usage = os.wait4(pid, 0)
@@ -146,7 +167,9 @@ def run_wrk(
     duration_s, requests, rps, latency_us {p50, p90, p99, p99_9, max, min, mean},
     errors {connect, read, write, timeout, status} (wrk counts a status > 399 as ``status``),
     bytes_received, sent (rotating header only), next_start, generator_cpu_s (the load only),
-    generator_init_cpu_s (loading the file), generator_cores (generator_cpu_s / duration_s).
+    generator_init_cpu_s (loading the file), generator_cores (generator_cpu_s / duration_s),
+    generator_reads and generator_reads_per_request (its read() calls over the load; None
+    without /proc/PID/io).
     """
     parse_target(url, allow_non_loopback=allow_non_loopback, schemes=("http", "https"))
     if isinstance(duration, float) and not duration.is_integer():
@@ -182,7 +205,8 @@ def run_wrk(
     try:
         count = _read_ready(proc, threads, time.monotonic() + _START_TIMEOUT)
         init_cpu = _proc_cpu(proc.pid)
-        code, total_cpu = _reap(proc.pid, time.monotonic() + duration + timeout + _EXIT_GRACE)
+        init_reads = _proc_reads(proc.pid)
+        code, total_cpu, total_reads = _reap(proc.pid, time.monotonic() + duration + timeout + _EXIT_GRACE)
         proc.returncode = code  # reaped by wait4 above, for its rusage
     except BaseException:
         if proc.returncode is None and proc.poll() is None:
@@ -202,6 +226,7 @@ def run_wrk(
     sent = sum(t["sent"] for t in raw["threads"])
     lat = raw["latency_us"]
     load_cpu = max(0.0, total_cpu - init_cpu)
+    reads = None if total_reads is None or init_reads is None else max(0, total_reads - init_reads)
     return {
         "url": url,
         "engine": "wrk",
@@ -221,6 +246,9 @@ def run_wrk(
         "generator_cpu_s": round(load_cpu, 3),
         "generator_init_cpu_s": round(init_cpu, 3),
         "generator_cores": round(load_cpu / seconds, 3) if seconds > 0 else 0.0,
+        "generator_reads": reads,
+        "generator_reads_per_request": (round(reads / raw["requests"], 2)
+                                        if reads is not None and raw["requests"] else None),
     }
 
 
@@ -235,7 +263,9 @@ def format_summary(report: dict) -> str:
         "Latency   " + "  ".join(f"{k} {lat[k] / 1000:.3f} ms" for k in ("p50", "p90", "p99", "p99_9", "max")),
         f"Errors    {errors}",
         f"Generator {report['generator_cores']:.2f} cores over the load "
-        f"({report['generator_cpu_s']:.2f} s CPU; {report['generator_init_cpu_s']:.2f} s loading the header file)",
+        f"({report['generator_cpu_s']:.2f} s CPU; {report['generator_init_cpu_s']:.2f} s loading the header file"
+        + (f"; {report['generator_reads_per_request']:g} read() calls per request"
+           if report["generator_reads_per_request"] is not None else "") + ")",
     ])
 
 
