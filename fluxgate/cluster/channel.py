@@ -1,6 +1,7 @@
 """A pub/sub subscription that lasts: subscribe, hand each message on, and after any failure
 (Redis restarted, a partition, a stale connection) subscribe again a second later.
 
+With Sentinel, a subscription left on a former primary is made again on the new one.
 Messages sent while a node was not subscribed are lost (Redis pub/sub keeps nothing): each
 user says how it catches up (``on_subscribed`` runs after every subscription).
 """
@@ -8,8 +9,11 @@ user says how it catches up (``on_subscribed`` runs after every subscription).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+from fluxgate.cluster.connect import primary_moved
 
 RESUBSCRIBE_AFTER = 1.0
 POLL = 1.0  # a quiet connection is checked for ``stale`` this often
@@ -28,12 +32,19 @@ async def subscribe_forever(client: Any, channel: str,
             await pubsub.subscribe(channel)
             if on_subscribed is not None:
                 await _maybe_await(on_subscribed())
+            next_check = time.monotonic() + POLL
             while True:
                 message = await pubsub.get_message(timeout=POLL)
                 if message is not None and message.get("type") == "message":
                     await _maybe_await(on_message(message.get("data")))
                 elif message is None and stale is not None and stale():
                     break
+                if time.monotonic() >= next_check:
+                    next_check = time.monotonic() + POLL
+                    # After a Sentinel failover the old primary hears nothing published on
+                    # the new one until Sentinel makes it a replica (about 10 s later).
+                    if await primary_moved(client, pubsub.connection):
+                        break
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure: subscribe again

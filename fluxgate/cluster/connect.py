@@ -195,4 +195,67 @@ def _new_client(store: RedisStore, settings: Cluster, asynchronous: bool):
         return RedisCluster(startup_nodes=nodes, **kwargs, **tls_kwargs)
     sentinel = Sentinel(list(store.hosts), sentinel_kwargs={**kwargs, **tls_kwargs},
                         **kwargs, **tls_kwargs)
-    return sentinel.master_for(store.service_name, db=store.db)
+    return sentinel.master_for(store.service_name, db=store.db,
+                               connection_pool_class=_rechecked_pool(asynchronous))
+
+
+MASTER_RECHECK = 1.0  # seconds between two questions to Sentinel, per client in use
+
+
+async def primary_moved(client, connection) -> bool:
+    """With Sentinel: whether ``connection`` (an async client's, e.g. a subscription's) no
+    longer goes to the server Sentinel names as the primary now. False for other topologies
+    and when no Sentinel answers."""
+    pool = getattr(client, "connection_pool", None)
+    if connection is None or not hasattr(pool, "get_master_address"):
+        return False
+    try:
+        host, port = await pool.get_master_address()
+    except Exception:  # noqa: BLE001 - no Sentinel answers: keep what works
+        return False
+    return (connection.host, connection.port) != (host, port)
+
+
+def _rechecked_pool(asynchronous: bool):
+    """A Sentinel pool class that asks Sentinel which server is the primary again, at most
+    once a second, when a connection is taken; a new answer drops the idle connections.
+
+    redis-py asks only when it opens a connection: after a failover, a client whose
+    connections are all open kept writing to the old primary, which accepts writes until
+    Sentinel turns it into a replica (about 10 s later) and then loses them."""
+    import time
+
+    if asynchronous:
+        from redis.asyncio.sentinel import SentinelConnectionPool
+
+        class AsyncRecheckedPool(SentinelConnectionPool):
+            _next_check = 0.0
+
+            async def get_connection(self, *args, **kwargs):
+                now = time.monotonic()
+                if now >= self._next_check:
+                    self._next_check = now + MASTER_RECHECK
+                    try:
+                        await self.get_master_address()
+                    except Exception:  # noqa: BLE001 - no Sentinel answers: the call decides
+                        pass
+                return await super().get_connection(*args, **kwargs)
+
+        return AsyncRecheckedPool
+
+    from redis.sentinel import SentinelConnectionPool
+
+    class RecheckedPool(SentinelConnectionPool):
+        _next_check = 0.0
+
+        def get_connection(self, *args, **kwargs):
+            now = time.monotonic()
+            if now >= self._next_check:
+                self._next_check = now + MASTER_RECHECK
+                try:
+                    self.get_master_address()
+                except Exception:  # noqa: BLE001 - no Sentinel answers: the call decides
+                    pass
+            return super().get_connection(*args, **kwargs)
+
+    return RecheckedPool

@@ -14,11 +14,13 @@ import threading
 import time
 
 import pytest
+import redis
 
 from fluxgate.cluster.channel import subscribe_forever
-from fluxgate.cluster.connect import parse_store_url, redis_client
+from fluxgate.cluster.connect import MASTER_RECHECK, parse_store_url, redis_client
 from fluxgate.cluster.introspection import SharedResults
 from fluxgate.cluster.keyops import ClusterKeyOps
+from fluxgate.cluster.keysync import KeyNames, StoreUnavailable
 from fluxgate.cluster.lease_store import LeaseStore, identity_hash
 from fluxgate.cluster.session_keys import DerivedKeyRing
 from fluxgate.cluster.sessions import RedisSessions
@@ -241,3 +243,75 @@ def test_introspection_results_and_purges_are_shared(topology, prefix):
             await b.close()
 
     asyncio.run(go())
+
+
+# ---- a Sentinel failover ----------------------------------------------------------------
+
+
+async def _eventually(call, seconds: float = 15.0):
+    """``call()``'s result once it stops failing (each failure: a connection to the old
+    primary, found stale once); the last failure after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return await call()
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+def test_every_part_writes_to_the_new_primary_after_a_sentinel_failover(
+        redis_sentinel, tmp_path):
+    prefix = "fo:"
+    ops = ClusterKeyOps(node_config(tmp_path, "a", redis_sentinel.url, prefix))
+    ops.generate("before")
+
+    async def go():
+        ring = DerivedKeyRing("s" * 40, rotation=3600, retention=86400)
+        sessions = RedisSessions(client(redis_sentinel.url), prefix, ring)
+        leases = LeaseStore(client(redis_sentinel.url), prefix, "a")
+        listener, sender = client(redis_sentinel.url), client(redis_sentinel.url)
+        got: list[bytes] = []
+        task = asyncio.create_task(subscribe_forever(listener, prefix + "ch", got.append))
+        end = (int(time.time()) // 86400 + 1) * 86400
+        session_id, made = await sessions.create("p", "alice", None, {"access_token": "a"}, {},
+                                                 None, 600, 3600)
+        assert (await leases.grant(identity_hash(b"k"), end, 5, 100, 0))[0] == 5
+        try:
+            new_port = await asyncio.to_thread(redis_sentinel.failover)
+            # Each client asks Sentinel again within MASTER_RECHECK: until then a write may
+            # still reach the old primary, which takes writes until Sentinel demotes it.
+            await asyncio.sleep(MASTER_RECHECK)
+            assert (await _eventually(lambda: leases.grant(identity_hash(b"k"), end, 5, 100,
+                                                           5)))[:2] == [5, 10]
+            assert (await _eventually(lambda: sessions.load(session_id))).sub == "alice"
+            assert await _eventually(lambda: sessions.end(made.digest, "logout")) is True
+            await _eventually(lambda: sender.publish(prefix + "ch", b"after"))
+            deadline = time.monotonic() + 10
+            while b"after" not in got and time.monotonic() < deadline:
+                await sender.publish(prefix + "ch", b"after")
+                await asyncio.sleep(0.2)
+            assert b"after" in got
+            return new_port, sessions.record_key(made.digest)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    try:
+        new_port, record_key = asyncio.run(go())
+        time.sleep(MASTER_RECHECK)
+        for _ in range(50):  # the key mirror's sync client: a stale connection fails once
+            try:
+                ops.generate("after")
+                break
+            except StoreUnavailable:
+                time.sleep(0.1)
+        assert ops.store.by_name("after")
+        generation = ops.mirror.generation
+    finally:
+        ops.close()
+    primary = redis.Redis(host="127.0.0.1", port=new_port)
+    assert primary.info("replication")["role"] == "master"
+    assert primary.hget(record_key, "ended_at")  # the end was written on the new primary
+    assert int(primary.get(KeyNames.of(prefix).generation)) == generation  # the key "after"
