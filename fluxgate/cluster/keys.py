@@ -27,7 +27,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from fluxgate.auth.keystore import UnknownKey
-from fluxgate.cluster.connect import is_redis_url, parse_store_url, redis_client
+from fluxgate.cluster.connect import (
+    is_redis_url,
+    parse_store_url,
+    primary_moved,
+    redis_client,
+)
 from fluxgate.cluster.keyops import ClusterKeyOps
 from fluxgate.cluster.keysync import KeyMirror, StoreUnavailable, require_shared_secret
 from fluxgate.errors import ClientError, ConfigError, KeyStoreError
@@ -183,6 +188,8 @@ class ClusterKeyService:
                                                        timeout=POLL_INTERVAL)
                     if message is not None:
                         self._wake.set()
+                    elif await primary_moved(client, pubsub.connection):
+                        break  # Sentinel failed over: this server hears nothing new
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
