@@ -16,6 +16,7 @@ import time
 import pytest
 import redis
 
+from fluxgate.auth.session_db import session_digest
 from fluxgate.cluster.channel import subscribe_forever
 from fluxgate.cluster.connect import MASTER_RECHECK, parse_store_url, redis_client
 from fluxgate.cluster.introspection import SharedResults
@@ -315,3 +316,42 @@ def test_every_part_writes_to_the_new_primary_after_a_sentinel_failover(
     assert primary.info("replication")["role"] == "master"
     assert primary.hget(record_key, "ended_at")  # the end was written on the new primary
     assert int(primary.get(KeyNames.of(prefix).generation)) == generation  # the key "after"
+
+
+def test_every_part_works_after_a_redis_cluster_master_fails_over(tmp_path):
+    _require_redis()
+    (tmp_path / "replicated").mkdir()
+    made = RedisCluster(tmp_path / "replicated", replicas=1)
+    prefix = "cf:"
+    try:
+        made.start()
+        ops = ClusterKeyOps(node_config(tmp_path, "a", made.url, prefix))
+        try:
+            ops.generate("before")
+            made.failover(KeyNames.of(prefix).generation)  # the keys' slot changes master
+            for _ in range(50):  # a call to the former master fails once, then the map is new
+                try:
+                    ops.generate("after")
+                    break
+                except StoreUnavailable:
+                    time.sleep(0.1)
+            assert ops.store.by_name("after")
+        finally:
+            ops.close()
+
+        async def go():
+            ring = DerivedKeyRing("s" * 40, rotation=3600, retention=86400)
+            sessions = RedisSessions(client(made.url), prefix, ring)
+            leases = LeaseStore(client(made.url), prefix, "a")
+            end = (int(time.time()) // 86400 + 1) * 86400
+            session_id, _ = await _eventually(lambda: sessions.create(
+                "p", "alice", None, {"access_token": "a"}, {}, None, 600, 3600))
+            assert (await _eventually(lambda: sessions.load(session_id))).sub == "alice"
+            made.failover(sessions.record_key(session_digest(session_id)))
+            assert (await _eventually(lambda: sessions.load(session_id))).sub == "alice"
+            given = await _eventually(lambda: leases.grant(identity_hash(b"k"), end, 5, 100, 0))
+            assert given[0] == 5
+
+        asyncio.run(go())
+    finally:
+        made.kill()

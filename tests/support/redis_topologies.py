@@ -44,11 +44,12 @@ def _require_redis() -> None:
 
 
 class RedisCluster:
-    """Three cluster-enabled masters (slots split by redis-cli), no replicas."""
+    """Three cluster-enabled masters (slots split by redis-cli), with ``replicas`` each."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, replicas: int = 0):
+        self.replicas = replicas
         self.nodes: list[RedisServer] = []
-        for index in range(3):
+        for index in range(3 * (1 + replicas)):
             node_dir = directory / f"node{index}"
             node_dir.mkdir()
             self.nodes.append(RedisServer(node_dir, extra=(
@@ -66,7 +67,7 @@ class RedisCluster:
             node.start()
         subprocess.run(["redis-cli", "--cluster", "create",
                         *(f"127.0.0.1:{n.port}" for n in self.nodes),
-                        "--cluster-replicas", "0", "--cluster-yes"],
+                        "--cluster-replicas", str(self.replicas), "--cluster-yes"],
                        check=True, capture_output=True, timeout=30)
         if not wait_until(self._ok, timeout=20):
             raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
@@ -79,6 +80,30 @@ class RedisCluster:
             if "cluster_state:ok" not in text:
                 return False
         return True
+
+    def failover(self, key: str, timeout: float = 30) -> None:
+        """``CLUSTER FAILOVER`` on a replica of the master holding ``key``'s slot; returns
+        once that replica serves the slot as its master."""
+        slot = int(self.nodes[0].client().execute_command("CLUSTER", "KEYSLOT", key))
+        master = next(n for n in self.nodes if self._owns(n, slot))
+        replica = next(n for n in self.nodes
+                       if n.client().info("replication").get("master_port") == master.port)
+        wait_until(lambda: replica.client().info("replication").get("master_link_status")
+                   == "up", timeout=timeout)
+        replica.client().execute_command("CLUSTER", "FAILOVER")
+        if not wait_until(lambda: self._owns(replica, slot) and not self._owns(master, slot),
+                          timeout=timeout):
+            raise RuntimeError("the Redis Cluster failover did not complete")
+
+    @staticmethod
+    def _owns(node: RedisServer, slot: int) -> bool:
+        """``node`` is a master and says it serves ``slot``."""
+        if node.client().info("replication")["role"] != "master":
+            return False
+        for start, end, owner, *_ in node.client().execute_command("CLUSTER", "SLOTS"):
+            if start <= slot <= end:
+                return int(owner[1]) == node.port
+        return False
 
     def client(self, timeout: float = 5.0):
         """A synchronous redis-py RedisCluster."""
