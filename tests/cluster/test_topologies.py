@@ -262,6 +262,20 @@ async def _eventually(call, seconds: float = 15.0):
             await asyncio.sleep(0.1)
 
 
+def generate_eventually(ops: ClusterKeyOps, name: str, seconds: float = 5.0) -> None:
+    """Make key ``name`` once the store answers (StoreUnavailable until then)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            ops.generate(name)
+            break
+        except StoreUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    assert ops.store.by_name(name)
+
+
 def test_every_part_writes_to_the_new_primary_after_a_sentinel_failover(
         redis_sentinel, tmp_path):
     prefix = "fo:"
@@ -302,13 +316,7 @@ def test_every_part_writes_to_the_new_primary_after_a_sentinel_failover(
     try:
         new_port, record_key = asyncio.run(go())
         time.sleep(MASTER_RECHECK)
-        for _ in range(50):  # the key mirror's sync client: a stale connection fails once
-            try:
-                ops.generate("after")
-                break
-            except StoreUnavailable:
-                time.sleep(0.1)
-        assert ops.store.by_name("after")
+        generate_eventually(ops, "after")  # a stale connection fails once
         generation = ops.mirror.generation
     finally:
         ops.close()
@@ -329,13 +337,7 @@ def test_every_part_works_after_a_redis_cluster_master_fails_over(tmp_path):
         try:
             ops.generate("before")
             made.failover(KeyNames.of(prefix).generation)  # the keys' slot changes master
-            for _ in range(50):  # a call to the former master fails once, then the map is new
-                try:
-                    ops.generate("after")
-                    break
-                except StoreUnavailable:
-                    time.sleep(0.1)
-            assert ops.store.by_name("after")
+            generate_eventually(ops, "after")  # the former master's answer, once
         finally:
             ops.close()
 
