@@ -337,7 +337,7 @@ def test_every_part_works_after_a_redis_cluster_master_fails_over(tmp_path):
         try:
             ops.generate("before")
             made.failover(KeyNames.of(prefix).generation)  # the keys' slot changes master
-            generate_eventually(ops, "after")  # the former master's answer, once
+            generate_eventually(ops, "after")  # a redirection to the new master
         finally:
             ops.close()
 
