@@ -13,6 +13,11 @@ proxies one request: the client's bytes in, the upstream's response in, the repl
   request is a full verification (the e2e "100k tokens" case). ``jwt_distinct_1k``: the
   same with its ~1,760-byte tokens (1 kB of claims).
 * ``api_key``: an api_key route over ``API_KEYS`` keys, each with a quota, taken in turn.
+* ``api_key_distinct``: an api_key route over a table of ``TABLE_KEYS`` keys, with
+  ``DISTINCT_KEYS`` of them (spread over the table) in turn, as bench/bench_keys_scale.py
+  sends them; ``api_key_few``: the same table, ``FEW_KEYS`` of its keys in turn. The table's
+  state_dir is made once in the cache directory and reused (minting a million keys takes
+  minutes, far more under callgrind).
 
 bench/bench_pipeline.py times them; tools/pipeline_instructions.py counts their instructions
 under callgrind (a figure the noisy VM cannot move).
@@ -23,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +44,11 @@ RESPONSE = (
 HEAD = b"GET %s HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: loadgen\r\nAccept: */*\r\n"
 API_KEYS = 1000
 SCENARIOS = ("public", "jwt", "jwt_distinct", "jwt_distinct_1k", "api_key")
+# Over a million-key table (minutes to make the first time): not timed by bench_pipeline.
+TABLE_SCENARIOS = ("api_key_distinct", "api_key_few")
+TABLE_KEYS = 1_000_000
+DISTINCT_KEYS = 100_000
+FEW_KEYS = 100
 DISTINCT_TOKENS = 100_000
 # Bytes of claims JSON of each scenario's distinct tokens: ~820- and ~1,760-byte RS256 tokens.
 DISTINCT_PAYLOAD = {"jwt_distinct": 300, "jwt_distinct_1k": 1000}
@@ -86,10 +97,10 @@ class Scenario:
 
 
 def scenario(name: str, workdir: Path) -> Scenario:
-    """Build one scenario (``SCENARIOS``) with its state under ``workdir``."""
+    """Build one scenario (``SCENARIOS``, ``TABLE_SCENARIOS``) with its state under ``workdir``."""
     from fluxgate.metrics import MetricsTable
 
-    if name not in SCENARIOS:
+    if name not in SCENARIOS + TABLE_SCENARIOS:
         raise ValueError(f"unknown scenario {name!r}")
     loop = uvloop.new_event_loop()
     metrics = MetricsTable.create(str(workdir / f"metrics-{name}.bin"))
@@ -100,6 +111,9 @@ def scenario(name: str, workdir: Path) -> Scenario:
         requests = [HEAD % b"/api/items" + b"\r\n"]
     elif name.startswith("jwt"):
         wired, requests = _jwt(loop, metrics, workdir, DISTINCT_PAYLOAD.get(name, 0))
+    elif name in TABLE_SCENARIOS:
+        rotate = DISTINCT_KEYS if name == "api_key_distinct" else FEW_KEYS
+        wired, requests = _api_key_table(loop, metrics, TABLE_KEYS, rotate)
     else:
         wired, requests, close_keys = _api_key(loop, metrics, workdir)
         cleanup.append(close_keys)
@@ -158,3 +172,48 @@ def _api_key(
     wired = wire_gateway(loop, config, metrics=metrics)
     requests = [HEAD % b"/keyed/hello" + b"X-API-Key: " + k + b"\r\n\r\n" for k in plain]
     return wired, requests, keys.close
+
+
+def _api_key_table(
+    loop: asyncio.AbstractEventLoop, metrics: object, table_keys: int, rotate: int
+) -> tuple[Wired, list[bytes]]:
+    """An api_key route over the cached ``table_keys``-key state_dir, ``rotate`` of its keys
+    (taken evenly over the table's rows) in turn."""
+    state_dir, texts = _key_table_dir(table_keys)
+    step = max(len(texts) // rotate, 1)
+    config = _config(state_dir=state_dir, prefix="/keyed", route=API_KEY_ROUTE)
+    wired = wire_gateway(loop, config, metrics=metrics)
+    head = HEAD % b"/keyed/hello" + b"X-API-Key: "
+    return wired, [head + k + b"\r\n\r\n" for k in texts[::step][:rotate]]
+
+
+def _key_table_dir(count: int) -> tuple[Path, list[bytes]]:
+    """A state_dir holding ``count`` keys and their published table, and every key's text;
+    made once in the cache directory, then reused while its keys are valid."""
+    from bench.bench_memory import EXPIRES_IN, load_keys
+    from bench.support.jwt import cache_dir
+    from fluxgate.auth import keytable as kt
+    from fluxgate.auth.keystore import KeyStore
+    from fluxgate.auth.quotas import QUOTA_FILE, create_quota_file
+    from fluxgate.master.keys import KEEP_DEAD
+
+    state_dir = cache_dir() / f"keys-{count}"
+    texts_file = state_dir / "keys.txt"
+    if texts_file.exists() and texts_file.stat().st_mtime > time.time() - EXPIRES_IN / 2:
+        return state_dir, texts_file.read_bytes().split()
+    if state_dir.exists():
+        shutil.rmtree(state_dir)
+    state_dir.mkdir(mode=0o700)
+    texts = load_keys(str(state_dir), count, count)
+    with KeyStore.open(str(state_dir)) as store:
+        records = store.for_table(time.time(), KEEP_DEAD)
+    usage = kt.UsageFile(str(state_dir / kt.USAGE_FILE), create=True)
+    usage.ensure(max(kt.usage_slot(r) for r in records) + 1)
+    kt.publish_table(str(state_dir), kt.build_table(
+        records, generation=1, usage_slots=usage.slots, quota_tag=None))
+    usage.close()
+    create_quota_file(str(state_dir / QUOTA_FILE), 1 << 12)
+    tmp = texts_file.with_suffix(".tmp")
+    tmp.write_text("".join(f"{t}\n" for t in texts))
+    os.replace(tmp, texts_file)
+    return state_dir, [t.encode() for t in texts]
