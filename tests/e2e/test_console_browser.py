@@ -200,7 +200,9 @@ def test_console_in_chromium(gateway_factory, upstream, chromium, tmp_path):
 
     # The right one: the console, with a session cookie scripts cannot read.
     page.sign_in(TOKEN)
-    page.wait(lambda: chromium.url == page.base + "/console")
+    # The sign-in page is /console too: wait for the session cookie, not for the URL.
+    page.wait(lambda: any(c["name"] == "fluxgate_console" for c in chromium.cookies()))
+    assert chromium.url == page.base + "/console"
     cookie = next(c for c in chromium.cookies() if c["name"] == "fluxgate_console")
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
     assert TOKEN not in chromium.url
