@@ -35,7 +35,7 @@ LIMIT = 1000
 CONFIG = """\
 access_log: null
 store: '{store}'
-cluster: {{node: {node}, lease: {lease}, on_store_down: {policy}, timeout: 0.5}}
+cluster: {{node: {node}, lease: {lease}, on_store_down: {policy}, timeout: {timeout}}}
 api_keys: {{signing_secret: '{secret}'}}
 routes:
   - route: /k
@@ -51,14 +51,14 @@ routes:
 
 
 def start_nodes(gateway_factory, upstream, stores, lease="auto", policy="deny",
-                limit=LIMIT):
+                limit=LIMIT, timeout=0.5):
     """One node per store URL (a, b, c, ...), 2 workers each."""
     nodes = []
     for i, store in enumerate(stores):
         name = "abcdefgh"[i]
         nodes.append(gateway_factory(
             CONFIG.format(store=store, node=name, lease=lease, policy=policy, secret=SECRET,
-                          upstream=upstream.url, limit=limit),
+                          upstream=upstream.url, limit=limit, timeout=timeout),
             workers=2, name=f"node-{name}"))
     return nodes
 
@@ -225,8 +225,11 @@ def test_slow_redis_does_not_hold_requests_with_leases_in_hand(gateway_factory, 
         relay.delay = 0.1
         # Chunks of 2,000: the next is asked for with 1,000 left, which outlast a round trip
         # through the relay (200 ms) at this load's rate (3 connections a node).
+        # cluster.timeout 2 s: a round trip is 200 ms through the relay, and the relay is a
+        # Python thread on a loaded machine; 0.5 s left too little slack (a store error once
+        # in CI), and this test is about requests not waiting, not about the bound.
         nodes = start_nodes(gateway_factory, upstream, [relay.url] * 3, limit=1_000_000,
-                            lease=2000)
+                            lease=2000, timeout=2.0)
         # Each node's first chunk (those requests wait), on connections to both workers.
         load(nodes, "/r", 600, connections=10)
         before = [metrics(n) for n in nodes]
