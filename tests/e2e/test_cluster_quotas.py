@@ -223,13 +223,14 @@ def test_slow_redis_does_not_hold_requests_with_leases_in_hand(gateway_factory, 
     relay = FaultRelay(redis_server.port).start()
     try:
         relay.delay = 0.1
-        # Chunks of 2,000: the next is asked for with 1,000 left, which outlast a round trip
-        # through the relay (200 ms) at this load's rate (3 connections a node).
-        # cluster.timeout 2 s: a round trip is 200 ms through the relay, and the relay is a
-        # Python thread on a loaded machine; 0.5 s left too little slack (a store error once
-        # in CI), and this test is about requests not waiting, not about the bound.
+        # Chunks of 4,000 and 3,200 requests a node (200 + 3,000): the next chunk is asked
+        # for with 2,000 left, after 2,000 spent, and the 1,200 requests that follow have
+        # units in hand however long that lease takes. (Chunks of 2,000 left 1,000 units
+        # to outlast the round trip: on a loaded machine they did not, and requests that
+        # found nothing in hand waited, as they should.) cluster.timeout 2 s: the relay is
+        # a Python thread, and a 200 ms round trip through it once took over 0.5 s in CI.
         nodes = start_nodes(gateway_factory, upstream, [relay.url] * 3, limit=1_000_000,
-                            lease=2000, timeout=2.0)
+                            lease=4000, timeout=2.0)
         # Each node's first chunk (those requests wait), on connections to both workers.
         load(nodes, "/r", 600, connections=10)
         before = [metrics(n) for n in nodes]
