@@ -534,7 +534,10 @@ def test_demo_login_in_chromium(tmp_path, chromium):
         chromium.get(app_url)
         sign_in_form_shown()
         assert "__Host-fluxgate" not in {c["name"] for c in chromium.cookies()}
-        assert wait_until(lambda: "refresh token revoked" in log_path.read_text(), timeout=10)
+        # The gateway revokes the refresh token in the background while the browser goes to
+        # the provider's end_session endpoint, which forgets the grant: either may come first.
+        assert wait_until(lambda: any(line in log_path.read_text() for line in REVOCATION_SEEN),
+                          timeout=10)
 
         # No console errors on the provider's pages or the gateway's; the gateway has no
         # route for the browser's own /favicon.ico request, which is the echo's to serve.
@@ -545,8 +548,13 @@ def test_demo_login_in_chromium(tmp_path, chromium):
     steps = [line for line in log_text.splitlines() if "demo OpenID Provider:" in line]
     assert any("signed in" in s for s in steps) and any("code exchanged" in s for s in steps)
     assert any("signed out" in s for s in steps), log_text
-    assert any("refresh token revoked" in s for s in steps), log_text
+    assert any(line in s for s in steps for line in REVOCATION_SEEN), log_text
     assert log_text.count(password) == 1  # printed once, for the person; never logged
+
+
+# The demo provider's log of the gateway's RFC 7009 call at logout: revoked, or already
+# forgotten by its end_session endpoint when the browser got there first.
+REVOCATION_SEEN = ("refresh token revoked", "revocation of a token it does not hold")
 
 
 def _next(banner: str, line: str) -> str:
