@@ -235,6 +235,14 @@ def test_slow_redis_does_not_hold_requests_with_leases_in_hand(gateway_factory, 
         load(nodes, "/r", 600, connections=10)
         before = [metrics(n) for n in nodes]
         got = load(nodes, "/r", 9000, connections=3)
+
+        def leases_since_before() -> float:
+            return sum(metrics(n)["fluxgate_quota_lease_requests_total"]
+                       - b["fluxgate_quota_lease_requests_total"]
+                       for n, b in zip(nodes, before, strict=True))
+
+        # The chunk asked ahead near the load's end may still be on its way (a slow link).
+        wait_until(lambda: leases_since_before() > 0, timeout=10)
         after = [metrics(n) for n in nodes]
     finally:
         relay.stop()
