@@ -58,9 +58,12 @@ class GatewayProcess:
             if info.exists():
                 try:
                     data = json.loads(info.read_text())
-                except ValueError:
-                    data = None
-                if data and self.ready():
+                    ready = bool(data) and self.ready()
+                except (ValueError, FileNotFoundError):
+                    # Half written, or removed by a master that is exiting: poll on, and
+                    # the exit is reported above.
+                    data, ready = None, False
+                if ready:
                     self.port = data["listen"][1]
                     self.admin_port = data["admin"][1]
                     return self
