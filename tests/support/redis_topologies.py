@@ -205,27 +205,24 @@ class RedisSentinel:
             server.kill()
 
 
+def _running(kind, directory: Path):
+    """Starts a ``kind`` topology in a fresh ``directory``, yields it, and kills it after."""
+    _require_redis()
+    directory.mkdir()
+    topology = kind(directory)
+    try:
+        yield topology.start()
+    finally:
+        topology.kill()
+
+
 @pytest.fixture
 def redis_cluster(tmp_path) -> Iterator[RedisCluster]:
     """A fresh 3-master Redis Cluster on 127.0.0.1 for one test."""
-    _require_redis()
-    directory = tmp_path / "redis-cluster"
-    directory.mkdir()
-    cluster = RedisCluster(directory)
-    try:
-        yield cluster.start()
-    finally:
-        cluster.kill()
+    yield from _running(RedisCluster, tmp_path / "redis-cluster")
 
 
 @pytest.fixture
 def redis_sentinel(tmp_path) -> Iterator[RedisSentinel]:
     """A fresh primary + replica + Sentinel on 127.0.0.1 for one test."""
-    _require_redis()
-    directory = tmp_path / "redis-sentinel"
-    directory.mkdir()
-    sentinel = RedisSentinel(directory)
-    try:
-        yield sentinel.start()
-    finally:
-        sentinel.kill()
+    yield from _running(RedisSentinel, tmp_path / "redis-sentinel")
