@@ -5,7 +5,6 @@ the node's lease table, chunk sizing, and a worker's decisions (fluxgate/cluster
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from types import SimpleNamespace
 
@@ -26,6 +25,7 @@ from fluxgate.cluster.lease_table import (
 from fluxgate.cluster.quotas import ClusterQuotas, Spend
 from fluxgate.errors import QuotaExceeded, QuotaStoreUnavailable
 from fluxgate.proxy.suspend import Suspended
+from tests.support.lease_grants import grant_concurrently
 
 ID = identity_hash(b"key\0acme\x0086400")
 DAY = 86400
@@ -40,26 +40,8 @@ def window_end(now: float, window: int = DAY) -> int:
 
 def test_concurrent_grants_never_pass_the_limit(redis_server):
     end = window_end(time.time())
-    given: list[int] = []
-    lock = threading.Lock()
-
-    def node(name: str) -> None:
-        store = LeaseStore(redis_server.client(), "fg:", name)
-        mine = 0
-        while True:
-            got, used, _ = store.grant(ID, end, 7, 1000, mine)
-            assert used <= 1000
-            if not got:
-                return
-            mine += got
-            with lock:
-                given.append(got)
-
-    threads = [threading.Thread(target=node, args=(f"n{i}",)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
+    given = grant_concurrently(lambda name: LeaseStore(redis_server.client(), "fg:", name),
+                               6, ID, end, chunk=7, limit=1000, join=30)
     assert sum(given) == 1000
     client = redis_server.client()
     used_key, nodes_key = window_keys("fg:", ID, end)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
-import threading
 import time
 
 import pytest
@@ -28,6 +27,7 @@ from fluxgate.cluster.sessions import RedisSessions
 from fluxgate.config.loader import load_config_text
 from fluxgate.config.schema import Cluster
 from fluxgate.errors import KeyStoreError
+from tests.support.lease_grants import grant_concurrently
 from tests.support.redis_topologies import RedisCluster, RedisSentinel, _require_redis
 
 pytestmark = pytest.mark.slow
@@ -161,26 +161,9 @@ def test_pubsub_delivers_on_the_store_client(topology, prefix):
 
 def test_concurrent_grants_never_pass_the_limit(topology, prefix):
     end = (int(time.time()) // 86400 + 1) * 86400
-    given: list[int] = []
-    lock = threading.Lock()
-
-    def node(name: str) -> None:
-        store = LeaseStore(client(topology.url, asynchronous=False), prefix, name)
-        mine = 0
-        while True:
-            got, used, _ = store.grant(identity_hash(b"k"), end, 7, 500, mine)
-            assert used <= 500
-            if not got:
-                return
-            mine += got
-            with lock:
-                given.append(got)
-
-    threads = [threading.Thread(target=node, args=(f"n{i}",)) for i in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    given = grant_concurrently(
+        lambda name: LeaseStore(client(topology.url, asynchronous=False), prefix, name),
+        4, identity_hash(b"k"), end, chunk=7, limit=500, join=60)
     assert sum(given) == 500
 
 
