@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.bench_memory import CONFIG
 from fluxgate._core import KEY_FORMAT, b64url_decode
 from fluxgate.auth.keystore import KeySpec, KeyStore
 from tests.support.keys import KeyState
@@ -189,16 +190,6 @@ def test_quota_consume_multiprocessing_value(benchmark, record_impl):
 HAPROXY_SECRET = b"haproxy-bench-secret-0123456789ab"
 E2E_NAME = "api_key + quota, 10k keys"
 
-FLUXGATE_CONFIG = """\
-workers: 1
-access_log: null
-routes:
-  - route: /keyed
-    upstream: http://127.0.0.1:{port}
-    middleware:
-      - api_key: {{}}
-"""
-
 
 def haproxy_keys_config(port: int, upstream_port: int, map_path: Path) -> str:
     """HAProxy as an API-key gateway: HMAC-SHA256 of the key (its ``hmac`` converter, 2.5+),
@@ -265,7 +256,7 @@ def test_e2e_api_key_route(benchmark, tmp_path, request, e2e_summary, e2e_compar
     def peer(binary, workdir, port):
         return haproxy_keys(binary, workdir, port, keys)
 
-    with rig(tmp_path, lambda port: FLUXGATE_CONFIG.format(port=port), peer, issue) as r:
+    with rig(tmp_path, lambda port: CONFIG.format(workers=1, port=port), peer, issue) as r:
         rotating = {"header_file": keys_file, "header_name": "X-API-Key"}
         cmp = Comparison(E2E_NAME, Side("fluxgate", r.fluxgate, "/keyed/hello", **rotating),
                          Side("haproxy", r.haproxy, "/keyed/hello", **rotating),

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.bench_memory import load_keys
+from bench.bench_memory import CONFIG, load_keys
 from bench.support import cpu
 from bench.support.e2e import binaries
 from bench.support.measure import proxy_target
@@ -31,15 +31,6 @@ from bench.support.rounds import Comparison, Goal, Side, run_comparison
 from bench.support.upstream import start_fixed_upstream
 from tests.support.gateway import GatewayProcess
 
-CONFIG = """\
-workers: 1
-access_log: null
-routes:
-  - route: /keyed
-    upstream: http://127.0.0.1:{port}
-    middleware:
-      - api_key: {{}}
-"""
 GOAL = Goal("api_key, 1,000,000 keys vs 100 keys", 0.95, bench="keys_scale")
 
 
@@ -48,7 +39,7 @@ def gateway_with_keys(workdir: Path, port: int, keys: int, rotate: int
     """A started one-worker gateway holding ``keys`` keys; the file of the ``rotate`` keys
     wrk sends (taken evenly over the table's rows), and the seconds its start took."""
     workdir.mkdir(parents=True)
-    gateway = GatewayProcess(workdir, CONFIG.format(port=port), workers=1)
+    gateway = GatewayProcess(workdir, CONFIG.format(workers=1, port=port), workers=1)
     texts = load_keys(str(gateway.state_dir), keys, keys)  # texts kept: every key's
     step = max(len(texts) // rotate, 1)
     chosen = texts[::step][:rotate]
