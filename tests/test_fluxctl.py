@@ -175,7 +175,9 @@ def wait_status(gw, key: str, status: int) -> None:
         time.sleep(0.05)
 
 
-def test_admin_url_mode_and_admin_api(gateway_factory, upstream, capsys, monkeypatch):
+def orders_gateway(gateway_factory, upstream, monkeypatch):
+    """A running gateway whose /api route takes API keys with the scope ``orders``; fluxctl
+    finds its config (FLUXGATE_CONFIG)."""
     gw = gateway_factory(f"""\
 routes:
   - route: /api
@@ -184,6 +186,11 @@ routes:
       - api_key: {{scopes: [orders]}}
 """)
     monkeypatch.setenv("FLUXGATE_CONFIG", str(gw.config_path))
+    return gw
+
+
+def test_admin_url_mode_and_admin_api(gateway_factory, upstream, capsys, monkeypatch):
+    gw = orders_gateway(gateway_factory, upstream, monkeypatch)
     url = f"http://127.0.0.1:{gw.admin_port}"
     # A day's quota: windows are fixed UTC ones, and a minute's could roll over between the
     # request and the list below (seen once in CI: used 0).

@@ -14,7 +14,7 @@ import pytest
 
 from fluxgate.auth.keys import load_signing_key, mint_key
 from fluxgate.auth.keystore import KeyStore
-from tests.test_fluxctl import CONFIG, run, run_json, wait_status
+from tests.test_fluxctl import CONFIG, orders_gateway, run, run_json, wait_status
 
 KEY = re.compile(r"fg_[A-Za-z0-9_-]{60}")
 
@@ -215,14 +215,7 @@ def test_key_id_clash_names_the_row(config, capsys, tmp_path):
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
 def test_generated_keys_work_on_a_running_gateway(gateway_factory, upstream, capsys,
                                                   monkeypatch, tmp_path, fmt):
-    gw = gateway_factory(f"""\
-routes:
-  - route: /api
-    upstream: {upstream.url}
-    middleware:
-      - api_key: {{scopes: [orders]}}
-""")
-    monkeypatch.setenv("FLUXGATE_CONFIG", str(gw.config_path))
+    gw = orders_gateway(gateway_factory, upstream, monkeypatch)
     names = [f"c{i}" for i in range(300)]
     if fmt == "csv":
         src = write_csv(tmp_path / "in.csv", ["name", "scopes"],
