@@ -20,6 +20,7 @@ import trustme
 from tests.support.authserver import DjangoAuthServer, LoginClient
 from tests.support.browserless import Browserless
 from tests.support.certs import write_pair
+from tests.support.cluster_login import login_middleware
 from tests.support.gateway import GatewayProcess, free_port, wait_until
 
 pytestmark = pytest.mark.slow
@@ -55,20 +56,7 @@ class LoginSetup:
 
 def login_config(upstream_url: str, server: DjangoAuthServer, client: LoginClient,
                  port: int, **options: object) -> str:
-    extra = "".join(f"          {k}: {json.dumps(v)}\n" for k, v in options.items())
-    middleware = (
-        "    middleware:\n"
-        "      - oauth2:\n"
-        f"          issuer: {server.issuer}\n"
-        f"          client_id: {client.client_id}\n"
-        f"          client_secret: '{client.client_secret}'\n"
-        "          login: true\n"
-        f"          redirect_uri: https://127.0.0.1:{port}/oauth2/callback\n"
-        f"          post_logout_redirect_uri: https://127.0.0.1:{port}/app/signed-out\n"
-        "          login_scopes: [openid, read]\n"
-        "          api_paths: [/app/api]\n"
-        f"{extra}"
-    )
+    middleware = login_middleware(server, client, port, **options)
     # /ws/session: the recording upstream's WebSocket echo, behind the same login.
     return (f"routes:\n  - route: /app\n    upstream: {upstream_url}\n{middleware}"
             f"  - route: /ws/session\n    upstream: {upstream_url}\n{middleware}")

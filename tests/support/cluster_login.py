@@ -55,11 +55,11 @@ def tls_listen(port: int, cert: str, key: str) -> str:
     return f"{{address: '127.0.0.1:{port}', tls: {{cert: '{cert}', key: '{key}'}}}}"
 
 
-def node_config(store: str, node: str, server: Any, client: Any, site_port: int,
-                upstream_url: str, on_store_down: str = "local", **options: object) -> str:
-    """One node's config (the header GatewayProcess adds comes first)."""
+def login_middleware(server: Any, client: Any, site_port: int, **options: object) -> str:
+    """A route's ``middleware:`` block: the oauth2 browser login of ``client`` at ``server``
+    for the site on ``site_port``, with ``options`` added to the oauth2 entry."""
     extra = "".join(f"          {k}: {json.dumps(v)}\n" for k, v in options.items())
-    login = (
+    return (
         "    middleware:\n"
         "      - oauth2:\n"
         f"          issuer: {server.issuer}\n"
@@ -72,6 +72,12 @@ def node_config(store: str, node: str, server: Any, client: Any, site_port: int,
         "          api_paths: [/app/api]\n"
         f"{extra}"
     )
+
+
+def node_config(store: str, node: str, server: Any, client: Any, site_port: int,
+                upstream_url: str, on_store_down: str = "local", **options: object) -> str:
+    """One node's config (the header GatewayProcess adds comes first)."""
+    login = login_middleware(server, client, site_port, **options)
     rs_id, rs_secret = server.resource_server
     return (
         f"store: {store}\n"
