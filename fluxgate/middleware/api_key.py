@@ -175,9 +175,7 @@ class ApiKeyMiddleware:
         code, index, limit, remaining, end = shared.table.check(
             key, now, req.path, self.required, covering, req.client_ip)
         reset = max(int(end - now), 0) if limit else 0
-        if code != _OK:
-            if code == _QUOTA_EXCEEDED and self.cluster is not None:
-                _drop_authorization(req)
+        if code != _OK:  # a cluster quota's wait (_lease_wait) drops the key itself
             return self._refuse(code, index, limit, reset, covering, req)
         if limit:
             merge_ratelimit(req, limit, remaining, reset)
