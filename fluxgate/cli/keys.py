@@ -112,7 +112,7 @@ def cmd_generate(ctx) -> int:
 
 
 def cmd_import(ctx) -> int:
-    from fluxgate.cli.keys_import import render, run_import
+    from fluxgate.cli.keys_import import import_into_cluster, render, run_import
 
     a = ctx.args
     if ctx.remote:
@@ -124,9 +124,7 @@ def cmd_import(ctx) -> int:
         if isinstance(ops, KeyOps):
             doc = run_import(ops, a.file, **options)
         else:
-            from fluxgate.cluster.keyops import import_into_cluster
-
-            doc = import_into_cluster(ops, run_import, a.file, **options)
+            doc = import_into_cluster(ops, a.file, **options)
     _print(ctx, doc, render)
     return 0 if doc["committed"] else 1
 

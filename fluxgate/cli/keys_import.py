@@ -29,7 +29,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from fluxgate._core import b64url_decode, b64url_encode
 from fluxgate.auth.keyops import KeyOps, _duration, _rate
@@ -44,7 +44,11 @@ from fluxgate.auth.keys import (
     key_mac,
 )
 from fluxgate.auth.keystore import KeySpec, _check_expiry
+from fluxgate.cluster.keysync import StoreUnavailable
 from fluxgate.errors import KeyStoreError
+
+if TYPE_CHECKING:
+    from fluxgate.cluster.keyops import ClusterKeyOps
 
 BATCH_ROWS = 50_000
 # key_id: as --out writes it, so that a key file can be imported elsewhere; checked, not used.
@@ -431,6 +435,28 @@ def run_import(ops: KeyOps, path: str, *, fmt: str | None, generate: bool, skip_
                 os.unlink(out_path)
     return summary.document(committed, out_path)
 
+
+def import_into_cluster(ops: ClusterKeyOps, path: str, **options) -> dict[str, Any]:
+    """``fluxctl keys import`` in cluster mode: the rows are checked and committed to this
+    node's keys.db as without a cluster (``run_import``), then written to Redis by batches of
+    pipelined scripts, so that every node gets them. Redis must answer before anything is
+    imported; if it stops answering midway, keys.db notes the keys still to send and the next
+    catch-up on this node sends them (keysync.KeyMirror.push_slots)."""
+    ops.mirror.catch_up()  # StoreUnavailable now, before any row is read
+    before = ops.store.last_slot()
+    doc = run_import(ops.ops, path, **options)
+    if not doc.get("committed"):
+        return doc
+    last = ops.store.last_slot()
+    try:
+        ops.mirror.push_slots(before, last)
+    except StoreUnavailable as exc:
+        raise StoreUnavailable(
+            f"{exc}: the import is committed to this node's keys.db; the keys not yet in the "
+            "cluster are sent when this node's gateway (or the next fluxctl keys command) "
+            "reaches the store again") from None
+    doc["cluster_generation"] = ops.mirror.generation
+    return doc
 
 def render(doc: dict[str, Any]) -> list[str]:
     """The summary for a person: what was imported, and each refused row's line and reason."""

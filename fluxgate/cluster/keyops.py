@@ -171,26 +171,3 @@ class ClusterKeyOps:
                 f"{name!r} has no active key to rotate (revoked or expired); "
                 f"`fluxctl keys renew {name}` brings an expired key back")
         return current[-1]
-
-
-def import_into_cluster(ops: ClusterKeyOps, run_import, path: str, **options) -> dict[str, Any]:
-    """``fluxctl keys import`` in cluster mode: the rows are checked and committed to this
-    node's keys.db as without a cluster (``run_import``), then written to Redis by batches of
-    pipelined scripts, so that every node gets them. Redis must answer before anything is
-    imported; if it stops answering midway, keys.db notes the keys still to send and the next
-    catch-up on this node sends them (keysync.KeyMirror.push_slots)."""
-    ops.mirror.catch_up()  # StoreUnavailable now, before any row is read
-    before = ops.store.last_slot()
-    doc = run_import(ops.ops, path, **options)
-    if not doc.get("committed"):
-        return doc
-    last = ops.store.last_slot()
-    try:
-        ops.mirror.push_slots(before, last)
-    except StoreUnavailable as exc:
-        raise StoreUnavailable(
-            f"{exc}: the import is committed to this node's keys.db; the keys not yet in the "
-            "cluster are sent when this node's gateway (or the next fluxctl keys command) "
-            "reaches the store again") from None
-    doc["cluster_generation"] = ops.mirror.generation
-    return doc

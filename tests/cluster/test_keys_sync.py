@@ -13,6 +13,7 @@ from fluxgate.cluster.keyrecords import BadRecord, apply_records, decode, encode
 from fluxgate.cluster.keysync import KeyMirror, KeyNames, StoreUnavailable
 from fluxgate.config.loader import load_config_text
 from fluxgate.errors import ConfigError, KeyStoreError
+from tests.support.cluster_keys import import_generated
 
 SECRET = "cluster-test-signing-secret-0123456789"
 
@@ -187,18 +188,14 @@ def test_cluster_mode_needs_the_shared_signing_secret(tmp_path, redis_server):
 
 
 def test_an_import_on_one_node_reaches_the_others_by_batches(nodes, tmp_path, monkeypatch):
-    from fluxgate.cli.keys_import import run_import
-    from fluxgate.cluster import keyops, keysync
+    from fluxgate.cluster import keysync
 
     monkeypatch.setattr(keysync, "WRITE_BATCH", 7)  # several batches, several pipelines
     monkeypatch.setattr(keysync, "PUSH_SLOTS", 40)
     a, b = nodes("a"), nodes("b")
     a.generate("before")
-    rows = tmp_path / "rows.jsonl"
-    rows.write_text("".join(f'{{"name": "bulk{i}", "quota": "10/m"}}\n' for i in range(100)))
-    doc = keyops.import_into_cluster(a, run_import, str(rows), fmt=None, generate=True,
-                                     skip_bad=False, out_path=str(tmp_path / "keys.csv"),
-                                     progress=False)
+    doc = import_generated(a, tmp_path, [{"name": f"bulk{i}", "quota": "10/m"}
+                                         for i in range(100)])
     assert doc["committed"] and doc["imported"] == 100
     b.mirror.catch_up()
     assert len(b.store.all()) == 101 and b.mirror.generation == a.mirror.generation
@@ -207,23 +204,16 @@ def test_an_import_on_one_node_reaches_the_others_by_batches(nodes, tmp_path, mo
 
 
 def test_an_import_needs_redis_before_it_starts(nodes, tmp_path, redis_server):
-    from fluxgate.cli.keys_import import run_import
-    from fluxgate.cluster.keyops import import_into_cluster
-
     a = nodes("a")
-    rows = tmp_path / "rows.jsonl"
-    rows.write_text('{"name": "one"}\n')
     redis_server.stop()
     with pytest.raises(StoreUnavailable):
-        import_into_cluster(a, run_import, str(rows), fmt=None, generate=True, skip_bad=False,
-                            out_path=str(tmp_path / "k.csv"), progress=False)
+        import_generated(a, tmp_path, [{"name": "one"}])
     assert a.store.all() == []
 
 
 def test_an_import_cut_off_midway_is_finished_by_the_next_catch_up(
         nodes, tmp_path, monkeypatch, redis_server):
-    from fluxgate.cli.keys_import import run_import
-    from fluxgate.cluster import keyops, keysync
+    from fluxgate.cluster import keysync
 
     monkeypatch.setattr(keysync, "PUSH_SLOTS", 30)
     a, b = nodes("a"), nodes("b")
@@ -236,12 +226,8 @@ def test_an_import_cut_off_midway_is_finished_by_the_next_catch_up(
         return result
 
     monkeypatch.setattr(a.mirror, "write_records", stop_after_one)
-    rows = tmp_path / "rows.jsonl"
-    rows.write_text("".join(f'{{"name": "cut{i}"}}\n' for i in range(100)))
     with pytest.raises(StoreUnavailable, match="sent when"):
-        keyops.import_into_cluster(a, run_import, str(rows), fmt=None, generate=True,
-                                   skip_bad=False, out_path=str(tmp_path / "k.csv"),
-                                   progress=False)
+        import_generated(a, tmp_path, [{"name": f"cut{i}"} for i in range(100)])
     monkeypatch.setattr(a.mirror, "write_records", first_write)
     redis_server.start()
     assert redis_server.client().hlen("{fluxgate:keys}:records") == 31

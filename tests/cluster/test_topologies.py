@@ -27,6 +27,7 @@ from fluxgate.cluster.sessions import RedisSessions
 from fluxgate.config.loader import load_config_text
 from fluxgate.config.schema import Cluster
 from fluxgate.errors import KeyStoreError
+from tests.support.cluster_keys import import_generated
 from tests.support.lease_grants import grant_concurrently
 from tests.support.redis_topologies import RedisCluster, RedisSentinel, _require_redis
 
@@ -108,19 +109,14 @@ def test_a_stale_node_write_is_merged_then_refused_on_the_same_name(topology, tm
 
 def test_an_import_by_pipelined_scripts_reaches_another_node(
         topology, tmp_path, prefix, monkeypatch):
-    from fluxgate.cli.keys_import import run_import
-    from fluxgate.cluster import keyops, keysync
+    from fluxgate.cluster import keysync
 
     monkeypatch.setattr(keysync, "WRITE_BATCH", 7)  # several scripts in each pipeline
     a = ClusterKeyOps(node_config(tmp_path, "a", topology.url, prefix))
     b = ClusterKeyOps(node_config(tmp_path, "b", topology.url, prefix))
     try:
         topology.client().script_flush()  # the pipeline must load its script itself
-        rows = tmp_path / "rows.jsonl"
-        rows.write_text("".join(f'{{"name": "bulk{i}"}}\n' for i in range(30)))
-        doc = keyops.import_into_cluster(a, run_import, str(rows), fmt=None, generate=True,
-                                         skip_bad=False, out_path=str(tmp_path / "keys.csv"),
-                                         progress=False)
+        doc = import_generated(a, tmp_path, [{"name": f"bulk{i}"} for i in range(30)])
         assert doc["committed"] and doc["imported"] == 30
         b.mirror.catch_up()
         assert len(b.store.all()) == 30 and b.mirror.generation == a.mirror.generation

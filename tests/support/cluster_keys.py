@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import time
+from pathlib import Path
 
 SIGNING_SECRET = "cluster-keys-test-signing-secret-0123456789"
 TOKEN = "test-admin-token"
@@ -80,3 +81,14 @@ def wait_answer(nodes, key: str, expected: int, seconds: float, probes: int = 6)
                 f"after {elapsed:.2f} s, nodes still answer otherwise than {expected}: "
                 + ", ".join(f"{gw.dir.name}: {sorted(answers(gw, key, probes))}" for gw in pending))
         time.sleep(0.01)
+
+
+def import_generated(node, tmp_path: Path, rows: list[dict]) -> dict:
+    """``fluxctl keys import --generate`` of ``rows`` on ``node`` (a ClusterKeyOps), the
+    new keys written to ``tmp_path/keys.csv``; the import's summary document."""
+    from fluxgate.cli.keys_import import import_into_cluster
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return import_into_cluster(node, str(path), fmt=None, generate=True, skip_bad=False,
+                               out_path=str(tmp_path / "keys.csv"), progress=False)
