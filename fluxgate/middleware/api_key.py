@@ -210,17 +210,10 @@ class ApiKeyMiddleware:
     def _quota_of(self, entry: dict[str, Any]) -> tuple[Any, ...]:
         """(tag, identity, limit, window, refuse) of an entry's quota (it has one: the key
         table refused it for its quota)."""
-        limit, window = entry["quota_limit"], entry["quota_period"]
-        usage = self.shared.usage
+        limit, window, key_id = entry["quota_limit"], entry["quota_period"], entry["key_id"]
 
         def refuse(req: RequestState, code: int, retry: int) -> ClientError:
-            if code == TABLE_FULL:
-                usage.count(STAT_KEY_QUOTA_FULL)
-                log.warning("quota table full: key %s refused", entry["key_id"])
-            else:
-                usage.count(STAT_KEY_QUOTA)
-            return quota_exceeded(
-                req, limit, retry, "The API key's quota for this window is used up.")
+            return self._quota_refusal(req, limit, retry, key_id if code == TABLE_FULL else None)
 
         return (entry["quota_tag"], key_identity(entry["name"], window), limit, window, refuse)
 
@@ -266,14 +259,21 @@ class ApiKeyMiddleware:
             return IpNotAllowed("The client address is not allowed for this API key.")
         if code == _QUOTA_EXCEEDED and self.cluster is not None:
             return self._lease_wait(req, index)
-        retry = max(reset, 1)
-        shared = self.shared
         if code == _QUOTA_FULL:
-            shared.usage.count(STAT_KEY_QUOTA_FULL)
-            log.warning("quota table full: key %s refused", shared.info(index).key_id)
-            retry = 1
+            return self._quota_refusal(req, limit, 1, self.shared.info(index).key_id)
+        return self._quota_refusal(req, limit, max(reset, 1), None)
+
+    def _quota_refusal(
+        self, req: RequestState, limit: int, retry: int, full_key: str | None,
+    ) -> ClientError:
+        """quota_exceeded with Retry-After ``retry``, counted; ``full_key``: the id of a key
+        refused because the quota table is full (counted apart, and logged)."""
+        usage = self.shared.usage
+        if full_key is not None:
+            usage.count(STAT_KEY_QUOTA_FULL)
+            log.warning("quota table full: key %s refused", full_key)
         else:
-            shared.usage.count(STAT_KEY_QUOTA)
+            usage.count(STAT_KEY_QUOTA)
         return quota_exceeded(
             req, limit, retry, "The API key's quota for this window is used up."
         )
