@@ -226,8 +226,9 @@ def publish_table(state_dir: str, data: bytes) -> None:
     """Replace ``keys.table`` atomically: workers holding the old mapping keep it intact.
 
     The file is never rewritten in place (a worker's mapping of a truncated file would fault),
-    so it is created read-only (0400): an accidental in-place edit fails instead. The one
-    write in place is ``revoke_in_place``'s, a flag byte that keeps the file's size."""
+    so it is created read-only (0400): an accidental in-place edit fails instead. The writes
+    in place are ``TableWriter``'s (fluxgate/auth/tablewriter.py), into room the file was
+    built with: its size never changes."""
     replace_table(state_dir, write_table(state_dir, data))
 
 
@@ -260,8 +261,7 @@ def replace_table(state_dir: str, tmp: str) -> None:
 
 
 _FLAGS_OFFSET = struct.calcsize("=16s32sqqqQIII")  # of the flags u32 in an entry
-_REVOKED_BYTE = KEY_LAYOUT["flag_revoked"]
-assert _REVOKED_BYTE < 256  # the revoked bit lives in the flags word's first byte (set alone)
+assert _REVOKED_FLAG < 256  # the revoked bit lives in the flags word's first byte (set alone)
 
 
 def open_writable(path: str) -> int:
@@ -272,66 +272,6 @@ def open_writable(path: str) -> int:
         return os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
     finally:
         os.chmod(path, 0o400, follow_symlinks=False)
-
-
-def revoke_in_place(state_dir: str, key_ids: Sequence[str], *, path: str | None = None
-                    ) -> list[str]:
-    """Set the revoked flag of ``key_ids`` in the published table itself; the ids not in it.
-
-    The one exception to "never written in place": one byte per key, in a file that keeps its
-    size, so no worker's mapping can fault. Every worker maps the file MAP_SHARED and reads an
-    entry's flags at each check, so a revocation is in force everywhere as soon as the byte is
-    stored, without waiting for a new generation (which keys.db still gets, and carries the
-    flag). The byte is the low byte of the aligned flags word and only gains the revoked bit:
-    a reader sees the word before or after, never a mix. The file goes back to read-only and
-    keeps its mtime: a worker's sweep does not take it for a new generation to map again.
-    ``path``: another table file (a generation written but not yet published)."""
-    path = path or os.path.join(state_dir, TABLE_FILE)
-    missing = list(key_ids)
-    if not missing:
-        return missing
-    fd = open_writable(path)
-    try:
-        st = os.fstat(fd)
-        if st.st_size < _HEADER.size:
-            return missing
-        with mmap.mmap(fd, st.st_size, mmap.MAP_SHARED, mmap.PROT_READ) as table:
-            (magic, version, entry_size, _, n, n_buckets, buckets_off, entries_off,
-             *_) = _HEADER.unpack_from(table)
-            if (magic, version, entry_size) != (KEY_LAYOUT["keytab_magic"],
-                                                KEY_LAYOUT["keytab_version"], _ENTRY.size):
-                return missing
-            missing = []
-            for key_id in key_ids:
-                raw = b64url_decode(key_id.encode())
-                index = _find_entry(table, raw, n_buckets, buckets_off, entries_off)
-                if index < 0 or index >= n:
-                    missing.append(key_id)
-                    continue
-                at = entries_off + index * _ENTRY.size + _FLAGS_OFFSET
-                # Through the page cache every mapping shares: one byte, one store.
-                os.pwrite(fd, bytes((table[at] | _REVOKED_BYTE,)), at)
-        os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
-    finally:
-        os.close(fd)
-    return missing
-
-
-def _find_entry(table: mmap.mmap, raw: bytes, n_buckets: int, buckets_off: int,
-                entries_off: int) -> int:
-    """The entry index of key id ``raw`` (the readers' probe), -1 when absent."""
-    mask = n_buckets - 1
-    home = _U32.unpack_from(raw)[0] & mask
-    id16 = raw.ljust(16, b"\0")
-    for _ in range(n_buckets):
-        v = _U32.unpack_from(table, buckets_off + 4 * home)[0]
-        if v == 0:
-            return -1
-        at = entries_off + (v - 1) * _ENTRY.size
-        if table[at:at + 16] == id16:
-            return v - 1
-        home = (home + 1) & mask
-    return -1
 
 
 def read_generation(state_dir: str) -> int:

@@ -13,7 +13,7 @@ republishing a million-key table for one create:
 * a key that changes (rotated, renewed, revoked) gets a new entry, and its bucket is pointed
   at the new one in one store; the old entry stays, unreachable, until the next rebuild.
 * a revocation needs no new entry: the revoked bit is set in the flags of the entry the
-  key's bucket names (one byte; see ``keytable.revoke_in_place``).
+  key's bucket names (one byte; see ``TableWriter.revoke``).
 
 Only one writer at a time (the master's loop) touches a file. When the room runs out (or a
 key's usage slot is beyond the usage file the table was built for) ``room`` says so and the
@@ -33,7 +33,7 @@ from fluxgate.auth.keytable import (
     _ENTRY,
     _FLAGS_OFFSET,
     _HEADER,
-    _REVOKED_BYTE,
+    _REVOKED_FLAG,
     _U32,
     encode_entry,
     key_lists,
@@ -139,7 +139,13 @@ class TableWriter:
             self._set_bucket(bucket, index + 1)
 
     def revoke(self, key_ids: Sequence[str]) -> list[str]:
-        """Set the revoked flag of ``key_ids``' current entries; the ids not in the table."""
+        """Set the revoked flag of ``key_ids``' current entries; the ids not in the table.
+
+        Every worker reads an entry's flags at each check, so a revocation is in force
+        everywhere as soon as the byte is stored, without waiting for a new generation (which
+        keys.db still gets, and carries the flag). The byte is the low byte of the aligned
+        flags word and only gains the revoked bit: a reader sees the word before or after,
+        never a mix."""
         missing = []
         for key_id in key_ids:
             bucket = self._bucket_of(b64url_decode(key_id.encode()))
@@ -148,7 +154,7 @@ class TableWriter:
                 missing.append(key_id)
                 continue
             at = self.entries_off + (v - 1) * _ENTRY.size + _FLAGS_OFFSET
-            self.mapping[at] = self.mapping[at] | _REVOKED_BYTE  # one byte, one store
+            self.mapping[at] = self.mapping[at] | _REVOKED_FLAG  # one byte, one store
         return missing
 
     def close(self) -> None:

@@ -9,7 +9,7 @@ is committed to keys.db at once and answered once the generation that holds it i
 writes within PUBLISH_DELAY of the first share one generation, so a burst of creates costs one
 table build, not one per key; the build runs in a thread, so the admin API keeps answering.
 A revocation is set in the published table in place (one flag byte per key, see
-keytable.revoke_in_place) and answered at once, whatever the table's size. Every few seconds
+TableWriter.revoke) and answered at once, whatever the table's size. Every few seconds
 it copies the workers' last-use stamps from the usage file into keys.db; at stop it does so
 one last time.
 
