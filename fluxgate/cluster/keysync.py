@@ -420,10 +420,9 @@ class KeyMirror:
                         self.describe_store())
             self.push_slots(*span)
 
-    def write_records(self, records: list[KeyRecord], progress=None) -> int:
+    def write_records(self, records: list[KeyRecord]) -> None:
         """Add many new records (an import) by batches, pipelined, each to Redis unless it
-        holds that key already (so a retry never overwrites a change made since); the
-        generation they end at."""
+        holds that key already (so a retry never overwrites a change made since)."""
         done = 0
         try:
             while done < len(records):
@@ -449,15 +448,12 @@ class KeyMirror:
                     if generation == expected + 1:  # nothing of another writer between
                         self.generation = expected = generation
                     done += len(batch)
-                    if progress is not None:
-                        progress(done)
                 else:
                     continue
                 self._catch_up()
             set_cluster_mark(self.ops.store, self.epoch, self.generation)
         except _REDIS_ERRORS as exc:
             raise self.unavailable(exc) from None
-        return self.generation
 
     def _write_args(self, records: list[KeyRecord], mode: str = "set") -> list:
         names = list(dict.fromkeys(r.name for r in records))
