@@ -52,7 +52,9 @@ class QuotaMiddleware:
         self.window = window
         self.by = by
         self.prefix = rule_identity(route, by, window)
-        self._tags: dict[str, int] = {}  # identity -> bucket tag (an HMAC: worth caching)
+        # identity -> (bucket tag, the bucket's name): the tag is an HMAC, worth caching,
+        # and cluster mode names the bucket in Redis by its name.
+        self._tags: dict[str, tuple[int, bytes]] = {}
 
     @classmethod
     def from_config(cls, config: Quota, gateway: Any, route: Any) -> QuotaMiddleware:
@@ -76,17 +78,19 @@ class QuotaMiddleware:
         who = self.identity(req)
         if who is None:
             return MissingCredentials("This route's quota needs an authenticated caller.")
-        tag = self._tags.get(who)
         quotas = self.shared.quotas
-        if tag is None:
+        try:
+            tag, bucket = self._tags[who]
+        except KeyError:
             if len(self._tags) >= _TAG_CACHE_LIMIT:
                 self._tags.clear()
-            tag = self._tags[who] = quotas.tag(self.prefix + who.encode("utf-8", "surrogatepass"))
+            bucket = self.prefix + who.encode("utf-8", "surrogatepass")
+            tag = quotas.tag(bucket)
+            self._tags[who] = tag, bucket
         now = _now()
         if self.cluster is not None:
-            return self.cluster.admit(
-                req, tag, self.prefix + who.encode("utf-8", "surrogatepass"), self.limit,
-                self.window, self._refuse, now)
+            return self.cluster.admit(req, tag, bucket, self.limit, self.window, self._refuse,
+                                      now)
         code, remaining, end = quotas.consume(tag, self.limit, self.window, now)
         if code == 0:
             merge_ratelimit(req, self.limit, remaining, end - int(now))
