@@ -184,36 +184,51 @@ class KeyRing:
     def seal(self, plaintext: bytes, aad: bytes) -> tuple[int, bytes]:
         """Encrypt under the current key. Returns (key number, blob)."""
         key = self.current()
-        nonce = secrets.token_bytes(NONCE_BYTES)
-        header = _HEADER.pack(BLOB_FORMAT, key.number)
-        sealed = self._cipher(key).encrypt(nonce, plaintext, header + aad)
-        return key.number, header + nonce + sealed
+        return key.number, seal_blob(self._cipher(key), key.number, plaintext, aad)
 
     def open(self, blob: bytes, aad: bytes) -> bytes | None:
         """The plaintext of ``blob``, or None when its key is gone or it does not
         authenticate (tampered, or moved from another row). An unreadable ring raises
         (SessionStoreError, OSError): that is not the blob's fault."""
-        if len(blob) < _HEADER.size + NONCE_BYTES + 16:
-            return None
-        fmt, number = _HEADER.unpack_from(blob)
-        if fmt != BLOB_FORMAT:
-            return None
+        return open_blob(blob, aad, self._cipher_of)
+
+    def _cipher_of(self, number: int) -> AESGCM | None:
         key = self.get(number)
-        if key is None:
-            return None
-        nonce = blob[_HEADER.size:_HEADER.size + NONCE_BYTES]
-        try:
-            return self._cipher(key).decrypt(
-                nonce, blob[_HEADER.size + NONCE_BYTES:], blob[:_HEADER.size] + aad
-            )
-        except InvalidTag:
-            return None
+        return None if key is None else self._cipher(key)
 
     def _cipher(self, key: SessionKey) -> AESGCM:
         cipher = self._ciphers.get(key.number)
         if cipher is None:
             cipher = self._ciphers[key.number] = AESGCM(key.secret)
         return cipher
+
+
+def seal_blob(cipher: AESGCM, number: int, plaintext: bytes, aad: bytes) -> bytes:
+    """A blob ``format | key number | nonce | ciphertext+tag`` of ``plaintext`` under key
+    ``number`` (its ``cipher``), the header bound with ``aad`` as associated data."""
+    nonce = secrets.token_bytes(NONCE_BYTES)
+    header = _HEADER.pack(BLOB_FORMAT, number)
+    return header + nonce + cipher.encrypt(nonce, plaintext, header + aad)
+
+
+def open_blob(blob: bytes, aad: bytes,
+              cipher_of: Callable[[int], AESGCM | None]) -> bytes | None:
+    """The plaintext of a ``seal_blob`` blob, or None: too short, another format, a key
+    number ``cipher_of`` has no cipher for, or it does not authenticate."""
+    if len(blob) < _HEADER.size + NONCE_BYTES + 16:
+        return None
+    fmt, number = _HEADER.unpack_from(blob)
+    if fmt != BLOB_FORMAT:
+        return None
+    cipher = cipher_of(number)
+    if cipher is None:
+        return None
+    nonce = blob[_HEADER.size:_HEADER.size + NONCE_BYTES]
+    try:
+        return cipher.decrypt(nonce, blob[_HEADER.size + NONCE_BYTES:],
+                              blob[:_HEADER.size] + aad)
+    except InvalidTag:
+        return None
 
 
 def blob_key_number(blob: bytes) -> int | None:

@@ -17,19 +17,15 @@ the secret ends every session (none opens any more): users sign in again.
 
 from __future__ import annotations
 
-import secrets
-import struct
 import time
 from collections.abc import Callable
 
-from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from fluxgate.auth.session_crypto import BLOB_FORMAT, KEY_BYTES, NONCE_BYTES, SessionStoreError
+from fluxgate.auth.session_crypto import KEY_BYTES, SessionStoreError, open_blob, seal_blob
 
-_HEADER = struct.Struct(">BI")  # blob format, key number (as auth/session_crypto.py)
 _SALT = b"fluxgate cluster session keys v1"
 MAX_CIPHERS = 64
 
@@ -69,25 +65,17 @@ class DerivedKeyRing:
     def seal(self, plaintext: bytes, aad: bytes) -> tuple[int, bytes]:
         """Encrypt under the current key. Returns (key number, blob)."""
         number = self.current_number()
-        nonce = secrets.token_bytes(NONCE_BYTES)
-        header = _HEADER.pack(BLOB_FORMAT, number)
-        return number, header + nonce + self._cipher(number).encrypt(nonce, plaintext,
-                                                                     header + aad)
+        return number, seal_blob(self._cipher(number), number, plaintext, aad)
 
     def open(self, blob: bytes, aad: bytes) -> bytes | None:
         """The plaintext of ``blob``, or None: too short, another format, a key retired
         past the retention, or it does not authenticate (tampered, moved, other secret)."""
-        if not isinstance(blob, bytes) or len(blob) < _HEADER.size + NONCE_BYTES + 16:
+        if not isinstance(blob, bytes):
             return None
-        fmt, number = _HEADER.unpack_from(blob)
-        if fmt != BLOB_FORMAT or not self.usable(number):
-            return None
-        nonce = blob[_HEADER.size:_HEADER.size + NONCE_BYTES]
-        try:
-            return self._cipher(number).decrypt(nonce, blob[_HEADER.size + NONCE_BYTES:],
-                                                blob[:_HEADER.size] + aad)
-        except InvalidTag:
-            return None
+        return open_blob(blob, aad, self._usable_cipher)
+
+    def _usable_cipher(self, number: int) -> AESGCM | None:
+        return self._cipher(number) if self.usable(number) else None
 
     def _cipher(self, number: int) -> AESGCM:
         cipher = self._ciphers.get(number)
