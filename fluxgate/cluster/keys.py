@@ -27,12 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from fluxgate.auth.keystore import UnknownKey
-from fluxgate.cluster.connect import (
-    is_redis_url,
-    parse_store_url,
-    primary_moved,
-    redis_client,
-)
+from fluxgate.cluster.channel import subscribe_forever
+from fluxgate.cluster.connect import is_redis_url, parse_store_url, redis_client
 from fluxgate.cluster.keyops import ClusterKeyOps
 from fluxgate.cluster.keysync import KeyMirror, StoreUnavailable, require_shared_secret
 from fluxgate.errors import ClientError, ConfigError, KeyStoreError
@@ -48,7 +44,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("fluxgate.cluster.keys")
 
 POLL_INTERVAL = 1.0  # s between generation checks when no message came
-BACKOFF_MIN, BACKOFF_MAX = 0.5, 10.0  # s between attempts to subscribe again
 
 
 class KeyStoreUnavailable(ClientError):
@@ -171,38 +166,17 @@ class ClusterKeyService:
             await self._sync()
 
     async def _listen(self, config: Config) -> None:
-        """Wake the poller at each generation announced on the channel; subscribe again,
-        with backoff, when the connection breaks (the poller catches up by generation)."""
-        delay = BACKOFF_MIN
-        store = parse_store_url(config.store)
-        while True:
-            client = pubsub = None
-            try:
-                client = redis_client(store, config.cluster, asynchronous=True)
-                pubsub = client.pubsub()
-                await pubsub.subscribe(self.mirror.names.channel)
-                self._wake.set()  # anything announced before the subscription
-                delay = BACKOFF_MIN
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True,
-                                                       timeout=POLL_INTERVAL)
-                    if message is not None:
-                        self._wake.set()
-                    elif await primary_moved(client, pubsub.connection):
-                        break  # Sentinel failed over: this server hears nothing new
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.debug("cluster keys: subscription lost (%s)", type(exc).__name__)
-            finally:
-                for closing in (pubsub, client):
-                    if closing is not None:
-                        try:
-                            await closing.aclose()
-                        except Exception:
-                            pass
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, BACKOFF_MAX)
+        """Wake the poller at each generation announced on the channel, and after each
+        subscription (the poller catches up by generation whatever was missed meanwhile)."""
+        client = redis_client(parse_store_url(config.store), config.cluster, asynchronous=True)
+        try:
+            await subscribe_forever(
+                client, self.mirror.names.channel, lambda _generation: self._wake.set(),
+                on_subscribed=self._wake.set,
+                on_error=lambda exc: log.debug("cluster keys: subscription lost (%s)",
+                                               type(exc).__name__))
+        finally:
+            await client.aclose()
 
     # ---- admin API ----------------------------------------------------------------------------
 
