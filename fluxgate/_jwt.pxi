@@ -1303,6 +1303,12 @@ cdef class JwtVerifier:
         cache hit copies nothing. None when there is no bearer token (no Authorization
         header, or another scheme); TokenError ``ambiguous_credentials`` for several
         Authorization headers, ``malformed`` for a bare "Bearer"."""
+        return self._bearer_principal(headers, now)
+
+    # -- internals ---------------------------------------------------------------
+
+    cdef object _bearer_principal(self, list headers, double now):
+        # authenticate_bearer, for JwtStep too (a C call, no argument tuple).
         cdef Py_ssize_t start = 0, end = 0
         value = _bearer_span(headers, &start, &end)
         if value is None:
@@ -1312,8 +1318,6 @@ cdef class JwtVerifier:
         if start == end:
             raise TokenError("malformed")
         return self._entry_of(<bytes>value, start, end - start, now).prepared
-
-    # -- internals ---------------------------------------------------------------
 
     cdef _Entry _entry(self, bytes token, double now):
         return self._entry_of(token, 0, PyBytes_GET_SIZE(token), now)

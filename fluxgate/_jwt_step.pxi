@@ -30,24 +30,20 @@ cdef class JwtStep:
     cdef public object scopes        # has ``active``: False when no scope is ever required
 
     def __call__(self, req):
-        cdef Py_ssize_t start = 0, end = 0
-        cdef object value = None
         if type(req) is not RequestState or self.verifier is None:
             return self._slow_call(req)
         headers = (<RequestState>req).headers
         if type(headers) is not list:
             return self._slow_call(req)
         try:
-            value = _bearer_span(<list>headers, &start, &end)
-            if value is not None and value is not False and start != end:
-                principal = self.verifier._entry_of(<bytes>value, start, end - start,
-                                                    _wall_now()).prepared
+            # TokenError for several Authorization headers or an empty token, as _slow_call
+            principal = self.verifier._bearer_principal(<list>headers, _wall_now())
         except TokenError as err:
             return self._refuse(err)
         except Exception:  # never a 500 for what a client sent
             return self._failed()
-        if value is None or value is False or start == end:
-            return self._slow_call(req)  # no bearer token, several, or an empty one
+        if principal is None:
+            return self._slow_call(req)  # no bearer token: the cookie or query parameter
         if self.scopes.active:
             return self._check_scopes(req, principal)
         (<RequestState>req).principal = principal
