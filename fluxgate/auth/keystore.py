@@ -417,7 +417,7 @@ class KeyStore:
         self._write(lambda: self.db.execute("DELETE FROM key_changes WHERE seq <= ?", (mark.seq,)))
 
     def _mark(self) -> ChangeMark:
-        slot = self.db.execute("SELECT COALESCE(MAX(slot), 0) FROM keys").fetchone()[0]
+        slot = self.last_slot()
         # AUTOINCREMENT keeps the last seq in sqlite_sequence even once the log is pruned.
         row = self.db.execute(
             "SELECT seq FROM sqlite_sequence WHERE name = 'key_changes'").fetchone()
