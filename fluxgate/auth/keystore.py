@@ -671,15 +671,12 @@ def json_strings(text: str) -> tuple[str, ...]:
     return () if text == "[]" else tuple(orjson.loads(text))
 
 
-_strings = json_strings
-
-
 def _record(row: tuple) -> KeyRecord:
     (slot, key_id, name, digest, scopes, routes, allow_ips, quota_limit, quota_window,
      created_at, expires_at, revoked_at, rotated_at, grace_until, successor,
      last_used_at, last_used_from, requests) = row
     return KeyRecord(
-        slot, key_id, name, bytes(digest), _strings(scopes), _strings(routes),
-        _strings(allow_ips), quota_limit, quota_window, created_at, expires_at,
+        slot, key_id, name, bytes(digest), json_strings(scopes), json_strings(routes),
+        json_strings(allow_ips), quota_limit, quota_window, created_at, expires_at,
         revoked_at, rotated_at, grace_until, successor, last_used_at, last_used_from, requests,
     )
