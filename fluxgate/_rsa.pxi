@@ -42,7 +42,6 @@ cdef extern from "openssl/bn.h" nogil:
     int BN_mod_exp(BIGNUM* r, const BIGNUM* a, const BIGNUM* p, const BIGNUM* m,
                    BN_CTX* ctx)
     BIGNUM* BN_bin2bn(const unsigned char* s, int len, BIGNUM* ret)
-    int BN_bn2binpad(const BIGNUM* a, unsigned char* to, int tolen)
     int BN_ucmp(const BIGNUM* a, const BIGNUM* b)
     int BN_num_bits(const BIGNUM* a)
     int BN_is_bit_set(const BIGNUM* a, int n)
