@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from fluxgate._core import KEY_LAYOUT, Counters, b64url_decode
 from fluxgate.auth.keytable import (
+    _CIDR,
     _ENTRY,
     _FLAGS_OFFSET,
     _HEADER,
@@ -38,6 +39,7 @@ from fluxgate.auth.keytable import (
     encode_entry,
     key_lists,
     open_writable,
+    usage_slot,
 )
 
 if TYPE_CHECKING:
@@ -104,11 +106,11 @@ class TableWriter:
             return False
         need = 0
         for r in records:
-            if 16 + r.slot >= self.usage_slots:  # keytable.RESERVED_SLOTS + the row's slot
+            if usage_slot(r) >= self.usage_slots:
                 return False
             scopes, routes, allow_ips = key_lists(r)
             need += 8 + len(r.name.encode()) + sum(2 + len(s.encode()) for s in scopes) \
-                + sum(2 + len(p.encode()) for p in routes) + 24 * len(allow_ips) + 8
+                + sum(2 + len(p.encode()) for p in routes) + _CIDR.size * len(allow_ips) + 8
         return self.pool_used + need <= self.pool_len
 
     def put(self, records: Sequence[KeyRecord], quota_tag: Callable[[bytes], int] | None
