@@ -277,8 +277,9 @@ class KeyMirror:
             self._apply(records, last)
             # A revocation keys.db already had (fluxctl on this node writes keys.db itself)
             # is put in force in place too: the table may not have it yet.
+            known = set(self.effects.revoked)  # thousands after a long gap: not a list scan
             self.effects.revoked += [r.key_id for r in records if r.revoked_at is not None
-                                     and r.key_id not in self.effects.revoked]
+                                     and r.key_id not in known]
             if len(entries) < READ_BATCH:
                 return True
 
