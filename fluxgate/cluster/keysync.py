@@ -395,11 +395,10 @@ class KeyMirror:
             raise self.unavailable(exc) from None
         raise StoreBusy("other nodes kept changing keys meanwhile; try again")
 
-    def push_slots(self, first: int, last: int) -> int:
+    def push_slots(self, first: int, last: int) -> None:
         """Add keys.db's rows of slots (first, last] (an import's) to Redis, those it lacks
-        only; how many rows were sent. Until done, keys.db notes the slots still to push, and
-        the next catch-up (of the gateway's master or of fluxctl) resumes there."""
-        sent = 0
+        only. Until done, keys.db notes the slots still to push, and the next catch-up (of
+        the gateway's master or of fluxctl) resumes there."""
         self._pushing = True
         try:
             for start in range(first, last, PUSH_SLOTS):
@@ -408,11 +407,9 @@ class KeyMirror:
                 records = self.ops.store._select("WHERE slot > ? AND slot <= ?",
                                                  (start, min(start + PUSH_SLOTS, last)))
                 self.write_records(records)
-                sent += len(records)
             set_unpushed(self.ops.store, None)
         finally:
             self._pushing = False
-        return sent
 
     def _resume_push(self) -> None:
         span = None if self._pushing else unpushed(self.ops.store)
