@@ -236,11 +236,7 @@ class Provider:
             found = await self.shared.get(self.shared_id, digest)
             if found is not None:
                 expires_at, active, payload = found
-                if not self.cache.store(digest, expires_at, active, payload, time.time()):
-                    self.not_stored += 1
-                answer = ("active" if active else "inactive", payload)
-                self._remember(digest, expires_at, answer)
-                return answer
+                return self._keep(digest, expires_at, active, payload, time.time())
         if self.client is None or not self.breaker.allow(time.monotonic()):
             self.rejected += 1
             return ("unavailable", b"")
@@ -273,17 +269,21 @@ class Provider:
             self.results["inactive"] += 1
         if record.active:
             expires_at = min(float(record.exp or now + c.cache_ttl), now + c.cache_ttl)
-            outcome = "active"
         else:
             expires_at = now + min(c.negative_cache_ttl, c.cache_ttl)
-            outcome = "inactive"
         payload = encode_record(record)
-        if not self.cache.store(digest, expires_at, record.active, payload, now):
-            self.not_stored += 1
-        answer = (outcome, payload)
-        self._remember(digest, expires_at, answer)
+        answer = self._keep(digest, expires_at, record.active, payload, now)
         if self.shared is not None:
             self.shared.put(self.shared_id, digest, expires_at, record.active, payload)
+        return answer
+
+    def _keep(self, digest: bytes, expires_at: float, active: bool, payload: bytes,
+              now: float) -> Answer:
+        """Keep a result in the node's table and the recent answers; the worker's answer."""
+        if not self.cache.store(digest, expires_at, active, payload, now):
+            self.not_stored += 1
+        answer = ("active" if active else "inactive", payload)
+        self._remember(digest, expires_at, answer)
         return answer
 
     def _failed(self, reason: str, message: str, started: float) -> Answer:
