@@ -245,6 +245,13 @@ class KeySpec:
             raise KeyStoreError(f"invalid quota {quota}")
         return cls(scope_list, route_list, cidr_list, quota)
 
+    @classmethod
+    def of(cls, record: KeyRecord) -> KeySpec:
+        """The rights ``record`` holds (a rotation's new key takes them)."""
+        return cls(record.scopes, record.routes, record.allow_ips,
+                   (record.quota_limit, record.quota_window)
+                   if record.quota_limit is not None else None)
+
 
 class KeyStore:
     """keys.db. Not thread-safe: one connection, used by one thread."""
@@ -446,11 +453,7 @@ class KeyStore:
         _check_expiry(expires_in)
 
         def insert() -> tuple[KeyRecord, str]:
-            if self._live(name, self.clock()):
-                raise KeyStoreError(
-                    f"a key named {name!r} already exists; use `fluxctl keys rotate {name}` "
-                    "for a new key, or choose another name"
-                )
+            self.check_new_name(name, self.clock())
             minted = mint_key(signing_key)
             return self._insert(name, minted, spec, int(self.clock()), expires_in), minted.text
 
@@ -469,17 +472,12 @@ class KeyStore:
 
         def swap() -> tuple[KeyRecord, str, list[KeyRecord]]:
             now = int(self.clock())
-            current = self._current(name, now)
+            current = self.current(name, now)
             lifetime = expires_in
             if lifetime is None:
                 lifetime = max(current.expires_at - current.created_at, 1)
-            spec = KeySpec(
-                current.scopes, current.routes, current.allow_ips,
-                (current.quota_limit, current.quota_window)
-                if current.quota_limit is not None else None,
-            )
             minted = mint_key(signing_key)
-            new = self._insert(name, minted, spec, now, lifetime)
+            new = self._insert(name, minted, KeySpec.of(current), now, lifetime)
             self.db.execute(
                 "UPDATE keys SET rotated_at = ?, grace_until = ?, successor = ? WHERE slot = ?",
                 (now, now + int(grace), new.key_id, current.slot),
@@ -495,10 +493,7 @@ class KeyStore:
 
         def extend() -> KeyRecord:
             now = int(self.clock())
-            rows = [r for r in self.by_name(name) if r.revoked_at is None and r.grace_until is None]
-            if not rows:
-                raise self.unknown(name)
-            current = rows[-1]
+            current = self.renewable(name)
             self.db.execute(
                 "UPDATE keys SET expires_at = ? WHERE slot = ?",
                 (now + int(expires_in), current.slot),
@@ -512,17 +507,7 @@ class KeyStore:
 
         def revoke() -> list[KeyRecord]:
             now = int(self.clock())
-            rows = [r for r in self.by_name(name_or_id) if r.revoked_at is None]
-            if not rows and is_key_id(name_or_id):
-                by_id = self.by_id(name_or_id)
-                if by_id is not None:
-                    if by_id.revoked_at is not None:
-                        raise KeyStoreError(f"key {name_or_id} is already revoked")
-                    rows = [by_id]
-            if not rows:
-                if self.by_name(name_or_id):
-                    raise KeyStoreError(f"every key of {name_or_id!r} is already revoked")
-                raise self.unknown(name_or_id)
+            rows = self.revocable(name_or_id)
             for r in rows:
                 self.db.execute("UPDATE keys SET revoked_at = ? WHERE slot = ?", (now, r.slot))
             return [self._one(r.slot) for r in rows]
@@ -608,10 +593,18 @@ class KeyStore:
     def _one(self, slot: int) -> KeyRecord:
         return self._select("WHERE slot = ?", (slot,))[0]
 
-    def _live(self, name: str, now: float) -> list[KeyRecord]:
-        return [r for r in self.by_name(name) if r.status(now) in ("active", "grace")]
+    # ---- which keys a change touches (also cluster mode's, fluxgate/cluster/keyops.py) ------
 
-    def _current(self, name: str, now: float) -> KeyRecord:
+    def check_new_name(self, name: str, now: float) -> None:
+        """Refuse a new key for ``name`` while it holds a working (active or grace) one."""
+        if any(r.status(now) in ("active", "grace") for r in self.by_name(name)):
+            raise KeyStoreError(
+                f"a key named {name!r} already exists; use `fluxctl keys rotate {name}` "
+                "for a new key, or choose another name"
+            )
+
+    def current(self, name: str, now: float) -> KeyRecord:
+        """The active key of ``name`` that a rotation replaces."""
         rows = self.by_name(name)
         if not rows:
             raise self.unknown(name)
@@ -622,6 +615,30 @@ class KeyStore:
                 f"`fluxctl keys renew {name}` brings an expired key back"
             )
         return current[-1]
+
+    def renewable(self, name: str) -> KeyRecord:
+        """The key of ``name`` that a renewal extends: its last one neither revoked nor
+        rotated (an expired one comes back)."""
+        rows = [r for r in self.by_name(name) if r.revoked_at is None and r.grace_until is None]
+        if not rows:
+            raise self.unknown(name)
+        return rows[-1]
+
+    def revocable(self, name_or_id: str) -> list[KeyRecord]:
+        """The keys a revocation revokes: every unrevoked key of a name, or the one key with
+        that id; KeyStoreError when they all are already."""
+        rows = [r for r in self.by_name(name_or_id) if r.revoked_at is None]
+        if not rows and is_key_id(name_or_id):
+            by_id = self.by_id(name_or_id)
+            if by_id is not None:
+                if by_id.revoked_at is not None:
+                    raise KeyStoreError(f"key {name_or_id} is already revoked")
+                rows = [by_id]
+        if not rows:
+            if self.by_name(name_or_id):
+                raise KeyStoreError(f"every key of {name_or_id!r} is already revoked")
+            raise self.unknown(name_or_id)
+        return rows
 
     def unknown(self, name: str) -> UnknownKey:
         """The error for a name (or id) that has no key, with a did-you-mean hint."""

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from fluxgate.auth.keyops import _duration, _rate
-from fluxgate.auth.keys import check_name, is_key_id, mint_key
+from fluxgate.auth.keys import check_name, mint_key
 from fluxgate.auth.keystore import KeyRecord, KeySpec, _check_expiry
 from fluxgate.cluster.keysync import Change, KeyMirror, StoreUnavailable, now
 from fluxgate.errors import KeyStoreError
@@ -57,10 +57,7 @@ class ClusterKeyOps:
 
         def change() -> Change:
             at = now()
-            if any(r.status(at) in ("active", "grace") for r in self.store.by_name(name)):
-                raise KeyStoreError(
-                    f"a key named {name!r} already exists; use `fluxctl keys rotate {name}` "
-                    "for a new key, or choose another name")
+            self.store.check_new_name(name, at)
             record, text = self._mint(name, spec, at, expires_in)
             return Change([record], lambda rows: {"key": text, **self.ops.describe(rows[0])})
 
@@ -78,12 +75,9 @@ class ClusterKeyOps:
 
         def change() -> Change:
             at = now()
-            current = self._current(name, at)
+            current = self.store.current(name, at)
             lifetime = expires_in or max(current.expires_at - current.created_at, 1)
-            spec = KeySpec(current.scopes, current.routes, current.allow_ips,
-                           (current.quota_limit, current.quota_window)
-                           if current.quota_limit is not None else None)
-            new, text = self._mint(name, spec, at, lifetime)
+            new, text = self._mint(name, KeySpec.of(current), at, lifetime)
             old = dataclasses.replace(current, rotated_at=at, grace_until=at + int(grace_s),
                                       successor=new.key_id)
             return Change([new, old], lambda rows: {
@@ -97,11 +91,8 @@ class ClusterKeyOps:
         _check_expiry(expires_in)
 
         def change() -> Change:
-            rows = [r for r in self.store.by_name(name)
-                    if r.revoked_at is None and r.grace_until is None]
-            if not rows:
-                raise self.store.unknown(name)
-            renewed = dataclasses.replace(rows[-1], expires_at=now() + int(expires_in))
+            renewed = dataclasses.replace(self.store.renewable(name),
+                                          expires_at=now() + int(expires_in))
             return Change([renewed], lambda rows: self.ops.describe(rows[0]))
 
         return self.mirror.write(change)
@@ -111,18 +102,8 @@ class ClusterKeyOps:
 
         def change() -> Change:
             at = now()
-            rows = [r for r in self.store.by_name(name_or_id) if r.revoked_at is None]
-            if not rows and is_key_id(name_or_id):
-                by_id = self.store.by_id(name_or_id)
-                if by_id is not None:
-                    if by_id.revoked_at is not None:
-                        raise KeyStoreError(f"key {name_or_id} is already revoked")
-                    rows = [by_id]
-            if not rows:
-                if self.store.by_name(name_or_id):
-                    raise KeyStoreError(f"every key of {name_or_id!r} is already revoked")
-                raise self.store.unknown(name_or_id)
-            revoked = [dataclasses.replace(r, revoked_at=at) for r in rows]
+            revoked = [dataclasses.replace(r, revoked_at=at)
+                       for r in self.store.revocable(name_or_id)]
             return Change(revoked, lambda rows: [self.ops.describe(r) for r in rows])
 
         return self.mirror.write(change)
@@ -160,14 +141,3 @@ class ClusterKeyOps:
                            spec.allow_ips, limit, window, at, at + int(expires_in), None, None,
                            None, None, None, None, 0)
         return record, minted.text
-
-    def _current(self, name: str, at: int) -> KeyRecord:
-        rows = self.store.by_name(name)
-        if not rows:
-            raise self.store.unknown(name)
-        current = [r for r in rows if r.revoked_at is None and r.grace_until is None]
-        if not current or current[-1].status(at) != "active":
-            raise KeyStoreError(
-                f"{name!r} has no active key to rotate (revoked or expired); "
-                f"`fluxctl keys renew {name}` brings an expired key back")
-        return current[-1]
