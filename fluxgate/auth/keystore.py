@@ -98,6 +98,9 @@ _FOR_TABLE = (
     "AND MIN(expires_at, COALESCE(grace_until, expires_at)) >= ?"
 )
 
+# A key that works at ``?`` (active, or in its grace period), as a SQL condition.
+_WORKS_AT = "revoked_at IS NULL AND MIN(expires_at, COALESCE(grace_until, expires_at)) > ?"
+
 _BULK_INSERT = (
     "INSERT INTO keys (key_id, name, digest, scopes, routes, allow_ips, quota_limit, "
     "quota_window, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -529,9 +532,7 @@ class KeyStore:
 
     def live_names(self, now: float) -> set[str]:
         """Names that hold a working key (active or in grace): a new key may not take one."""
-        rows = self.db.execute(
-            "SELECT DISTINCT name FROM keys WHERE revoked_at IS NULL "
-            "AND MIN(expires_at, COALESCE(grace_until, expires_at)) > ?", (now,))
+        rows = self.db.execute(f"SELECT DISTINCT name FROM keys WHERE {_WORKS_AT}", (now,))
         return {r[0] for r in rows}
 
     def last_slot(self) -> int:
@@ -540,10 +541,8 @@ class KeyStore:
 
     def added_since(self, slot: int, now: float) -> tuple[set[str], set[str]]:
         """(names with a working key, key ids) among the rows added after ``slot``."""
-        rows = self.db.execute(
-            "SELECT name, key_id, revoked_at IS NULL "
-            "AND MIN(expires_at, COALESCE(grace_until, expires_at)) > ? FROM keys "
-            "WHERE slot > ?", (now, slot)).fetchall()
+        rows = self.db.execute(f"SELECT name, key_id, {_WORKS_AT} FROM keys WHERE slot > ?",
+                               (now, slot)).fetchall()
         return {name for name, _, live in rows if live}, {key_id for _, key_id, _ in rows}
 
     def taken_key_ids(self, key_ids: Sequence[str]) -> set[str]:
