@@ -174,9 +174,7 @@ class LoginMiddleware:
                  result: tuple[str, bytes]) -> ClientError | None:
         if result[0] == "unavailable":
             # The session may be live elsewhere; Redis cannot say now. Not a sign-in prompt.
-            self._count("session_store_unavailable")
-            return AuthServerUnavailable("Sessions cannot be checked right now; try again "
-                                         "later.", headers=RETRY_AFTER)
+            return self._store_unavailable()
         session = self.store.load(session_id, _now()) if result[0] == "ok" else None
         if session is None:
             return self._no_session(req, True)
@@ -185,9 +183,7 @@ class LoginMiddleware:
     def _with_session(self, req: RequestState, session_id: str, session: Session,
                       now: float) -> ClientError | None:
         if self.deny_stale and self._copies_stale(now):
-            self._count("session_store_unavailable")
-            return AuthServerUnavailable("Sessions cannot be checked right now; try again "
-                                         "later.", headers=RETRY_AFTER)
+            return self._store_unavailable()
         refusal = self._check_origin(req)
         if refusal is not None:
             return refusal
@@ -201,6 +197,12 @@ class LoginMiddleware:
                 raise Suspended(future, lambda r: self._refreshed(r, session_id, future.result()))
             # Still valid: the refresh happens meanwhile; this request goes on now.
         return self._admit(req, session, now)
+
+    def _store_unavailable(self) -> ClientError:
+        """503: the shared session store cannot vouch for sessions now (cluster mode)."""
+        self._count("session_store_unavailable")
+        return AuthServerUnavailable("Sessions cannot be checked right now; try again later.",
+                                     headers=RETRY_AFTER)
 
     def _copies_stale(self, now: float) -> bool:
         """Whether this node's session copies went unchecked against Redis too long."""
