@@ -122,6 +122,29 @@ def test_rfc7515_a1_hs256_with_configured_secret():
     assert reason(wrong, vector["token"], RFC_TIME) == "bad_signature"
 
 
+@pytest.mark.parametrize("alg", ["HS256", "HS384", "HS512"])
+@pytest.mark.parametrize("secret", [b"s" * 64, bytes(range(256)) * 2],
+                         ids=["short-secret", "secret-over-a-block"])
+def test_hs_algorithms_agree_with_pyjwt_token_after_token(alg, secret):
+    # One keyed context per algorithm serves every token: each verifies (or not) on its
+    # own, whatever came before it, and only with the configured secret and algorithm.
+    now = int(time.time())
+    v = JwtVerifier(algorithms=["HS256", "HS384", "HS512"], secret=secret, cache_size=0)
+    wrong = JwtVerifier(algorithms=[alg], secret=secret[:-1] + b"x", cache_size=0)
+    for i in range(3):
+        good = pyjwt.encode({"sub": f"u{i}", "exp": now + 60}, secret, algorithm=alg).encode()
+        other = pyjwt.encode({"sub": f"u{i}", "exp": now + 60}, secret,
+                             algorithm="HS512" if alg != "HS512" else "HS256").encode()
+        forged = good[:-2] + (b"AA" if good[-2:] != b"AA" else b"BA")
+        swapped = good.rpartition(b".")[0] + b"." + other.rpartition(b".")[2]
+        assert reason(v, forged, now) == "bad_signature"
+        assert v.verify(good, now)["sub"] == f"u{i}"
+        assert reason(v, swapped, now) == "bad_signature"
+        assert v.verify(other, now)["sub"] == f"u{i}"
+        assert reason(wrong, good, now) == "bad_signature"
+        assert v.verify(good, now)["sub"] == f"u{i}"
+
+
 def test_rfc8037_a4_ed25519_signature():
     vector = VECTORS["rfc8037_a4_ed25519"]
     key = key_for(vector["jwk"])
