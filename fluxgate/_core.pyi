@@ -229,6 +229,13 @@ class LeaseSpender:
     ) -> int:
         """0 spent, 1 spent and time to ask ahead, -1 nothing spent (no unit in hand)."""
 
+class PrincipalCache:
+    """The principals a worker built for one table's keys, by entry index."""
+    def __setitem__(self, index: int, principal: Principal) -> None: ...
+    def get(self, index: int, default: Any = None, /) -> Principal | Any: ...
+    def __len__(self) -> int: ...
+    def clear(self) -> None: ...
+
 class KeyTable:
     """One generation of the shared key table (layout: fluxgate/auth/keytable.py)."""
 
@@ -265,14 +272,15 @@ class KeyTable:
         scopes: tuple[bytes, ...],
         any_scopes: tuple[bytes, ...] | None,
         now: float,
-        principals: dict[int, Any] | list[Any],
+        principals: PrincipalCache,
         /,
     ) -> tuple[int, int, int, int] | None:
         """``check`` for one request, the key found as ``extract_api_key`` finds it and an
         accepted key's quota merged into ``req``'s RateLimit-*. None: accepted, not in a
-        grace period, and ``req.principal`` set from ``principals[index]``. Otherwise
-        (code, entry index, quota limit, reset seconds); code as ``check``'s (ok: the
-        caller sets the principal) or "missing_credentials" / "ambiguous_credentials"."""
+        grace period, and ``req.principal`` set from what ``principals`` holds for the
+        entry. Otherwise (code, entry index, quota limit, reset seconds); code as
+        ``check``'s (ok: the caller sets the principal) or "missing_credentials" /
+        "ambiguous_credentials"."""
     def verify(self, key: bytes, now: float, /) -> tuple[int, int]:
         """(code, entry index) for the credential alone: no usage stamp, no quota."""
     def find(self, key_id: str, /) -> int: ...

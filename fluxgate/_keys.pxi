@@ -7,8 +7,9 @@
 # first 12 bytes and the digest stored at rest (keys.db, the shared table) is all 32.
 # A key that is not 63 bytes of the right alphabet, or whose tag does not match, is
 # refused here before any table lookup, so a forged or mistyped key costs one HMAC and
-# reads no shared memory (the one bucket its id names is prefetched, a hint the result
-# never depends on); tags and digests are compared in constant time (fg_ct_equal).
+# nothing is decided on shared memory for it (the bucket its id names is read and the
+# entry that bucket names prefetched while the HMAC runs: hints the result never depends
+# on); tags and digests are compared in constant time (fg_ct_equal).
 #
 # ``KeyTable(table, signing_key, usage, quotas)`` views one generation of the shared
 # key table (a read-only mapping written by the master; layout in
@@ -35,15 +36,9 @@
 from cpython.buffer cimport PyBUF_SIMPLE
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.stdint cimport int64_t, uint8_t, uint16_t
+from cpython.ref cimport Py_INCREF, Py_XDECREF
+from libc.stdlib cimport calloc, free
 from libc.string cimport memchr, memcpy, memset
-
-cdef extern from "Python.h":
-    # Borrowed: authorize only stores the item if it is not None (a counted reference).
-    PyObject* _list_item "PyList_GET_ITEM" (object, Py_ssize_t) noexcept
-    Py_ssize_t _list_size "PyList_GET_SIZE" (object) noexcept
-    bint _is_list "PyList_CheckExact" (object) noexcept
-    bint _is_dict "PyDict_CheckExact" (object) noexcept
-    PyObject* _dict_item "PyDict_GetItemWithError" (object, object) except? NULL
 
 cdef extern from *:
     """
@@ -91,14 +86,27 @@ cdef extern from *:
         return ok ? 0 : -1;
     }
 
-    static int fg_hmac_sha256(const fg_hmac_t *h, const unsigned char *m, size_t n,
-                              unsigned char *out) {
+    /* The MAC in two halves, so a caller may start memory loads between them: the inner
+       hash of m into out, then the outer hash of out over itself. */
+    static int fg_hmac_sha256_inner(const fg_hmac_t *h, const unsigned char *m, size_t n,
+                                    unsigned char *out) {
         SHA256_CTX work = h->inner;
         int ok = SHA256_Update(&work, m, n) && SHA256_Final(out, &work);
-        work = h->outer;
-        ok = ok && SHA256_Update(&work, out, 32) && SHA256_Final(out, &work);
         OPENSSL_cleanse(&work, sizeof work);  /* the state had absorbed the message */
         return ok ? 0 : -1;
+    }
+
+    static int fg_hmac_sha256_outer(const fg_hmac_t *h, unsigned char *out) {
+        SHA256_CTX work = h->outer;
+        int ok = SHA256_Update(&work, out, 32) && SHA256_Final(out, &work);
+        OPENSSL_cleanse(&work, sizeof work);
+        return ok ? 0 : -1;
+    }
+
+    static int fg_hmac_sha256(const fg_hmac_t *h, const unsigned char *m, size_t n,
+                              unsigned char *out) {
+        if (fg_hmac_sha256_inner(h, m, n, out) != 0) return -1;
+        return fg_hmac_sha256_outer(h, out);
     }
     #pragma GCC diagnostic pop
 
@@ -223,6 +231,9 @@ cdef extern from *:
     int fg_hmac_init(fg_hmac_t* h, const unsigned char* key, size_t n) noexcept nogil
     int fg_hmac_sha256(const fg_hmac_t* h, const unsigned char* m, size_t n,
                        unsigned char* out) noexcept nogil
+    int fg_hmac_sha256_inner(const fg_hmac_t* h, const unsigned char* m, size_t n,
+                             unsigned char* out) noexcept nogil
+    int fg_hmac_sha256_outer(const fg_hmac_t* h, unsigned char* out) noexcept nogil
     bint fg_ct_equal(const void* a, const void* b, size_t n) noexcept nogil
     void fg_prefetch(const void* p, int rw) noexcept nogil
     bint fg_ip16(const char* text, unsigned char* out) noexcept nogil
@@ -285,6 +296,7 @@ cdef extern from *:
 
 __all__ += (
     "KeyTable",
+    "PrincipalCache",
     "QuotaCounters",
     "extract_api_key",
     "keytab_buckets",
@@ -625,6 +637,116 @@ cdef bint _cidr_match(const unsigned char* addr, const fg_cidr* c) noexcept nogi
     return (addr[full] & mask) == (c.addr[full] & mask)
 
 
+cdef enum:
+    PRINCIPAL_CACHE_MIN = 1024  # slots of an empty PrincipalCache (a power of two)
+
+
+cdef struct _PrincipalSlot:
+    uint32_t index1         # entry index + 1; 0: empty
+    PyObject* principal     # a counted reference
+
+
+cdef class PrincipalCache:
+    """The principals a worker built for the keys of one table, by entry index.
+
+    ``KeyTable.authorize`` reads it for every accepted key. An open-addressing table of
+    {index, principal} slots in C costs that read one memory access where a dict of a
+    hundred thousand ints costs three (its index, its entry, the int object compared).
+    Holds Principals only: outside the cycle collector, they make no cycle through it.
+    """
+
+    cdef _PrincipalSlot* _slots
+    cdef uint32_t _mask
+    cdef uint32_t _shift
+    cdef Py_ssize_t _used
+
+    def __cinit__(self):
+        self._resize(PRINCIPAL_CACHE_MIN)
+
+    def __dealloc__(self):
+        self._drop_all()
+        free(self._slots)
+
+    cdef void _drop_all(self) noexcept:
+        cdef uint32_t i
+        if self._slots == NULL:
+            return
+        for i in range(self._mask + 1):
+            if self._slots[i].index1:
+                Py_XDECREF(self._slots[i].principal)
+                self._slots[i].index1 = 0
+                self._slots[i].principal = NULL
+        self._used = 0
+
+    cdef int _resize(self, uint32_t n) except -1:
+        # n slots (a power of two), every principal held moved over.
+        cdef _PrincipalSlot* old = self._slots
+        cdef uint32_t old_n = self._mask + 1 if old != NULL else 0, i, j, bits = 0
+        cdef _PrincipalSlot* slots = <_PrincipalSlot*>calloc(n, sizeof(_PrincipalSlot))
+        if slots == NULL:
+            raise MemoryError("principal cache")
+        while (1u << bits) < n:
+            bits += 1
+        self._slots, self._mask, self._shift = slots, n - 1, 32 - bits
+        for i in range(old_n):
+            if old[i].index1:
+                j = self._home(old[i].index1)
+                while slots[j].index1:
+                    j = (j + 1) & self._mask
+                slots[j] = old[i]
+        free(old)
+        return 0
+
+    cdef inline uint32_t _home(self, uint32_t index1) noexcept nogil:
+        # Fibonacci hashing: neighbouring indices land far apart.
+        return <uint32_t>(index1 * 2654435769u) >> self._shift
+
+    cdef inline PyObject* _find(self, Py_ssize_t index) noexcept nogil:
+        # Borrowed: the principal of entry ``index``, NULL when none was kept.
+        cdef uint32_t key = <uint32_t>index + 1
+        cdef uint32_t i = self._home(key)
+        while self._slots[i].index1:
+            if self._slots[i].index1 == key:
+                return self._slots[i].principal
+            i = (i + 1) & self._mask
+        return NULL
+
+    def __setitem__(self, Py_ssize_t index, Principal principal not None):
+        """Keep ``principal`` for entry ``index`` (replacing one kept before)."""
+        cdef uint32_t key, i
+        if not 0 <= index < 0xFFFFFFFF:
+            raise IndexError(index)
+        key = <uint32_t>index + 1
+        i = self._home(key)
+        while self._slots[i].index1 and self._slots[i].index1 != key:
+            i = (i + 1) & self._mask
+        Py_INCREF(principal)
+        if self._slots[i].index1:
+            Py_XDECREF(self._slots[i].principal)
+        else:
+            self._used += 1
+            self._slots[i].index1 = key
+        self._slots[i].principal = <PyObject*>principal
+        if self._used * 2 > <Py_ssize_t>self._mask + 1:  # at most half full: short probes
+            self._resize((self._mask + 1) * 2)
+
+    def get(self, Py_ssize_t index, default=None, /):
+        """The principal kept for entry ``index``, else ``default``."""
+        cdef PyObject* found = self._find(index) if 0 <= index < 0xFFFFFFFF else NULL
+        return <object>found if found != NULL else default
+
+    def __len__(self):
+        return self._used
+
+    def clear(self):
+        """Forget every principal (the slots shrink back)."""
+        self._drop_all()
+        if self._mask + 1 > PRINCIPAL_CACHE_MIN:
+            free(self._slots)
+            self._slots = NULL
+            self._resize(PRINCIPAL_CACHE_MIN)
+
+
 cdef class KeyTable:
     """One generation of the shared key table, with usage slots and quota buckets."""
 
@@ -810,7 +932,7 @@ cdef class KeyTable:
         cdef unsigned char raw[FG_KEY_RAW_BYTES]
         cdef unsigned char msg[4 + FG_KEY_ID_BYTES + FG_KEY_SECRET_BYTES]
         cdef unsigned char mac[32]
-        cdef uint32_t v
+        cdef uint32_t v, home
         cdef const fg_key_entry* e
         if self._hdr == NULL:
             return FG_KEY_UNKNOWN
@@ -819,11 +941,21 @@ cdef class KeyTable:
                 or b64url_decode_into(text + 3, FG_KEY_TEXT_LEN - 3, raw)
                 != FG_KEY_RAW_BYTES):
             return FG_KEY_MALFORMED
-        # The id's bucket (10,000 keys in turn miss every cache) loads while the HMAC runs.
-        fg_prefetch(&self._buckets[self._home_slot(raw)], 0)
+        # The id's bucket (100,000 keys in turn miss every cache) loads during the inner
+        # hash, and the entry it names during the outer one: two loads one after the other
+        # that overlap the MAC instead of following it. Hints only: nothing is decided on
+        # either before the tag is proven.
+        home = self._home_slot(raw)
+        fg_prefetch(&self._buckets[home], 0)
         memcpy(msg, _MAC_DOMAIN, 4)
         memcpy(msg + 4, raw, FG_KEY_ID_BYTES + FG_KEY_SECRET_BYTES)
-        if fg_hmac_sha256(&self._mac, msg, sizeof(msg), mac) != 0:
+        if fg_hmac_sha256_inner(&self._mac, msg, sizeof(msg), mac) != 0:
+            return FG_KEY_BAD_TAG
+        v = fg_load_u32(&self._buckets[home])
+        if v != 0 and v <= self._n:
+            fg_prefetch(&self._entries[v - 1], 0)
+            fg_prefetch(<const unsigned char*>&self._entries[v - 1] + 64, 0)
+        if fg_hmac_sha256_outer(&self._mac, mac) != 0:
             return FG_KEY_BAD_TAG
         if not fg_ct_equal(mac, raw + FG_KEY_ID_BYTES + FG_KEY_SECRET_BYTES,
                            FG_KEY_TAG_BYTES):
@@ -960,7 +1092,7 @@ cdef class KeyTable:
 
     def authorize(self, RequestState req not None, bytes lname not None,
                   bytes qname not None, tuple scopes not None, tuple any_scopes,
-                  double now, principals not None, /):
+                  double now, PrincipalCache principals not None, /):
         """``check`` for one request as the api_key middleware sees it, in one call.
 
         The key is found in ``req.headers`` / ``req.query`` as ``extract_api_key`` finds
@@ -968,9 +1100,8 @@ cdef class KeyTable:
         are checked as ``check`` checks them. An accepted key's quota goes into
         ``req``'s RateLimit-* as ``merge_ratelimit`` sets them.
 
-        ``principals`` holds, by entry index, the principals the caller built so far: a
-        dict (an index absent: not yet), or a list (None: not yet). When the key is
-        accepted, is not in a rotation grace period and its principal is there, that
+        ``principals`` holds, by entry index, the principals the caller built so far (an
+        index absent: not yet). When the key is accepted, is not in a rotation grace period and its principal is there, that
         principal becomes ``req.principal`` and the answer is None.
 
         Otherwise (code, index, limit, reset): code as ``check``'s (OK for an accepted
@@ -997,13 +1128,8 @@ cdef class KeyTable:
             if code == FG_KEY_OK:
                 merge_ratelimit(req, limit, remaining, reset)
         if code == FG_KEY_OK and self._entries[index].sunset_at == 0:
-            if _is_dict(principals):
-                principal = _dict_item(principals, index)
-            elif _is_list(principals) and index < _list_size(principals):
-                principal = _list_item(principals, index)
-            else:
-                principal = NULL
-            if principal != NULL and principal != <PyObject*>None:
+            principal = principals._find(index)
+            if principal != NULL:
                 req.principal = <object>principal
                 return None
         return code, index, limit, reset

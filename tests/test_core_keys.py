@@ -10,6 +10,7 @@ import mmap
 import multiprocessing
 import os
 import struct
+import sys
 import time
 from pathlib import Path
 
@@ -18,6 +19,8 @@ import pytest
 from fluxgate._core import (
     KEY_FORMAT,
     KeyTable,
+    Principal,
+    PrincipalCache,
     QuotaCounters,
     RequestState,
     b64url_decode,
@@ -222,7 +225,7 @@ def test_authorize_decides_as_extract_api_key_and_check_do(state):
     for headers, query, path, ip, scopes in shapes:
         count, key = extract_api_key(headers, b"x-api-key", query, b"api_key")
         req = _request(headers, query, path, ip)
-        got = table.authorize(req, b"x-api-key", b"api_key", scopes, None, NOW, [])
+        got = table.authorize(req, b"x-api-key", b"api_key", scopes, None, NOW, PrincipalCache())
         if count == 0:
             assert got == (code("missing_credentials"), -1, 0, 0)
         elif count == 2:
@@ -242,12 +245,12 @@ def test_authorize_spends_the_quota_and_merges_ratelimit(state):
     reset = 60 - int(NOW) % 60  # the fixed UTC minute's end
     for remaining in (1, 0):
         req = _request([(b"X-API-Key", key)])
-        assert table.authorize(req, b"x-api-key", b"", (), None, NOW, []) == (OK, index, 2, reset)
+        assert table.authorize(req, b"x-api-key", b"", (), None, NOW, PrincipalCache()) == (OK, index, 2, reset)
         assert req.ratelimit_headers() == [(b"RateLimit-Limit", b"2"),
                                            (b"RateLimit-Remaining", b"%d" % remaining),
                                            (b"RateLimit-Reset", b"%d" % reset)]
     req = _request([(b"X-API-Key", key)])
-    assert table.authorize(req, b"x-api-key", b"", (), None, NOW, []) == (
+    assert table.authorize(req, b"x-api-key", b"", (), None, NOW, PrincipalCache()) == (
         code("quota_exceeded"), index, 2, reset)
     assert req.ratelimit_headers() == []  # the middleware's 429 adds them, with Retry-After
     # A stricter quota met earlier in the chain keeps its figures.
@@ -255,7 +258,7 @@ def test_authorize_spends_the_quota_and_merges_ratelimit(state):
     table = state.table()
     req = _request([(b"X-API-Key", key2)])
     merge_ratelimit(req, 5, 1, 9)
-    assert table.authorize(req, b"x-api-key", b"", (), None, NOW, [])[0] == OK
+    assert table.authorize(req, b"x-api-key", b"", (), None, NOW, PrincipalCache())[0] == OK
     assert req.ratelimit_headers() == [(b"RateLimit-Limit", b"5"),
                                        (b"RateLimit-Remaining", b"1"), (b"RateLimit-Reset", b"9")]
 
@@ -268,8 +271,9 @@ def test_authorize_sets_a_known_principal_and_answers_none(state):
     table = state.table()
     index, other_index = table.find(plain[3:15]), table.find(other[3:15])
     graced_key_index = table.find(graced[3:15])
-    principals: list = [None] * len(table)
-    marker, graced_marker = object(), object()
+    principals = PrincipalCache()
+    marker = Principal("key:known", "api_key", "known")
+    graced_marker = Principal("key:rotating", "api_key", "rotating")
     principals[index] = marker
     principals[graced_key_index] = graced_marker
 
@@ -279,10 +283,10 @@ def test_authorize_sets_a_known_principal_and_answers_none(state):
 
     got, req = authorize(plain.encode())
     assert got is None and req.principal is marker
-    # Not built yet (None), or beyond the list: the caller builds and sets it.
+    # Not built yet: the caller builds and sets it.
     got, req = authorize(other.encode())
     assert got == (OK, other_index, 0, 0) and req.principal is None
-    got, req = authorize(plain.encode(), plist=principals[:index])
+    got, req = authorize(plain.encode(), plist=PrincipalCache())
     assert got == (OK, index, 0, 0) and req.principal is None
     # Refused, even with a principal at hand: no principal is set.
     got, req = authorize(plain.encode(), scopes=(b"missing",))
@@ -293,6 +297,32 @@ def test_authorize_sets_a_known_principal_and_answers_none(state):
     # A key in its rotation grace period goes back to the caller (Deprecation / Sunset).
     got, req = authorize(graced.encode())
     assert got == (OK, graced_key_index, 0, 0) and req.principal is None
+
+
+def test_principal_cache_keeps_replaces_and_forgets_principals():
+    cache = PrincipalCache()
+    made = {i: Principal(f"key:k{i}", "api_key", f"k{i}") for i in range(0, 50_000, 7)}
+    for index, principal in made.items():  # far past the first table's 1,024 slots
+        cache[index] = principal
+    assert len(cache) == len(made)
+    assert all(cache.get(index) is principal for index, principal in made.items())
+    assert cache.get(1) is None and cache.get(-1) is None and cache.get(2**40, "no") == "no"
+    # Replacing keeps one reference to the new principal and drops the old one's.
+    old, new = made[7], Principal("key:new", "api_key", "new")
+    held = sys.getrefcount(old)
+    cache[7] = new
+    assert cache.get(7) is new and len(cache) == len(made)
+    assert sys.getrefcount(old) == held - 1
+    with pytest.raises(TypeError):
+        cache[3] = object()  # principals only: they cannot make a cycle through the cache
+    with pytest.raises(IndexError):
+        cache[-1] = new
+    held = sys.getrefcount(new)
+    cache.clear()
+    assert len(cache) == 0 and cache.get(7) is None
+    assert sys.getrefcount(new) == held - 1
+    cache[7] = new  # usable after clear
+    assert cache.get(7) is new
 
 
 # ---- usage ---------------------------------------------------------------------------------

@@ -56,6 +56,7 @@ from fluxgate._core import (
     KEY_LAYOUT,
     Counters,
     KeyTable,
+    PrincipalCache,
     b64url_decode,
     keytab_buckets,
 )
@@ -557,7 +558,7 @@ class SharedKeys:
         self.infos: dict[int, KeyInfo] = {}
         # The same keys' principals: KeyTable.authorize sets req.principal from here
         # itself, so the common request touches no KeyInfo.
-        self.principals: dict[int, Principal] = {}
+        self.principals = PrincipalCache()
         self._mapping: mmap.mmap | None = None
         self._stamp: tuple[int, int] | None = None
         self.usage = UsageFile(os.path.join(state_dir, USAGE_FILE), create=False)
@@ -629,7 +630,7 @@ class SharedKeys:
     def _forget_infos(self) -> None:
         # Built per entry index at a key's first request in the current table.
         self.infos = {}
-        self.principals = {}
+        self.principals = PrincipalCache()
 
     def info(self, index: int) -> KeyInfo:
         """The cached principal and headers of entry ``index`` of the current table."""
