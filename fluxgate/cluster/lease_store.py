@@ -75,6 +75,11 @@ def identity_hash(identity: bytes) -> bytes:
     return hashlib.sha256(identity).digest()[:16]
 
 
+def window_end(now: float, window: int) -> int:
+    """The end (unix seconds) of the ``window``-second quota window that holds ``now``."""
+    return (int(now) // window + 1) * window
+
+
 def window_keys(prefix: str, id_hash: bytes, end: int) -> list[str]:
     """The two keys of one quota window."""
     tag = "q:" + id_hash.hex()

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from fluxgate._core import LeaseSpender, merge_ratelimit
 from fluxgate.auth.runtime import worker_shared
 from fluxgate.cluster.connect import is_redis_url, node_name, parse_store_url, redis_client
-from fluxgate.cluster.lease_store import LeaseStore, identity_hash
+from fluxgate.cluster.lease_store import LeaseStore, identity_hash, window_end
 from fluxgate.cluster.lease_table import (
     STAT_DENIED,
     STAT_ERRORS,
@@ -141,7 +141,7 @@ class ClusterQuotas:
             if spent >= 0:
                 if spent:
                     self._ahead(Spend(tag, identity, limit, window, refuse, self._slots[tag]),
-                                (int(now) // window + 1) * window)
+                                window_end(now, window))
                 return None
         return self._admit(req, Spend(tag, identity, limit, window, refuse), now)
 
@@ -155,7 +155,7 @@ class ClusterQuotas:
         if known is not None and slot is not None:
             identity, limit, window, refuse = known
             self._ahead(Spend(tag, identity, limit, window, refuse, slot),
-                        (int(_now()) // window + 1) * window)
+                        window_end(_now(), window))
 
     def _admit(self, req: RequestState, spend: Spend, now: float) -> ClientError | None:
         if spend.tag not in self._known and len(self._known) < 65536:
@@ -187,7 +187,7 @@ class ClusterQuotas:
         """Spend a unit in hand: None (spent), a refusal (the quota file is full), or False
         (nothing in hand)."""
         table, slot = self.table, spend.slot
-        end = (int(now) // spend.window + 1) * spend.window
+        end = window_end(now, spend.window)
         granted = table.granted(slot, end)
         if not granted:
             return False
@@ -221,7 +221,7 @@ class ClusterQuotas:
 
     def _wait(self, req: RequestState, spend: Spend, now: float) -> ClientError | None:
         table, slot = self.table, spend.slot
-        end = (int(now) // spend.window + 1) * spend.window
+        end = window_end(now, spend.window)
         if table.exhausted(slot, end):
             return spend.refuse(req, EXCEEDED, max(end - int(now), 1))
         if table.store_down():
@@ -362,7 +362,7 @@ class ClusterQuotas:
         if table.store_down() and not table.retry_due(_ms(), RETRY_MS):
             return self._down(req, spend, now)
         table.count(STAT_EXACT)
-        end = (int(now) // spend.window + 1) * spend.window
+        end = window_end(now, spend.window)
         call = asyncio.ensure_future(self._exact_call(spend, end))
         raise _suspended(_bounded(call, self.timeout), lambda r: self._exact_done(
             r, spend, end, call.result() if call.done() else None))

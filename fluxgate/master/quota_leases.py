@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from fluxgate.auth.quotas import QUOTA_FILE, open_quota_file
 from fluxgate.cluster.connect import is_redis_url, node_name, parse_store_url, redis_client
-from fluxgate.cluster.lease_store import LeaseStore
+from fluxgate.cluster.lease_store import LeaseStore, window_end
 from fluxgate.cluster.lease_table import (
     LEASE_FILE,
     STAT_RETURNED,
@@ -120,7 +120,7 @@ class QuotaLeaseService:
             window = table.word(slot, W_WINDOW)
             if not window:
                 continue
-            end = (int(now) // window + 1) * window
+            end = window_end(now, window)
             granted = table.granted(slot, end)
             spent, _ = quotas.peek(table.word(slot, W_TAG), window, now)
             unspent = granted - spent
