@@ -27,7 +27,18 @@ cdef class JwtStep:
     ``_refuse(err)``, ``_failed()`` and ``_check_scopes(req, principal)``."""
 
     cdef public JwtVerifier verifier
-    cdef public object scopes        # has ``active``: False when no scope is ever required
+    cdef object _scopes
+    cdef bint _scoped                # scopes.active, read when scopes is set, not per request
+
+    @property
+    def scopes(self):
+        """The route's scope rules; ``active`` False when no scope is ever required."""
+        return self._scopes
+
+    @scopes.setter
+    def scopes(self, value):
+        self._scopes = value
+        self._scoped = value.active
 
     def __call__(self, req):
         if type(req) is not RequestState or self.verifier is None:
@@ -44,7 +55,7 @@ cdef class JwtStep:
             return self._failed()
         if principal is None:
             return self._slow_call(req)  # no bearer token: the cookie or query parameter
-        if self.scopes.active:
+        if self._scoped:
             return self._check_scopes(req, principal)
         (<RequestState>req).principal = principal
         return None
