@@ -367,6 +367,20 @@ class KeyStore:
         rows = self._select("WHERE key_id = ?", (key_id,))
         return rows[0] if rows else None
 
+    def by_ids(self, key_ids: Sequence[str]) -> list[KeyRecord]:
+        """The keys of ``key_ids`` that keys.db holds."""
+        # 500 ids a query: one query per key made reading every key of a large cluster (a
+        # node's first start, a gap in its log) several times slower.
+        records: list[KeyRecord] = []
+        for start in range(0, len(key_ids), 500):
+            chunk = list(key_ids[start:start + 500])
+            records += self._select(f"WHERE key_id IN ({','.join('?' * len(chunk))})", chunk)
+        return records
+
+    def in_slots(self, after: int, upto: int) -> list[KeyRecord]:
+        """The keys of slots (after, upto], in slot order (the rows an import added)."""
+        return self._select("WHERE slot > ? AND slot <= ?", (after, upto))
+
     def names(self) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT DISTINCT name FROM keys ORDER BY name")]
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import operator
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -166,7 +166,7 @@ def apply_records(store: KeyStore, records: Sequence[KeyRecord],
     applied = Applied()
     store.db.execute("BEGIN IMMEDIATE")
     try:
-        local = {r.key_id: r for r in _by_ids(store, [r.key_id for r in records])}
+        local = {r.key_id: r for r in store.by_ids([r.key_id for r in records])}
         rows = []
         for record in records:
             mine = local.get(record.key_id)
@@ -188,14 +188,6 @@ def apply_records(store: KeyStore, records: Sequence[KeyRecord],
         store.db.execute("ROLLBACK")
         raise
     return applied
-
-
-def _by_ids(store: KeyStore, key_ids: Sequence[str]) -> Iterable[KeyRecord]:
-    # keys.db's own row reader, 500 ids a query: one query per key made reading every key of
-    # a large cluster (a node's first start, a gap in the log) several times slower.
-    for start in range(0, len(key_ids), 500):
-        chunk = list(key_ids[start:start + 500])
-        yield from store._select(f"WHERE key_id IN ({','.join('?' * len(chunk))})", chunk)
 
 
 def cluster_mark(store: KeyStore) -> tuple[str | None, int]:

@@ -403,10 +403,7 @@ class KeyMirror:
         try:
             for start in range(first, last, PUSH_SLOTS):
                 set_unpushed(self.ops.store, (start, last))
-                # keys.db's own reader of rows by slot, in slot order
-                records = self.ops.store._select("WHERE slot > ? AND slot <= ?",
-                                                 (start, min(start + PUSH_SLOTS, last)))
-                self.write_records(records)
+                self.write_records(self.ops.store.in_slots(start, min(start + PUSH_SLOTS, last)))
             set_unpushed(self.ops.store, None)
         finally:
             self._pushing = False
