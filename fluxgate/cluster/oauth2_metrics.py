@@ -8,6 +8,22 @@ from fluxgate.cluster.introspection import SharedResults
 from fluxgate.cluster.session_sync import ClusterSessions
 from fluxgate.metrics import ProcessMetric, metric_family
 
+# (key of ClusterSessions.status(), metric name, kind, help)
+_SESSION_SERIES = (
+    ("up", "fluxgate_cluster_sessions_store_up", "gauge",
+     "Whether the last call to Redis for sessions succeeded."),
+    ("failures", "fluxgate_cluster_sessions_store_failures_total", "counter",
+     "Calls to Redis for sessions that failed or timed out."),
+    ("sweeps", "fluxgate_cluster_sessions_sweeps_total", "counter",
+     "Complete comparisons of this node's session copies with Redis."),
+    ("synced_at", "fluxgate_cluster_sessions_synced_timestamp", "gauge",
+     "When this node's session copies were last compared with Redis."),
+    ("events_applied", "fluxgate_cluster_sessions_events_total", "counter",
+     "Session events from other nodes applied to this node's copies."),
+    ("fetches_refused", "fluxgate_cluster_sessions_fetches_refused_total", "counter",
+     "Session reads for workers refused (503): too many in flight."),
+)
+
 
 def cluster_oauth2_metrics(sessions: object, shared: SharedResults | None
                            ) -> list[ProcessMetric]:
@@ -16,24 +32,8 @@ def cluster_oauth2_metrics(sessions: object, shared: SharedResults | None
     out: list[ProcessMetric] = []
     if isinstance(sessions, ClusterSessions):
         status = sessions.status()
-        out += metric_family("fluxgate_cluster_sessions_store_up", "gauge",
-                             "Whether the last call to Redis for sessions succeeded.",
-                             [((), float(status["up"]))])
-        out += metric_family("fluxgate_cluster_sessions_store_failures_total", "counter",
-                             "Calls to Redis for sessions that failed or timed out.",
-                             [((), status["failures"])])
-        out += metric_family("fluxgate_cluster_sessions_sweeps_total", "counter",
-                             "Complete comparisons of this node's session copies with Redis.",
-                             [((), status["sweeps"])])
-        out += metric_family("fluxgate_cluster_sessions_synced_timestamp", "gauge",
-                             "When this node's session copies were last compared with Redis.",
-                             [((), status["synced_at"])])
-        out += metric_family("fluxgate_cluster_sessions_events_total", "counter",
-                             "Session events from other nodes applied to this node's copies.",
-                             [((), status["events_applied"])])
-        out += metric_family("fluxgate_cluster_sessions_fetches_refused_total", "counter",
-                             "Session reads for workers refused (503): too many in flight.",
-                             [((), status["fetches_refused"])])
+        for key, name, kind, text in _SESSION_SERIES:
+            out += metric_family(name, kind, text, [((), float(status[key]))])
     if shared is not None:
         out += metric_family("fluxgate_cluster_introspection_total", "counter",
                              "Lookups and stores of shared introspection results by outcome.",
