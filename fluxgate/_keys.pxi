@@ -1004,9 +1004,12 @@ cdef class KeyTable:
 
     cdef int _decide(self, bytes key, double now, bytes path, tuple scopes, tuple any_scopes,
                      str ip, Py_ssize_t* index, uint32_t* limit, uint64_t* remaining,
-                     uint64_t* end) except -1:
+                     uint64_t* end, const fg_key_entry** proven) except -1:
         # The whole decision for one key (see ``check``); index is set once the secret is
-        # proven, limit/remaining/end once the quota was consulted (limit 0: not).
+        # proven, limit/remaining/end once the quota was consulted (limit 0: not). proven
+        # is set to the entry of a live key (not revoked or expired), refused or not: the
+        # caller stamps its use (``_stamp``) last, when the usage slot, prefetched at the
+        # lookup, has had the longest to arrive.
         cdef const fg_key_entry* e
         cdef const unsigned char* pool
         cdef int code
@@ -1022,8 +1025,8 @@ cdef class KeyTable:
         if code != FG_KEY_OK:
             return code
         e = &self._entries[index[0]]
+        proven[0] = e
         pool = self._pool
-        self._stamp(e, now, ip)
         if not _route_ok(pool + e.routes_off, e.n_routes, PyBytes_AS_STRING(path),
                          PyBytes_GET_SIZE(path)):
             return FG_KEY_ROUTE_DENIED
@@ -1086,8 +1089,11 @@ cdef class KeyTable:
         cdef Py_ssize_t index = -1
         cdef uint32_t limit = 0
         cdef uint64_t remaining = 0, end = 0
+        cdef const fg_key_entry* proven = NULL
         cdef int code = self._decide(key, now, path, scopes, any_scopes, ip, &index, &limit,
-                                     &remaining, &end)
+                                     &remaining, &end, &proven)
+        if proven != NULL:
+            self._stamp(proven, now, ip)
         return code, index, limit, remaining, end
 
     def authorize(self, RequestState req not None, bytes lname not None,
@@ -1101,8 +1107,9 @@ cdef class KeyTable:
         ``req``'s RateLimit-* as ``merge_ratelimit`` sets them.
 
         ``principals`` holds, by entry index, the principals the caller built so far (an
-        index absent: not yet). When the key is accepted, is not in a rotation grace period and its principal is there, that
-        principal becomes ``req.principal`` and the answer is None.
+        index absent: not yet). When the key is accepted, is not in a rotation grace
+        period and its principal is there, that principal becomes ``req.principal`` and
+        the answer is None.
 
         Otherwise (code, index, limit, reset): code as ``check``'s (OK for an accepted
         key whose principal the caller sets), or KEY_MISSING / KEY_AMBIGUOUS (no key /
@@ -1115,23 +1122,28 @@ cdef class KeyTable:
         cdef int64_t reset = 0
         cdef int code
         cdef Py_ssize_t count
-        cdef PyObject* principal
+        cdef PyObject* principal = NULL
+        cdef const fg_key_entry* proven = NULL
         key = _find_api_key(req.headers, lname, req.query, qname, &count)
         if count != 1:
             return (FG_KEY_MISSING if count == 0 else FG_KEY_AMBIGUOUS), -1, 0, 0
         code = self._decide(key, now, req.path, scopes, any_scopes, req.client_ip, &index,
-                            &limit, &remaining, &end)
+                            &limit, &remaining, &end, &proven)
         if limit != 0:
             reset = <int64_t>end - <int64_t>now
             if reset < 0:
                 reset = 0
             if code == FG_KEY_OK:
                 merge_ratelimit(req, limit, remaining, reset)
-        if code == FG_KEY_OK and self._entries[index].sunset_at == 0:
+        if code == FG_KEY_OK and proven.sunset_at == 0:
             principal = principals._find(index)
             if principal != NULL:
-                req.principal = <object>principal
-                return None
+                fg_prefetch(principal, 1)  # loads while the stamp's atomics wait
+        if proven != NULL:
+            self._stamp(proven, now, req.client_ip)
+        if principal != NULL:
+            req.principal = <object>principal
+            return None
         return code, index, limit, reset
 
     def verify(self, bytes key not None, double now, /):
