@@ -5,8 +5,9 @@
 # on nearly every request, one bearer token looked up in (or added to) the verified-token
 # cache. JwtStep does that case here and hands every other one to the Python subclass
 # (fluxgate/middleware/jwt.py), which keeps the whole policy: ``_slow_call`` for a request
-# without a usable ``Authorization: Bearer`` token, ``_refuse`` for an invalid token,
-# ``_failed`` for an unexpected error, ``_check_scopes`` where the route requires scopes.
+# without an ``Authorization: Bearer`` header (a cookie or query token, or none), ``_refuse``
+# for an invalid, empty or ambiguous one, ``_failed`` for an unexpected error,
+# ``_check_scopes`` where the route requires scopes.
 
 from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
 
