@@ -33,7 +33,14 @@ from fluxgate.cluster.keyops import ClusterKeyOps
 from fluxgate.cluster.keysync import KeyMirror, StoreUnavailable, require_shared_secret
 from fluxgate.errors import ClientError, ConfigError, KeyStoreError
 from fluxgate.master.admin import AdminRequest, AdminResponse
-from fluxgate.master.keys import BadKeyRequest, KeyNameNotFound, _body, _str, _strs
+from fluxgate.master.keys import (
+    BadKeyRequest,
+    KeyNameNotFound,
+    create_operation,
+    renew_operation,
+    revoke_operation,
+    rotate_operation,
+)
 from fluxgate.metrics import ProcessMetric
 
 if TYPE_CHECKING:
@@ -206,35 +213,23 @@ class ClusterKeyService:
         return result
 
     async def _create(self, req: AdminRequest) -> AdminResponse:
-        body = _body(req)
-        name = _str(body, "name", required=True)
-        scopes, allow_ips, routes = _strs(body, "scopes"), _strs(body, "allow_ips"), _strs(
-            body, "routes")
-        quota, expiry = _str(body, "quota"), _str(body, "expiry")
-        result = await self._write(lambda ops: ops.generate(
-            name, scopes=scopes, quota=quota, expiry=expiry, allow_ips=allow_ips, routes=routes))
+        result = await self._write(create_operation(req))
         log.info("admin API: key %s created for %s (cluster)", result["key_id"], result["name"])
         return AdminResponse.json(201, result)
 
     async def _rotate(self, req: AdminRequest) -> AdminResponse:
-        body = _body(req)
-        name, grace, expiry = (_str(body, "name", required=True), _str(body, "grace"),
-                               _str(body, "expiry"))
-        result = await self._write(lambda ops: ops.rotate(name, grace=grace, expiry=expiry))
+        result = await self._write(rotate_operation(req))
         log.info("admin API: %s rotated to key %s (cluster)", result["name"], result["key_id"])
         return AdminResponse.json(201, result)
 
     async def _renew(self, req: AdminRequest) -> AdminResponse:
-        body = _body(req)
-        name, expiry = _str(body, "name", required=True), _str(body, "expiry")
-        result = await self._write(lambda ops: ops.renew(name, expiry=expiry))
+        result = await self._write(renew_operation(req))
         log.info("admin API: key %s renewed until %s (cluster)", result["key_id"],
                  result["expires_at"])
         return AdminResponse.json(200, result)
 
     async def _revoke(self, req: AdminRequest) -> AdminResponse:
-        name = _str(_body(req), "name", required=True)
-        result = await self._write(lambda ops: ops.revoke(name))
+        result = await self._write(revoke_operation(req))
         log.info("admin API: revoked %s (cluster)", ", ".join(k["key_id"] for k in result))
         return AdminResponse.json(200, {"revoked": result})
 

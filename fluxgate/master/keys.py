@@ -424,8 +424,9 @@ class KeyService:
         router.add("POST", "/admin/keys/revoke", self._revoke)
 
     async def _write(self, operation):
-        """Run a key operation that changes keys.db; return once its generation is published."""
-        result = self._run(operation)
+        """Run a key change (``operation(ops)``) on keys.db; return once its generation is
+        published."""
+        result = self._run(lambda: operation(self.ops))
         await self.published()  # the caller expects the change to be in force when answered
         return result
 
@@ -443,38 +444,23 @@ class KeyService:
         return AdminResponse.json(200, self._run(lambda: self.ops.usage(name)))
 
     async def _create(self, req: AdminRequest) -> AdminResponse:
-        body = _body(req)
-        result = await self._write(lambda: self.ops.generate(
-            _str(body, "name", required=True),
-            scopes=_strs(body, "scopes"),
-            quota=_str(body, "quota"),
-            expiry=_str(body, "expiry"),
-            allow_ips=_strs(body, "allow_ips"),
-            routes=_strs(body, "routes"),
-        ))
+        result = await self._write(create_operation(req))
         log.info("admin API: key %s created for %s", result["key_id"], result["name"])
         return AdminResponse.json(201, result)
 
     async def _rotate(self, req: AdminRequest) -> AdminResponse:
-        body = _body(req)
-        result = await self._write(lambda: self.ops.rotate(
-            _str(body, "name", required=True), grace=_str(body, "grace"),
-            expiry=_str(body, "expiry"),
-        ))
+        result = await self._write(rotate_operation(req))
         log.info("admin API: %s rotated to key %s", result["name"], result["key_id"])
         return AdminResponse.json(201, result)
 
     async def _renew(self, req: AdminRequest) -> AdminResponse:
-        body = _body(req)
-        result = await self._write(lambda: self.ops.renew(
-            _str(body, "name", required=True), expiry=_str(body, "expiry")
-        ))
+        result = await self._write(renew_operation(req))
         log.info("admin API: key %s renewed until %s", result["key_id"], result["expires_at"])
         return AdminResponse.json(200, result)
 
     async def _revoke(self, req: AdminRequest) -> AdminResponse:
-        body = _body(req)
-        result = self._run(lambda: self.ops.revoke(_str(body, "name", required=True)))
+        operation = revoke_operation(req)
+        result = self._run(lambda: operation(self.ops))
         await self.enforce_revocations([k["key_id"] for k in result])
         log.info("admin API: revoked %s", ", ".join(k["key_id"] for k in result))
         return AdminResponse.json(200, {"revoked": result})
@@ -588,6 +574,40 @@ def _usage_need(records: list) -> int:
 
 def factory(master: ServiceContext) -> KeyService:
     return KeyService(master)
+
+
+# ---- the admin API's key changes, as operations on a KeyOps (or cluster mode's ClusterKeyOps)
+
+
+def create_operation(req: AdminRequest):
+    """``POST /admin/keys``'s change, its body checked now."""
+    body = _body(req)
+    name = _str(body, "name", required=True)
+    scopes, quota, expiry = _strs(body, "scopes"), _str(body, "quota"), _str(body, "expiry")
+    allow_ips, routes = _strs(body, "allow_ips"), _strs(body, "routes")
+    return lambda ops: ops.generate(name, scopes=scopes, quota=quota, expiry=expiry,
+                                    allow_ips=allow_ips, routes=routes)
+
+
+def rotate_operation(req: AdminRequest):
+    """``POST /admin/keys/rotate``'s change, its body checked now."""
+    body = _body(req)
+    name, grace, expiry = (_str(body, "name", required=True), _str(body, "grace"),
+                           _str(body, "expiry"))
+    return lambda ops: ops.rotate(name, grace=grace, expiry=expiry)
+
+
+def renew_operation(req: AdminRequest):
+    """``POST /admin/keys/renew``'s change, its body checked now."""
+    body = _body(req)
+    name, expiry = _str(body, "name", required=True), _str(body, "expiry")
+    return lambda ops: ops.renew(name, expiry=expiry)
+
+
+def revoke_operation(req: AdminRequest):
+    """``POST /admin/keys/revoke``'s change, its body checked now."""
+    name = _str(_body(req), "name", required=True)
+    return lambda ops: ops.revoke(name)
 
 
 # ---- request helpers ------------------------------------------------------------------------
