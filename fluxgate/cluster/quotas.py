@@ -51,6 +51,7 @@ from fluxgate.cluster.lease_table import (
     LeaseTable,
 )
 from fluxgate.errors import ClientError, QuotaStoreUnavailable
+from fluxgate.proxy.suspend import Suspended
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -232,7 +233,7 @@ class ClusterQuotas:
             return self._down(req, spend, now)  # leases came too slowly for this request
         table.count(STAT_WAITS)
         waited = _bounded(self._flight(spend, end), spend.deadline - now)
-        raise _suspended(waited, lambda r: self._resumed(r, spend))
+        raise Suspended(waited, lambda r: self._resumed(r, spend))
 
     def _resumed(self, req: RequestState, spend: Spend) -> ClientError | None:
         now = _now()
@@ -364,7 +365,7 @@ class ClusterQuotas:
         table.count(STAT_EXACT)
         end = window_end(now, spend.window)
         call = asyncio.ensure_future(self._exact_call(spend, end))
-        raise _suspended(_bounded(call, self.timeout), lambda r: self._exact_done(
+        raise Suspended(_bounded(call, self.timeout), lambda r: self._exact_done(
             r, spend, end, call.result() if call.done() else None))
 
     async def _exact_call(self, spend: Spend, end: int) -> tuple[int, int] | None:
@@ -417,9 +418,3 @@ def _bounded(future: asyncio.Future[Any], timeout: float) -> asyncio.Future[Any]
         await asyncio.wait((future,), timeout=max(timeout, 0.0))
 
     return asyncio.ensure_future(wait())
-
-
-def _suspended(future: asyncio.Future[Any], resume: Callable[[Any], Any]) -> Exception:
-    from fluxgate.proxy.suspend import Suspended
-
-    return Suspended(future, resume)
