@@ -144,19 +144,15 @@ def redis_client(store: RedisStore, settings: Cluster, *, asynchronous: bool = T
     Commands are bounded by ``settings.timeout``, without retries; TLS verifies the server
     against the system CAs or ``settings.tls_ca``, and checks its host name.
     """
-    return without_retries(_new_client(store, settings, asynchronous))
-
-
-def without_retries(client):
-    """``client`` with redis-py's retries turned off (it retries a timed-out call up to ten
-    times, with backoff, by default): each call is then bounded by ``cluster.timeout``, and a
-    node cut off from Redis knows it within that bound, instead of after many seconds."""
     from redis.backoff import NoBackoff
 
-    if type(client).__module__.startswith("redis.asyncio"):
+    if asynchronous:
         from redis.asyncio.retry import Retry
     else:
         from redis.retry import Retry
+    client = _new_client(store, settings, asynchronous)
+    # redis-py retries a timed-out call up to ten times, with backoff, by default: without
+    # retries a node cut off from Redis knows it within cluster.timeout, not many seconds on.
     client.set_retry(Retry(NoBackoff(), 0))
     return client
 
