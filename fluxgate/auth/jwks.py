@@ -34,6 +34,7 @@ from fluxgate._core import Counters, JwtKeySet, JwtVerifier
 from fluxgate.auth.jwk import build_keyset
 from fluxgate.auth.runtime import worker_shared
 from fluxgate.config import schema
+from fluxgate.files import replace_file
 from fluxgate.shm import create_mapping, open_mapping
 
 if TYPE_CHECKING:
@@ -105,13 +106,7 @@ def map_ctl(path: str, *, create: bool) -> tuple[mmap.mmap, Counters]:
 
 def write_snapshot(path: str, snapshot: dict[str, Any]) -> None:
     """Atomically replace the snapshot file (mode 0600)."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, orjson.dumps(snapshot))
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    replace_file(path, orjson.dumps(snapshot))
 
 
 def read_snapshot(path: str) -> dict[str, Any]:

@@ -70,6 +70,7 @@ from fluxgate.cluster.connect import is_redis_url
 from fluxgate.cluster.introspection import SharedResults
 from fluxgate.cluster.oauth2_metrics import cluster_oauth2_metrics
 from fluxgate.errors import ConfigError
+from fluxgate.files import replace_file
 from fluxgate.master.as_client import AsClient, IntrospectionError, discover
 from fluxgate.master.login_service import LoginService
 from fluxgate.metrics import ProcessMetric, metric_family
@@ -509,12 +510,7 @@ class SidePoolService:
         self._sock = sock
         loop = asyncio.get_running_loop()
         self._server = await loop.create_unix_server(lambda: _WorkerConnection(self), sock=sock)
-        path = address_path(self.master.state_dir)
-        temporary = path + ".tmp"
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(name)
-        os.replace(temporary, path)
+        replace_file(address_path(self.master.state_dir), name.encode())
 
     # ---- admin and metrics --------------------------------------------------------------
 

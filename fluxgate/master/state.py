@@ -11,6 +11,8 @@ import os
 
 import orjson
 
+from fluxgate.files import replace_file
+
 STATE_FILE = "gateway.json"
 LOCK_FILE = "gateway.lock"
 
@@ -38,12 +40,7 @@ def write_gateway_json(
     0600, replaced atomically: fluxctl and tests find the admin API through it."""
     data = orjson.dumps({"pid": os.getpid(), "listen": list(listen), "admin": list(admin),
                          "workers": workers, "generation": generation})
-    path = os.path.join(state_dir, STATE_FILE)
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    replace_file(os.path.join(state_dir, STATE_FILE), data)
 
 
 def remove_state_files(state_dir: str, *others: str) -> None:
