@@ -105,14 +105,25 @@ class Console:
         from selenium.common.exceptions import (
             NoSuchElementException,
             StaleElementReferenceException,
+            WebDriverException,
         )
         from selenium.webdriver.support.ui import WebDriverWait
+
+        def asked() -> bool:
+            try:
+                return condition()
+            except WebDriverException as exc:
+                # chromedriver's words, not a stale-element error, for an element found
+                # on the page a navigation was replacing at that moment (seen at sign-out)
+                if "does not belong to the document" in str(exc):
+                    return False
+                raise
 
         # The page re-renders its tables every poll and navigates on sign-in and sign-out:
         # an element read a moment ago may be gone; the condition is asked again.
         WebDriverWait(self.driver, timeout, ignored_exceptions=(
             NoSuchElementException, StaleElementReferenceException,
-        )).until(lambda d: condition())
+        )).until(lambda d: asked())
 
     def sign_in(self, token: str) -> None:
         self.browser.get(self.base + "/console")
