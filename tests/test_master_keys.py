@@ -15,13 +15,9 @@ import pytest
 from fluxgate.auth import keytable as kt
 from fluxgate.auth.keyops import KeyOps
 from fluxgate.config import load_config, load_config_text
+from fluxgate.master import keys as keys_module
 from fluxgate.master.admin import AdminRequest
-from fluxgate.master.keys import (
-    FLUSH_INTERVAL,
-    FLUSH_INTERVAL_MAX,
-    KeyService,
-    next_flush_wait,
-)
+from fluxgate.master.keys import FLUSH_PASS_MAX, KeyService, flush_pause
 from tests.support.gateway import GatewayProcess
 
 SECRET_A = "a" * 40
@@ -161,13 +157,42 @@ def test_a_flush_writes_only_the_keys_used_since_the_last_one(service, written):
         (T1, "10.0.0.1", 3), (T2, "10.0.0.2", 4)]
 
 
-def test_a_costly_flush_puts_the_next_one_off_within_bounds():
-    assert next_flush_wait(0.0) == FLUSH_INTERVAL  # few keys in use: the usual period
-    assert next_flush_wait(0.01) == FLUSH_INTERVAL
-    assert FLUSH_INTERVAL < next_flush_wait(0.2) < FLUSH_INTERVAL_MAX  # flushing stays ~1%
-    assert next_flush_wait(0.2) == pytest.approx(20.0)
-    assert next_flush_wait(5.0) == FLUSH_INTERVAL_MAX  # never staler than this
-    assert next_flush_wait(-1.0) == FLUSH_INTERVAL  # a clock oddity
+def test_a_costly_chunk_is_followed_by_a_pause_within_bounds():
+    assert flush_pause(0.0, 31) == 0.0  # nothing used in the chunk: straight on
+    assert flush_pause(0.01, 31) == pytest.approx(0.99)  # flushing stays at 1% of a core
+    assert flush_pause(0.5, 31) == pytest.approx(FLUSH_PASS_MAX / 31)  # a pass ends in time
+    assert flush_pause(1.0, 0) == flush_pause(1.0, 1) == FLUSH_PASS_MAX
+    assert flush_pause(-1.0, 31) == 0.0  # a clock oddity
+
+
+def test_a_gradual_pass_flushes_every_chunk_and_pauses_after_each(service, written,
+                                                                  monkeypatch):
+    # Chunks of one block of slots: the keys' slots and the reserved ones fall in two.
+    monkeypatch.setattr(keys_module, "FLUSH_CHUNK_SLOTS", kt.BLOCK_SLOTS)
+    service.usage.ensure(kt.BLOCK_SLOTS + 1)
+    pauses: list[float] = []
+
+    async def pause(seconds):
+        pauses.append(seconds)
+
+    monkeypatch.setattr(keys_module.asyncio, "sleep", pause)
+    stamp(service, "a", T1, "10.0.0.1", 3)
+    stamp(service, "c", T2, "10.0.0.2", 1)
+    service.usage.seed(kt.BLOCK_SLOTS, T2, "10.0.0.9", 7)  # a slot of the second chunk
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(service.flush_usage_gradually())
+    finally:
+        loop.close()
+    chunks = -(-service.usage.slots // kt.BLOCK_SLOTS)
+    assert chunks >= 2 and len(written) == len(pauses) == chunks
+    assert all(0 <= p <= FLUSH_PASS_MAX / chunks for p in pauses)
+    ids = slots(service)
+    assert written[0] == [(ids["a"], T1, "10.0.0.1", 3), (ids["c"], T2, "10.0.0.2", 1)]
+    assert written[1] == [(kt.BLOCK_SLOTS - kt.RESERVED_SLOTS, T2, "10.0.0.9", 7)]
+    assert stored(service, "a") == (T1, "10.0.0.1", 3)
+    service.flush_usage()  # a whole flush after the pass: nothing left to write
+    assert written[-1] == []
 
 
 def test_a_flush_after_no_change_writes_nothing(service, written):
@@ -194,7 +219,7 @@ def test_a_flush_never_writes_a_half_stamped_slot(service, written, monkeypatch)
     words[0], words[3] = T2 * 1000, 4
     struct.pack_into("=4Q", half, slot * kt.SLOT_SIZE, *words)
     copies = iter([bytes(half), service.usage._copy()])
-    monkeypatch.setattr(service.usage, "_copy", lambda: next(copies))
+    monkeypatch.setattr(service.usage, "_copy", lambda *span: next(copies))
     service.flush_usage()
     assert written[-1] == [(slots(service)["a"], T2, "10.0.0.2", 4)]
     assert stored(service, "a") == (T2, "10.0.0.2", 4)

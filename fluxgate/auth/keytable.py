@@ -426,33 +426,42 @@ class UsageFile:
                 slots[slot] = _SLOT.pack(*self._words(slot))
         return slots
 
-    def changes(self, flushed: bytearray) -> tuple[list[int], list[bytes]]:
-        """The slots whose bytes differ from ``flushed`` (the file as last flushed), and
-        their bytes, each as consistent as ``snapshot`` makes it; ``flushed`` is updated.
+    def changes(self, flushed: bytearray, first_slot: int = 0, end_slot: int | None = None
+                ) -> tuple[list[int], list[bytes]]:
+        """The slots of [first_slot, end_slot) (default: every slot) whose bytes differ from
+        ``flushed`` (the file as last flushed), and their bytes, each as consistent as
+        ``snapshot`` makes it; ``flushed`` is updated. ``first_slot`` is a multiple of
+        BLOCK_SLOTS.
 
         ``flushed`` grows with the file (a new slot is compared with zeros). Blocks of slots
         equal in both copies and in ``flushed`` are passed over whole: with a million keys a
         flush builds objects for the slots used since the last one, not for every slot."""
-        first = self._copy()
-        second = self._copy()
-        size = len(first)
-        if len(flushed) < size:
-            flushed.extend(bytes(size - len(flushed)))
+        if first_slot % BLOCK_SLOTS:
+            raise ValueError("first_slot is not at a block of slots")
+        low = first_slot * SLOT_SIZE
+        high = self.slots * SLOT_SIZE if end_slot is None else min(
+            end_slot, self.slots) * SLOT_SIZE
+        first = self._copy(low, high)
+        second = self._copy(low, high)
+        high = low + len(first)
+        if len(flushed) < high:
+            flushed.extend(bytes(high - len(flushed)))
         slots: list[int] = []
         raws: list[bytes] = []
         split = _BLOCK.unpack_from
-        for start in range(0, size, USAGE_BLOCK):
+        for start in range(low, high, USAGE_BLOCK):
             end = start + USAGE_BLOCK
+            at = start - low  # in the copies
             before = flushed[start:end]
-            if first[start:end] == before and second[start:end] == before:
+            if first[at:at + USAGE_BLOCK] == before and second[at:at + USAGE_BLOCK] == before:
                 continue
-            if end <= size:
+            if end <= high:
                 # A whole block: its slots split and compared in C, the slots that differ
                 # (in either copy, from the flushed bytes) taken as below. With many keys
                 # in use most blocks hold a changed slot: a Python step per slot of every
                 # such block cost twice this.
                 base = start // SLOT_SIZE
-                was, now, again = split(before), split(first, start), split(second, start)
+                was, now, again = split(before), split(first, at), split(second, at)
                 for k in compress(range(BLOCK_SLOTS),
                                   map(or_, map(ne, now, was), map(ne, again, was))):
                     raw = now[k]
@@ -462,20 +471,21 @@ class UsageFile:
                         slots.append(base + k)
                         raws.append(raw)
                 continue
-            for at in range(start, size, SLOT_SIZE):
-                raw = first[at:at + SLOT_SIZE]
-                if raw != second[at:at + SLOT_SIZE]:  # moved between the copies: read again
-                    raw = _SLOT.pack(*self._words(at // SLOT_SIZE))
-                if raw != flushed[at:at + SLOT_SIZE]:
-                    slots.append(at // SLOT_SIZE)
+            for offset in range(start, high, SLOT_SIZE):
+                raw = first[offset - low:offset - low + SLOT_SIZE]
+                if raw != second[offset - low:offset - low + SLOT_SIZE]:  # moved: read again
+                    raw = _SLOT.pack(*self._words(offset // SLOT_SIZE))
+                if raw != flushed[offset:offset + SLOT_SIZE]:
+                    slots.append(offset // SLOT_SIZE)
                     raws.append(raw)
         for slot, raw in zip(slots, raws, strict=True):
             flushed[slot * SLOT_SIZE:(slot + 1) * SLOT_SIZE] = raw
         return slots, raws
 
-    def _copy(self) -> bytes:
-        # Every slot in one memcpy (~30 µs for 20k slots).
-        return self.mapping[: self.slots * SLOT_SIZE]
+    def _copy(self, low: int = 0, high: int | None = None) -> bytes:
+        # The slots' bytes [low, high) (default: every slot) in one memcpy (~30 µs for 20k
+        # slots).
+        return self.mapping[low:self.slots * SLOT_SIZE if high is None else high]
 
     def seed(self, slot: int, last_used_at: int | None, address: str | None, requests: int) -> None:
         """Fill a slot from keys.db (a usage file created after keys were used)."""

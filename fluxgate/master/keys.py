@@ -10,8 +10,9 @@ writes within PUBLISH_DELAY of the first share one generation, so a burst of cre
 table build, not one per key; the build runs in a thread, so the admin API keeps answering.
 A revocation is set in the published table in place (one flag byte per key, see
 TableWriter.revoke) and answered at once, whatever the table's size. Every few seconds
-it copies the workers' last-use stamps from the usage file into keys.db; at stop it does so
-one last time.
+it copies the workers' last-use stamps from the usage file into keys.db, a chunk of slots at
+a time with pauses in between, so that copying a million keys' use never holds its loop for
+long; at stop it copies them all one last time.
 
 Admin API (bearer token), JSON in and out, the same operations as ``fluxctl keys``:
 
@@ -70,12 +71,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("fluxgate.keys")
 
 POLL_INTERVAL = 0.2  # s between PRAGMA data_version checks
-FLUSH_INTERVAL = 5.0  # s between copies of last-use stamps into keys.db ...
-# ... or more: a flush costs in proportion to the keys used since the last one (100,000 keys
-# in use: ~0.8 s of CPU, on the proxy's cores), so the next one waits until flushing has
-# taken at most this share of a core, but no longer than FLUSH_INTERVAL_MAX.
+FLUSH_INTERVAL = 5.0  # s between passes copying last-use stamps into keys.db
+# A pass costs in proportion to the keys used since the last one (100,000 keys in use: ~0.8 s
+# of CPU, on the proxy's cores). It goes FLUSH_CHUNK_SLOTS slots at a time, each chunk
+# followed by a pause that keeps flushing at this share of a core, so a million keys in use
+# never hold the master's loop (admin API, publications) for more than one chunk; pauses are
+# shortened so that a pass takes at most FLUSH_PASS_MAX.
 FLUSH_CPU_SHARE = 0.01
-FLUSH_INTERVAL_MAX = 60.0
+FLUSH_CHUNK_SLOTS = 32768  # 1 MiB of the usage file
+FLUSH_PASS_MAX = 60.0
 
 PUBLISH_DELAY = 0.005  # s the first admin write waits for others to share its generation
 KEEP_DEAD = 7 * 86400.0  # revoked/expired keys stay in the table this long (refusal reasons)
@@ -85,9 +89,10 @@ REBUILD_AT = 0.5  # share of that room taken when a full rebuild starts in the b
 PREVIOUS_GRACE = 2.0  # s a replaced table still gets changes (workers map the new one by then)
 
 
-def next_flush_wait(spent: float) -> float:
-    """Seconds from a flush of key usage that took ``spent`` seconds of CPU to the next."""
-    return min(max(FLUSH_INTERVAL, spent / FLUSH_CPU_SHARE), FLUSH_INTERVAL_MAX)
+def flush_pause(spent: float, chunks: int) -> float:
+    """Seconds to wait after a chunk of a flush pass that took ``spent`` seconds of CPU, in a
+    pass of ``chunks`` chunks."""
+    return min(max(spent, 0.0) * (1 / FLUSH_CPU_SHARE - 1), FLUSH_PASS_MAX / max(chunks, 1))
 
 
 class BadKeyRequest(ClientError):
@@ -121,6 +126,7 @@ class KeyService:
         # key (a flush compares it with the file block by block).
         self._flushed = bytearray()
         self._task: asyncio.Task[None] | None = None
+        self._flusher: asyncio.Task[None] | None = None  # the usage flush passes
         # The generation the admin writes committed since the last publish wait for, and the
         # timer that publishes it.
         self._pending: asyncio.Future[int] | None = None
@@ -153,7 +159,9 @@ class KeyService:
             self._seed_usage()
         self.generation = read_generation(state_dir)
         self.rebuild()
-        self._task = asyncio.get_running_loop().create_task(self._watch())
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._watch())
+        self._flusher = loop.create_task(self._flush_forever())
 
     async def reload(self, config: Config) -> None:
         """Refuse a config whose signing secret does not match the keys already issued."""
@@ -169,12 +177,13 @@ class KeyService:
         self.ops._signing_key = key
 
     async def stop(self) -> None:
-        if self._task is not None:  # first: it starts publications and rebuilds
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        for task in (self._task, self._flusher):  # first: they start publications and flushes
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
         if self._pending_timer is not None:
             self._pending_timer.cancel()
             self._start_publish()  # the admin writes already committed are not left waiting
@@ -196,8 +205,6 @@ class KeyService:
             self._quota_map.close()
 
     async def _watch(self) -> None:
-        last_flush = time.monotonic()
-        flush_wait = FLUSH_INTERVAL
         while True:
             await asyncio.sleep(POLL_INTERVAL)
             try:
@@ -212,11 +219,6 @@ class KeyService:
                 if time.time() >= self._next_prune:
                     self._rebuild_soon()
                 self._close_writers(now)
-                if now - last_flush >= flush_wait:
-                    last_flush = now
-                    spent = time.thread_time()
-                    self.flush_usage()
-                    flush_wait = next_flush_wait(time.thread_time() - spent)
             except Exception:  # a locked or broken keys.db must not stop the watcher
                 log.exception("key table watcher")
 
@@ -396,12 +398,29 @@ class KeyService:
             else:
                 pending.set_result(self.generation)
 
-    def flush_usage(self) -> None:
-        """Copy changed last-use stamps and request counts into keys.db."""
-        # Every FLUSH_INTERVAL or more (FLUSH_CPU_SHARE) over every key, on the master's
-        # loop: unchanged blocks of slots are compared whole; only the rows of changed keys
-        # are built in Python.
-        slots, raws = self.usage.changes(self._flushed)
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            try:
+                await self.flush_usage_gradually()
+            except Exception:  # a locked or broken keys.db must not stop the flushes
+                log.exception("key usage flush")
+
+    async def flush_usage_gradually(self) -> None:
+        """One ``flush_usage`` pass over the usage file, FLUSH_CHUNK_SLOTS slots at a time,
+        with a ``flush_pause`` after each chunk."""
+        chunks = -(-self.usage.slots // FLUSH_CHUNK_SLOTS)
+        for first in range(0, self.usage.slots, FLUSH_CHUNK_SLOTS):
+            spent = time.thread_time()
+            self.flush_usage(first, first + FLUSH_CHUNK_SLOTS)
+            await asyncio.sleep(flush_pause(time.thread_time() - spent, chunks))
+
+    def flush_usage(self, first_slot: int = 0, end_slot: int | None = None) -> None:
+        """Copy changed last-use stamps and request counts of the usage slots
+        [first_slot, end_slot) (default: all) into keys.db."""
+        # On the master's loop: unchanged blocks of slots are compared whole; only the rows
+        # of changed keys are built in Python.
+        slots, raws = self.usage.changes(self._flushed, first_slot, end_slot)
         # The reserved slots are counters, not keys; a key's slot is RESERVED_SLOTS + its
         # keys.db slot (a key pruned from the table is no longer stamped by any worker).
         rows = [(slot - RESERVED_SLOTS, raw) for slot, raw in zip(slots, raws, strict=True)
