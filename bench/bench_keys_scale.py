@@ -8,8 +8,11 @@ X-API-Key header: ``--rotate`` distinct keys of the large table (spread over it:
 holds few of their buckets and entries), all the keys of the small one. Method as the other
 proxy comparisons (bench/support/rounds.py): both gateways pinned to one CPU, wrk and the
 upstream to the other, per-core req/s from /proc, paired rounds A B, B A, ...; the ratio is
-the median of the per-round ratios (large ÷ small). Goal: ≥ 0.95. Printed: the comparison
-table, and the time each gateway took to start (its first table built from keys.db).
+the median of the per-round ratios (large ÷ small). Goal: ≥ 0.95. The warm-up lasts long
+enough for every rotating key to be sent once (a worker builds a key's principal at its
+first request there: a one-time cost, printed apart as the warm-up's req/s per core), so the
+rounds compare steady states. Printed: the comparison table, the warm-up figures, and the
+time each gateway took to start (its first table built from keys.db).
 Bounded: rounds × seconds from FLUXGATE_BENCH_ROUNDS / FLUXGATE_BENCH_ROUND_SECONDS.
 """
 
@@ -27,11 +30,12 @@ from bench.support import cpu
 from bench.support.e2e import binaries
 from bench.support.measure import proxy_target
 from bench.support.results import comparison_lines
-from bench.support.rounds import Comparison, Goal, Side, run_comparison
+from bench.support.rounds import WARMUP_SECONDS, Comparison, Goal, Side, run_comparison
 from bench.support.upstream import start_fixed_upstream
 from tests.support.gateway import GatewayProcess
 
 GOAL = Goal("api_key, 1,000,000 keys vs 100 keys", 0.95, bench="keys_scale")
+FIRST_SIGHTS_PER_SECOND = 20_000  # a worker's rate on keys it has not seen yet, at least
 
 
 def gateway_with_keys(workdir: Path, port: int, keys: int, rotate: int
@@ -75,14 +79,18 @@ def main(argv: list[str]) -> None:
             sides.append(Side(label, target, "/keyed/hello", header_file=keys_file,
                               header_name="X-API-Key"))
             print(f"{label}: gateway started in {start_s:.1f} s", flush=True)
+        warmup = max(WARMUP_SECONDS, -(-min(args.rotate, args.keys) // FIRST_SIGHTS_PER_SECOND) + 1)
         cmp = run_comparison(
             Comparison(GOAL.name, sides[0], sides[1], GOAL), upstream_pid=upstream.pid,
             client_cpu=min(client_cpus) if client_cpus else None,
-            proxy_cpu=min(proxy_cpus) if proxy_cpus else None)
+            proxy_cpu=min(proxy_cpus) if proxy_cpus else None, warmup=warmup)
     print(f"machine: nproc {facts['nproc']}, {facts['model']}; {plan}; upstream: "
           f"{upstream.description}; {min(args.rotate, args.keys):,} keys rotating on the large "
           f"side, {args.small} on the small one")
     print("\n".join(comparison_lines(cmp)))
+    for sample in cmp.warmups:
+        print(f"warm-up ({warmup} s, every rotating key's first request among them), "
+              f"{sample.label}: {sample.rps:,.0f} req/s, {sample.per_core or 0:,.0f} per proxy core")
 
 
 if __name__ == "__main__":
