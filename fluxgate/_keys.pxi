@@ -664,19 +664,13 @@ cdef class PrincipalCache:
         self._resize(PRINCIPAL_CACHE_MIN)
 
     def __dealloc__(self):
-        self._drop_all()
-        free(self._slots)
-
-    cdef void _drop_all(self) noexcept:
         cdef uint32_t i
         if self._slots == NULL:
             return
         for i in range(self._mask + 1):
             if self._slots[i].index1:
                 Py_XDECREF(self._slots[i].principal)
-                self._slots[i].index1 = 0
-                self._slots[i].principal = NULL
-        self._used = 0
+        free(self._slots)
 
     cdef int _resize(self, uint32_t n) except -1:
         # n slots (a power of two), every principal held moved over.
@@ -737,14 +731,6 @@ cdef class PrincipalCache:
 
     def __len__(self):
         return self._used
-
-    def clear(self):
-        """Forget every principal (the slots shrink back)."""
-        self._drop_all()
-        if self._mask + 1 > PRINCIPAL_CACHE_MIN:
-            free(self._slots)
-            self._slots = NULL
-            self._resize(PRINCIPAL_CACHE_MIN)
 
 
 cdef class KeyTable:

@@ -299,7 +299,7 @@ def test_authorize_sets_a_known_principal_and_answers_none(state):
     assert got == (OK, graced_key_index, 0, 0) and req.principal is None
 
 
-def test_principal_cache_keeps_replaces_and_forgets_principals():
+def test_principal_cache_keeps_replaces_and_releases_principals():
     cache = PrincipalCache()
     made = {i: Principal(f"key:k{i}", "api_key", f"k{i}") for i in range(0, 50_000, 7)}
     for index, principal in made.items():  # far past the first table's 1,024 slots
@@ -317,12 +317,10 @@ def test_principal_cache_keeps_replaces_and_forgets_principals():
         cache[3] = object()  # principals only: they cannot make a cycle through the cache
     with pytest.raises(IndexError):
         cache[-1] = new
+    # A worker drops the whole cache with its table generation: its references go too.
     held = sys.getrefcount(new)
-    cache.clear()
-    assert len(cache) == 0 and cache.get(7) is None
+    del cache
     assert sys.getrefcount(new) == held - 1
-    cache[7] = new  # usable after clear
-    assert cache.get(7) is new
 
 
 # ---- usage ---------------------------------------------------------------------------------
