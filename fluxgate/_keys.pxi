@@ -9,7 +9,8 @@
 # refused here before any table lookup, so a forged or mistyped key costs one HMAC and
 # nothing is decided on shared memory for it (the bucket its id names is read and the
 # entry that bucket names prefetched while the HMAC runs: hints the result never depends
-# on); tags and digests are compared in constant time (fg_ct_equal).
+# on, as is the request parser's prefetch of the bucket an X-API-Key value names,
+# ``key_hint``); tags and digests are compared in constant time (fg_ct_equal).
 #
 # ``KeyTable(table, signing_key, usage, quotas)`` views one generation of the shared
 # key table (a read-only mapping written by the master; layout in
@@ -695,6 +696,10 @@ cdef class PrincipalCache:
         # Fibonacci hashing: neighbouring indices land far apart.
         return <uint32_t>(index1 * 2654435769u) >> self._shift
 
+    cdef inline void _prefetch(self, uint32_t index) noexcept nogil:
+        # Start loading the slot where entry ``index``'s principal is looked for first.
+        fg_prefetch(&self._slots[self._home(index + 1)], 0)
+
     cdef inline PyObject* _find(self, Py_ssize_t index) noexcept nogil:
         # Borrowed: the principal of entry ``index``, NULL when none was kept.
         cdef uint32_t key = <uint32_t>index + 1
@@ -731,6 +736,26 @@ cdef class PrincipalCache:
 
     def __len__(self):
         return self._used
+
+
+# The bucket array of the newest table mapped in this process (a worker maps one
+# generation at a time), for ``key_hint``; cleared when that table is released.
+cdef const uint32_t* _hint_buckets = NULL
+cdef uint32_t _hint_mask = 0
+
+
+cdef inline void key_hint(const unsigned char* text, Py_ssize_t n) noexcept nogil:
+    # The request parser met a header value that may be an API key: prefetch the bucket
+    # its id names, so the lookup that follows in the api_key step finds it in cache. A
+    # hint only: the value is not trusted here, and nothing depends on it.
+    cdef unsigned char head[6]
+    cdef uint32_t h
+    if (n != FG_KEY_TEXT_LEN or _hint_buckets == NULL or text[0] != b"f"
+            or text[1] != b"g" or text[2] != b"_"
+            or b64url_decode_into(text + 3, 8, head) != 6):
+        return
+    memcpy(&h, head, 4)
+    fg_prefetch(&_hint_buckets[h & _hint_mask], 0)
 
 
 cdef class KeyTable:
@@ -771,6 +796,9 @@ cdef class KeyTable:
                     f"usage buffer has {self._usage_slots} slots, the table needs "
                     f"{self._hdr.usage_slots}")
         self._quotas = quotas
+        global _hint_buckets, _hint_mask
+        _hint_buckets = self._buckets
+        _hint_mask = self._mask
         if fg_hmac_init(&self._mac,
                         <const unsigned char*>PyBytes_AS_STRING(signing_key),
                         PyBytes_GET_SIZE(signing_key)) != 0:
@@ -863,7 +891,10 @@ cdef class KeyTable:
             self._usage = NULL
             self._usage_slots = 0
             PyBuffer_Release(&self._usage_view)
+        global _hint_buckets
         if self._have_view:
+            if _hint_buckets == self._buckets:
+                _hint_buckets = NULL
             self._have_view = False
             self._hdr = NULL
             self._n = 0
@@ -912,7 +943,7 @@ cdef class KeyTable:
         return 0  # every bucket taken (a hostile file): the key is not there
 
     cdef int _verify(self, const unsigned char* text, Py_ssize_t n, int64_t now,
-                     Py_ssize_t* index) noexcept nogil:
+                     Py_ssize_t* index, PrincipalCache principals) noexcept:
         # parse -> tag -> lookup -> digest -> revoked / expired. index is set only once the
         # secret is proven (the caller's -1 stays for a malformed, forged or unknown key).
         cdef unsigned char raw[FG_KEY_RAW_BYTES]
@@ -920,6 +951,7 @@ cdef class KeyTable:
         cdef unsigned char mac[32]
         cdef uint32_t v, home
         cdef const fg_key_entry* e
+        cdef PyObject* principal
         if self._hdr == NULL:
             return FG_KEY_UNKNOWN
         if (n != FG_KEY_TEXT_LEN or text[0] != b"f" or text[1] != b"g"
@@ -927,20 +959,22 @@ cdef class KeyTable:
                 or b64url_decode_into(text + 3, FG_KEY_TEXT_LEN - 3, raw)
                 != FG_KEY_RAW_BYTES):
             return FG_KEY_MALFORMED
-        # The id's bucket (100,000 keys in turn miss every cache) loads during the inner
-        # hash, and the entry it names during the outer one: two loads one after the other
-        # that overlap the MAC instead of following it. Hints only: nothing is decided on
-        # either before the tag is proven.
+        # With many keys in turn every step of the lookup misses the caches and the TLB, so
+        # each starts as early as its address is known: the request parser prefetched the
+        # id's bucket (key_hint), the entry it names and the principal's slot load during
+        # the MAC, and what the entry names once it is proven. Hints only: nothing is
+        # decided on any of them before the tag is proven.
         home = self._home_slot(raw)
-        fg_prefetch(&self._buckets[home], 0)
-        memcpy(msg, _MAC_DOMAIN, 4)
-        memcpy(msg + 4, raw, FG_KEY_ID_BYTES + FG_KEY_SECRET_BYTES)
-        if fg_hmac_sha256_inner(&self._mac, msg, sizeof(msg), mac) != 0:
-            return FG_KEY_BAD_TAG
         v = fg_load_u32(&self._buckets[home])
         if v != 0 and v <= self._n:
             fg_prefetch(&self._entries[v - 1], 0)
             fg_prefetch(<const unsigned char*>&self._entries[v - 1] + 64, 0)
+            if principals is not None:
+                principals._prefetch(v - 1)
+        memcpy(msg, _MAC_DOMAIN, 4)
+        memcpy(msg + 4, raw, FG_KEY_ID_BYTES + FG_KEY_SECRET_BYTES)
+        if fg_hmac_sha256_inner(&self._mac, msg, sizeof(msg), mac) != 0:
+            return FG_KEY_BAD_TAG
         if fg_hmac_sha256_outer(&self._mac, mac) != 0:
             return FG_KEY_BAD_TAG
         if not fg_ct_equal(mac, raw + FG_KEY_ID_BYTES + FG_KEY_SECRET_BYTES,
@@ -950,12 +984,16 @@ cdef class KeyTable:
         if v == 0:
             return FG_KEY_UNKNOWN
         e = &self._entries[v - 1]
-        # The usage slot and the quota bucket this request will count in load together,
-        # and during the checks that come first, rather than one after the other.
+        # The usage slot and the quota bucket this request will count in, and the principal
+        # ``authorize`` will set, load together, during the checks that come first.
         if self._usage != NULL:
             fg_prefetch(&self._usage[<uint64_t>e.usage_slot * FG_USAGE_WORDS], 1)
         if e.quota_tag != 0 and self._quotas is not None:
             quota_prefetch(self._quotas, e.quota_tag)
+        if principals is not None:
+            principal = principals._find(v - 1)
+            if principal != NULL:
+                fg_prefetch(principal, 1)
         if not fg_ct_equal(mac, e.digest, FG_KEY_DIGEST_BYTES):
             return FG_KEY_BAD_SECRET
         index[0] = <Py_ssize_t>v - 1
@@ -990,7 +1028,8 @@ cdef class KeyTable:
 
     cdef int _decide(self, bytes key, double now, bytes path, tuple scopes, tuple any_scopes,
                      str ip, Py_ssize_t* index, uint32_t* limit, uint64_t* remaining,
-                     uint64_t* end, const fg_key_entry** proven) except -1:
+                     uint64_t* end, const fg_key_entry** proven,
+                     PrincipalCache principals) except -1:
         # The whole decision for one key (see ``check``); index is set once the secret is
         # proven, limit/remaining/end once the quota was consulted (limit 0: not). proven
         # is set to the entry of a live key (not revoked or expired), refused or not: the
@@ -1007,7 +1046,7 @@ cdef class KeyTable:
         cdef uint32_t k
         cdef const fg_cidr* cidr
         code = self._verify(<const unsigned char*>PyBytes_AS_STRING(key),
-                            PyBytes_GET_SIZE(key), <int64_t>now, index)
+                            PyBytes_GET_SIZE(key), <int64_t>now, index, principals)
         if code != FG_KEY_OK:
             return code
         e = &self._entries[index[0]]
@@ -1077,7 +1116,7 @@ cdef class KeyTable:
         cdef uint64_t remaining = 0, end = 0
         cdef const fg_key_entry* proven = NULL
         cdef int code = self._decide(key, now, path, scopes, any_scopes, ip, &index, &limit,
-                                     &remaining, &end, &proven)
+                                     &remaining, &end, &proven, None)
         if proven != NULL:
             self._stamp(proven, now, ip)
         return code, index, limit, remaining, end
@@ -1114,7 +1153,7 @@ cdef class KeyTable:
         if count != 1:
             return (FG_KEY_MISSING if count == 0 else FG_KEY_AMBIGUOUS), -1, 0, 0
         code = self._decide(key, now, req.path, scopes, any_scopes, req.client_ip, &index,
-                            &limit, &remaining, &end, &proven)
+                            &limit, &remaining, &end, &proven, principals)
         if limit != 0:
             reset = <int64_t>end - <int64_t>now
             if reset < 0:
@@ -1124,7 +1163,8 @@ cdef class KeyTable:
         if code == FG_KEY_OK and proven.sunset_at == 0:
             principal = principals._find(index)
             if principal != NULL:
-                fg_prefetch(principal, 1)  # loads while the stamp's atomics wait
+                # The head the upstream request copies, while the stamp's atomics wait.
+                fg_prefetch(<PyObject*>(<Principal>principal).upstream_lines, 0)
         if proven != NULL:
             self._stamp(proven, now, req.client_ip)
         if principal != NULL:
@@ -1137,7 +1177,7 @@ cdef class KeyTable:
         and expiry checks; no usage stamp, no quota."""
         cdef Py_ssize_t index = -1
         cdef int code = self._verify(<const unsigned char*>PyBytes_AS_STRING(key),
-                                     PyBytes_GET_SIZE(key), <int64_t>now, &index)
+                                     PyBytes_GET_SIZE(key), <int64_t>now, &index, None)
         return code, index
 
     def find(self, str key_id not None, /):

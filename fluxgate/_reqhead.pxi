@@ -482,8 +482,12 @@ cdef RequestState parse_request_head_c(bytes data, dict kinds, dict special,
 
         if kind == _H_FORWARD:
             req.forward_headers.append(pair)
-        elif kind == _H_DROP or kind == _H_FLUXGATE:
-            pass  # hop-by-hop, the API key header, a client-sent X-FluxGate-*
+        elif kind == _H_DROP:
+            # Hop-by-hop or the API key header: an API key's bucket starts loading now,
+            # while the rest of the request is parsed and routed (fluxgate/_keys.pxi).
+            key_hint(p + vs, vl)
+        elif kind == _H_FLUXGATE:
+            pass  # a client-sent X-FluxGate-*
         elif kind == _H_HOST:
             if not _valid_host(p + vs, vl):
                 return None  # the slow path's 400 (RFC 9112 §3.2)

@@ -361,6 +361,34 @@ def test_table_generation_find_and_entry(state):
         table.entry(1)
 
 
+def test_request_heads_naming_keys_parse_alike_with_a_table_mapped_and_released(state):
+    # The parser prefetches the bucket a 63-byte X-API-Key value names in the newest mapped
+    # table: any value, trusted or not, and none once that table is released.
+    from fluxgate._core import parse_request_head
+    from fluxgate.proxy import headers as hdr
+
+    _, key = state.generate("svc")
+    values = [key.encode(), b"fg_" + b"\xff" * 60, b"fg_" + b"!" * 60, b"fg_" + b"_" * 60,
+              b"xx_" + key.encode()[3:], key.encode()[:-1]]
+    special = {**hdr.REQUEST_SPECIAL, b"x-api-key": hdr.H_DROP}
+
+    def parsed(value: bytes):
+        data = b"GET /a HTTP/1.1\r\nHost: h\r\nX-API-Key: " + value + b"\r\n\r\n"
+        req = parse_request_head(data, {}, special, 8192, 0, 0.0)
+        if req is None:
+            return None
+        return req.path, req.headers, req.forward_headers
+
+    before = [parsed(v) for v in values]
+    table = state.table()
+    assert [parsed(v) for v in values] == before
+    assert before[0] == (b"/a", [(b"Host", b"h"), (b"X-API-Key", key.encode())],
+                         [(b"Host", b"h")])
+    assert check(table, key)[0] == OK
+    table.release()
+    assert [parsed(v) for v in values] == before
+
+
 def test_many_keys_all_found(state):
     keys = [state.generate(f"k{i}")[1] for i in range(300)]
     table = state.table()
