@@ -43,7 +43,8 @@ if str(ROOT) not in sys.path:
 class TestServer(asyncio.Protocol):
     __test__ = False  # not a pytest class
 
-    stats: dict[str, dict] = collections.defaultdict(lambda: {"count": 0, "tokens": set(), "body_bytes": 0})
+    stats: dict[str, dict] = collections.defaultdict(
+        lambda: {"count": 0, "tokens": set(), "seqs": set(), "body_bytes": 0})
     mixed_count = 0
     drop_count = 0
 
@@ -54,6 +55,7 @@ class TestServer(asyncio.Protocol):
         self.transport = None
         self.url = b""
         self.token = None
+        self.seq = None
         self.body_bytes = 0
 
     def connection_made(self, transport) -> None:
@@ -70,6 +72,7 @@ class TestServer(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.url = b""
         self.token = None
+        self.seq = None
         self.body_bytes = 0
 
     def on_body(self, body: bytes) -> None:
@@ -81,13 +84,16 @@ class TestServer(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if name.lower() == b"x-token":
             self.token = value.decode("latin-1")
+        elif name.lower() == b"x-loadgen-seq":
+            self.seq = value.decode("latin-1")
 
     def on_message_complete(self) -> None:
         target = self.url.decode("latin-1")
         path = urlsplit(target).path
         if path == "/_stats":
             body = json.dumps(
-                {k: {**v, "tokens": sorted(v["tokens"])} for k, v in self.stats.items()}
+                {k: {**v, "tokens": sorted(v["tokens"]), "seqs": sorted(v["seqs"])}
+                 for k, v in self.stats.items()}
             ).encode()
             self._reply(b"200 OK", body)
             return
@@ -96,6 +102,8 @@ class TestServer(asyncio.Protocol):
         entry["body_bytes"] += self.body_bytes
         if self.token is not None:
             entry["tokens"].add(self.token)
+        if self.seq is not None:
+            entry["seqs"].add(f"{self.seq} {self.token}")
         cls = type(self)
         if path == "/ok":
             self._reply(b"200 OK", b"hello")
@@ -635,6 +643,22 @@ def test_wrk_rotating_header_reaches_server_with_every_value(server, tmp_path):
     assert 0 < report["generator_cores"] <= 1.05  # one wrk thread
     # plain keep-alive: about one read() per response (the header file is read before the load)
     assert 0.5 <= report["generator_reads_per_request"] <= 3
+
+
+@needs_wrk
+def test_wrk_spread_builds_distinct_requests_over_few_values(server, tmp_path):
+    tokens = ["a", "b", "c"]
+    header_file = tmp_path / "tokens.txt"
+    header_file.write_text("\n".join(tokens) + "\n")
+    report = wrk_driver.run_wrk(f"{server}/ok?t=wrk-spread", connections=2, duration=1,
+                                header_file=header_file, header_name="X-Token", spread=50)
+    seen = received(server, "/ok?t=wrk-spread")
+    assert report["requests"] > 50 and sum(report["errors"].values()) == 0
+    assert report["header_values"] == 3 and report["next_start"] == report["sent"] % 50
+    # request i (from 1) carries value i - 1 mod 3 and its own sequence number
+    assert seen["seqs"] == sorted(f"{i:06d} {tokens[(i - 1) % 3]}" for i in range(1, 51))
+    with pytest.raises(ValueError, match="rotating header"):
+        wrk_driver.run_wrk(f"{server}/ok", duration=1, spread=10)
 
 
 @needs_wrk

@@ -130,6 +130,7 @@ class Side:
     headers: tuple[str, ...] = ()
     header_file: Path | None = None
     header_name: str | None = None
+    spread: int = 0  # distinct requests wrk builds at least (run_wrk's ``spread``)
     next_start: int = 0  # the rotating header's next value, carried from run to run
 
 
@@ -315,7 +316,7 @@ def run_side(side: Side, *, seconds: int, connections: int, upstream_pid: int,
     report = run_wrk(
         side.target.url + side.path, connections=connections, duration=seconds, threads=1,
         headers=side.headers, header_file=side.header_file, header_name=side.header_name,
-        start=side.next_start, timeout=5.0,
+        start=side.next_start, spread=side.spread, timeout=5.0,
     )
     wall = time.monotonic() - wall_before
     stat_after = _cpu_times()

@@ -8,6 +8,7 @@
 --   FLUXGATE_WRK_HEADER_NAME   the rotating header's name
 --   FLUXGATE_WRK_START         index of the first value to send (default 0), so that a series of
 --                              runs walks one long rotation instead of replaying its beginning
+--   FLUXGATE_WRK_SPREAD        build at least this many distinct requests (see init())
 --
 -- Every distinct request is built once, in init(): request() then costs a table index, which
 -- keeps the generator's per-request work as close to wrk's static path as Lua allows.
@@ -45,18 +46,37 @@ function init(args)
       local template = wrk.format(nil, nil, headers)
       local at = template:find(mark, 1, true)
       local prefix, suffix = template:sub(1, at - 1), template:sub(at + #mark)
-      reqs = {}
+      local values = {}
       for line in io.lines(file) do
          local value = trim(line)
          if value ~= "" then
             count = count + 1
-            reqs[count] = prefix .. value .. suffix
+            values[count] = value
          end
       end
       if count == 0 then
          error("no header values in " .. file)
       end
-      nreqs = count
+      -- FLUXGATE_WRK_SPREAD = n: n distinct requests (or one per value if there are more),
+      -- each with an "X-Loadgen-Seq: <6 digits>" header after the rotating one, the values
+      -- taken in turn. Lua interns strings, so without it a file of few values makes few
+      -- requests: the generator's memory then differs with the count of values, and on a
+      -- machine whose last-level cache it shares with the proxy, so does the proxy's.
+      local spread = tonumber(os.getenv("FLUXGATE_WRK_SPREAD") or "0") or 0
+      reqs = {}
+      if spread > 0 then
+         nreqs = math.max(spread, count)
+         for i = 1, nreqs do
+            reqs[i] = prefix .. values[(i - 1) % count + 1] .. "\r\nX-Loadgen-Seq: "
+               .. string.format("%06d", i % 1000000) .. suffix
+         end
+      else
+         for i = 1, count do
+            reqs[i] = prefix .. values[i] .. suffix
+         end
+         nreqs = count
+      end
+      values = nil
       -- thread k of t sends values start+k, start+k+t, ...: the threads together walk the list
       -- in order, as one generator would.
       local start = tonumber(os.getenv("FLUXGATE_WRK_START") or "0") or 0

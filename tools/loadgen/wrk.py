@@ -152,6 +152,7 @@ def run_wrk(
     header_file: str | os.PathLike | None = None,
     header_name: str | None = None,
     start: int = 0,
+    spread: int = 0,
     timeout: float = 5.0,
     binary: str | None = None,
     allow_non_loopback: bool = False,
@@ -159,7 +160,10 @@ def run_wrk(
     """Closed-loop load on ``url`` through wrk for ``duration`` whole seconds; the report.
 
     ``headers``: fixed ``"Name: value"`` strings or pairs. ``header_file`` + ``header_name``:
-    a rotating header, value ``start + i`` (mod the count) on request *i*. Raises
+    a rotating header, value ``start + i`` (mod the count) on request *i*. ``spread``: with
+    a rotating header, build at least that many distinct requests, each with an
+    ``X-Loadgen-Seq`` header, so that the generator's memory does not depend on how many
+    values the file holds (wrk.lua). Raises
     ``TargetRefused`` / ``ValueError`` before starting anything for a refused host or bad
     parameters, ``WrkUnavailable`` when wrk is missing, ``RuntimeError`` when wrk fails.
 
@@ -183,6 +187,10 @@ def run_wrk(
         raise ValueError(f"timeout must be > 0 and <= {MAX_DURATION} s, got {timeout}")
     if (header_file is None) != (header_name is None):
         raise ValueError("header_file and header_name go together")
+    if spread and header_file is None:
+        raise ValueError("spread needs a rotating header")
+    if not 0 <= spread <= 1_000_000:
+        raise ValueError(f"spread must be 0..1000000, got {spread}")
     fixed = [parse_header(h) if isinstance(h, str) else (h[0], h[1]) for h in headers]
     if header_name is not None:
         parse_header(f"{header_name}: x")
@@ -196,6 +204,9 @@ def run_wrk(
     env = dict(os.environ, FLUXGATE_WRK_THREADS=str(threads), FLUXGATE_WRK_START=str(max(0, start)))
     env.pop("FLUXGATE_WRK_HEADER_FILE", None)
     env.pop("FLUXGATE_WRK_HEADER_NAME", None)
+    env.pop("FLUXGATE_WRK_SPREAD", None)
+    if spread:
+        env["FLUXGATE_WRK_SPREAD"] = str(spread)
     if header_file is not None:
         env.update(FLUXGATE_WRK_HEADER_FILE=os.fspath(header_file), FLUXGATE_WRK_HEADER_NAME=header_name)
     argv = wrk_argv(binary, url, connections=connections, duration=duration, threads=threads,
@@ -242,7 +253,7 @@ def run_wrk(
         "errors": dict(raw["errors"]),
         "bytes_received": raw["bytes"],
         "sent": sent,
-        "next_start": (max(0, start) + sent) % count if count else 0,
+        "next_start": (max(0, start) + sent) % max(count, spread) if count else 0,
         "generator_cpu_s": round(load_cpu, 3),
         "generator_init_cpu_s": round(init_cpu, 3),
         "generator_cores": round(load_cpu / seconds, 3) if seconds > 0 else 0.0,
