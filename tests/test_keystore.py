@@ -45,7 +45,7 @@ def test_created_private_wal_and_versioned(tmp_path, store):
     path = tmp_path / "state" / "keys.db"
     assert mode(path) == 0o600 and mode(path.parent) == 0o700
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert store.schema_version == len(ks.MIGRATIONS) == 2
+    assert store.schema_version == len(ks.MIGRATIONS) == 3
     gen(store, "a")
     for extra in ("keys.db-wal", "keys.db-shm"):
         if (path.parent / extra).exists():

@@ -95,13 +95,39 @@ def test_a_version_1_store_is_migrated_with_its_rows(tmp_path):
     db.commit()
     db.close()
     with KeyStore(str(path)) as store:
-        assert store.schema_version == 2
+        assert store.schema_version == len(ks.MIGRATIONS)
         (old,) = store.all()
         assert old.name == "old" and old.scopes == () and old.allow_ips == ()
         mark = ChangeMark(old.slot, 0)
         store.db.execute("UPDATE keys SET revoked_at = 5 WHERE slot = ?", (old.slot,))
         changed, _ = store.changed_since(mark)
         assert [r.revoked_at for r in changed] == [5]
+
+
+def test_a_version_2_store_moves_its_usage_into_its_own_table(tmp_path):
+    path = tmp_path / "keys.db"
+    db = sqlite3.connect(path)
+    for migration in ks.MIGRATIONS[:2]:
+        for statement in ks._statements(migration):
+            db.execute(statement)
+    db.executemany(
+        "INSERT INTO keys (key_id, name, digest, created_at, expires_at, last_used_at, "
+        "last_used_from, requests) VALUES (?, ?, x'00', 1, 2000000000, ?, ?, ?)",
+        [("AAAAAAAAAAAA", "used", 1500, "10.0.0.7", 42), ("BBBBBBBBBBBB", "idle", None, None, 0)])
+    db.execute("PRAGMA user_version = 2")
+    db.commit()
+    db.close()
+    with KeyStore(str(path)) as store:
+        assert store.schema_version == 3
+        used, idle = store.all()
+        assert (used.last_used_at, used.last_used_from, used.requests) == (1500, "10.0.0.7", 42)
+        assert (idle.last_used_at, idle.last_used_from, idle.requests) == (None, None, 0)
+        assert store.used() == [(used.slot, 1500, "10.0.0.7", 42)]
+        columns = {row[1] for row in store.db.execute("PRAGMA table_info(keys)")}
+        assert not columns & {"last_used_at", "last_used_from", "requests"}
+        # usage of a slot keys.db has no key for is not recorded
+        store.record_usage([(idle.slot, 1600, "10.0.0.8", 3), (999, 1600, "10.0.0.8", 3)])
+        assert store.used() == [(used.slot, 1500, "10.0.0.7", 42), (idle.slot, 1600, "10.0.0.8", 3)]
 
 
 def test_a_trigger_body_is_one_statement():

@@ -84,13 +84,32 @@ MIGRATIONS: tuple[str, ...] = (
         INSERT INTO key_changes (slot) VALUES (NEW.slot);
     END;
     """,
+    # 2 -> 3: keys' usage in a narrow table of its own, a row per key ever used. The master
+    # copies last use and counts from keys.usage every few seconds; rewriting the wide key
+    # rows for it wrote eight times the pages (100,000 keys in use: 116 MB of WAL and 5.3 us
+    # of CPU a key per pass, against 14 MB and 1.9 us).
+    """
+    CREATE TABLE key_usage (
+        slot INTEGER PRIMARY KEY,            -- the key's keys.slot
+        last_used_at INTEGER,
+        last_used_from TEXT,
+        requests INTEGER NOT NULL DEFAULT 0
+    );
+    INSERT INTO key_usage (slot, last_used_at, last_used_from, requests)
+        SELECT slot, last_used_at, last_used_from, requests FROM keys
+        WHERE requests != 0 OR last_used_at IS NOT NULL;
+    ALTER TABLE keys DROP COLUMN last_used_at;
+    ALTER TABLE keys DROP COLUMN last_used_from;
+    ALTER TABLE keys DROP COLUMN requests;
+    """,
 )
 
 _COLUMNS = (
     "slot, key_id, name, digest, scopes, routes, allow_ips, quota_limit, quota_window, "
     "created_at, expires_at, revoked_at, rotated_at, grace_until, successor, "
-    "last_used_at, last_used_from, requests"
+    "last_used_at, last_used_from, COALESCE(requests, 0)"
 )
+_KEYS_WITH_USAGE = "keys LEFT JOIN key_usage USING (slot)"
 
 
 _FOR_TABLE = (
@@ -352,7 +371,8 @@ class KeyStore:
     # ---- reads ------------------------------------------------------------------------------
 
     def _select(self, where: str = "", params: Sequence[object] = ()) -> list[KeyRecord]:
-        rows = self.db.execute(f"SELECT {_COLUMNS} FROM keys {where} ORDER BY slot", params)
+        rows = self.db.execute(f"SELECT {_COLUMNS} FROM {_KEYS_WITH_USAGE} {where} ORDER BY slot",
+                               params)
         return [_record(row) for row in rows]
 
     def all(self) -> list[KeyRecord]:
@@ -393,7 +413,7 @@ class KeyStore:
     def used(self) -> list[tuple[int, int | None, str | None, int]]:
         """(slot, last_used_at, last_used_from, requests) of every key ever used."""
         return self.db.execute(
-            "SELECT slot, last_used_at, last_used_from, requests FROM keys "
+            "SELECT slot, last_used_at, last_used_from, requests FROM key_usage "
             "WHERE requests != 0 OR last_used_at IS NOT NULL ORDER BY slot").fetchall()
 
     def table_rows(self, now: float, keep_dead: float) -> list[TableRow]:
@@ -535,11 +555,15 @@ class KeyStore:
         """Store (slot, last_used_at, last_used_from, requests) rows from the usage file."""
         rows = list(updates)
         if rows:
+            # Only for keys keys.db holds (a slot is never reused).
             self._write(lambda: self.db.executemany(
-                "UPDATE keys SET last_used_at = COALESCE(?, last_used_at), "
-                "last_used_from = COALESCE(?, last_used_from), requests = MAX(requests, ?) "
-                "WHERE slot = ?",
-                [(at, ip, n, slot) for slot, at, ip, n in rows],
+                "INSERT INTO key_usage (slot, last_used_at, last_used_from, requests) "
+                "SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM keys WHERE slot = ?1) "
+                "ON CONFLICT (slot) DO UPDATE SET "
+                "last_used_at = COALESCE(excluded.last_used_at, last_used_at), "
+                "last_used_from = COALESCE(excluded.last_used_from, last_used_from), "
+                "requests = MAX(requests, excluded.requests)",
+                rows,
             ))
 
     # ---- bulk import ------------------------------------------------------------------------
