@@ -159,7 +159,7 @@ def test_a_flush_writes_only_the_keys_used_since_the_last_one(service, written):
 
 def test_a_costly_chunk_is_followed_by_a_pause_within_bounds():
     assert flush_pause(0.0, 31) == 0.0  # nothing used in the chunk: straight on
-    assert flush_pause(0.01, 31) == pytest.approx(0.99)  # flushing stays at 1% of a core
+    assert flush_pause(0.01, 31) == pytest.approx(3.99)  # flushing stays at 0.25% of a core
     assert flush_pause(0.5, 31) == pytest.approx(FLUSH_PASS_MAX / 31)  # a pass ends in time
     assert flush_pause(1.0, 0) == flush_pause(1.0, 1) == FLUSH_PASS_MAX
     assert flush_pause(-1.0, 31) == 0.0  # a clock oddity

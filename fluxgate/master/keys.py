@@ -72,14 +72,17 @@ log = logging.getLogger("fluxgate.keys")
 
 POLL_INTERVAL = 0.2  # s between PRAGMA data_version checks
 FLUSH_INTERVAL = 5.0  # s between passes copying last-use stamps into keys.db
-# A pass costs in proportion to the keys used since the last one (100,000 keys in use: ~0.8 s
+# A pass costs in proportion to the keys used since the last one (100,000 keys in use: ~0.6 s
 # of CPU, on the proxy's cores). It goes FLUSH_CHUNK_SLOTS slots at a time, each chunk
 # followed by a pause that keeps flushing at this share of a core, so a million keys in use
 # never hold the master's loop (admin API, publications) for more than one chunk; pauses are
-# shortened so that a pass takes at most FLUSH_PASS_MAX.
-FLUSH_CPU_SHARE = 0.01
+# shortened so that a pass takes at most FLUSH_PASS_MAX. Nothing waits on the copy: whoever
+# reads a key's use (admin API, fluxctl) reads keys.usage itself over it, and keys.usage is a
+# file of its own; the copy is what keys.usage is seeded from should it be lost. At 1% of a
+# core it cost the api_key route 1.2-1.5% per core with 100,000 keys in turn.
+FLUSH_CPU_SHARE = 0.0025
 FLUSH_CHUNK_SLOTS = 32768  # 1 MiB of the usage file
-FLUSH_PASS_MAX = 60.0
+FLUSH_PASS_MAX = 300.0
 
 PUBLISH_DELAY = 0.005  # s the first admin write waits for others to share its generation
 KEEP_DEAD = 7 * 86400.0  # revoked/expired keys stay in the table this long (refusal reasons)
