@@ -216,6 +216,34 @@ def test_build_table_sizes(state):
         assert entries_off % kt.ENTRY_ALIGN == 0 and kt.ENTRY_ALIGN == 128
 
 
+def test_equal_lists_are_in_the_pool_once(state):
+    rights = {"scopes": ["read", "write"], "routes": ["/v1"], "allow_ips": ["10.0.0.0/8"]}
+    a, _ = state.generate("a", **rights)
+    b, key_b = state.generate("b", **rights)
+    c, key_c = state.generate("c", scopes=["read"], routes=["/v2"], allow_ips=["192.168.0.0/16"])
+    d, _ = state.generate("d")
+    records = [a, b, c, d]
+    data = kt.build_table(records, generation=1, usage_slots=state.usage.slots, quota_tag=None)
+    header = kt._HEADER.unpack_from(data)
+    entries_off = header[7]
+    fields = [kt._ENTRY.unpack_from(data, entries_off + i * kt._ENTRY.size) for i in range(4)]
+    lists = [(f[12], f[14], f[16]) for f in fields]  # scopes, routes and CIDRs offsets
+    assert lists[0] == lists[1]
+    assert all(x != y for x, y in zip(lists[0], lists[2], strict=True))
+    assert all(f[16] % 8 == 0 for f in fields) and fields[3][13:18:2] == (0, 0, 0)
+    table = KeyTable(data, state.signing_key)
+    for record, expected in zip(records, (
+            (("read", "write"), ("/v1",)), (("read", "write"), ("/v1",)),
+            (("read",), ("/v2",)), ((), ())), strict=True):
+        entry = table.entry(table.find(record.key_id))
+        assert (entry["scopes"], entry["routes"]) == expected
+    ip = "10.1.2.3"
+    assert table.check(key_b.encode(), 1_795_000_000.0, b"/v1", (b"write",), None, ip)[0] == 0
+    assert table.check(key_c.encode(), 1_795_000_000.0, b"/v2", (b"write",), None,
+                       "192.168.1.1")[0] == kt.REASONS.index("insufficient_scope")
+    table.release()
+
+
 def test_merge_ratelimit_keeps_the_stricter_quota():
     req = RequestState()
     assert req.ratelimit_headers() == []

@@ -24,7 +24,8 @@ added later when a bucket first names it)::
         usage slot u32 | flags u32 (1: revoked) | (offset u32, length u32) of the name, and
         (offset u32, count u32) of the scopes, routes and CIDRs in the pool
     pool: names; scope and route lists as (u16 length, bytes)...; CIDRs as 24-byte records
-        {address 16 bytes (IPv4 mapped into IPv6), prefix u32 (+96 for IPv4), 0 u32}, 8-aligned
+        {address 16 bytes (IPv4 mapped into IPv6), prefix u32 (+96 for IPv4), 0 u32}, 8-aligned;
+        entries may share a list (a build writes each distinct one once)
 
 ``keys.usage`` (created once, mode 0600, grown but never recreated): 32-byte slots of four u64
 {last use in unix ms, client address (16 bytes), requests}. Workers stamp a key's slot when
@@ -152,8 +153,11 @@ def build_table(
     pool = bytearray()
     entries = bytearray()
     ids = bytearray()
+    # Keys of one service usually hold the same scopes, routes and networks: each list is
+    # in the pool once, so that a request checking one finds it where the last request did
+    # (cached, and on a page the TLB holds) instead of on a page of its own.
     encode = functools.partial(encode_entry, pool=pool, usage_slots=usage_slots,
-                               quota_tag=quota_tag)
+                               quota_tag=quota_tag, shared={})
     for r in records:
         raw_id, entry = encode(r)
         entries += entry
@@ -177,29 +181,22 @@ def build_table(
 
 
 def encode_entry(r: KeyRecord, *, pool: bytearray, usage_slots: int,
-                 quota_tag: Callable[[bytes], int] | None, base: int = 0) -> tuple[bytes, bytes]:
+                 quota_tag: Callable[[bytes], int] | None, base: int = 0,
+                 shared: dict[bytes, int] | None = None) -> tuple[bytes, bytes]:
     """(raw key id, the entry's bytes) of ``r`` (a ``KeyRecord`` or a ``TableRow``); its
     name and lists appended to ``pool``, which starts ``base`` (a multiple of 8) bytes into
-    the table's pool."""
+    the table's pool. With ``shared`` ({encoded list: its offset}, filled as lists are
+    appended), a list already in the pool is pointed at rather than appended again."""
     raw_id = b64url_decode(r.key_id.encode())
     name = r.name.encode()
     name_off = base + len(pool)
     pool += name
     scopes, routes, allow_ips = key_lists(r)
-    scopes_off = base + len(pool)
-    for s in scopes:
-        b = s.encode()
-        pool += _U16.pack(len(b)) + b
-    routes_off = base + len(pool)
-    for p in routes:
-        b = p.encode()
-        pool += _U16.pack(len(b)) + b
-    pad = -len(pool) % 8
-    if pad:
-        pool += b"\0" * pad
-    cidrs_off = base + len(pool)
-    for c in allow_ips:
-        pool += _cidr_record(c)
+    scopes_off = _pooled(pool, base, shared, _strings_record(scopes), align=1)
+    routes_off = _pooled(pool, base, shared, _strings_record(routes), align=1)
+    # CIDR records are read as 8-byte aligned structures (an empty list too).
+    cidrs_off = _pooled(pool, base, shared, b"".join(_cidr_record(c) for c in allow_ips),
+                        align=8)
     tag = 0
     if r.quota_limit is not None and quota_tag is not None:
         tag = quota_tag(key_identity(r.name, r.quota_window))
@@ -214,6 +211,29 @@ def encode_entry(r: KeyRecord, *, pool: bytearray, usage_slots: int,
         name_off, len(name), scopes_off, len(scopes), routes_off, len(routes),
         cidrs_off, len(allow_ips),
     )
+
+
+def _strings_record(strings: Sequence[str]) -> bytes:
+    # A scope or route list as the pool holds it: (u16 length, bytes) per string.
+    return b"".join(_U16.pack(len(b)) + b for b in (s.encode() for s in strings))
+
+
+def _pooled(pool: bytearray, base: int, shared: dict[bytes, int] | None, record: bytes, *,
+            align: int) -> int:
+    """The offset of ``record`` in the table's pool: where ``shared`` says an equal one is,
+    or appended to ``pool`` (after padding to ``align``)."""
+    if record and shared is not None:
+        at = shared.get(record)
+        if at is not None:
+            return at
+    pad = -(base + len(pool)) % align
+    if pad:
+        pool += b"\0" * pad
+    at = base + len(pool)
+    pool += record
+    if record and shared is not None:
+        shared[record] = at
+    return at
 
 
 def key_lists(r: KeyRecord | TableRow) -> tuple[Sequence[str], Sequence[str], Sequence[str]]:
