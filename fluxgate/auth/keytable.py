@@ -192,11 +192,19 @@ def encode_entry(r: KeyRecord, *, pool: bytearray, usage_slots: int,
     name_off = base + len(pool)
     pool += name
     scopes, routes, allow_ips = key_lists(r)
-    scopes_off = _pooled(pool, base, shared, _strings_record(scopes), align=1)
-    routes_off = _pooled(pool, base, shared, _strings_record(routes), align=1)
-    # CIDR records are read as 8-byte aligned structures (an empty list too).
-    cidrs_off = _pooled(pool, base, shared, b"".join(_cidr_record(c) for c in allow_ips),
-                        align=8)
+    # Most keys have no routes or networks, and many no scopes: an empty list costs no call.
+    at = base + len(pool)
+    scopes_off = _pooled(pool, base, shared, _strings_record(scopes), align=1) if scopes else at
+    at = base + len(pool)
+    routes_off = _pooled(pool, base, shared, _strings_record(routes), align=1) if routes else at
+    # CIDR records are read as 8-byte aligned structures (an empty list's offset too).
+    if allow_ips:
+        cidrs_off = _pooled(pool, base, shared, b"".join(map(_cidr_record, allow_ips)), align=8)
+    else:
+        pad = -len(pool) % 8  # base is a multiple of 8
+        if pad:
+            pool += b"\0" * pad
+        cidrs_off = base + len(pool)
     tag = 0
     if r.quota_limit is not None and quota_tag is not None:
         tag = quota_tag(key_identity(r.name, r.quota_window))
