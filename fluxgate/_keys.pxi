@@ -943,15 +943,17 @@ cdef class KeyTable:
         return 0  # every bucket taken (a hostile file): the key is not there
 
     cdef int _verify(self, const unsigned char* text, Py_ssize_t n, int64_t now,
-                     Py_ssize_t* index, PrincipalCache principals) noexcept:
+                     Py_ssize_t* index, PrincipalCache principals,
+                     PyObject** principal) noexcept:
         # parse -> tag -> lookup -> digest -> revoked / expired. index is set only once the
-        # secret is proven (the caller's -1 stays for a malformed, forged or unknown key).
+        # secret is proven (the caller's -1 stays for a malformed, forged or unknown key);
+        # with ``principals``, principal[0] to what it holds for the entry found (borrowed,
+        # NULL for none).
         cdef unsigned char raw[FG_KEY_RAW_BYTES]
         cdef unsigned char msg[4 + FG_KEY_ID_BYTES + FG_KEY_SECRET_BYTES]
         cdef unsigned char mac[32]
         cdef uint32_t v, home
         cdef const fg_key_entry* e
-        cdef PyObject* principal
         if self._hdr == NULL:
             return FG_KEY_UNKNOWN
         if (n != FG_KEY_TEXT_LEN or text[0] != b"f" or text[1] != b"g"
@@ -991,9 +993,9 @@ cdef class KeyTable:
         if e.quota_tag != 0 and self._quotas is not None:
             quota_prefetch(self._quotas, e.quota_tag)
         if principals is not None:
-            principal = principals._find(v - 1)
-            if principal != NULL:
-                fg_prefetch(principal, 1)
+            principal[0] = principals._find(v - 1)
+            if principal[0] != NULL:
+                fg_prefetch(principal[0], 1)
         if not fg_ct_equal(mac, e.digest, FG_KEY_DIGEST_BYTES):
             return FG_KEY_BAD_SECRET
         index[0] = <Py_ssize_t>v - 1
@@ -1029,12 +1031,12 @@ cdef class KeyTable:
     cdef int _decide(self, bytes key, double now, bytes path, tuple scopes, tuple any_scopes,
                      str ip, Py_ssize_t* index, uint32_t* limit, uint64_t* remaining,
                      uint64_t* end, const fg_key_entry** proven,
-                     PrincipalCache principals) except -1:
+                     PrincipalCache principals, PyObject** principal) except -1:
         # The whole decision for one key (see ``check``); index is set once the secret is
         # proven, limit/remaining/end once the quota was consulted (limit 0: not). proven
         # is set to the entry of a live key (not revoked or expired), refused or not: the
         # caller stamps its use (``_stamp``) last, when the usage slot, prefetched at the
-        # lookup, has had the longest to arrive.
+        # lookup, has had the longest to arrive. principal: as ``_verify`` sets it.
         cdef const fg_key_entry* e
         cdef const unsigned char* pool
         cdef int code
@@ -1046,7 +1048,8 @@ cdef class KeyTable:
         cdef uint32_t k
         cdef const fg_cidr* cidr
         code = self._verify(<const unsigned char*>PyBytes_AS_STRING(key),
-                            PyBytes_GET_SIZE(key), <int64_t>now, index, principals)
+                            PyBytes_GET_SIZE(key), <int64_t>now, index, principals,
+                            principal)
         if code != FG_KEY_OK:
             return code
         e = &self._entries[index[0]]
@@ -1116,7 +1119,7 @@ cdef class KeyTable:
         cdef uint64_t remaining = 0, end = 0
         cdef const fg_key_entry* proven = NULL
         cdef int code = self._decide(key, now, path, scopes, any_scopes, ip, &index, &limit,
-                                     &remaining, &end, &proven, None)
+                                     &remaining, &end, &proven, None, NULL)
         if proven != NULL:
             self._stamp(proven, now, ip)
         return code, index, limit, remaining, end
@@ -1153,18 +1156,18 @@ cdef class KeyTable:
         if count != 1:
             return (FG_KEY_MISSING if count == 0 else FG_KEY_AMBIGUOUS), -1, 0, 0
         code = self._decide(key, now, req.path, scopes, any_scopes, req.client_ip, &index,
-                            &limit, &remaining, &end, &proven, principals)
+                            &limit, &remaining, &end, &proven, principals, &principal)
         if limit != 0:
             reset = <int64_t>end - <int64_t>now
             if reset < 0:
                 reset = 0
             if code == FG_KEY_OK:
                 merge_ratelimit(req, limit, remaining, reset)
-        if code == FG_KEY_OK and proven.sunset_at == 0:
-            principal = principals._find(index)
-            if principal != NULL:
-                # The head the upstream request copies, while the stamp's atomics wait.
-                fg_prefetch(<PyObject*>(<Principal>principal).upstream_lines, 0)
+        if code != FG_KEY_OK or proven.sunset_at != 0:
+            principal = NULL  # the caller builds the answer (a refusal, or grace headers)
+        elif principal != NULL:
+            # The head the upstream request copies, while the stamp's atomics wait.
+            fg_prefetch(<PyObject*>(<Principal>principal).upstream_lines, 0)
         if proven != NULL:
             self._stamp(proven, now, req.client_ip)
         if principal != NULL:
@@ -1177,7 +1180,8 @@ cdef class KeyTable:
         and expiry checks; no usage stamp, no quota."""
         cdef Py_ssize_t index = -1
         cdef int code = self._verify(<const unsigned char*>PyBytes_AS_STRING(key),
-                                     PyBytes_GET_SIZE(key), <int64_t>now, &index, None)
+                                     PyBytes_GET_SIZE(key), <int64_t>now, &index, None,
+                                     NULL)
         return code, index
 
     def find(self, str key_id not None, /):
