@@ -15,8 +15,9 @@
 -- request() is only defined when a header file is given, so a run without one stays on wrk's
 -- static path (wrk checks for it after init()).
 --
--- init() runs in wrk's main thread before the load threads start; it writes "fluxgate-wrk-ready"
--- to stderr (unbuffered, unlike stdout on a pipe) so the driver can read the generator's CPU
+-- init() runs in wrk's main thread before the load threads start; it writes "fluxgate-wrk-ready
+-- <thread> <values> <distinct requests>" to stderr (unbuffered, unlike stdout on a pipe), so the
+-- driver can continue the rotation where a run stopped and read the generator's CPU
 -- after the file is loaded and count only the load's share. done() prints one line,
 -- "fluxgate-wrk-json {...}", with the summary, latency percentiles in microseconds and, per
 -- thread, the index of the next value to send.
@@ -90,7 +91,7 @@ function init(args)
          return r
       end
    end
-   io.stderr:write(string.format("fluxgate-wrk-ready %d %d\n", id, count))
+   io.stderr:write(string.format("fluxgate-wrk-ready %d %d %d\n", id, count, nreqs or 0))
    io.stderr:flush()
 end
 

@@ -100,14 +100,14 @@ def _proc_reads(pid: int) -> int | None:
     return None
 
 
-def _read_ready(proc: subprocess.Popen, threads: int, deadline: float) -> int:
+def _read_ready(proc: subprocess.Popen, threads: int, deadline: float) -> tuple[int, int]:
     """Read wrk's stderr until every thread's init() said it is ready; the number of header
-    values. RuntimeError if wrk exits or the deadline passes first. Raw reads of the pipe, so
+    values and of the distinct requests wrk.lua built from them. RuntimeError if wrk exits or the deadline passes first. Raw reads of the pipe, so
     that nothing the selector should see sits in a Python buffer."""
     assert proc.stderr is not None
     fd = proc.stderr.fileno()
     buf = b""
-    ready, count = 0, 0
+    ready, count, requests = 0, 0, 0
     with selectors.DefaultSelector() as sel:
         sel.register(fd, selectors.EVENT_READ)
         while ready < threads:
@@ -123,8 +123,8 @@ def _read_ready(proc: subprocess.Popen, threads: int, deadline: float) -> int:
             line, buf = buf.split(b"\n", 1)
             if line.startswith(READY.encode()):
                 ready += 1
-                count = int(line.split()[2])
-    return count
+                count, requests = (int(word) for word in line.split()[2:4])
+    return count, requests
 
 
 def _reap(pid: int, deadline: float) -> tuple[int, float, int | None]:
@@ -214,7 +214,7 @@ def run_wrk(
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=env)
     try:
-        count = _read_ready(proc, threads, time.monotonic() + _START_TIMEOUT)
+        count, requests = _read_ready(proc, threads, time.monotonic() + _START_TIMEOUT)
         init_cpu = _proc_cpu(proc.pid)
         init_reads = _proc_reads(proc.pid)
         code, total_cpu, total_reads = _reap(proc.pid, time.monotonic() + duration + timeout + _EXIT_GRACE)
@@ -253,7 +253,7 @@ def run_wrk(
         "errors": dict(raw["errors"]),
         "bytes_received": raw["bytes"],
         "sent": sent,
-        "next_start": (max(0, start) + sent) % max(count, spread) if count else 0,
+        "next_start": (max(0, start) + sent) % requests if requests else 0,
         "generator_cpu_s": round(load_cpu, 3),
         "generator_init_cpu_s": round(init_cpu, 3),
         "generator_cores": round(load_cpu / seconds, 3) if seconds > 0 else 0.0,
