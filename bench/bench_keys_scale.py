@@ -8,8 +8,9 @@ X-API-Key header: ``--rotate`` distinct keys of the large table (spread over it:
 holds few of their buckets and entries), all the keys of the small one. wrk builds as many
 distinct requests on both sides (``--rotate``; each carries an ``X-Loadgen-Seq`` header, see
 tools/loadgen/wrk.lua): the generator shares the last-level cache with the proxy here, and
-100,000 requests of its own against 100 cost the proxy beside it about 3% per core by
-themselves, which would be counted against the large table. Method as the other
+100,000 requests of its own against 100 cost the proxy beside it up to about 3% per core
+by themselves (0.97x per core in two 9-round runs, within the noise), which would be counted
+against the large table. Method as the other
 proxy comparisons (bench/support/rounds.py): both gateways pinned to one CPU, wrk and the
 upstream to the other, per-core req/s from /proc, paired rounds A B, B A, ...; the ratio is
 the median of the per-round ratios (large ÷ small). Goal: ≥ 0.95. The warm-up lasts long
