@@ -148,27 +148,31 @@ cdef extern from *:
     /* The shared key table (writer: fluxgate/auth/keytable.py). Native byte order: the
        table is written and read on one machine. */
     #define FG_KEYTAB_MAGIC 0x3142544B59454B46ULL  /* "FKEYKTB1" little-endian */
-    #define FG_KEYTAB_VERSION 2
+    #define FG_KEYTAB_VERSION 3
     /* The master adds entries to a published generation in place (its spare room): an
        entry and its pool bytes are written first, then n_entries, then the bucket that
        names it (each store a release, each load here an acquire), so a reader that finds
        an entry through a bucket finds it whole. A key that changes gets a new entry, and
        its bucket is pointed at it in one store: no entry is ever rewritten, but for the
-       revoked flag. The generation is bumped in place with each such publication. */
+       revoked flag. The generation is bumped in place with each such publication.
+       A build places each key's entry at the index of the bucket that names it (the
+       first n_buckets entries, empty ones zero, are the home region): the request parser
+       can then prefetch a key's entry from its id alone, with its bucket. Entries added in
+       place follow the home region. */
     typedef struct {
         uint64_t magic;
         uint32_t version;
         uint32_t entry_size;
         uint64_t generation;
         uint32_t n_entries;     /* published so far; only grows */
-        uint32_t n_buckets;     /* power of two > capacity */
+        uint32_t n_buckets;     /* the home region's entries; keys at most 2/3 of it */
         uint64_t buckets_off;   /* n_buckets x uint32: entry index + 1, 0 = empty */
         uint64_t entries_off;   /* capacity x fg_key_entry, 8-aligned (the master writes 128) */
         uint64_t pool_off;      /* names, scope and route lists, CIDRs */
         uint64_t pool_len;      /* the pool's room, written or not */
         uint64_t usage_slots;   /* the usage file holds at least this many slots */
         uint32_t capacity;      /* entries the file has room for */
-        uint32_t reserved0;
+        uint32_t n_keys;        /* the keys the build placed in the home region */
         uint64_t pool_used;     /* the writer's; readers bound offsets by pool_len */
         uint64_t reserved1;
     } fg_keytab_header;
@@ -181,6 +185,8 @@ cdef extern from *:
     }
 
     #define FG_KEYF_REVOKED 1u
+    /* A home-region entry whose key was changed in place: its bucket names a newer entry. */
+    #define FG_KEYF_SUPERSEDED 2u
 
     typedef struct {
         uint8_t id[16];         /* FG_KEY_ID_BYTES used, the rest zero */
@@ -242,6 +248,7 @@ cdef extern from *:
     uint64_t FG_KEYTAB_MAGIC
     uint32_t FG_KEYTAB_VERSION
     uint32_t FG_KEYF_REVOKED
+    uint32_t FG_KEYF_SUPERSEDED
     int FG_USAGE_WORDS
     uint64_t FG_QUOTA_MAGIC
     uint32_t FG_QUOTA_VERSION
@@ -260,6 +267,7 @@ cdef extern from *:
         uint64_t pool_len
         uint64_t usage_slots
         uint32_t capacity
+        uint32_t n_keys
 
     uint32_t fg_load_u32(const uint32_t* p) noexcept nogil
     uint64_t fg_load_u64(const uint64_t* p) noexcept nogil
@@ -300,7 +308,7 @@ __all__ += (
     "PrincipalCache",
     "QuotaCounters",
     "extract_api_key",
-    "keytab_buckets",
+    "keytab_home_region",
     "strip_query_param",
 )
 
@@ -339,6 +347,7 @@ KEY_LAYOUT = {
     "key_entry_size": sizeof(fg_key_entry),
     "cidr_size": sizeof(fg_cidr),
     "flag_revoked": FG_KEYF_REVOKED,
+    "flag_superseded": FG_KEYF_SUPERSEDED,
     "usage_slot_size": FG_USAGE_WORDS * 8,
     "quota_magic": FG_QUOTA_MAGIC,
     "quota_version": FG_QUOTA_VERSION,
@@ -638,124 +647,131 @@ cdef bint _cidr_match(const unsigned char* addr, const fg_cidr* c) noexcept nogi
     return (addr[full] & mask) == (c.addr[full] & mask)
 
 
+# The entries of the newest table mapped in this process (a worker maps one generation
+# at a time) and its bucket count, for ``key_hint``; cleared when that table is released.
+cdef const fg_key_entry* _hint_entries = NULL
+cdef uint32_t _hint_n_buckets = 0
+# The slots of the PrincipalCache the last request was authorized with (by entry index).
+cdef PyObject** _hint_principals = NULL
+cdef uint32_t _hint_n_principals = 0
+
+
 cdef enum:
-    PRINCIPAL_CACHE_MIN = 1024  # slots of an empty PrincipalCache (a power of two)
-
-
-cdef struct _PrincipalSlot:
-    uint32_t index1         # entry index + 1; 0: empty
-    PyObject* principal     # a counted reference
+    PRINCIPAL_CACHE_MIN = 1024  # slots of a PrincipalCache made without a size
 
 
 cdef class PrincipalCache:
     """The principals a worker built for the keys of one table, by entry index.
 
-    ``KeyTable.authorize`` reads it for every accepted key. An open-addressing table of
-    {index, principal} slots in C costs that read one memory access where a dict of a
-    hundred thousand ints costs three (its index, its entry, the int object compared).
-    Holds Principals only: outside the cycle collector, they make no cycle through it.
+    ``PrincipalCache(slots=1024)``. ``KeyTable.authorize`` reads it for every accepted
+    key: an array of principal pointers indexed by entry, so the read is one memory access
+    at an address known from the entry index alone (a dict of a hundred thousand ints
+    costs three). A build places keys at their home bucket's index, so the request parser
+    prefetches the slot from the key's id (``key_hint``) with its bucket and entry. Made
+    with the table's ``capacity`` slots, it never grows; slots never written stay pages
+    never touched. Holds Principals only: outside the cycle collector, they make no cycle
+    through it.
     """
 
-    cdef _PrincipalSlot* _slots
-    cdef uint32_t _mask
-    cdef uint32_t _shift
+    cdef PyObject** _slots      # counted references; NULL: none kept
+    cdef uint32_t _n
     cdef Py_ssize_t _used
 
-    def __cinit__(self):
-        self._resize(PRINCIPAL_CACHE_MIN)
+    def __cinit__(self, Py_ssize_t slots=PRINCIPAL_CACHE_MIN, /):
+        if not 0 < slots <= 0xFFFFFFFF:
+            raise ValueError("slots must be in 1..2**32 - 1")
+        self._resize(<uint32_t>slots)
 
     def __dealloc__(self):
         cdef uint32_t i
+        global _hint_principals, _hint_n_principals
         if self._slots == NULL:
             return
-        for i in range(self._mask + 1):
-            if self._slots[i].index1:
-                Py_XDECREF(self._slots[i].principal)
+        if _hint_principals == self._slots:
+            _hint_principals = NULL
+            _hint_n_principals = 0
+        for i in range(self._n):
+            Py_XDECREF(self._slots[i])
         free(self._slots)
 
     cdef int _resize(self, uint32_t n) except -1:
-        # n slots (a power of two), every principal held moved over.
-        cdef _PrincipalSlot* old = self._slots
-        cdef uint32_t old_n = self._mask + 1 if old != NULL else 0, i, j, bits = 0
-        cdef _PrincipalSlot* slots = <_PrincipalSlot*>calloc(n, sizeof(_PrincipalSlot))
+        # n slots, the principals held kept. calloc maps a large array fresh: only the
+        # pages a principal is written to are ever backed.
+        global _hint_principals, _hint_n_principals
+        cdef PyObject** slots = <PyObject**>calloc(n, sizeof(PyObject*))
         if slots == NULL:
             raise MemoryError("principal cache")
-        while (1u << bits) < n:
-            bits += 1
-        self._slots, self._mask, self._shift = slots, n - 1, 32 - bits
-        for i in range(old_n):
-            if old[i].index1:
-                j = self._home(old[i].index1)
-                while slots[j].index1:
-                    j = (j + 1) & self._mask
-                slots[j] = old[i]
-        free(old)
+        if self._slots != NULL:
+            memcpy(slots, self._slots, self._n * sizeof(PyObject*))
+            if _hint_principals == self._slots:
+                _hint_principals = NULL
+                _hint_n_principals = 0
+            free(self._slots)
+        self._slots, self._n = slots, n
         return 0
-
-    cdef inline uint32_t _home(self, uint32_t index1) noexcept nogil:
-        # Fibonacci hashing: neighbouring indices land far apart.
-        return <uint32_t>(index1 * 2654435769u) >> self._shift
-
-    cdef inline void _prefetch(self, uint32_t index) noexcept nogil:
-        # Start loading the slot where entry ``index``'s principal is looked for first.
-        fg_prefetch(&self._slots[self._home(index + 1)], 0)
 
     cdef inline PyObject* _find(self, Py_ssize_t index) noexcept nogil:
         # Borrowed: the principal of entry ``index``, NULL when none was kept.
-        cdef uint32_t key = <uint32_t>index + 1
-        cdef uint32_t i = self._home(key)
-        while self._slots[i].index1:
-            if self._slots[i].index1 == key:
-                return self._slots[i].principal
-            i = (i + 1) & self._mask
-        return NULL
+        return self._slots[index] if 0 <= index < self._n else NULL
+
+    cdef inline void _hint_here(self) noexcept nogil:
+        # The next requests' key_hint prefetches slots of this cache (the one the last
+        # request was authorized with).
+        global _hint_principals, _hint_n_principals
+        _hint_principals = self._slots
+        _hint_n_principals = self._n
 
     def __setitem__(self, Py_ssize_t index, Principal principal not None):
         """Keep ``principal`` for entry ``index`` (replacing one kept before)."""
-        cdef uint32_t key, i
         if not 0 <= index < 0xFFFFFFFF:
             raise IndexError(index)
-        key = <uint32_t>index + 1
-        i = self._home(key)
-        while self._slots[i].index1 and self._slots[i].index1 != key:
-            i = (i + 1) & self._mask
+        if index >= self._n:
+            self._resize(<uint32_t>min(max(<Py_ssize_t>self._n * 2, index + 1), 0xFFFFFFFF))
         Py_INCREF(principal)
-        if self._slots[i].index1:
-            Py_XDECREF(self._slots[i].principal)
+        if self._slots[index] != NULL:
+            Py_XDECREF(self._slots[index])
         else:
             self._used += 1
-            self._slots[i].index1 = key
-        self._slots[i].principal = <PyObject*>principal
-        if self._used * 2 > <Py_ssize_t>self._mask + 1:  # at most half full: short probes
-            self._resize((self._mask + 1) * 2)
+        self._slots[index] = <PyObject*>principal
 
     def get(self, Py_ssize_t index, default=None, /):
         """The principal kept for entry ``index``, else ``default``."""
-        cdef PyObject* found = self._find(index) if 0 <= index < 0xFFFFFFFF else NULL
+        cdef PyObject* found = self._find(index)
         return <object>found if found != NULL else default
 
     def __len__(self):
         return self._used
 
 
-# The bucket array of the newest table mapped in this process (a worker maps one
-# generation at a time), for ``key_hint``; cleared when that table is released.
-cdef const uint32_t* _hint_buckets = NULL
-cdef uint32_t _hint_mask = 0
+cdef inline uint32_t _home_of(const unsigned char* raw, uint32_t n_buckets) noexcept nogil:
+    # Where key id raw[0:FG_KEY_ID_BYTES]'s probe starts: its first 4 bytes (ids are
+    # random, so they are the hash) scaled to [0, n_buckets) by a multiply and a shift,
+    # which lets the bucket count be any number, not only a power of two.
+    cdef uint32_t h
+    memcpy(&h, raw, 4)
+    return <uint32_t>((<uint64_t>h * n_buckets) >> 32)
 
 
 cdef inline void key_hint(const unsigned char* text, Py_ssize_t n) noexcept nogil:
-    # The request parser met a header value that may be an API key: prefetch the bucket
-    # its id names, so the lookup that follows in the api_key step finds it in cache. A
-    # hint only: the value is not trusted here, and nothing depends on it.
+    # The request parser met a header value that may be an API key: prefetch the entries
+    # at its id's home (where a build places the key) and the principal slot of the
+    # first, so that the lookup that follows in the api_key step finds them in cache,
+    # their pages translated. A hint only: the value is not trusted here, and nothing
+    # depends on it.
     cdef unsigned char head[6]
-    cdef uint32_t h
-    if (n != FG_KEY_TEXT_LEN or _hint_buckets == NULL or text[0] != b"f"
+    cdef uint32_t home
+    if (n != FG_KEY_TEXT_LEN or _hint_entries == NULL or text[0] != b"f"
             or text[1] != b"g" or text[2] != b"_"
             or b64url_decode_into(text + 3, 8, head) != 6):
         return
-    memcpy(&h, head, 4)
-    fg_prefetch(&_hint_buckets[h & _hint_mask], 0)
+    home = _home_of(head, _hint_n_buckets)
+    fg_prefetch(&_hint_entries[home], 0)
+    fg_prefetch(<const unsigned char*>&_hint_entries[home] + 64, 0)
+    if home + 1 < _hint_n_buckets:  # linear probing puts many keys one bucket on
+        fg_prefetch(&_hint_entries[home + 1], 0)
+        fg_prefetch(<const unsigned char*>&_hint_entries[home + 1] + 64, 0)
+    if home < _hint_n_principals:
+        fg_prefetch(&_hint_principals[home], 0)
 
 
 cdef class KeyTable:
@@ -767,7 +783,7 @@ cdef class KeyTable:
     cdef const fg_key_entry* _entries
     cdef const uint32_t* _buckets
     cdef const unsigned char* _pool
-    cdef uint32_t _mask
+    cdef uint32_t _n_buckets
     cdef uint32_t _n              # entries validated (those published when last looked)
     cdef uint32_t _capacity
     cdef uint64_t _pool_len
@@ -796,9 +812,9 @@ cdef class KeyTable:
                     f"usage buffer has {self._usage_slots} slots, the table needs "
                     f"{self._hdr.usage_slots}")
         self._quotas = quotas
-        global _hint_buckets, _hint_mask
-        _hint_buckets = self._buckets
-        _hint_mask = self._mask
+        global _hint_entries, _hint_n_buckets
+        _hint_entries = self._entries
+        _hint_n_buckets = self._n_buckets
         if fg_hmac_init(&self._mac,
                         <const unsigned char*>PyBytes_AS_STRING(signing_key),
                         PyBytes_GET_SIZE(signing_key)) != 0:
@@ -818,8 +834,10 @@ cdef class KeyTable:
         if hdr.entry_size != sizeof(fg_key_entry):
             raise ValueError("key table: entry size differs from this build")
         n = fg_load_u32(&hdr.n_entries)
-        if hdr.n_buckets == 0 or hdr.n_buckets & (hdr.n_buckets - 1) \
-                or hdr.n_buckets <= hdr.capacity or hdr.capacity < n:
+        # The first n_buckets entries are the home region (published whole when built);
+        # entries added in place follow it.
+        if hdr.n_buckets == 0 or hdr.n_buckets > n or hdr.capacity < n \
+                or hdr.n_keys > hdr.n_buckets:
             raise ValueError("key table: bucket count or capacity")
         if (hdr.buckets_off & 7 or hdr.buckets_off > size
                 or <uint64_t>hdr.n_buckets * 4 > size - hdr.buckets_off):
@@ -836,7 +854,7 @@ cdef class KeyTable:
         self._entries = <const fg_key_entry*>(base + hdr.entries_off)
         self._pool = base + hdr.pool_off
         self._pool_len = hdr.pool_len
-        self._mask = hdr.n_buckets - 1
+        self._n_buckets = hdr.n_buckets
         self._capacity = hdr.capacity
         self._n = 0
         for i in range(hdr.n_buckets):
@@ -891,10 +909,10 @@ cdef class KeyTable:
             self._usage = NULL
             self._usage_slots = 0
             PyBuffer_Release(&self._usage_view)
-        global _hint_buckets
+        global _hint_entries
         if self._have_view:
-            if _hint_buckets == self._buckets:
-                _hint_buckets = NULL
+            if _hint_entries == self._entries:
+                _hint_entries = NULL
             self._have_view = False
             self._hdr = NULL
             self._n = 0
@@ -916,22 +934,48 @@ cdef class KeyTable:
         return self._n
 
     @property
+    def capacity(self):
+        """Entries this generation has room for: every entry index is below it."""
+        if self._hdr == NULL:
+            raise ValueError("key table released")
+        return self._capacity
+
+    @property
     def generation(self):
         if self._hdr == NULL:
             raise ValueError("key table released")
         return fg_load_u64(&self._hdr.generation)
 
-    cdef inline uint32_t _home_slot(self, const unsigned char* raw) noexcept nogil:
-        # Where key id raw[0:FG_KEY_ID_BYTES]'s probe starts. Ids are random: their first
-        # bytes are the hash.
-        cdef uint32_t h
-        memcpy(&h, raw, 4)
-        return h & self._mask
+    cdef uint32_t _in_home_region(self, const unsigned char* raw) noexcept nogil:
+        # The entry index + 1 of key id raw[0:FG_KEY_ID_BYTES] where a build placed it,
+        # 0 when it is not there (not in the table, added or changed in place since). A
+        # build fills the home region as it fills the buckets, so the key, if there, is in
+        # the run of non-empty entries from its home on; the entry is then the one its
+        # bucket names unless it is flagged superseded. Costs no read of the bucket array.
+        cdef uint32_t slot = _home_of(raw, self._n_buckets), probes
+        cdef const fg_key_entry* e
+        cdef const uint64_t* id_words
+        for probes in range(self._n_buckets):
+            e = &self._entries[slot]
+            id_words = <const uint64_t*>e.id
+            if id_words[0] == 0 and id_words[1] == 0:
+                return 0  # an empty entry ends the run
+            if memcmp(e.id, raw, FG_KEY_ID_BYTES) == 0:
+                if fg_load_u32(&e.flags) & FG_KEYF_SUPERSEDED:
+                    return 0
+                return slot + 1
+            slot += 1
+            if slot == self._n_buckets:
+                slot = 0
+        return 0
 
     cdef uint32_t _lookup(self, const unsigned char* raw) noexcept nogil:
         # The entry index + 1 of key id raw[0:FG_KEY_ID_BYTES], 0 when absent.
-        cdef uint32_t slot = self._home_slot(raw), v, probes
-        for probes in range(self._mask + 1):
+        cdef uint32_t v = self._in_home_region(raw), slot, probes
+        if v != 0:
+            return v
+        slot = _home_of(raw, self._n_buckets)
+        for probes in range(self._n_buckets):
             v = fg_load_u32(&self._buckets[slot])
             if v == 0:
                 return 0
@@ -939,7 +983,9 @@ cdef class KeyTable:
                 return 0
             if memcmp(self._entries[v - 1].id, raw, FG_KEY_ID_BYTES) == 0:
                 return v
-            slot = (slot + 1) & self._mask
+            slot += 1
+            if slot == self._n_buckets:
+                slot = 0
         return 0  # every bucket taken (a hostile file): the key is not there
 
     cdef int _verify(self, const unsigned char* text, Py_ssize_t n, int64_t now,
@@ -952,7 +998,7 @@ cdef class KeyTable:
         cdef unsigned char raw[FG_KEY_RAW_BYTES]
         cdef unsigned char msg[4 + FG_KEY_ID_BYTES + FG_KEY_SECRET_BYTES]
         cdef unsigned char mac[32]
-        cdef uint32_t v, home
+        cdef uint32_t v, hinted
         cdef const fg_key_entry* e
         if self._hdr == NULL:
             return FG_KEY_UNKNOWN
@@ -962,17 +1008,13 @@ cdef class KeyTable:
                 != FG_KEY_RAW_BYTES):
             return FG_KEY_MALFORMED
         # With many keys in turn every step of the lookup misses the caches and the TLB, so
-        # each starts as early as its address is known: the request parser prefetched the
-        # id's bucket (key_hint), the entry it names and the principal's slot load during
-        # the MAC, and what the entry names once it is proven. Hints only: nothing is
-        # decided on any of them before the tag is proven.
-        home = self._home_slot(raw)
-        v = fg_load_u32(&self._buckets[home])
-        if v != 0 and v <= self._n:
-            fg_prefetch(&self._entries[v - 1], 0)
-            fg_prefetch(<const unsigned char*>&self._entries[v - 1] + 64, 0)
-            if principals is not None:
-                principals._prefetch(v - 1)
+        # each starts as early as its address is known. The request parser prefetched the
+        # id's home entries and principal slot (key_hint); what the entry at home points
+        # to (usage slot, quota bucket, principal) starts loading here, during the MAC.
+        # Hints only: nothing is decided on any of them before the tag is proven.
+        hinted = _home_of(raw, self._n_buckets)
+        if memcmp(self._entries[hinted].id, raw, FG_KEY_ID_BYTES) == 0:
+            self._prefetch_for(hinted, principals)
         memcpy(msg, _MAC_DOMAIN, 4)
         memcpy(msg + 4, raw, FG_KEY_ID_BYTES + FG_KEY_SECRET_BYTES)
         if fg_hmac_sha256_inner(&self._mac, msg, sizeof(msg), mac) != 0:
@@ -986,16 +1028,13 @@ cdef class KeyTable:
         if v == 0:
             return FG_KEY_UNKNOWN
         e = &self._entries[v - 1]
-        # The usage slot and the quota bucket this request will count in, and the principal
-        # ``authorize`` will set, load together, during the checks that come first.
-        if self._usage != NULL:
-            fg_prefetch(&self._usage[<uint64_t>e.usage_slot * FG_USAGE_WORDS], 1)
-        if e.quota_tag != 0 and self._quotas is not None:
-            quota_prefetch(self._quotas, e.quota_tag)
+        if v - 1 != hinted:  # the key is not at its home
+            self._prefetch_for(v - 1, principals)
         if principals is not None:
             principal[0] = principals._find(v - 1)
             if principal[0] != NULL:
-                fg_prefetch(principal[0], 1)
+                # The head the upstream request copies.
+                fg_prefetch(<PyObject*>(<Principal>principal[0]).upstream_lines, 0)
         if not fg_ct_equal(mac, e.digest, FG_KEY_DIGEST_BYTES):
             return FG_KEY_BAD_SECRET
         index[0] = <Py_ssize_t>v - 1
@@ -1004,6 +1043,21 @@ cdef class KeyTable:
         if now >= e.expires_at:
             return FG_KEY_EXPIRED
         return FG_KEY_OK
+
+    cdef inline void _prefetch_for(self, uint32_t index, PrincipalCache principals) noexcept:
+        # Start loading what a request with the key of entry ``index`` (a validated one)
+        # reads after its lookup: the usage slot and quota bucket it counts in, the
+        # principal ``authorize`` sets.
+        cdef const fg_key_entry* e = &self._entries[index]
+        cdef PyObject* principal
+        if self._usage != NULL:
+            fg_prefetch(&self._usage[<uint64_t>e.usage_slot * FG_USAGE_WORDS], 1)
+        if e.quota_tag != 0 and self._quotas is not None:
+            quota_prefetch(self._quotas, e.quota_tag)
+        if principals is not None:
+            principal = principals._find(index)
+            if principal != NULL:
+                fg_prefetch(principal, 1)
 
     cdef int _stamp(self, const fg_key_entry* e, double now, str ip) except -1:
         # Last use (at most once per FG_KEY_STAMP_MS per key, by whoever wins the
@@ -1152,6 +1206,7 @@ cdef class KeyTable:
         cdef Py_ssize_t count
         cdef PyObject* principal = NULL
         cdef const fg_key_entry* proven = NULL
+        principals._hint_here()
         key = _find_api_key(req.headers, lname, req.query, qname, &count)
         if count != 1:
             return (FG_KEY_MISSING if count == 0 else FG_KEY_AMBIGUOUS), -1, 0, 0
@@ -1165,9 +1220,6 @@ cdef class KeyTable:
                 merge_ratelimit(req, limit, remaining, reset)
         if code != FG_KEY_OK or proven.sunset_at != 0:
             principal = NULL  # the caller builds the answer (a refusal, or grace headers)
-        elif principal != NULL:
-            # The head the upstream request copies, while the stamp's atomics wait.
-            fg_prefetch(<PyObject*>(<Principal>principal).upstream_lines, 0)
         if proven != NULL:
             self._stamp(proven, now, req.client_ip)
         if principal != NULL:
@@ -1282,29 +1334,37 @@ cdef bint _param_is(const unsigned char* s, Py_ssize_t n, const unsigned char* n
     return m == ln and memcmp(buf, name, ln) == 0
 
 
-def keytab_buckets(const unsigned char[::1] ids not None, uint32_t n_buckets, /):
-    """The buckets of a key table (n_buckets native uint32: entry index + 1, 0 empty) for
-    the key ids ``ids`` (FG_KEY_ID_BYTES each, in entry order), placed as readers probe:
-    from the id's first 4 bytes masked, linearly. For the table's writer: a million keys
-    in a few milliseconds."""
-    cdef Py_ssize_t n = ids.shape[0] // FG_KEY_ID_BYTES, i
-    cdef uint32_t mask = n_buckets - 1, home, h
+def keytab_home_region(const unsigned char[::1] entries not None, uint32_t n_buckets, /):
+    """(buckets, home region) of a key table built from ``entries`` (whole fg_key_entry
+    records, in any order): each entry is placed at the index of the bucket readers find
+    its id in (from the id's home, linearly), and that bucket names it (index + 1); the
+    other buckets are 0 and the other entries zero. For the table's writer: a million
+    keys in a few tens of milliseconds."""
+    cdef Py_ssize_t size = sizeof(fg_key_entry)
+    cdef Py_ssize_t n = entries.shape[0] // size, i
+    cdef uint32_t slot
     cdef uint32_t* out
-    if ids.shape[0] % FG_KEY_ID_BYTES:
-        raise ValueError("ids are not whole key ids")
-    if n_buckets == 0 or n_buckets & mask or <uint64_t>n >= n_buckets:
-        raise ValueError("n_buckets must be a power of two above the number of ids")
-    result = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>n_buckets * 4)
-    out = <uint32_t*>PyBytes_AS_STRING(result)
-    memset(out, 0, <size_t>n_buckets * 4)
+    cdef unsigned char* region
+    if entries.shape[0] % size:
+        raise ValueError("entries are not whole entries")
+    if <uint64_t>n >= n_buckets:
+        raise ValueError("n_buckets must be above the number of entries")
+    buckets = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>n_buckets * 4)
+    home = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>n_buckets * size)
+    out = <uint32_t*>PyBytes_AS_STRING(buckets)
+    region = <unsigned char*>PyBytes_AS_STRING(home)
     with nogil:
+        memset(out, 0, <size_t>n_buckets * 4)
+        memset(region, 0, <size_t>n_buckets * size)
         for i in range(n):
-            memcpy(&h, &ids[i * FG_KEY_ID_BYTES], 4)
-            home = h & mask
-            while out[home]:
-                home = (home + 1) & mask
-            out[home] = <uint32_t>i + 1
-    return result
+            slot = _home_of(&entries[i * size], n_buckets)
+            while out[slot]:
+                slot += 1
+                if slot == n_buckets:
+                    slot = 0
+            out[slot] = slot + 1
+            memcpy(region + <size_t>slot * size, &entries[i * size], size)
+    return buckets, home
 
 
 def extract_api_key(list headers not None, bytes lname not None, bytes query not None,

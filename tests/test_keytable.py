@@ -9,7 +9,7 @@ import struct
 
 import pytest
 
-from fluxgate._core import KeyTable, RequestState, merge_ratelimit, response_head
+from fluxgate._core import KeyTable, RequestState, b64url_decode, merge_ratelimit, response_head
 from fluxgate.auth import keytable as kt
 from fluxgate.auth.tablewriter import TableWriter
 from tests.support.keys import KeyState
@@ -208,8 +208,19 @@ def test_build_table_sizes(state):
         data = kt.build_table(records, generation=5, usage_slots=state.usage.slots,
                               quota_tag=state.quotas.tag)
         table = KeyTable(data, state.signing_key)
-        assert len(table) == n and table.generation == 5
-        assert all(table.find(r.key_id) >= 0 for r in records)
+        header = kt._HEADER.unpack_from(data)
+        n_buckets, buckets_off, built_keys = header[5], header[6], header[12]
+        # Keys take at most 2/3 of the buckets; the home region (an entry per bucket) is
+        # all published.
+        assert built_keys == n and n_buckets > 3 * n // 2
+        assert len(table) == n_buckets and table.generation == 5
+        for r in records:
+            # Each key's entry sits at the index of the bucket that names it.
+            index = table.find(r.key_id)
+            assert 0 <= index < n_buckets
+            assert struct.unpack_from("=I", data, buckets_off + 4 * index)[0] == index + 1
+            home = kt.home_bucket(b64url_decode(r.key_id.encode()), n_buckets)
+            assert (index - home) % n_buckets < n_buckets // 2
         table.release()
         # Entries on a 128-byte boundary: two cache lines each, not three.
         entries_off = kt._HEADER.unpack_from(data)[7]
@@ -226,12 +237,13 @@ def test_equal_lists_are_in_the_pool_once(state):
     data = kt.build_table(records, generation=1, usage_slots=state.usage.slots, quota_tag=None)
     header = kt._HEADER.unpack_from(data)
     entries_off = header[7]
-    fields = [kt._ENTRY.unpack_from(data, entries_off + i * kt._ENTRY.size) for i in range(4)]
+    table = KeyTable(data, state.signing_key)
+    fields = [kt._ENTRY.unpack_from(data, entries_off + table.find(r.key_id) * kt._ENTRY.size)
+              for r in records]
     lists = [(f[12], f[14], f[16]) for f in fields]  # scopes, routes and CIDRs offsets
     assert lists[0] == lists[1]
     assert all(x != y for x, y in zip(lists[0], lists[2], strict=True))
     assert all(f[16] % 8 == 0 for f in fields) and fields[3][13:18:2] == (0, 0, 0)
-    table = KeyTable(data, state.signing_key)
     for record, expected in zip(records, (
             (("read", "write"), ("/v1",)), (("read", "write"), ("/v1",)),
             (("read",), ("/v2",)), ((), ())), strict=True):

@@ -83,6 +83,11 @@ def test_a_changed_key_gets_a_new_entry_its_bucket_names(state):
         writer.put([renewed], state.quotas.tag)
         after = table.find(record.key_id)
         assert after != before and table.entry(after)["expires_at"] == renewed.expires_at
+        # The build placed the key in the home region; its new entry follows that region,
+        # and the old one sends readers to the bucket.
+        assert before < writer.n_buckets <= after
+        flags = mapping[writer.entries_off + before * kt._ENTRY.size + kt._FLAGS_OFFSET]
+        assert flags & kt.KEY_LAYOUT["flag_superseded"]
         assert code(table, key, NOW + 1.5 * DAY) == OK
         assert writer.keys == 1  # the same key: not one more
         (revoked,) = state.store.revoke("k")
@@ -122,7 +127,7 @@ HEADER = kt._HEADER
 
 def fields(data: bytes) -> dict:
     names = ("magic", "version", "entry_size", "generation", "n", "n_buckets", "buckets_off",
-             "entries_off", "pool_off", "pool_len", "usage_slots", "capacity", "reserved",
+             "entries_off", "pool_off", "pool_len", "usage_slots", "capacity", "built_keys",
              "pool_used")
     return dict(zip(names, HEADER.unpack_from(data), strict=True))
 
@@ -155,10 +160,9 @@ def published_by_hand(data: bytes, extra, state: KeyState, *, count: int) -> byt
     out[f["pool_off"] + f["pool_used"]:f["pool_off"] + f["pool_used"] + len(pool)] = pool
     at = f["entries_off"] + f["n"] * kt._ENTRY.size
     out[at:at + kt._ENTRY.size] = entry
-    mask = f["n_buckets"] - 1
-    bucket = struct.unpack_from("=I", raw)[0] & mask
+    bucket = kt.home_bucket(raw, f["n_buckets"])
     while struct.unpack_from("=I", out, f["buckets_off"] + 4 * bucket)[0]:
-        bucket = (bucket + 1) & mask
+        bucket = (bucket + 1) % f["n_buckets"]
     struct.pack_into("=I", out, f["buckets_off"] + 4 * bucket, f["n"] + 1)
     return with_header(bytes(out), n=count)
 
@@ -193,7 +197,8 @@ def test_an_inconsistent_entry_published_later_is_refused_not_read(state):
 def test_headers_that_lie_about_room_are_refused(state):
     data, _, _ = spare_table(state)
     f = fields(data)
-    for changes in ({"capacity": f["n"] - 1}, {"capacity": f["n_buckets"]},
+    for changes in ({"capacity": f["n"] - 1}, {"n": f["n_buckets"] - 1},
+                    {"built_keys": f["n_buckets"] + 1},
                     {"capacity": 1 << 31}, {"n": f["capacity"] + 1}):
         with pytest.raises(ValueError, match="key table"):
             KeyTable(bytes(with_header(data, **changes)), state.signing_key)

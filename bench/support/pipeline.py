@@ -178,13 +178,17 @@ def _api_key_table(
     loop: asyncio.AbstractEventLoop, metrics: object, table_keys: int, rotate: int
 ) -> tuple[Wired, list[bytes]]:
     """An api_key route over the cached ``table_keys``-key state_dir, ``rotate`` of its keys
-    (taken evenly over the table's rows) in turn."""
+    (taken evenly over the table's rows) in turn, in DISTINCT_KEYS distinct requests
+    whatever ``rotate`` is (an X-Loadgen-Seq header tells them apart, as loadgen's spread
+    does), so that both table scenarios read as many request bytes."""
     state_dir, texts = _key_table_dir(table_keys)
     step = max(len(texts) // rotate, 1)
     config = _config(state_dir=state_dir, prefix="/keyed", route=API_KEY_ROUTE)
     wired = wire_gateway(loop, config, metrics=metrics)
     head = HEAD % b"/keyed/hello" + b"X-API-Key: "
-    return wired, [head + k + b"\r\n\r\n" for k in texts[::step][:rotate]]
+    keys = texts[::step][:rotate]
+    return wired, [head + keys[i % len(keys)] + b"\r\nX-Loadgen-Seq: %d\r\n\r\n" % i
+                   for i in range(max(DISTINCT_KEYS, len(keys)))]
 
 
 def _key_table_dir(count: int) -> tuple[Path, list[bytes]]:
@@ -199,19 +203,27 @@ def _key_table_dir(count: int) -> tuple[Path, list[bytes]]:
 
     state_dir = cache_dir() / f"keys-{count}"
     texts_file = state_dir / "keys.txt"
+
+    def publish() -> None:
+        with KeyStore.open(str(state_dir)) as store:
+            records = store.for_table(time.time(), KEEP_DEAD)
+        usage = kt.UsageFile(str(state_dir / kt.USAGE_FILE), create=True)
+        usage.ensure(max(kt.usage_slot(r) for r in records) + 1)
+        kt.publish_table(str(state_dir), kt.build_table(
+            records, generation=1, usage_slots=usage.slots, quota_tag=None))
+        usage.close()
+
     if texts_file.exists() and texts_file.stat().st_mtime > time.time() - EXPIRES_IN / 2:
+        with open(state_dir / kt.TABLE_FILE, "rb") as f:
+            version = kt._HEADER.unpack(f.read(kt._HEADER.size))[1]
+        if version != kt.KEY_LAYOUT["keytab_version"]:  # made by an older build
+            publish()
         return state_dir, texts_file.read_bytes().split()
     if state_dir.exists():
         shutil.rmtree(state_dir)
     state_dir.mkdir(mode=0o700)
     texts = load_keys(str(state_dir), count, count)
-    with KeyStore.open(str(state_dir)) as store:
-        records = store.for_table(time.time(), KEEP_DEAD)
-    usage = kt.UsageFile(str(state_dir / kt.USAGE_FILE), create=True)
-    usage.ensure(max(kt.usage_slot(r) for r in records) + 1)
-    kt.publish_table(str(state_dir), kt.build_table(
-        records, generation=1, usage_slots=usage.slots, quota_tag=None))
-    usage.close()
+    publish()
     create_quota_file(str(state_dir / QUOTA_FILE), 1 << 12)
     tmp = texts_file.with_suffix(".tmp")
     tmp.write_text("".join(f"{t}\n" for t in texts))

@@ -8,21 +8,27 @@ into it the changes made meanwhile, and renames it over the old one: a generatio
 inode, which each worker notices by ``stat`` on its sweep (4 times a second) and maps. Each
 worker maps the file read-only, so N workers share one copy in the page cache.
 
-``keys.table`` layout, version 2 (native byte order; sizes in ``_core.KEY_LAYOUT``; the reader
+``keys.table`` layout, version 3 (native byte order; sizes in ``_core.KEY_LAYOUT``; the reader
 is ``_core.KeyTable``, which validates every offset when it maps a generation, and an entry
 added later when a bucket first names it)::
 
     header, 96 bytes: magic u64 | version u32 | entry size u32 | generation u64 |
-        entries u32 (published so far) | buckets u32 (power of two > capacity) |
-        buckets offset u64 | entries offset u64 | pool offset u64 | pool length u64 (its room) |
-        usage slots u64 | capacity u32 (entries the file has room for) | 0 u32 |
-        pool used u64 | 8 zero bytes
+        entries u32 (published so far) | buckets u32 | buckets offset u64 | entries offset u64 |
+        pool offset u64 | pool length u64 (its room) | usage slots u64 |
+        capacity u32 (entries the file has room for) | keys built u32 | pool used u64 |
+        8 zero bytes
     buckets: u32 each, entry index + 1 (0: empty); a key's home bucket is the first 4 bytes of
-        its id (random) masked, then linear probing
-    entries, 128 bytes each: id (9 bytes, zero-padded to 16) | digest (32) | expires_at i64 |
-        sunset_at i64 | deprecated_at i64 | quota tag u64 | quota limit u32 | quota window u32 |
-        usage slot u32 | flags u32 (1: revoked) | (offset u32, length u32) of the name, and
-        (offset u32, count u32) of the scopes, routes and CIDRs in the pool
+        its id (random) as a u32 h, scaled as h * buckets >> 32, then linear probing
+    entries, 128 bytes each; the first ``buckets`` of them are the home region, where a build
+        places each key at the index of its bucket, the other entries zero: readers look for
+        a key there first, from its id alone (and the request parser prefetches it), and
+        read the buckets only for keys added or changed in place, whose entries follow the
+        home region (a changed key's entry in the home region is flagged superseded).
+        An entry: id (9 bytes, zero-padded to 16) | digest (32) | expires_at i64 |
+        sunset_at i64 | deprecated_at i64 | quota tag u64 | quota limit u32 |
+        quota window u32 | usage slot u32 | flags u32 (1: revoked, 2: superseded) |
+        (offset u32, length u32) of the name, and (offset u32, count u32) of the scopes,
+        routes and CIDRs in the pool
     pool: names; scope and route lists as (u16 length, bytes)...; CIDRs as 24-byte records
         {address 16 bytes (IPv4 mapped into IPv6), prefix u32 (+96 for IPv4), 0 u32}, 8-aligned;
         entries may share a list (a build writes each distinct one once)
@@ -59,7 +65,7 @@ from fluxgate._core import (
     KeyTable,
     PrincipalCache,
     b64url_decode,
-    keytab_buckets,
+    keytab_home_region,
 )
 from fluxgate.auth.keys import load_signing_key
 from fluxgate.auth.keystore import json_strings
@@ -111,10 +117,16 @@ def usage_slot(record: KeyRecord) -> int:
 ENTRY_ALIGN = 128  # bytes; the mapping starts on a page
 SPARE_POOL_PER_ENTRY = 256  # bytes of names and lists left per spare entry
 _REVOKED_FLAG = KEY_LAYOUT["flag_revoked"]
+_SUPERSEDED_FLAG = KEY_LAYOUT["flag_superseded"]
 
 
 def _align(n: int, to: int) -> int:
     return (n + to - 1) // to * to
+
+
+def home_bucket(raw_id: bytes, n_buckets: int) -> int:
+    """The bucket where the probe for key id ``raw_id`` starts (as ``_core.KeyTable``'s)."""
+    return _U32.unpack_from(raw_id)[0] * n_buckets >> 32
 
 
 def _cidr_record(text: str) -> bytes:
@@ -140,10 +152,11 @@ def build_table(
     ``spare`` entries (and ``spare_pool`` bytes of names and lists, SPARE_POOL_PER_ENTRY
     each by default) are left free for ``TableWriter`` to add keys in place."""
     n = len(records)
-    capacity = n + spare
-    n_buckets = 8
-    while n_buckets < 2 * capacity + 1:
-        n_buckets *= 2
+    # Keys (those built and those added in place) take at most 2/3 of the buckets: short
+    # probes. The home region has an entry per bucket, so its size is what that load costs
+    # in memory: ~190 bytes a key, against ~140 for entries and buckets alone.
+    n_buckets = (n + spare) * 3 // 2 + 1
+    capacity = n_buckets + spare
     buckets_off = _HEADER.size
     # Entries start on a 128-byte boundary: each 128-byte entry is then two cache lines
     # (one adjacent-line pair) rather than three, and a request reads fields in all of
@@ -152,28 +165,26 @@ def build_table(
     pool_off = entries_off + capacity * _ENTRY.size
     pool = bytearray()
     entries = bytearray()
-    ids = bytearray()
     # Keys of one service usually hold the same scopes, routes and networks: each list is
     # in the pool once, so that a request checking one finds it where the last request did
     # (cached, and on a page the TLB holds) instead of on a page of its own.
     encode = functools.partial(encode_entry, pool=pool, usage_slots=usage_slots,
                                quota_tag=quota_tag, shared={})
     for r in records:
-        raw_id, entry = encode(r)
-        entries += entry
-        ids += raw_id
+        entries += encode(r)[1]
+    buckets, home = keytab_home_region(entries, n_buckets)
     pool_used = len(pool)
     pool_len = _align(pool_used + (spare * SPARE_POOL_PER_ENTRY if spare_pool is None
                                    else spare_pool), 8)
     header = _HEADER.pack(
-        KEY_LAYOUT["keytab_magic"], KEY_LAYOUT["keytab_version"], _ENTRY.size, generation, n,
-        n_buckets, buckets_off, entries_off, pool_off, pool_len, usage_slots, capacity, 0,
-        pool_used,
+        KEY_LAYOUT["keytab_magic"], KEY_LAYOUT["keytab_version"], _ENTRY.size, generation,
+        n_buckets, n_buckets, buckets_off, entries_off, pool_off, pool_len, usage_slots,
+        capacity, n, pool_used,
     )
     out = bytearray(header)
-    out += keytab_buckets(ids, n_buckets)
+    out += buckets
     out += b"\0" * (entries_off - len(out))
-    out += entries
+    out += home
     out += b"\0" * (pool_off - len(out))
     out += pool
     out += b"\0" * (pool_off + pool_len - len(out))
@@ -290,7 +301,8 @@ def replace_table(state_dir: str, tmp: str) -> None:
 
 
 _FLAGS_OFFSET = struct.calcsize("=16s32sqqqQIII")  # of the flags u32 in an entry
-assert _REVOKED_FLAG < 256  # the revoked bit lives in the flags word's first byte (set alone)
+# The revoked and superseded bits live in the flags word's first byte (each set alone).
+assert _REVOKED_FLAG < 256 and _SUPERSEDED_FLAG < 256
 
 
 def open_writable(path: str) -> int:
@@ -595,7 +607,8 @@ class SharedKeys:
         # keys), emptied when INFOS_LIMIT keys are in them.
         self.infos: dict[int, KeyInfo] = {}
         # The same keys' principals: KeyTable.authorize sets req.principal from here
-        # itself, so the common request touches no KeyInfo.
+        # itself, so the common request touches no KeyInfo. An array as long as the
+        # table (8 bytes an entry), backed only on the pages keys in use are written to.
         self.principals = PrincipalCache()
         self._mapping: mmap.mmap | None = None
         self._stamp: tuple[int, int] | None = None
@@ -668,7 +681,7 @@ class SharedKeys:
     def _forget_infos(self) -> None:
         # Built per entry index at a key's first request in the current table.
         self.infos = {}
-        self.principals = PrincipalCache()
+        self.principals = PrincipalCache(self.table.capacity)
 
     def info(self, index: int) -> KeyInfo:
         """The cached principal and headers of entry ``index`` of the current table."""

@@ -12,6 +12,9 @@ republishing a million-key table for one create:
   entry through its bucket finds it whole: it never sees a torn entry.
 * a key that changes (rotated, renewed, revoked) gets a new entry, and its bucket is pointed
   at the new one in one store; the old entry stays, unreachable, until the next rebuild.
+  Readers look for a key in the table's home region (where the build placed it) before its
+  bucket, so the old entry is then flagged superseded (one byte, as the revoked flag):
+  from then on they follow the bucket.
 * a revocation needs no new entry: the revoked bit is set in the flags of the entry the
   key's bucket names (one byte; see ``TableWriter.revoke``).
 
@@ -35,8 +38,10 @@ from fluxgate.auth.keytable import (
     _FLAGS_OFFSET,
     _HEADER,
     _REVOKED_FLAG,
+    _SUPERSEDED_FLAG,
     _U32,
     encode_entry,
+    home_bucket,
     key_lists,
     open_writable,
     usage_slot,
@@ -72,17 +77,16 @@ class TableWriter:
         if hasattr(mmap, "MADV_DONTFORK"):
             self.mapping.madvise(mmap.MADV_DONTFORK)
         (magic, version, entry_size, _, self.n, self.n_buckets, self.buckets_off,
-         self.entries_off, self.pool_off, self.pool_len, self.usage_slots, self.capacity, _,
-         self.pool_used) = _HEADER.unpack_from(self.mapping)
+         self.entries_off, self.pool_off, self.pool_len, self.usage_slots, self.capacity,
+         built_keys, self.pool_used) = _HEADER.unpack_from(self.mapping)
         if (magic, version, entry_size) != (KEY_LAYOUT["keytab_magic"],
                                             KEY_LAYOUT["keytab_version"], _ENTRY.size):
             self.mapping.close()
             raise ValueError(f"{path} is not a key table of this version")
         self.words = Counters(self.mapping)
         self.built = self.n  # the entries when opened (a file is opened once built)
-        self.keys = self.n  # distinct keys (a changed key's old entry is not one)
+        self.keys = built_keys  # distinct keys (a changed key's old entry is not one)
         self._opened_pool = self.pool_used
-        self._mask = self.n_buckets - 1
 
     @property
     def generation(self) -> int:
@@ -136,9 +140,15 @@ class TableWriter:
             self.words.store(_POOL_USED_WORD, self.pool_used)
             self.words.store(_COUNT_WORD, _word(_COUNT.pack(self.n, self.n_buckets)))
             bucket = self._bucket_of(raw_id)
-            if self._bucket(bucket) == 0:
+            old = self._bucket(bucket)
+            if old == 0:
                 self.keys += 1
             self._set_bucket(bucket, index + 1)
+            if old:
+                # Readers look for a key where the build placed it before they read its
+                # bucket: that entry now sends them to the bucket.
+                at = self.entries_off + (old - 1) * _ENTRY.size + _FLAGS_OFFSET
+                self.mapping[at] = self.mapping[at] | _SUPERSEDED_FLAG  # one byte, one store
 
     def revoke(self, key_ids: Sequence[str]) -> list[str]:
         """Set the revoked flag of ``key_ids``' current entries; the ids not in the table.
@@ -170,8 +180,9 @@ class TableWriter:
 
     def _bucket_of(self, raw: bytes) -> int:
         """The bucket holding key id ``raw``, or the empty one where it goes (the readers'
-        probe: linear from the home bucket, the id's first 4 bytes masked)."""
-        bucket = _U32.unpack_from(raw)[0] & self._mask
+        probe: linear from the home bucket, the id's first 4 bytes scaled to the bucket
+        count)."""
+        bucket = home_bucket(raw, self.n_buckets)
         id16 = raw.ljust(16, b"\0")
         for _ in range(self.n_buckets):
             v = self._bucket(bucket)
@@ -180,7 +191,7 @@ class TableWriter:
             at = self.entries_off + (v - 1) * _ENTRY.size
             if self.mapping[at:at + 16] == id16:
                 return bucket
-            bucket = (bucket + 1) & self._mask
+            bucket = (bucket + 1) % self.n_buckets
         raise ValueError("the key table's buckets are full")
 
     def _set_bucket(self, bucket: int, value: int) -> None:
