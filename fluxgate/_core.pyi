@@ -231,6 +231,7 @@ class LeaseSpender:
 
 class PrincipalCache:
     """The principals a worker built for one table's keys, by entry index."""
+    def __init__(self, slots: int = 1024, /) -> None: ...
     def __setitem__(self, index: int, principal: Principal) -> None: ...
     def get(self, index: int, default: Any = None, /) -> Principal | Any: ...
     def __len__(self) -> int: ...
@@ -239,6 +240,7 @@ class KeyTable:
     """One generation of the shared key table (layout: fluxgate/auth/keytable.py)."""
 
     generation: int
+    capacity: int  # entries this generation has room for
 
     def __init__(
         self,
@@ -286,8 +288,9 @@ class KeyTable:
     def entry(self, index: int, /) -> dict[str, Any]: ...
     def release(self) -> None: ...
 
-def keytab_buckets(ids: bytes | bytearray, n_buckets: int, /) -> bytes:
-    """A key table's buckets for ``ids`` (9 bytes each, in entry order)."""
+def keytab_home_region(entries: bytes | bytearray, n_buckets: int, /) -> tuple[bytes, bytes]:
+    """(buckets, home region) of a key table: each of ``entries`` (whole 128-byte entries)
+    placed at the index of the bucket that names it."""
 
 def extract_api_key(
     headers: list[tuple[bytes, bytes]], lname: bytes, query: bytes, qname: bytes, /
