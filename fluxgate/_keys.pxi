@@ -7,9 +7,9 @@
 # first 12 bytes and the digest stored at rest (keys.db, the shared table) is all 32.
 # A key that is not 63 bytes of the right alphabet, or whose tag does not match, is
 # refused here before any table lookup, so a forged or mistyped key costs one HMAC and
-# nothing is decided on shared memory for it (the bucket its id names is read and the
-# entry that bucket names prefetched while the HMAC runs: hints the result never depends
-# on, as is the request parser's prefetch of the bucket an X-API-Key value names,
+# nothing is decided on shared memory for it (the entry at its id's home is read, and
+# what that entry names prefetched while the HMAC runs: hints the result never depends
+# on, as is the request parser's prefetch of the entries an X-API-Key value names,
 # ``key_hint``); tags and digests are compared in constant time (fg_ct_equal).
 #
 # ``KeyTable(table, signing_key, usage, quotas)`` views one generation of the shared
@@ -156,9 +156,10 @@ cdef extern from *:
        its bucket is pointed at it in one store: no entry is ever rewritten, but for the
        revoked flag. The generation is bumped in place with each such publication.
        A build places each key's entry at the index of the bucket that names it (the
-       first n_buckets entries, empty ones zero, are the home region): the request parser
-       can then prefetch a key's entry from its id alone, with its bucket. Entries added in
-       place follow the home region. */
+       first n_buckets entries, empty ones zero, are the home region): a lookup finds such
+       a key from its id alone, without reading its bucket, and the request parser can
+       prefetch its entry. Entries added in place follow the home region; the home entry
+       of a key changed in place is flagged superseded. */
     typedef struct {
         uint64_t magic;
         uint32_t version;
@@ -667,7 +668,7 @@ cdef class PrincipalCache:
     key: an array of principal pointers indexed by entry, so the read is one memory access
     at an address known from the entry index alone (a dict of a hundred thousand ints
     costs three). A build places keys at their home bucket's index, so the request parser
-    prefetches the slot from the key's id (``key_hint``) with its bucket and entry. Made
+    prefetches the slot from the key's id (``key_hint``) with its entry. Made
     with the table's ``capacity`` slots, it never grows; slots never written stay pages
     never touched. Holds Principals only: outside the cycle collector, they make no cycle
     through it.

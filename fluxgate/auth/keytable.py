@@ -154,7 +154,7 @@ def build_table(
     n = len(records)
     # Keys (those built and those added in place) take at most 2/3 of the buckets: short
     # probes. The home region has an entry per bucket, so its size is what that load costs
-    # in memory: ~190 bytes a key, against ~140 for entries and buckets alone.
+    # in memory: ~200 bytes a key, against ~140 for entries and buckets alone.
     n_buckets = (n + spare) * 3 // 2 + 1
     capacity = n_buckets + spare
     buckets_off = _HEADER.size
