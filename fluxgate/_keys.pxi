@@ -652,7 +652,8 @@ cdef bint _cidr_match(const unsigned char* addr, const fg_cidr* c) noexcept nogi
 # at a time) and its bucket count, for ``key_hint``; cleared when that table is released.
 cdef const fg_key_entry* _hint_entries = NULL
 cdef uint32_t _hint_n_buckets = 0
-# The slots of the PrincipalCache the last request was authorized with (by entry index).
+# The slots of the PrincipalCache made last in this process (a worker makes one per table
+# generation it maps), by entry index.
 cdef PyObject** _hint_principals = NULL
 cdef uint32_t _hint_n_principals = 0
 
@@ -668,7 +669,8 @@ cdef class PrincipalCache:
     key: an array of principal pointers indexed by entry, so the read is one memory access
     at an address known from the entry index alone (a dict of a hundred thousand ints
     costs three). A build places keys at their home bucket's index, so the request parser
-    prefetches the slot from the key's id (``key_hint``) with its entry. Made
+    prefetches the slot from the key's id (``key_hint``, in the cache made last) with its
+    entry. Made
     with the table's ``capacity`` slots, it never grows; slots never written stay pages
     never touched. Holds Principals only: outside the cycle collector, they make no cycle
     through it.
@@ -679,9 +681,11 @@ cdef class PrincipalCache:
     cdef Py_ssize_t _used
 
     def __cinit__(self, Py_ssize_t slots=PRINCIPAL_CACHE_MIN, /):
+        global _hint_principals, _hint_n_principals
         if not 0 < slots <= 0xFFFFFFFF:
             raise ValueError("slots must be in 1..2**32 - 1")
         self._resize(<uint32_t>slots)
+        _hint_principals, _hint_n_principals = self._slots, self._n
 
     def __dealloc__(self):
         cdef uint32_t i
@@ -705,8 +709,7 @@ cdef class PrincipalCache:
         if self._slots != NULL:
             memcpy(slots, self._slots, self._n * sizeof(PyObject*))
             if _hint_principals == self._slots:
-                _hint_principals = NULL
-                _hint_n_principals = 0
+                _hint_principals, _hint_n_principals = slots, n
             free(self._slots)
         self._slots, self._n = slots, n
         return 0
@@ -714,13 +717,6 @@ cdef class PrincipalCache:
     cdef inline PyObject* _find(self, Py_ssize_t index) noexcept nogil:
         # Borrowed: the principal of entry ``index``, NULL when none was kept.
         return self._slots[index] if 0 <= index < self._n else NULL
-
-    cdef inline void _hint_here(self) noexcept nogil:
-        # The next requests' key_hint prefetches slots of this cache (the one the last
-        # request was authorized with).
-        global _hint_principals, _hint_n_principals
-        _hint_principals = self._slots
-        _hint_n_principals = self._n
 
     def __setitem__(self, Py_ssize_t index, Principal principal not None):
         """Keep ``principal`` for entry ``index`` (replacing one kept before)."""
@@ -1207,7 +1203,6 @@ cdef class KeyTable:
         cdef Py_ssize_t count
         cdef PyObject* principal = NULL
         cdef const fg_key_entry* proven = NULL
-        principals._hint_here()
         key = _find_api_key(req.headers, lname, req.query, qname, &count)
         if count != 1:
             return (FG_KEY_MISSING if count == 0 else FG_KEY_AMBIGUOUS), -1, 0, 0
