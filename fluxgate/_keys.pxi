@@ -749,6 +749,12 @@ cdef inline uint32_t _home_of(const unsigned char* raw, uint32_t n_buckets) noex
     return <uint32_t>((<uint64_t>h * n_buckets) >> 32)
 
 
+cdef inline uint32_t _next_slot(uint32_t slot, uint32_t n_buckets) noexcept nogil:
+    # The linear probe's next bucket (and home-region entry), wrapping at the end.
+    slot += 1
+    return 0 if slot == n_buckets else slot
+
+
 cdef inline void key_hint(const unsigned char* text, Py_ssize_t n) noexcept nogil:
     # The request parser met a header value that may be an API key: prefetch the entries
     # at its id's home (where a build places the key) and the principal slot of the
@@ -961,9 +967,7 @@ cdef class KeyTable:
                 if fg_load_u32(&e.flags) & FG_KEYF_SUPERSEDED:
                     return 0
                 return slot + 1
-            slot += 1
-            if slot == self._n_buckets:
-                slot = 0
+            slot = _next_slot(slot, self._n_buckets)
         return 0
 
     cdef uint32_t _lookup(self, const unsigned char* raw) noexcept nogil:
@@ -980,9 +984,7 @@ cdef class KeyTable:
                 return 0
             if memcmp(self._entries[v - 1].id, raw, FG_KEY_ID_BYTES) == 0:
                 return v
-            slot += 1
-            if slot == self._n_buckets:
-                slot = 0
+            slot = _next_slot(slot, self._n_buckets)
         return 0  # every bucket taken (a hostile file): the key is not there
 
     cdef int _verify(self, const unsigned char* text, Py_ssize_t n, int64_t now,
@@ -1355,9 +1357,7 @@ def keytab_home_region(const unsigned char[::1] entries not None, uint32_t n_buc
         for i in range(n):
             slot = _home_of(&entries[i * size], n_buckets)
             while out[slot]:
-                slot += 1
-                if slot == n_buckets:
-                    slot = 0
+                slot = _next_slot(slot, n_buckets)
             out[slot] = slot + 1
             memcpy(region + <size_t>slot * size, &entries[i * size], size)
     return buckets, home
