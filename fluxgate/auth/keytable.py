@@ -239,9 +239,9 @@ def _strings_record(strings: Sequence[str]) -> bytes:
 
 def _pooled(pool: bytearray, base: int, shared: dict[bytes, int] | None, record: bytes, *,
             align: int) -> int:
-    """The offset of ``record`` in the table's pool: where ``shared`` says an equal one is,
-    or appended to ``pool`` (after padding to ``align``)."""
-    if record and shared is not None:
+    """The offset of ``record`` (not empty) in the table's pool: where ``shared`` says an
+    equal one is, or appended to ``pool`` (after padding to ``align``)."""
+    if shared is not None:
         at = shared.get(record)
         if at is not None:
             return at
@@ -250,7 +250,7 @@ def _pooled(pool: bytearray, base: int, shared: dict[bytes, int] | None, record:
         pool += b"\0" * pad
     at = base + len(pool)
     pool += record
-    if record and shared is not None:
+    if shared is not None:
         shared[record] = at
     return at
 

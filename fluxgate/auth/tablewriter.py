@@ -147,8 +147,7 @@ class TableWriter:
             if old:
                 # Readers look for a key where the build placed it before they read its
                 # bucket: that entry now sends them to the bucket.
-                at = self.entries_off + (old - 1) * _ENTRY.size + _FLAGS_OFFSET
-                self.mapping[at] = self.mapping[at] | _SUPERSEDED_FLAG  # one byte, one store
+                self._flag(old - 1, _SUPERSEDED_FLAG)
 
     def revoke(self, key_ids: Sequence[str]) -> list[str]:
         """Set the revoked flag of ``key_ids``' current entries; the ids not in the table.
@@ -157,7 +156,7 @@ class TableWriter:
         everywhere as soon as the byte is stored, without waiting for a new generation (which
         keys.db still gets, and carries the flag). The byte is the low byte of the aligned
         flags word and only gains the revoked bit: a reader sees the word before or after,
-        never a mix."""
+        never a mix (see ``_flag``)."""
         missing = []
         for key_id in key_ids:
             bucket = self._bucket_of(b64url_decode(key_id.encode()))
@@ -165,9 +164,14 @@ class TableWriter:
             if v == 0:
                 missing.append(key_id)
                 continue
-            at = self.entries_off + (v - 1) * _ENTRY.size + _FLAGS_OFFSET
-            self.mapping[at] = self.mapping[at] | _REVOKED_FLAG  # one byte, one store
+            self._flag(v - 1, _REVOKED_FLAG)
         return missing
+
+    def _flag(self, index: int, flag: int) -> None:
+        """Add ``flag`` to entry ``index``'s flags: one byte, one store (flags only gain
+        bits, and each lives in the word's first byte)."""
+        at = self.entries_off + index * _ENTRY.size + _FLAGS_OFFSET
+        self.mapping[at] = self.mapping[at] | flag
 
     def close(self) -> None:
         self.words.release()
