@@ -5,7 +5,7 @@
 Two one-worker gateways on loopback, the same config and the same fixed-response upstream:
 one whose keys.db holds ``--keys`` keys, one with ``--small``. wrk sends a rotating
 X-API-Key header: ``--rotate`` distinct keys of the large table (spread over it: a cache
-holds few of their buckets and entries), all the keys of the small one. wrk builds as many
+holds few of their entries), all the keys of the small one. wrk builds as many
 distinct requests on both sides (``--rotate``; each carries an ``X-Loadgen-Seq`` header, see
 tools/loadgen/wrk.lua): the generator shares the last-level cache with the proxy here, and
 100,000 requests of its own against 100 cost the proxy beside it up to about 3% per core

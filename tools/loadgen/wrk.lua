@@ -64,18 +64,14 @@ function init(args)
       -- requests: the generator's memory then differs with the count of values, and on a
       -- machine whose last-level cache it shares with the proxy, so does the proxy's.
       local spread = tonumber(os.getenv("FLUXGATE_WRK_SPREAD") or "0") or 0
+      nreqs = math.max(spread, count)
       reqs = {}
-      if spread > 0 then
-         nreqs = math.max(spread, count)
-         for i = 1, nreqs do
-            reqs[i] = prefix .. values[(i - 1) % count + 1] .. "\r\nX-Loadgen-Seq: "
-               .. string.format("%06d", i % 1000000) .. suffix
+      for i = 1, nreqs do
+         local seq = ""
+         if spread > 0 then
+            seq = "\r\nX-Loadgen-Seq: " .. string.format("%06d", i % 1000000)
          end
-      else
-         for i = 1, count do
-            reqs[i] = prefix .. values[i] .. suffix
-         end
-         nreqs = count
+         reqs[i] = prefix .. values[(i - 1) % count + 1] .. seq .. suffix
       end
       values = nil
       -- thread k of t sends values start+k, start+k+t, ...: the threads together walk the list

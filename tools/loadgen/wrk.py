@@ -102,8 +102,9 @@ def _proc_reads(pid: int) -> int | None:
 
 def _read_ready(proc: subprocess.Popen, threads: int, deadline: float) -> tuple[int, int]:
     """Read wrk's stderr until every thread's init() said it is ready; the number of header
-    values and of the distinct requests wrk.lua built from them. RuntimeError if wrk exits or the deadline passes first. Raw reads of the pipe, so
-    that nothing the selector should see sits in a Python buffer."""
+    values and of the distinct requests wrk.lua built from them. RuntimeError if wrk exits
+    or the deadline passes first. Raw reads of the pipe, so that nothing the selector should
+    see sits in a Python buffer."""
     assert proc.stderr is not None
     fd = proc.stderr.fileno()
     buf = b""
